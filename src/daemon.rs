@@ -1,0 +1,186 @@
+//! Start-up: from a checked command line to a serving daemon. Sets up logging and the process
+//! (umask, groups, fd limit), builds the state region, the file system and the server, then
+//! runs the chosen transport until a signal or the end of the connection.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::cli::{CachePolicy, Cli, LogLevel};
+use crate::fs::{self, EntryTimeouts, Fs};
+use crate::fuse::abi;
+use crate::server::{InitPolicy, Server};
+use crate::state::{Region, State};
+use crate::transport::fusedev::FuseDev;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("shared directory {0}: {1}")]
+    SharedDir(PathBuf, std::io::Error),
+    #[error("state region: {0}")]
+    State(#[from] crate::state::Error),
+    #[error("file system: {0}")]
+    Fs(#[from] fs::Error),
+    #[error(transparent)]
+    Fuse(#[from] crate::transport::fusedev::Error),
+    #[error("the vhost-user transport (--socket-path/--fd) is not built yet; serve over FUSE with --mountpoint")]
+    VhostUserNotBuilt,
+    #[error("demo setup: {0}")]
+    Demo(std::io::Error),
+}
+
+pub fn init_logging(level: LogLevel) {
+    let default = match level {
+        LogLevel::Error => "error",
+        LogLevel::Warn => "warn",
+        LogLevel::Info => "info",
+        LogLevel::Debug => "debug",
+        LogLevel::Trace => "trace",
+        LogLevel::Off => "off",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// virtiofsd's {"type": "fs"} capabilities document (QEMU docs/interop/vhost-user.json).
+pub const CAPABILITIES: &str = "{\n  \"type\": \"fs\"\n}";
+
+fn timeouts(cache: CachePolicy) -> (EntryTimeouts, u32) {
+    let (secs, open_flags) = match cache {
+        CachePolicy::Never => (0, abi::FOPEN_DIRECT_IO),
+        CachePolicy::Metadata => (86400, abi::FOPEN_DIRECT_IO),
+        CachePolicy::Auto => (1, 0),
+        CachePolicy::Always => (86400, abi::FOPEN_KEEP_CACHE),
+    };
+    let t = Duration::from_secs(secs);
+    (EntryTimeouts { entry: t, attr: t }, open_flags)
+}
+
+/// Process-wide settings every thread inherits: no umask of our own (the kernel already applied
+/// the caller's), no supplementary groups (each request brings its caller's), and enough fds.
+fn prepare_process(rlimit_nofile: Option<u64>) {
+    crate::sys::umask(0);
+    // SAFETY: process-wide setgroups before any thread exists.
+    if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
+        tracing::warn!("cannot drop supplementary groups: {}", std::io::Error::last_os_error());
+    }
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid out pointer.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    let want = match rlimit_nofile {
+        Some(0) => return,
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(lim.rlim_max),
+    };
+    let new = libc::rlimit { rlim_cur: want, rlim_max: want.max(lim.rlim_max) };
+    // SAFETY: valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
+        tracing::warn!(want, "cannot raise RLIMIT_NOFILE: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Blocks the termination signals in this thread (and so in every thread spawned after), so that
+/// one thread can wait for them with sigwait.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+pub fn run(cli: Cli) -> Result<(), Error> {
+    if cli.socket_path.is_some() || cli.fd.is_some() {
+        return Err(Error::VhostUserNotBuilt);
+    }
+    for opt in cli.unenforced() {
+        tracing::warn!("accepted but not enforced yet: {opt}");
+    }
+    let (shared_dir, mountpoint, _demo) = if cli.demo {
+        let d = make_demo().map_err(Error::Demo)?;
+        (d.share.clone(), d.mnt.clone(), Some(d))
+    } else {
+        (cli.shared_dir.clone().expect("checked by normalize"), cli.mountpoint.clone().expect("checked"), None)
+    };
+    let shared_dir = shared_dir.canonicalize().map_err(|e| Error::SharedDir(shared_dir.clone(), e))?;
+    if !shared_dir.is_dir() {
+        return Err(Error::SharedDir(shared_dir, std::io::Error::from_raw_os_error(libc::ENOTDIR)));
+    }
+    prepare_process(cli.rlimit_nofile);
+    let sigset = block_signals();
+
+    let state = Arc::new(State::new(Region::create(cli.max_inodes, cli.max_handles)?));
+    let (timeouts, open_reply_flags) = timeouts(cli.cache);
+    let cfg = fs::Config {
+        timeouts,
+        open_reply_flags,
+        xattr: cli.xattr,
+        allow_direct_io: cli.allow_direct_io,
+        readdirplus: !cli.no_readdirplus && cli.cache != CachePolicy::Never,
+    };
+    let dir_c = CString::new(shared_dir.as_os_str().as_bytes()).expect("paths have no NUL");
+    let fs = Fs::new(&dir_c, state, cfg.clone())?;
+    let policy = InitPolicy {
+        writeback: cli.writeback,
+        readdirplus: cfg.readdirplus,
+        posix_acl: false,
+        auto_inval_data: cli.cache == CachePolicy::Auto,
+    };
+    let server = Arc::new(Server::new(fs, policy));
+
+    let dev = FuseDev::mount(&mountpoint, &shared_dir)?;
+    let threads = if cli.thread_pool_size == 0 { default_threads() } else { cli.thread_pool_size };
+    let (done_tx, done_rx) = mpsc::channel();
+    dev.serve(server, threads, done_tx.clone())?;
+    tracing::info!(share = %shared_dir.display(), mountpoint = %mountpoint.display(), threads, "serving");
+    if cli.demo {
+        println!("phoenixfsd demo: serving {} at {}", shared_dir.display(), mountpoint.display());
+        println!("try: ls -l {0}; cat {0}/hello.txt   (Ctrl-C to stop)", mountpoint.display());
+    }
+
+    // Wait for a termination signal, or for the connection to end (someone unmounted us).
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            // SAFETY: waits on a valid, blocked signal set.
+            unsafe { libc::sigwait(&sigset, &mut sig) };
+            tracing::info!(signal = sig, "stopping");
+            let _ = done_tx.send(());
+        })
+        .expect("spawn the signal thread");
+    let _ = done_rx.recv();
+    dev.unmount();
+    Ok(())
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2) * 2
+}
+
+struct Demo {
+    share: PathBuf,
+    mnt: PathBuf,
+}
+
+fn make_demo() -> std::io::Result<Demo> {
+    let base = std::env::temp_dir().join(format!("phoenixfs-demo-{}", std::process::id()));
+    let share = base.join("share");
+    let mnt = base.join("mnt");
+    std::fs::create_dir_all(&share)?;
+    std::fs::create_dir_all(&mnt)?;
+    std::fs::write(share.join("hello.txt"), "Hello from phoenixfs: this file is served through /dev/fuse.\n")?;
+    std::fs::create_dir_all(share.join("docs"))?;
+    std::fs::write(share.join("docs").join("about.txt"), "A passthrough share of a host directory.\n")?;
+    Ok(Demo { share, mnt })
+}
+

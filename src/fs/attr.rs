@@ -1,0 +1,157 @@
+//! Looking objects up, and their attributes: LOOKUP, FORGET, GETATTR, SETATTR.
+
+use std::ffi::CStr;
+use std::time::Duration;
+
+use super::{Context, Error, Fs, Result, check_name};
+use crate::fuse::abi;
+use crate::state::InodeKey;
+use crate::sys::{self, FdName};
+
+/// How long the kernel may cache names and attributes (from --cache).
+#[derive(Debug, Clone, Copy)]
+pub struct EntryTimeouts {
+    pub entry: Duration,
+    pub attr: Duration,
+}
+
+pub fn key_of(st: &libc::statx) -> InodeKey {
+    InodeKey {
+        dev: libc::makedev(st.stx_dev_major, st.stx_dev_minor),
+        ino: st.stx_ino,
+        mnt_id: st.stx_mnt_id,
+    }
+}
+
+pub fn attr_of(st: &libc::stat64) -> abi::Attr {
+    abi::Attr {
+        ino: st.st_ino,
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: st.st_atime as u64,
+        mtime: st.st_mtime as u64,
+        ctime: st.st_ctime as u64,
+        atimensec: st.st_atime_nsec as u32,
+        mtimensec: st.st_mtime_nsec as u32,
+        ctimensec: st.st_ctime_nsec as u32,
+        mode: st.st_mode,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        blksize: st.st_blksize as u32,
+        flags: 0,
+    }
+}
+
+fn stat_fd(fd: i32) -> Result<libc::stat64> {
+    Ok(sys::fstatat(fd, c"", libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)?)
+}
+
+impl Fs {
+    fn attr_out(&self, st: &libc::stat64) -> abi::AttrOut {
+        let t = self.cfg.timeouts.attr;
+        abi::AttrOut { attr_valid: t.as_secs(), attr_valid_nsec: t.subsec_nanos(), dummy: 0, attr: attr_of(st) }
+    }
+
+    /// Opens `name` under the directory fd `dirfd` and records one lookup of it.
+    pub(super) fn lookup_at(&self, dirfd: i32, name: &CStr) -> Result<abi::EntryOut> {
+        let fd = sys::openat_beneath(dirfd, name, libc::O_PATH | libc::O_NOFOLLOW)?;
+        self.lookup_fd(fd)
+    }
+
+    /// Records one lookup of the object that the fresh `O_PATH` fd `fd` names; the fd is
+    /// consumed (kept by a new slot, or closed as a duplicate or on error).
+    pub(super) fn lookup_fd(&self, fd: i32) -> Result<abi::EntryOut> {
+        let stats = stat_fd(fd).and_then(|st| Ok((st, sys::statx(fd, c"", libc::AT_EMPTY_PATH)?)));
+        let (st, stx) = match stats {
+            Ok(v) => v,
+            Err(e) => {
+                sys::close(fd);
+                return Err(e);
+            }
+        };
+        let looked = self.state.inodes.lookup(fd, key_of(&stx), st.st_mode & libc::S_IFMT)?;
+        let t = self.cfg.timeouts;
+        Ok(abi::EntryOut {
+            nodeid: looked.nodeid,
+            generation: u64::from(looked.generation),
+            entry_valid: t.entry.as_secs(),
+            attr_valid: t.attr.as_secs(),
+            entry_valid_nsec: t.entry.subsec_nanos(),
+            attr_valid_nsec: t.attr.subsec_nanos(),
+            attr: attr_of(&st),
+        })
+    }
+
+    pub fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> Result<abi::EntryOut> {
+        let name = check_name(name)?;
+        let dir = self.state.inodes.pin(parent)?;
+        let _as = ctx.become_caller()?;
+        self.lookup_at(dir.fd(), name)
+    }
+
+    pub fn forget(&self, nodeid: u64, nlookup: u64) {
+        self.state.inodes.forget(nodeid, nlookup);
+    }
+
+    pub fn getattr(&self, nodeid: u64, fh: Option<u64>) -> Result<abi::AttrOut> {
+        let node = self.state.inodes.pin(nodeid)?;
+        // The fh adds nothing a passthrough needs (the O_PATH fd names the same object), but a
+        // bad one is still an error, as it would be for the guest's fstat.
+        if let Some(fh) = fh {
+            self.pin_any_handle(fh)?;
+        }
+        Ok(self.attr_out(&stat_fd(node.fd())?))
+    }
+
+    pub fn setattr(&self, ctx: &Context, nodeid: u64, a: &abi::SetattrIn) -> Result<abi::AttrOut> {
+        let node = self.state.inodes.pin(nodeid)?;
+        let handle = if a.valid & abi::FATTR_FH != 0 { Some(self.pin_any_handle(a.fh)?) } else { None };
+        let file_fd = handle.as_ref().map(|h| h.fd());
+        let proc_name = FdName::new(node.fd());
+        let _as = ctx.become_caller()?;
+
+        if a.valid & abi::FATTR_MODE != 0 {
+            match file_fd {
+                Some(fd) => sys::fchmod(fd, a.mode)?,
+                None => sys::fchmodat(self.proc_self_fd, proc_name.as_cstr(), a.mode)?,
+            }
+        }
+        if a.valid & (abi::FATTR_UID | abi::FATTR_GID) != 0 {
+            let uid = if a.valid & abi::FATTR_UID != 0 { a.uid } else { u32::MAX };
+            let gid = if a.valid & abi::FATTR_GID != 0 { a.gid } else { u32::MAX };
+            sys::fchownat(node.fd(), c"", uid, gid, libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)?;
+        }
+        if a.valid & abi::FATTR_SIZE != 0 {
+            match file_fd {
+                Some(fd) => sys::ftruncate(fd, a.size)?,
+                None => {
+                    sys::truncate(&sys::proc_fd_path(node.fd()), a.size)?
+                }
+            }
+        }
+        if a.valid & (abi::FATTR_ATIME | abi::FATTR_MTIME) != 0 {
+            let pick = |set: u32, now: u32, secs: u64, nsecs: u32| -> Result<libc::timespec> {
+                if a.valid & set == 0 {
+                    Ok(libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT })
+                } else if a.valid & now != 0 {
+                    Ok(libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW })
+                } else {
+                    let tv_sec = i64::try_from(secs).map_err(|_| Error::OutOfRange)?;
+                    Ok(libc::timespec { tv_sec, tv_nsec: i64::from(nsecs) })
+                }
+            };
+            let times = [
+                pick(abi::FATTR_ATIME, abi::FATTR_ATIME_NOW, a.atime, a.atimensec)?,
+                pick(abi::FATTR_MTIME, abi::FATTR_MTIME_NOW, a.mtime, a.mtimensec)?,
+            ];
+            match file_fd {
+                Some(fd) => sys::futimens(fd, &times)?,
+                None => sys::utimensat(self.proc_self_fd, proc_name.as_cstr(), &times, 0)?,
+            }
+        }
+        drop(_as);
+        Ok(self.attr_out(&stat_fd(node.fd())?))
+    }
+}

@@ -1,0 +1,155 @@
+//! The passthrough file system: one function per FUSE operation, each taking a decoded request
+//! and a `Context` (who asks) and returning a typed reply. No transport details live here: the
+//! same `Fs` serves /dev/fuse and vhost-user.
+//!
+//! Safety rules kept by every operation: guest names are checked once (`check_name`), every path
+//! is one component relative to an `O_PATH` fd of a node we hold, nothing follows a symlink
+//! (`O_NOFOLLOW`, `AT_SYMLINK_NOFOLLOW`, openat2 `RESOLVE_BENEATH`), and node ids and handles are
+//! resolved through the state tables, which refuse bad and stale ones.
+
+mod attr;
+mod creds;
+mod dir;
+mod file;
+mod lock;
+mod namespace;
+mod xattr;
+
+use std::ffi::CStr;
+use std::io;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::state::{self, State};
+
+pub use attr::EntryTimeouts;
+pub use xattr::XattrReply;
+pub use creds::Context;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("host: {0}")]
+    Os(#[from] io::Error),
+    #[error(transparent)]
+    State(#[from] state::Error),
+    #[error("name is empty, `.`, `..`, or contains `/`")]
+    InvalidName,
+    #[error("operation not valid for this kind of object")]
+    WrongKind,
+    #[error("cannot switch to the caller's credentials: {0}")]
+    Credentials(io::Error),
+    #[error("argument out of range")]
+    OutOfRange,
+    #[error("operation not supported by this daemon")]
+    NotSupported,
+}
+
+impl Error {
+    /// The one place an error becomes an errno for the reply.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Os(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            Error::State(s) => match s {
+                state::Error::BadNodeId => libc::ESTALE,
+                state::Error::BadHandle => libc::EBADF,
+                state::Error::TableFull(_) => libc::ENFILE,
+                state::Error::RootNotFirst(_)
+                | state::Error::BadCapacity
+                | state::Error::Memfd(_)
+                | state::Error::Mmap(_) => libc::EIO,
+            },
+            Error::InvalidName => libc::EINVAL,
+            Error::WrongKind => libc::EINVAL,
+            Error::Credentials(_) => libc::EPERM,
+            Error::OutOfRange => libc::EINVAL,
+            Error::NotSupported => libc::ENOSYS,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What the operator chose on the command line that changes how operations behave.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub timeouts: EntryTimeouts,
+    /// Open flags to add to OPEN replies (FOPEN_DIRECT_IO for cache=never, KEEP_CACHE for always).
+    pub open_reply_flags: u32,
+    pub xattr: bool,
+    pub allow_direct_io: bool,
+    pub readdirplus: bool,
+}
+
+/// The passthrough file system over one shared directory.
+pub struct Fs {
+    pub state: Arc<State>,
+    cfg: Config,
+    /// `/proc/self/fd`, through which `O_PATH` fds are reopened with real access modes.
+    proc_self_fd: i32,
+    /// Serialises seek+getdents on one directory handle (striped by slot index).
+    dir_locks: Vec<Mutex<()>>,
+    /// Set at INIT when the kernel agreed to writeback caching.
+    writeback: AtomicBool,
+}
+
+const DIR_LOCK_STRIPES: usize = 64;
+
+impl Fs {
+    /// Opens the shared directory and installs it as the root node.
+    pub fn new(shared_dir: &CStr, state: Arc<State>, cfg: Config) -> Result<Fs> {
+        let proc_self_fd = crate::sys::open(c"/proc/self/fd", libc::O_PATH | libc::O_DIRECTORY)?;
+        let root = crate::sys::open(shared_dir, libc::O_PATH | libc::O_DIRECTORY)?;
+        let st = crate::sys::statx(root, c"", libc::AT_EMPTY_PATH)?;
+        let key = attr::key_of(&st);
+        state.inodes.install_root(root, key, libc::S_IFDIR)?;
+        Ok(Fs {
+            state,
+            cfg,
+            proc_self_fd,
+            dir_locks: (0..DIR_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            writeback: AtomicBool::new(false),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn set_writeback(&self, on: bool) {
+        self.writeback.store(on, Ordering::Relaxed);
+    }
+
+    /// Reopens node `fd` (an `O_PATH` fd) with real access `flags`, via /proc/self/fd.
+    fn reopen(&self, fd: i32, flags: i32) -> Result<i32> {
+        let name = crate::sys::FdName::new(fd);
+        // O_NOFOLLOW would refuse the /proc magic link itself; the fd already names the object.
+        let flags = flags & !(libc::O_NOFOLLOW | libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
+        Ok(crate::sys::openat(self.proc_self_fd, name.as_cstr(), flags, 0)?)
+    }
+}
+
+/// Checks one guest-supplied name: a single path component that cannot climb out. Length is
+/// left to the host file system, so an over-long name gets its ENAMETOOLONG.
+pub fn check_name(name: &CStr) -> Result<&CStr> {
+    let b = name.to_bytes();
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
+        return Err(Error::InvalidName);
+    }
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_check_name_rejects_climbing_names() {
+        for bad in [c"", c".", c"..", c"a/b", c"/", c"../x", c"x/.."] {
+            assert!(check_name(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in [c"a", c"...", c".hidden", c"a b", c"\xff"] {
+            assert!(check_name(good).is_ok(), "{good:?} refused");
+        }
+    }
+}

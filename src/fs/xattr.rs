@@ -1,0 +1,68 @@
+//! Extended attributes: SETXATTR, GETXATTR, LISTXATTR, REMOVEXATTR. `O_PATH` fds do not take
+//! the f*xattr calls, so these go through the fd's /proc/self/fd path (which resolves to the
+//! object itself, never through the share's names). Disabled unless `--xattr`: then ENOSYS, which
+//! makes the kernel stop asking (and spares every write its security.capability probe).
+
+use std::ffi::CStr;
+
+use super::{Context, Error, Fs, Result};
+use crate::fuse::{ReplyBuf, abi};
+use crate::sys;
+
+/// What a GETXATTR or LISTXATTR answers: the size alone (probe with size 0) or the bytes.
+pub enum XattrReply {
+    Size(abi::GetxattrOut),
+    Data,
+}
+
+impl Fs {
+    fn xattr_path(&self, nodeid: u64) -> Result<(crate::state::InodePin, std::ffi::CString)> {
+        if !self.cfg.xattr {
+            return Err(Error::NotSupported);
+        }
+        let node = self.state.inodes.pin(nodeid)?;
+        let path = sys::proc_fd_path(node.fd());
+        Ok((node, path))
+    }
+
+    /// Reads into `out` when `size` > 0, or reports the size needed when it is 0.
+    fn xattr_read(
+        &self,
+        size: u32,
+        out: &mut ReplyBuf,
+        call: impl Fn(&mut [u8]) -> std::io::Result<usize>,
+    ) -> Result<XattrReply> {
+        if size == 0 {
+            let n = call(&mut [])?;
+            return Ok(XattrReply::Size(abi::GetxattrOut { size: n as u32, padding: 0 }));
+        }
+        let buf = out.tail_mut(size as usize);
+        let n = call(buf)?;
+        out.truncate_payload(n);
+        Ok(XattrReply::Data)
+    }
+
+    pub fn getxattr(&self, ctx: &Context, nodeid: u64, name: &CStr, size: u32, out: &mut ReplyBuf) -> Result<XattrReply> {
+        let (_node, path) = self.xattr_path(nodeid)?;
+        let _as = ctx.become_caller()?;
+        self.xattr_read(size, out, |buf| sys::getxattr(&path, name, buf))
+    }
+
+    pub fn listxattr(&self, ctx: &Context, nodeid: u64, size: u32, out: &mut ReplyBuf) -> Result<XattrReply> {
+        let (_node, path) = self.xattr_path(nodeid)?;
+        let _as = ctx.become_caller()?;
+        self.xattr_read(size, out, |buf| sys::listxattr(&path, buf))
+    }
+
+    pub fn setxattr(&self, ctx: &Context, nodeid: u64, name: &CStr, value: &[u8], flags: u32) -> Result<()> {
+        let (_node, path) = self.xattr_path(nodeid)?;
+        let _as = ctx.become_caller()?;
+        Ok(sys::setxattr(&path, name, value, flags as i32)?)
+    }
+
+    pub fn removexattr(&self, ctx: &Context, nodeid: u64, name: &CStr) -> Result<()> {
+        let (_node, path) = self.xattr_path(nodeid)?;
+        let _as = ctx.become_caller()?;
+        Ok(sys::removexattr(&path, name)?)
+    }
+}

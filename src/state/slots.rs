@@ -1,0 +1,178 @@
+//! The slot machinery both tables share: allocation, publication, pinning and retirement of
+//! fixed-size slots in the state region, each holding one fd.
+//!
+//! A slot's life: FREE → SETTING_UP (allocated, contents being written) → LIVE (published with
+//! Release; its id may be handed to the peer) → RETIRING (no new pins; waits for current users)
+//! → FREE with the generation bumped, so an id naming the old incarnation is refused.
+//!
+//! Ids are `generation << 32 | index`; index 0 is never used, so id 0 is always invalid.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+
+use super::Error;
+
+pub const FREE: u32 = 0;
+pub const SETTING_UP: u32 = 1;
+pub const LIVE: u32 = 2;
+pub const RETIRING: u32 = 3;
+
+/// The part every slot starts with.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct SlotHeader {
+    pub state: AtomicU32,
+    pub generation: AtomicU32,
+    /// Requests currently using the slot's fd (heap-only meaning: reset by recovery).
+    pub users: AtomicU32,
+    pub fd: AtomicI32,
+}
+
+pub trait Slot: Sync + 'static {
+    fn header(&self) -> &SlotHeader;
+}
+
+pub fn make_id(index: u32, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | u64::from(index)
+}
+
+pub fn split_id(id: u64) -> (u32, u32) {
+    (id as u32, (id >> 32) as u32)
+}
+
+/// A table of slots in the region plus its heap free list.
+pub struct SlotTable<S: Slot> {
+    slots: &'static [S],
+    high_water: &'static AtomicU32,
+    free: Mutex<Vec<u32>>,
+    bad_id: Error,
+}
+
+/// A pinned LIVE slot: its fd stays open until the pin is dropped.
+pub struct Pin<S: Slot> {
+    slot: &'static S,
+    id: u64,
+}
+
+impl<S: Slot> Pin<S> {
+    pub fn slot(&self) -> &'static S {
+        self.slot
+    }
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    pub fn fd(&self) -> i32 {
+        self.slot.header().fd.load(Ordering::Relaxed)
+    }
+}
+
+impl<S: Slot> Drop for Pin<S> {
+    fn drop(&mut self) {
+        self.slot.header().users.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl<S: Slot> SlotTable<S> {
+    pub fn new(slots: &'static [S], high_water: &'static AtomicU32, bad_id: Error) -> Self {
+        // Index 0 is reserved so that id 0 never names a slot.
+        high_water.fetch_max(1, Ordering::SeqCst);
+        SlotTable { slots, high_water, free: Mutex::new(Vec::new()), bad_id }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn slot(&self, index: u32) -> &'static S {
+        &self.slots[index as usize]
+    }
+
+    /// Takes a FREE slot and marks it SETTING_UP.
+    pub fn alloc(&self) -> Result<u32, Error> {
+        let reused = self.free.lock().unwrap().pop();
+        let index = match reused {
+            Some(i) => i,
+            None => {
+                let i = self.high_water.fetch_add(1, Ordering::SeqCst);
+                if i as usize >= self.slots.len() {
+                    self.high_water.fetch_sub(1, Ordering::SeqCst);
+                    return Err(Error::TableFull(self.slots.len()));
+                }
+                i
+            }
+        };
+        // Crash after this store: a SETTING_UP slot whose id was never sent; recovery frees it
+        // and the fd sweep closes any fd it had.
+        self.slot(index).header().state.store(SETTING_UP, Ordering::SeqCst);
+        Ok(index)
+    }
+
+    /// Makes a SETTING_UP slot LIVE, after its contents are written; returns its id.
+    pub fn publish(&self, index: u32) -> u64 {
+        let h = self.slot(index).header();
+        let generation = h.generation.load(Ordering::Relaxed);
+        // Crash after this store: the slot is LIVE with complete contents; if its id was not
+        // replied yet, replay of the request (intent record) finds and reuses it.
+        h.state.store(LIVE, Ordering::Release);
+        make_id(index, generation)
+    }
+
+    /// Pins the LIVE slot named by `id`, refusing out-of-range, free and stale ids.
+    pub fn pin(&self, id: u64) -> Result<Pin<S>, Error> {
+        let (index, generation) = split_id(id);
+        if index == 0 || index as usize >= self.slots.len() {
+            return Err(self.bad_id.clone());
+        }
+        let slot = self.slot(index);
+        let h = slot.header();
+        // SeqCst pairs with `retire`: either it sees our user, or we see RETIRING.
+        h.users.fetch_add(1, Ordering::SeqCst);
+        if h.state.load(Ordering::SeqCst) != LIVE || h.generation.load(Ordering::SeqCst) != generation {
+            h.users.fetch_sub(1, Ordering::SeqCst);
+            return Err(self.bad_id.clone());
+        }
+        Ok(Pin { slot, id })
+    }
+
+    /// Marks a LIVE slot RETIRING so no new pin succeeds. The caller then calls `finish_retire`.
+    pub fn begin_retire(&self, index: u32) {
+        // Crash after this store: RETIRING slot, not yet freed; recovery completes retirement
+        // (closes the fd, bumps the generation, frees the slot).
+        self.slot(index).header().state.store(RETIRING, Ordering::SeqCst);
+    }
+
+    /// Waits for the slot's users to drop their pins, closes its fd and frees it.
+    pub fn finish_retire(&self, index: u32) {
+        let h = self.slot(index).header();
+        let mut spins = 0u32;
+        while h.users.load(Ordering::SeqCst) != 0 {
+            spins += 1;
+            if spins < 100 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
+        }
+        let fd = h.fd.swap(-1, Ordering::SeqCst);
+        // Crash after the swap but before close: the fd stays open with no slot naming it; the
+        // recovery fd sweep closes it.
+        if fd >= 0 {
+            crate::sys::close(fd);
+        }
+        h.generation.fetch_add(1, Ordering::SeqCst);
+        // Crash after freeing: a FREE slot; nothing to repair.
+        h.state.store(FREE, Ordering::SeqCst);
+        self.free.lock().unwrap().push(index);
+    }
+
+    /// Frees a slot that was allocated but never published (the operation failed).
+    pub fn abandon(&self, index: u32) {
+        self.finish_retire(index);
+    }
+
+    /// Indices of LIVE slots, for statistics and tests.
+    pub fn live_count(&self) -> usize {
+        let hw = (self.high_water.load(Ordering::SeqCst) as usize).min(self.slots.len());
+        self.slots[..hw].iter().filter(|s| s.header().state.load(Ordering::Relaxed) == LIVE).count()
+    }
+}

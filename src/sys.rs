@@ -1,0 +1,343 @@
+//! Thin, safe wrappers over the raw syscalls the daemon uses: the one place with `libc` calls
+//! and their `unsafe`. Each wrapper turns -1/errno into `io::Error` and nothing more.
+//!
+//! fds are plain `i32` here because the tables keep them as numbers in the state region (they
+//! must survive the worker that opened them); ownership is tracked by the tables, not by types.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+}
+
+fn cvt_long(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+}
+
+fn cvt_size(ret: isize) -> io::Result<usize> {
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret as usize) }
+}
+
+/// An fd number written as a NUL-terminated decimal name, for paths under /proc/self/fd.
+pub struct FdName {
+    buf: [u8; 12],
+    len: usize,
+}
+
+impl FdName {
+    pub fn new(fd: i32) -> FdName {
+        let mut digits = [0u8; 11];
+        let mut n = fd.unsigned_abs();
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let mut buf = [0u8; 12];
+        let len = digits.len() - i;
+        buf[..len].copy_from_slice(&digits[i..]);
+        FdName { buf, len }
+    }
+
+    pub fn as_cstr(&self) -> &CStr {
+        // The buffer holds digits followed by at least one NUL.
+        CStr::from_bytes_with_nul(&self.buf[..=self.len]).expect("digits then NUL")
+    }
+}
+
+pub fn close(fd: i32) {
+    // SAFETY: closing a number is memory-safe; the tables guarantee it is ours to close.
+    unsafe { libc::close(fd) };
+}
+
+pub fn memfd_create(name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is a valid C string; the returned fd is new and owned by us.
+    let fd = cvt(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) })?;
+    // SAFETY: `fd` was just created and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub fn ftruncate(fd: i32, size: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on an fd number.
+    cvt(unsafe { libc::ftruncate64(fd, size as i64) }).map(drop)
+}
+
+pub fn mmap_shared(fd: i32, size: usize) -> io::Result<*mut u8> {
+    // SAFETY: a fresh shared mapping of `fd`; no existing memory is affected.
+    let p = unsafe {
+        libc::mmap(std::ptr::null_mut(), size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
+    };
+    if p == libc::MAP_FAILED { Err(io::Error::last_os_error()) } else { Ok(p as *mut u8) }
+}
+
+pub fn open(path: &CStr, flags: i32) -> io::Result<i32> {
+    // SAFETY: valid C string; the fd returned is new.
+    cvt(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })
+}
+
+pub fn openat(dirfd: i32, name: &CStr, flags: i32, mode: u32) -> io::Result<i32> {
+    // SAFETY: valid C string; the fd returned is new.
+    cvt(unsafe { libc::openat(dirfd, name.as_ptr(), flags | libc::O_CLOEXEC, mode) })
+}
+
+/// openat2 with RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS (a trailing symlink
+/// is still returned as itself with O_PATH|O_NOFOLLOW). Falls back to openat on kernels < 5.6.
+pub fn openat_beneath(dirfd: i32, name: &CStr, flags: i32) -> io::Result<i32> {
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_NO_SYMLINKS;
+    // SAFETY: `how` is a valid open_how of the size passed; `name` is a valid C string.
+    let r = unsafe {
+        libc::syscall(libc::SYS_openat2, dirfd, name.as_ptr(), &how as *const libc::open_how, size_of::<libc::open_how>())
+    };
+    match cvt_long(r) {
+        Ok(fd) => Ok(fd as i32),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => openat(dirfd, name, flags | libc::O_NOFOLLOW, 0),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn statx(dirfd: i32, name: &CStr, flags: i32) -> io::Result<libc::statx> {
+    // SAFETY: zeroed statx is a valid out-buffer.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    let mask = libc::STATX_BASIC_STATS | libc::STATX_MNT_ID;
+    // SAFETY: valid pointers to a C string and an out-buffer.
+    cvt(unsafe { libc::statx(dirfd, name.as_ptr(), flags, mask, &mut st) })?;
+    Ok(st)
+}
+
+pub fn fstatat(dirfd: i32, name: &CStr, flags: i32) -> io::Result<libc::stat64> {
+    // SAFETY: zeroed stat64 is a valid out-buffer.
+    let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers.
+    cvt(unsafe { libc::fstatat64(dirfd, name.as_ptr(), &mut st, flags) })?;
+    Ok(st)
+}
+
+pub fn mkdirat(dirfd: i32, name: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::mkdirat(dirfd, name.as_ptr(), mode) }).map(drop)
+}
+
+pub fn mknodat(dirfd: i32, name: &CStr, mode: u32, rdev: u64) -> io::Result<()> {
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::mknodat(dirfd, name.as_ptr(), mode, rdev) }).map(drop)
+}
+
+pub fn symlinkat(target: &CStr, dirfd: i32, name: &CStr) -> io::Result<()> {
+    // SAFETY: valid C strings.
+    cvt(unsafe { libc::symlinkat(target.as_ptr(), dirfd, name.as_ptr()) }).map(drop)
+}
+
+pub fn unlinkat(dirfd: i32, name: &CStr, flags: i32) -> io::Result<()> {
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::unlinkat(dirfd, name.as_ptr(), flags) }).map(drop)
+}
+
+pub fn renameat2(olddir: i32, old: &CStr, newdir: i32, new: &CStr, flags: u32) -> io::Result<()> {
+    // SAFETY: valid C strings.
+    cvt(unsafe { libc::renameat2(olddir, old.as_ptr(), newdir, new.as_ptr(), flags) }).map(drop)
+}
+
+pub fn linkat(olddir: i32, old: &CStr, newdir: i32, new: &CStr, flags: i32) -> io::Result<()> {
+    // SAFETY: valid C strings.
+    cvt(unsafe { libc::linkat(olddir, old.as_ptr(), newdir, new.as_ptr(), flags) }).map(drop)
+}
+
+pub fn readlinkat(dirfd: i32, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid writable buffer of its length.
+    cvt_size(unsafe { libc::readlinkat(dirfd, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+pub fn fchownat(dirfd: i32, name: &CStr, uid: u32, gid: u32, flags: i32) -> io::Result<()> {
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::fchownat(dirfd, name.as_ptr(), uid, gid, flags) }).map(drop)
+}
+
+pub fn fchmod(fd: i32, mode: u32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::fchmod(fd, mode) }).map(drop)
+}
+
+pub fn fchmodat(dirfd: i32, name: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::fchmodat(dirfd, name.as_ptr(), mode, 0) }).map(drop)
+}
+
+pub fn truncate(path: &CStr, size: u64) -> io::Result<()> {
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::truncate64(path.as_ptr(), size as i64) }).map(drop)
+}
+
+pub fn utimensat(dirfd: i32, name: &CStr, times: &[libc::timespec; 2], flags: i32) -> io::Result<()> {
+    // SAFETY: valid C string and a two-element timespec array.
+    cvt(unsafe { libc::utimensat(dirfd, name.as_ptr(), times.as_ptr(), flags) }).map(drop)
+}
+
+pub fn futimens(fd: i32, times: &[libc::timespec; 2]) -> io::Result<()> {
+    // SAFETY: a two-element timespec array.
+    cvt(unsafe { libc::futimens(fd, times.as_ptr()) }).map(drop)
+}
+
+pub fn pread(fd: i32, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length.
+    cvt_size(unsafe { libc::pread64(fd, buf.as_mut_ptr().cast(), buf.len(), offset as i64) })
+}
+
+pub fn pwrite(fd: i32, buf: &[u8], offset: u64) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of its length.
+    cvt_size(unsafe { libc::pwrite64(fd, buf.as_ptr().cast(), buf.len(), offset as i64) })
+}
+
+pub fn read(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length.
+    cvt_size(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+pub fn write(fd: i32, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of its length.
+    cvt_size(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })
+}
+
+pub fn fsync(fd: i32, datasync: bool) -> io::Result<()> {
+    // SAFETY: plain syscalls.
+    cvt(unsafe { if datasync { libc::fdatasync(fd) } else { libc::fsync(fd) } }).map(drop)
+}
+
+pub fn syncfs(fd: i32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::syncfs(fd) }).map(drop)
+}
+
+pub fn lseek(fd: i32, offset: i64, whence: i32) -> io::Result<u64> {
+    // SAFETY: plain syscall.
+    let r = unsafe { libc::lseek64(fd, offset, whence) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as u64) }
+}
+
+pub fn getdents64(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length.
+    let r = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
+    cvt_long(r).map(|n| n as usize)
+}
+
+pub fn fstatfs(fd: i32) -> io::Result<libc::statvfs64> {
+    // SAFETY: zeroed statvfs is a valid out-buffer.
+    let mut st: libc::statvfs64 = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out pointer.
+    cvt(unsafe { libc::fstatvfs64(fd, &mut st) })?;
+    Ok(st)
+}
+
+pub fn faccessat(dirfd: i32, name: &CStr, mode: i32, flags: i32) -> io::Result<()> {
+    // SAFETY: valid C string. The raw syscall is used because glibc's faccessat emulates
+    // AT_EACCESS with the process's (not the thread's) credentials.
+    let r = unsafe { libc::syscall(libc::SYS_faccessat2, dirfd, name.as_ptr(), mode, flags) };
+    cvt_long(r).map(drop)
+}
+
+pub fn getxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: valid C strings; a zero-length buffer is passed as null, asking for the size.
+    let p = if buf.is_empty() { std::ptr::null_mut() } else { buf.as_mut_ptr().cast() };
+    cvt_size(unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), p, buf.len()) })
+}
+
+pub fn listxattr(path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    let p = if buf.is_empty() { std::ptr::null_mut() } else { buf.as_mut_ptr().cast() };
+    // SAFETY: valid C string and buffer (or null with size 0).
+    cvt_size(unsafe { libc::listxattr(path.as_ptr(), p, buf.len()) })
+}
+
+pub fn setxattr(path: &CStr, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
+    // SAFETY: valid C strings and value buffer.
+    cvt(unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags) })
+        .map(drop)
+}
+
+pub fn removexattr(path: &CStr, name: &CStr) -> io::Result<()> {
+    // SAFETY: valid C strings.
+    cvt(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) }).map(drop)
+}
+
+pub fn fcntl_lock(fd: i32, cmd: i32, lock: &mut libc::flock64) -> io::Result<()> {
+    // SAFETY: `lock` is a valid flock64 for the OFD lock commands.
+    cvt(unsafe { libc::fcntl(fd, cmd, lock as *mut libc::flock64) }).map(drop)
+}
+
+pub fn flock(fd: i32, op: i32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::flock(fd, op) }).map(drop)
+}
+
+pub fn fallocate(fd: i32, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::fallocate64(fd, mode, offset as i64, len as i64) }).map(drop)
+}
+
+pub fn copy_file_range(fd_in: i32, off_in: u64, fd_out: i32, off_out: u64, len: usize, flags: u32) -> io::Result<usize> {
+    let mut oi = off_in as i64;
+    let mut oo = off_out as i64;
+    // SAFETY: the offsets are valid in/out pointers for the call.
+    cvt_size(unsafe { libc::copy_file_range(fd_in, &mut oi, fd_out, &mut oo, len, flags) })
+}
+
+pub fn ioctl_clone_fuse(fd: i32, master: i32) -> io::Result<()> {
+    // FUSE_DEV_IOC_CLONE = _IOR(229, 0, uint32_t)
+    const FUSE_DEV_IOC_CLONE: libc::c_ulong = 0x8004_e500;
+    let m = master as u32;
+    // SAFETY: the ioctl reads one u32 from the pointer.
+    cvt(unsafe { libc::ioctl(fd, FUSE_DEV_IOC_CLONE, &m as *const u32) }).map(drop)
+}
+
+pub fn mount(source: &CStr, target: &CStr, fstype: &CStr, flags: libc::c_ulong, data: &CStr) -> io::Result<()> {
+    // SAFETY: valid C strings.
+    cvt(unsafe { libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data.as_ptr().cast()) })
+        .map(drop)
+}
+
+pub fn umount(target: &CStr, flags: i32) -> io::Result<()> {
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::umount2(target.as_ptr(), flags) }).map(drop)
+}
+
+/// Per-thread credential switches. Raw syscalls, because glibc's wrappers broadcast the change to
+/// every thread of the process.
+pub mod thread_creds {
+    use std::io;
+
+    pub fn setresuid(euid: u32) -> io::Result<()> {
+        // SAFETY: plain syscall; -1 leaves the real and saved ids unchanged.
+        super::cvt_long(unsafe { libc::syscall(libc::SYS_setresuid, -1i32, euid, -1i32) }).map(drop)
+    }
+
+    pub fn setresgid(egid: u32) -> io::Result<()> {
+        // SAFETY: plain syscall.
+        super::cvt_long(unsafe { libc::syscall(libc::SYS_setresgid, -1i32, egid, -1i32) }).map(drop)
+    }
+
+    pub fn setgroups(groups: &[u32]) -> io::Result<()> {
+        // SAFETY: the pointer and length describe a valid gid array.
+        super::cvt_long(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) }).map(drop)
+    }
+}
+
+pub fn umask(mask: u32) -> u32 {
+    // SAFETY: plain syscall.
+    unsafe { libc::umask(mask) }
+}
+
+pub fn dup(fd: i32) -> io::Result<i32> {
+    // SAFETY: plain syscall; the new fd is ours.
+    cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) })
+}
+
+/// `/proc/self/fd/N` as a C string, for calls that take only paths (xattrs, truncate).
+pub fn proc_fd_path(fd: i32) -> std::ffi::CString {
+    std::ffi::CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL in a formatted number")
+}

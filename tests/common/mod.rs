@@ -1,0 +1,108 @@
+//! Shared by the integration tests: start `phoenixfsd` on a temporary share, wait until the
+//! kernel shows the mount, and tear it down (SIGTERM, then a lazy unmount if it did not go).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_phoenixfsd");
+
+/// Fails the test loudly where FUSE cannot run (never a silent skip).
+pub fn require_fuse() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: these tests mount real FUSE file systems and need it (run as root)"
+    );
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "these tests mount FUSE with mount(2) and switch credentials: run them as root"
+    );
+}
+
+pub fn is_mounted(mnt: &Path) -> bool {
+    let target = mnt.canonicalize().unwrap_or_else(|_| mnt.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(target.to_str().unwrap()))
+}
+
+/// A running phoenixfsd serving `share` at `mnt`.
+pub struct Mount {
+    pub child: Child,
+    pub share: PathBuf,
+    pub mnt: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Mount {
+    /// A fresh share and mount point in a new temporary directory.
+    pub fn new(extra_args: &[&str]) -> Mount {
+        let tmp = tempfile::Builder::new().prefix("phoenixfs-test").tempdir().unwrap();
+        let share = tmp.path().join("share");
+        let mnt = tmp.path().join("mnt");
+        std::fs::create_dir(&share).unwrap();
+        std::fs::create_dir(&mnt).unwrap();
+        let mut m = Mount::start(&share, &mnt, extra_args);
+        m._tmp = Some(tmp);
+        m
+    }
+
+    pub fn start(share: &Path, mnt: &Path, extra_args: &[&str]) -> Mount {
+        require_fuse();
+        let child = Command::new(BIN)
+            .arg("--shared-dir")
+            .arg(share)
+            .arg("--mountpoint")
+            .arg(mnt)
+            .args(["--log-level", "warn"])
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn phoenixfsd");
+        let mut m = Mount { child, share: share.to_path_buf(), mnt: mnt.to_path_buf(), _tmp: None };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_mounted(mnt) {
+            if let Some(status) = m.child.try_wait().unwrap() {
+                panic!("phoenixfsd exited before mounting: {status}");
+            }
+            assert!(Instant::now() < deadline, "phoenixfsd did not mount {mnt:?} within 20 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        m
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// SIGTERM, and wait for a clean exit; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return self.child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.stop();
+        }
+        if is_mounted(&self.mnt) {
+            let c = std::ffi::CString::new(self.mnt.as_os_str().as_encoded_bytes()).unwrap();
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
