@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Installs what phoenixfs's tests and benchmarks need on a fresh Debian bookworm machine.
+# Run as root; idempotent (a second run only checks); needs no stdin (CI=true).
+#
+#   - Debian packages: fuse3 (fusermount3, /etc/fuse.conf), fio, attr, acl, pkg-config,
+#     libfuse3-dev, libacl1-dev (pjdfstest links libacl), libseccomp-dev + libcap-ng-dev
+#     (a later virtiofsd build), python3 (bench helpers), psmisc, util-linux.
+#   - pjdfstest 0.2.2 (the Rust rewrite) via `cargo install --locked`, unless already there.
+#   - The dummy users pjdfstest switches to: `nobody` (with its own primary group, Debian's
+#     `nogroup`) and `tests` (with group `tests`).
+set -euo pipefail
+
+PJDFSTEST_VERSION=0.2.2
+export DEBIAN_FRONTEND=noninteractive
+
+say() { printf '[setup] %s\n' "$*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "[setup] error: run as root (installs packages, creates users, mounts FUSE)" >&2
+    exit 1
+fi
+
+# ---- Debian packages --------------------------------------------------------------------
+PKGS=(fuse3 libfuse3-dev fio attr acl libacl1-dev pkg-config libseccomp-dev libcap-ng-dev
+      python3 psmisc util-linux gcc)
+missing=()
+for p in "${PKGS[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    say "apt-get update"
+    apt-get update -q
+    say "apt-get install -y ${missing[*]}"
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+    say "Debian packages already installed: ${PKGS[*]}"
+fi
+
+# ---- FUSE ---------------------------------------------------------------------------------
+if [ ! -e /dev/fuse ]; then
+    say "/dev/fuse missing: trying modprobe fuse"
+    modprobe fuse 2>/dev/null || true
+fi
+if [ ! -e /dev/fuse ]; then
+    echo "[setup] error: /dev/fuse does not exist; FUSE tests cannot run on this machine" >&2
+    exit 1
+fi
+# allow_other is fine for root without this, but non-root helpers (fusermount3) need it.
+if [ -f /etc/fuse.conf ] && ! grep -q '^user_allow_other' /etc/fuse.conf; then
+    say "enabling user_allow_other in /etc/fuse.conf"
+    echo user_allow_other >> /etc/fuse.conf
+fi
+
+# ---- pjdfstest ----------------------------------------------------------------------------
+export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
+have_pjd=""
+if command -v pjdfstest >/dev/null 2>&1; then
+    have_pjd="$(pjdfstest --version 2>/dev/null || true)"
+fi
+if [ "$have_pjd" = "pjdfstest $PJDFSTEST_VERSION" ]; then
+    say "pjdfstest $PJDFSTEST_VERSION already installed at $(command -v pjdfstest)"
+else
+    say "cargo install pjdfstest --version $PJDFSTEST_VERSION --locked (takes ~2-4 min on 2 cores)"
+    start=$(date +%s)
+    nice -n 10 cargo install pjdfstest --version "$PJDFSTEST_VERSION" --locked --force
+    say "pjdfstest installed in $(( $(date +%s) - start )) s: $(command -v pjdfstest)"
+fi
+
+# ---- users and groups for pjdfstest ------------------------------------------------------
+# pjdfstest's default [dummy_auth] is the users `nobody` and `tests`, each with the group of
+# its primary gid (on Debian: nobody -> nogroup). Both must exist; their groups must exist.
+if ! getent group nogroup >/dev/null; then
+    say "creating group nogroup"
+    groupadd --system nogroup
+fi
+if ! getent passwd nobody >/dev/null; then
+    say "creating user nobody"
+    useradd --system --gid nogroup --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin nobody
+fi
+if ! getent group tests >/dev/null; then
+    say "creating group tests"
+    groupadd --system tests
+fi
+if ! getent passwd tests >/dev/null; then
+    say "creating user tests"
+    useradd --system --gid tests --no-create-home --home-dir / \
+        --shell /usr/sbin/nologin --comment "Dummy User for pjdfstest" tests
+fi
+say "users: $(id nobody); $(id tests)"
+say "done"

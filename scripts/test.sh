@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The project's single test command (CI runs it through .ci/run on a fresh Debian bookworm
+# machine, as root, with CI=true and no stdin):
+#   1. scripts/setup.sh   - Debian packages (fuse3, fio, ...), pjdfstest 0.2.2, dummy users
+#   2. cargo build --release
+#   3. cargo test --release (all unit and integration tests, pjdfstest included)
+# Exits non-zero on any failure.
+#
+# Test binaries run one after another; tests inside one binary run in parallel (each FUSE test
+# mounts its own temporary share). tests/pjdfstest.rs is its own binary and serializes its runs,
+# so pjdfstest never competes with other FUSE tests for the 2 cores.
+# Extra arguments go to the test harness, e.g. `bash scripts/test.sh --nocapture`.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# Bound a hung FUSE test well inside CI's limit rather than letting it eat the whole run.
+TEST_TIMEOUT="${TEST_TIMEOUT:-1500}"
+
+step() { printf '\n==> [%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+t0=$(date +%s)
+
+step "scripts/setup.sh"
+bash scripts/setup.sh
+
+step "cargo build --release"
+cargo build --release
+
+step "cargo test --release (timeout ${TEST_TIMEOUT}s)"
+rc=0
+timeout --kill-after=30 "$TEST_TIMEOUT" cargo test --release --no-fail-fast -- --show-output "$@" || rc=$?
+if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    echo "error: cargo test did not finish within ${TEST_TIMEOUT}s (a FUSE test hung?)" >&2
+    # A hung daemon leaves its mount behind; detach any test mounts so the machine stays usable.
+    grep -o ' /tmp/phoenixfs-test[^ ]*' /proc/self/mountinfo 2>/dev/null | while read -r m; do
+        umount -l "$m" 2>/dev/null || true
+    done
+fi
+
+step "done in $(( $(date +%s) - t0 )) s (cargo test exit code $rc)"
+exit "$rc"
