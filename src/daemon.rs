@@ -76,10 +76,15 @@ fn prepare_process(rlimit_nofile: Option<u64>) {
         Some(n) => n,
         None => std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(lim.rlim_max),
     };
-    let new = libc::rlimit { rlim_cur: want, rlim_max: want.max(lim.rlim_max) };
-    // SAFETY: valid pointer.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
-        tracing::warn!(want, "cannot raise RLIMIT_NOFILE: {}", std::io::Error::last_os_error());
+    let raised = libc::rlimit { rlim_cur: want, rlim_max: want.max(lim.rlim_max) };
+    let soft_only = libc::rlimit { rlim_cur: want.min(lim.rlim_max), rlim_max: lim.rlim_max };
+    // SAFETY: valid pointers. Raising the hard limit needs CAP_SYS_RESOURCE, which a container
+    // may withhold: then take what the hard limit allows.
+    let ok = unsafe {
+        libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 || libc::setrlimit(libc::RLIMIT_NOFILE, &soft_only) == 0
+    };
+    if !ok || soft_only.rlim_cur < want && rlimit_nofile.is_some() {
+        tracing::warn!(want, got = soft_only.rlim_cur, "cannot raise RLIMIT_NOFILE as asked");
     }
 }
 
