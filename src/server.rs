@@ -109,7 +109,7 @@ impl Server {
             Op::Tmpfile { arg } => fs.tmpfile(&ctx, node, &arg).map(|(e, o)| push2(out, &e, &o)),
             Op::Read(a) => fs.read(a.fh, a.offset, a.size.min(MAX_WRITE), out),
             Op::Write { arg, data } => fs.write(arg.fh, arg.offset, data).map(|w| out.push_obj(&w)),
-            Op::Flush(a) => fs.flush(a.fh),
+            Op::Flush(a) => fs.flush(a.fh, a.lock_owner),
             Op::Release(a) => fs.release(a.fh, HandleKind::File),
             Op::Releasedir(a) => fs.releasedir(a.fh),
             Op::Fsync(a) => fs.fsync(a.fh, HandleKind::File, a.fsync_flags & 1 != 0),

@@ -61,6 +61,7 @@ impl Fs {
             self.reopen(node.fd(), self.host_open_flags(a.flags))?
         };
         let fh = self.state.handles.insert(fd, HandleKind::File, nodeid, a.flags)?;
+        self.locks.file_opened(nodeid);
         Ok(self.open_out(fh, a.flags))
     }
 
@@ -80,6 +81,7 @@ impl Fs {
             }
         };
         let fh = self.state.handles.insert(fd, HandleKind::File, entry.nodeid, a.flags)?;
+        self.locks.file_opened(entry.nodeid);
         Ok((entry, self.open_out(fh, a.flags)))
     }
 
@@ -100,6 +102,7 @@ impl Fs {
             }
         };
         let fh = self.state.handles.insert(fd, HandleKind::File, entry.nodeid, a.flags)?;
+        self.locks.file_opened(entry.nodeid);
         Ok((entry, self.open_out(fh, a.flags)))
     }
 
@@ -124,8 +127,9 @@ impl Fs {
         Ok(abi::WriteOut { size: n as u32, padding: 0 })
     }
 
-    pub fn flush(&self, fh: u64) -> Result<()> {
+    pub fn flush(&self, fh: u64, lock_owner: u64) -> Result<()> {
         let h = self.file(fh)?;
+        self.drop_owner_locks(h.slot().nodeid.load(std::sync::atomic::Ordering::Relaxed), lock_owner)?;
         // Closing a duplicate gives the host file system the flush a close() would (NFS
         // writes back here), without dropping the handle's locks, which belong to its open
         // file description, not to this fd.
@@ -135,7 +139,11 @@ impl Fs {
     }
 
     pub fn release(&self, fh: u64, kind: HandleKind) -> Result<()> {
-        Ok(self.state.handles.release(fh, kind)?)
+        let nodeid = self.state.handles.release(fh, kind)?;
+        if kind == HandleKind::File {
+            self.locks.file_closed(nodeid, fh, &self.state.handles);
+        }
+        Ok(())
     }
 
     pub fn fsync(&self, fh: u64, kind: HandleKind, datasync: bool) -> Result<()> {

@@ -1,17 +1,94 @@
-//! Locks: GETLK, SETLK, SETLKW as OFD locks on the handle's fd, and flock(2) when the kernel
-//! marks the request FUSE_LK_FLOCK. Both belong to the open file description the handle holds,
-//! so they live exactly as long as the handle (and, in the shared fd table, survive a worker).
+//! Locks: GETLK, SETLK, SETLKW.
 //!
-//! Known difference from POSIX record locks: two guest processes sharing one open file (fork
-//! after open) share its locks, as OFD locks do.
+//! Record locks (the guest's POSIX locks, owner = its process's file table, and its OFD locks,
+//! owner = its open file) are taken as OFD locks on one host fd *per (node, lock owner)*, held in
+//! a LockOwner handle slot. So two owners conflict exactly as they would natively, one owner's
+//! locks through different guest fds are one set, and its unlock-on-close (which the kernel sends
+//! as an explicit unlock) releases them. The slot also keeps the pid the owner last locked with,
+//! which GETLK reports for a conflicting lock. flock requests (`FUSE_LK_FLOCK`) belong to the
+//! guest's open file, so they are flock(2) on the handle's own fd.
+//!
+//! Lock-owner fds are closed when the node's last open file is released (no owner can hold a
+//! lock on a file nobody has open). Being handle slots in the state region, they survive a
+//! worker's death like every other fd.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 
 use super::{Error, Fs, Result};
 use crate::fuse::abi;
-use crate::state::HandleKind;
+use crate::state::{HandleKind, Handles};
 use crate::sys;
 
 /// FUSE's "to end of file" (the kernel's OFFSET_MAX).
 const OFFSET_MAX: u64 = i64::MAX as u64;
+
+/// One lock owner's handle, and the guest file handle it locks through.
+#[derive(Clone, Copy)]
+struct Owner {
+    fh: u64,
+    /// The file handle of its first lock, or 0 once it has locked through more than one: an OFD
+    /// owner (one guest open file) always uses one fh, a POSIX owner (a process) may use several.
+    via: u64,
+}
+
+/// Per node: how many guest files are open on it, and its lock owners.
+#[derive(Default)]
+struct NodeLocks {
+    open_files: u32,
+    owners: HashMap<u64, Owner>,
+}
+
+/// The heap index of lock owners (rebuilt from the handle table at recovery).
+#[derive(Default)]
+pub struct LockOwners {
+    nodes: Mutex<HashMap<u64, NodeLocks>>,
+}
+
+impl LockOwners {
+    pub fn file_opened(&self, nodeid: u64) {
+        self.nodes.lock().unwrap().entry(nodeid).or_default().open_files += 1;
+    }
+
+    /// After RELEASE of guest file `fh`: drop the owners that locked only through it (an OFD
+    /// owner's locks end with its file; a POSIX owner's were already dropped at FLUSH), and
+    /// every owner once the node has no open file left.
+    pub fn file_closed(&self, nodeid: u64, fh: u64, handles: &Handles) {
+        let dropped: Vec<u64> = {
+            let mut nodes = self.nodes.lock().unwrap();
+            let Some(n) = nodes.get_mut(&nodeid) else { return };
+            n.open_files = n.open_files.saturating_sub(1);
+            if n.open_files == 0 {
+                nodes.remove(&nodeid).map(|n| n.owners.into_values().map(|o| o.fh).collect()).unwrap_or_default()
+            } else {
+                let gone: Vec<u64> = n.owners.iter().filter(|(_, o)| o.via == fh).map(|(id, _)| *id).collect();
+                gone.iter().filter_map(|id| n.owners.remove(id)).map(|o| o.fh).collect()
+            }
+        };
+        for fh in dropped {
+            let _ = handles.release(fh, HandleKind::LockOwner);
+        }
+    }
+
+    fn get(&self, nodeid: u64, owner: u64) -> Option<u64> {
+        self.nodes.lock().unwrap().get(&nodeid)?.owners.get(&owner).map(|o| o.fh)
+    }
+
+    /// Notes that `owner` locks through guest file `via`.
+    fn used_via(&self, nodeid: u64, owner: u64, via: u64) {
+        if let Some(o) = self.nodes.lock().unwrap().get_mut(&nodeid).and_then(|n| n.owners.get_mut(&owner)) {
+            if o.via != via {
+                o.via = 0;
+            }
+        }
+    }
+
+    fn others(&self, nodeid: u64, owner: u64) -> Vec<u64> {
+        let nodes = self.nodes.lock().unwrap();
+        nodes.get(&nodeid).map(|n| n.owners.iter().filter(|(o, _)| **o != owner).map(|(_, o)| o.fh).collect()).unwrap_or_default()
+    }
+}
 
 fn to_flock(lk: &abi::FileLock) -> Result<libc::flock64> {
     let start = i64::try_from(lk.start).map_err(|_| Error::OutOfRange)?;
@@ -28,25 +105,65 @@ fn to_flock(lk: &abi::FileLock) -> Result<libc::flock64> {
     Ok(libc::flock64 { l_type: typ, l_whence: libc::SEEK_SET as i16, l_start: start, l_len: len, l_pid: 0 })
 }
 
+fn same_lock(a: &libc::flock64, b: &libc::flock64) -> bool {
+    (a.l_type, a.l_start, a.l_len) == (b.l_type, b.l_start, b.l_len)
+}
+
 impl Fs {
+    /// The lock-owner handle for (`nodeid`, `owner`), made on first use (through guest file
+    /// `via`) from the node's fd.
+    fn lock_owner(&self, nodeid: u64, owner: u64, via: u64) -> Result<u64> {
+        if let Some(fh) = self.locks.get(nodeid, owner) {
+            self.locks.used_via(nodeid, owner, via);
+            return Ok(fh);
+        }
+        let node = self.state.inodes.pin(nodeid)?;
+        // Any access mode will do for holding locks; the guest kernel already refused a write
+        // lock on a read-only file. Read-write first, as either lock type needs its mode.
+        let fd = self
+            .reopen(node.fd(), libc::O_RDWR)
+            .or_else(|_| self.reopen(node.fd(), libc::O_RDONLY))
+            .or_else(|_| self.reopen(node.fd(), libc::O_WRONLY))?;
+        let mut nodes = self.locks.nodes.lock().unwrap();
+        let n = nodes.entry(nodeid).or_default();
+        if let Some(o) = n.owners.get(&owner) {
+            sys::close(fd); // another thread made it meanwhile
+            return Ok(o.fh);
+        }
+        let fh = self.state.handles.insert_lock_owner(fd, nodeid, owner)?;
+        n.owners.insert(owner, Owner { fh, via });
+        Ok(fh)
+    }
+
     pub fn getlk(&self, a: &abi::LkIn) -> Result<abi::LkOut> {
-        let h = self.state.handles.pin(a.fh, HandleKind::File)?;
-        let mut fl = to_flock(&a.lk)?;
-        sys::fcntl_lock(h.fd(), libc::F_OFD_GETLK, &mut fl)?;
-        let end = if fl.l_len == 0 { OFFSET_MAX } else { (fl.l_start + fl.l_len - 1) as u64 };
-        Ok(abi::LkOut {
-            lk: abi::FileLock {
-                start: fl.l_start as u64,
-                end,
-                typ: fl.l_type as u32,
-                // OFD locks have no owning pid (-1); the kernel treats 0 as "unknown".
-                pid: if fl.l_pid > 0 { fl.l_pid as u32 } else { 0 },
-            },
-        })
+        let file = self.state.handles.pin(a.fh, HandleKind::File)?;
+        let nodeid = file.slot().nodeid.load(Ordering::Relaxed);
+        let want = to_flock(&a.lk)?;
+        // Ask through the owner's own fd, so that its own locks are no conflict; an owner with no
+        // fd yet holds no locks, and the file's fd holds no record locks either.
+        let own = self.locks.get(nodeid, a.owner).map(|fh| self.state.handles.pin(fh, HandleKind::LockOwner)).transpose()?;
+        let query_fd = own.as_ref().map_or(file.fd(), |p| p.fd());
+        let mut found = want;
+        sys::fcntl_lock(query_fd, libc::F_OFD_GETLK, &mut found)?;
+        let mut pid = 0;
+        if found.l_type != libc::F_UNLCK as i16 {
+            // Which owner holds it? Asking from the holder's fd hides the lock (own locks never
+            // conflict), so the first owner whose view differs is the one.
+            for fh in self.locks.others(nodeid, a.owner) {
+                let Ok(other) = self.state.handles.pin(fh, HandleKind::LockOwner) else { continue };
+                let mut seen = want;
+                if sys::fcntl_lock(other.fd(), libc::F_OFD_GETLK, &mut seen).is_ok() && !same_lock(&seen, &found) {
+                    pid = other.slot().pid.load(Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+        let end = if found.l_len == 0 { OFFSET_MAX } else { (found.l_start + found.l_len - 1) as u64 };
+        Ok(abi::LkOut { lk: abi::FileLock { start: found.l_start as u64, end, typ: found.l_type as u32, pid } })
     }
 
     pub fn setlk(&self, a: &abi::LkIn, sleep: bool) -> Result<()> {
-        let h = self.state.handles.pin(a.fh, HandleKind::File)?;
+        let file = self.state.handles.pin(a.fh, HandleKind::File)?;
         if a.lk_flags & abi::LK_FLOCK != 0 {
             let op = match a.lk.typ as i32 {
                 libc::F_RDLCK => libc::LOCK_SH,
@@ -55,10 +172,30 @@ impl Fs {
                 _ => return Err(Error::OutOfRange),
             };
             let op = if sleep { op } else { op | libc::LOCK_NB };
-            return Ok(sys::flock(h.fd(), op)?);
+            return Ok(sys::flock(file.fd(), op)?);
         }
+        let nodeid = file.slot().nodeid.load(Ordering::Relaxed);
         let mut fl = to_flock(&a.lk)?;
+        if fl.l_type == libc::F_UNLCK as i16 && self.locks.get(nodeid, a.owner).is_none() {
+            return Ok(()); // an owner without an fd holds nothing to unlock
+        }
+        let owner = self.state.handles.pin(self.lock_owner(nodeid, a.owner, a.fh)?, HandleKind::LockOwner)?;
         let cmd = if sleep { libc::F_OFD_SETLKW } else { libc::F_OFD_SETLK };
-        Ok(sys::fcntl_lock(h.fd(), cmd, &mut fl)?)
+        sys::fcntl_lock(owner.fd(), cmd, &mut fl)?;
+        if fl.l_type != libc::F_UNLCK as i16 {
+            owner.slot().pid.store(a.lk.pid, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+impl Fs {
+    /// FLUSH (a guest close): POSIX says closing any fd of a file drops all the closing process's
+    /// record locks on it, and the kernel leaves that to us, naming the owner in the FLUSH.
+    pub(super) fn drop_owner_locks(&self, nodeid: u64, owner: u64) -> Result<()> {
+        let Some(fh) = self.locks.get(nodeid, owner) else { return Ok(()) };
+        let h = self.state.handles.pin(fh, HandleKind::LockOwner)?;
+        let mut all = libc::flock64 { l_type: libc::F_UNLCK as i16, l_whence: libc::SEEK_SET as i16, l_start: 0, l_len: 0, l_pid: 0 };
+        Ok(sys::fcntl_lock(h.fd(), libc::F_OFD_SETLK, &mut all)?)
     }
 }

@@ -91,6 +91,7 @@ pub struct Fs {
     dir_locks: Vec<Mutex<()>>,
     /// Set at INIT when the kernel agreed to writeback caching.
     writeback: AtomicBool,
+    locks: lock::LockOwners,
 }
 
 const DIR_LOCK_STRIPES: usize = 64;
@@ -109,6 +110,7 @@ impl Fs {
             proc_self_fd,
             dir_locks: (0..DIR_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             writeback: AtomicBool::new(false),
+            locks: lock::LockOwners::default(),
         })
     }
 

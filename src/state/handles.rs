@@ -12,6 +12,8 @@ use super::slots::{Pin, Slot, SlotHeader, SlotTable};
 pub enum HandleKind {
     File = 1,
     Dir = 2,
+    /// An fd held for one lock owner's POSIX/OFD record locks on a node (see fs/lock.rs).
+    LockOwner = 3,
 }
 
 #[repr(C)]
@@ -21,9 +23,13 @@ pub struct HandleSlot {
     pub kind: AtomicU32,
     pub open_flags: AtomicU32,
     pub nodeid: AtomicU64,
+    /// LockOwner slots: the kernel's lock owner id, and the pid that last locked through it.
+    pub owner: AtomicU64,
+    pub pid: AtomicU32,
+    _pad: AtomicU32,
 }
 
-const _: () = assert!(size_of::<HandleSlot>() == 32);
+const _: () = assert!(size_of::<HandleSlot>() == 48);
 
 impl Slot for HandleSlot {
     fn header(&self) -> &SlotHeader {
@@ -36,6 +42,7 @@ impl HandleSlot {
         match self.kind.load(Ordering::Relaxed) {
             1 => Some(HandleKind::File),
             2 => Some(HandleKind::Dir),
+            3 => Some(HandleKind::LockOwner),
             _ => None,
         }
     }
@@ -54,6 +61,15 @@ impl Handles {
 
     /// Publishes a new handle owning `fd`; on failure the fd is closed.
     pub fn insert(&self, fd: i32, kind: HandleKind, nodeid: u64, open_flags: u32) -> Result<u64, Error> {
+        self.insert_with(fd, kind, nodeid, open_flags, 0)
+    }
+
+    /// Publishes a lock-owner handle for `owner` on `nodeid`.
+    pub fn insert_lock_owner(&self, fd: i32, nodeid: u64, owner: u64) -> Result<u64, Error> {
+        self.insert_with(fd, HandleKind::LockOwner, nodeid, 0, owner)
+    }
+
+    fn insert_with(&self, fd: i32, kind: HandleKind, nodeid: u64, open_flags: u32, owner: u64) -> Result<u64, Error> {
         let i = match self.table.alloc() {
             Ok(i) => i,
             Err(e) => {
@@ -66,6 +82,8 @@ impl Handles {
         s.kind.store(kind as u32, Ordering::Relaxed);
         s.open_flags.store(open_flags, Ordering::Relaxed);
         s.nodeid.store(nodeid, Ordering::Relaxed);
+        s.owner.store(owner, Ordering::Relaxed);
+        s.pid.store(0, Ordering::Relaxed);
         Ok(self.table.publish(i))
     }
 
@@ -78,9 +96,11 @@ impl Handles {
         Ok(p)
     }
 
-    /// Retires handle `fh` of `kind`, closing its fd once no request uses it.
-    pub fn release(&self, fh: u64, kind: HandleKind) -> Result<(), Error> {
+    /// Retires handle `fh` of `kind`, closing its fd once no request uses it; returns the node
+    /// it was opened from.
+    pub fn release(&self, fh: u64, kind: HandleKind) -> Result<u64, Error> {
         let p = self.pin(fh, kind)?;
+        let nodeid = p.slot().nodeid.load(Ordering::Relaxed);
         let (i, _) = super::slots::split_id(p.id());
         // Two RELEASEs of one fh race here; only the one that moves LIVE → RETIRING proceeds.
         let won = p.slot().hdr.state.compare_exchange(
@@ -94,7 +114,7 @@ impl Handles {
             return Err(Error::BadHandle);
         }
         self.table.finish_retire(i);
-        Ok(())
+        Ok(nodeid)
     }
 
     pub fn live_count(&self) -> usize {
