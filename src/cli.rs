@@ -199,7 +199,7 @@ pub struct Cli {
     pub legacy_options: Vec<String>,
 
     /// Crash recovery: a supervisor keeps the connection and restarts the worker.
-    #[arg(long, value_enum, default_value_t = Recovery::Off)]
+    #[arg(long, value_enum, default_value_t = Recovery::On)]
     pub recovery: Recovery,
 
     /// Capacity of the inode table in the state region (live node ids).

@@ -5,16 +5,16 @@
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::cli::{CachePolicy, Cli, LogLevel};
-use crate::fs::{self, EntryTimeouts, Fs};
+use crate::cli::{CachePolicy, Cli, LogLevel, Recovery};
+use crate::fs::{self, EntryTimeouts};
 use crate::fuse::abi;
-use crate::server::{InitPolicy, Server};
-use crate::state::{Region, State};
+use crate::server::InitPolicy;
+use crate::state::Region;
+use crate::state::region::{MAX_CONN_FDS, MAX_KEEP_FDS};
 use crate::transport::fusedev::FuseDev;
+use crate::worker::WorkerConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -30,6 +30,12 @@ pub enum Error {
     VhostUserNotBuilt,
     #[error("demo setup: {0}")]
     Demo(std::io::Error),
+    #[error(transparent)]
+    Worker(#[from] crate::worker::Error),
+    #[error(transparent)]
+    Supervisor(#[from] crate::supervisor::Error),
+    #[error("{0} fds are open at start-up (at most {MAX_KEEP_FDS} can be kept across workers); close inherited fds")]
+    TooManyFds(usize),
 }
 
 pub fn init_logging(level: LogLevel) {
@@ -95,7 +101,7 @@ fn block_signals() -> libc::sigset_t {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD] {
             libc::sigaddset(&mut set, s);
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
@@ -123,35 +129,43 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     prepare_process(cli.rlimit_nofile);
     let sigset = block_signals();
 
-    let state = Arc::new(State::new(Region::create(cli.max_inodes, cli.max_handles)?));
     let (timeouts, open_reply_flags) = timeouts(cli.cache);
-    let cfg = fs::Config {
+    let fs_cfg = fs::Config {
         timeouts,
         open_reply_flags,
         xattr: cli.xattr,
         allow_direct_io: cli.allow_direct_io,
         readdirplus: !cli.no_readdirplus && cli.cache != CachePolicy::Never,
     };
-    let dir_c = CString::new(shared_dir.as_os_str().as_bytes()).expect("paths have no NUL");
-    let fs = Fs::new(&dir_c, state, cfg.clone())?;
     let policy = InitPolicy {
         writeback: cli.writeback,
-        readdirplus: cfg.readdirplus,
+        readdirplus: fs_cfg.readdirplus,
         posix_acl: false,
         auto_inval_data: cli.cache == CachePolicy::Auto,
     };
-    let server = Arc::new(Server::new(fs, policy));
+    let recovery = cli.recovery == Recovery::On;
+    let cfg = WorkerConfig {
+        shared_dir: CString::new(shared_dir.as_os_str().as_bytes()).expect("paths have no NUL"),
+        fs: fs_cfg,
+        policy,
+        recovery,
+    };
 
+    let mut region = Region::create(cli.max_inodes, cli.max_handles)?;
     let dev = FuseDev::mount(&mountpoint, &shared_dir)?;
     let threads = if cli.thread_pool_size == 0 { default_threads() } else { cli.thread_pool_size };
-    let (done_tx, done_rx) = mpsc::channel();
-    dev.serve(server, threads, done_tx.clone())?;
-    tracing::info!(share = %shared_dir.display(), mountpoint = %mountpoint.display(), threads, "serving");
+    let conn = dev.connection_fds(threads.min(MAX_CONN_FDS))?;
+    record_fds(&mut region, &conn)?;
+    tracing::info!(share = %shared_dir.display(), mountpoint = %mountpoint.display(), threads = conn.len(), recovery, "serving");
     if cli.demo {
         println!("phoenixfsd demo: serving {} at {}", shared_dir.display(), mountpoint.display());
         println!("try: ls -l {0}; cat {0}/hello.txt   (Ctrl-C to stop)", mountpoint.display());
     }
 
+    if recovery {
+        return Ok(crate::supervisor::run(region, &dev, &cfg, &sigset)?);
+    }
+    let server = crate::worker::prepare(region, &cfg)?;
     // Wait for a termination signal, or for the connection to end (someone unmounted us).
     std::thread::Builder::new()
         .name("signals".into())
@@ -160,11 +174,42 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             // SAFETY: waits on a valid, blocked signal set.
             unsafe { libc::sigwait(&sigset, &mut sig) };
             tracing::info!(signal = sig, "stopping");
-            let _ = done_tx.send(());
+            std::process::exit(unmount_then(0, &mountpoint));
         })
         .expect("spawn the signal thread");
-    let _ = done_rx.recv();
+    crate::worker::serve(server)?;
     dev.unmount();
+    Ok(())
+}
+
+fn unmount_then(code: i32, mountpoint: &std::path::Path) -> i32 {
+    if let Ok(c) = CString::new(mountpoint.as_os_str().as_bytes()) {
+        if crate::sys::umount(&c, 0).is_err() {
+            let _ = crate::sys::umount(&c, libc::MNT_DETACH);
+        }
+    }
+    code
+}
+
+/// Writes the connection fds, and every other fd open now (stdio, the memfd, inherited ones),
+/// into the region header: a worker's fd sweep must leave them all open.
+fn record_fds(region: &mut Region, conn: &[i32]) -> Result<(), Error> {
+    let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map_err(Error::Demo)?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| !conn.contains(fd))
+        .collect();
+    // The listing's own fd was among them and is closed now: keep only those still open.
+    // SAFETY: F_GETFD only queries.
+    let keep: Vec<i32> = open.into_iter().filter(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } >= 0).collect();
+    if keep.len() > MAX_KEEP_FDS {
+        return Err(Error::TooManyFds(keep.len()));
+    }
+    let h = region.header_mut_before_workers();
+    h.conn_fds[..conn.len()].copy_from_slice(conn);
+    h.conn_count = conn.len() as u32;
+    h.keep_fds[..keep.len()].copy_from_slice(&keep);
+    h.keep_count = keep.len() as u32;
     Ok(())
 }
 

@@ -7,10 +7,13 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod cli;
+pub mod crash;
 pub mod daemon;
 pub mod fs;
 pub mod fuse;
 pub mod server;
 pub mod state;
+pub mod supervisor;
 pub mod sys;
 pub mod transport;
+pub mod worker;

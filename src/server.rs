@@ -2,13 +2,14 @@
 //! `Fs` method for its opcode, encode the reply. Transport-neutral: it takes request bytes and
 //! gives reply bytes (or none, for FORGET and INTERRUPT).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use zerocopy::{Immutable, IntoBytes};
 
 use crate::fs::{self, Context, Fs};
 use crate::fuse::{DecodeOptions, Op, ReplyBuf, Request, abi};
 use crate::state::HandleKind;
+use crate::state::intent::Intent;
 
 /// Largest WRITE payload we accept, advertised at INIT.
 pub const MAX_WRITE: u32 = 1 << 20;
@@ -27,18 +28,84 @@ pub struct InitPolicy {
 pub struct Server {
     pub fs: Fs,
     policy: InitPolicy,
-    initialized: AtomicBool,
-    /// Negotiated INIT flags (flags | flags2 << 32), 0 before INIT.
-    negotiated: AtomicU64,
+    /// Whether requests carry intent records (crash recovery on).
+    recovery: bool,
+}
+
+/// A serving thread's own intent record (none when recovery is off).
+#[derive(Debug)]
+pub struct ThreadRecord(Option<u32>);
+
+/// What a transport hands back after writing a reply (or deciding there is none), so the
+/// request's record is freed only once the reply is out.
+#[must_use]
+#[derive(Debug)]
+pub struct Completion {
+    record: Option<(u32, bool)>,
 }
 
 impl Server {
-    pub fn new(fs: Fs, policy: InitPolicy) -> Server {
-        Server { fs, policy, initialized: AtomicBool::new(false), negotiated: AtomicU64::new(0) }
+    /// A server over `fs`. The INIT outcome lives in the state region, so a server made by a
+    /// worker that replaces a dead one serves on without a new INIT.
+    pub fn new(fs: Fs, policy: InitPolicy, recovery: bool) -> Server {
+        let server = Server { fs, policy, recovery };
+        let h = server.fs.state.region.header();
+        if h.init_done.load(Ordering::Acquire) != 0 {
+            server.fs.set_writeback(h.negotiated.load(Ordering::Acquire) & abi::WRITEBACK_CACHE != 0);
+        }
+        server
     }
 
     pub fn negotiated(&self) -> u64 {
-        self.negotiated.load(Ordering::Acquire)
+        self.fs.state.region.header().negotiated.load(Ordering::Acquire)
+    }
+
+    fn initialized(&self) -> bool {
+        self.fs.state.region.header().init_done.load(Ordering::Acquire) != 0
+    }
+
+    /// The record a new serving thread will use for its requests.
+    pub fn thread_record(&self) -> ThreadRecord {
+        ThreadRecord(if self.recovery { self.fs.state.records.claim() } else { None })
+    }
+
+    /// Frees a request's record after its reply was written.
+    pub fn complete(&self, c: Completion) {
+        self.fs.state.region.header().served.fetch_add(1, Ordering::Relaxed);
+        if let Some((i, adopted)) = c.record {
+            self.fs.state.records.get(i).clear();
+            if adopted {
+                self.fs.state.records.release(i);
+            }
+        }
+    }
+
+    /// Picks the record for request `h`: the orphan a dead worker left for it when it is a
+    /// resend, otherwise the thread's own, started afresh.
+    fn intent_for(&self, h: &abi::InHeader, own: &ThreadRecord) -> (Intent, Option<(u32, bool)>) {
+        let Some(own) = own.0 else { return (Intent::none(), None) };
+        let records = &self.fs.state.records;
+        let unique = h.unique & !abi::UNIQUE_RESEND;
+        if h.unique & abi::UNIQUE_RESEND != 0 {
+            if let Some(i) = records.adopt(unique, self.fs.state.worker_gen()) {
+                return (Intent::new(records.get(i), true), Some((i, true)));
+            }
+        }
+        records.get(own).start(unique, h.opcode, h.nodeid, self.fs.state.worker_gen());
+        (Intent::new(records.get(own), false), Some((own, false)))
+    }
+
+    /// A request in flight at two worker deaths is answered EIO and dropped from replay, after
+    /// giving back the lookups and handle its attempts took (the guest never saw them).
+    fn abandon(&self, intent: Intent) {
+        for nodeid in intent.raised().into_iter().rev() {
+            self.fs.state.inodes.unraise(nodeid, intent);
+        }
+        let fh = intent.handle();
+        if fh != 0 {
+            let _ = self.fs.state.handles.release(fh, HandleKind::File);
+            let _ = self.fs.state.handles.release(fh, HandleKind::Dir);
+        }
     }
 
     /// Handles one request. `groups` supplies the caller's supplementary groups (by pid) where
@@ -49,7 +116,9 @@ impl Server {
         msg: &[u8],
         groups: impl Fn(u32, u32) -> Vec<u32>,
         out: &'o mut ReplyBuf,
-    ) -> Option<&'o [u8]> {
+        own: &ThreadRecord,
+    ) -> (Option<&'o [u8]>, Completion) {
+        let none = Completion { record: None };
         out.clear();
         let opts = DecodeOptions { setxattr_ext: false };
         let req = match Request::decode(msg, opts) {
@@ -58,40 +127,49 @@ impl Server {
                 return match Request::header_of(msg) {
                     Ok(h) => {
                         tracing::warn!(unique = h.unique, opcode = h.opcode, "malformed request: {e}");
-                        Some(out.finish_err(h.unique, e.errno()))
+                        (Some(out.finish_err(h.unique, e.errno())), none)
                     }
                     Err(_) => {
                         tracing::warn!(len = msg.len(), "dropping request without a usable header: {e}");
-                        None
+                        (None, none)
                     }
                 };
             }
         };
         let h = req.header;
         let unique = h.unique;
-        if !self.initialized.load(Ordering::Acquire) && !matches!(req.op, Op::Init { .. }) {
+        if !self.initialized() && !matches!(req.op, Op::Init { .. }) {
             tracing::warn!(unique, opcode = h.opcode, "request before INIT");
-            return Some(out.finish_err(unique, libc::EIO));
+            return (Some(out.finish_err(unique, libc::EIO)), none);
         }
-        let ctx = Context { uid: h.uid, gid: h.gid, pid: h.pid, groups: Vec::new() };
-        let ctx = if h.uid != 0 { Context { groups: groups(h.pid, h.uid), ..ctx } } else { ctx };
+        let (intent, record) = self.intent_for(&h, own);
+        let done = Completion { record };
+        if intent.is_replay() {
+            let deaths = intent.record().map_or(0, |r| r.deaths.load(Ordering::Relaxed));
+            if deaths >= 2 {
+                tracing::error!(unique, opcode = h.opcode, deaths, "request was in flight at {deaths} worker deaths: answering EIO");
+                self.abandon(intent);
+                return (Some(out.finish_err(unique, libc::EIO)), done);
+            }
+            tracing::debug!(unique, opcode = h.opcode, step = intent.step(), "replaying");
+        }
+        let groups = if h.uid != 0 { groups(h.pid, h.uid) } else { Vec::new() };
+        let ctx = Context { uid: h.uid, gid: h.gid, pid: h.pid, groups, intent };
         let node = h.nodeid;
         let fs = &self.fs;
         let r: fs::Result<()> = match req.op {
-            Op::Init { arg, flags2 } => return Some(self.init(unique, &arg, flags2, out)),
+            Op::Init { arg, flags2 } => return (Some(self.init(unique, &arg, flags2, out)), done),
             Op::Destroy => Ok(()),
             Op::Forget { nlookup } => {
-                fs.forget(node, nlookup);
-                return None;
+                fs.forget(&[abi::ForgetOne { nodeid: node, nlookup }], intent);
+                return (None, done);
             }
             Op::BatchForget { forgets } => {
-                for f in &forgets {
-                    fs.forget(f.nodeid, f.nlookup);
-                }
-                return None;
+                fs.forget(&forgets, intent);
+                return (None, done);
             }
             // INTERRUPT needs no answer; operations here finish promptly or are restartable.
-            Op::Interrupt { .. } => return None,
+            Op::Interrupt { .. } => return (None, done),
             Op::Lookup { name } => fs.lookup(&ctx, node, name).map(|e| out.push_obj(&e)),
             Op::Getattr { fh } => fs.getattr(node, fh).map(|a| out.push_obj(&a)),
             Op::Setattr(a) => fs.setattr(&ctx, node, &a).map(|a| out.push_obj(&a)),
@@ -108,10 +186,10 @@ impl Server {
             Op::Create { arg, name } => fs.create(&ctx, node, name, &arg).map(|(e, o)| push2(out, &e, &o)),
             Op::Tmpfile { arg } => fs.tmpfile(&ctx, node, &arg).map(|(e, o)| push2(out, &e, &o)),
             Op::Read(a) => fs.read(a.fh, a.offset, a.size.min(MAX_WRITE), out),
-            Op::Write { arg, data } => fs.write(arg.fh, arg.offset, data).map(|w| out.push_obj(&w)),
+            Op::Write { arg, data } => fs.write(&ctx, arg.fh, arg.offset, data).map(|w| out.push_obj(&w)),
             Op::Flush(a) => fs.flush(a.fh, a.lock_owner),
-            Op::Release(a) => fs.release(a.fh, HandleKind::File),
-            Op::Releasedir(a) => fs.releasedir(a.fh),
+            Op::Release(a) => fs.release(&ctx, a.fh, HandleKind::File),
+            Op::Releasedir(a) => fs.releasedir(&ctx, a.fh),
             Op::Fsync(a) => fs.fsync(a.fh, HandleKind::File, a.fsync_flags & 1 != 0),
             Op::Fsyncdir(a) => fs.fsync(a.fh, HandleKind::Dir, a.fsync_flags & 1 != 0),
             Op::Readdir(a) => fs.readdir(&ctx, &a, false, out),
@@ -124,19 +202,21 @@ impl Server {
             Op::Removexattr { name } => fs.removexattr(&ctx, node, name),
             Op::Getlk(a) => fs.getlk(&a).map(|l| out.push_obj(&l)),
             Op::Setlk { arg, sleep } => fs.setlk(&arg, sleep),
-            Op::Fallocate(a) => fs.fallocate(&a),
+            Op::Fallocate(a) => fs.fallocate(&ctx, &a),
             Op::Lseek(a) => fs.lseek(&a).map(|l| out.push_obj(&l)),
             Op::CopyFileRange(a) => fs.copy_file_range(&a).map(|w| out.push_obj(&w)),
             Op::Syncfs => fs.syncfs(node),
             Op::Unsupported(_) => Err(fs::Error::NotSupported),
         };
-        Some(match r {
+        crate::crash_point!("reply.before_send");
+        let reply = match r {
             Ok(()) => out.finish_ok(unique),
             Err(e) => {
                 tracing::debug!(unique, opcode = h.opcode, "{e}");
                 out.finish_err(unique, e.errno())
             }
-        })
+        };
+        (Some(reply), done)
     }
 
     fn init<'o>(&self, unique: u64, arg: &abi::InitIn, flags2: u32, out: &'o mut ReplyBuf) -> &'o [u8] {
@@ -174,6 +254,12 @@ impl Server {
         }
         let agreed = offered & want;
         self.fs.set_writeback(agreed & abi::WRITEBACK_CACHE != 0);
+        let header = self.fs.state.region.header();
+        header.kernel_flags.store(offered, Ordering::Release);
+        header.negotiated.store(agreed, Ordering::Release);
+        // Crash after this store: a later worker serves without INIT; the INIT request itself
+        // is re-sent and answered again with the same outcome.
+        header.init_done.store(1, Ordering::Release);
         reply.max_readahead = arg.max_readahead;
         reply.flags = agreed as u32;
         reply.flags2 = (agreed >> 32) as u32;
@@ -182,8 +268,6 @@ impl Server {
         reply.max_write = MAX_WRITE;
         reply.time_gran = 1;
         reply.max_pages = (MAX_WRITE / 4096) as u16;
-        self.negotiated.store(agreed, Ordering::Release);
-        self.initialized.store(true, Ordering::Release);
         tracing::info!(
             kernel = format!("{}.{}", arg.major, arg.minor),
             resend = offered & abi::HAS_RESEND != 0,

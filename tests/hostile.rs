@@ -14,13 +14,14 @@ use phoenixfsd::fs::{self, EntryTimeouts, Fs};
 use phoenixfsd::fuse::abi::{self, Opcode};
 use phoenixfsd::fuse::encode::{Sender, encode_request, frame};
 use phoenixfsd::fuse::{Op, ReplyBuf};
-use phoenixfsd::server::{InitPolicy, Server};
+use phoenixfsd::server::{InitPolicy, Server, ThreadRecord};
 use phoenixfsd::state::{Region, State};
 use zerocopy::{FromBytes, IntoBytes};
 
 struct Harness {
     server: Server,
     out: ReplyBuf,
+    record: ThreadRecord,
     unique: u64,
     _tmp: tempfile::TempDir,
     top: PathBuf,
@@ -58,8 +59,9 @@ impl Harness {
         let dir = CString::new(share.as_os_str().as_bytes()).unwrap();
         let fs = Fs::new(&dir, state, cfg).unwrap();
         let policy = InitPolicy { writeback: false, readdirplus: true, posix_acl: false, auto_inval_data: true };
-        let server = Server::new(fs, policy);
-        Harness { server, out: ReplyBuf::new(), unique: 0, _tmp: tmp, top }
+        let server = Server::new(fs, policy, true);
+        let record = server.thread_record();
+        Harness { server, out: ReplyBuf::new(), record, unique: 0, _tmp: tmp, top }
     }
 
     fn sender(&mut self, nodeid: u64) -> Sender {
@@ -68,10 +70,14 @@ impl Harness {
     }
 
     fn raw(&mut self, msg: &[u8]) -> Option<Reply> {
-        let reply = self.server.handle(msg, |_, _| Vec::new(), &mut self.out)?;
-        let (h, payload) = abi::OutHeader::read_from_prefix(reply).expect("reply has a header");
-        assert_eq!(h.len as usize, reply.len(), "reply length field");
-        Some((-h.error, payload.to_vec()))
+        let (reply, done) = self.server.handle(msg, |_, _| Vec::new(), &mut self.out, &self.record);
+        let parsed = reply.map(|reply| {
+            let (h, payload) = abi::OutHeader::read_from_prefix(reply).expect("reply has a header");
+            assert_eq!(h.len as usize, reply.len(), "reply length field");
+            (-h.error, payload.to_vec())
+        });
+        self.server.complete(done);
+        parsed
     }
 
     fn op(&mut self, nodeid: u64, op: &Op<'_>) -> Option<Reply> {

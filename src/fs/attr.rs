@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::{Context, Error, Fs, Result, check_name};
 use crate::fuse::abi;
 use crate::state::InodeKey;
+use crate::state::intent::Intent;
 use crate::sys::{self, FdName};
 
 /// How long the kernel may cache names and attributes (from --cache).
@@ -44,7 +45,7 @@ pub fn attr_of(st: &libc::stat64) -> abi::Attr {
     }
 }
 
-fn stat_fd(fd: i32) -> Result<libc::stat64> {
+pub(super) fn stat_fd(fd: i32) -> Result<libc::stat64> {
     Ok(sys::fstatat(fd, c"", libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)?)
 }
 
@@ -55,14 +56,34 @@ impl Fs {
     }
 
     /// Opens `name` under the directory fd `dirfd` and records one lookup of it.
-    pub(super) fn lookup_at(&self, dirfd: i32, name: &CStr) -> Result<abi::EntryOut> {
+    pub(super) fn lookup_at(&self, dirfd: i32, name: &CStr, intent: Intent) -> Result<abi::EntryOut> {
         let fd = sys::openat_beneath(dirfd, name, libc::O_PATH | libc::O_NOFOLLOW)?;
-        self.lookup_fd(fd)
+        self.lookup_fd(fd, intent)
+    }
+
+    /// The entry of a node whose lookup this request already took (a replay after the raise).
+    pub(super) fn entry_of(&self, nodeid: u64) -> Result<abi::EntryOut> {
+        let node = self.state.inodes.pin(nodeid)?;
+        let st = stat_fd(node.fd())?;
+        Ok(self.entry_out(nodeid, st))
+    }
+
+    fn entry_out(&self, nodeid: u64, st: libc::stat64) -> abi::EntryOut {
+        let t = self.cfg.timeouts;
+        abi::EntryOut {
+            nodeid,
+            generation: nodeid >> 32,
+            entry_valid: t.entry.as_secs(),
+            attr_valid: t.attr.as_secs(),
+            entry_valid_nsec: t.entry.subsec_nanos(),
+            attr_valid_nsec: t.attr.subsec_nanos(),
+            attr: attr_of(&st),
+        }
     }
 
     /// Records one lookup of the object that the fresh `O_PATH` fd `fd` names; the fd is
     /// consumed (kept by a new slot, or closed as a duplicate or on error).
-    pub(super) fn lookup_fd(&self, fd: i32) -> Result<abi::EntryOut> {
+    pub(super) fn lookup_fd(&self, fd: i32, intent: Intent) -> Result<abi::EntryOut> {
         let stats = stat_fd(fd).and_then(|st| Ok((st, sys::statx(fd, c"", libc::AT_EMPTY_PATH)?)));
         let (st, stx) = match stats {
             Ok(v) => v,
@@ -71,28 +92,27 @@ impl Fs {
                 return Err(e);
             }
         };
-        let looked = self.state.inodes.lookup(fd, key_of(&stx), st.st_mode & libc::S_IFMT)?;
-        let t = self.cfg.timeouts;
-        Ok(abi::EntryOut {
-            nodeid: looked.nodeid,
-            generation: u64::from(looked.generation),
-            entry_valid: t.entry.as_secs(),
-            attr_valid: t.attr.as_secs(),
-            entry_valid_nsec: t.entry.subsec_nanos(),
-            attr_valid_nsec: t.attr.subsec_nanos(),
-            attr: attr_of(&st),
-        })
+        let looked = self.state.inodes.lookup(fd, key_of(&stx), st.st_mode & libc::S_IFMT, intent)?;
+        Ok(self.entry_out(looked.nodeid, st))
     }
 
     pub fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> Result<abi::EntryOut> {
         let name = check_name(name)?;
+        // Replay after the raise: the count is taken, only the reply is missing.
+        if let Some(&nodeid) = ctx.intent.raised().first() {
+            return self.entry_of(nodeid);
+        }
         let dir = self.state.inodes.pin(parent)?;
         let _as = ctx.become_caller()?;
-        self.lookup_at(dir.fd(), name)
+        self.lookup_at(dir.fd(), name, ctx.intent)
     }
 
-    pub fn forget(&self, nodeid: u64, nlookup: u64) {
-        self.state.inodes.forget(nodeid, nlookup);
+    /// FORGET and BATCH_FORGET: applies the entries from the first one not yet done (the
+    /// record's step), each exactly once.
+    pub fn forget(&self, entries: &[abi::ForgetOne], intent: Intent) {
+        for (k, f) in entries.iter().enumerate().skip(intent.step() as usize) {
+            self.state.inodes.forget_entry(f.nodeid, f.nlookup, intent, Some(k as u32));
+        }
     }
 
     pub fn getattr(&self, nodeid: u64, fh: Option<u64>) -> Result<abi::AttrOut> {

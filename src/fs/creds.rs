@@ -3,6 +3,7 @@
 //! permission decision is the host kernel's own.
 
 use super::{Error, Result};
+use crate::state::intent::Intent;
 use crate::sys::thread_creds;
 
 /// The caller of one request, as the transport reports it.
@@ -14,6 +15,8 @@ pub struct Context {
     /// Supplementary groups of the caller, where the transport can know them (a host FUSE mount
     /// reads them from /proc; a guest's are unknown and left empty).
     pub groups: Vec<u32>,
+    /// The request's intent record (none when recovery is off).
+    pub intent: Intent,
 }
 
 /// Restores the daemon's own credentials when dropped.

@@ -5,6 +5,7 @@
 use super::{Context, Fs, Result};
 use crate::fuse::{DirEntry, ReplyBuf, abi};
 use crate::state::HandleKind;
+use crate::state::intent::MAX_RAISES;
 use crate::sys;
 
 /// Upper bound for one getdents64 call, whatever size the kernel asks for.
@@ -39,19 +40,29 @@ impl<'a> Iterator for Dirents<'a> {
 }
 
 impl Fs {
+    /// OPENDIR: as OPEN (the fd first, then the handle two-phase in the record).
     pub fn opendir(&self, ctx: &Context, nodeid: u64, a: &abi::OpenIn) -> Result<abi::OpenOut> {
+        let published = ctx.intent.handle();
+        if published != 0 {
+            return Ok(abi::OpenOut { fh: published, open_flags: 0, backing_id: 0 });
+        }
         let node = self.state.inodes.pin(nodeid)?;
         let fd = {
             let _as = ctx.become_caller()?;
             self.reopen(node.fd(), libc::O_RDONLY | libc::O_DIRECTORY)?
         };
-        let fh = self.state.handles.insert(fd, HandleKind::Dir, nodeid, a.flags)?;
+        crate::crash_point!("opendir.after_open");
+        let fh = self.state.handles.insert(fd, HandleKind::Dir, nodeid, a.flags, ctx.intent)?;
         Ok(abi::OpenOut { fh, open_flags: 0, backing_id: 0 })
     }
 
     /// READDIR (`plus` false) and READDIRPLUS: entries from `offset` on, as many as fit in
-    /// `size` bytes of reply.
+    /// `size` bytes of reply. READDIRPLUS takes a lookup per entry; a replay first gives back
+    /// the ones the dead attempt took (the kernel never saw them), then reads afresh.
     pub fn readdir(&self, ctx: &Context, a: &abi::ReadIn, plus: bool, out: &mut ReplyBuf) -> Result<()> {
+        for nodeid in ctx.intent.raised().into_iter().rev() {
+            self.state.inodes.unraise(nodeid, ctx.intent);
+        }
         let h = self.state.handles.pin(a.fh, HandleKind::Dir)?;
         let offset = i64::try_from(a.offset).map_err(|_| super::Error::OutOfRange)?;
         let limit = a.size as usize;
@@ -67,7 +78,7 @@ impl Fs {
             }
             for ent in (Dirents { buf: &raw[..n] }) {
                 let fits = if plus {
-                    self.push_plus(h.fd(), limit, &ent, out)
+                    self.push_plus(ctx, h.fd(), limit, &ent, out)
                 } else {
                     out.push_dirent(limit, &ent)
                 };
@@ -80,8 +91,9 @@ impl Fs {
 
     /// Appends one READDIRPLUS record, looking the entry up (which takes a lookup count the
     /// kernel will FORGET) only once the record is known to fit.
-    fn push_plus(&self, dirfd: i32, limit: usize, ent: &DirEntry<'_>, out: &mut ReplyBuf) -> bool {
-        if !out.fits_direntplus(limit, ent.name.len()) {
+    fn push_plus(&self, ctx: &Context, dirfd: i32, limit: usize, ent: &DirEntry<'_>, out: &mut ReplyBuf) -> bool {
+        // Each record's lookup is noted in the intent record, which holds a bounded number.
+        if !out.fits_direntplus(limit, ent.name.len()) || ctx.intent.raised().len() >= MAX_RAISES {
             return false;
         }
         let mut entry = abi::EntryOut::default();
@@ -89,7 +101,7 @@ impl Fs {
             // An entry that vanished or cannot be looked up is still listed, with node id 0,
             // which tells the kernel to list it without caching anything for it.
             if let Ok(name) = std::ffi::CString::new(ent.name) {
-                if let Ok(e) = self.lookup_at(dirfd, &name) {
+                if let Ok(e) = self.lookup_at(dirfd, &name, ctx.intent) {
                     entry = e;
                 }
             }
@@ -98,7 +110,7 @@ impl Fs {
         true
     }
 
-    pub fn releasedir(&self, fh: u64) -> Result<()> {
-        self.release(fh, HandleKind::Dir)
+    pub fn releasedir(&self, ctx: &Context, fh: u64) -> Result<()> {
+        self.release(ctx, fh, HandleKind::Dir)
     }
 }

@@ -3,13 +3,17 @@
 
 use std::ffi::CStr;
 
+use super::once::{self, Markers, is_errno};
 use super::{Context, Error, Fs, Result, check_name};
+use crate::state::intent::Intent;
 use crate::fuse::{ReplyBuf, abi};
 use crate::state::{HandleKind, HandlePin};
 use crate::sys::{self, FdName};
 
 /// Largest COPY_FILE_RANGE a reply can report (its size field is 32 bits).
 const MAX_COPY: u64 = 1 << 30;
+
+const APPEND_MARKERS: Markers = Markers { before: "write.before_append", after: "write.after_append" };
 
 impl Fs {
     /// The flags a guest open turns into on the host: creation flags are handled by the kernel
@@ -49,7 +53,15 @@ impl Fs {
         Ok(self.state.handles.pin(fh, HandleKind::File)?)
     }
 
+    /// OPEN. Steps: the fd is opened as the caller (a crash after it leaves an fd no table
+    /// names, closed by recovery's sweep; the replay opens again, which is idempotent even with
+    /// O_TRUNC); then the handle is published two-phase in the record, so a replay after it
+    /// replies with the same fh.
     pub fn open(&self, ctx: &Context, nodeid: u64, a: &abi::OpenIn) -> Result<abi::OpenOut> {
+        let published = ctx.intent.handle();
+        if published != 0 {
+            return Ok(self.open_out(published, a.flags));
+        }
         let node = self.state.inodes.pin(nodeid)?;
         if node.slot().file_type.load(std::sync::atomic::Ordering::Relaxed) == libc::S_IFDIR
             && a.flags as i32 & libc::O_ACCMODE != libc::O_RDONLY
@@ -60,40 +72,93 @@ impl Fs {
             let _as = ctx.become_caller()?;
             self.reopen(node.fd(), self.host_open_flags(a.flags))?
         };
-        let fh = self.state.handles.insert(fd, HandleKind::File, nodeid, a.flags)?;
+        crate::crash_point!("open.after_open");
+        let fh = self.state.handles.insert(fd, HandleKind::File, nodeid, a.flags, ctx.intent)?;
         self.locks.file_opened(nodeid);
         Ok(self.open_out(fh, a.flags))
     }
 
+    /// CREATE. Steps: (0) whether the name exists is recorded — with O_EXCL an existing name is
+    /// a real EEXIST; (1-2) the create-open, bracketed (a replay that gets EEXIST where the name
+    /// was absent finds its own file and opens it without O_CREAT); (3) the lookup raise; (4) the
+    /// handle publication. A replay after (3) reopens the node; after (4) only replies.
     pub fn create(&self, ctx: &Context, parent: u64, name: &CStr, a: &abi::CreateIn) -> Result<(abi::EntryOut, abi::OpenOut)> {
         let name = check_name(name)?;
+        let intent = ctx.intent;
+        if let Some(&nodeid) = intent.raised().first() {
+            return self.finish_create(ctx, nodeid, a);
+        }
         let dir = self.state.inodes.pin(parent)?;
-        let (fd, entry) = {
-            let _as = ctx.become_caller()?;
-            let flags = self.host_open_flags(a.flags) | libc::O_CREAT | (a.flags as i32 & libc::O_EXCL);
-            let fd = sys::openat(dir.fd(), name, flags | libc::O_NOFOLLOW, a.mode)?;
-            match self.lookup_at(dir.fd(), name) {
-                Ok(entry) => (fd, entry),
-                Err(e) => {
-                    sys::close(fd);
-                    return Err(e);
-                }
+        let _as = ctx.become_caller()?;
+        let excl = a.flags as i32 & libc::O_EXCL;
+        if intent.record().is_some() && intent.step() == 0 {
+            let existed = sys::fstatat(dir.fd(), name, libc::AT_SYMLINK_NOFOLLOW).is_ok();
+            if existed && excl != 0 {
+                return Err(Error::Os(std::io::Error::from_raw_os_error(libc::EEXIST)));
+            }
+            intent.set_fact(0, u64::from(existed));
+        }
+        let flags = self.host_open_flags(a.flags) | libc::O_NOFOLLOW;
+        let mut fd = -1;
+        let m = Markers { before: "create.before_open", after: "create.after_open" };
+        let opened = once::once(
+            intent,
+            &m,
+            || {
+                fd = sys::openat(dir.fd(), name, flags | libc::O_CREAT | excl, a.mode)?;
+                Ok(())
+            },
+            |e| is_errno(e, libc::EEXIST) && intent.fact(0) == 0,
+        );
+        opened?;
+        if fd < 0 {
+            // A replay: the file exists (made by the dead attempt); open it as it stands.
+            fd = sys::openat(dir.fd(), name, flags & !libc::O_TRUNC, 0)?;
+        }
+        let entry = match self.lookup_at(dir.fd(), name, intent) {
+            Ok(entry) => entry,
+            Err(e) => {
+                sys::close(fd);
+                return Err(e);
             }
         };
-        let fh = self.state.handles.insert(fd, HandleKind::File, entry.nodeid, a.flags)?;
+        drop(_as);
+        let fh = self.state.handles.insert(fd, HandleKind::File, entry.nodeid, a.flags, intent)?;
         self.locks.file_opened(entry.nodeid);
         Ok((entry, self.open_out(fh, a.flags)))
     }
 
+    /// The end of a CREATE or TMPFILE replayed after its lookup raise: publish the handle (by
+    /// reopening the node) unless that happened too, then reply.
+    fn finish_create(&self, ctx: &Context, nodeid: u64, a: &abi::CreateIn) -> Result<(abi::EntryOut, abi::OpenOut)> {
+        let entry = self.entry_of(nodeid)?;
+        let mut fh = ctx.intent.handle();
+        if fh == 0 {
+            let node = self.state.inodes.pin(nodeid)?;
+            let flags = self.host_open_flags(a.flags) & !(libc::O_TRUNC | libc::O_TMPFILE | libc::O_DIRECTORY);
+            let fd = self.reopen(node.fd(), flags)?;
+            fh = self.state.handles.insert(fd, HandleKind::File, nodeid, a.flags, ctx.intent)?;
+            self.locks.file_opened(nodeid);
+        }
+        Ok((entry, self.open_out(fh, a.flags)))
+    }
+
+    /// TMPFILE. The unnamed file has no effect until its handle exists, so a replay before the
+    /// lookup raise simply starts over (the dead attempt's file vanishes when recovery closes
+    /// its fd); after it, as CREATE.
     pub fn tmpfile(&self, ctx: &Context, parent: u64, a: &abi::CreateIn) -> Result<(abi::EntryOut, abi::OpenOut)> {
+        if let Some(&nodeid) = ctx.intent.raised().first() {
+            return self.finish_create(ctx, nodeid, a);
+        }
         let dir = self.state.inodes.pin(parent)?;
         let (fd, entry) = {
             let _as = ctx.become_caller()?;
             let flags = (self.host_open_flags(a.flags) & !libc::O_DIRECTORY) | libc::O_TMPFILE;
             let fd = sys::openat(dir.fd(), c".", flags, a.mode)?;
+            crate::crash_point!("tmpfile.after_open");
             // The unnamed file has no name to look up: its node is made from the fd itself.
             let name = FdName::new(fd);
-            match self.lookup_at_magic(name.as_cstr()) {
+            match self.lookup_at_magic(name.as_cstr(), ctx.intent) {
                 Ok(entry) => (fd, entry),
                 Err(e) => {
                     sys::close(fd);
@@ -101,16 +166,15 @@ impl Fs {
                 }
             }
         };
-        let fh = self.state.handles.insert(fd, HandleKind::File, entry.nodeid, a.flags)?;
+        let fh = self.state.handles.insert(fd, HandleKind::File, entry.nodeid, a.flags, ctx.intent)?;
         self.locks.file_opened(entry.nodeid);
         Ok((entry, self.open_out(fh, a.flags)))
     }
 
     /// Looks up an object by its /proc/self/fd entry (for files that have no name).
-    fn lookup_at_magic(&self, fd_name: &CStr) -> Result<abi::EntryOut> {
+    fn lookup_at_magic(&self, fd_name: &CStr, intent: Intent) -> Result<abi::EntryOut> {
         let path_fd = sys::openat(self.proc_self_fd, fd_name, libc::O_PATH, 0)?;
-        let entry = self.lookup_fd(path_fd);
-        entry
+        self.lookup_fd(path_fd, intent)
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32, out: &mut ReplyBuf) -> Result<()> {
@@ -121,10 +185,41 @@ impl Fs {
         Ok(())
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<abi::WriteOut> {
+    /// WRITE. A write at an offset is idempotent, so a replay simply writes again. A write to an
+    /// O_APPEND file is not: its size before is recorded (0), then the write is bracketed (1-2).
+    /// A replay that finds the file grown since (0) takes the growth as the part of its data the
+    /// dead attempt wrote (a SIGKILL can cut a write short at a page boundary) and appends only
+    /// the rest.
+    pub fn write(&self, ctx: &Context, fh: u64, offset: u64, data: &[u8]) -> Result<abi::WriteOut> {
         let h = self.file(fh)?;
-        let n = sys::pwrite(h.fd(), data, offset)?;
-        Ok(abi::WriteOut { size: n as u32, padding: 0 })
+        let append = h.slot().open_flags.load(std::sync::atomic::Ordering::Relaxed) as i32 & libc::O_APPEND != 0
+            && !self.writeback.load(std::sync::atomic::Ordering::Relaxed);
+        let intent = ctx.intent;
+        if !append || intent.record().is_none() {
+            let n = sys::pwrite(h.fd(), data, offset)?;
+            return Ok(abi::WriteOut { size: n as u32, padding: 0 });
+        }
+        let size_now = || super::attr::stat_fd(h.fd()).map(|st| st.st_size as u64);
+        if intent.step() == 0 {
+            intent.set_fact(0, size_now()?);
+        }
+        let written = if intent.step() == once::ISSUED {
+            (size_now()?.saturating_sub(intent.fact(0)) as usize).min(data.len())
+        } else {
+            0
+        };
+        once::once(
+            intent,
+            &APPEND_MARKERS,
+            || {
+                let rest = &data[written..];
+                let n = if rest.is_empty() { 0 } else { sys::pwrite(h.fd(), rest, offset)? };
+                intent.set_fact(1, (written + n) as u64);
+                Ok(())
+            },
+            |_| false,
+        )?;
+        Ok(abi::WriteOut { size: intent.fact(1) as u32, padding: 0 })
     }
 
     pub fn flush(&self, fh: u64, lock_owner: u64) -> Result<()> {
@@ -138,8 +233,19 @@ impl Fs {
         Ok(())
     }
 
-    pub fn release(&self, fh: u64, kind: HandleKind) -> Result<()> {
-        let nodeid = self.state.handles.release(fh, kind)?;
+    /// RELEASE and RELEASEDIR. The handle is retired first, then freed (its generation bumped,
+    /// so the old fh can never name a later handle). A replay that finds the fh already gone
+    /// (step 1 recorded before the retirement) was released by the dead attempt: success.
+    pub fn release(&self, ctx: &Context, fh: u64, kind: HandleKind) -> Result<()> {
+        let retry = ctx.intent.step() == 1;
+        ctx.intent.set_step(1);
+        crate::crash_point!("release.before_retire");
+        let nodeid = match self.state.handles.release(fh, kind) {
+            Ok(nodeid) => nodeid,
+            Err(crate::state::Error::BadHandle) if retry => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        crate::crash_point!("release.after_retire");
         if kind == HandleKind::File {
             self.locks.file_closed(nodeid, fh, &self.state.handles);
         }
@@ -151,9 +257,26 @@ impl Fs {
         Ok(sys::fsync(h.fd(), datasync)?)
     }
 
-    pub fn fallocate(&self, a: &abi::FallocateIn) -> Result<()> {
+    /// FALLOCATE. Allocating or punching the same range twice changes nothing more, but
+    /// COLLAPSE_RANGE and INSERT_RANGE move data: for those the size before is recorded and a
+    /// replay that finds it changed takes the change as its own.
+    pub fn fallocate(&self, ctx: &Context, a: &abi::FallocateIn) -> Result<()> {
         let h = self.file(a.fh)?;
-        Ok(sys::fallocate(h.fd(), a.mode as i32, a.offset, a.length)?)
+        let intent = ctx.intent;
+        let shifts = a.mode as i32 & (libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE) != 0;
+        let call = || sys::fallocate(h.fd(), a.mode as i32, a.offset, a.length);
+        if !shifts || intent.record().is_none() {
+            return Ok(call()?);
+        }
+        let size_now = || super::attr::stat_fd(h.fd()).map(|st| st.st_size as u64);
+        if intent.step() == 0 {
+            intent.set_fact(0, size_now()?);
+        }
+        let m = Markers { before: "fallocate.before_shift", after: "fallocate.after_shift" };
+        if intent.step() == once::ISSUED && size_now()? != intent.fact(0) {
+            return once::once(intent, &m, || Ok(()), |_| false);
+        }
+        once::once(intent, &m, || call(), |_| false)
     }
 
     pub fn lseek(&self, a: &abi::LseekIn) -> Result<abi::LseekOut> {

@@ -47,6 +47,35 @@ pub struct LockOwners {
 }
 
 impl LockOwners {
+    /// Recovery: counts open files per node and re-registers lock owners; owners of nodes with
+    /// no open file left, or bound to a guest file that is gone (a crash between a RELEASE and
+    /// its owner cleanup), are released.
+    pub fn rebuild(&self, live: &[(u64, HandleKind, u64, u64)], handles: &Handles) {
+        let files: std::collections::HashSet<u64> =
+            live.iter().filter(|h| h.1 == HandleKind::File).map(|h| h.0).collect();
+        let mut nodes = self.nodes.lock().unwrap();
+        nodes.clear();
+        for &(_, kind, nodeid, _) in live {
+            if kind == HandleKind::File {
+                nodes.entry(nodeid).or_default().open_files += 1;
+            }
+        }
+        for &(fh, kind, nodeid, owner) in live {
+            if kind != HandleKind::LockOwner {
+                continue;
+            }
+            let via = handles.pin(fh, HandleKind::LockOwner).map_or(0, |p| p.slot().via.load(Ordering::Relaxed));
+            match nodes.get_mut(&nodeid) {
+                Some(n) if n.open_files > 0 && (via == 0 || files.contains(&via)) => {
+                    n.owners.insert(owner, Owner { fh, via });
+                }
+                _ => {
+                    let _ = handles.release(fh, HandleKind::LockOwner);
+                }
+            }
+        }
+    }
+
     pub fn file_opened(&self, nodeid: u64) {
         self.nodes.lock().unwrap().entry(nodeid).or_default().open_files += 1;
     }
@@ -75,11 +104,14 @@ impl LockOwners {
         self.nodes.lock().unwrap().get(&nodeid)?.owners.get(&owner).map(|o| o.fh)
     }
 
-    /// Notes that `owner` locks through guest file `via`.
-    fn used_via(&self, nodeid: u64, owner: u64, via: u64) {
+    /// Notes that `owner` locks through guest file `via` (in the slot too, for recovery).
+    fn used_via(&self, nodeid: u64, owner: u64, via: u64, handles: &Handles) {
         if let Some(o) = self.nodes.lock().unwrap().get_mut(&nodeid).and_then(|n| n.owners.get_mut(&owner)) {
-            if o.via != via {
+            if o.via != via && o.via != 0 {
                 o.via = 0;
+                if let Ok(p) = handles.pin(o.fh, HandleKind::LockOwner) {
+                    p.slot().via.store(0, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -114,7 +146,7 @@ impl Fs {
     /// `via`) from the node's fd.
     fn lock_owner(&self, nodeid: u64, owner: u64, via: u64) -> Result<u64> {
         if let Some(fh) = self.locks.get(nodeid, owner) {
-            self.locks.used_via(nodeid, owner, via);
+            self.locks.used_via(nodeid, owner, via, &self.state.handles);
             return Ok(fh);
         }
         let node = self.state.inodes.pin(nodeid)?;
@@ -130,7 +162,7 @@ impl Fs {
             sys::close(fd); // another thread made it meanwhile
             return Ok(o.fh);
         }
-        let fh = self.state.handles.insert_lock_owner(fd, nodeid, owner)?;
+        let fh = self.state.handles.insert_lock_owner(fd, nodeid, owner, via)?;
         n.owners.insert(owner, Owner { fh, via });
         Ok(fh)
     }

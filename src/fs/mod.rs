@@ -13,6 +13,7 @@ mod dir;
 mod file;
 mod lock;
 mod namespace;
+mod once;
 mod xattr;
 
 use std::ffi::CStr;
@@ -57,7 +58,8 @@ impl Error {
                 state::Error::RootNotFirst(_)
                 | state::Error::BadCapacity
                 | state::Error::Memfd(_)
-                | state::Error::Mmap(_) => libc::EIO,
+                | state::Error::Mmap(_)
+                | state::Error::Corrupt(_) => libc::EIO,
             },
             Error::InvalidName => libc::EINVAL,
             Error::WrongKind => libc::EINVAL,
@@ -97,13 +99,19 @@ pub struct Fs {
 const DIR_LOCK_STRIPES: usize = 64;
 
 impl Fs {
-    /// Opens the shared directory and installs it as the root node.
+    /// The file system over `state`: installs the shared directory as the root node unless the
+    /// region already has it (a worker taking over from a dead one). Opens this process's own
+    /// /proc/self/fd (another process's would need ptrace access once credentials switch).
     pub fn new(shared_dir: &CStr, state: Arc<State>, cfg: Config) -> Result<Fs> {
         let proc_self_fd = crate::sys::open(c"/proc/self/fd", libc::O_PATH | libc::O_DIRECTORY)?;
-        let root = crate::sys::open(shared_dir, libc::O_PATH | libc::O_DIRECTORY)?;
-        let st = crate::sys::statx(root, c"", libc::AT_EMPTY_PATH)?;
-        let key = attr::key_of(&st);
-        state.inodes.install_root(root, key, libc::S_IFDIR)?;
+        if !state.inodes.has_root() {
+            let root = crate::sys::open(shared_dir, libc::O_PATH | libc::O_DIRECTORY)?;
+            let st = crate::sys::statx(root, c"", libc::AT_EMPTY_PATH)?;
+            let key = attr::key_of(&st);
+            // Crash during the install: the root slot is SETTING_UP, freed by recovery, and the
+            // next worker installs it again.
+            state.inodes.install_root(root, key, libc::S_IFDIR)?;
+        }
         Ok(Fs {
             state,
             cfg,
@@ -112,6 +120,12 @@ impl Fs {
             writeback: AtomicBool::new(false),
             locks: lock::LockOwners::default(),
         })
+    }
+
+    /// Rebuilds the lock-owner index from the handle table (after recovery): `handles` lists
+    /// each LIVE handle as (fh, kind, node, owner).
+    pub fn rebuild_locks(&self, handles: &[(u64, state::HandleKind, u64, u64)]) {
+        self.locks.rebuild(handles, &self.state.handles);
     }
 
     pub fn config(&self) -> &Config {

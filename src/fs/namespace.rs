@@ -1,42 +1,73 @@
 //! Operations on names: MKNOD, MKDIR, SYMLINK, LINK, UNLINK, RMDIR, RENAME, READLINK. Each works
-//! on one checked name relative to a parent's `O_PATH` fd, so none can reach outside the share.
+//! on one checked name relative to a parent's `O_PATH` fd, so none can reach outside the share,
+//! and each runs its host syscall exactly once across worker deaths (fs/once.rs).
 
 use std::ffi::CStr;
+use std::io;
 
-use super::{Context, Fs, Result, check_name};
+use super::once::{self, Markers, is_errno};
+use super::{Context, Error, Fs, Result, check_name};
 use crate::fuse::abi;
 use crate::sys::{self, FdName};
 
+/// (dev, ino) of `name` in `dirfd`, or None if it does not exist.
+fn identity(dirfd: i32, name: &CStr) -> Result<Option<(u64, u64)>> {
+    match sys::fstatat(dirfd, name, libc::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some((st.st_dev, st.st_ino))),
+        Err(e) if is_errno(&e, libc::ENOENT) => Ok(None),
+        Err(e) => Err(Error::Os(e)),
+    }
+}
+
+fn exists_err() -> Error {
+    Error::Os(io::Error::from_raw_os_error(libc::EEXIST))
+}
+
 impl Fs {
-    /// Runs `make` (which creates `name` in the directory fd it is given) as the caller, then
-    /// looks the new object up, so the reply carries its entry and one lookup.
+    /// Creates `name` in `parent` with `make` as the caller, exactly once, then takes the lookup
+    /// the reply hands to the kernel.
+    ///
+    /// Steps: (0) the name is checked absent — an existing name is a real EEXIST; (1-2) the
+    /// syscall, bracketed; (3) the lookup raise, two-phase in the record. A replay after (3)
+    /// only re-reads the entry.
     fn make_then_lookup(
         &self,
         ctx: &Context,
         parent: u64,
         name: &CStr,
-        make: impl FnOnce(i32, &CStr) -> std::io::Result<()>,
+        markers: &Markers,
+        make: impl FnOnce(i32, &CStr) -> io::Result<()>,
     ) -> Result<abi::EntryOut> {
         let name = check_name(name)?;
+        let intent = ctx.intent;
+        if let Some(&nodeid) = intent.raised().first() {
+            return self.entry_of(nodeid);
+        }
         let dir = self.state.inodes.pin(parent)?;
         let _as = ctx.become_caller()?;
-        make(dir.fd(), name)?;
-        self.lookup_at(dir.fd(), name)
+        if intent.record().is_some() && intent.step() == 0 && identity(dir.fd(), name)?.is_some() {
+            return Err(exists_err());
+        }
+        once::once(intent, markers, || make(dir.fd(), name), |e| is_errno(e, libc::EEXIST))?;
+        self.lookup_at(dir.fd(), name, intent)
     }
 
     pub fn mknod(&self, ctx: &Context, parent: u64, name: &CStr, a: &abi::MknodIn) -> Result<abi::EntryOut> {
-        self.make_then_lookup(ctx, parent, name, |dirfd, name| {
+        let m = Markers { before: "mknod.before_syscall", after: "mknod.after_syscall" };
+        self.make_then_lookup(ctx, parent, name, &m, |dirfd, name| {
             sys::mknodat(dirfd, name, a.mode, u64::from(a.rdev))
         })
     }
 
     pub fn mkdir(&self, ctx: &Context, parent: u64, name: &CStr, a: &abi::MkdirIn) -> Result<abi::EntryOut> {
-        self.make_then_lookup(ctx, parent, name, |dirfd, name| sys::mkdirat(dirfd, name, a.mode))
+        let m = Markers { before: "mkdir.before_syscall", after: "mkdir.after_syscall" };
+        self.make_then_lookup(ctx, parent, name, &m, |dirfd, name| sys::mkdirat(dirfd, name, a.mode))
     }
 
     pub fn symlink(&self, ctx: &Context, parent: u64, name: &CStr, target: &CStr) -> Result<abi::EntryOut> {
         // The target is stored, never followed by us: it needs no check.
-        self.make_then_lookup(ctx, parent, name, |dirfd, name| sys::symlinkat(target, dirfd, name))
+        let m = Markers { before: "symlink.before_syscall", after: "symlink.after_syscall" };
+        self.make_then_lookup(ctx, parent, name, &m, |dirfd, name| sys::symlinkat(target, dirfd, name))
     }
 
     pub fn link(&self, ctx: &Context, old: u64, newparent: u64, name: &CStr) -> Result<abi::EntryOut> {
@@ -45,37 +76,74 @@ impl Fs {
         let proc = self.proc_self_fd;
         // linkat through /proc/self/fd follows the magic link to the object itself (which may be
         // a symlink); AT_EMPTY_PATH would need CAP_DAC_READ_SEARCH, which a caller lacks.
-        self.make_then_lookup(ctx, newparent, name, |dirfd, name| {
+        let m = Markers { before: "link.before_syscall", after: "link.after_syscall" };
+        self.make_then_lookup(ctx, newparent, name, &m, |dirfd, name| {
             sys::linkat(proc, src_name.as_cstr(), dirfd, name, libc::AT_SYMLINK_FOLLOW)
         })
     }
 
-    fn remove(&self, ctx: &Context, parent: u64, name: &CStr, flags: i32) -> Result<()> {
+    /// UNLINK and RMDIR. Steps: (0) the target is checked present — a missing name is a real
+    /// ENOENT; (1-2) the syscall, bracketed; on a replay ENOENT is our own earlier removal.
+    fn remove(&self, ctx: &Context, parent: u64, name: &CStr, flags: i32, markers: &Markers) -> Result<()> {
         let name = check_name(name)?;
+        let intent = ctx.intent;
         let dir = self.state.inodes.pin(parent)?;
         let _as = ctx.become_caller()?;
-        Ok(sys::unlinkat(dir.fd(), name, flags)?)
+        if intent.record().is_some() && intent.step() == 0 && identity(dir.fd(), name)?.is_none() {
+            return Err(Error::Os(io::Error::from_raw_os_error(libc::ENOENT)));
+        }
+        once::once(intent, markers, || sys::unlinkat(dir.fd(), name, flags), |e| is_errno(e, libc::ENOENT))
     }
 
     pub fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> Result<()> {
-        self.remove(ctx, parent, name, 0)
+        let m = Markers { before: "unlink.before_syscall", after: "unlink.after_syscall" };
+        self.remove(ctx, parent, name, 0, &m)
     }
 
     pub fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> Result<()> {
-        self.remove(ctx, parent, name, libc::AT_REMOVEDIR)
+        let m = Markers { before: "rmdir.before_syscall", after: "rmdir.after_syscall" };
+        self.remove(ctx, parent, name, libc::AT_REMOVEDIR, &m)
     }
 
+    /// RENAME and RENAME2. Steps: (0) the identities of source and target are recorded; (1-2)
+    /// the syscall, bracketed. A replay after (1) first asks whether the names already show the
+    /// rename done (target names the source object; for EXCHANGE, source names the old target)
+    /// and runs it again only if not.
     pub fn rename(&self, ctx: &Context, parent: u64, name: &CStr, newparent: u64, newname: &CStr, flags: u32) -> Result<()> {
         let name = check_name(name)?;
         let newname = check_name(newname)?;
         let allowed = libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE | libc::RENAME_WHITEOUT;
         if flags & !allowed != 0 {
-            return Err(super::Error::OutOfRange);
+            return Err(Error::OutOfRange);
         }
+        let intent = ctx.intent;
         let old_dir = self.state.inodes.pin(parent)?;
         let new_dir = self.state.inodes.pin(newparent)?;
         let _as = ctx.become_caller()?;
-        Ok(sys::renameat2(old_dir.fd(), name, new_dir.fd(), newname, flags)?)
+        if intent.record().is_some() && intent.step() == 0 {
+            let Some((dev, ino)) = identity(old_dir.fd(), name)? else {
+                return Err(Error::Os(io::Error::from_raw_os_error(libc::ENOENT)));
+            };
+            let target = identity(new_dir.fd(), newname)?.map_or(0, |t| t.1);
+            intent.set_fact(0, dev);
+            intent.set_fact(1, ino);
+            intent.set_fact(2, target);
+        }
+        let done = || -> bool {
+            let src = intent.fact(1);
+            let now_new = identity(new_dir.fd(), newname).ok().flatten().map(|t| t.1);
+            let now_old = identity(old_dir.fd(), name).ok().flatten().map(|t| t.1);
+            if flags & libc::RENAME_EXCHANGE != 0 {
+                now_new == Some(src) && now_old == Some(intent.fact(2))
+            } else {
+                now_new == Some(src) && now_old != Some(src)
+            }
+        };
+        let m = Markers { before: "rename.before_syscall", after: "rename.after_syscall" };
+        if intent.step() == once::ISSUED && done() {
+            return once::once(intent, &m, || Ok(()), |_| false);
+        }
+        once::once(intent, &m, || sys::renameat2(old_dir.fd(), name, new_dir.fd(), newname, flags), |_| false)
     }
 
     pub fn readlink(&self, nodeid: u64) -> Result<Vec<u8>> {

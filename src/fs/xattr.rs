@@ -5,6 +5,7 @@
 
 use std::ffi::CStr;
 
+use super::once::{self, Markers, is_errno};
 use super::{Context, Error, Fs, Result};
 use crate::fuse::{ReplyBuf, abi};
 use crate::sys;
@@ -54,15 +55,31 @@ impl Fs {
         self.xattr_read(size, out, |buf| sys::listxattr(&path, buf))
     }
 
+    /// SETXATTR. Setting a value twice is idempotent, except with XATTR_CREATE, whose second
+    /// attempt would fail: its absence is checked first (0) and the call bracketed (1-2), so a
+    /// replay's EEXIST is its own earlier success.
     pub fn setxattr(&self, ctx: &Context, nodeid: u64, name: &CStr, value: &[u8], flags: u32) -> Result<()> {
         let (_node, path) = self.xattr_path(nodeid)?;
         let _as = ctx.become_caller()?;
-        Ok(sys::setxattr(&path, name, value, flags as i32)?)
+        let intent = ctx.intent;
+        let create = flags as i32 & libc::XATTR_CREATE != 0;
+        if create && intent.record().is_some() && intent.step() == 0 && sys::getxattr(&path, name, &mut []).is_ok() {
+            return Err(Error::Os(std::io::Error::from_raw_os_error(libc::EEXIST)));
+        }
+        let m = Markers { before: "setxattr.before_syscall", after: "setxattr.after_syscall" };
+        once::once(intent, &m, || sys::setxattr(&path, name, value, flags as i32), |e| create && is_errno(e, libc::EEXIST))
     }
 
+    /// REMOVEXATTR: its presence is checked first (0), then the call is bracketed (1-2), so a
+    /// replay's ENODATA is its own earlier removal.
     pub fn removexattr(&self, ctx: &Context, nodeid: u64, name: &CStr) -> Result<()> {
         let (_node, path) = self.xattr_path(nodeid)?;
         let _as = ctx.become_caller()?;
-        Ok(sys::removexattr(&path, name)?)
+        let intent = ctx.intent;
+        if intent.record().is_some() && intent.step() == 0 {
+            sys::getxattr(&path, name, &mut [])?;
+        }
+        let m = Markers { before: "removexattr.before_syscall", after: "removexattr.after_syscall" };
+        once::once(intent, &m, || sys::removexattr(&path, name), |e| is_errno(e, libc::ENODATA))
     }
 }

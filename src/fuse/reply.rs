@@ -14,7 +14,19 @@ pub struct ReplyBuf {
 
 impl ReplyBuf {
     pub fn new() -> Self {
-        ReplyBuf { bytes: Vec::with_capacity(HEADER + 4096) }
+        Self::with_capacity(HEADER + 4096)
+    }
+
+    pub fn with_capacity(n: usize) -> Self {
+        ReplyBuf { bytes: Vec::with_capacity(n) }
+    }
+
+    /// Writes every page of the spare capacity once, so that later replies never fault (the
+    /// transport's reason: a fault cannot be served while the thread is being killed).
+    pub fn prefault(&mut self) {
+        let cap = self.bytes.capacity();
+        self.bytes.resize(cap, 0);
+        self.bytes.clear();
     }
 
     /// Starts an empty payload (the header is filled in by `finish`).

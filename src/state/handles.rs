@@ -5,7 +5,8 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::Error;
-use super::slots::{Pin, Slot, SlotHeader, SlotTable};
+use super::intent::{Intent, PENDING_HANDLE, Record};
+use super::slots::{self, Pin, Slot, SlotHeader, SlotTable};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
@@ -27,9 +28,12 @@ pub struct HandleSlot {
     pub owner: AtomicU64,
     pub pid: AtomicU32,
     _pad: AtomicU32,
+    /// LockOwner slots: the guest file handle the owner locks through, 0 once it has used more
+    /// than one (kept here so that RELEASE of that file still drops it after a crash).
+    pub via: AtomicU64,
 }
 
-const _: () = assert!(size_of::<HandleSlot>() == 48);
+const _: () = assert!(size_of::<HandleSlot>() == 56);
 
 impl Slot for HandleSlot {
     fn header(&self) -> &SlotHeader {
@@ -59,17 +63,27 @@ impl Handles {
         Handles { table: SlotTable::new(slots, high_water, Error::BadHandle) }
     }
 
-    /// Publishes a new handle owning `fd`; on failure the fd is closed.
-    pub fn insert(&self, fd: i32, kind: HandleKind, nodeid: u64, open_flags: u32) -> Result<u64, Error> {
-        self.insert_with(fd, kind, nodeid, open_flags, 0)
+    /// Publishes a new handle owning `fd`, noting it in `intent` two-phase so that a crash can
+    /// neither leak it nor hand it out twice; on failure the fd is closed.
+    pub fn insert(&self, fd: i32, kind: HandleKind, nodeid: u64, open_flags: u32, intent: Intent) -> Result<u64, Error> {
+        self.insert_with(fd, kind, nodeid, open_flags, (0, 0), intent)
     }
 
-    /// Publishes a lock-owner handle for `owner` on `nodeid`.
-    pub fn insert_lock_owner(&self, fd: i32, nodeid: u64, owner: u64) -> Result<u64, Error> {
-        self.insert_with(fd, HandleKind::LockOwner, nodeid, 0, owner)
+    /// Publishes a lock-owner handle for `owner` on `nodeid`, first used through guest file
+    /// `via` (owned by the node, not by the request that happened to make it: no intent).
+    pub fn insert_lock_owner(&self, fd: i32, nodeid: u64, owner: u64, via: u64) -> Result<u64, Error> {
+        self.insert_with(fd, HandleKind::LockOwner, nodeid, 0, (owner, via), Intent::none())
     }
 
-    fn insert_with(&self, fd: i32, kind: HandleKind, nodeid: u64, open_flags: u32, owner: u64) -> Result<u64, Error> {
+    fn insert_with(
+        &self,
+        fd: i32,
+        kind: HandleKind,
+        nodeid: u64,
+        open_flags: u32,
+        (owner, via): (u64, u64),
+        intent: Intent,
+    ) -> Result<u64, Error> {
         let i = match self.table.alloc() {
             Ok(i) => i,
             Err(e) => {
@@ -84,7 +98,20 @@ impl Handles {
         s.nodeid.store(nodeid, Ordering::Relaxed);
         s.owner.store(owner, Ordering::Relaxed);
         s.pid.store(0, Ordering::Relaxed);
-        Ok(self.table.publish(i))
+        s.via.store(via, Ordering::Relaxed);
+        let id = slots::make_id(i, s.hdr.generation.load(Ordering::Relaxed));
+        if let Some(r) = intent.record() {
+            r.begin_pending(PENDING_HANDLE, id, 0);
+        }
+        crate::crash_point!("handle.pending");
+        // Crash after publishing: recovery finds the pending handle LIVE and gives it to the
+        // record, so the replay replies with this same fh; before it, the scan frees the slot.
+        let fh = self.table.publish(i);
+        crate::crash_point!("handle.published");
+        if let Some(r) = intent.record() {
+            r.set_handle(fh);
+        }
+        Ok(fh)
     }
 
     /// Pins handle `fh`, which must be of `kind`.
@@ -115,6 +142,19 @@ impl Handles {
         }
         self.table.finish_retire(i);
         Ok(nodeid)
+    }
+
+    /// Recovery: settles a record's pending publication from what the table shows.
+    pub fn settle_pending(&self, r: &Record) {
+        if r.pending.load(Ordering::Acquire) == PENDING_HANDLE {
+            let id = r.pending_id.load(Ordering::Acquire);
+            if self.table.is_live(id) { r.set_handle(id) } else { r.end_pending() }
+        }
+    }
+
+    /// Recovery: see `SlotTable::recover`; `on_live` gets each LIVE handle's id and slot.
+    pub fn recover(&self, mut on_live: impl FnMut(u64, &'static HandleSlot)) -> usize {
+        self.table.recover(|i, s| on_live(slots::make_id(i, s.hdr.generation.load(Ordering::Relaxed)), s))
     }
 
     pub fn live_count(&self) -> usize {

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::Error;
+use super::intent::{Intent, PENDING_FORGET, PENDING_FORGET_ENTRY, PENDING_RAISE, Record};
 use super::slots::{self, Pin, Slot, SlotHeader, SlotTable};
 
 /// What identifies a host object: two fds with the same key are the same inode.
@@ -59,7 +60,7 @@ pub struct Inodes {
     index: Mutex<HashMap<InodeKey, u32>>,
 }
 
-/// A lookup's outcome: the node id, and whether a new slot was made for it.
+/// A lookup's outcome: the node id and its generation.
 #[derive(Debug, Clone, Copy)]
 pub struct Looked {
     pub nodeid: u64,
@@ -85,6 +86,11 @@ impl Inodes {
         Ok(())
     }
 
+    /// Whether the root (slot 1) is LIVE, i.e. a region a worker already set up.
+    pub fn has_root(&self) -> bool {
+        self.table.is_live(crate::fuse::abi::ROOT_ID)
+    }
+
     fn fill(&self, index: u32, fd: i32, key: InodeKey, file_type: u32) {
         let s = self.table.slot(index);
         s.hdr.fd.store(fd, Ordering::Relaxed);
@@ -97,15 +103,29 @@ impl Inodes {
 
     /// Records one lookup of the object `key`, whose freshly opened `O_PATH` fd is `fd`: raises
     /// the count of its existing slot (closing `fd`, a duplicate) or publishes a new slot that
-    /// takes `fd` over.
-    pub fn lookup(&self, fd: i32, key: InodeKey, file_type: u32) -> Result<Looked, Error> {
+    /// takes `fd` over. The raise is two-phase in `intent` (see state/intent.rs).
+    pub fn lookup(&self, fd: i32, key: InodeKey, file_type: u32, intent: Intent) -> Result<Looked, Error> {
+        let rec = intent.record();
         let mut index = self.index.lock().unwrap();
         if let Some(&i) = index.get(&key) {
             let s = self.table.slot(i);
-            s.lookups.fetch_add(1, Ordering::SeqCst);
-            crate::sys::close(fd);
             let generation = s.hdr.generation.load(Ordering::Relaxed);
-            return Ok(Looked { nodeid: slots::make_id(i, generation), generation });
+            let nodeid = slots::make_id(i, generation);
+            let before = s.lookups.load(Ordering::SeqCst);
+            if let Some(r) = rec {
+                r.begin_pending(PENDING_RAISE, nodeid, before);
+            }
+            crate::crash_point!("raise.pending");
+            // Crash after this store: the record's pending raise sees count == before + 1 at
+            // recovery and counts it as done; before it, as not done. Nothing else can change the
+            // count in between: the index mutex is held until the whole worker dies.
+            s.lookups.store(before + 1, Ordering::SeqCst);
+            crate::crash_point!("raise.applied");
+            if let Some(r) = rec {
+                r.push_raised(nodeid);
+            }
+            crate::sys::close(fd);
+            return Ok(Looked { nodeid, generation });
         }
         let i = match self.table.alloc() {
             Ok(i) => i,
@@ -115,9 +135,18 @@ impl Inodes {
             }
         };
         self.fill(i, fd, key, file_type);
+        let generation = self.table.slot(i).hdr.generation.load(Ordering::Relaxed);
+        if let Some(r) = rec {
+            r.begin_pending(PENDING_RAISE, slots::make_id(i, generation), 0);
+        }
+        crate::crash_point!("raise.new_pending");
         let nodeid = self.table.publish(i);
+        crate::crash_point!("raise.new_published");
+        if let Some(r) = rec {
+            r.push_raised(nodeid);
+        }
         index.insert(key, i);
-        Ok(Looked { nodeid, generation: slots::split_id(nodeid).1 })
+        Ok(Looked { nodeid, generation })
     }
 
     pub fn pin(&self, nodeid: u64) -> Result<InodePin, Error> {
@@ -125,30 +154,111 @@ impl Inodes {
     }
 
     /// Drops `n` lookups from `nodeid`; at zero the slot is retired and its fd closed. Unknown
-    /// or stale ids are ignored (FORGET has no reply to carry an error).
-    pub fn forget(&self, nodeid: u64, n: u64) {
+    /// or stale ids are ignored (FORGET has no reply to carry an error). The record holds the
+    /// target count, not the decrement, so finishing it after a crash cannot apply it twice.
+    pub fn forget(&self, nodeid: u64, n: u64, intent: Intent) {
+        self.forget_entry(nodeid, n, intent, None);
+    }
+
+    /// `forget` as entry `entry` of a FORGET or BATCH_FORGET: inside the same critical section
+    /// the record's step moves to `entry + 1`, so recovery knows exactly which entries are done
+    /// (with a pending change still named in the record, entry `facts[0]` is the one in hand).
+    pub fn forget_entry(&self, nodeid: u64, n: u64, intent: Intent, entry: Option<u32>) {
         let (i, generation) = slots::split_id(nodeid);
-        if i <= 1 || i as usize >= self.table.capacity() {
-            return; // the root is never forgotten
-        }
-        let s = self.table.slot(i);
+        let rec = intent.record();
+        let finish_entry = |r: &Record| {
+            if let Some(k) = entry {
+                r.set_step(k + 1);
+            }
+            r.end_pending();
+        };
+        let valid = i > 1 && (i as usize) < self.table.capacity(); // the root is never forgotten
+        let s = valid.then(|| self.table.slot(i));
         {
             let mut index = self.index.lock().unwrap();
-            if s.hdr.state.load(Ordering::SeqCst) != slots::LIVE
-                || s.hdr.generation.load(Ordering::SeqCst) != generation
-            {
+            let live = s.filter(|s| {
+                s.hdr.state.load(Ordering::SeqCst) == slots::LIVE && s.hdr.generation.load(Ordering::SeqCst) == generation
+            });
+            let Some(s) = live else {
+                if let Some(r) = rec {
+                    finish_entry(r);
+                }
+                return;
+            };
+            let target = s.lookups.load(Ordering::SeqCst).saturating_sub(n);
+            if let Some(r) = rec {
+                match entry {
+                    Some(k) => {
+                        r.set_fact(0, u64::from(k));
+                        r.begin_pending(PENDING_FORGET_ENTRY, nodeid, target);
+                    }
+                    None => r.begin_pending(PENDING_FORGET, nodeid, target),
+                }
+            }
+            crate::crash_point!("forget.pending");
+            // Crash after this store (or before it): recovery sets the count to the target again.
+            s.lookups.store(target, Ordering::SeqCst);
+            if target == 0 {
+                index.remove(&s.key());
+                self.table.begin_retire(i);
+            }
+            crate::crash_point!("forget.applied");
+            if let Some(r) = rec {
+                finish_entry(r);
+            }
+            if target > 0 {
                 return;
             }
-            let old = s.lookups.load(Ordering::SeqCst);
-            let new = old.saturating_sub(n);
-            s.lookups.store(new, Ordering::SeqCst);
-            if new > 0 {
-                return;
-            }
-            index.remove(&s.key());
-            self.table.begin_retire(i);
         }
         self.table.finish_retire(i);
+    }
+
+    /// Undoes one raise this request made (a READDIRPLUS being redone, or an abandoned request).
+    pub fn unraise(&self, nodeid: u64, intent: Intent) {
+        self.forget(nodeid, 1, intent);
+        if let Some(r) = intent.record() {
+            r.pop_raised();
+        }
+    }
+
+    /// Recovery: settles a record's pending count change from what the table shows.
+    pub fn settle_pending(&self, r: &Record) {
+        let id = r.pending_id.load(Ordering::Acquire);
+        let value = r.pending_value.load(Ordering::Acquire);
+        let (i, generation) = slots::split_id(id);
+        let slot = (i > 0 && (i as usize) < self.table.capacity()).then(|| self.table.slot(i));
+        let live = slot.filter(|s| {
+            s.hdr.state.load(Ordering::SeqCst) == slots::LIVE && s.hdr.generation.load(Ordering::SeqCst) == generation
+        });
+        match r.pending.load(Ordering::Acquire) {
+            PENDING_RAISE => match live {
+                Some(s) if s.lookups.load(Ordering::SeqCst) == value + 1 => r.push_raised(id),
+                _ => r.end_pending(),
+            },
+            kind @ (PENDING_FORGET | PENDING_FORGET_ENTRY) => {
+                if kind == PENDING_FORGET_ENTRY {
+                    r.set_step(r.fact(0) as u32 + 1);
+                }
+                if let Some(s) = live {
+                    s.lookups.store(value, Ordering::SeqCst);
+                    if value == 0 && i > 1 {
+                        // The scan that follows finishes the retirement.
+                        self.table.begin_retire(i);
+                    }
+                }
+                r.end_pending();
+            }
+            _ => {}
+        }
+    }
+
+    /// Recovery: repairs half-done slots, resets pins, and rebuilds the key index and free list.
+    pub fn recover(&self) -> usize {
+        let mut index = self.index.lock().unwrap();
+        index.clear();
+        self.table.recover(|i, s| {
+            index.insert(s.key(), i);
+        })
     }
 
     pub fn live_count(&self) -> usize {

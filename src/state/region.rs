@@ -2,17 +2,27 @@
 //! for the configured table capacities; memfd pages cost memory only when first touched, so a
 //! large capacity is cheap and the mapping never moves (no `mremap` while threads hold slots).
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, IntoRawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
+use super::Error;
 use super::handles::HandleSlot;
 use super::inodes::InodeSlot;
-use super::Error;
+use super::intent::Record;
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PHXFSST\0");
 pub const LAYOUT_VERSION: u32 = 1;
 const HEADER_SIZE: usize = 4096;
+/// Connection fds (the /dev/fuse clones) a region can name: one per serving thread.
+pub const MAX_CONN_FDS: usize = 256;
+/// Fds of the supervisor's own that a worker's fd sweep must leave open.
+pub const MAX_KEEP_FDS: usize = 64;
+/// In-flight request records: one per serving thread plus room for orphans of dead workers.
+pub const RECORD_CAPACITY: u32 = 1024;
+/// Each connection fd's serving thread reads requests into its own buffer in the region, so a
+/// request without a reply (FORGET) that a dead worker had read is still there to finish.
+pub const BUFFER_SIZE: u64 = (crate::server::MAX_REQUEST as u64).div_ceil(4096) * 4096;
 
 /// The first page of the region. Offsets and capacities are written once at creation; the
 /// atomics change while serving.
@@ -31,14 +41,39 @@ pub struct Header {
     /// One past the highest slot index ever used: recovery scans only below it.
     pub inode_high_water: AtomicU32,
     pub handle_high_water: AtomicU32,
+    pub record_offset: u64,
+    pub record_capacity: u32,
+    pub buffer_offset: u64,
+    /// 1 once FUSE INIT was answered: a later worker serves on without a new INIT.
+    pub init_done: AtomicU32,
+    /// Flags agreed at INIT (flags | flags2 << 32), and those the kernel offered.
+    pub negotiated: AtomicU64,
+    pub kernel_flags: AtomicU64,
+    /// Worker deaths so far (written by the supervisor, read for logs).
+    pub worker_deaths: AtomicU64,
+    /// Requests answered so far (the supervisor's crash-loop guard tells progress by it).
+    pub served: AtomicU64,
+    /// 1 if the last worker's death counts toward the crash-loop guards (it crashed by itself or
+    /// was OOM-killed), 0 if it was killed from outside (SIGKILL by an operator or a test).
+    /// Written by the supervisor before it clones the next worker.
+    pub death_counts: AtomicU32,
+    /// The connection: fd 0 of `conn_fds` is the mounted /dev/fuse fd, the rest its clones,
+    /// one per serving thread. Written by the supervisor before the first worker.
+    pub conn_count: u32,
+    pub keep_count: u32,
+    pub conn_fds: [i32; MAX_CONN_FDS],
+    /// Fds that are neither connection nor table fds but must survive a worker's fd sweep
+    /// (stdio, the memfd, the supervisor's own).
+    pub keep_fds: [i32; MAX_KEEP_FDS],
 }
 
 const _: () = assert!(size_of::<Header>() <= HEADER_SIZE);
 
-/// A mapped state region. The mapping is never unmapped (a Region lives until process exit), so
-/// tables can hand out `&'static` slots.
+/// A mapped state region. Neither the mapping nor the memfd is ever released (a Region lives
+/// until process exit), so tables can hand out `&'static` slots, and a worker — a clone that
+/// inherits both — can take an alias of the supervisor's Region without owning anything.
 pub struct Region {
-    memfd: OwnedFd,
+    memfd: i32,
     base: *mut u8,
     size: usize,
 }
@@ -49,13 +84,25 @@ unsafe impl Send for Region {}
 // SAFETY: as above.
 unsafe impl Sync for Region {}
 
-fn layout(inode_capacity: u32, handle_capacity: u32) -> (u64, u64, u64) {
+/// Where each part starts, and the region's size.
+#[derive(Debug, PartialEq, Eq)]
+struct Layout {
+    inodes: u64,
+    handles: u64,
+    records: u64,
+    buffers: u64,
+    size: u64,
+}
+
+fn layout(inode_capacity: u32, handle_capacity: u32, record_capacity: u32) -> Layout {
     let page = 4096u64;
     let round = |n: u64| n.div_ceil(page) * page;
-    let inode_offset = HEADER_SIZE as u64;
-    let handle_offset = inode_offset + round(inode_capacity as u64 * size_of::<InodeSlot>() as u64);
-    let size = handle_offset + round(handle_capacity as u64 * size_of::<HandleSlot>() as u64);
-    (inode_offset, handle_offset, size)
+    let inodes = HEADER_SIZE as u64;
+    let handles = inodes + round(inode_capacity as u64 * size_of::<InodeSlot>() as u64);
+    let records = handles + round(handle_capacity as u64 * size_of::<HandleSlot>() as u64);
+    let buffers = records + round(record_capacity as u64 * size_of::<Record>() as u64);
+    let size = buffers + MAX_CONN_FDS as u64 * BUFFER_SIZE;
+    Layout { inodes, handles, records, buffers, size }
 }
 
 impl Region {
@@ -64,10 +111,11 @@ impl Region {
         if inode_capacity < 2 || handle_capacity < 2 {
             return Err(Error::BadCapacity);
         }
-        let (inode_offset, handle_offset, size) = layout(inode_capacity, handle_capacity);
+        let l = layout(inode_capacity, handle_capacity, RECORD_CAPACITY);
+        let size = l.size;
         let memfd = crate::sys::memfd_create(c"phoenixfs-state").map_err(|e| Error::Memfd(Arc::new(e)))?;
         crate::sys::ftruncate(memfd.as_raw_fd(), size).map_err(|e| Error::Memfd(Arc::new(e)))?;
-        let region = Region::map(memfd, size as usize)?;
+        let region = Region::map(memfd.into_raw_fd(), size as usize)?;
         let h = region.header_mut_at_creation();
         h.magic = MAGIC;
         h.layout_version = LAYOUT_VERSION;
@@ -75,14 +123,62 @@ impl Region {
         h.region_size = size;
         h.inode_capacity = inode_capacity;
         h.handle_capacity = handle_capacity;
-        h.inode_offset = inode_offset;
-        h.handle_offset = handle_offset;
+        h.inode_offset = l.inodes;
+        h.handle_offset = l.handles;
+        h.record_offset = l.records;
+        h.record_capacity = RECORD_CAPACITY;
+        h.buffer_offset = l.buffers;
         Ok(region)
     }
 
-    fn map(memfd: OwnedFd, size: usize) -> Result<Region, Error> {
-        let base = crate::sys::mmap_shared(memfd.as_raw_fd(), size).map_err(|e| Error::Mmap(Arc::new(e)))?;
+    fn map(memfd: i32, size: usize) -> Result<Region, Error> {
+        let base = crate::sys::mmap_shared(memfd, size).map_err(|e| Error::Mmap(Arc::new(e)))?;
         Ok(Region { memfd, base, size })
+    }
+
+    /// The same region, for a worker process that inherited the mapping and the memfd.
+    pub fn alias(&self) -> Region {
+        Region { memfd: self.memfd, base: self.base, size: self.size }
+    }
+
+    /// Checks a region a worker is about to trust after a crash: magic, layout version, and
+    /// that every table lies inside the mapping where `layout` would put it. A region that fails
+    /// is refused, never repaired by guesswork.
+    pub fn check(&self) -> Result<(), Error> {
+        let h = self.header();
+        if h.magic != MAGIC {
+            return Err(Error::Corrupt(format!("bad magic {:#x}", h.magic)));
+        }
+        if h.layout_version != LAYOUT_VERSION {
+            return Err(Error::Corrupt(format!(
+                "layout version {} (this build reads {LAYOUT_VERSION})",
+                h.layout_version
+            )));
+        }
+        let l = layout(h.inode_capacity, h.handle_capacity, h.record_capacity);
+        let found = Layout {
+            inodes: h.inode_offset,
+            handles: h.handle_offset,
+            records: h.record_offset,
+            buffers: h.buffer_offset,
+            size: h.region_size,
+        };
+        let fits = h.header_size as usize == HEADER_SIZE
+            && found == l
+            && l.size as usize <= self.size
+            && h.inode_capacity >= 2
+            && h.handle_capacity >= 2
+            && h.conn_count as usize <= MAX_CONN_FDS
+            && h.keep_count as usize <= MAX_KEEP_FDS;
+        if !fits {
+            return Err(Error::Corrupt("table offsets or capacities do not match the layout".into()));
+        }
+        Ok(())
+    }
+
+    /// The header for writing, before any worker exists (the supervisor's set-up).
+    pub fn header_mut_before_workers(&mut self) -> &mut Header {
+        self.header_mut_at_creation()
     }
 
     fn header_mut_at_creation(&self) -> &mut Header {
@@ -119,8 +215,27 @@ impl Region {
         unsafe { self.slots(h.handle_offset, h.handle_capacity) }
     }
 
-    pub fn memfd(&self) -> &OwnedFd {
-        &self.memfd
+    pub fn records(&self) -> &'static [Record] {
+        let h = self.header();
+        // SAFETY: as for `inode_slots`.
+        unsafe { self.slots(h.record_offset, h.record_capacity) }
+    }
+
+    /// The request buffer of connection `i`.
+    ///
+    /// # Safety
+    /// Only the one thread serving connection `i` (or recovery, before any thread runs) may use
+    /// it, and only while no other reference to it exists.
+    pub unsafe fn buffer(&self, i: usize) -> &'static mut [u8] {
+        assert!(i < MAX_CONN_FDS);
+        let h = self.header();
+        let offset = h.buffer_offset as usize + i * BUFFER_SIZE as usize;
+        // SAFETY: inside the mapping by `layout`; exclusive use is the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(offset), BUFFER_SIZE as usize) }
+    }
+
+    pub fn memfd(&self) -> i32 {
+        self.memfd
     }
 
     pub fn size(&self) -> usize {

@@ -101,9 +101,13 @@ impl<S: Slot> SlotTable<S> {
                 i
             }
         };
-        // Crash after this store: a SETTING_UP slot whose id was never sent; recovery frees it
-        // and the fd sweep closes any fd it had.
-        self.slot(index).header().state.store(SETTING_UP, Ordering::SeqCst);
+        let h = self.slot(index).header();
+        // A fresh slot's fd field reads 0 (zeroed memory): mark it empty before the slot can
+        // be found SETTING_UP, so recovery never closes an fd the slot did not own.
+        h.fd.store(-1, Ordering::SeqCst);
+        // Crash after this store: a SETTING_UP slot whose id was never sent; recovery closes the
+        // fd it may hold and frees it.
+        h.state.store(SETTING_UP, Ordering::SeqCst);
         Ok(index)
     }
 
@@ -168,6 +172,51 @@ impl<S: Slot> SlotTable<S> {
     /// Frees a slot that was allocated but never published (the operation failed).
     pub fn abandon(&self, index: u32) {
         self.finish_retire(index);
+    }
+
+    /// Recovery, single-threaded before serving: resets every pin (their holders are dead),
+    /// frees SETTING_UP slots and finishes RETIRING ones (closing the fd each still holds), calls
+    /// `on_live` for each LIVE slot, and rebuilds the free list. Returns the number of LIVE slots.
+    pub fn recover(&self, mut on_live: impl FnMut(u32, &'static S)) -> usize {
+        let hw = (self.high_water.load(Ordering::SeqCst) as usize).min(self.slots.len()).max(1);
+        self.high_water.store(hw as u32, Ordering::SeqCst);
+        let mut free = self.free.lock().unwrap();
+        free.clear();
+        let mut live = 0;
+        for i in (1..hw as u32).rev() {
+            let s = self.slot(i);
+            let h = s.header();
+            h.users.store(0, Ordering::SeqCst);
+            match h.state.load(Ordering::SeqCst) {
+                LIVE => {
+                    on_live(i, s);
+                    live += 1;
+                }
+                FREE => free.push(i),
+                // SETTING_UP, RETIRING, or a value no build writes: the slot's id is not (or no
+                // longer) held by the peer, so it is released.
+                _ => {
+                    let fd = h.fd.swap(-1, Ordering::SeqCst);
+                    if fd >= 0 {
+                        crate::sys::close(fd);
+                    }
+                    h.generation.fetch_add(1, Ordering::SeqCst);
+                    h.state.store(FREE, Ordering::SeqCst);
+                    free.push(i);
+                }
+            }
+        }
+        live
+    }
+
+    /// Whether the slot named by `id` is LIVE (a check for recovery, no pin taken).
+    pub fn is_live(&self, id: u64) -> bool {
+        let (index, generation) = split_id(id);
+        if index == 0 || index as usize >= self.slots.len() {
+            return false;
+        }
+        let h = self.slot(index).header();
+        h.state.load(Ordering::SeqCst) == LIVE && h.generation.load(Ordering::SeqCst) == generation
     }
 
     /// Indices of LIVE slots, for statistics and tests.

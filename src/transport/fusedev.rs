@@ -66,23 +66,31 @@ impl FuseDev {
         }
     }
 
-    /// Serves requests on `threads` threads until the connection ends (unmounted, or aborted).
-    /// Each thread reports its end on `done`.
-    pub fn serve(&self, server: Arc<Server>, threads: usize, done: mpsc::Sender<()>) -> Result<(), Error> {
-        for i in 0..threads.max(1) {
-            let fd = if i == 0 { self.fd } else { clone_connection(self.fd)? };
-            let server = server.clone();
-            let done = done.clone();
-            std::thread::Builder::new()
-                .name(format!("fuse-{i}"))
-                .spawn(move || {
-                    serve_loop(fd, &server);
-                    let _ = done.send(());
-                })
-                .map_err(Error::Spawn)?;
+    /// The connection fds for `threads` serving threads: this fd and `threads - 1` clones.
+    /// Made once by the supervisor; every worker serves on the same ones, so requests a dead
+    /// worker read stay in their processing queues until FUSE_NOTIFY_RESEND re-queues them.
+    pub fn connection_fds(&self, threads: usize) -> Result<Vec<i32>, Error> {
+        let mut fds = vec![self.fd];
+        for _ in 1..threads.max(1) {
+            fds.push(clone_connection(self.fd)?);
         }
-        Ok(())
+        Ok(fds)
     }
+}
+
+/// Starts one serving thread per connection fd; each reports its end on `done`.
+pub fn spawn_serving_threads(server: &Arc<Server>, fds: &[i32], done: mpsc::Sender<()>) -> std::io::Result<()> {
+    for (i, &fd) in fds.iter().enumerate() {
+        let server = server.clone();
+        let done = done.clone();
+        std::thread::Builder::new().name(format!("fuse-{i}")).spawn(move || {
+            // SAFETY: this thread is the only one serving connection `i`.
+            let buf = unsafe { server.fs.state.region.buffer(i) };
+            serve_loop(fd, buf, &server);
+            let _ = done.send(());
+        })?;
+    }
+    Ok(())
 }
 
 fn clone_connection(master: i32) -> Result<i32, Error> {
@@ -94,12 +102,22 @@ fn clone_connection(master: i32) -> Result<i32, Error> {
     Ok(fd)
 }
 
-/// Reads requests from `fd` and answers them, until the connection goes away.
-fn serve_loop(fd: i32, server: &Server) {
-    let mut buf = vec![0u8; MAX_REQUEST];
-    let mut out = ReplyBuf::new();
+/// Reads requests from `fd` into `buf` (this connection's buffer in the state region) and
+/// answers them, until the connection goes away.
+fn serve_loop(fd: i32, buf: &mut [u8], server: &Server) {
+    let mut out = ReplyBuf::with_capacity(MAX_REQUEST);
+    let record = server.thread_record();
+    // The kernel copies a request into `buf` (and a reply out of `out`) page by page; where a
+    // page is not yet mapped it faults it in, and a fault fails while SIGKILL is pending. A
+    // worker killed during that copy would make the kernel end the request with EIO, visible
+    // to the application. With every page present (and locked where allowed) the copy cannot
+    // fail, so the request stays in the processing queue and is re-sent to the next worker.
+    prefault(buf);
+    out.prefault();
     loop {
-        let n = match sys::read(fd, &mut buf) {
+        // An empty buffer (length 0) tells recovery there is no request here to finish.
+        buf[..4].fill(0);
+        let n = match sys::read(fd, buf) {
             Ok(n) => n,
             Err(e) => match e.raw_os_error() {
                 // Interrupted, or the request was withdrawn before we read it: read again.
@@ -112,7 +130,12 @@ fn serve_loop(fd: i32, server: &Server) {
                 }
             },
         };
-        if let Some(reply) = server.handle(&buf[..n], caller_groups, &mut out) {
+        // Crash from here until the buffer is emptied below: a FORGET in `buf` is finished by
+        // recovery (the kernel keeps no copy of it); any other request is re-sent by the kernel.
+        let (reply, done) = server.handle(&buf[..n], caller_groups, &mut out, &record);
+        if let Some(reply) = reply {
+            // Crash before the write: the request stays in the kernel's processing queue and is
+            // re-sent to the next worker; after it, the reply is out and the record is stale.
             if let Err(e) = sys::write(fd, reply) {
                 // ENOENT: the request was interrupted and the kernel no longer waits for it.
                 if e.raw_os_error() != Some(libc::ENOENT) {
@@ -120,6 +143,8 @@ fn serve_loop(fd: i32, server: &Server) {
                 }
             }
         }
+        buf[..4].fill(0);
+        server.complete(done);
     }
 }
 
@@ -139,3 +164,14 @@ fn caller_groups(pid: u32, _uid: u32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+
+/// Touches (and, best effort, locks) every page of `buf`, so the kernel never has to fault one
+/// in while copying a request; see `serve_loop`.
+pub fn prefault(buf: &mut [u8]) {
+    for b in buf.iter_mut().step_by(4096) {
+        // SAFETY: a volatile write to memory we own, so the touch is not optimised away.
+        unsafe { std::ptr::write_volatile(b, 0) };
+    }
+    // SAFETY: locks our own allocation; failure (RLIMIT_MEMLOCK) only loses the extra guarantee.
+    unsafe { libc::mlock(buf.as_ptr().cast(), buf.len()) };
+}

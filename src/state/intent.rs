@@ -1,0 +1,293 @@
+//! Intent records: one per request in flight, in the state region, so that a request the kernel
+//! re-sends after a worker's death is carried on from where the dead worker left it, and its
+//! effect happens exactly once (DESIGN §6).
+//!
+//! A record holds the request's id and opcode, how many worker deaths it has been in flight
+//! through (the crash-loop guard), the op's progress (`step`) and facts about the world before
+//! it acted (`facts`), and the lookup counts and handle it took (`raised`, `handle`) so that a
+//! replay neither takes them twice nor loses them.
+//!
+//! Changes to lookup counts and handle publication are two-phase: the record first names the
+//! change as *pending* (with the count before it), then the table changes, then the record marks
+//! it done — all under the inode index mutex (or before a handle's publication), so a crash
+//! leaves at most one pending change whose outcome recovery reads off the table exactly.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Lookup counts one request may raise (READDIRPLUS caps its entries to this).
+pub const MAX_RAISES: usize = 128;
+
+pub const PENDING_NONE: u32 = 0;
+/// `pending_id` is a node whose lookup count is being raised from `pending_value`.
+pub const PENDING_RAISE: u32 = 1;
+/// `pending_id` is a node whose lookup count is being set to `pending_value` (FORGET).
+pub const PENDING_FORGET: u32 = 2;
+/// `pending_id` is a handle about to be published.
+pub const PENDING_HANDLE: u32 = 3;
+/// As PENDING_FORGET, for entry `facts[0]` of a FORGET/BATCH_FORGET whose `step` counts the
+/// entries done.
+pub const PENDING_FORGET_ENTRY: u32 = 4;
+
+#[repr(C)]
+#[derive(Debug)]
+pub struct Record {
+    /// The request's unique id without the resend bit; 0 when the record is free.
+    pub unique: AtomicU64,
+    pub opcode: AtomicU32,
+    /// Worker deaths this request has been in flight through.
+    pub deaths: AtomicU32,
+    /// Op-specific progress; 0 = nothing done yet.
+    pub step: AtomicU32,
+    pub pending: AtomicU32,
+    pub pending_id: AtomicU64,
+    pub pending_value: AtomicU64,
+    pub nodeid: AtomicU64,
+    /// Op-specific facts, e.g. the (dev, ino) of a rename's source, a file's size before an
+    /// append, a syscall's result.
+    pub facts: [AtomicU64; 6],
+    /// The handle this request published, 0 if none.
+    pub handle: AtomicU64,
+    pub raised_count: AtomicU32,
+    /// The worker generation that last worked on this request: only a death of that worker
+    /// counts toward the crash-loop guard (an orphan merely waiting in the kernel's queue while
+    /// another worker dies was not what killed it).
+    pub worker_gen: AtomicU32,
+    /// Node ids whose lookup count this request raised, in order.
+    pub raised: [AtomicU64; MAX_RAISES],
+}
+
+const _: () = assert!(size_of::<Record>() == 1136);
+
+impl Record {
+    /// Claims this free record for a new request, worked on by worker generation `worker_gen`.
+    pub fn start(&self, unique: u64, opcode: u32, nodeid: u64, worker_gen: u32) {
+        self.worker_gen.store(worker_gen, Ordering::Relaxed);
+        self.opcode.store(opcode, Ordering::Relaxed);
+        self.deaths.store(0, Ordering::Relaxed);
+        self.step.store(0, Ordering::Relaxed);
+        self.pending.store(PENDING_NONE, Ordering::Relaxed);
+        self.nodeid.store(nodeid, Ordering::Relaxed);
+        self.handle.store(0, Ordering::Relaxed);
+        self.raised_count.store(0, Ordering::Relaxed);
+        // Crash after this store: a record for a request read but not yet acted on; on its
+        // resend it is adopted with step 0 and runs from the start.
+        self.unique.store(unique, Ordering::Release);
+    }
+
+    /// Frees the record once the request's reply is written.
+    pub fn clear(&self) {
+        // Crash before this store: the reply went out but the record stays; the kernel never
+        // re-sends an answered request, so it is a stale orphan, reclaimed when records run out.
+        self.unique.store(0, Ordering::Release);
+    }
+
+    pub fn step(&self) -> u32 {
+        self.step.load(Ordering::Acquire)
+    }
+
+    pub fn set_step(&self, step: u32) {
+        self.step.store(step, Ordering::Release);
+    }
+
+    pub fn fact(&self, i: usize) -> u64 {
+        self.facts[i].load(Ordering::Acquire)
+    }
+
+    pub fn set_fact(&self, i: usize, v: u64) {
+        self.facts[i].store(v, Ordering::Release);
+    }
+
+    pub fn raised(&self) -> Vec<u64> {
+        let n = (self.raised_count.load(Ordering::Acquire) as usize).min(MAX_RAISES);
+        self.raised[..n].iter().map(|r| r.load(Ordering::Relaxed)).collect()
+    }
+
+    pub fn begin_pending(&self, kind: u32, id: u64, value: u64) {
+        self.pending_id.store(id, Ordering::Relaxed);
+        self.pending_value.store(value, Ordering::Relaxed);
+        self.pending.store(kind, Ordering::Release);
+    }
+
+    /// Records that the pending raise of `id` happened.
+    pub fn push_raised(&self, id: u64) {
+        let n = self.raised_count.load(Ordering::Relaxed) as usize;
+        if n < MAX_RAISES {
+            self.raised[n].store(id, Ordering::Relaxed);
+            self.raised_count.store(n as u32 + 1, Ordering::Release);
+        }
+        self.pending.store(PENDING_NONE, Ordering::Release);
+    }
+
+    /// Forgets the last raise (after undoing it in the table).
+    pub fn pop_raised(&self) {
+        let n = self.raised_count.load(Ordering::Relaxed);
+        self.raised_count.store(n.saturating_sub(1), Ordering::Release);
+        self.pending.store(PENDING_NONE, Ordering::Release);
+    }
+
+    pub fn end_pending(&self) {
+        self.pending.store(PENDING_NONE, Ordering::Release);
+    }
+
+    pub fn set_handle(&self, fh: u64) {
+        self.handle.store(fh, Ordering::Relaxed);
+        self.pending.store(PENDING_NONE, Ordering::Release);
+    }
+}
+
+/// A request's view of its record: none when recovery is off (or for tests that do not care),
+/// in which case every record operation is a no-op.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Intent {
+    rec: Option<&'static Record>,
+    replay: bool,
+}
+
+impl Intent {
+    pub fn new(rec: &'static Record, replay: bool) -> Intent {
+        Intent { rec: Some(rec), replay }
+    }
+
+    pub fn none() -> Intent {
+        Intent::default()
+    }
+
+    pub fn record(&self) -> Option<&'static Record> {
+        self.rec
+    }
+
+    /// Whether this run continues a dead worker's attempt.
+    pub fn is_replay(&self) -> bool {
+        self.replay
+    }
+
+    /// Progress so far (0 for a fresh request, or without a record).
+    pub fn step(&self) -> u32 {
+        self.rec.map_or(0, |r| r.step())
+    }
+
+    pub fn set_step(&self, step: u32) {
+        if let Some(r) = self.rec {
+            r.set_step(step);
+        }
+    }
+
+    pub fn fact(&self, i: usize) -> u64 {
+        self.rec.map_or(0, |r| r.fact(i))
+    }
+
+    pub fn set_fact(&self, i: usize, v: u64) {
+        if let Some(r) = self.rec {
+            r.set_fact(i, v);
+        }
+    }
+
+    pub fn raised(&self) -> Vec<u64> {
+        self.rec.map(|r| r.raised()).unwrap_or_default()
+    }
+
+    pub fn handle(&self) -> u64 {
+        self.rec.map_or(0, |r| r.handle.load(Ordering::Acquire))
+    }
+}
+
+/// The heap side of the record area: which records are free, and which hold requests a dead
+/// worker left in flight (orphans, by unique id) waiting for the kernel to re-send them.
+pub struct Records {
+    recs: &'static [Record],
+    free: std::sync::Mutex<Vec<u32>>,
+    orphans: std::sync::Mutex<std::collections::HashMap<u64, u32>>,
+}
+
+/// What recovery found in the record area.
+#[derive(Debug, Default)]
+pub struct RecordsReport {
+    /// (unique, opcode, deaths) of each request left in flight, to be replayed on its resend.
+    pub in_flight: Vec<(u64, u32, u32)>,
+    /// Records of requests that take no reply (FORGET, BATCH_FORGET, INTERRUPT): finished or
+    /// dropped now, since the kernel never re-sends them.
+    pub finished_noreply: usize,
+}
+
+impl Records {
+    pub fn new(recs: &'static [Record]) -> Records {
+        let free = (0..recs.len() as u32).rev().collect();
+        Records { recs, free: std::sync::Mutex::new(free), orphans: Default::default() }
+    }
+
+    pub fn get(&self, i: u32) -> &'static Record {
+        &self.recs[i as usize]
+    }
+
+    /// Recovery, single-threaded before serving: every record still holding a request either
+    /// becomes an orphan or, for requests without replies, is cleared. An orphan's death count is
+    /// raised if the worker that died was working on it and the death `counts` (the worker
+    /// crashed by itself, rather than being killed from outside).
+    /// Pending table changes must have been settled first (see `state::State::recover`).
+    pub fn recover(&self, no_reply: impl Fn(u32) -> bool, dead_gen: u32, counts: bool) -> RecordsReport {
+        let mut report = RecordsReport::default();
+        let mut free = self.free.lock().unwrap();
+        let mut orphans = self.orphans.lock().unwrap();
+        free.clear();
+        orphans.clear();
+        for (i, r) in self.recs.iter().enumerate().rev() {
+            let unique = r.unique.load(Ordering::Acquire);
+            if unique == 0 {
+                free.push(i as u32);
+                continue;
+            }
+            let opcode = r.opcode.load(Ordering::Relaxed);
+            if no_reply(opcode) {
+                r.clear();
+                free.push(i as u32);
+                report.finished_noreply += 1;
+                continue;
+            }
+            let deaths = if counts && r.worker_gen.load(Ordering::Acquire) == dead_gen {
+                r.deaths.fetch_add(1, Ordering::AcqRel) + 1
+            } else {
+                r.deaths.load(Ordering::Acquire)
+            };
+            if orphans.insert(unique, i as u32).is_some() {
+                // Two records for one request cannot both be current; keep the first seen.
+                r.clear();
+                free.push(i as u32);
+                continue;
+            }
+            report.in_flight.push((unique, opcode, deaths));
+        }
+        report
+    }
+
+    /// A record for a serving thread: a free one, or else the oldest orphan's (a stale record
+    /// whose reply went out just before a crash is the likely victim; the evicted request, if
+    /// it is ever re-sent, runs from the start).
+    pub fn claim(&self) -> Option<u32> {
+        if let Some(i) = self.free.lock().unwrap().pop() {
+            return Some(i);
+        }
+        let mut orphans = self.orphans.lock().unwrap();
+        let (&unique, &i) = orphans.iter().min_by_key(|(u, _)| **u)?;
+        orphans.remove(&unique);
+        tracing::warn!(unique, "intent records exhausted: dropping the oldest orphan record");
+        self.recs[i as usize].clear();
+        Some(i)
+    }
+
+    /// The orphan record of a re-sent request, if a dead worker left one; worker generation
+    /// `worker_gen` now works on it.
+    pub fn adopt(&self, unique: u64, worker_gen: u32) -> Option<u32> {
+        let i = self.orphans.lock().unwrap().remove(&unique)?;
+        self.recs[i as usize].worker_gen.store(worker_gen, Ordering::Release);
+        Some(i)
+    }
+
+    /// Returns an adopted record to the free list once its request is answered.
+    pub fn release(&self, i: u32) {
+        self.free.lock().unwrap().push(i);
+    }
+
+    pub fn orphan_count(&self) -> usize {
+        self.orphans.lock().unwrap().len()
+    }
+}
