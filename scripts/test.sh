@@ -25,11 +25,11 @@ step "scripts/setup.sh"
 bash scripts/setup.sh
 
 step "cargo build --release"
-cargo build --release
+cargo build --release --features crash-points
 
 step "cargo test --release (timeout ${TEST_TIMEOUT}s)"
 rc=0
-timeout --kill-after=30 "$TEST_TIMEOUT" cargo test --release --no-fail-fast -- --show-output "$@" || rc=$?
+timeout --kill-after=30 "$TEST_TIMEOUT" cargo test --release --features crash-points --no-fail-fast -- --show-output "$@" || rc=$?
 if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
     echo "error: cargo test did not finish within ${TEST_TIMEOUT}s (a FUSE test hung?)" >&2
     # A hung daemon leaves its mount behind; detach any test mounts so the machine stays usable.

@@ -34,3 +34,80 @@ pub fn reached(name: &str) {
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     }
 }
+
+/// Every crash point in the source, so the enumeration test can try each one (a unit test below
+/// keeps this list and the `crash_point!`/`Markers` literals in src/ equal).
+pub const MARKERS: &[&str] = &[
+    "copy_file_range.after_copy",
+    "create.after_open",
+    "create.before_open",
+    "fallocate.after_allocate",
+    "flush.after_unlock",
+    "forget.applied",
+    "forget.pending",
+    "handle.pending",
+    "handle.published",
+    "init.after_record",
+    "link.after_syscall",
+    "link.before_syscall",
+    "mkdir.after_syscall",
+    "mkdir.before_syscall",
+    "mknod.after_syscall",
+    "mknod.before_syscall",
+    "open.after_open",
+    "opendir.after_open",
+    "raise.applied",
+    "raise.new_pending",
+    "raise.new_published",
+    "raise.pending",
+    "release.after_retire",
+    "release.before_retire",
+    "removexattr.after_syscall",
+    "removexattr.before_syscall",
+    "rename.after_syscall",
+    "rename.before_syscall",
+    "reply.before_send",
+    "rmdir.after_syscall",
+    "rmdir.before_syscall",
+    "setattr.after_change",
+    "setlk.after_lock",
+    "setxattr.after_syscall",
+    "setxattr.before_syscall",
+    "symlink.after_syscall",
+    "symlink.before_syscall",
+    "tmpfile.after_open",
+    "unlink.after_syscall",
+    "unlink.before_syscall",
+    "write.after_append",
+    "write.after_pwrite",
+    "write.before_append",
+];
+
+#[cfg(test)]
+mod tests {
+    /// The markers named in the source: `crash_point!("a.b")` and `Markers { before, after }`.
+    fn markers_in_source() -> std::collections::BTreeSet<String> {
+        fn walk(dir: &std::path::Path, out: &mut std::collections::BTreeSet<String>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") && !p.ends_with("crash.rs") {
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    for piece in text.split("crash_point!(\"").skip(1).chain(text.split("before: \"").skip(1)).chain(text.split("after: \"").skip(1)) {
+                        out.insert(piece.split('"').next().unwrap().to_string());
+                    }
+                }
+            }
+        }
+        let mut out = std::collections::BTreeSet::new();
+        walk(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut out);
+        out
+    }
+
+    #[test]
+    fn test_crash_markers_list_matches_source() {
+        let listed: std::collections::BTreeSet<String> = super::MARKERS.iter().map(|s| s.to_string()).collect();
+        assert_eq!(markers_in_source(), listed, "crash::MARKERS is out of date with the source");
+    }
+}

@@ -202,7 +202,7 @@ impl Server {
             Op::Removexattr { name } => fs.removexattr(&ctx, node, name),
             Op::Getlk(a) => fs.getlk(&a).map(|l| out.push_obj(&l)),
             Op::Setlk { arg, sleep } => fs.setlk(&arg, sleep),
-            Op::Fallocate(a) => fs.fallocate(&ctx, &a),
+            Op::Fallocate(a) => fs.fallocate(&a),
             Op::Lseek(a) => fs.lseek(&a).map(|l| out.push_obj(&l)),
             Op::CopyFileRange(a) => fs.copy_file_range(&a).map(|w| out.push_obj(&w)),
             Op::Syncfs => fs.syncfs(node),
@@ -260,6 +260,7 @@ impl Server {
         // Crash after this store: a later worker serves without INIT; the INIT request itself
         // is re-sent and answered again with the same outcome.
         header.init_done.store(1, Ordering::Release);
+        crate::crash_point!("init.after_record");
         reply.max_readahead = arg.max_readahead;
         reply.flags = agreed as u32;
         reply.flags2 = (agreed >> 32) as u32;

@@ -172,6 +172,9 @@ impl Fs {
             }
         }
         drop(_as);
+        // Crash here: the changes are made, the reply is not; the replay sets the same absolute
+        // values again (SETATTR has no relative change), which is idempotent.
+        crate::crash_point!("setattr.after_change");
         Ok(self.attr_out(&stat_fd(node.fd())?))
     }
 }

@@ -197,6 +197,9 @@ impl Fs {
         let intent = ctx.intent;
         if !append || intent.record().is_none() {
             let n = sys::pwrite(h.fd(), data, offset)?;
+            // Crash here: the data is written, the reply is not; the replay writes the same
+            // bytes at the same offset again.
+            crate::crash_point!("write.after_pwrite");
             return Ok(abi::WriteOut { size: n as u32, padding: 0 });
         }
         let size_now = || super::attr::stat_fd(h.fd()).map(|st| st.st_size as u64);
@@ -225,6 +228,8 @@ impl Fs {
     pub fn flush(&self, fh: u64, lock_owner: u64) -> Result<()> {
         let h = self.file(fh)?;
         self.drop_owner_locks(h.slot().nodeid.load(std::sync::atomic::Ordering::Relaxed), lock_owner)?;
+        // Crash here: the owner's locks are dropped; the replay drops nothing more.
+        crate::crash_point!("flush.after_unlock");
         // Closing a duplicate gives the host file system the flush a close() would (NFS
         // writes back here), without dropping the handle's locks, which belong to its open
         // file description, not to this fd.
@@ -257,26 +262,20 @@ impl Fs {
         Ok(sys::fsync(h.fd(), datasync)?)
     }
 
-    /// FALLOCATE. Allocating or punching the same range twice changes nothing more, but
-    /// COLLAPSE_RANGE and INSERT_RANGE move data: for those the size before is recorded and a
-    /// replay that finds it changed takes the change as its own.
-    pub fn fallocate(&self, ctx: &Context, a: &abi::FallocateIn) -> Result<()> {
+    /// FALLOCATE. Only the modes a FUSE kernel sends (allocate, KEEP_SIZE, PUNCH_HOLE,
+    /// ZERO_RANGE): each gives the same result when done twice, so a replay simply runs it again.
+    /// COLLAPSE_RANGE and INSERT_RANGE, which move data and would not be idempotent, are refused
+    /// as the kernel refuses them.
+    pub fn fallocate(&self, a: &abi::FallocateIn) -> Result<()> {
+        let allowed = libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if a.mode as i32 & !allowed != 0 {
+            return Err(Error::Os(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP)));
+        }
         let h = self.file(a.fh)?;
-        let intent = ctx.intent;
-        let shifts = a.mode as i32 & (libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE) != 0;
-        let call = || sys::fallocate(h.fd(), a.mode as i32, a.offset, a.length);
-        if !shifts || intent.record().is_none() {
-            return Ok(call()?);
-        }
-        let size_now = || super::attr::stat_fd(h.fd()).map(|st| st.st_size as u64);
-        if intent.step() == 0 {
-            intent.set_fact(0, size_now()?);
-        }
-        let m = Markers { before: "fallocate.before_shift", after: "fallocate.after_shift" };
-        if intent.step() == once::ISSUED && size_now()? != intent.fact(0) {
-            return once::once(intent, &m, || Ok(()), |_| false);
-        }
-        once::once(intent, &m, || call(), |_| false)
+        sys::fallocate(h.fd(), a.mode as i32, a.offset, a.length)?;
+        // Crash here: the range is allocated (or punched); the replay does it again, to no effect.
+        crate::crash_point!("fallocate.after_allocate");
+        Ok(())
     }
 
     pub fn lseek(&self, a: &abi::LseekIn) -> Result<abi::LseekOut> {
@@ -291,6 +290,8 @@ impl Fs {
         let flags = u32::try_from(a.flags).map_err(|_| Error::OutOfRange)?;
         let len = a.len.min(MAX_COPY) as usize;
         let n = sys::copy_file_range(src.fd(), a.off_in, dst.fd(), a.off_out, len, flags)?;
+        // Crash here: the copy is done; the replay copies the same range to the same place.
+        crate::crash_point!("copy_file_range.after_copy");
         Ok(abi::WriteOut { size: n as u32, padding: 0 })
     }
 

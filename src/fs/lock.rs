@@ -214,6 +214,9 @@ impl Fs {
         let owner = self.state.handles.pin(self.lock_owner(nodeid, a.owner, a.fh)?, HandleKind::LockOwner)?;
         let cmd = if sleep { libc::F_OFD_SETLKW } else { libc::F_OFD_SETLK };
         sys::fcntl_lock(owner.fd(), cmd, &mut fl)?;
+        // Crash here: the lock is held by the owner's fd (which lives on in the shared fd table);
+        // the replay takes the same lock for the same owner again, which changes nothing.
+        crate::crash_point!("setlk.after_lock");
         if fl.l_type != libc::F_UNLCK as i16 {
             owner.slot().pid.store(a.lk.pid, Ordering::Relaxed);
         }

@@ -51,8 +51,14 @@ impl Mount {
     }
 
     pub fn start(share: &Path, mnt: &Path, extra_args: &[&str]) -> Mount {
+        Mount::start_with_env(share, mnt, extra_args, &[])
+    }
+
+    /// As `start`, with extra environment variables for the daemon.
+    pub fn start_with_env(share: &Path, mnt: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Mount {
         require_fuse();
         let child = Command::new(BIN)
+            .envs(env.iter().copied())
             .arg("--shared-dir")
             .arg(share)
             .arg("--mountpoint")
@@ -105,4 +111,35 @@ impl Drop for Mount {
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
     }
+}
+
+/// The live children of `pid` (a supervisor's worker), from /proc.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// The fds open in `pid`'s table, with their targets.
+pub fn open_fds(pid: u32) -> Vec<(i32, String)> {
+    let mut v: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| {
+                let e = e.ok()?;
+                let fd = e.file_name().to_str()?.parse().ok()?;
+                let target = std::fs::read_link(e.path()).map(|t| t.display().to_string()).unwrap_or_default();
+                Some((fd, target))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Makes the kernel drop its dentry and inode caches, so it FORGETs every node it can.
+pub fn drop_caches() {
+    std::fs::write("/proc/sys/vm/drop_caches", "3").expect("write /proc/sys/vm/drop_caches (root?)");
 }

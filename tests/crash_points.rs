@@ -1,0 +1,651 @@
+//! Crash-point enumeration (DESIGN §6, §10 tier 2): for every state-changing operation and every
+//! crash point it passes, run it on a mount whose worker is SIGKILLed at that very point, let
+//! recovery and replay run, and check the outcome against the same operation on a plain
+//! directory (the model of a crash-free run):
+//!
+//! 1. exactly one reply, the one a crash-free run gives (the operation's results are equal);
+//! 2. the effect happened exactly once (the share's tree equals the model's tree);
+//! 3. node ids and handles stay valid (the operation goes on using its fds and names after the
+//!    crash, and everything is stat'ed again through the mount);
+//! 4. lookup counts are exact and no fd leaks: after the kernel forgets everything, the
+//!    supervisor's fd table is back to its size right after mounting (a count raised twice keeps
+//!    an fd open; one raised too little would have made step 3 fail with ESTALE);
+//! 5. locks taken through the daemon are still held (the lock scenario checks from a second
+//!    open file after the crash).
+//!
+//! Needs a build with `--features crash-points` (scripts/test.sh builds so); otherwise every
+//! case fails with "crash point never reached".
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{Mount, children_of, drop_caches, open_fds};
+
+/// What one step of an action gave: its value or its errno, as text.
+type Outcome = Vec<String>;
+
+fn cs(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn errno() -> String {
+    format!("errno {}", std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+}
+
+/// Runs a libc call returning an int and records the result (or errno).
+fn rec(out: &mut Outcome, what: &str, r: i64) -> i64 {
+    out.push(if r < 0 { format!("{what}: {}", errno()) } else { format!("{what}: ok") });
+    r
+}
+
+fn stat_line(p: &Path) -> String {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) => format!(
+            "{:?} mode {:o} nlink {} size {} uid {}",
+            m.file_type(),
+            m.permissions().mode(),
+            m.nlink(),
+            if m.is_dir() { 0 } else { m.size() },
+            m.uid()
+        ),
+        Err(e) => format!("err {:?}", e.raw_os_error()),
+    }
+}
+
+fn open(p: &Path, flags: i32, mode: u32) -> i32 {
+    // SAFETY: valid C string.
+    unsafe { libc::open(cs(p).as_ptr(), flags | libc::O_CLOEXEC, mode) }
+}
+
+fn close(fd: i32) {
+    // SAFETY: closing our own fd.
+    unsafe { libc::close(fd) };
+}
+
+fn read_all(fd: i32) -> String {
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: valid buffer.
+    let n = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 { errno() } else { String::from_utf8_lossy(&buf[..n as usize]).into_owned() }
+}
+
+fn write_at(fd: i32, data: &[u8], off: i64) -> i64 {
+    // SAFETY: valid buffer.
+    unsafe { libc::pwrite(fd, data.as_ptr().cast(), data.len(), off) as i64 }
+}
+
+fn ofd_lock(fd: i32, typ: i32, cmd: i32) -> i64 {
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = typ as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    // SAFETY: valid flock.
+    unsafe { libc::fcntl(fd, cmd, &mut fl) as i64 }
+}
+
+/// One operation under test: how to lay out its world (directly on the directory, before any
+/// mount), what to do (through the path given), and the crash points it passes.
+struct Scenario {
+    name: &'static str,
+    markers: &'static [&'static str],
+    setup: fn(&Path),
+    action: fn(&Path) -> Outcome,
+}
+
+fn file(root: &Path, name: &str, content: &str) {
+    std::fs::write(root.join(name), content).unwrap();
+}
+
+fn scenarios() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "lookup",
+            markers: &["raise.new_pending", "raise.new_published", "reply.before_send"],
+            setup: |r| {
+                std::fs::create_dir(r.join("d")).unwrap();
+                file(r, "d/f", "hello");
+            },
+            action: |r| vec![stat_line(&r.join("d/f")), std::fs::read_to_string(r.join("d/f")).unwrap_or_default()],
+        },
+        Scenario {
+            name: "lookup of a second name",
+            markers: &["raise.pending", "raise.applied"],
+            setup: |r| {
+                file(r, "f", "x");
+                std::fs::hard_link(r.join("f"), r.join("g")).unwrap();
+            },
+            action: |r| vec![stat_line(&r.join("f")), stat_line(&r.join("g"))],
+        },
+        Scenario {
+            name: "readdirplus",
+            markers: &["raise.new_pending", "raise.new_published"],
+            setup: |r| {
+                std::fs::create_dir(r.join("d")).unwrap();
+                for i in 0..20 {
+                    file(r, &format!("d/e{i}"), "z");
+                }
+            },
+            action: |r| {
+                let mut names: Vec<String> =
+                    std::fs::read_dir(r.join("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+                names.sort();
+                let sizes = names.iter().map(|n| stat_line(&r.join("d").join(n))).collect::<Vec<_>>();
+                vec![names.join(","), sizes.join(";")]
+            },
+        },
+        Scenario {
+            name: "mkdir",
+            markers: &["mkdir.before_syscall", "mkdir.after_syscall", "reply.before_send"],
+            setup: |_| {},
+            action: |r| {
+                let mut o = vec![];
+                // SAFETY: valid C string.
+                rec(&mut o, "mkdir", unsafe { libc::mkdir(cs(&r.join("d")).as_ptr(), 0o750) } as i64);
+                rec(&mut o, "mkdir again", unsafe { libc::mkdir(cs(&r.join("d")).as_ptr(), 0o750) } as i64);
+                o.push(stat_line(&r.join("d")));
+                o
+            },
+        },
+        Scenario {
+            name: "mknod",
+            markers: &["mknod.before_syscall", "mknod.after_syscall"],
+            setup: |_| {},
+            action: |r| {
+                let mut o = vec![];
+                // SAFETY: valid C string.
+                rec(&mut o, "mkfifo", unsafe { libc::mkfifo(cs(&r.join("p")).as_ptr(), 0o640) } as i64);
+                o.push(stat_line(&r.join("p")));
+                o
+            },
+        },
+        Scenario {
+            name: "symlink",
+            markers: &["symlink.before_syscall", "symlink.after_syscall"],
+            setup: |_| {},
+            action: |r| {
+                let mut o = vec![];
+                let t = CString::new("target/elsewhere").unwrap();
+                // SAFETY: valid C strings.
+                rec(&mut o, "symlink", unsafe { libc::symlink(t.as_ptr(), cs(&r.join("l")).as_ptr()) } as i64);
+                o.push(format!("{:?}", std::fs::read_link(r.join("l")).ok()));
+                o
+            },
+        },
+        Scenario {
+            name: "link",
+            markers: &["link.before_syscall", "link.after_syscall"],
+            setup: |r| file(r, "f", "data"),
+            action: |r| {
+                let mut o = vec![stat_line(&r.join("f"))];
+                // SAFETY: valid C strings.
+                rec(&mut o, "link", unsafe { libc::link(cs(&r.join("f")).as_ptr(), cs(&r.join("h")).as_ptr()) } as i64);
+                o.push(stat_line(&r.join("h")));
+                o.push(stat_line(&r.join("f")));
+                o
+            },
+        },
+        Scenario {
+            name: "unlink",
+            markers: &["unlink.before_syscall", "unlink.after_syscall"],
+            setup: |r| file(r, "f", "data"),
+            action: |r| {
+                let mut o = vec![stat_line(&r.join("f"))];
+                // SAFETY: valid C string.
+                rec(&mut o, "unlink", unsafe { libc::unlink(cs(&r.join("f")).as_ptr()) } as i64);
+                o.push(stat_line(&r.join("f")));
+                o
+            },
+        },
+        Scenario {
+            name: "unlink while open",
+            markers: &["unlink.after_syscall"],
+            setup: |r| file(r, "f", "still here"),
+            action: |r| {
+                let fd = open(&r.join("f"), libc::O_RDWR, 0);
+                let mut o = vec![];
+                // SAFETY: valid C string.
+                rec(&mut o, "unlink", unsafe { libc::unlink(cs(&r.join("f")).as_ptr()) } as i64);
+                rec(&mut o, "write via fd", write_at(fd, b" and more", 10));
+                o.push(read_all(fd));
+                close(fd);
+                o
+            },
+        },
+        Scenario {
+            name: "rmdir",
+            markers: &["rmdir.before_syscall", "rmdir.after_syscall"],
+            setup: |r| std::fs::create_dir(r.join("d")).unwrap(),
+            action: |r| {
+                let mut o = vec![stat_line(&r.join("d"))];
+                // SAFETY: valid C string.
+                rec(&mut o, "rmdir", unsafe { libc::rmdir(cs(&r.join("d")).as_ptr()) } as i64);
+                o.push(stat_line(&r.join("d")));
+                o
+            },
+        },
+        Scenario {
+            name: "rename over a file",
+            markers: &["rename.before_syscall", "rename.after_syscall"],
+            setup: |r| {
+                file(r, "a", "A");
+                file(r, "b", "B");
+            },
+            action: |r| {
+                let mut o = vec![];
+                // SAFETY: valid C strings.
+                rec(&mut o, "rename", unsafe { libc::rename(cs(&r.join("a")).as_ptr(), cs(&r.join("b")).as_ptr()) } as i64);
+                o.push(stat_line(&r.join("a")));
+                o.push(std::fs::read_to_string(r.join("b")).unwrap_or_default());
+                o
+            },
+        },
+        Scenario {
+            name: "rename exchange",
+            markers: &["rename.before_syscall", "rename.after_syscall"],
+            setup: |r| {
+                file(r, "a", "A");
+                std::fs::create_dir(r.join("b")).unwrap();
+            },
+            action: |r| {
+                let mut o = vec![];
+                // SAFETY: valid C strings.
+                let res = unsafe {
+                    libc::renameat2(libc::AT_FDCWD, cs(&r.join("a")).as_ptr(), libc::AT_FDCWD, cs(&r.join("b")).as_ptr(), libc::RENAME_EXCHANGE)
+                };
+                rec(&mut o, "exchange", res as i64);
+                o.push(stat_line(&r.join("a")));
+                o.push(stat_line(&r.join("b")));
+                o
+            },
+        },
+        Scenario {
+            name: "create",
+            markers: &["create.before_open", "create.after_open", "handle.pending", "handle.published"],
+            setup: |_| {},
+            action: |r| {
+                let mut o = vec![];
+                let fd = open(&r.join("new"), libc::O_CREAT | libc::O_EXCL | libc::O_RDWR, 0o640);
+                rec(&mut o, "create", fd as i64);
+                rec(&mut o, "write", write_at(fd, b"fresh", 0));
+                o.push(read_all(fd));
+                close(fd);
+                rec(&mut o, "create again", open(&r.join("new"), libc::O_CREAT | libc::O_EXCL | libc::O_RDWR, 0o640) as i64);
+                o.push(stat_line(&r.join("new")));
+                o
+            },
+        },
+        Scenario {
+            name: "tmpfile",
+            markers: &["tmpfile.after_open"],
+            setup: |_| {},
+            action: |r| {
+                let mut o = vec![];
+                let fd = open(r, libc::O_TMPFILE | libc::O_RDWR, 0o600);
+                rec(&mut o, "O_TMPFILE", fd as i64);
+                rec(&mut o, "write", write_at(fd, b"anon", 0));
+                let src = CString::new(format!("/proc/self/fd/{fd}")).unwrap();
+                // SAFETY: valid C strings.
+                let res = unsafe { libc::linkat(libc::AT_FDCWD, src.as_ptr(), libc::AT_FDCWD, cs(&r.join("named")).as_ptr(), libc::AT_SYMLINK_FOLLOW) };
+                rec(&mut o, "linkat", res as i64);
+                close(fd);
+                o.push(std::fs::read_to_string(r.join("named")).unwrap_or_default());
+                o
+            },
+        },
+        Scenario {
+            name: "open",
+            markers: &["open.after_open", "handle.pending", "handle.published"],
+            setup: |r| file(r, "f", "content"),
+            action: |r| {
+                let fd = open(&r.join("f"), libc::O_RDWR, 0);
+                let mut o = vec![format!("open ok: {}", fd >= 0), read_all(fd)];
+                rec(&mut o, "write", write_at(fd, b"C", 0));
+                close(fd);
+                o.push(std::fs::read_to_string(r.join("f")).unwrap_or_default());
+                o
+            },
+        },
+        Scenario {
+            name: "opendir",
+            markers: &["opendir.after_open", "handle.pending", "handle.published"],
+            setup: |r| {
+                std::fs::create_dir(r.join("d")).unwrap();
+                file(r, "d/x", "1");
+            },
+            action: |r| {
+                let mut names: Vec<String> =
+                    std::fs::read_dir(r.join("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+                names.sort();
+                names
+            },
+        },
+        Scenario {
+            name: "release",
+            markers: &["release.before_retire", "release.after_retire"],
+            setup: |r| file(r, "f", "c"),
+            action: |r| {
+                let fd = open(&r.join("f"), libc::O_RDONLY, 0);
+                let o = vec![read_all(fd)];
+                close(fd);
+                o
+            },
+        },
+        Scenario {
+            name: "write",
+            markers: &["write.after_pwrite"],
+            setup: |r| file(r, "f", "0123456789"),
+            action: |r| {
+                let fd = open(&r.join("f"), libc::O_RDWR, 0);
+                let mut o = vec![];
+                rec(&mut o, "pwrite", write_at(fd, b"abc", 4));
+                o.push(read_all(fd));
+                close(fd);
+                o
+            },
+        },
+        Scenario {
+            name: "append",
+            markers: &["write.before_append", "write.after_append"],
+            setup: |r| file(r, "f", "start:"),
+            action: |r| {
+                let fd = open(&r.join("f"), libc::O_WRONLY | libc::O_APPEND, 0);
+                let mut o = vec![];
+                // SAFETY: valid buffer.
+                rec(&mut o, "append", unsafe { libc::write(fd, b"once".as_ptr().cast(), 4) } as i64);
+                close(fd);
+                o.push(std::fs::read_to_string(r.join("f")).unwrap_or_default());
+                o
+            },
+        },
+        Scenario {
+            name: "setattr",
+            markers: &["setattr.after_change"],
+            setup: |r| file(r, "f", "0123456789"),
+            action: |r| {
+                let mut o = vec![];
+                // SAFETY: valid C string.
+                rec(&mut o, "truncate", unsafe { libc::truncate(cs(&r.join("f")).as_ptr(), 4) } as i64);
+                rec(&mut o, "chmod", unsafe { libc::chmod(cs(&r.join("f")).as_ptr(), 0o600) } as i64);
+                o.push(stat_line(&r.join("f")));
+                o
+            },
+        },
+        Scenario {
+            name: "setxattr create",
+            markers: &["setxattr.before_syscall", "setxattr.after_syscall"],
+            setup: |r| file(r, "f", ""),
+            action: |r| {
+                let mut o = vec![];
+                let (n, v) = (CString::new("user.k").unwrap(), b"v1");
+                // SAFETY: valid C strings and buffer.
+                let set = |flags| unsafe { libc::setxattr(cs(&r.join("f")).as_ptr(), n.as_ptr(), v.as_ptr().cast(), 2, flags) };
+                rec(&mut o, "setxattr create", set(libc::XATTR_CREATE) as i64);
+                rec(&mut o, "setxattr create again", set(libc::XATTR_CREATE) as i64);
+                o
+            },
+        },
+        Scenario {
+            name: "removexattr",
+            markers: &["removexattr.before_syscall", "removexattr.after_syscall"],
+            setup: |r| {
+                file(r, "f", "");
+                let c = cs(&r.join("f"));
+                let n = CString::new("user.k").unwrap();
+                // SAFETY: valid C strings and buffer.
+                unsafe { libc::setxattr(c.as_ptr(), n.as_ptr(), b"v".as_ptr().cast(), 1, 0) };
+            },
+            action: |r| {
+                let mut o = vec![];
+                let n = CString::new("user.k").unwrap();
+                // SAFETY: valid C strings.
+                rec(&mut o, "removexattr", unsafe { libc::removexattr(cs(&r.join("f")).as_ptr(), n.as_ptr()) } as i64);
+                rec(&mut o, "removexattr again", unsafe { libc::removexattr(cs(&r.join("f")).as_ptr(), n.as_ptr()) } as i64);
+                o
+            },
+        },
+        Scenario {
+            name: "fallocate",
+            markers: &["fallocate.after_allocate"],
+            setup: |r| std::fs::write(r.join("f"), vec![b'a'; 3 * 4096]).unwrap(),
+            action: |r| {
+                let fd = open(&r.join("f"), libc::O_RDWR, 0);
+                let mut o = vec![];
+                let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+                // SAFETY: plain syscalls.
+                rec(&mut o, "punch", unsafe { libc::fallocate(fd, punch, 4096, 4096) } as i64);
+                rec(&mut o, "extend", unsafe { libc::fallocate(fd, 0, 0, 5 * 4096) } as i64);
+                let content = read_all(fd);
+                o.push(format!("len {} zeros {}", content.len(), content.bytes().filter(|b| *b == 0).count()));
+                close(fd);
+                o
+            },
+        },
+        Scenario {
+            name: "copy_file_range",
+            markers: &["copy_file_range.after_copy"],
+            setup: |r| {
+                file(r, "src", "copy me please");
+                file(r, "dst", "..............");
+            },
+            action: |r| {
+                let (a, b) = (open(&r.join("src"), libc::O_RDONLY, 0), open(&r.join("dst"), libc::O_RDWR, 0));
+                let mut o = vec![];
+                let (mut oi, mut oo) = (0i64, 2i64);
+                // SAFETY: valid offsets.
+                rec(&mut o, "copy", unsafe { libc::copy_file_range(a, &mut oi, b, &mut oo, 7, 0) } as i64);
+                o.push(read_all(b));
+                close(a);
+                close(b);
+                o
+            },
+        },
+        Scenario {
+            name: "lock held across the crash",
+            markers: &["setlk.after_lock"],
+            setup: |r| file(r, "f", "locked"),
+            action: |r| {
+                let (a, b) = (open(&r.join("f"), libc::O_RDWR, 0), open(&r.join("f"), libc::O_RDWR, 0));
+                let mut o = vec![];
+                rec(&mut o, "lock fd1", ofd_lock(a, libc::F_WRLCK, libc::F_OFD_SETLK));
+                rec(&mut o, "fd2 conflicts", ofd_lock(b, libc::F_WRLCK, libc::F_OFD_SETLK));
+                rec(&mut o, "unlock fd1", ofd_lock(a, libc::F_UNLCK, libc::F_OFD_SETLK));
+                rec(&mut o, "fd2 now", ofd_lock(b, libc::F_WRLCK, libc::F_OFD_SETLK));
+                close(a);
+                close(b);
+                o
+            },
+        },
+        Scenario {
+            name: "close drops process locks",
+            markers: &["flush.after_unlock"],
+            setup: |r| file(r, "f", "locked"),
+            action: |r| {
+                let a = open(&r.join("f"), libc::O_RDWR, 0);
+                let mut o = vec![];
+                rec(&mut o, "posix lock", ofd_lock(a, libc::F_WRLCK, libc::F_SETLK));
+                let b = open(&r.join("f"), libc::O_RDONLY, 0);
+                close(b); // POSIX: closing any fd of the file drops this process's locks
+                let c = open(&r.join("f"), libc::O_RDWR, 0);
+                rec(&mut o, "ofd lock after the drop", ofd_lock(c, libc::F_WRLCK, libc::F_OFD_SETLK));
+                close(c);
+                close(a);
+                o
+            },
+        },
+        Scenario {
+            name: "forget",
+            markers: &["forget.pending", "forget.applied"],
+            setup: |r| {
+                for i in 0..5 {
+                    file(r, &format!("f{i}"), "x");
+                }
+            },
+            action: |r| {
+                let o = (0..5).map(|i| stat_line(&r.join(format!("f{i}")))).collect();
+                drop_caches();
+                o
+            },
+        },
+    ]
+}
+
+/// Every file, directory and link under `root`, with what makes it itself.
+fn tree(root: &Path) -> BTreeMap<PathBuf, String> {
+    fn walk(p: &Path, root: &Path, out: &mut BTreeMap<PathBuf, String>) {
+        for e in std::fs::read_dir(p).unwrap() {
+            let path = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&path).unwrap();
+            let what = if m.is_dir() {
+                format!("dir {:o}", m.permissions().mode())
+            } else if m.file_type().is_symlink() {
+                format!("link {:?}", std::fs::read_link(&path).unwrap())
+            } else if m.is_file() {
+                format!("file {:o} nlink {} {:?}", m.permissions().mode(), m.nlink(), std::fs::read(&path).unwrap())
+            } else {
+                format!("special {:o}", m.mode())
+            };
+            out.insert(path.strip_prefix(root).unwrap().to_path_buf(), what);
+            if m.is_dir() {
+                walk(&path, root, out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        if Instant::now() > deadline {
+            return Err(format!("timed out waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// Runs `sc` with the worker killed at `marker`; Err describes the violated invariant.
+fn run_case(sc: &Scenario, marker: &str) -> Result<(), String> {
+    let tmp = tempfile::Builder::new().prefix("phoenixfs-crash").tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (model, share, mnt, arm) =
+        (tmp.path().join("model"), tmp.path().join("share"), tmp.path().join("mnt"), tmp.path().join("arm"));
+    for d in [&model, &share, &mnt] {
+        std::fs::create_dir(d).unwrap();
+    }
+    // The model: the same operation, crash-free, on a plain directory.
+    (sc.setup)(&model);
+    let expected = (sc.action)(&model);
+    let expected_tree = tree(&model);
+
+    (sc.setup)(&share);
+    let env = [("PHOENIXFS_CRASH_AT", marker), ("PHOENIXFS_CRASH_ARM", arm.to_str().unwrap())];
+    let mut m = Mount::start_with_env(&share, &mnt, &["--xattr"], &env);
+    let sup = m.child.id();
+    std::fs::metadata(&mnt).map_err(|e| format!("stat of the mount root: {e}"))?;
+    let baseline = open_fds(sup);
+    let worker_before = children_of(sup);
+
+    std::fs::write(&arm, "armed").unwrap();
+    let got = (sc.action)(&mnt);
+    wait_until("the crash point (never reached: built without --features crash-points?)", || !arm.exists())?;
+    wait_until("a new worker", || {
+        let now = children_of(sup);
+        !now.is_empty() && now != worker_before
+    })?;
+    if got != expected {
+        return Err(format!("results differ from a crash-free run:\n  crash-free: {expected:?}\n  with crash: {got:?}"));
+    }
+    // Every object is reachable and the same through the mount and on the host.
+    let through_mount = tree(&mnt);
+    let on_host = tree(&share);
+    if on_host != expected_tree || through_mount != expected_tree {
+        return Err(format!(
+            "tree differs from a crash-free run:\n  crash-free: {expected_tree:?}\n  share:      {on_host:?}\n  via mount:  {through_mount:?}"
+        ));
+    }
+    drop_caches();
+    let leak = wait_until("the fd table to return to its size after mounting", || {
+        drop_caches();
+        open_fds(sup).len() == baseline.len()
+    });
+    if leak.is_err() {
+        return Err(format!("fd leak (lookup count or handle):\n  after mount: {baseline:?}\n  now:         {:?}", open_fds(sup)));
+    }
+    if children_of(sup).len() != 1 {
+        return Err("the supervisor does not have exactly one worker".into());
+    }
+    let status = m.stop();
+    if !status.success() {
+        return Err(format!("the supervisor exited with {status}"));
+    }
+    Ok(())
+}
+
+/// Opcodes that change state (in the host file system or in the tables) and so must be covered.
+const STATE_CHANGING: &[&str] = &[
+    "lookup", "readdirplus", "forget", "mkdir", "mknod", "symlink", "link", "unlink", "rmdir", "rename", "create",
+    "tmpfile", "open", "opendir", "release", "write", "append", "setattr", "setxattr", "removexattr", "fallocate",
+    "copy_file_range", "lock", "flush",
+];
+
+#[test]
+fn crash_every_marker_of_every_operation() {
+    common::require_fuse();
+    let scenarios = scenarios();
+    // Every marker in the source is tried by some scenario, and every state-changing
+    // operation has a scenario with at least one marker.
+    let tried: BTreeSet<&str> = scenarios.iter().flat_map(|s| s.markers.iter().copied()).collect();
+    let all: BTreeSet<&str> = phoenixfsd::crash::MARKERS.iter().copied().filter(|m| *m != "init.after_record").collect();
+    let untried: Vec<_> = all.difference(&tried).collect();
+    assert!(untried.is_empty(), "crash points no scenario reaches: {untried:?}");
+    for op in STATE_CHANGING {
+        let covered = scenarios.iter().any(|s| {
+            (s.name.contains(op) || op.contains(&*s.name.split(' ').next().unwrap())) && !s.markers.is_empty()
+        }) || tried.iter().any(|m| m.starts_with(op));
+        assert!(covered, "state-changing operation {op} has no crash point");
+    }
+    let filter = std::env::var("PHOENIXFS_CRASH_FILTER").unwrap_or_default();
+    let mut violations = Vec::new();
+    let mut points = 0;
+    for sc in &scenarios {
+        for marker in sc.markers {
+            if !format!("{} {marker}", sc.name).contains(&filter) {
+                continue;
+            }
+            points += 1;
+            eprintln!("crash: {} at {marker}", sc.name);
+            if let Err(e) = run_case(sc, marker) {
+                eprintln!("  VIOLATION: {e}");
+                violations.push(format!("{} at {marker}: {e}", sc.name));
+            }
+        }
+    }
+    println!("{points} crash points, {} operations, {} violations", scenarios.len(), violations.len());
+    eprintln!("{points} crash points, {} operations, {} violations", scenarios.len(), violations.len());
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+}
+
+/// A worker killed while recording the INIT outcome: the re-sent INIT is answered by the next.
+#[test]
+fn crash_during_init() {
+    common::require_fuse();
+    let tmp = tempfile::Builder::new().prefix("phoenixfs-crash").tempdir().unwrap();
+    let (share, mnt, arm) = (tmp.path().join("share"), tmp.path().join("mnt"), tmp.path().join("arm"));
+    std::fs::create_dir(&share).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    file(&share, "f", "after init");
+    std::fs::write(&arm, "armed").unwrap();
+    let env = [("PHOENIXFS_CRASH_AT", "init.after_record"), ("PHOENIXFS_CRASH_ARM", arm.to_str().unwrap())];
+    let mut m = Mount::start_with_env(&share, &mnt, &[], &env);
+    assert_eq!(std::fs::read_to_string(mnt.join("f")).unwrap(), "after init");
+    assert!(!arm.exists(), "the INIT crash point was never reached (built without --features crash-points?)");
+    assert!(m.stop().success());
+}
