@@ -277,19 +277,38 @@ def main():
         cmd = args.command or "scripts/bench.sh --write"
         doc = os.path.join(ROOT, "docs", "benchmarks.md")
         os.makedirs(os.path.dirname(doc), exist_ok=True)
-        with open(doc, "w") as f:
-            f.write("# Benchmarks\n\n")
-            f.write("Same workloads on a native directory, on a phoenixfsd FUSE mount of it, and on phoenixfsd with "
-                    "`--recovery off` (the bare engine: what crash-proofing costs is the difference between the two "
-                    "FUSE columns).\n\n")
-            f.write(f"Produced by `{cmd}` on {datetime.date.today().isoformat()}.\n\n")
-            f.write(tbl + "\n\n")
-            f.write(f"- Workloads: {conf}.\n- {ratio_note}.\n- Machine: {machine}.\n")
-            f.write("- Buffered I/O: the host page cache is warm for every target, and FUSE reads after the first "
-                    "pass over a file come from the kernel's FUSE page cache, so read ratios mostly show that cache; "
-                    "without `--writeback` every FUSE write is a request to the daemon.\n")
-            f.write("- Numbers from one run on a shared 2-core machine: differences of ~10% are noise.\n")
+        body = ("Same workloads on a native directory, on a phoenixfsd FUSE mount of it, and on phoenixfsd with "
+                "`--recovery off` (the bare engine: what crash-proofing costs is the difference between the two "
+                "FUSE columns).\n\n"
+                f"Produced by `{cmd}` on {datetime.date.today().isoformat()}.\n\n"
+                + tbl + "\n\n"
+                f"- Workloads: {conf}.\n- {ratio_note}.\n- Machine: {machine}.\n"
+                "- Buffered I/O: the host page cache is warm for every target, and FUSE reads after the first "
+                "pass over a file come from the kernel's FUSE page cache, so read ratios mostly show that cache; "
+                "without `--writeback` every FUSE write is a request to the daemon.\n"
+                "- Numbers from one run on a shared 2-core machine: differences of ~10% are noise.\n")
+        write_section(doc, THROUGHPUT_SECTION, body)
         log(f"wrote {doc}")
+
+
+THROUGHPUT_SECTION = "## Throughput against the native directory"
+
+
+def write_section(doc, heading, body):
+    """Replaces the `heading` section of `doc` (up to the next '## ' heading), or appends it; the
+    rest of the file is left as it is, so each benchmark script owns only its own section."""
+    text = open(doc).read() if os.path.exists(doc) else "# Benchmarks\n"
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, l in enumerate(lines) if l.rstrip() == heading), None)
+    new = heading + "\n\n" + body.rstrip() + "\n"
+    if start is None:
+        out = text.rstrip("\n") + "\n\n" + new
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        tail = "".join(lines[end:])
+        out = "".join(lines[:start]) + new + ("\n" + tail if tail else "")
+    with open(doc, "w") as f:
+        f.write(out)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from bench import Daemon, log  # noqa: E402  (bench/bench.py: start/stop/mount-wait helpers)
+from bench import Daemon, log, write_section  # noqa: E402  (bench/bench.py: start/stop/mount-wait helpers)
 
 DEFAULT_MAX_INODES = 1 << 22  # phoenixfsd's --max-inodes default
 SECTION = "## Recovery time"
@@ -252,23 +252,6 @@ def table(results):
     return "\n".join(rows)
 
 
-def write_section(doc, body):
-    """Replaces the '## Recovery time' section of docs/benchmarks.md (up to the next '## '
-    heading), or appends it; the rest of the file is left as it is."""
-    text = open(doc).read() if os.path.exists(doc) else "# Benchmarks\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, l in enumerate(lines) if l.rstrip() == SECTION), None)
-    new = SECTION + "\n\n" + body.rstrip() + "\n"
-    if start is None:
-        out = text.rstrip("\n") + "\n\n" + new
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        tail = "".join(lines[end:])
-        out = "".join(lines[:start]) + new + ("\n" + tail if tail else "")
-    with open(doc, "w") as f:
-        f.write(out)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="10k,100k,1M",
@@ -327,7 +310,7 @@ def main():
             "- Numbers from one run on a shared 2-core machine.\n"
         )
         doc = os.path.join(ROOT, "docs", "benchmarks.md")
-        write_section(doc, body)
+        write_section(doc, SECTION, body)
         log(f"wrote the '{SECTION[3:]}' section of {doc}")
 
 

@@ -6,6 +6,10 @@
 //! PHOENIXFS_CRASH_ARM a file. The first time the marker is reached while that file exists, the
 //! file is removed (so exactly one worker dies, not every worker after it) and the worker kills
 //! itself with SIGKILL — a death at that very instruction boundary, as the OOM killer would do.
+//!
+//! With PHOENIXFS_CRASH_MODE=abort-always the worker instead aborts (SIGABRT, as a panic would)
+//! every time it reaches the marker while the arm file exists, without removing it: a crash loop,
+//! for the tests of the crash-loop guards.
 
 #[macro_export]
 macro_rules! crash_point {
@@ -20,15 +24,24 @@ macro_rules! crash_point {
 #[cfg(feature = "crash-points")]
 pub fn reached(name: &str) {
     use std::sync::OnceLock;
-    static TARGET: OnceLock<Option<(String, std::ffi::CString)>> = OnceLock::new();
+    static TARGET: OnceLock<Option<(String, std::ffi::CString, bool)>> = OnceLock::new();
     let target = TARGET.get_or_init(|| {
         let at = std::env::var("PHOENIXFS_CRASH_AT").ok()?;
         let arm = std::env::var("PHOENIXFS_CRASH_ARM").ok()?;
-        Some((at, std::ffi::CString::new(arm).ok()?))
+        let always = std::env::var("PHOENIXFS_CRASH_MODE").is_ok_and(|m| m == "abort-always");
+        Some((at, std::ffi::CString::new(arm).ok()?, always))
     });
-    let Some((at, arm)) = target else { return };
+    let Some((at, arm, always)) = target else { return };
+    if at != name {
+        return;
+    }
+    // SAFETY: valid C string.
+    if *always && unsafe { libc::access(arm.as_ptr(), libc::F_OK) } == 0 {
+        tracing::warn!("crash point {name}: aborting this worker");
+        std::process::abort();
+    }
     // SAFETY: valid C string; unlink succeeds for exactly one caller.
-    if at == name && unsafe { libc::unlink(arm.as_ptr()) } == 0 {
+    if !*always && unsafe { libc::unlink(arm.as_ptr()) } == 0 {
         tracing::warn!("crash point {name}: killing this worker");
         // SAFETY: signals our own process.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
@@ -78,6 +91,7 @@ pub const MARKERS: &[&str] = &[
     "tmpfile.after_open",
     "unlink.after_syscall",
     "unlink.before_syscall",
+    "worker.start",
     "write.after_append",
     "write.after_pwrite",
     "write.before_append",

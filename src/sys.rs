@@ -341,3 +341,9 @@ pub fn dup(fd: i32) -> io::Result<i32> {
 pub fn proc_fd_path(fd: i32) -> std::ffi::CString {
     std::ffi::CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL in a formatted number")
 }
+
+/// Closes every open fd in `first..=last` (Linux 5.9+).
+pub fn close_range(first: u32, last: u32) -> io::Result<()> {
+    // SAFETY: closing numbers; the caller decides which are no longer referenced.
+    cvt_long(unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) }).map(drop)
+}

@@ -38,24 +38,21 @@ pub enum Error {
 }
 
 /// Closes every open fd that is not in `keep`: the fds that requests in flight at a crash had
-/// opened but not yet given to a table. Returns how many were closed.
-fn sweep_fds(keep: &HashSet<i32>) -> usize {
-    let open: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
-        Ok(dir) => dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect(),
-        Err(e) => {
-            tracing::error!("cannot list /proc/self/fd for the fd sweep: {e}");
-            return 0;
+/// opened but not yet given to a table. With `close_range` over the gaps between the fds to
+/// keep, the cost follows the number of gaps (few: fds are allocated lowest-first), not the
+/// number of open fds; listing /proc/self/fd took 40 ms at 15,000 live inodes.
+fn sweep_fds(keep: &HashSet<i32>) {
+    let mut kept: Vec<u32> = keep.iter().filter(|fd| **fd >= 0).map(|fd| *fd as u32).collect();
+    kept.sort_unstable();
+    let mut next = 0u32;
+    for fd in kept.into_iter().chain([u32::MAX]) {
+        if fd > next {
+            if let Err(e) = sys::close_range(next, fd - 1) {
+                tracing::error!("close_range({next}, {}) in the fd sweep: {e}", fd - 1);
+            }
         }
-    };
-    // The listing's own fd is closed by now (its number may show up above; close gives EBADF).
-    let mut closed = 0;
-    for fd in open {
-        // SAFETY: closing a number; those in `keep` (everything the state names) are spared.
-        if !keep.contains(&fd) && unsafe { libc::close(fd) } == 0 {
-            closed += 1;
-        }
+        next = fd.saturating_add(1);
     }
-    closed
 }
 
 /// Finishes the FORGETs and BATCH_FORGETs a dead worker had read into its connection buffers:
@@ -106,6 +103,9 @@ fn buffer_len(buf: &[u8]) -> usize {
 
 /// Takes the region over and builds the server. Single-threaded: nothing else runs yet.
 pub fn prepare(region: Region, cfg: &WorkerConfig) -> Result<Arc<Server>, Error> {
+    // Crash here: nothing is taken over yet; the next worker starts from the same region.
+    crate::crash_point!("worker.start");
+    let t0 = std::time::Instant::now();
     let state = Arc::new(State::new(region));
     let mut live_handles = Vec::new();
     let report = state.recover(
@@ -121,7 +121,9 @@ pub fn prepare(region: Region, cfg: &WorkerConfig) -> Result<Arc<Server>, Error>
         },
         finish_buffered_forgets,
     )?;
-    let swept = sweep_fds(&state.referenced_fds());
+    let t_recover = t0.elapsed();
+    sweep_fds(&state.referenced_fds());
+    let t_sweep = t0.elapsed();
     let generation = state.region.header().generation.load(std::sync::atomic::Ordering::SeqCst);
     if generation > 1 {
         tracing::info!(
@@ -130,12 +132,14 @@ pub fn prepare(region: Region, cfg: &WorkerConfig) -> Result<Arc<Server>, Error>
             live_handles = report.live_handles,
             in_flight = report.records.in_flight.len(),
             finished_forgets = report.records.finished_noreply,
-            swept_fds = swept,
+            recover_us = t_recover.as_micros() as u64,
+            sweep_us = (t_sweep - t_recover).as_micros() as u64,
             "took over the state of a dead worker"
         );
     }
     let fs = Fs::new(&cfg.shared_dir, state, cfg.fs.clone())?;
     fs.rebuild_locks(&live_handles.iter().filter(|h| h.1 != HandleKind::Dir).copied().collect::<Vec<_>>());
+    tracing::debug!(total_us = t0.elapsed().as_micros() as u64, "worker ready");
     Ok(Arc::new(Server::new(fs, cfg.policy, cfg.recovery)))
 }
 

@@ -531,30 +531,54 @@ fn wait_until(what: &str, mut ok: impl FnMut() -> bool) -> Result<(), String> {
     Ok(())
 }
 
+/// A temporary directory with a plain `model` directory, a `share` and a mount point `mnt`, and
+/// the path of the crash point's arm file.
+struct Dirs {
+    _tmp: tempfile::TempDir,
+    model: PathBuf,
+    share: PathBuf,
+    mnt: PathBuf,
+    arm: PathBuf,
+}
+
+impl Dirs {
+    fn new() -> Dirs {
+        let tmp = tempfile::Builder::new().prefix("phoenixfs-crash").tempdir().unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let p = |n: &str| tmp.path().join(n);
+        let d = Dirs { model: p("model"), share: p("share"), mnt: p("mnt"), arm: p("arm"), _tmp: tmp };
+        for dir in [&d.model, &d.share, &d.mnt] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        d
+    }
+
+    /// The daemon's environment that arms `marker` (with `mode` unless one-shot).
+    fn env<'a>(&'a self, marker: &'a str, mode: Option<&'a str>) -> Vec<(&'a str, &'a str)> {
+        let mut env = vec![("PHOENIXFS_CRASH_AT", marker), ("PHOENIXFS_CRASH_ARM", self.arm.to_str().unwrap())];
+        env.extend(mode.map(|m| ("PHOENIXFS_CRASH_MODE", m)));
+        env
+    }
+}
+
 /// Runs `sc` with the worker killed at `marker`; Err describes the violated invariant.
 fn run_case(sc: &Scenario, marker: &str) -> Result<(), String> {
-    let tmp = tempfile::Builder::new().prefix("phoenixfs-crash").tempdir().unwrap();
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (model, share, mnt, arm) =
-        (tmp.path().join("model"), tmp.path().join("share"), tmp.path().join("mnt"), tmp.path().join("arm"));
-    for d in [&model, &share, &mnt] {
-        std::fs::create_dir(d).unwrap();
-    }
+    let dirs = Dirs::new();
+    let (model, share, mnt, arm) = (&dirs.model, &dirs.share, &dirs.mnt, &dirs.arm);
     // The model: the same operation, crash-free, on a plain directory.
-    (sc.setup)(&model);
-    let expected = (sc.action)(&model);
-    let expected_tree = tree(&model);
+    (sc.setup)(model);
+    let expected = (sc.action)(model);
+    let expected_tree = tree(model);
 
-    (sc.setup)(&share);
-    let env = [("PHOENIXFS_CRASH_AT", marker), ("PHOENIXFS_CRASH_ARM", arm.to_str().unwrap())];
-    let mut m = Mount::start_with_env(&share, &mnt, &["--xattr"], &env);
+    (sc.setup)(share);
+    let mut m = Mount::start_with_env(share, mnt, &["--xattr"], &dirs.env(marker, None));
     let sup = m.child.id();
-    std::fs::metadata(&mnt).map_err(|e| format!("stat of the mount root: {e}"))?;
+    std::fs::metadata(mnt).map_err(|e| format!("stat of the mount root: {e}"))?;
     let baseline = open_fds(sup);
     let worker_before = children_of(sup);
 
-    std::fs::write(&arm, "armed").unwrap();
-    let got = (sc.action)(&mnt);
+    std::fs::write(arm, "armed").unwrap();
+    let got = (sc.action)(mnt);
     wait_until("the crash point (never reached: built without --features crash-points?)", || !arm.exists())?;
     wait_until("a new worker", || {
         let now = children_of(sup);
@@ -564,8 +588,8 @@ fn run_case(sc: &Scenario, marker: &str) -> Result<(), String> {
         return Err(format!("results differ from a crash-free run:\n  crash-free: {expected:?}\n  with crash: {got:?}"));
     }
     // Every object is reachable and the same through the mount and on the host.
-    let through_mount = tree(&mnt);
-    let on_host = tree(&share);
+    let through_mount = tree(mnt);
+    let on_host = tree(share);
     if on_host != expected_tree || through_mount != expected_tree {
         return Err(format!(
             "tree differs from a crash-free run:\n  crash-free: {expected_tree:?}\n  share:      {on_host:?}\n  via mount:  {through_mount:?}"
@@ -603,7 +627,9 @@ fn crash_every_marker_of_every_operation() {
     // Every marker in the source is tried by some scenario, and every state-changing
     // operation has a scenario with at least one marker.
     let tried: BTreeSet<&str> = scenarios.iter().flat_map(|s| s.markers.iter().copied()).collect();
-    let all: BTreeSet<&str> = phoenixfsd::crash::MARKERS.iter().copied().filter(|m| *m != "init.after_record").collect();
+    // INIT and worker start-up have tests of their own below.
+    let own_tests = ["init.after_record", "worker.start"];
+    let all: BTreeSet<&str> = phoenixfsd::crash::MARKERS.iter().copied().filter(|m| !own_tests.contains(m)).collect();
     let untried: Vec<_> = all.difference(&tried).collect();
     assert!(untried.is_empty(), "crash points no scenario reaches: {untried:?}");
     for op in STATE_CHANGING {
@@ -637,15 +663,51 @@ fn crash_every_marker_of_every_operation() {
 #[test]
 fn crash_during_init() {
     common::require_fuse();
-    let tmp = tempfile::Builder::new().prefix("phoenixfs-crash").tempdir().unwrap();
-    let (share, mnt, arm) = (tmp.path().join("share"), tmp.path().join("mnt"), tmp.path().join("arm"));
-    std::fs::create_dir(&share).unwrap();
-    std::fs::create_dir(&mnt).unwrap();
-    file(&share, "f", "after init");
-    std::fs::write(&arm, "armed").unwrap();
-    let env = [("PHOENIXFS_CRASH_AT", "init.after_record"), ("PHOENIXFS_CRASH_ARM", arm.to_str().unwrap())];
-    let mut m = Mount::start_with_env(&share, &mnt, &[], &env);
-    assert_eq!(std::fs::read_to_string(mnt.join("f")).unwrap(), "after init");
-    assert!(!arm.exists(), "the INIT crash point was never reached (built without --features crash-points?)");
+    let d = Dirs::new();
+    file(&d.share, "f", "after init");
+    std::fs::write(&d.arm, "armed").unwrap();
+    let mut m = Mount::start_with_env(&d.share, &d.mnt, &[], &d.env("init.after_record", None));
+    assert_eq!(std::fs::read_to_string(d.mnt.join("f")).unwrap(), "after init");
+    assert!(!d.arm.exists(), "the INIT crash point was never reached (built without --features crash-points?)");
     assert!(m.stop().success());
+}
+
+/// A request that crashes every worker that runs it: the first two attempts die (the deaths
+/// count: the workers abort), the third answers EIO and the daemon serves on.
+#[test]
+fn crash_loop_request_is_answered_eio() {
+    common::require_fuse();
+    let d = Dirs::new();
+    let mut m = Mount::start_with_env(&d.share, &d.mnt, &[], &d.env("mkdir.before_syscall", Some("abort-always")));
+    std::fs::metadata(&d.mnt).unwrap();
+    let first_worker = children_of(m.child.id());
+    std::fs::write(&d.arm, "armed").unwrap();
+    let err = std::fs::create_dir(d.mnt.join("poison")).expect_err("the poison mkdir must fail");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    std::fs::remove_file(&d.arm).unwrap();
+    assert!(!d.share.join("poison").exists(), "the poison mkdir never reached the host");
+    std::fs::create_dir(d.mnt.join("fine")).expect("the daemon serves on after the poison request");
+    assert!(d.share.join("fine").is_dir());
+    assert_ne!(children_of(m.child.id()), first_worker, "workers were replaced");
+    assert!(m.stop().success());
+}
+
+/// Workers that die before answering anything: the supervisor backs off, then gives up with
+/// exit code 1 and unmounts, instead of cloning forever.
+#[test]
+fn crash_loop_at_start_gives_up() {
+    common::require_fuse();
+    let d = Dirs::new();
+    std::fs::write(&d.arm, "armed").unwrap();
+    let mut m = Mount::start_with_env(&d.share, &d.mnt, &[], &d.env("worker.start", Some("abort-always")));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = m.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the supervisor did not give up within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(1), "gives up with exit code 1");
+    assert!(!common::is_mounted(&d.mnt), "and unmounts");
 }

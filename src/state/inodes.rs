@@ -3,7 +3,7 @@
 //! the kernel or guest holds on it. A heap index maps keys to slots so that two lookups of the
 //! same object yield the same node id.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -69,7 +69,7 @@ pub struct Looked {
 
 impl Inodes {
     pub fn new(slots: &'static [InodeSlot], high_water: &'static AtomicU32) -> Self {
-        Inodes { table: SlotTable::new(slots, high_water, Error::BadNodeId), index: Mutex::new(HashMap::new()) }
+        Inodes { table: SlotTable::new(slots, high_water, Error::BadNodeId), index: Mutex::new(HashMap::default()) }
     }
 
     /// Installs the shared directory as node 1 (slot 1, generation 0), holding one lookup that
@@ -256,6 +256,7 @@ impl Inodes {
     pub fn recover(&self) -> usize {
         let mut index = self.index.lock().unwrap();
         index.clear();
+        index.reserve(self.table.high_water());
         self.table.recover(|i, s| {
             index.insert(s.key(), i);
         })

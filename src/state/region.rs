@@ -242,3 +242,57 @@ impl Region {
         self.size
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header_mut(r: &Region) -> &mut Header {
+        r.header_mut_at_creation()
+    }
+
+    #[test]
+    fn test_region_check_accepts_a_fresh_region() {
+        let r = Region::create(16, 16).unwrap();
+        r.check().unwrap();
+    }
+
+    #[test]
+    fn test_region_check_refuses_bad_magic() {
+        let r = Region::create(16, 16).unwrap();
+        header_mut(&r).magic = 0x1234;
+        let e = r.check().unwrap_err().to_string();
+        assert!(e.contains("bad magic"), "{e}");
+    }
+
+    #[test]
+    fn test_region_check_refuses_another_layout_version() {
+        let r = Region::create(16, 16).unwrap();
+        header_mut(&r).layout_version = LAYOUT_VERSION + 1;
+        let e = r.check().unwrap_err().to_string();
+        assert!(e.contains("layout version"), "{e}");
+    }
+
+    #[test]
+    fn test_region_check_refuses_tables_outside_the_mapping() {
+        for corrupt in [
+            |h: &mut Header| h.inode_capacity = u32::MAX,
+            |h: &mut Header| h.handle_offset += 8,
+            |h: &mut Header| h.conn_count = MAX_CONN_FDS as u32 + 1,
+            |h: &mut Header| h.record_capacity = 0,
+        ] {
+            let r = Region::create(16, 16).unwrap();
+            corrupt(header_mut(&r));
+            assert!(r.check().is_err());
+        }
+    }
+
+    #[test]
+    fn test_region_refused_by_recovery_changes_nothing() {
+        let state = crate::state::State::new(Region::create(16, 16).unwrap());
+        header_mut(&state.region).magic = 0;
+        let before = state.region.header().generation.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(state.recover(|_| false, |_, _| {}, |_| {}).is_err());
+        assert_eq!(state.region.header().generation.load(std::sync::atomic::Ordering::SeqCst), before);
+    }
+}

@@ -79,6 +79,11 @@ impl<S: Slot> SlotTable<S> {
         SlotTable { slots, high_water, free: Mutex::new(Vec::new()), bad_id }
     }
 
+    /// One past the highest index ever used.
+    pub fn high_water(&self) -> usize {
+        (self.high_water.load(Ordering::Relaxed) as usize).min(self.slots.len())
+    }
+
     pub fn capacity(&self) -> usize {
         self.slots.len()
     }

@@ -56,12 +56,17 @@ impl FuseDev {
         self.fd
     }
 
-    /// Unmounts; a busy mount is detached so the daemon can still exit.
+    /// Unmounts; a busy mount is detached so the daemon can still exit. A mount already gone
+    /// (someone unmounted it, which is also how a connection ends) is fine.
     pub fn unmount(&self) {
-        if let Err(e) = sys::umount(&self.mountpoint, 0) {
-            tracing::warn!("unmount: {e}; detaching the mount lazily");
-            if let Err(e) = sys::umount(&self.mountpoint, libc::MNT_DETACH) {
-                tracing::error!("lazy unmount failed: {e}");
+        match sys::umount(&self.mountpoint, 0) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => tracing::debug!("already unmounted"),
+            Err(e) => {
+                tracing::warn!("unmount: {e}; detaching the mount lazily");
+                if let Err(e) = sys::umount(&self.mountpoint, libc::MNT_DETACH) {
+                    tracing::error!("lazy unmount failed: {e}");
+                }
             }
         }
     }
