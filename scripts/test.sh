@@ -2,8 +2,9 @@
 # The project's single test command (CI runs it through .ci/run on a fresh Debian bookworm
 # machine, as root, with CI=true and no stdin):
 #   1. scripts/setup.sh   - Debian packages (fuse3, fio, ...), pjdfstest 0.2.2, dummy users
-#   2. cargo build --release
-#   3. cargo test --release (all unit and integration tests, pjdfstest included)
+#   2. cargo fmt --check, cargo clippy -D warnings
+#   3. cargo build/test --release --features crash-points (all unit and integration tests:
+#      pjdfstest, the differential suite, hostile requests, crash points, the random-kill soak)
 # Exits non-zero on any failure.
 #
 # Test binaries run one after another; tests inside one binary run in parallel (each FUSE test
@@ -23,6 +24,10 @@ t0=$(date +%s)
 
 step "scripts/setup.sh"
 bash scripts/setup.sh
+
+step "cargo fmt --check; cargo clippy -D warnings"
+cargo fmt --check
+cargo clippy --release --all-targets --features crash-points -- -D warnings
 
 step "cargo build --release"
 cargo build --release --features crash-points

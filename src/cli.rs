@@ -252,8 +252,8 @@ impl Cli {
                 ("no_readdirplus", None) => self.no_readdirplus = true,
                 ("flock" | "no_flock" | "posix_lock" | "no_posix_lock" | "timestamp", _) => {}
                 ("log_level", Some(v)) => {
-                    self.log_level = LogLevel::from_str(v, true)
-                        .map_err(|_| CliError::UnknownLegacyOption(opt.clone()))?
+                    self.log_level =
+                        LogLevel::from_str(v, true).map_err(|_| CliError::UnknownLegacyOption(opt.clone()))?
                 }
                 _ => return Err(CliError::UnknownLegacyOption(opt.clone())),
             }

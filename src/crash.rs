@@ -108,7 +108,12 @@ mod tests {
                     walk(&p, out);
                 } else if p.extension().is_some_and(|x| x == "rs") && !p.ends_with("crash.rs") {
                     let text = std::fs::read_to_string(&p).unwrap();
-                    for piece in text.split("crash_point!(\"").skip(1).chain(text.split("before: \"").skip(1)).chain(text.split("after: \"").skip(1)) {
+                    for piece in text
+                        .split("crash_point!(\"")
+                        .skip(1)
+                        .chain(text.split("before: \"").skip(1))
+                        .chain(text.split("after: \"").skip(1))
+                    {
                         out.insert(piece.split('"').next().unwrap().to_string());
                     }
                 }

@@ -80,7 +80,10 @@ fn prepare_process(rlimit_nofile: Option<u64>) {
     let want = match rlimit_nofile {
         Some(0) => return,
         Some(n) => n,
-        None => std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(lim.rlim_max),
+        None => std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(lim.rlim_max),
     };
     let raised = libc::rlimit { rlim_cur: want, rlim_max: want.max(lim.rlim_max) };
     let soft_only = libc::rlimit { rlim_cur: want.min(lim.rlim_max), rlim_max: lim.rlim_max };
@@ -183,10 +186,10 @@ pub fn run(cli: Cli) -> Result<(), Error> {
 }
 
 fn unmount_then(code: i32, mountpoint: &std::path::Path) -> i32 {
-    if let Ok(c) = CString::new(mountpoint.as_os_str().as_bytes()) {
-        if crate::sys::umount(&c, 0).is_err() {
-            let _ = crate::sys::umount(&c, libc::MNT_DETACH);
-        }
+    if let Ok(c) = CString::new(mountpoint.as_os_str().as_bytes())
+        && crate::sys::umount(&c, 0).is_err()
+    {
+        let _ = crate::sys::umount(&c, libc::MNT_DETACH);
     }
     code
 }
@@ -233,4 +236,3 @@ fn make_demo() -> std::io::Result<Demo> {
     std::fs::write(share.join("docs").join("about.txt"), "A passthrough share of a host directory.\n")?;
     Ok(Demo { share, mnt })
 }
-

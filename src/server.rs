@@ -86,10 +86,10 @@ impl Server {
         let Some(own) = own.0 else { return (Intent::none(), None) };
         let records = &self.fs.state.records;
         let unique = h.unique & !abi::UNIQUE_RESEND;
-        if h.unique & abi::UNIQUE_RESEND != 0 {
-            if let Some(i) = records.adopt(unique, self.fs.state.worker_gen()) {
-                return (Intent::new(records.get(i), true), Some((i, true)));
-            }
+        if h.unique & abi::UNIQUE_RESEND != 0
+            && let Some(i) = records.adopt(unique, self.fs.state.worker_gen())
+        {
+            return (Intent::new(records.get(i), true), Some((i, true)));
         }
         records.get(own).start(unique, h.opcode, h.nodeid, self.fs.state.worker_gen());
         (Intent::new(records.get(own), false), Some((own, false)))
@@ -147,7 +147,12 @@ impl Server {
         if intent.is_replay() {
             let deaths = intent.record().map_or(0, |r| r.deaths.load(Ordering::Relaxed));
             if deaths >= 2 {
-                tracing::error!(unique, opcode = h.opcode, deaths, "request was in flight at {deaths} worker deaths: answering EIO");
+                tracing::error!(
+                    unique,
+                    opcode = h.opcode,
+                    deaths,
+                    "request was in flight at {deaths} worker deaths: answering EIO"
+                );
                 self.abandon(intent);
                 return (Some(out.finish_err(unique, libc::EIO)), done);
             }
@@ -220,11 +225,14 @@ impl Server {
     }
 
     fn init<'o>(&self, unique: u64, arg: &abi::InitIn, flags2: u32, out: &'o mut ReplyBuf) -> &'o [u8] {
-        if arg.major < abi::KERNEL_VERSION || (arg.major == abi::KERNEL_VERSION && arg.minor < abi::MIN_KERNEL_MINOR_VERSION) {
+        if arg.major < abi::KERNEL_VERSION
+            || (arg.major == abi::KERNEL_VERSION && arg.minor < abi::MIN_KERNEL_MINOR_VERSION)
+        {
             tracing::error!(major = arg.major, minor = arg.minor, "kernel FUSE protocol too old (need 7.31+)");
             return out.finish_err(unique, libc::EPROTO);
         }
-        let mut reply = abi::InitOut { major: abi::KERNEL_VERSION, minor: abi::KERNEL_MINOR_VERSION, ..Default::default() };
+        let mut reply =
+            abi::InitOut { major: abi::KERNEL_VERSION, minor: abi::KERNEL_MINOR_VERSION, ..Default::default() };
         if arg.major > abi::KERNEL_VERSION {
             // Answer with our major only; the kernel sends INIT again at our version.
             out.push_obj(&reply);

@@ -37,7 +37,14 @@ fn clone_worker(region: &Region, cfg: &WorkerConfig) -> Result<i32, Error> {
     // SAFETY: a fork-like clone (no new stack: the child continues on a copy of ours). The
     // supervisor is single-threaded, so no lock can be held across it in the child.
     let pid = unsafe {
-        libc::syscall(libc::SYS_clone, (libc::CLONE_FILES | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize)
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_FILES | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
     };
     match pid {
         -1 => Err(Error::Clone(std::io::Error::last_os_error())),
@@ -110,9 +117,8 @@ pub fn run(region: Region, dev: &FuseDev, cfg: &WorkerConfig, sigset: &libc::sig
                 .filter(|(u, _)| *u != 0)
                 .collect();
             let served = header.served.load(Ordering::Relaxed);
-            let killed_from_outside = libc::WIFSIGNALED(status)
-                && libc::WTERMSIG(status) == libc::SIGKILL
-                && oom_kills() == ooms_at_start;
+            let killed_from_outside =
+                libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL && oom_kills() == ooms_at_start;
             header.death_counts.store(u32::from(!killed_from_outside), Ordering::Release);
             tracing::warn!(
                 pid,
@@ -126,7 +132,9 @@ pub fn run(region: Region, dev: &FuseDev, cfg: &WorkerConfig, sigset: &libc::sig
             if served == served_at_start && !killed_from_outside {
                 fruitless += 1;
                 if fruitless >= MAX_FRUITLESS_DEATHS {
-                    tracing::error!("{fruitless} workers in a row died before answering any request; giving up and unmounting");
+                    tracing::error!(
+                        "{fruitless} workers in a row died before answering any request; giving up and unmounting"
+                    );
                     dev.unmount();
                     return Err(Error::CrashLoop(fruitless));
                 }

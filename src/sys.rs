@@ -70,9 +70,8 @@ pub fn ftruncate(fd: i32, size: u64) -> io::Result<()> {
 
 pub fn mmap_shared(fd: i32, size: usize) -> io::Result<*mut u8> {
     // SAFETY: a fresh shared mapping of `fd`; no existing memory is affected.
-    let p = unsafe {
-        libc::mmap(std::ptr::null_mut(), size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
-    };
+    let p =
+        unsafe { libc::mmap(std::ptr::null_mut(), size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0) };
     if p == libc::MAP_FAILED { Err(io::Error::last_os_error()) } else { Ok(p as *mut u8) }
 }
 
@@ -89,12 +88,19 @@ pub fn openat(dirfd: i32, name: &CStr, flags: i32, mode: u32) -> io::Result<i32>
 /// openat2 with RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS (a trailing symlink
 /// is still returned as itself with O_PATH|O_NOFOLLOW). Falls back to openat on kernels < 5.6.
 pub fn openat_beneath(dirfd: i32, name: &CStr, flags: i32) -> io::Result<i32> {
+    // SAFETY: open_how is plain integers; all-zero is its documented default.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | libc::O_CLOEXEC) as u64;
     how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_NO_SYMLINKS;
     // SAFETY: `how` is a valid open_how of the size passed; `name` is a valid C string.
     let r = unsafe {
-        libc::syscall(libc::SYS_openat2, dirfd, name.as_ptr(), &how as *const libc::open_how, size_of::<libc::open_how>())
+        libc::syscall(
+            libc::SYS_openat2,
+            dirfd,
+            name.as_ptr(),
+            &how as *const libc::open_how,
+            size_of::<libc::open_how>(),
+        )
     };
     match cvt_long(r) {
         Ok(fd) => Ok(fd as i32),
@@ -243,8 +249,8 @@ pub fn faccessat(dirfd: i32, name: &CStr, mode: i32, flags: i32) -> io::Result<(
 }
 
 pub fn getxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: valid C strings; a zero-length buffer is passed as null, asking for the size.
     let p = if buf.is_empty() { std::ptr::null_mut() } else { buf.as_mut_ptr().cast() };
+    // SAFETY: valid C strings; a zero-length buffer is passed as null, asking for the size.
     cvt_size(unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), p, buf.len()) })
 }
 
@@ -256,8 +262,7 @@ pub fn listxattr(path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
 
 pub fn setxattr(path: &CStr, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
     // SAFETY: valid C strings and value buffer.
-    cvt(unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags) })
-        .map(drop)
+    cvt(unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags) }).map(drop)
 }
 
 pub fn removexattr(path: &CStr, name: &CStr) -> io::Result<()> {
@@ -280,7 +285,14 @@ pub fn fallocate(fd: i32, mode: i32, offset: u64, len: u64) -> io::Result<()> {
     cvt(unsafe { libc::fallocate64(fd, mode, offset as i64, len as i64) }).map(drop)
 }
 
-pub fn copy_file_range(fd_in: i32, off_in: u64, fd_out: i32, off_out: u64, len: usize, flags: u32) -> io::Result<usize> {
+pub fn copy_file_range(
+    fd_in: i32,
+    off_in: u64,
+    fd_out: i32,
+    off_out: u64,
+    len: usize,
+    flags: u32,
+) -> io::Result<usize> {
     let mut oi = off_in as i64;
     let mut oo = off_out as i64;
     // SAFETY: the offsets are valid in/out pointers for the call.

@@ -13,8 +13,8 @@ use std::sync::mpsc;
 
 use crate::fs::{self, Fs};
 use crate::fuse::{DecodeOptions, Op, Request, abi, reply};
-use crate::state::intent::Intent;
 use crate::server::{InitPolicy, Server};
+use crate::state::intent::Intent;
 use crate::state::{HandleKind, Region, State};
 use crate::sys;
 
@@ -46,10 +46,10 @@ fn sweep_fds(keep: &HashSet<i32>) {
     kept.sort_unstable();
     let mut next = 0u32;
     for fd in kept.into_iter().chain([u32::MAX]) {
-        if fd > next {
-            if let Err(e) = sys::close_range(next, fd - 1) {
-                tracing::error!("close_range({next}, {}) in the fd sweep: {e}", fd - 1);
-            }
+        if fd > next
+            && let Err(e) = sys::close_range(next, fd - 1)
+        {
+            tracing::error!("close_range({next}, {}) in the fd sweep: {e}", fd - 1);
         }
         next = fd.saturating_add(1);
     }
@@ -110,7 +110,10 @@ pub fn prepare(region: Region, cfg: &WorkerConfig) -> Result<Arc<Server>, Error>
     let mut live_handles = Vec::new();
     let report = state.recover(
         |opcode| {
-            matches!(abi::Opcode::try_from(opcode), Ok(abi::Opcode::Forget | abi::Opcode::BatchForget | abi::Opcode::Interrupt))
+            matches!(
+                abi::Opcode::try_from(opcode),
+                Ok(abi::Opcode::Forget | abi::Opcode::BatchForget | abi::Opcode::Interrupt)
+            )
         },
         |fh, slot| {
             if let Some(kind) = slot.kind() {

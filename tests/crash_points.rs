@@ -131,8 +131,10 @@ fn scenarios() -> Vec<Scenario> {
                 }
             },
             action: |r| {
-                let mut names: Vec<String> =
-                    std::fs::read_dir(r.join("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+                let mut names: Vec<String> = std::fs::read_dir(r.join("d"))
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect();
                 names.sort();
                 let sizes = names.iter().map(|n| stat_line(&r.join("d").join(n))).collect::<Vec<_>>();
                 vec![names.join(","), sizes.join(";")]
@@ -238,7 +240,8 @@ fn scenarios() -> Vec<Scenario> {
             action: |r| {
                 let mut o = vec![];
                 // SAFETY: valid C strings.
-                rec(&mut o, "rename", unsafe { libc::rename(cs(&r.join("a")).as_ptr(), cs(&r.join("b")).as_ptr()) } as i64);
+                rec(&mut o, "rename", unsafe { libc::rename(cs(&r.join("a")).as_ptr(), cs(&r.join("b")).as_ptr()) }
+                    as i64);
                 o.push(stat_line(&r.join("a")));
                 o.push(std::fs::read_to_string(r.join("b")).unwrap_or_default());
                 o
@@ -255,7 +258,13 @@ fn scenarios() -> Vec<Scenario> {
                 let mut o = vec![];
                 // SAFETY: valid C strings.
                 let res = unsafe {
-                    libc::renameat2(libc::AT_FDCWD, cs(&r.join("a")).as_ptr(), libc::AT_FDCWD, cs(&r.join("b")).as_ptr(), libc::RENAME_EXCHANGE)
+                    libc::renameat2(
+                        libc::AT_FDCWD,
+                        cs(&r.join("a")).as_ptr(),
+                        libc::AT_FDCWD,
+                        cs(&r.join("b")).as_ptr(),
+                        libc::RENAME_EXCHANGE,
+                    )
                 };
                 rec(&mut o, "exchange", res as i64);
                 o.push(stat_line(&r.join("a")));
@@ -274,7 +283,11 @@ fn scenarios() -> Vec<Scenario> {
                 rec(&mut o, "write", write_at(fd, b"fresh", 0));
                 o.push(read_all(fd));
                 close(fd);
-                rec(&mut o, "create again", open(&r.join("new"), libc::O_CREAT | libc::O_EXCL | libc::O_RDWR, 0o640) as i64);
+                rec(
+                    &mut o,
+                    "create again",
+                    open(&r.join("new"), libc::O_CREAT | libc::O_EXCL | libc::O_RDWR, 0o640) as i64,
+                );
                 o.push(stat_line(&r.join("new")));
                 o
             },
@@ -290,7 +303,15 @@ fn scenarios() -> Vec<Scenario> {
                 rec(&mut o, "write", write_at(fd, b"anon", 0));
                 let src = CString::new(format!("/proc/self/fd/{fd}")).unwrap();
                 // SAFETY: valid C strings.
-                let res = unsafe { libc::linkat(libc::AT_FDCWD, src.as_ptr(), libc::AT_FDCWD, cs(&r.join("named")).as_ptr(), libc::AT_SYMLINK_FOLLOW) };
+                let res = unsafe {
+                    libc::linkat(
+                        libc::AT_FDCWD,
+                        src.as_ptr(),
+                        libc::AT_FDCWD,
+                        cs(&r.join("named")).as_ptr(),
+                        libc::AT_SYMLINK_FOLLOW,
+                    )
+                };
                 rec(&mut o, "linkat", res as i64);
                 close(fd);
                 o.push(std::fs::read_to_string(r.join("named")).unwrap_or_default());
@@ -318,8 +339,10 @@ fn scenarios() -> Vec<Scenario> {
                 file(r, "d/x", "1");
             },
             action: |r| {
-                let mut names: Vec<String> =
-                    std::fs::read_dir(r.join("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+                let mut names: Vec<String> = std::fs::read_dir(r.join("d"))
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect();
                 names.sort();
                 names
             },
@@ -383,7 +406,9 @@ fn scenarios() -> Vec<Scenario> {
                 let mut o = vec![];
                 let (n, v) = (CString::new("user.k").unwrap(), b"v1");
                 // SAFETY: valid C strings and buffer.
-                let set = |flags| unsafe { libc::setxattr(cs(&r.join("f")).as_ptr(), n.as_ptr(), v.as_ptr().cast(), 2, flags) };
+                let set = |flags| unsafe {
+                    libc::setxattr(cs(&r.join("f")).as_ptr(), n.as_ptr(), v.as_ptr().cast(), 2, flags)
+                };
                 rec(&mut o, "setxattr create", set(libc::XATTR_CREATE) as i64);
                 rec(&mut o, "setxattr create again", set(libc::XATTR_CREATE) as i64);
                 o
@@ -404,7 +429,8 @@ fn scenarios() -> Vec<Scenario> {
                 let n = CString::new("user.k").unwrap();
                 // SAFETY: valid C strings.
                 rec(&mut o, "removexattr", unsafe { libc::removexattr(cs(&r.join("f")).as_ptr(), n.as_ptr()) } as i64);
-                rec(&mut o, "removexattr again", unsafe { libc::removexattr(cs(&r.join("f")).as_ptr(), n.as_ptr()) } as i64);
+                rec(&mut o, "removexattr again", unsafe { libc::removexattr(cs(&r.join("f")).as_ptr(), n.as_ptr()) }
+                    as i64);
                 o
             },
         },
@@ -585,7 +611,9 @@ fn run_case(sc: &Scenario, marker: &str) -> Result<(), String> {
         !now.is_empty() && now != worker_before
     })?;
     if got != expected {
-        return Err(format!("results differ from a crash-free run:\n  crash-free: {expected:?}\n  with crash: {got:?}"));
+        return Err(format!(
+            "results differ from a crash-free run:\n  crash-free: {expected:?}\n  with crash: {got:?}"
+        ));
     }
     // Every object is reachable and the same through the mount and on the host.
     let through_mount = tree(mnt);
@@ -601,7 +629,10 @@ fn run_case(sc: &Scenario, marker: &str) -> Result<(), String> {
         open_fds(sup).len() == baseline.len()
     });
     if leak.is_err() {
-        return Err(format!("fd leak (lookup count or handle):\n  after mount: {baseline:?}\n  now:         {:?}", open_fds(sup)));
+        return Err(format!(
+            "fd leak (lookup count or handle):\n  after mount: {baseline:?}\n  now:         {:?}",
+            open_fds(sup)
+        ));
     }
     if children_of(sup).len() != 1 {
         return Err("the supervisor does not have exactly one worker".into());
@@ -615,9 +646,30 @@ fn run_case(sc: &Scenario, marker: &str) -> Result<(), String> {
 
 /// Opcodes that change state (in the host file system or in the tables) and so must be covered.
 const STATE_CHANGING: &[&str] = &[
-    "lookup", "readdirplus", "forget", "mkdir", "mknod", "symlink", "link", "unlink", "rmdir", "rename", "create",
-    "tmpfile", "open", "opendir", "release", "write", "append", "setattr", "setxattr", "removexattr", "fallocate",
-    "copy_file_range", "lock", "flush",
+    "lookup",
+    "readdirplus",
+    "forget",
+    "mkdir",
+    "mknod",
+    "symlink",
+    "link",
+    "unlink",
+    "rmdir",
+    "rename",
+    "create",
+    "tmpfile",
+    "open",
+    "opendir",
+    "release",
+    "write",
+    "append",
+    "setattr",
+    "setxattr",
+    "removexattr",
+    "fallocate",
+    "copy_file_range",
+    "lock",
+    "flush",
 ];
 
 #[test]
@@ -633,9 +685,10 @@ fn crash_every_marker_of_every_operation() {
     let untried: Vec<_> = all.difference(&tried).collect();
     assert!(untried.is_empty(), "crash points no scenario reaches: {untried:?}");
     for op in STATE_CHANGING {
-        let covered = scenarios.iter().any(|s| {
-            (s.name.contains(op) || op.contains(&*s.name.split(' ').next().unwrap())) && !s.markers.is_empty()
-        }) || tried.iter().any(|m| m.starts_with(op));
+        let covered = scenarios
+            .iter()
+            .any(|s| (s.name.contains(op) || op.contains(s.name.split(' ').next().unwrap())) && !s.markers.is_empty())
+            || tried.iter().any(|m| m.starts_with(op));
         assert!(covered, "state-changing operation {op} has no crash point");
     }
     let filter = std::env::var("PHOENIXFS_CRASH_FILTER").unwrap_or_default();

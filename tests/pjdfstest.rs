@@ -43,16 +43,13 @@ fn find_pjdfstest() -> PathBuf {
         candidates.push(PathBuf::from(home).join(".cargo/bin/pjdfstest"));
     }
     candidates.push(PathBuf::from("/root/.cargo/bin/pjdfstest"));
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "\n\n*** pjdfstest is not installed (looked in $PJDFSTEST, $PATH, $CARGO_HOME/bin, \
+    candidates.into_iter().find(|p| p.is_file()).unwrap_or_else(|| {
+        panic!(
+            "\n\n*** pjdfstest is not installed (looked in $PJDFSTEST, $PATH, $CARGO_HOME/bin, \
              ~/.cargo/bin).\n*** Run `bash scripts/setup.sh` as root (it runs `cargo install \
              pjdfstest --version {PJDFSTEST_VERSION} --locked` and creates the dummy users).\n\n"
-            )
-        })
+        )
+    })
 }
 
 fn user_exists(name: &str) -> bool {
@@ -94,26 +91,16 @@ struct Summary {
 
 /// Parses "Summary: 0 failed, 14 skipped, 384 passed, 0 expected failures, 398 total".
 fn parse_summary(output: &str) -> Option<Summary> {
-    let line = output
-        .lines()
-        .rev()
-        .find(|l| l.contains("Summary:"))?
-        .trim()
-        .to_string();
+    let line = output.lines().rev().find(|l| l.contains("Summary:"))?.trim().to_string();
     let count = |word: &str| -> Option<usize> {
-        let toks: Vec<&str> = line.split(|c: char| c == ',' || c == ':').collect();
+        let toks: Vec<&str> = line.split([',', ':']).collect();
         toks.iter().find_map(|t| {
             let mut it = t.split_whitespace();
             let n = it.next()?.parse().ok()?;
             (it.next()? == word).then_some(n)
         })
     };
-    Some(Summary {
-        failed: count("failed")?,
-        skipped: count("skipped")?,
-        passed: count("passed")?,
-        line,
-    })
+    Some(Summary { failed: count("failed")?, skipped: count("skipped")?, passed: count("passed")?, line })
 }
 
 /// Removes ANSI colour sequences (in case the `colored` crate ignores NO_COLOR).
@@ -144,16 +131,10 @@ fn run_pjdfstest(label: &str, daemon_args: &[&str]) {
             "\n\n*** pjdfstest needs the user `{user}`: run `bash scripts/setup.sh` as root.\n\n"
         );
     }
-    let version = Command::new(&pjdfstest)
-        .arg("--version")
-        .output()
-        .expect("run pjdfstest --version");
+    let version = Command::new(&pjdfstest).arg("--version").output().expect("run pjdfstest --version");
     let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
     if version != format!("pjdfstest {PJDFSTEST_VERSION}") {
-        eprintln!(
-            "warning: {} is {version:?}, this test was written for {PJDFSTEST_VERSION}",
-            pjdfstest.display()
-        );
+        eprintln!("warning: {} is {version:?}, this test was written for {PJDFSTEST_VERSION}", pjdfstest.display());
     }
 
     let mut m = Mount::new(daemon_args);
@@ -182,9 +163,7 @@ fn run_pjdfstest(label: &str, daemon_args: &[&str]) {
         config.push_str(&format!("{f} = {{}}\n"));
     }
     config.push_str(&format!("secondary_fs = {:?}\n", other.to_str().unwrap()));
-    config.push_str(&format!(
-        "\n[settings]\nnaptime = {NAPTIME}\nallow_remount = false\n"
-    ));
+    config.push_str(&format!("\n[settings]\nnaptime = {NAPTIME}\nallow_remount = false\n"));
     let config_path = top.join("pjdfstest.toml");
     std::fs::write(&config_path, &config).unwrap();
 
@@ -224,18 +203,8 @@ fn run_pjdfstest(label: &str, daemon_args: &[&str]) {
             let _ = child.wait();
             let mut text = String::new();
             let _ = std::fs::File::open(&out_path).and_then(|mut f| f.read_to_string(&mut text));
-            let tail: Vec<&str> = text
-                .lines()
-                .rev()
-                .take(20)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            panic!(
-                "[{label}] pjdfstest did not finish within {TIMEOUT:?}; last lines:\n{}",
-                tail.join("\n")
-            );
+            let tail: Vec<&str> = text.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
+            panic!("[{label}] pjdfstest did not finish within {TIMEOUT:?}; last lines:\n{}", tail.join("\n"));
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -246,54 +215,27 @@ fn run_pjdfstest(label: &str, daemon_args: &[&str]) {
     println!("{output}");
     let failed_names: Vec<&str> = output
         .lines()
-        .filter(|l| {
-            l.trim_end().ends_with("FAILED") || l.trim_end().ends_with("PASSED UNEXPECTEDLY")
-        })
+        .filter(|l| l.trim_end().ends_with("FAILED") || l.trim_end().ends_with("PASSED UNEXPECTEDLY"))
         .map(|l| l.split_whitespace().next().unwrap_or(""))
         .collect();
     let summary = parse_summary(&output);
     match &summary {
         Some(s) => {
-            println!(
-                "[{label}] pjdfstest {}  ({:.1} s)",
-                s.line,
-                elapsed.as_secs_f64()
-            );
-            eprintln!(
-                "[{label}] pjdfstest {}  ({:.1} s)",
-                s.line,
-                elapsed.as_secs_f64()
-            );
+            println!("[{label}] pjdfstest {}  ({:.1} s)", s.line, elapsed.as_secs_f64());
+            eprintln!("[{label}] pjdfstest {}  ({:.1} s)", s.line, elapsed.as_secs_f64());
         }
         None => eprintln!("[{label}] pjdfstest printed no summary line (exit {status})"),
     }
     if !failed_names.is_empty() {
-        eprintln!(
-            "[{label}] failing pjdfstest cases: {}",
-            failed_names.join(" ")
-        );
+        eprintln!("[{label}] failing pjdfstest cases: {}", failed_names.join(" "));
     }
 
-    assert!(
-        daemon_alive,
-        "[{label}] phoenixfsd died while pjdfstest ran"
-    );
+    assert!(daemon_alive, "[{label}] phoenixfsd died while pjdfstest ran");
     let exit = m.stop();
-    let summary = summary.unwrap_or_else(|| {
-        panic!("[{label}] pjdfstest printed no summary line (exit {status}); output:\n{output}")
-    });
-    assert_eq!(
-        summary.failed,
-        0,
-        "[{label}] pjdfstest: {} failed: {}",
-        summary.line,
-        failed_names.join(" ")
-    );
-    assert!(
-        status.success(),
-        "[{label}] pjdfstest exited with {status}: {}",
-        summary.line
-    );
+    let summary = summary
+        .unwrap_or_else(|| panic!("[{label}] pjdfstest printed no summary line (exit {status}); output:\n{output}"));
+    assert_eq!(summary.failed, 0, "[{label}] pjdfstest: {} failed: {}", summary.line, failed_names.join(" "));
+    assert!(status.success(), "[{label}] pjdfstest exited with {status}: {}", summary.line);
     // 398 cases in 0.2.2 on Linux; ~14 are skipped (13 EROFS cases, link_count_max because
     // pathconf(LINK_MAX) is unknown on FUSE). Far fewer passes means the suite did not really run.
     assert!(
@@ -303,10 +245,7 @@ fn run_pjdfstest(label: &str, daemon_args: &[&str]) {
         summary.skipped,
         summary.line
     );
-    assert!(
-        exit.success(),
-        "[{label}] phoenixfsd exited with {exit} after SIGTERM"
-    );
+    assert!(exit.success(), "[{label}] phoenixfsd exited with {exit} after SIGTERM");
 }
 
 #[test]

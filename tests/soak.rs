@@ -532,10 +532,7 @@ impl Worker {
     }
 
     fn mismatch(&self, what: impl std::fmt::Display, want: &str, got: &str) -> String {
-        format!(
-            "thread {} op #{} {}: {what}: expected {want}, got {got}",
-            self.id, self.ops, self.op
-        )
+        format!("thread {} op #{} {}: {what}: expected {want}, got {got}", self.id, self.ops, self.op)
     }
 
     fn ok_or<T>(&self, what: impl std::fmt::Display, r: R<T>) -> Result<T, String>
@@ -606,7 +603,11 @@ impl Worker {
             self.note(name);
             if let Err(msg) = f(self) {
                 let hist: Vec<&str> = self.hist.iter().map(|s| s.as_str()).collect();
-                shared.fail(format!("{msg} [seed {:#x}]\n    this thread's last mutations: {}", shared.seed, hist.join("; ")));
+                shared.fail(format!(
+                    "{msg} [seed {:#x}]\n    this thread's last mutations: {}",
+                    shared.seed,
+                    hist.join("; ")
+                ));
                 return;
             }
             shared.ops.fetch_add(1, Ordering::Relaxed);
@@ -664,7 +665,8 @@ impl Worker {
         let append = self.rng.chance(1, 4);
         let flags = libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | if append { libc::O_APPEND } else { 0 };
         let r = sys::open(&self.p(&name), flags, 0o644);
-        let fd = self.ok_or(format!("open({name}, O_CREAT|O_EXCL|O_RDWR{})", if append { "|O_APPEND" } else { "" }), r)?;
+        let fd =
+            self.ok_or(format!("open({name}, O_CREAT|O_EXCL|O_RDWR{})", if append { "|O_APPEND" } else { "" }), r)?;
         let ino = self.m.next;
         self.m.next += 1;
         self.m.inodes.insert(ino, Inode { nlink: 1, ..Default::default() });
@@ -772,7 +774,12 @@ impl Worker {
         if append {
             let len = self.data_len(MAX_SIZE.saturating_sub(size));
             let data = self.rng.bytes(len);
-            expect!(self, format!("O_APPEND write({desc}, {len} bytes) at size {size}"), sys::write(fd, &data), Ok(len));
+            expect!(
+                self,
+                format!("O_APPEND write({desc}, {len} bytes) at size {size}"),
+                sys::write(fd, &data),
+                Ok(len)
+            );
             self.m.inodes.get_mut(&ino).unwrap().data.extend_from_slice(&data);
             self.did(format!("append fd {fd} {len}@{size}"));
         } else {
@@ -885,13 +892,8 @@ impl Worker {
         }
         self.m.names.remove(&src);
         self.m.names.insert(dst.clone(), Kind::Dir);
-        let moved: Vec<(String, Kind)> = self
-            .m
-            .names
-            .iter()
-            .filter(|(n, _)| parent_of(n) == src)
-            .map(|(n, k)| (n.clone(), *k))
-            .collect();
+        let moved: Vec<(String, Kind)> =
+            self.m.names.iter().filter(|(n, _)| parent_of(n) == src).map(|(n, k)| (n.clone(), *k)).collect();
         for (n, k) in moved {
             self.m.names.remove(&n);
             let base = n.rsplit_once('/').unwrap().1;
@@ -916,7 +918,12 @@ impl Worker {
         self.m.names.insert(dst.clone(), Kind::File(ino));
         self.did(format!("link {src} {dst}"));
         let st = self.ok_or(format!("lstat {dst} after link"), sys::lstat(&self.p(&dst)))?;
-        expect!(self, format!("lstat {dst} after link: st_nlink"), st.st_nlink as u64, self.m.inodes[&ino].nlink as u64);
+        expect!(
+            self,
+            format!("lstat {dst} after link: st_nlink"),
+            st.st_nlink as u64,
+            self.m.inodes[&ino].nlink as u64
+        );
         Ok(())
     }
 
@@ -924,7 +931,12 @@ impl Worker {
         let Some(src) = self.pick_file() else { return Ok(()) };
         let names: Vec<String> = self.m.names.keys().cloned().collect();
         let dst = self.rng.pick(&names).unwrap().clone();
-        expect!(self, format!("link({src}, existing {dst})"), sys::link(&self.p(&src), &self.p(&dst)), Err(libc::EEXIST));
+        expect!(
+            self,
+            format!("link({src}, existing {dst})"),
+            sys::link(&self.p(&src), &self.p(&dst)),
+            Err(libc::EEXIST)
+        );
         Ok(())
     }
 
@@ -1016,11 +1028,11 @@ impl Worker {
 
     /// A file for an xattr op: by path, or (one in three) through an open fd.
     fn xattr_target(&mut self) -> Option<(u64, PathBuf, Option<RawFd>, String)> {
-        if self.rng.chance(1, 3) {
-            if let Some(i) = self.pick_open() {
-                let o = &self.m.open[i];
-                return Some((o.ino, PathBuf::new(), Some(o.fd), self.fd_desc(i)));
-            }
+        if self.rng.chance(1, 3)
+            && let Some(i) = self.pick_open()
+        {
+            let o = &self.m.open[i];
+            return Some((o.ino, PathBuf::new(), Some(o.fd), self.fd_desc(i)));
         }
         let name = self.pick_file()?;
         Some((self.m.ino(&name), self.p(&name), None, name))
@@ -1102,7 +1114,10 @@ impl Worker {
     fn op_unlock(&mut self) -> OpResult {
         let Some(i) = self.pick_open() else { return self.op_create() };
         let desc = self.fd_desc(i);
-        self.ok_or(format!("F_OFD_SETLK F_UNLCK {desc}"), sys::ofd(self.m.open[i].fd, libc::F_OFD_SETLK, libc::F_UNLCK))?;
+        self.ok_or(
+            format!("F_OFD_SETLK F_UNLCK {desc}"),
+            sys::ofd(self.m.open[i].fd, libc::F_OFD_SETLK, libc::F_UNLCK),
+        )?;
         self.m.open[i].locked = false;
         Ok(())
     }
@@ -1110,13 +1125,8 @@ impl Worker {
     /// A new fd on a file (preferably one whose lock is held, maybe since many kills ago):
     /// GETLK and SETLK see exactly the model's lock.
     fn op_lock_check(&mut self) -> OpResult {
-        let held: Vec<String> = self
-            .m
-            .open
-            .iter()
-            .filter(|o| o.locked)
-            .filter_map(|o| self.m.names_of(o.ino).into_iter().next())
-            .collect();
+        let held: Vec<String> =
+            self.m.open.iter().filter(|o| o.locked).filter_map(|o| self.m.names_of(o.ino).into_iter().next()).collect();
         let name = match self.rng.pick(&held).cloned() {
             Some(n) if self.rng.chance(3, 4) => n,
             _ => match self.pick_file() {
@@ -1129,16 +1139,32 @@ impl Worker {
         if locked {
             self.note("lock-check: held by a kept fd");
         }
-        let fd = self.ok_or(format!("open({name}, O_RDWR) for lock check"), sys::open(&self.p(&name), libc::O_RDWR, 0))?;
+        let fd =
+            self.ok_or(format!("open({name}, O_RDWR) for lock check"), sys::open(&self.p(&name), libc::O_RDWR, 0))?;
         let res = (|| {
             let want = if locked { libc::F_WRLCK } else { libc::F_UNLCK };
-            expect!(self, format!("F_OFD_GETLK F_WRLCK new fd on {name} (locked: {locked})"), sys::ofd(fd, libc::F_OFD_GETLK, libc::F_WRLCK), Ok(want));
+            expect!(
+                self,
+                format!("F_OFD_GETLK F_WRLCK new fd on {name} (locked: {locked})"),
+                sys::ofd(fd, libc::F_OFD_GETLK, libc::F_WRLCK),
+                Ok(want)
+            );
             let r = sys::ofd(fd, libc::F_OFD_SETLK, libc::F_WRLCK);
             if locked {
-                expect!(self, format!("F_OFD_SETLK F_WRLCK new fd on {name} (locked by another fd)"), r, Err(libc::EAGAIN));
+                expect!(
+                    self,
+                    format!("F_OFD_SETLK F_WRLCK new fd on {name} (locked by another fd)"),
+                    r,
+                    Err(libc::EAGAIN)
+                );
             } else {
                 expect!(self, format!("F_OFD_SETLK F_WRLCK new fd on {name} (unlocked)"), r, Ok(libc::F_WRLCK));
-                expect!(self, format!("F_OFD_SETLK F_UNLCK new fd on {name}"), sys::ofd(fd, libc::F_OFD_SETLK, libc::F_UNLCK), Ok(libc::F_UNLCK));
+                expect!(
+                    self,
+                    format!("F_OFD_SETLK F_UNLCK new fd on {name}"),
+                    sys::ofd(fd, libc::F_OFD_SETLK, libc::F_UNLCK),
+                    Ok(libc::F_UNLCK)
+                );
             }
             Ok(())
         })();
@@ -1165,16 +1191,51 @@ impl Worker {
         let res = (|| {
             let r = sys::ofd(a, libc::F_OFD_SETLK, libc::F_WRLCK);
             if locked {
-                expect!(self, format!("fd1 F_OFD_SETLK F_WRLCK {name} (a kept fd holds the lock)"), r, Err(libc::EAGAIN));
+                expect!(
+                    self,
+                    format!("fd1 F_OFD_SETLK F_WRLCK {name} (a kept fd holds the lock)"),
+                    r,
+                    Err(libc::EAGAIN)
+                );
                 return Ok(());
             }
             expect!(self, format!("fd1 F_OFD_SETLK F_WRLCK {name}"), r, Ok(libc::F_WRLCK));
-            expect!(self, format!("fd2 F_OFD_SETLK F_WRLCK {name} while fd1 holds it"), sys::ofd(b, libc::F_OFD_SETLK, libc::F_WRLCK), Err(libc::EAGAIN));
-            expect!(self, format!("fd2 F_OFD_GETLK {name} while fd1 holds it"), sys::ofd(b, libc::F_OFD_GETLK, libc::F_WRLCK), Ok(libc::F_WRLCK));
-            expect!(self, format!("fd1 F_OFD_SETLK F_UNLCK {name}"), sys::ofd(a, libc::F_OFD_SETLK, libc::F_UNLCK), Ok(libc::F_UNLCK));
-            expect!(self, format!("fd2 F_OFD_SETLK F_WRLCK {name} after fd1 unlocked"), sys::ofd(b, libc::F_OFD_SETLK, libc::F_WRLCK), Ok(libc::F_WRLCK));
-            expect!(self, format!("fd1 F_OFD_SETLK F_WRLCK {name} while fd2 holds it"), sys::ofd(a, libc::F_OFD_SETLK, libc::F_WRLCK), Err(libc::EAGAIN));
-            expect!(self, format!("fd2 F_OFD_SETLK F_UNLCK {name}"), sys::ofd(b, libc::F_OFD_SETLK, libc::F_UNLCK), Ok(libc::F_UNLCK));
+            expect!(
+                self,
+                format!("fd2 F_OFD_SETLK F_WRLCK {name} while fd1 holds it"),
+                sys::ofd(b, libc::F_OFD_SETLK, libc::F_WRLCK),
+                Err(libc::EAGAIN)
+            );
+            expect!(
+                self,
+                format!("fd2 F_OFD_GETLK {name} while fd1 holds it"),
+                sys::ofd(b, libc::F_OFD_GETLK, libc::F_WRLCK),
+                Ok(libc::F_WRLCK)
+            );
+            expect!(
+                self,
+                format!("fd1 F_OFD_SETLK F_UNLCK {name}"),
+                sys::ofd(a, libc::F_OFD_SETLK, libc::F_UNLCK),
+                Ok(libc::F_UNLCK)
+            );
+            expect!(
+                self,
+                format!("fd2 F_OFD_SETLK F_WRLCK {name} after fd1 unlocked"),
+                sys::ofd(b, libc::F_OFD_SETLK, libc::F_WRLCK),
+                Ok(libc::F_WRLCK)
+            );
+            expect!(
+                self,
+                format!("fd1 F_OFD_SETLK F_WRLCK {name} while fd2 holds it"),
+                sys::ofd(a, libc::F_OFD_SETLK, libc::F_WRLCK),
+                Err(libc::EAGAIN)
+            );
+            expect!(
+                self,
+                format!("fd2 F_OFD_SETLK F_UNLCK {name}"),
+                sys::ofd(b, libc::F_OFD_SETLK, libc::F_UNLCK),
+                Ok(libc::F_UNLCK)
+            );
             Ok(())
         })();
         let (ca, cb) = (sys::close(a), sys::close(b));
@@ -1307,12 +1368,16 @@ fn verify_tree(root: &Path, m: &Model, on: &str) -> Vec<String> {
                     bad.push(format!("{on}: {name}: expected a regular file, got mode {:o}", st.st_mode));
                     continue;
                 }
-                if st.st_nlink as u64 != i.nlink as u64 {
+                if st.st_nlink != i.nlink as u64 {
                     bad.push(format!("{on}: {name}: st_nlink expected {} got {}", i.nlink, st.st_nlink));
                 }
                 match std::fs::read(&p) {
                     Ok(d) if d == i.data => {}
-                    Ok(d) => bad.push(format!("{on}: {name}: data: expected {} got {}", short(&i.data), data_diff(&i.data, &d))),
+                    Ok(d) => bad.push(format!(
+                        "{on}: {name}: data: expected {} got {}",
+                        short(&i.data),
+                        data_diff(&i.data, &d)
+                    )),
                     Err(e) => bad.push(format!("{on}: {name}: read: {e}")),
                 }
                 let want_x: Vec<String> = i.xattrs.keys().cloned().collect();
@@ -1321,22 +1386,32 @@ fn verify_tree(root: &Path, m: &Model, on: &str) -> Vec<String> {
                         for (k, v) in &i.xattrs {
                             match sys::getxattr(&p, None, k) {
                                 Ok(got) if got == *v => {}
-                                r => bad.push(format!("{on}: {name}: xattr {k}: expected {} got {}", short(v), show(&r.map(|g| short(&g))))),
+                                r => bad.push(format!(
+                                    "{on}: {name}: xattr {k}: expected {} got {}",
+                                    short(v),
+                                    show(&r.map(|g| short(&g)))
+                                )),
                             }
                         }
                     }
                     r => bad.push(format!("{on}: {name}: xattrs: expected {want_x:?} got {}", show(&r))),
                 }
                 // Hard links: one model inode = one st_ino, and different ones differ.
-                if let Some((other, oname)) = st_ino_of.insert(st.st_ino, (*ino, name.clone())) {
-                    if other != *ino {
-                        bad.push(format!("{on}: {name} and {oname} share st_ino {} but are different files in the model", st.st_ino));
-                    }
+                if let Some((other, oname)) = st_ino_of.insert(st.st_ino, (*ino, name.clone()))
+                    && other != *ino
+                {
+                    bad.push(format!(
+                        "{on}: {name} and {oname} share st_ino {} but are different files in the model",
+                        st.st_ino
+                    ));
                 }
-                if let Some((sino, oname)) = model_of.insert(*ino, (st.st_ino, name.clone())) {
-                    if sino != st.st_ino {
-                        bad.push(format!("{on}: {name} and {oname} are links of one file but have st_ino {} and {sino}", st.st_ino));
-                    }
+                if let Some((sino, oname)) = model_of.insert(*ino, (st.st_ino, name.clone()))
+                    && sino != st.st_ino
+                {
+                    bad.push(format!(
+                        "{on}: {name} and {oname} are links of one file but have st_ino {} and {sino}",
+                        st.st_ino
+                    ));
                 }
             }
         }
@@ -1380,10 +1455,10 @@ fn live_children(sup: i32) -> Vec<Proc> {
     }
     if !have_children_file {
         for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) {
-                if matches!(proc_stat(pid), Some((_, ppid, _)) if ppid == sup) {
-                    pids.insert(pid);
-                }
+            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok())
+                && matches!(proc_stat(pid), Some((_, ppid, _)) if ppid == sup)
+            {
+                pids.insert(pid);
             }
         }
     }
@@ -1432,7 +1507,9 @@ fn fd_list(pid: i32) -> BTreeMap<i32, String> {
     let mut out = BTreeMap::new();
     for e in std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten() {
         if let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) {
-            let t = std::fs::read_link(e.path()).map(|t| t.to_string_lossy().into_owned()).unwrap_or_else(|e| format!("? {e}"));
+            let t = std::fs::read_link(e.path())
+                .map(|t| t.to_string_lossy().into_owned())
+                .unwrap_or_else(|e| format!("? {e}"));
             out.insert(n, t);
         }
     }
@@ -1518,7 +1595,10 @@ fn killer(sup: i32, mnt: PathBuf, kills: u64, (lo, hi): (u64, u64), seed: u64, s
         match proc_stat(cur.pid) {
             Some((s, ppid, start)) if ppid == sup && start == cur.start && s != 'Z' && s != 'X' => {}
             other => {
-                shared.fail(format!("kill #{k}: worker {} died or changed without being killed (stat: {other:?})", cur.pid));
+                shared.fail(format!(
+                    "kill #{k}: worker {} died or changed without being killed (stat: {other:?})",
+                    cur.pid
+                ));
                 return st;
             }
         }
@@ -1599,7 +1679,8 @@ fn run_soak(case: &str, daemon_args: &[&str], kills: u64, default_secs: u64) {
     let kill_ms = match std::env::var("PHOENIXFS_SOAK_KILL_MS") {
         Ok(v) => {
             let (a, b) = v.split_once('-').unwrap_or_else(|| panic!("PHOENIXFS_SOAK_KILL_MS={v:?}: want lo-hi"));
-            let (a, b) = (parse_u64(a).expect("PHOENIXFS_SOAK_KILL_MS lo"), parse_u64(b).expect("PHOENIXFS_SOAK_KILL_MS hi"));
+            let (a, b) =
+                (parse_u64(a).expect("PHOENIXFS_SOAK_KILL_MS lo"), parse_u64(b).expect("PHOENIXFS_SOAK_KILL_MS hi"));
             assert!(a <= b, "PHOENIXFS_SOAK_KILL_MS: lo > hi");
             (a, b)
         }
@@ -1610,7 +1691,11 @@ fn run_soak(case: &str, daemon_args: &[&str], kills: u64, default_secs: u64) {
     args.extend(extra.split_whitespace());
     eprintln!(
         "soak[{case}]: seed {seed:#x} (rerun with PHOENIXFS_SOAK_SEED={seed:#x}), {}, {threads} threads, daemon args {args:?}",
-        if kills > 0 { format!("{kills} kills every {}-{} ms", kill_ms.0, kill_ms.1) } else { format!("no kills, {secs} s") }
+        if kills > 0 {
+            format!("{kills} kills every {}-{} ms", kill_ms.0, kill_ms.1)
+        } else {
+            format!("no kills, {secs} s")
+        }
     );
 
     let mut m = Mount::new(&args);
@@ -1618,7 +1703,8 @@ fn run_soak(case: &str, daemon_args: &[&str], kills: u64, default_secs: u64) {
     let baseline = settle_fds(sup, &m.mnt);
     eprintln!("soak[{case}]: supervisor {sup}: {} fds before the workload", baseline.len());
 
-    let shared = Arc::new(Shared { stop: AtomicBool::new(false), ops: AtomicU64::new(0), errors: Mutex::new(Vec::new()), seed });
+    let shared =
+        Arc::new(Shared { stop: AtomicBool::new(false), ops: AtomicU64::new(0), errors: Mutex::new(Vec::new()), seed });
     let workers: Vec<JoinHandle<(Model, BTreeMap<&'static str, u64>)>> = (0..threads)
         .map(|id| {
             let shared = shared.clone();
@@ -1626,7 +1712,16 @@ fn run_soak(case: &str, daemon_args: &[&str], kills: u64, default_secs: u64) {
             std::thread::Builder::new()
                 .name(format!("soak-t{id}"))
                 .spawn(move || {
-                    let mut w = Worker { id, root, rng: Rng::new(seed.wrapping_add(id as u64 + 1)), m: Model::default(), ops: 0, op: "", hist: Default::default(), counts: Default::default() };
+                    let mut w = Worker {
+                        id,
+                        root,
+                        rng: Rng::new(seed.wrapping_add(id as u64 + 1)),
+                        m: Model::default(),
+                        ops: 0,
+                        op: "",
+                        hist: Default::default(),
+                        counts: Default::default(),
+                    };
                     w.run(&shared);
                     if let Err(e) = w.close_all() {
                         shared.fail(e);
@@ -1638,7 +1733,10 @@ fn run_soak(case: &str, daemon_args: &[&str], kills: u64, default_secs: u64) {
         .collect();
     let killer_h = (kills > 0).then(|| {
         let (shared, mnt) = (shared.clone(), m.mnt.clone());
-        std::thread::Builder::new().name("soak-killer".into()).spawn(move || killer(sup, mnt, kills, kill_ms, seed, shared)).unwrap()
+        std::thread::Builder::new()
+            .name("soak-killer".into())
+            .spawn(move || killer(sup, mnt, kills, kill_ms, seed, shared))
+            .unwrap()
     });
 
     // Watch: errors, a stalled workload, the supervisor's death, the end.
@@ -1717,8 +1815,11 @@ fn run_soak(case: &str, daemon_args: &[&str], kills: u64, default_secs: u64) {
             // The thread's directory itself: one link per subdirectory.
             let want_links = 2 + model.dirs().len() as u64;
             match sys::lstat(&root) {
-                Ok(st) if st.st_nlink as u64 == want_links => {}
-                r => bad.push(format!("{on} t{i}: st_nlink of the directory: expected {want_links}, got {}", show(&r.map(|s| s.st_nlink)))),
+                Ok(st) if st.st_nlink == want_links => {}
+                r => bad.push(format!(
+                    "{on} t{i}: st_nlink of the directory: expected {want_links}, got {}",
+                    show(&r.map(|s| s.st_nlink))
+                )),
             }
         }
     }
@@ -1739,8 +1840,10 @@ fn run_soak(case: &str, daemon_args: &[&str], kills: u64, default_secs: u64) {
         }
     }
     if now.len() != baseline.len() {
-        let gone: BTreeMap<i32, String> = baseline.iter().filter(|(n, t)| now.get(n) != Some(t)).map(|(n, t)| (*n, t.clone())).collect();
-        let new: BTreeMap<i32, String> = now.iter().filter(|(n, t)| baseline.get(n) != Some(t)).map(|(n, t)| (*n, t.clone())).collect();
+        let gone: BTreeMap<i32, String> =
+            baseline.iter().filter(|(n, t)| now.get(n) != Some(t)).map(|(n, t)| (*n, t.clone())).collect();
+        let new: BTreeMap<i32, String> =
+            now.iter().filter(|(n, t)| baseline.get(n) != Some(t)).map(|(n, t)| (*n, t.clone())).collect();
         fail_now(
             &mut m,
             &[format!(

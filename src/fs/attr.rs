@@ -17,11 +17,7 @@ pub struct EntryTimeouts {
 }
 
 pub fn key_of(st: &libc::statx) -> InodeKey {
-    InodeKey {
-        dev: libc::makedev(st.stx_dev_major, st.stx_dev_minor),
-        ino: st.stx_ino,
-        mnt_id: st.stx_mnt_id,
-    }
+    InodeKey { dev: libc::makedev(st.stx_dev_major, st.stx_dev_minor), ino: st.stx_ino, mnt_id: st.stx_mnt_id }
 }
 
 pub fn attr_of(st: &libc::stat64) -> abi::Attr {
@@ -146,9 +142,7 @@ impl Fs {
         if a.valid & abi::FATTR_SIZE != 0 {
             match file_fd {
                 Some(fd) => sys::ftruncate(fd, a.size)?,
-                None => {
-                    sys::truncate(&sys::proc_fd_path(node.fd()), a.size)?
-                }
+                None => sys::truncate(&sys::proc_fd_path(node.fd()), a.size)?,
             }
         }
         if a.valid & (abi::FATTR_ATIME | abi::FATTR_MTIME) != 0 {

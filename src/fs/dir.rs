@@ -77,11 +77,8 @@ impl Fs {
                 return Ok(());
             }
             for ent in (Dirents { buf: &raw[..n] }) {
-                let fits = if plus {
-                    self.push_plus(ctx, h.fd(), limit, &ent, out)
-                } else {
-                    out.push_dirent(limit, &ent)
-                };
+                let fits =
+                    if plus { self.push_plus(ctx, h.fd(), limit, &ent, out) } else { out.push_dirent(limit, &ent) };
                 if !fits {
                     return Ok(());
                 }
@@ -100,10 +97,10 @@ impl Fs {
         if ent.name != b"." && ent.name != b".." {
             // An entry that vanished or cannot be looked up is still listed, with node id 0,
             // which tells the kernel to list it without caching anything for it.
-            if let Ok(name) = std::ffi::CString::new(ent.name) {
-                if let Ok(e) = self.lookup_at(dirfd, &name, ctx.intent) {
-                    entry = e;
-                }
+            if let Ok(name) = std::ffi::CString::new(ent.name)
+                && let Ok(e) = self.lookup_at(dirfd, &name, ctx.intent)
+            {
+                entry = e;
             }
         }
         out.push_direntplus(&entry, ent);

@@ -5,8 +5,8 @@ use std::ffi::CStr;
 
 use super::once::{self, Markers, is_errno};
 use super::{Context, Error, Fs, Result, check_name};
-use crate::state::intent::Intent;
 use crate::fuse::{ReplyBuf, abi};
+use crate::state::intent::Intent;
 use crate::state::{HandleKind, HandlePin};
 use crate::sys::{self, FdName};
 
@@ -82,7 +82,13 @@ impl Fs {
     /// a real EEXIST; (1-2) the create-open, bracketed (a replay that gets EEXIST where the name
     /// was absent finds its own file and opens it without O_CREAT); (3) the lookup raise; (4) the
     /// handle publication. A replay after (3) reopens the node; after (4) only replies.
-    pub fn create(&self, ctx: &Context, parent: u64, name: &CStr, a: &abi::CreateIn) -> Result<(abi::EntryOut, abi::OpenOut)> {
+    pub fn create(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        a: &abi::CreateIn,
+    ) -> Result<(abi::EntryOut, abi::OpenOut)> {
         let name = check_name(name)?;
         let intent = ctx.intent;
         if let Some(&nodeid) = intent.raised().first() {

@@ -106,19 +106,23 @@ impl LockOwners {
 
     /// Notes that `owner` locks through guest file `via` (in the slot too, for recovery).
     fn used_via(&self, nodeid: u64, owner: u64, via: u64, handles: &Handles) {
-        if let Some(o) = self.nodes.lock().unwrap().get_mut(&nodeid).and_then(|n| n.owners.get_mut(&owner)) {
-            if o.via != via && o.via != 0 {
-                o.via = 0;
-                if let Ok(p) = handles.pin(o.fh, HandleKind::LockOwner) {
-                    p.slot().via.store(0, Ordering::Relaxed);
-                }
+        if let Some(o) = self.nodes.lock().unwrap().get_mut(&nodeid).and_then(|n| n.owners.get_mut(&owner))
+            && o.via != via
+            && o.via != 0
+        {
+            o.via = 0;
+            if let Ok(p) = handles.pin(o.fh, HandleKind::LockOwner) {
+                p.slot().via.store(0, Ordering::Relaxed);
             }
         }
     }
 
     fn others(&self, nodeid: u64, owner: u64) -> Vec<u64> {
         let nodes = self.nodes.lock().unwrap();
-        nodes.get(&nodeid).map(|n| n.owners.iter().filter(|(o, _)| **o != owner).map(|(_, o)| o.fh).collect()).unwrap_or_default()
+        nodes
+            .get(&nodeid)
+            .map(|n| n.owners.iter().filter(|(o, _)| **o != owner).map(|(_, o)| o.fh).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -173,7 +177,8 @@ impl Fs {
         let want = to_flock(&a.lk)?;
         // Ask through the owner's own fd, so that its own locks are no conflict; an owner with no
         // fd yet holds no locks, and the file's fd holds no record locks either.
-        let own = self.locks.get(nodeid, a.owner).map(|fh| self.state.handles.pin(fh, HandleKind::LockOwner)).transpose()?;
+        let own =
+            self.locks.get(nodeid, a.owner).map(|fh| self.state.handles.pin(fh, HandleKind::LockOwner)).transpose()?;
         let query_fd = own.as_ref().map_or(file.fd(), |p| p.fd());
         let mut found = want;
         sys::fcntl_lock(query_fd, libc::F_OFD_GETLK, &mut found)?;
@@ -230,7 +235,13 @@ impl Fs {
     pub(super) fn drop_owner_locks(&self, nodeid: u64, owner: u64) -> Result<()> {
         let Some(fh) = self.locks.get(nodeid, owner) else { return Ok(()) };
         let h = self.state.handles.pin(fh, HandleKind::LockOwner)?;
-        let mut all = libc::flock64 { l_type: libc::F_UNLCK as i16, l_whence: libc::SEEK_SET as i16, l_start: 0, l_len: 0, l_pid: 0 };
+        let mut all = libc::flock64 {
+            l_type: libc::F_UNLCK as i16,
+            l_whence: libc::SEEK_SET as i16,
+            l_start: 0,
+            l_len: 0,
+            l_pid: 0,
+        };
         Ok(sys::fcntl_lock(h.fd(), libc::F_OFD_SETLK, &mut all)?)
     }
 }

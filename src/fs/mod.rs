@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::state::{self, State};
 
 pub use attr::EntryTimeouts;
-pub use xattr::XattrReply;
 pub use creds::Context;
+pub use xattr::XattrReply;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

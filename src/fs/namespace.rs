@@ -54,9 +54,7 @@ impl Fs {
 
     pub fn mknod(&self, ctx: &Context, parent: u64, name: &CStr, a: &abi::MknodIn) -> Result<abi::EntryOut> {
         let m = Markers { before: "mknod.before_syscall", after: "mknod.after_syscall" };
-        self.make_then_lookup(ctx, parent, name, &m, |dirfd, name| {
-            sys::mknodat(dirfd, name, a.mode, u64::from(a.rdev))
-        })
+        self.make_then_lookup(ctx, parent, name, &m, |dirfd, name| sys::mknodat(dirfd, name, a.mode, u64::from(a.rdev)))
     }
 
     pub fn mkdir(&self, ctx: &Context, parent: u64, name: &CStr, a: &abi::MkdirIn) -> Result<abi::EntryOut> {
@@ -109,7 +107,15 @@ impl Fs {
     /// the syscall, bracketed. A replay after (1) first asks whether the names already show the
     /// rename done (target names the source object; for EXCHANGE, source names the old target)
     /// and runs it again only if not.
-    pub fn rename(&self, ctx: &Context, parent: u64, name: &CStr, newparent: u64, newname: &CStr, flags: u32) -> Result<()> {
+    pub fn rename(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        newparent: u64,
+        newname: &CStr,
+        flags: u32,
+    ) -> Result<()> {
         let name = check_name(name)?;
         let newname = check_name(newname)?;
         let allowed = libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE | libc::RENAME_WHITEOUT;

@@ -43,7 +43,14 @@ impl Fs {
         Ok(XattrReply::Data)
     }
 
-    pub fn getxattr(&self, ctx: &Context, nodeid: u64, name: &CStr, size: u32, out: &mut ReplyBuf) -> Result<XattrReply> {
+    pub fn getxattr(
+        &self,
+        ctx: &Context,
+        nodeid: u64,
+        name: &CStr,
+        size: u32,
+        out: &mut ReplyBuf,
+    ) -> Result<XattrReply> {
         let (_node, path) = self.xattr_path(nodeid)?;
         let _as = ctx.become_caller()?;
         self.xattr_read(size, out, |buf| sys::getxattr(&path, name, buf))
@@ -67,7 +74,12 @@ impl Fs {
             return Err(Error::Os(std::io::Error::from_raw_os_error(libc::EEXIST)));
         }
         let m = Markers { before: "setxattr.before_syscall", after: "setxattr.after_syscall" };
-        once::once(intent, &m, || sys::setxattr(&path, name, value, flags as i32), |e| create && is_errno(e, libc::EEXIST))
+        once::once(
+            intent,
+            &m,
+            || sys::setxattr(&path, name, value, flags as i32),
+            |e| create && is_errno(e, libc::EEXIST),
+        )
     }
 
     /// REMOVEXATTR: its presence is checked first (0), then the call is bracketed (1-2), so a

@@ -104,51 +104,361 @@ macro_rules! wire {
     };
 }
 
-wire!(pub struct InHeader { len: u32, opcode: u32, unique: u64, nodeid: u64, uid: u32, gid: u32, pid: u32, total_extlen: u16, padding: u16, });
-wire!(pub struct OutHeader { len: u32, error: i32, unique: u64, });
-wire!(pub struct InitIn { major: u32, minor: u32, max_readahead: u32, flags: u32, });
+wire!(
+    pub struct InHeader {
+        len: u32,
+        opcode: u32,
+        unique: u64,
+        nodeid: u64,
+        uid: u32,
+        gid: u32,
+        pid: u32,
+        total_extlen: u16,
+        padding: u16,
+    }
+);
+wire!(
+    pub struct OutHeader {
+        len: u32,
+        error: i32,
+        unique: u64,
+    }
+);
+wire!(
+    pub struct InitIn {
+        major: u32,
+        minor: u32,
+        max_readahead: u32,
+        flags: u32,
+    }
+);
 // The 7.36+ tail of fuse_init_in, present when the kernel sets INIT_EXT.
-wire!(pub struct InitInExt { flags2: u32, unused: [u32; 11], });
-wire!(pub struct InitOut { major: u32, minor: u32, max_readahead: u32, flags: u32, max_background: u16, congestion_threshold: u16, max_write: u32, time_gran: u32, max_pages: u16, map_alignment: u16, flags2: u32, unused: [u32; 7], });
-wire!(pub struct Attr { ino: u64, size: u64, blocks: u64, atime: u64, mtime: u64, ctime: u64, atimensec: u32, mtimensec: u32, ctimensec: u32, mode: u32, nlink: u32, uid: u32, gid: u32, rdev: u32, blksize: u32, flags: u32, });
-wire!(pub struct EntryOut { nodeid: u64, generation: u64, entry_valid: u64, attr_valid: u64, entry_valid_nsec: u32, attr_valid_nsec: u32, attr: Attr, });
-wire!(pub struct AttrOut { attr_valid: u64, attr_valid_nsec: u32, dummy: u32, attr: Attr, });
-wire!(pub struct ForgetIn { nlookup: u64, });
-wire!(pub struct ForgetOne { nodeid: u64, nlookup: u64, });
-wire!(pub struct BatchForgetIn { count: u32, dummy: u32, });
-wire!(pub struct GetattrIn { getattr_flags: u32, dummy: u32, fh: u64, });
-wire!(pub struct MknodIn { mode: u32, rdev: u32, umask: u32, padding: u32, });
-wire!(pub struct MkdirIn { mode: u32, umask: u32, });
-wire!(pub struct RenameIn { newdir: u64, });
-wire!(pub struct Rename2In { newdir: u64, flags: u32, padding: u32, });
-wire!(pub struct LinkIn { oldnodeid: u64, });
-wire!(pub struct SetattrIn { valid: u32, padding: u32, fh: u64, size: u64, lock_owner: u64, atime: u64, mtime: u64, ctime: u64, atimensec: u32, mtimensec: u32, ctimensec: u32, mode: u32, unused4: u32, uid: u32, gid: u32, unused5: u32, });
-wire!(pub struct OpenIn { flags: u32, open_flags: u32, });
-wire!(pub struct CreateIn { flags: u32, mode: u32, umask: u32, open_flags: u32, });
-wire!(pub struct OpenOut { fh: u64, open_flags: u32, backing_id: i32, });
-wire!(pub struct ReleaseIn { fh: u64, flags: u32, release_flags: u32, lock_owner: u64, });
-wire!(pub struct FlushIn { fh: u64, unused: u32, padding: u32, lock_owner: u64, });
-wire!(pub struct ReadIn { fh: u64, offset: u64, size: u32, read_flags: u32, lock_owner: u64, flags: u32, padding: u32, });
-wire!(pub struct WriteIn { fh: u64, offset: u64, size: u32, write_flags: u32, lock_owner: u64, flags: u32, padding: u32, });
-wire!(pub struct WriteOut { size: u32, padding: u32, });
-wire!(pub struct Kstatfs { blocks: u64, bfree: u64, bavail: u64, files: u64, ffree: u64, bsize: u32, namelen: u32, frsize: u32, padding: u32, spare: [u32; 6], });
-wire!(pub struct FsyncIn { fh: u64, fsync_flags: u32, padding: u32, });
+wire!(
+    pub struct InitInExt {
+        flags2: u32,
+        unused: [u32; 11],
+    }
+);
+wire!(
+    pub struct InitOut {
+        major: u32,
+        minor: u32,
+        max_readahead: u32,
+        flags: u32,
+        max_background: u16,
+        congestion_threshold: u16,
+        max_write: u32,
+        time_gran: u32,
+        max_pages: u16,
+        map_alignment: u16,
+        flags2: u32,
+        unused: [u32; 7],
+    }
+);
+wire!(
+    pub struct Attr {
+        ino: u64,
+        size: u64,
+        blocks: u64,
+        atime: u64,
+        mtime: u64,
+        ctime: u64,
+        atimensec: u32,
+        mtimensec: u32,
+        ctimensec: u32,
+        mode: u32,
+        nlink: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+        blksize: u32,
+        flags: u32,
+    }
+);
+wire!(
+    pub struct EntryOut {
+        nodeid: u64,
+        generation: u64,
+        entry_valid: u64,
+        attr_valid: u64,
+        entry_valid_nsec: u32,
+        attr_valid_nsec: u32,
+        attr: Attr,
+    }
+);
+wire!(
+    pub struct AttrOut {
+        attr_valid: u64,
+        attr_valid_nsec: u32,
+        dummy: u32,
+        attr: Attr,
+    }
+);
+wire!(
+    pub struct ForgetIn {
+        nlookup: u64,
+    }
+);
+wire!(
+    pub struct ForgetOne {
+        nodeid: u64,
+        nlookup: u64,
+    }
+);
+wire!(
+    pub struct BatchForgetIn {
+        count: u32,
+        dummy: u32,
+    }
+);
+wire!(
+    pub struct GetattrIn {
+        getattr_flags: u32,
+        dummy: u32,
+        fh: u64,
+    }
+);
+wire!(
+    pub struct MknodIn {
+        mode: u32,
+        rdev: u32,
+        umask: u32,
+        padding: u32,
+    }
+);
+wire!(
+    pub struct MkdirIn {
+        mode: u32,
+        umask: u32,
+    }
+);
+wire!(
+    pub struct RenameIn {
+        newdir: u64,
+    }
+);
+wire!(
+    pub struct Rename2In {
+        newdir: u64,
+        flags: u32,
+        padding: u32,
+    }
+);
+wire!(
+    pub struct LinkIn {
+        oldnodeid: u64,
+    }
+);
+wire!(
+    pub struct SetattrIn {
+        valid: u32,
+        padding: u32,
+        fh: u64,
+        size: u64,
+        lock_owner: u64,
+        atime: u64,
+        mtime: u64,
+        ctime: u64,
+        atimensec: u32,
+        mtimensec: u32,
+        ctimensec: u32,
+        mode: u32,
+        unused4: u32,
+        uid: u32,
+        gid: u32,
+        unused5: u32,
+    }
+);
+wire!(
+    pub struct OpenIn {
+        flags: u32,
+        open_flags: u32,
+    }
+);
+wire!(
+    pub struct CreateIn {
+        flags: u32,
+        mode: u32,
+        umask: u32,
+        open_flags: u32,
+    }
+);
+wire!(
+    pub struct OpenOut {
+        fh: u64,
+        open_flags: u32,
+        backing_id: i32,
+    }
+);
+wire!(
+    pub struct ReleaseIn {
+        fh: u64,
+        flags: u32,
+        release_flags: u32,
+        lock_owner: u64,
+    }
+);
+wire!(
+    pub struct FlushIn {
+        fh: u64,
+        unused: u32,
+        padding: u32,
+        lock_owner: u64,
+    }
+);
+wire!(
+    pub struct ReadIn {
+        fh: u64,
+        offset: u64,
+        size: u32,
+        read_flags: u32,
+        lock_owner: u64,
+        flags: u32,
+        padding: u32,
+    }
+);
+wire!(
+    pub struct WriteIn {
+        fh: u64,
+        offset: u64,
+        size: u32,
+        write_flags: u32,
+        lock_owner: u64,
+        flags: u32,
+        padding: u32,
+    }
+);
+wire!(
+    pub struct WriteOut {
+        size: u32,
+        padding: u32,
+    }
+);
+wire!(
+    pub struct Kstatfs {
+        blocks: u64,
+        bfree: u64,
+        bavail: u64,
+        files: u64,
+        ffree: u64,
+        bsize: u32,
+        namelen: u32,
+        frsize: u32,
+        padding: u32,
+        spare: [u32; 6],
+    }
+);
+wire!(
+    pub struct FsyncIn {
+        fh: u64,
+        fsync_flags: u32,
+        padding: u32,
+    }
+);
 // fuse_setxattr_in before 7.33 / without SETXATTR_EXT.
-wire!(pub struct SetxattrIn { size: u32, flags: u32, });
-wire!(pub struct SetxattrInExt { setxattr_flags: u32, padding: u32, });
-wire!(pub struct GetxattrIn { size: u32, padding: u32, });
-wire!(pub struct GetxattrOut { size: u32, padding: u32, });
-wire!(pub struct FileLock { start: u64, end: u64, typ: u32, pid: u32, });
-wire!(pub struct LkIn { fh: u64, owner: u64, lk: FileLock, lk_flags: u32, padding: u32, });
-wire!(pub struct LkOut { lk: FileLock, });
-wire!(pub struct AccessIn { mask: u32, padding: u32, });
-wire!(pub struct InterruptIn { unique: u64, });
-wire!(pub struct FallocateIn { fh: u64, offset: u64, length: u64, mode: u32, padding: u32, });
-wire!(pub struct LseekIn { fh: u64, offset: u64, whence: u32, padding: u32, });
-wire!(pub struct LseekOut { offset: u64, });
-wire!(pub struct CopyFileRangeIn { fh_in: u64, off_in: u64, nodeid_out: u64, fh_out: u64, off_out: u64, len: u64, flags: u64, });
-wire!(pub struct SyncfsIn { padding: u64, });
-wire!(pub struct Dirent { ino: u64, off: u64, namelen: u32, typ: u32, });
+wire!(
+    pub struct SetxattrIn {
+        size: u32,
+        flags: u32,
+    }
+);
+wire!(
+    pub struct SetxattrInExt {
+        setxattr_flags: u32,
+        padding: u32,
+    }
+);
+wire!(
+    pub struct GetxattrIn {
+        size: u32,
+        padding: u32,
+    }
+);
+wire!(
+    pub struct GetxattrOut {
+        size: u32,
+        padding: u32,
+    }
+);
+wire!(
+    pub struct FileLock {
+        start: u64,
+        end: u64,
+        typ: u32,
+        pid: u32,
+    }
+);
+wire!(
+    pub struct LkIn {
+        fh: u64,
+        owner: u64,
+        lk: FileLock,
+        lk_flags: u32,
+        padding: u32,
+    }
+);
+wire!(
+    pub struct LkOut {
+        lk: FileLock,
+    }
+);
+wire!(
+    pub struct AccessIn {
+        mask: u32,
+        padding: u32,
+    }
+);
+wire!(
+    pub struct InterruptIn {
+        unique: u64,
+    }
+);
+wire!(
+    pub struct FallocateIn {
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: u32,
+        padding: u32,
+    }
+);
+wire!(
+    pub struct LseekIn {
+        fh: u64,
+        offset: u64,
+        whence: u32,
+        padding: u32,
+    }
+);
+wire!(
+    pub struct LseekOut {
+        offset: u64,
+    }
+);
+wire!(
+    pub struct CopyFileRangeIn {
+        fh_in: u64,
+        off_in: u64,
+        nodeid_out: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+        flags: u64,
+    }
+);
+wire!(
+    pub struct SyncfsIn {
+        padding: u64,
+    }
+);
+wire!(
+    pub struct Dirent {
+        ino: u64,
+        off: u64,
+        namelen: u32,
+        typ: u32,
+    }
+);
 
 /// Size of a dirent record for a name of `namelen` bytes, padded to 8 as the kernel expects.
 pub const fn dirent_size(namelen: usize) -> usize {

@@ -55,28 +55,68 @@ pub struct DecodeOptions {
 /// terminator and no interior NUL; their *meaning* (`/`, `..`) is checked in fs/.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op<'a> {
-    Init { arg: abi::InitIn, flags2: u32 },
+    Init {
+        arg: abi::InitIn,
+        flags2: u32,
+    },
     Destroy,
-    Lookup { name: &'a CStr },
-    Forget { nlookup: u64 },
-    BatchForget { forgets: Vec<abi::ForgetOne> },
-    Getattr { fh: Option<u64> },
+    Lookup {
+        name: &'a CStr,
+    },
+    Forget {
+        nlookup: u64,
+    },
+    BatchForget {
+        forgets: Vec<abi::ForgetOne>,
+    },
+    Getattr {
+        fh: Option<u64>,
+    },
     Setattr(abi::SetattrIn),
     Readlink,
-    Symlink { name: &'a CStr, target: &'a CStr },
-    Mknod { arg: abi::MknodIn, name: &'a CStr },
-    Mkdir { arg: abi::MkdirIn, name: &'a CStr },
-    Unlink { name: &'a CStr },
-    Rmdir { name: &'a CStr },
+    Symlink {
+        name: &'a CStr,
+        target: &'a CStr,
+    },
+    Mknod {
+        arg: abi::MknodIn,
+        name: &'a CStr,
+    },
+    Mkdir {
+        arg: abi::MkdirIn,
+        name: &'a CStr,
+    },
+    Unlink {
+        name: &'a CStr,
+    },
+    Rmdir {
+        name: &'a CStr,
+    },
     /// RENAME and RENAME2 (flags 0 for the former).
-    Rename { newdir: u64, flags: u32, name: &'a CStr, newname: &'a CStr },
-    Link { oldnodeid: u64, name: &'a CStr },
+    Rename {
+        newdir: u64,
+        flags: u32,
+        name: &'a CStr,
+        newname: &'a CStr,
+    },
+    Link {
+        oldnodeid: u64,
+        name: &'a CStr,
+    },
     Open(abi::OpenIn),
     Opendir(abi::OpenIn),
-    Create { arg: abi::CreateIn, name: &'a CStr },
-    Tmpfile { arg: abi::CreateIn },
+    Create {
+        arg: abi::CreateIn,
+        name: &'a CStr,
+    },
+    Tmpfile {
+        arg: abi::CreateIn,
+    },
     Read(abi::ReadIn),
-    Write { arg: abi::WriteIn, data: &'a [u8] },
+    Write {
+        arg: abi::WriteIn,
+        data: &'a [u8],
+    },
     Flush(abi::FlushIn),
     Release(abi::ReleaseIn),
     Releasedir(abi::ReleaseIn),
@@ -86,17 +126,35 @@ pub enum Op<'a> {
     Readdirplus(abi::ReadIn),
     Statfs,
     Access(abi::AccessIn),
-    Setxattr { size: u32, flags: u32, setxattr_flags: u32, name: &'a CStr, value: &'a [u8] },
-    Getxattr { size: u32, name: &'a CStr },
-    Listxattr { size: u32 },
-    Removexattr { name: &'a CStr },
+    Setxattr {
+        size: u32,
+        flags: u32,
+        setxattr_flags: u32,
+        name: &'a CStr,
+        value: &'a [u8],
+    },
+    Getxattr {
+        size: u32,
+        name: &'a CStr,
+    },
+    Listxattr {
+        size: u32,
+    },
+    Removexattr {
+        name: &'a CStr,
+    },
     Getlk(abi::LkIn),
-    Setlk { arg: abi::LkIn, sleep: bool },
+    Setlk {
+        arg: abi::LkIn,
+        sleep: bool,
+    },
     Fallocate(abi::FallocateIn),
     Lseek(abi::LseekIn),
     CopyFileRange(abi::CopyFileRangeIn),
     Syncfs,
-    Interrupt { unique: u64 },
+    Interrupt {
+        unique: u64,
+    },
     /// A known opcode that this daemon does not serve (answered ENOSYS).
     Unsupported(Opcode),
 }
@@ -168,11 +226,8 @@ impl<'a> Request<'a> {
             Opcode::Init => {
                 let arg: abi::InitIn = c.obj()?;
                 // The 7.36+ tail is present only when the kernel says so; older kernels send 16 bytes.
-                let flags2 = if u64::from(arg.flags) & abi::INIT_EXT != 0 {
-                    c.obj::<abi::InitInExt>()?.flags2
-                } else {
-                    0
-                };
+                let flags2 =
+                    if u64::from(arg.flags) & abi::INIT_EXT != 0 { c.obj::<abi::InitInExt>()?.flags2 } else { 0 };
                 Op::Init { arg, flags2 }
             }
             Opcode::Destroy => Op::Destroy,
@@ -237,8 +292,7 @@ impl<'a> Request<'a> {
             Opcode::Access => Op::Access(c.obj()?),
             Opcode::Setxattr => {
                 let a: abi::SetxattrIn = c.obj()?;
-                let setxattr_flags =
-                    if opts.setxattr_ext { c.obj::<abi::SetxattrInExt>()?.setxattr_flags } else { 0 };
+                let setxattr_flags = if opts.setxattr_ext { c.obj::<abi::SetxattrInExt>()?.setxattr_flags } else { 0 };
                 let name = c.cstr()?;
                 if a.size as usize != c.buf.len() {
                     return Err(DecodeError::SizeMismatch(opcode, a.size));

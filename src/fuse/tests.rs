@@ -105,7 +105,15 @@ fn case() -> impl Strategy<Value = Case> {
         proptest::collection::vec(any::<(u64, u64)>(), 0..20),
         any::<bool>(),
     )
-        .prop_map(|(kind, pod, name1, name2, data, forgets, flag)| Case { kind, pod, name1, name2, data, forgets, flag })
+        .prop_map(|(kind, pod, name1, name2, data, forgets, flag)| Case {
+            kind,
+            pod,
+            name1,
+            name2,
+            data,
+            forgets,
+            flag,
+        })
 }
 
 fn sender() -> Sender {
@@ -205,7 +213,8 @@ fn test_decode_batch_forget_count_overflow_is_einval() {
     body.extend_from_slice(&u32::MAX.to_le_bytes());
     body.extend_from_slice(&0u32.to_le_bytes());
     body.extend_from_slice(&[0u8; 16]);
-    let err = Request::decode(&frame(sender(), Opcode::BatchForget as u32, &body), DecodeOptions::default()).unwrap_err();
+    let err =
+        Request::decode(&frame(sender(), Opcode::BatchForget as u32, &body), DecodeOptions::default()).unwrap_err();
     assert_eq!(err.errno(), libc::EINVAL);
 }
 

@@ -65,7 +65,14 @@ impl Handles {
 
     /// Publishes a new handle owning `fd`, noting it in `intent` two-phase so that a crash can
     /// neither leak it nor hand it out twice; on failure the fd is closed.
-    pub fn insert(&self, fd: i32, kind: HandleKind, nodeid: u64, open_flags: u32, intent: Intent) -> Result<u64, Error> {
+    pub fn insert(
+        &self,
+        fd: i32,
+        kind: HandleKind,
+        nodeid: u64,
+        open_flags: u32,
+        intent: Intent,
+    ) -> Result<u64, Error> {
         self.insert_with(fd, kind, nodeid, open_flags, (0, 0), intent)
     }
 

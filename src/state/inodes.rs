@@ -177,7 +177,8 @@ impl Inodes {
         {
             let mut index = self.index.lock().unwrap();
             let live = s.filter(|s| {
-                s.hdr.state.load(Ordering::SeqCst) == slots::LIVE && s.hdr.generation.load(Ordering::SeqCst) == generation
+                s.hdr.state.load(Ordering::SeqCst) == slots::LIVE
+                    && s.hdr.generation.load(Ordering::SeqCst) == generation
             });
             let Some(s) = live else {
                 if let Some(r) = rec {

@@ -115,8 +115,8 @@ impl Region {
         let size = l.size;
         let memfd = crate::sys::memfd_create(c"phoenixfs-state").map_err(|e| Error::Memfd(Arc::new(e)))?;
         crate::sys::ftruncate(memfd.as_raw_fd(), size).map_err(|e| Error::Memfd(Arc::new(e)))?;
-        let region = Region::map(memfd.into_raw_fd(), size as usize)?;
-        let h = region.header_mut_at_creation();
+        let mut region = Region::map(memfd.into_raw_fd(), size as usize)?;
+        let h = region.header_mut_before_workers();
         h.magic = MAGIC;
         h.layout_version = LAYOUT_VERSION;
         h.header_size = HEADER_SIZE as u32;
@@ -176,19 +176,17 @@ impl Region {
         Ok(())
     }
 
-    /// The header for writing, before any worker exists (the supervisor's set-up).
+    /// The header for writing, before any worker exists (creation, the supervisor's set-up).
     pub fn header_mut_before_workers(&mut self) -> &mut Header {
-        self.header_mut_at_creation()
-    }
-
-    fn header_mut_at_creation(&self) -> &mut Header {
         // SAFETY: the mapping is at least HEADER_SIZE bytes, page-aligned, and zero bytes are a
-        // valid Header; called only from `create`, before any other reference exists.
+        // valid Header; `&mut self` means no other reference to it exists in this process, and
+        // before the first worker no other process has the mapping.
         unsafe { &mut *(self.base as *mut Header) }
     }
 
     pub fn header(&self) -> &'static Header {
-        // SAFETY: as in `header_mut_at_creation`; the mapping is never unmapped, so 'static holds.
+        // SAFETY: as in `header_mut_before_workers`; the mapping is never unmapped, so 'static
+        // holds.
         unsafe { &*(self.base as *const Header) }
     }
 
@@ -247,8 +245,8 @@ impl Region {
 mod tests {
     use super::*;
 
-    fn header_mut(r: &Region) -> &mut Header {
-        r.header_mut_at_creation()
+    fn header_mut(r: &mut Region) -> &mut Header {
+        r.header_mut_before_workers()
     }
 
     #[test]
@@ -259,16 +257,16 @@ mod tests {
 
     #[test]
     fn test_region_check_refuses_bad_magic() {
-        let r = Region::create(16, 16).unwrap();
-        header_mut(&r).magic = 0x1234;
+        let mut r = Region::create(16, 16).unwrap();
+        header_mut(&mut r).magic = 0x1234;
         let e = r.check().unwrap_err().to_string();
         assert!(e.contains("bad magic"), "{e}");
     }
 
     #[test]
     fn test_region_check_refuses_another_layout_version() {
-        let r = Region::create(16, 16).unwrap();
-        header_mut(&r).layout_version = LAYOUT_VERSION + 1;
+        let mut r = Region::create(16, 16).unwrap();
+        header_mut(&mut r).layout_version = LAYOUT_VERSION + 1;
         let e = r.check().unwrap_err().to_string();
         assert!(e.contains("layout version"), "{e}");
     }
@@ -281,16 +279,17 @@ mod tests {
             |h: &mut Header| h.conn_count = MAX_CONN_FDS as u32 + 1,
             |h: &mut Header| h.record_capacity = 0,
         ] {
-            let r = Region::create(16, 16).unwrap();
-            corrupt(header_mut(&r));
+            let mut r = Region::create(16, 16).unwrap();
+            corrupt(header_mut(&mut r));
             assert!(r.check().is_err());
         }
     }
 
     #[test]
     fn test_region_refused_by_recovery_changes_nothing() {
-        let state = crate::state::State::new(Region::create(16, 16).unwrap());
-        header_mut(&state.region).magic = 0;
+        let mut region = Region::create(16, 16).unwrap();
+        header_mut(&mut region).magic = 0;
+        let state = crate::state::State::new(region);
         let before = state.region.header().generation.load(std::sync::atomic::Ordering::SeqCst);
         assert!(state.recover(|_| false, |_, _| {}, |_| {}).is_err());
         assert_eq!(state.region.header().generation.load(std::sync::atomic::Ordering::SeqCst), before);

@@ -38,13 +38,11 @@ impl FuseDev {
     pub fn mount(mountpoint: &Path, source: &Path) -> Result<FuseDev, Error> {
         let mnt = CString::new(mountpoint.as_os_str().as_bytes())
             .map_err(|_| Error::BadPath(mountpoint.display().to_string()))?;
-        let src = CString::new(source.as_os_str().as_bytes())
-            .map_err(|_| Error::BadPath(source.display().to_string()))?;
+        let src =
+            CString::new(source.as_os_str().as_bytes()).map_err(|_| Error::BadPath(source.display().to_string()))?;
         let fd = sys::open(c"/dev/fuse", libc::O_RDWR).map_err(Error::OpenDevice)?;
-        let data = CString::new(format!(
-            "fd={fd},rootmode=40000,user_id=0,group_id=0,default_permissions,allow_other"
-        ))
-        .expect("no NUL in formatted options");
+        let data = CString::new(format!("fd={fd},rootmode=40000,user_id=0,group_id=0,default_permissions,allow_other"))
+            .expect("no NUL in formatted options");
         if let Err(source) = sys::mount(&src, &mnt, c"fuse.phoenixfs", libc::MS_NOSUID | libc::MS_NODEV, &data) {
             sys::close(fd);
             return Err(Error::Mount { path: mountpoint.display().to_string(), source });
@@ -168,7 +166,6 @@ fn caller_groups(pid: u32, _uid: u32) -> Vec<u32> {
         .map(|g| g.split_whitespace().filter_map(|n| n.parse().ok()).collect())
         .unwrap_or_default()
 }
-
 
 /// Touches (and, best effort, locks) every page of `buf`, so the kernel never has to fault one
 /// in while copying a request; see `serve_loop`.

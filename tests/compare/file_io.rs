@@ -2,9 +2,9 @@
 //! offsets, fsync, sparse files, fallocate, copy_file_range, unlink while open).
 
 use libc::{
-    EBADF, EEXIST, EINVAL, EISDIR, ELOOP, ENAMETOOLONG, ENOENT, ENOTDIR, ENXIO, EOPNOTSUPP,
-    O_APPEND, O_CREAT, O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY,
-    S_IFIFO, SEEK_CUR, SEEK_DATA, SEEK_END, SEEK_HOLE, SEEK_SET,
+    EBADF, EEXIST, EINVAL, EISDIR, ELOOP, ENAMETOOLONG, ENOENT, ENOTDIR, ENXIO, EOPNOTSUPP, O_APPEND, O_CREAT,
+    O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, S_IFIFO, SEEK_CUR, SEEK_DATA, SEEK_END,
+    SEEK_HOLE, SEEK_SET,
 };
 
 use crate::harness::*;
@@ -19,42 +19,14 @@ fn test_open_modes() {
         r.ok("mkdir d", mkdir(&r.p("d"), 0o755));
         r.ok("symlink l -> f", symlink("f", &r.p("l")));
         r.err("O_RDONLY missing", opens(&r.p("none"), O_RDONLY, 0), ENOENT);
-        r.err(
-            "O_CREAT|O_EXCL existing",
-            opens(&f, O_CREAT | O_EXCL | O_WRONLY, 0o644),
-            EEXIST,
-        );
-        r.err(
-            "O_CREAT|O_EXCL on a symlink",
-            opens(&r.p("l"), O_CREAT | O_EXCL | O_WRONLY, 0o644),
-            EEXIST,
-        );
-        r.err(
-            "O_DIRECTORY on a file",
-            opens(&f, O_RDONLY | O_DIRECTORY, 0),
-            ENOTDIR,
-        );
+        r.err("O_CREAT|O_EXCL existing", opens(&f, O_CREAT | O_EXCL | O_WRONLY, 0o644), EEXIST);
+        r.err("O_CREAT|O_EXCL on a symlink", opens(&r.p("l"), O_CREAT | O_EXCL | O_WRONLY, 0o644), EEXIST);
+        r.err("O_DIRECTORY on a file", opens(&f, O_RDONLY | O_DIRECTORY, 0), ENOTDIR);
         r.err("O_WRONLY on a dir", opens(&r.p("d"), O_WRONLY, 0), EISDIR);
-        r.err(
-            "O_NOFOLLOW on a symlink",
-            opens(&r.p("l"), O_RDONLY | O_NOFOLLOW, 0),
-            ELOOP,
-        );
-        r.err(
-            "O_CREAT in missing dir",
-            opens(&r.p("nodir/x"), O_CREAT | O_WRONLY, 0o644),
-            ENOENT,
-        );
-        r.err(
-            "O_CREAT 256-byte name",
-            opens(&r.p(&"x".repeat(256)), O_CREAT | O_WRONLY, 0o644),
-            ENAMETOOLONG,
-        );
-        r.err(
-            "O_CREAT name with trailing slash",
-            opens(&r.p("new/"), O_CREAT | O_WRONLY, 0o644),
-            EISDIR,
-        );
+        r.err("O_NOFOLLOW on a symlink", opens(&r.p("l"), O_RDONLY | O_NOFOLLOW, 0), ELOOP);
+        r.err("O_CREAT in missing dir", opens(&r.p("nodir/x"), O_CREAT | O_WRONLY, 0o644), ENOENT);
+        r.err("O_CREAT 256-byte name", opens(&r.p(&"x".repeat(256)), O_CREAT | O_WRONLY, 0o644), ENAMETOOLONG);
+        r.err("O_CREAT name with trailing slash", opens(&r.p("new/"), O_CREAT | O_WRONLY, 0o644), EISDIR);
         let ro = r.open("open O_RDONLY", &f, O_RDONLY, 0);
         r.ok("read", read(&ro, 100));
         r.err("write on O_RDONLY", write(&ro, b"x"), EBADF);
@@ -73,19 +45,10 @@ fn test_open_modes() {
         r.ok("pwrite at 0 with O_APPEND", pwrite(&ap, b"Z", 0));
         r.ok("content after appends", read_file(&f));
         r.ok("old O_RDONLY fd sees it", pread(&ro, 100, 0));
-        r.ok(
-            "O_CREAT|O_EXCL new 0640",
-            opens(&r.p("new"), O_CREAT | O_EXCL | O_RDWR, 0o640),
-        );
+        r.ok("O_CREAT|O_EXCL new 0640", opens(&r.p("new"), O_CREAT | O_EXCL | O_RDWR, 0o640));
         r.ok("stat new", stat(&r.p("new")));
-        r.ok(
-            "O_CREAT on existing keeps data and mode",
-            opens(&f, O_CREAT | O_WRONLY, 0o600).and(stat(&f)),
-        );
-        r.ok(
-            "O_RDONLY|O_TRUNC truncates too",
-            opens(&f, O_RDONLY | O_TRUNC, 0).and(stat(&f)),
-        );
+        r.ok("O_CREAT on existing keeps data and mode", opens(&f, O_CREAT | O_WRONLY, 0o600).and(stat(&f)));
+        r.ok("O_RDONLY|O_TRUNC truncates too", opens(&f, O_RDONLY | O_TRUNC, 0).and(stat(&f)));
         r.ok("creat new 0600", creat(&r.p("c"), 0o600));
         r.ok("stat c", stat(&r.p("c")));
         r.ok("fill c", put(&r.p("c"), b"zzz", 0o644));
@@ -106,69 +69,32 @@ fn test_open_modes() {
         r.ok("stat named", stat(&r.p("tmpd/named")));
         r.ok("read named", read_file(&r.p("tmpd/named")));
         r.ok("fstat (nlink 1)", fstat(&fd));
-        let ex = r.open(
-            "O_TMPFILE|O_EXCL",
-            &d,
-            libc::O_TMPFILE | O_RDWR | O_EXCL,
-            0o600,
-        );
+        let ex = r.open("O_TMPFILE|O_EXCL", &d, libc::O_TMPFILE | O_RDWR | O_EXCL, 0o600);
         r.err(
             "linkat of an O_EXCL tmpfile",
             linkat_follow(&format!("/proc/self/fd/{}", ex.raw()), &r.p("tmpd/no")),
             ENOENT,
         );
-        r.err(
-            "O_TMPFILE on a file",
-            opens(&r.p("tmpd/named"), libc::O_TMPFILE | O_RDWR, 0o600),
-            ENOTDIR,
-        );
-        r.err(
-            "O_TMPFILE read-only",
-            opens(&d, libc::O_TMPFILE | O_RDONLY, 0o600),
-            EINVAL,
-        );
+        r.err("O_TMPFILE on a file", opens(&r.p("tmpd/named"), libc::O_TMPFILE | O_RDWR, 0o600), ENOTDIR);
+        r.err("O_TMPFILE read-only", opens(&d, libc::O_TMPFILE | O_RDONLY, 0o600), EINVAL);
     });
     t.both("umask", |r| {
-        r.ok(
-            "mkdir um 0777",
-            mkdir(&r.p("um"), 0o777).and(chmod(&r.p("um"), 0o777)),
-        );
-        for (who, mask) in [
-            (ALICE, 0o022),
-            (ALICE, 0o077),
-            (ALICE, 0o000),
-            (ROOT, 0o027),
-        ] {
+        r.ok("mkdir um 0777", mkdir(&r.p("um"), 0o777).and(chmod(&r.p("um"), 0o777)));
+        for (who, mask) in [(ALICE, 0o022), (ALICE, 0o077), (ALICE, 0o000), (ROOT, 0o027)] {
             r.as_user(&who.with_umask(mask), |r| {
                 let base = format!("um/{}-{mask:03o}", who.name);
                 let f = r.p(&format!("{base}-file"));
-                r.ok(
-                    &format!("umask {mask:03o}: create 0666"),
-                    opens(&f, O_CREAT | O_WRONLY, 0o666),
-                );
+                r.ok(&format!("umask {mask:03o}: create 0666"), opens(&f, O_CREAT | O_WRONLY, 0o666));
                 r.ok(&format!("umask {mask:03o}: stat file"), stat(&f));
-                r.ok(
-                    &format!("umask {mask:03o}: mkdir 0777"),
-                    mkdir(&r.p(&format!("{base}-dir")), 0o777),
-                );
-                r.ok(
-                    &format!("umask {mask:03o}: stat dir"),
-                    stat(&r.p(&format!("{base}-dir"))),
-                );
+                r.ok(&format!("umask {mask:03o}: mkdir 0777"), mkdir(&r.p(&format!("{base}-dir")), 0o777));
+                r.ok(&format!("umask {mask:03o}: stat dir"), stat(&r.p(&format!("{base}-dir"))));
                 r.ok(
                     &format!("umask {mask:03o}: mknod fifo 0666"),
                     mknod(&r.p(&format!("{base}-fifo")), S_IFIFO | 0o666, 0),
                 );
-                r.ok(
-                    &format!("umask {mask:03o}: stat fifo"),
-                    stat(&r.p(&format!("{base}-fifo"))),
-                );
-                let tmp = r.open(
-                    &format!("umask {mask:03o}: O_TMPFILE 0666"),
-                    &r.p("um"),
-                    libc::O_TMPFILE | O_RDWR,
-                    0o666,
-                );
+                r.ok(&format!("umask {mask:03o}: stat fifo"), stat(&r.p(&format!("{base}-fifo"))));
+                let tmp =
+                    r.open(&format!("umask {mask:03o}: O_TMPFILE 0666"), &r.p("um"), libc::O_TMPFILE | O_RDWR, 0o666);
                 r.ok(&format!("umask {mask:03o}: fstat tmpfile"), fstat(&tmp));
             });
         }
@@ -194,10 +120,7 @@ fn test_file_io() {
         r.ok("lseek SEEK_SET 1", lseek(&fd, 1, SEEK_SET));
         r.ok("read 2 after seek", read(&fd, 2));
         r.err("lseek to negative", lseek(&fd, -1, SEEK_SET), EINVAL);
-        r.ok(
-            "lseek past EOF then write",
-            lseek(&fd, 20_000, SEEK_SET).and(write(&fd, b"far")),
-        );
+        r.ok("lseek past EOF then write", lseek(&fd, 20_000, SEEK_SET).and(write(&fd, b"far")));
         r.ok("fstat", fstat(&fd));
         let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
         r.ok("pwrite 300000 bytes at 5", pwrite(&fd, &big, 5));
@@ -209,10 +132,7 @@ fn test_file_io() {
     });
     t.both("mtime follows writes", |r| {
         r.ok("create mt", put(&r.p("mt"), b"x", 0o644));
-        r.ok(
-            "set old times",
-            utimens(&r.p("mt"), [(1000, 0), (1000, 0)], 0),
-        );
+        r.ok("set old times", utimens(&r.p("mt"), [(1000, 0), (1000, 0)], 0));
         let fd = r.open("open mt O_WRONLY", &r.p("mt"), O_WRONLY, 0);
         let since = now();
         r.ok("write", write(&fd, b"y"));
@@ -232,20 +152,12 @@ fn test_file_io() {
             (0, SEEK_HOLE, "SEEK_HOLE from 0"),
             ((1 << 20) + 100, SEEK_DATA, "SEEK_DATA inside data"),
             (1 << 20, SEEK_HOLE, "SEEK_HOLE from data"),
-            (
-                (1 << 20) + 8192,
-                SEEK_DATA,
-                "SEEK_DATA to the second extent",
-            ),
+            ((1 << 20) + 8192, SEEK_DATA, "SEEK_DATA to the second extent"),
             ((3 << 20) + 4096, SEEK_HOLE, "SEEK_HOLE after the last data"),
         ] {
             r.ok(name, lseek(&fd, off, whence));
         }
-        r.err(
-            "SEEK_DATA in the tail hole",
-            lseek(&fd, (3 << 20) + 8192, SEEK_DATA),
-            ENXIO,
-        );
+        r.err("SEEK_DATA in the tail hole", lseek(&fd, (3 << 20) + 8192, SEEK_DATA), ENXIO);
         r.err("SEEK_DATA at EOF", lseek(&fd, 4 << 20, SEEK_DATA), ENXIO);
         r.err("SEEK_HOLE past EOF", lseek(&fd, 5 << 20, SEEK_HOLE), ENXIO);
         r.ok("hole reads as zeros", pread(&fd, 8192, (1 << 20) - 4096));
@@ -254,73 +166,33 @@ fn test_file_io() {
         let fd = r.open("create fa", &r.p("fa"), O_CREAT | O_RDWR, 0o644);
         r.ok("fallocate mode 0, 64 KiB", fallocate(&fd, 0, 0, 65536));
         r.ok("fstat (size grows)", fstat(&fd).and(blocks(&fd)));
-        r.ok(
-            "fallocate KEEP_SIZE 64..128 KiB",
-            fallocate(&fd, libc::FALLOC_FL_KEEP_SIZE, 65536, 65536),
-        );
-        r.ok(
-            "fstat (size kept, blocks grow)",
-            fstat(&fd).and(blocks(&fd)),
-        );
+        r.ok("fallocate KEEP_SIZE 64..128 KiB", fallocate(&fd, libc::FALLOC_FL_KEEP_SIZE, 65536, 65536));
+        r.ok("fstat (size kept, blocks grow)", fstat(&fd).and(blocks(&fd)));
         r.ok("write 64 KiB of 0xaa", pwrite(&fd, &[0xaa; 65536], 0));
         let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-        r.ok(
-            "PUNCH_HOLE|KEEP_SIZE 4..12 KiB",
-            fallocate(&fd, punch, 4096, 8192),
-        );
+        r.ok("PUNCH_HOLE|KEEP_SIZE 4..12 KiB", fallocate(&fd, punch, 4096, 8192));
         r.ok("fstat after punch", fstat(&fd).and(blocks(&fd)));
         r.ok("read across the punched range", pread(&fd, 16384, 0));
-        r.ok(
-            "SEEK_HOLE finds the punched range",
-            lseek(&fd, 0, SEEK_HOLE),
-        );
-        r.err(
-            "PUNCH_HOLE without KEEP_SIZE",
-            fallocate(&fd, libc::FALLOC_FL_PUNCH_HOLE, 0, 4096),
-            EOPNOTSUPP,
-        );
+        r.ok("SEEK_HOLE finds the punched range", lseek(&fd, 0, SEEK_HOLE));
+        r.err("PUNCH_HOLE without KEEP_SIZE", fallocate(&fd, libc::FALLOC_FL_PUNCH_HOLE, 0, 4096), EOPNOTSUPP);
         r.err("fallocate len 0", fallocate(&fd, 0, 0, 0), EINVAL);
         let ro = r.open("open fa O_RDONLY", &r.p("fa"), O_RDONLY, 0);
-        r.err(
-            "fallocate on a read-only fd",
-            fallocate(&ro, 0, 0, 4096),
-            EBADF,
-        );
+        r.err("fallocate on a read-only fd", fallocate(&ro, 0, 0, 4096), EBADF);
     });
     t.both("copy_file_range", |r| {
         let data: Vec<u8> = (0..20_000u32).map(|i| (i % 253) as u8).collect();
         r.ok("create src", put(&r.p("src"), &data, 0o644));
         let s = r.open("open src O_RDONLY", &r.p("src"), O_RDONLY, 0);
         let d = r.open("create dst", &r.p("dst"), O_CREAT | O_RDWR, 0o644);
-        r.ok(
-            "copy 5000 from 100 to 50",
-            cfr(&s, Some(100), &d, Some(50), 5000),
-        );
+        r.ok("copy 5000 from 100 to 50", cfr(&s, Some(100), &d, Some(50), 5000));
         r.ok("dst content", read_file(&r.p("dst")));
-        r.ok(
-            "copy past src EOF is short",
-            cfr(&s, Some(19_000), &d, Some(0), 5000),
-        );
-        r.ok(
-            "copy at src EOF copies 0",
-            cfr(&s, Some(20_000), &d, Some(0), 100),
-        );
+        r.ok("copy past src EOF is short", cfr(&s, Some(19_000), &d, Some(0), 5000));
+        r.ok("copy at src EOF copies 0", cfr(&s, Some(20_000), &d, Some(0), 100));
         r.ok("copy using file positions", cfr(&s, None, &d, None, 300));
-        r.ok(
-            "positions advanced",
-            lseek(&s, 0, SEEK_CUR).and_then(|a| lseek(&d, 0, SEEK_CUR).map(|b| (a, b))),
-        );
+        r.ok("positions advanced", lseek(&s, 0, SEEK_CUR).and_then(|a| lseek(&d, 0, SEEK_CUR).map(|b| (a, b))));
         r.ok("dst content", read_file(&r.p("dst")));
-        r.err(
-            "copy into a read-only fd",
-            cfr(&d, Some(0), &s, Some(0), 10),
-            EBADF,
-        );
-        r.err(
-            "overlapping copy within one file",
-            cfr(&d, Some(0), &d, Some(10), 100),
-            EINVAL,
-        );
+        r.err("copy into a read-only fd", cfr(&d, Some(0), &s, Some(0), 10), EBADF);
+        r.err("overlapping copy within one file", cfr(&d, Some(0), &d, Some(10), 100), EINVAL);
     });
     t.both("unlink while open", |r| {
         let fd = r.open("create uo", &r.p("uo"), O_CREAT | O_RDWR, 0o644);
@@ -333,10 +205,7 @@ fn test_file_io() {
         r.ok("ftruncate after unlink", ftruncate(&fd, 5));
         r.ok("fstat", fstat(&fd));
         r.ok("fsync", fsync(&fd));
-        r.ok(
-            "new file under the same name",
-            put(&r.p("uo"), b"new", 0o600),
-        );
+        r.ok("new file under the same name", put(&r.p("uo"), b"new", 0o600));
         r.ok("old fd still has the old data", pread(&fd, 100, 0));
         r.ok("fstat old fd", fstat(&fd));
         r.ok("stat new file", stat(&r.p("uo")));

@@ -32,27 +32,9 @@ pub struct Cred {
 }
 
 /// Member of `GRP_MEMBER` (supplementary), not of `GRP_OTHER`.
-pub const ALICE: Cred = Cred {
-    name: "alice",
-    uid: 4001,
-    gid: 4001,
-    groups: &[4001, 4002],
-    umask: 0o022,
-};
-pub const BOB: Cred = Cred {
-    name: "bob",
-    uid: 4005,
-    gid: 4005,
-    groups: &[4005],
-    umask: 0o022,
-};
-pub const ROOT: Cred = Cred {
-    name: "root",
-    uid: 0,
-    gid: 0,
-    groups: &[0],
-    umask: 0o022,
-};
+pub const ALICE: Cred = Cred { name: "alice", uid: 4001, gid: 4001, groups: &[4001, 4002], umask: 0o022 };
+pub const BOB: Cred = Cred { name: "bob", uid: 4005, gid: 4005, groups: &[4005], umask: 0o022 };
+pub const ROOT: Cred = Cred { name: "root", uid: 0, gid: 0, groups: &[0], umask: 0o022 };
 pub const GRP_MEMBER: u32 = 4002;
 pub const GRP_OTHER: u32 = 4003;
 
@@ -87,24 +69,16 @@ pub struct Rec {
 impl Rec {
     /// A path under this tree's root.
     pub fn p(&self, rel: &str) -> PathBuf {
-        if rel.is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(rel)
-        }
+        if rel.is_empty() { self.root.clone() } else { self.root.join(rel) }
     }
     /// Records a result to be compared with the other tree's.
     pub fn rec<T: Debug>(&mut self, step: &str, v: T) {
-        self.log
-            .push((format!("{}{step}", self.prefix), format!("{v:?}")));
+        self.log.push((format!("{}{step}", self.prefix), format!("{v:?}")));
     }
     /// Records `v`; on the plain tree it must equal `want`, or the scenario itself is wrong.
     pub fn expect<T: Debug + PartialEq>(&mut self, step: &str, v: T, want: T) {
         if self.reference && v != want {
-            self.bad.push(format!(
-                "{}{step}: the plain dir gave {v:?}, the scenario assumes {want:?}",
-                self.prefix
-            ));
+            self.bad.push(format!("{}{step}: the plain dir gave {v:?}, the scenario assumes {want:?}", self.prefix));
         }
         self.rec(step, v)
     }
@@ -115,10 +89,7 @@ impl Rec {
     /// Like [`Rec::ok`], and hands the value on.
     pub fn keep<T: Debug>(&mut self, step: &str, v: Res<T>) -> Option<T> {
         if self.reference && v.is_err() {
-            self.bad.push(format!(
-                "{}{step}: failed on the plain dir: {v:?}",
-                self.prefix
-            ));
+            self.bad.push(format!("{}{step}: failed on the plain dir: {v:?}", self.prefix));
         }
         self.rec(step, &v);
         v.ok()
@@ -165,18 +136,12 @@ impl Rec {
                 libc::write(fds[1], b"R".as_ptr().cast(), 1);
             }
             let prefix = format!("{}[{}] ", self.prefix, who.name);
-            let mut child = Rec {
-                root: self.root.clone(),
-                reference: self.reference,
-                prefix,
-                log: vec![],
-                bad: vec![],
-            };
+            let mut child =
+                Rec { root: self.root.clone(), reference: self.reference, prefix, log: vec![], bad: vec![] };
             match who.become_() {
                 Err(e) => child.bad.push(format!("switching to {}: {e:?}", who.name)),
                 Ok(()) => {
-                    let run =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut child)));
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut child)));
                     if run.is_err() {
                         child.bad.push(format!("scenario panicked as {}", who.name));
                         child.rec("panic", "the scenario closure panicked");
@@ -191,11 +156,7 @@ impl Rec {
                 out += &format!("B\t{}\n", b.replace('\n', " "));
             }
             let mut w = unsafe { std::fs::File::from_raw_fd(fds[1]) };
-            let code = if w.write_all(out.as_bytes()).is_ok() {
-                0
-            } else {
-                1
-            };
+            let code = if w.write_all(out.as_bytes()).is_ok() { 0 } else { 1 };
             unsafe { libc::_exit(code) };
         }
         unsafe { libc::close(fds[1]) };
@@ -204,15 +165,10 @@ impl Rec {
         let _ = rd.read_exact(&mut ready);
         drop(gate);
         let mut out = String::new();
-        rd.read_to_string(&mut out)
-            .expect("read the child's records");
+        rd.read_to_string(&mut out).expect("read the child's records");
         let mut status = 0;
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-        assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "child as {} died: {status:#x}",
-            who.name
-        );
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child as {} died: {status:#x}", who.name);
         for line in out.lines() {
             let mut it = line.splitn(3, '\t');
             match (it.next(), it.next(), it.next()) {
@@ -236,11 +192,7 @@ pub struct Pair {
 impl Pair {
     pub fn new() -> Pair {
         let mount = Mount::new(&["--xattr"]);
-        let tmp = mount
-            .share
-            .parent()
-            .expect("share has a parent")
-            .to_path_buf();
+        let tmp = mount.share.parent().expect("share has a parent").to_path_buf();
         // Non-root steps must be able to reach both roots.
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
         let plain = tmp.join("plain");
@@ -249,23 +201,11 @@ impl Pair {
             std::fs::create_dir(root).unwrap_or_else(|e| panic!("mkdir {root:?}: {e}"));
             std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        Pair {
-            mount,
-            plain,
-            fuse,
-            diffs: RefCell::new(vec![]),
-            finished: Cell::new(false),
-        }
+        Pair { mount, plain, fuse, diffs: RefCell::new(vec![]), finished: Cell::new(false) }
     }
 
     fn run(&self, root: &Path, reference: bool, f: &dyn Fn(&mut Rec)) -> Rec {
-        let mut r = Rec {
-            root: root.to_path_buf(),
-            reference,
-            prefix: String::new(),
-            log: vec![],
-            bad: vec![],
-        };
+        let mut r = Rec { root: root.to_path_buf(), reference, prefix: String::new(), log: vec![], bad: vec![] };
         f(&mut r);
         r
     }
@@ -282,12 +222,10 @@ impl Pair {
         for i in 0..a.log.len().max(b.log.len()) {
             match (a.log.get(i), b.log.get(i)) {
                 (Some(x), Some(y)) if x == y => {}
-                (Some((s, v)), Some((t, w))) if s == t => diffs.push(format!(
-                    "[{scenario}] {s}:\n      plain dir: {v}\n      FUSE mount: {w}"
-                )),
-                (x, y) => diffs.push(format!(
-                    "[{scenario}] step #{i} out of step: plain {x:?}, FUSE {y:?}"
-                )),
+                (Some((s, v)), Some((t, w))) if s == t => {
+                    diffs.push(format!("[{scenario}] {s}:\n      plain dir: {v}\n      FUSE mount: {w}"))
+                }
+                (x, y) => diffs.push(format!("[{scenario}] step #{i} out of step: plain {x:?}, FUSE {y:?}")),
             }
         }
     }
@@ -300,9 +238,7 @@ impl Pair {
         for key in a.keys().chain(b.keys().filter(|k| !a.contains_key(*k))) {
             match (a.get(key), b.get(key)) {
                 (Some(x), Some(y)) if x == y => {}
-                (x, y) => diffs.push(format!(
-                    "[final tree] {key}:\n      plain dir: {x:?}\n      FUSE mount: {y:?}"
-                )),
+                (x, y) => diffs.push(format!("[final tree] {key}:\n      plain dir: {x:?}\n      FUSE mount: {y:?}")),
             }
         }
         assert!(
@@ -331,10 +267,7 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, String> {
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) => {
-                out.insert(
-                    format!("{}/", dir.strip_prefix(root).unwrap().display()),
-                    format!("readdir: {e}"),
-                );
+                out.insert(format!("{}/", dir.strip_prefix(root).unwrap().display()), format!("readdir: {e}"));
                 continue;
             }
         };

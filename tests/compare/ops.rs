@@ -74,20 +74,12 @@ impl Debug for Bytes {
             return write!(f, "b{:?}", String::from_utf8_lossy(&self.0));
         }
         let zeros = self.0.iter().filter(|b| **b == 0).count();
-        write!(
-            f,
-            "{} bytes ({} zero) fnv {:016x}",
-            self.0.len(),
-            zeros,
-            fnv(&self.0)
-        )
+        write!(f, "{} bytes ({} zero) fnv {:016x}", self.0.len(), zeros, fnv(&self.0))
     }
 }
 
 pub fn fnv(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf29ce484222325, |h, b| {
-        (h ^ *b as u64).wrapping_mul(0x100000001b3)
-    })
+    data.iter().fold(0xcbf29ce484222325, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3))
 }
 
 /// The stat fields that must match between the two trees (no inode numbers, no times; no size
@@ -192,12 +184,7 @@ pub fn write(fd: &Fd, data: &[u8]) -> Res<i64> {
     sys!(libc::write(fd.raw(), data.as_ptr().cast(), data.len()))
 }
 pub fn pwrite(fd: &Fd, data: &[u8], off: i64) -> Res<i64> {
-    sys!(libc::pwrite(
-        fd.raw(),
-        data.as_ptr().cast(),
-        data.len(),
-        off
-    ))
+    sys!(libc::pwrite(fd.raw(), data.as_ptr().cast(), data.len(), off))
 }
 pub fn read(fd: &Fd, len: usize) -> Res<Bytes> {
     let mut b = vec![0u8; len];
@@ -225,10 +212,7 @@ pub fn put(p: &Path, data: &[u8], mode: u32) -> Res<i64> {
 /// Sorted entry names (without . and ..).
 pub fn names(p: &Path) -> Res<Vec<String>> {
     let rd = std::fs::read_dir(p).map_err(io_errno)?;
-    let mut v: Vec<String> = rd
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut v: Vec<String> = rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     v.sort();
     Ok(v)
 }
@@ -285,51 +269,26 @@ pub fn symlink(target: &str, p: &Path) -> Res<i64> {
     sys!(libc::symlink(t.as_ptr(), c.as_ptr()))
 }
 pub fn readlink(p: &Path) -> Res<String> {
-    std::fs::read_link(p)
-        .map(|t| t.to_string_lossy().into_owned())
-        .map_err(io_errno)
+    std::fs::read_link(p).map(|t| t.to_string_lossy().into_owned()).map_err(io_errno)
 }
 pub fn renameat2(from: &Path, to: &Path, flags: u32) -> Res<i64> {
     let (a, b) = (cs(from), cs(to));
-    sys!(libc::renameat2(
-        libc::AT_FDCWD,
-        a.as_ptr(),
-        libc::AT_FDCWD,
-        b.as_ptr(),
-        flags
-    ))
+    sys!(libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), flags))
 }
 /// linkat(AT_SYMLINK_FOLLOW), e.g. from /proc/self/fd/N.
 pub fn linkat_follow(from: &str, to: &Path) -> Res<i64> {
     let (a, b) = (cname(from), cs(to));
     let follow = libc::AT_SYMLINK_FOLLOW;
-    sys!(libc::linkat(
-        libc::AT_FDCWD,
-        a.as_ptr(),
-        libc::AT_FDCWD,
-        b.as_ptr(),
-        follow
-    ))
+    sys!(libc::linkat(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), follow))
 }
 /// utimensat with (sec, nsec) pairs; nsec may be UTIME_NOW or UTIME_OMIT.
 pub fn utimens(p: &Path, t: [(i64, i64); 2], flags: i32) -> Res<i64> {
-    let ts = t.map(|(s, n)| libc::timespec {
-        tv_sec: s,
-        tv_nsec: n,
-    });
+    let ts = t.map(|(s, n)| libc::timespec { tv_sec: s, tv_nsec: n });
     let c = cs(p);
-    sys!(libc::utimensat(
-        libc::AT_FDCWD,
-        c.as_ptr(),
-        ts.as_ptr(),
-        flags
-    ))
+    sys!(libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), flags))
 }
 pub fn futimens(fd: &Fd, t: [(i64, i64); 2]) -> Res<i64> {
-    let ts = t.map(|(s, n)| libc::timespec {
-        tv_sec: s,
-        tv_nsec: n,
-    });
+    let ts = t.map(|(s, n)| libc::timespec { tv_sec: s, tv_nsec: n });
     sys!(libc::futimens(fd.raw(), ts.as_ptr()))
 }
 /// statfs: only whether it works, f_bsize > 0, and f_namelen.
@@ -341,16 +300,8 @@ pub fn statfs(p: &Path) -> Res<(bool, i64)> {
 /// copy_file_range with explicit offsets (None: use and advance the file position).
 pub fn cfr(src: &Fd, off_in: Option<i64>, dst: &Fd, off_out: Option<i64>, len: usize) -> Res<i64> {
     let (mut a, mut b) = (off_in.unwrap_or(0), off_out.unwrap_or(0));
-    let pa = if off_in.is_some() {
-        &mut a as *mut i64
-    } else {
-        std::ptr::null_mut()
-    };
-    let pb = if off_out.is_some() {
-        &mut b as *mut i64
-    } else {
-        std::ptr::null_mut()
-    };
+    let pa = if off_in.is_some() { &mut a as *mut i64 } else { std::ptr::null_mut() };
+    let pb = if off_out.is_some() { &mut b as *mut i64 } else { std::ptr::null_mut() };
     sys!(libc::copy_file_range(src.raw(), pa, dst.raw(), pb, len, 0))
 }
 
@@ -369,22 +320,14 @@ pub fn fsetxattr(fd: &Fd, name: &str, val: &[u8], flags: i32) -> Res<i64> {
 /// A buffer of `size` bytes, and the pointer to pass for it (NULL for a size-0 probe).
 fn buf(size: usize) -> (Vec<u8>, *mut libc::c_void) {
     let mut b = vec![0u8; size];
-    let ptr = if size == 0 {
-        std::ptr::null_mut()
-    } else {
-        b.as_mut_ptr().cast()
-    };
+    let ptr = if size == 0 { std::ptr::null_mut() } else { b.as_mut_ptr().cast() };
     (b, ptr)
 }
 /// getxattr with a buffer of `size` bytes: with 0 the length probe, else the value.
 pub fn getxattr(p: &Path, name: &str, size: usize) -> Res<Bytes> {
     let (c, n, (b, ptr)) = (cs(p), cname(name), buf(size));
     let got = sys!(libc::getxattr(c.as_ptr(), n.as_ptr(), ptr, size))? as usize;
-    Ok(Bytes(if size == 0 {
-        format!("len {got}").into_bytes()
-    } else {
-        b[..got].to_vec()
-    }))
+    Ok(Bytes(if size == 0 { format!("len {got}").into_bytes() } else { b[..got].to_vec() }))
 }
 pub fn fgetxattr(fd: &Fd, name: &str) -> Res<Bytes> {
     let (n, (b, ptr)) = (cname(name), buf(65536));
@@ -402,9 +345,7 @@ pub fn listxattr(p: &Path, size: usize, follow: bool) -> Res<Vec<String>> {
         return Ok(vec![format!("len {got}")]);
     }
     let names = b[..got].split(|c| *c == 0).filter(|n| !n.is_empty());
-    let mut names: Vec<String> = names
-        .map(|n| String::from_utf8_lossy(n).into_owned())
-        .collect();
+    let mut names: Vec<String> = names.map(|n| String::from_utf8_lossy(n).into_owned()).collect();
     names.sort();
     Ok(names)
 }
@@ -440,11 +381,7 @@ impl Dir {
     pub fn open(p: &Path) -> Res<Dir> {
         let c = cs(p);
         let d = unsafe { libc::opendir(c.as_ptr()) };
-        if d.is_null() {
-            Err(errno())
-        } else {
-            Ok(Dir(d))
-        }
+        if d.is_null() { Err(errno()) } else { Ok(Dir(d)) }
     }
     /// Up to `n` entries as (name, d_type); fewer at the end of the directory.
     pub fn next(&mut self, n: usize) -> Res<Vec<(String, u8)>> {
@@ -453,11 +390,7 @@ impl Dir {
             unsafe { *libc::__errno_location() = 0 };
             let e = unsafe { libc::readdir64(self.0) };
             if e.is_null() {
-                return if errno().0 == 0 {
-                    Ok(out)
-                } else {
-                    Err(errno())
-                };
+                return if errno().0 == 0 { Ok(out) } else { Err(errno()) };
             }
             let e = unsafe { &*e };
             let name = unsafe { std::ffi::CStr::from_ptr(e.d_name.as_ptr()) };
@@ -491,12 +424,7 @@ impl Drop for Dir {
 /// One raw getdents64 call with a `bufsize`-byte buffer: the names it returned.
 pub fn getdents(fd: &Fd, bufsize: usize) -> Res<Vec<String>> {
     let mut b = vec![0u8; bufsize];
-    let n = sys!(libc::syscall(
-        libc::SYS_getdents64,
-        fd.raw(),
-        b.as_mut_ptr(),
-        bufsize
-    ))? as usize;
+    let n = sys!(libc::syscall(libc::SYS_getdents64, fd.raw(), b.as_mut_ptr(), bufsize))? as usize;
     let (mut off, mut names) = (0, Vec::new());
     while off < n {
         // struct linux_dirent64: u64 d_ino, i64 d_off, u16 d_reclen, u8 d_type, char d_name[]
