@@ -30,6 +30,24 @@ pub struct Server {
     policy: InitPolicy,
     /// Whether requests carry intent records (crash recovery on).
     recovery: bool,
+    /// Threads waiting in a blocking lock (SETLKW), by request unique: INTERRUPT wakes them.
+    waiters: std::sync::Mutex<std::collections::HashMap<u64, libc::pthread_t>>,
+}
+
+/// The signal that wakes a thread waiting in a blocking lock (its handler does nothing; it is
+/// installed without SA_RESTART, so the wait returns EINTR).
+pub const WAKE_SIGNAL: i32 = libc::SIGUSR1;
+
+/// Installs the no-op handler for `WAKE_SIGNAL` (once per process, before serving).
+pub fn install_wake_handler() {
+    extern "C" fn wake(_: libc::c_int) {}
+    // SAFETY: a zeroed sigaction with a plain handler that does nothing (async-signal-safe).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = wake as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(WAKE_SIGNAL, &sa, std::ptr::null_mut());
+    }
 }
 
 /// A serving thread's own intent record (none when recovery is off).
@@ -48,7 +66,7 @@ impl Server {
     /// A server over `fs`. The INIT outcome lives in the state region, so a server made by a
     /// worker that replaces a dead one serves on without a new INIT.
     pub fn new(fs: Fs, policy: InitPolicy, recovery: bool) -> Server {
-        let server = Server { fs, policy, recovery };
+        let server = Server { fs, policy, recovery, waiters: Default::default() };
         let h = server.fs.state.region.header();
         if h.init_done.load(Ordering::Acquire) != 0 {
             server.fs.set_writeback(h.negotiated.load(Ordering::Acquire) & abi::WRITEBACK_CACHE != 0);
@@ -67,6 +85,51 @@ impl Server {
     /// The record a new serving thread will use for its requests.
     pub fn thread_record(&self) -> ThreadRecord {
         ThreadRecord(if self.recovery { self.fs.state.records.claim() } else { None })
+    }
+
+    /// Gives back the record of a thread that stops serving (a blocking-lock waiter).
+    pub fn release_thread_record(&self, r: ThreadRecord) {
+        if let Some(i) = r.0 {
+            self.fs.state.records.release(i);
+        }
+    }
+
+    /// Whether `msg` may wait indefinitely (SETLKW): a transport runs such a request on a
+    /// thread of its own, so that waiting locks can never occupy every serving thread.
+    pub fn blocks(msg: &[u8]) -> bool {
+        Request::header_of(msg).is_ok_and(|h| h.opcode == abi::Opcode::Setlkw as u32)
+    }
+
+    /// Runs a blocking request (see `blocks`) on the calling thread, registered so that an
+    /// INTERRUPT for it can wake it; the record is the caller's own (a fresh `thread_record`).
+    pub fn handle_blocking<'o>(
+        &self,
+        msg: &[u8],
+        groups: impl Fn(u32, u32) -> Vec<u32>,
+        out: &'o mut ReplyBuf,
+        own: &ThreadRecord,
+    ) -> (Option<&'o [u8]>, Completion) {
+        let unique = Request::header_of(msg).map_or(0, |h| h.unique);
+        // SAFETY: pthread_self has no preconditions.
+        self.waiters.lock().unwrap().insert(unique, unsafe { libc::pthread_self() });
+        let r = self.handle(msg, groups, out, own);
+        // Removed before this thread can exit, under the lock `interrupt` signals under: a wake
+        // signal never targets a thread that is gone.
+        self.waiters.lock().unwrap().remove(&unique);
+        r
+    }
+
+    /// INTERRUPT: wakes the thread waiting on request `unique`, if any; its lock call returns
+    /// EINTR, which becomes its reply. (An interrupt that lands just before the wait starts is
+    /// lost, and the lock waits on until granted or the file is released.)
+    fn interrupt(&self, unique: u64) {
+        let waiters = self.waiters.lock().unwrap();
+        for (u, thread) in waiters.iter() {
+            if u & !abi::UNIQUE_RESEND == unique & !abi::UNIQUE_RESEND {
+                // SAFETY: the thread is registered, so it has not exited (see handle_blocking).
+                unsafe { libc::pthread_kill(*thread, WAKE_SIGNAL) };
+            }
+        }
     }
 
     /// Frees a request's record after its reply was written.
@@ -173,8 +236,12 @@ impl Server {
                 fs.forget(&forgets, intent);
                 return (None, done);
             }
-            // INTERRUPT needs no answer; operations here finish promptly or are restartable.
-            Op::Interrupt { .. } => return (None, done),
+            // INTERRUPT takes no answer. Only a waiting lock can take long enough to be worth
+            // waking; every other operation finishes promptly.
+            Op::Interrupt { unique } => {
+                self.interrupt(unique);
+                return (None, done);
+            }
             Op::Lookup { name } => fs.lookup(&ctx, node, name).map(|e| out.push_obj(&e)),
             Op::Getattr { fh } => fs.getattr(node, fh).map(|a| out.push_obj(&a)),
             Op::Setattr(a) => fs.setattr(&ctx, node, &a).map(|a| out.push_obj(&a)),

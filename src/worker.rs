@@ -141,6 +141,7 @@ pub fn prepare(region: Region, cfg: &WorkerConfig) -> Result<Arc<Server>, Error>
         );
     }
     let fs = Fs::new(&cfg.shared_dir, state, cfg.fs.clone())?;
+    crate::server::install_wake_handler();
     fs.rebuild_locks(&live_handles.iter().filter(|h| h.1 != HandleKind::Dir).copied().collect::<Vec<_>>());
     tracing::debug!(total_us = t0.elapsed().as_micros() as u64, "worker ready");
     Ok(Arc::new(Server::new(fs, cfg.policy, cfg.recovery)))

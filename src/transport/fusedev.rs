@@ -107,7 +107,7 @@ fn clone_connection(master: i32) -> Result<i32, Error> {
 
 /// Reads requests from `fd` into `buf` (this connection's buffer in the state region) and
 /// answers them, until the connection goes away.
-fn serve_loop(fd: i32, buf: &mut [u8], server: &Server) {
+fn serve_loop(fd: i32, buf: &mut [u8], server: &Arc<Server>) {
     let mut out = ReplyBuf::with_capacity(MAX_REQUEST);
     let record = server.thread_record();
     // The kernel copies a request into `buf` (and a reply out of `out`) page by page; where a
@@ -133,22 +133,49 @@ fn serve_loop(fd: i32, buf: &mut [u8], server: &Server) {
                 }
             },
         };
+        if Server::blocks(&buf[..n]) && spawn_waiter(fd, buf[..n].to_vec(), server) {
+            continue;
+        }
         // Crash from here until the buffer is emptied below: a FORGET in `buf` is finished by
         // recovery (the kernel keeps no copy of it); any other request is re-sent by the kernel.
         let (reply, done) = server.handle(&buf[..n], caller_groups, &mut out, &record);
-        if let Some(reply) = reply {
-            // Crash before the write: the request stays in the kernel's processing queue and is
-            // re-sent to the next worker; after it, the reply is out and the record is stale.
-            if let Err(e) = sys::write(fd, reply) {
-                // ENOENT: the request was interrupted and the kernel no longer waits for it.
-                if e.raw_os_error() != Some(libc::ENOENT) {
-                    tracing::warn!("writing a reply to /dev/fuse: {e}");
-                }
-            }
-        }
+        send_reply(fd, reply);
         buf[..4].fill(0);
         server.complete(done);
     }
+}
+
+fn send_reply(fd: i32, reply: Option<&[u8]>) {
+    if let Some(reply) = reply {
+        // Crash before the write: the request stays in the kernel's processing queue and is
+        // re-sent to the next worker; after it, the reply is out and the record is stale.
+        if let Err(e) = sys::write(fd, reply) {
+            // ENOENT: the request was interrupted and the kernel no longer waits for it.
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                tracing::warn!("writing a reply to /dev/fuse: {e}");
+            }
+        }
+    }
+}
+
+/// Runs a request that may wait indefinitely (SETLKW) on a thread of its own, with its own
+/// record, replying on the connection fd it came from. A crash while it waits leaves the request
+/// in the kernel's processing queue: the next worker waits again. False if no thread could be
+/// started (the caller then serves the request itself).
+fn spawn_waiter(fd: i32, msg: Vec<u8>, server: &Arc<Server>) -> bool {
+    let server = server.clone();
+    let spawned = std::thread::Builder::new().name("fuse-lock-wait".into()).spawn(move || {
+        let record = server.thread_record();
+        let mut out = ReplyBuf::new();
+        let (reply, done) = server.handle_blocking(&msg, caller_groups, &mut out, &record);
+        send_reply(fd, reply);
+        server.complete(done);
+        server.release_thread_record(record);
+    });
+    if let Err(e) = &spawned {
+        tracing::error!("cannot start a thread for a blocking lock, waiting in a serving thread: {e}");
+    }
+    spawned.is_ok()
 }
 
 /// The supplementary groups of the calling thread `pid` (from /proc), so that permission checks

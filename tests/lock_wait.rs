@@ -1,0 +1,107 @@
+//! Blocking locks (SETLKW) wait on threads of their own: however many there are, the daemon
+//! keeps serving, and an application that interrupts its wait gets EINTR (FUSE INTERRUPT).
+
+mod common;
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::Mount;
+
+fn open_rw(p: &Path) -> i32 {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid C string.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    assert!(fd >= 0, "open {p:?}");
+    fd
+}
+
+/// An OFD write lock on the whole file; `wait` blocks until granted. Returns 0 or the errno.
+fn lock(fd: i32, typ: i32, wait: bool) -> i32 {
+    // SAFETY: zeroed flock is valid; fcntl with a valid pointer.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = typ as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    let cmd = if wait { libc::F_OFD_SETLKW } else { libc::F_OFD_SETLK };
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, cmd, &mut fl) } == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap()
+    }
+}
+
+#[test]
+fn test_blocking_locks_do_not_starve_the_daemon() {
+    let m = Mount::new(&["--thread-pool-size", "2"]);
+    std::fs::write(m.path("f"), "locked").unwrap();
+    std::fs::write(m.path("other"), "free").unwrap();
+    let holder = open_rw(&m.path("f"));
+    assert_eq!(lock(holder, libc::F_WRLCK, false), 0);
+
+    // More waiters than serving threads: with waits in the serving threads this would hang.
+    let (tx, rx) = mpsc::channel();
+    let waiters: Vec<_> = (0..6)
+        .map(|_| {
+            let (path, tx) = (m.path("f"), tx.clone());
+            std::thread::spawn(move || {
+                let fd = open_rw(&path);
+                let r = lock(fd, libc::F_WRLCK, true);
+                tx.send(r).unwrap();
+                // SAFETY: closing our own fd releases the lock for the next waiter.
+                unsafe { libc::close(fd) };
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let (done_tx, done_rx) = mpsc::channel();
+    let other = m.path("other");
+    std::thread::spawn(move || done_tx.send(std::fs::read_to_string(other).unwrap()).unwrap());
+    assert_eq!(done_rx.recv_timeout(Duration::from_secs(5)).expect("the daemon still serves"), "free");
+    assert!(rx.try_recv().is_err(), "no waiter got the lock while it is held");
+
+    // SAFETY: closing our own fd drops the holder's lock; the waiters get it one by one.
+    unsafe { libc::close(holder) };
+    for _ in 0..6 {
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).expect("each waiter gets the lock"), 0);
+    }
+    waiters.into_iter().for_each(|w| w.join().unwrap());
+}
+
+#[test]
+fn test_blocking_lock_interrupted_by_a_signal_gets_eintr() {
+    extern "C" fn nothing(_: libc::c_int) {}
+    // SAFETY: a no-op handler without SA_RESTART, so the interrupted wait returns EINTR.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = nothing as extern "C" fn(libc::c_int) as usize;
+        libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut());
+    }
+    let m = Mount::new(&[]);
+    std::fs::write(m.path("f"), "locked").unwrap();
+    let holder = open_rw(&m.path("f"));
+    assert_eq!(lock(holder, libc::F_WRLCK, false), 0);
+    let (tx, rx) = mpsc::channel();
+    let path = m.path("f");
+    let waiter = std::thread::spawn(move || {
+        let fd = open_rw(&path);
+        // SAFETY: pthread_self has no preconditions.
+        tx.send(unsafe { libc::pthread_self() }).unwrap();
+        let r = lock(fd, libc::F_WRLCK, true);
+        // SAFETY: our own fd.
+        unsafe { libc::close(fd) };
+        r
+    });
+    let thread = rx.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: the waiter thread is alive until it returns from its lock call.
+    unsafe { libc::pthread_kill(thread, libc::SIGUSR2) };
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || done_tx.send(waiter.join().unwrap()).unwrap());
+    assert_eq!(done_rx.recv_timeout(Duration::from_secs(5)).expect("the interrupted wait returns"), libc::EINTR);
+    // SAFETY: our own fd.
+    unsafe { libc::close(holder) };
+}
