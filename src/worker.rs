@@ -6,7 +6,6 @@
 //! fd nothing refers to, build the file system and server, ask the kernel to re-send what the
 //! dead worker read but did not answer, and serve on the connection fds the region names.
 
-use std::collections::HashSet;
 use std::ffi::CString;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -41,8 +40,8 @@ pub enum Error {
 /// opened but not yet given to a table. With `close_range` over the gaps between the fds to
 /// keep, the cost follows the number of gaps (few: fds are allocated lowest-first), not the
 /// number of open fds; listing /proc/self/fd took 40 ms at 15,000 live inodes.
-fn sweep_fds(keep: &HashSet<i32>) {
-    let mut kept: Vec<u32> = keep.iter().filter(|fd| **fd >= 0).map(|fd| *fd as u32).collect();
+pub fn sweep_fds(keep: Vec<i32>) {
+    let mut kept: Vec<u32> = keep.into_iter().filter(|fd| *fd >= 0).map(|fd| fd as u32).collect();
     kept.sort_unstable();
     let mut next = 0u32;
     for fd in kept.into_iter().chain([u32::MAX]) {
@@ -125,7 +124,7 @@ pub fn prepare(region: Region, cfg: &WorkerConfig) -> Result<Arc<Server>, Error>
         finish_buffered_forgets,
     )?;
     let t_recover = t0.elapsed();
-    sweep_fds(&state.referenced_fds());
+    sweep_fds(state.referenced_fds());
     let t_sweep = t0.elapsed();
     let generation = state.region.header().generation.load(std::sync::atomic::Ordering::SeqCst);
     if generation > 1 {

@@ -89,23 +89,24 @@ impl State {
         Ok(RecoveryReport { live_inodes, live_handles, records })
     }
 
-    /// Every fd the region names: connection fds, kept fds, and the fds of LIVE slots. After
-    /// recovery, any other open fd was left by a request in flight at the crash.
-    pub fn referenced_fds(&self) -> std::collections::HashSet<i32> {
+    /// Every fd the region names: connection fds, kept fds, and the fds of LIVE slots (in no
+    /// particular order, possibly repeated). After recovery, any other open fd was left by a
+    /// request in flight at the crash.
+    pub fn referenced_fds(&self) -> Vec<i32> {
         use std::sync::atomic::Ordering;
         let h = self.region.header();
-        let mut fds: std::collections::HashSet<i32> = h.conn_fds[..h.conn_count as usize].iter().copied().collect();
+        let mut fds: Vec<i32> = h.conn_fds[..h.conn_count as usize].to_vec();
         fds.extend(&h.keep_fds[..h.keep_count as usize]);
         let hw = h.inode_high_water.load(Ordering::SeqCst) as usize;
         for s in &self.region.inode_slots()[..hw.min(h.inode_capacity as usize)] {
             if s.hdr.state.load(Ordering::SeqCst) == slots::LIVE {
-                fds.insert(s.hdr.fd.load(Ordering::SeqCst));
+                fds.push(s.hdr.fd.load(Ordering::SeqCst));
             }
         }
         let hw = h.handle_high_water.load(Ordering::SeqCst) as usize;
         for s in &self.region.handle_slots()[..hw.min(h.handle_capacity as usize)] {
             if s.hdr.state.load(Ordering::SeqCst) == slots::LIVE {
-                fds.insert(s.hdr.fd.load(Ordering::SeqCst));
+                fds.push(s.hdr.fd.load(Ordering::SeqCst));
             }
         }
         fds
