@@ -599,13 +599,19 @@ fn run_case(sc: &Scenario, marker: &str) -> Result<(), String> {
     (sc.setup)(share);
     let mut m = Mount::start_with_env(share, mnt, &["--xattr"], &dirs.env(marker, None));
     let sup = m.child.id();
-    std::fs::metadata(mnt).map_err(|e| format!("stat of the mount root: {e}"))?;
-    let baseline = open_fds(sup);
+    // STATFS: a request the daemon must answer (so a worker is serving) that leaves no state.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out-buffer.
+    if unsafe { libc::statfs(cs(mnt).as_ptr(), &mut st) } != 0 {
+        return Err(format!("statfs of the mount: {}", errno()));
+    }
+    let baseline = common::settled_fds(sup);
     let worker_before = children_of(sup);
 
     std::fs::write(arm, "armed").unwrap();
     let got = (sc.action)(mnt);
     wait_until("the crash point (never reached: built without --features crash-points?)", || !arm.exists())?;
+    // The crash happened; from here on nothing may be retried.
     wait_until("a new worker", || {
         let now = children_of(sup);
         !now.is_empty() && now != worker_before
@@ -701,7 +707,17 @@ fn crash_every_marker_of_every_operation() {
             }
             points += 1;
             eprintln!("crash: {} at {marker}", sc.name);
-            if let Err(e) = run_case(sc, marker) {
+            // A case whose crash point was not reached is tried once more from scratch: seen once
+            // here (copy_file_range), cause not found yet — see the notes. A marker that is
+            // really unreachable still fails.
+            let result = run_case(sc, marker).or_else(|e| {
+                if !e.contains("never reached") {
+                    return Err(e);
+                }
+                eprintln!("  not reached ({e}); trying the case once more");
+                run_case(sc, marker)
+            });
+            if let Err(e) = result {
                 eprintln!("  VIOLATION: {e}");
                 violations.push(format!("{} at {marker}: {e}", sc.name));
             }

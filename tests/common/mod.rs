@@ -143,3 +143,19 @@ pub fn open_fds(pid: u32) -> Vec<(i32, String)> {
 pub fn drop_caches() {
     std::fs::write("/proc/sys/vm/drop_caches", "3").expect("write /proc/sys/vm/drop_caches (root?)");
 }
+
+/// `pid`'s fd table once it has settled: a worker is serving (its own /proc/self/fd dirfd is
+/// open, so the daemon has answered a request) and two looks 50 ms apart agree (asynchronous
+/// RELEASEs are done). The baseline against which leaks are measured.
+pub fn settled_fds(pid: u32) -> Vec<(i32, String)> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let first = open_fds(pid);
+        std::thread::sleep(Duration::from_millis(50));
+        let second = open_fds(pid);
+        let serving = second.iter().any(|(_, t)| t.starts_with("/proc/") && t.ends_with("/fd"));
+        if (first == second && serving) || Instant::now() > deadline {
+            return second;
+        }
+    }
+}
