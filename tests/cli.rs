@@ -1,0 +1,60 @@
+//! The command line: virtiofsd's options parse, bad command lines exit 2 with a message naming
+//! the problem, and --print-capabilities prints the vhost-user backend capabilities document.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_phoenixfsd");
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().expect("run phoenixfsd");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn test_cli_bad_command_lines_exit_2() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--no-such-option"], "--no-such-option"),
+        (&["--mountpoint", "/mnt"], "--shared-dir"),
+        (&["--shared-dir", "/tmp"], "--mountpoint, --socket-path or --fd"),
+        (&["--shared-dir", "/tmp", "--mountpoint", "/a", "--socket-path", "/b"], "exactly one"),
+        (&["--shared-dir", "/tmp", "--mountpoint", "/a", "--cache", "sometimes"], "sometimes"),
+        (&["--shared-dir", "/tmp", "--mountpoint", "/a", "--thread-pool-size", "many"], "many"),
+        (&["--shared-dir", "/tmp", "--mountpoint", "/a", "-o", "bogus"], "bogus"),
+        (&["--shared-dir", "/tmp", "--mountpoint", "/a", "--recovery", "maybe"], "maybe"),
+    ];
+    for (args, named) in cases {
+        let (code, _, err) = run(args);
+        assert_eq!(code, 2, "{args:?}: exit code (stderr: {err})");
+        assert!(err.contains(named), "{args:?}: the message should name {named:?}: {err}");
+    }
+}
+
+#[test]
+fn test_cli_print_capabilities_is_the_vhost_user_json() {
+    let (code, out, _) = run(&["--print-capabilities"]);
+    assert_eq!(code, 0);
+    let compact: String = out.split_whitespace().collect();
+    assert_eq!(compact, r#"{"type":"fs"}"#);
+}
+
+#[test]
+fn test_cli_missing_shared_dir_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nope");
+    let (code, _, err) =
+        run(&["--shared-dir", missing.to_str().unwrap(), "--mountpoint", tmp.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("nope") && err.contains("No such file"), "{err}");
+}
+
+#[test]
+fn test_cli_legacy_o_forms_are_accepted() {
+    // libvirt's form: the source comes from -o; a missing transport is still refused with 2.
+    let (code, _, err) = run(&["-o", "source=/tmp,cache=always,xattr,no_posix_lock", "-f"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--mountpoint, --socket-path or --fd"), "parsed past the -o options: {err}");
+}
