@@ -307,6 +307,12 @@ impl Cli {
         if self.syslog {
             v.push("--syslog (logs go to stderr)");
         }
+        if self.killpriv_v2 {
+            v.push("--killpriv-v2 (FUSE_HANDLE_KILLPRIV_V2 is not negotiated; the kernel clears set-id bits itself)");
+        }
+        if self.posix_acl {
+            v.push("--posix-acl (ACL xattrs pass through as xattrs; FUSE_POSIX_ACL is not negotiated)");
+        }
         v
     }
 }

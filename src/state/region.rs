@@ -36,7 +36,7 @@ pub struct Header {
     pub handle_capacity: u32,
     pub inode_offset: u64,
     pub handle_offset: u64,
-    /// Bumped by every worker that takes the region over (issue: crash-proof core).
+    /// Bumped by every worker that takes the region over.
     pub generation: AtomicU64,
     /// One past the highest slot index ever used: recovery scans only below it.
     pub inode_high_water: AtomicU32,
