@@ -30,8 +30,16 @@ pub struct Server {
     policy: InitPolicy,
     /// Whether requests carry intent records (crash recovery on).
     recovery: bool,
-    /// Threads waiting in a blocking lock (SETLKW), by request unique: INTERRUPT wakes them.
-    waiters: std::sync::Mutex<std::collections::HashMap<u64, libc::pthread_t>>,
+    /// Blocking locks (SETLKW) by request unique (without the resend bit): INTERRUPT wakes them.
+    waiters: std::sync::Mutex<std::collections::HashMap<u64, Waiter>>,
+}
+
+/// A blocking request between being read and its answer.
+enum Waiter {
+    /// Read, its thread not yet waiting; `interrupted` if an INTERRUPT came in the meantime.
+    Starting { interrupted: bool },
+    /// Waiting on this thread.
+    Waiting(libc::pthread_t),
 }
 
 /// The signal that wakes a thread waiting in a blocking lock (its handler does nothing; it is
@@ -95,9 +103,20 @@ impl Server {
     }
 
     /// Whether `msg` may wait indefinitely (SETLKW): a transport runs such a request on a
-    /// thread of its own, so that waiting locks can never occupy every serving thread.
+    /// thread of its own (so waiting locks can never occupy every serving thread), calling
+    /// `blocking_read` before it starts that thread and `handle_blocking` on it.
     pub fn blocks(msg: &[u8]) -> bool {
         Request::header_of(msg).is_ok_and(|h| h.opcode == abi::Opcode::Setlkw as u32)
+    }
+
+    fn waiter_key(msg: &[u8]) -> u64 {
+        Request::header_of(msg).map_or(0, |h| h.unique & !abi::UNIQUE_RESEND)
+    }
+
+    /// Notes a blocking request as read, so an INTERRUPT arriving before its thread waits is
+    /// kept for it rather than lost.
+    pub fn blocking_read(&self, msg: &[u8]) {
+        self.waiters.lock().unwrap().insert(Self::waiter_key(msg), Waiter::Starting { interrupted: false });
     }
 
     /// Runs a blocking request (see `blocks`) on the calling thread, registered so that an
@@ -109,26 +128,37 @@ impl Server {
         out: &'o mut ReplyBuf,
         own: &ThreadRecord,
     ) -> (Option<&'o [u8]>, Completion) {
-        let unique = Request::header_of(msg).map_or(0, |h| h.unique);
-        // SAFETY: pthread_self has no preconditions.
-        self.waiters.lock().unwrap().insert(unique, unsafe { libc::pthread_self() });
+        let key = Self::waiter_key(msg);
+        {
+            let mut waiters = self.waiters.lock().unwrap();
+            if let Some(Waiter::Starting { interrupted: true }) = waiters.get(&key) {
+                waiters.remove(&key);
+                let unique = Request::header_of(msg).map_or(0, |h| h.unique);
+                return (Some(out.finish_err(unique, libc::EINTR)), Completion { record: None });
+            }
+            // SAFETY: pthread_self has no preconditions.
+            waiters.insert(key, Waiter::Waiting(unsafe { libc::pthread_self() }));
+        }
         let r = self.handle(msg, groups, out, own);
         // Removed before this thread can exit, under the lock `interrupt` signals under: a wake
         // signal never targets a thread that is gone.
-        self.waiters.lock().unwrap().remove(&unique);
+        self.waiters.lock().unwrap().remove(&key);
         r
     }
 
-    /// INTERRUPT: wakes the thread waiting on request `unique`, if any; its lock call returns
-    /// EINTR, which becomes its reply. (An interrupt that lands just before the wait starts is
-    /// lost, and the lock waits on until granted or the file is released.)
+    /// INTERRUPT: wakes the thread waiting on request `unique` (its lock call returns EINTR,
+    /// which becomes its reply), or marks it interrupted if its thread is not waiting yet. (One
+    /// that lands in the few instructions between registering and entering the lock call is
+    /// still lost; the lock then waits until granted or the file is released.)
     fn interrupt(&self, unique: u64) {
-        let waiters = self.waiters.lock().unwrap();
-        for (u, thread) in waiters.iter() {
-            if u & !abi::UNIQUE_RESEND == unique & !abi::UNIQUE_RESEND {
-                // SAFETY: the thread is registered, so it has not exited (see handle_blocking).
-                unsafe { libc::pthread_kill(*thread, WAKE_SIGNAL) };
-            }
+        let mut waiters = self.waiters.lock().unwrap();
+        match waiters.get_mut(&(unique & !abi::UNIQUE_RESEND)) {
+            // SAFETY: the thread is registered, so it has not exited (see handle_blocking).
+            Some(Waiter::Waiting(thread)) => unsafe {
+                libc::pthread_kill(*thread, WAKE_SIGNAL);
+            },
+            Some(Waiter::Starting { interrupted }) => *interrupted = true,
+            None => {}
         }
     }
 

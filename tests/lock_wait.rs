@@ -85,23 +85,34 @@ fn test_blocking_lock_interrupted_by_a_signal_gets_eintr() {
     let holder = open_rw(&m.path("f"));
     assert_eq!(lock(holder, libc::F_WRLCK, false), 0);
     let (tx, rx) = mpsc::channel();
+    let (result_tx, result_rx) = mpsc::channel();
+    let (exit_tx, exit_rx) = mpsc::channel::<()>();
     let path = m.path("f");
     let waiter = std::thread::spawn(move || {
         let fd = open_rw(&path);
-        // SAFETY: pthread_self has no preconditions.
-        tx.send(unsafe { libc::pthread_self() }).unwrap();
-        let r = lock(fd, libc::F_WRLCK, true);
+        // SAFETY: pthread_self and gettid have no preconditions.
+        tx.send(unsafe { (libc::pthread_self(), libc::gettid()) }).unwrap();
+        result_tx.send(lock(fd, libc::F_WRLCK, true)).unwrap();
         // SAFETY: our own fd.
         unsafe { libc::close(fd) };
-        r
+        // Stay alive until told, so the signals below never target a finished thread.
+        let _ = exit_rx.recv();
     });
-    let thread = rx.recv().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    // SAFETY: the waiter thread is alive until it returns from its lock call.
+    let (thread, tid) = rx.recv().unwrap();
+    // One signal, once the waiter sleeps in the kernel on its FUSE request (the kernel sends
+    // one INTERRUPT per interrupted request).
+    let wchan = format!("/proc/self/task/{tid}/wchan");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&wchan).unwrap_or_default().contains("request_wait_answer") {
+        assert!(std::time::Instant::now() < deadline, "the waiter never slept on its FUSE request");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: the waiter thread is alive until `exit_tx` is used.
     unsafe { libc::pthread_kill(thread, libc::SIGUSR2) };
-    let (done_tx, done_rx) = mpsc::channel();
-    std::thread::spawn(move || done_tx.send(waiter.join().unwrap()).unwrap());
-    assert_eq!(done_rx.recv_timeout(Duration::from_secs(5)).expect("the interrupted wait returns"), libc::EINTR);
+    let got = result_rx.recv_timeout(Duration::from_secs(10)).expect("the interrupted wait returns");
+    assert_eq!(got, libc::EINTR);
+    exit_tx.send(()).unwrap();
+    waiter.join().unwrap();
     // SAFETY: our own fd.
     unsafe { libc::close(holder) };
 }

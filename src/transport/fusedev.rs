@@ -163,6 +163,7 @@ fn send_reply(fd: i32, reply: Option<&[u8]>) {
 /// in the kernel's processing queue: the next worker waits again. False if no thread could be
 /// started (the caller then serves the request itself).
 fn spawn_waiter(fd: i32, msg: Vec<u8>, server: &Arc<Server>) -> bool {
+    server.blocking_read(&msg);
     let server = server.clone();
     let spawned = std::thread::Builder::new().name("fuse-lock-wait".into()).spawn(move || {
         let record = server.thread_record();
