@@ -68,6 +68,17 @@ else
     say "pjdfstest installed in $(( $(date +%s) - start )) s: $(command -v pjdfstest)"
 fi
 
+# ---- virtiofsd, the peer the vhost-user test frontend is checked against --------------------
+VIRTIOFSD_VERSION=1.14.0
+if [ "$(virtiofsd --version 2>/dev/null | head -1)" = "virtiofsd $VIRTIOFSD_VERSION" ]; then
+    say "virtiofsd $VIRTIOFSD_VERSION already installed at $(command -v virtiofsd)"
+else
+    say "cargo install virtiofsd --version $VIRTIOFSD_VERSION --locked (takes a few minutes on 2 cores)"
+    start=$(date +%s)
+    nice -n 10 cargo install virtiofsd --version "$VIRTIOFSD_VERSION" --locked --force
+    say "virtiofsd installed in $(( $(date +%s) - start )) s: $(command -v virtiofsd)"
+fi
+
 # ---- users and groups for pjdfstest ------------------------------------------------------
 # pjdfstest's default [dummy_auth] is the users `nobody` and `tests`, each with the group of
 # its primary gid (on Debian: nobody -> nogroup). Both must exist; their groups must exist.

@@ -1,0 +1,363 @@
+#![allow(dead_code)] // a test-support module: not every test uses every part
+//! A vhost-user-fs *frontend* for tests: it plays both QEMU (the vhost-user control plane) and the
+//! guest's virtio-fs driver (split virtqueues in guest memory), so a backend such as virtiofsd or
+//! phoenixfsd can be driven without a VM.
+//!
+//! Deliberately simple: one memory region, one request in flight per queue, no EVENT_IDX, no
+//! indirect descriptors. Every wait has a timeout so a wedged backend fails the test instead of
+//! hanging it.
+
+use std::fmt;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::{Frontend as VuFrontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Guest RAM size. Large enough for every queue's rings plus a data area per queue.
+pub const GUEST_MEM_SIZE: usize = 64 << 20;
+/// Rings live in the first MiB; request/reply buffers after it.
+const RINGS_BASE: u64 = 0;
+const RING_STRIDE: u64 = 64 << 10;
+const DATA_BASE: u64 = 1 << 20;
+
+const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+const VRING_DESC_F_NEXT: u16 = 1;
+const VRING_DESC_F_WRITE: u16 = 2;
+
+/// How long `request` waits for the backend to return the chain.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub enum Error {
+    /// A vhost-user control message failed (`step` names the message).
+    Vhost {
+        step: &'static str,
+        err: vhost::Error,
+    },
+    Memory(String),
+    Io(&'static str, std::io::Error),
+    /// The backend did not return the chain in time.
+    Timeout {
+        queue: usize,
+        waited: Duration,
+    },
+    /// The request does not fit the queue's data area, or the queue does not exist.
+    Invalid(String),
+    /// The backend returned something no correct device would.
+    BadUsed(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Vhost { step, err } => write!(f, "vhost-user {step}: {err}"),
+            Error::Memory(m) => write!(f, "guest memory: {m}"),
+            Error::Io(what, e) => write!(f, "{what}: {e}"),
+            Error::Timeout { queue, waited } => {
+                write!(f, "queue {queue}: no used buffer after {waited:?} (backend stuck or dead?)")
+            }
+            Error::Invalid(m) => write!(f, "invalid request: {m}"),
+            Error::BadUsed(m) => write!(f, "bad used ring entry: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn check<T>(step: &'static str, r: vhost::Result<T>) -> Result<T> {
+    r.map_err(|err| Error::Vhost { step, err })
+}
+
+fn mem_err(e: impl fmt::Display) -> Error {
+    Error::Memory(e.to_string())
+}
+
+/// One split virtqueue, as the driver sees it. Guest-physical addresses throughout.
+struct Queue {
+    index: usize,
+    size: u16,
+    desc: GuestAddress,
+    avail: GuestAddress,
+    used: GuestAddress,
+    /// Where this queue's request and reply buffers go (one request in flight at a time).
+    data: GuestAddress,
+    data_len: u64,
+    /// Our shadow of avail.idx (free-running, wraps at 2^16 as the spec says).
+    next_avail: u16,
+    /// The used.idx we have consumed up to.
+    last_used: u16,
+    kick: EventFd,
+    call: EventFd,
+}
+
+/// A connected, fully set-up vhost-user-fs device.
+pub struct Frontend {
+    vu: VuFrontend,
+    mem: GuestMemoryMmap,
+    queues: Vec<Queue>,
+    /// What the backend offered and what we acked, for tests that check negotiation.
+    pub offered_features: u64,
+    pub offered_protocol_features: VhostUserProtocolFeatures,
+    pub acked_features: u64,
+    pub acked_protocol_features: VhostUserProtocolFeatures,
+    pub timeout: Duration,
+}
+
+impl Frontend {
+    /// Connects to a backend listening on `socket_path` and does QEMU 7.2's vhost-user-fs-pci
+    /// start-up sequence for `num_queues` queues (queue 0 = hiprio, 1.. = request queues).
+    pub fn connect(socket_path: &Path, num_queues: usize, queue_size: u16) -> Result<Self> {
+        if !queue_size.is_power_of_two() || queue_size < 2 || u64::from(queue_size) * 16 * 2 > RING_STRIDE {
+            return Err(Error::Invalid(format!("queue size {queue_size}")));
+        }
+        if num_queues == 0 || num_queues as u64 * RING_STRIDE > DATA_BASE - RINGS_BASE {
+            return Err(Error::Invalid(format!("{num_queues} queues")));
+        }
+
+        let mem = guest_memory()?;
+        let mut vu = check("connect", VuFrontend::connect(socket_path, num_queues as u64))?;
+
+        check("SET_OWNER", vu.set_owner())?;
+        let offered = check("GET_FEATURES", vu.get_features())?;
+        let proto_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        for (bit, name) in [(VIRTIO_F_VERSION_1, "VIRTIO_F_VERSION_1"), (proto_bit, "VHOST_USER_F_PROTOCOL_FEATURES")] {
+            if offered & bit == 0 {
+                return Err(Error::Invalid(format!("backend does not offer {name} (features {offered:#x})")));
+            }
+        }
+        // Protocol features are negotiated between GET_FEATURES and SET_FEATURES, as QEMU does:
+        // GET_PROTOCOL_FEATURES is legal as soon as the backend *offered* the bit.
+        let offered_proto = check("GET_PROTOCOL_FEATURES", vu.get_protocol_features())?;
+        // MQ: we drive more than one queue. REPLY_ACK: lets every SET_* be acknowledged so a
+        // rejected message fails here, not as a silent hang at the first request.
+        let wanted = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
+        let acked_proto = offered_proto & wanted;
+        check("SET_PROTOCOL_FEATURES", vu.set_protocol_features(acked_proto))?;
+        if acked_proto.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            vu.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
+        if acked_proto.contains(VhostUserProtocolFeatures::MQ) {
+            let max = check("GET_QUEUE_NUM", vu.get_queue_num())?;
+            if (num_queues as u64) > max {
+                return Err(Error::Invalid(format!("backend has {max} queues, {num_queues} asked")));
+            }
+        }
+        // No EVENT_IDX or INDIRECT_DESC: the driver side below does not implement them.
+        let acked = VIRTIO_F_VERSION_1 | proto_bit;
+        check("SET_FEATURES", vu.set_features(acked))?;
+
+        // The backend translates SET_VRING_ADDR through this table, so it must come first.
+        let regions: Vec<VhostUserMemoryRegionInfo> = mem
+            .iter()
+            .map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).map_err(|e| Error::Memory(e.to_string())))
+            .collect::<Result<_>>()?;
+        check("SET_MEM_TABLE", vu.set_mem_table(&regions))?;
+        let region = &regions[0];
+
+        let mut queues = Vec::with_capacity(num_queues);
+        let data_len = ((GUEST_MEM_SIZE as u64 - DATA_BASE) / num_queues as u64) & !0xfff;
+        for index in 0..num_queues {
+            let q = Queue::new(index, queue_size, data_len, &mem)?;
+            // vhost-user ring addresses are *frontend virtual* addresses (QEMU's HVA), not GPAs:
+            // the backend maps them back through the memory table's userspace_addr.
+            let hva = |a: GuestAddress| region.userspace_addr + (a.0 - region.guest_phys_addr);
+            let config = VringConfigData {
+                queue_max_size: queue_size,
+                queue_size,
+                flags: 0,
+                desc_table_addr: hva(q.desc),
+                used_ring_addr: hva(q.used),
+                avail_ring_addr: hva(q.avail),
+                log_addr: None,
+            };
+            check("SET_VRING_NUM", vu.set_vring_num(index, queue_size))?;
+            check("SET_VRING_ADDR", vu.set_vring_addr(index, &config))?;
+            check("SET_VRING_BASE", vu.set_vring_base(index, 0))?;
+            check("SET_VRING_CALL", vu.set_vring_call(index, &q.call))?;
+            check("SET_VRING_KICK", vu.set_vring_kick(index, &q.kick))?;
+            // With PROTOCOL_FEATURES acked, rings start disabled until enabled explicitly.
+            check("SET_VRING_ENABLE", vu.set_vring_enable(index, true))?;
+            queues.push(q);
+        }
+
+        Ok(Frontend {
+            vu,
+            mem,
+            queues,
+            offered_features: offered,
+            offered_protocol_features: offered_proto,
+            acked_features: acked,
+            acked_protocol_features: acked_proto,
+            timeout: DEFAULT_TIMEOUT,
+        })
+    }
+
+    /// Sends one FUSE request on `queue` as a two-descriptor chain (device-readable request,
+    /// device-writable reply buffer of `reply_capacity` bytes), waits for the device to return
+    /// it, and gives back exactly the bytes the device says it wrote.
+    pub fn request(&mut self, queue: usize, request: &[u8], reply_capacity: u32) -> Result<Vec<u8>> {
+        let timeout = self.timeout;
+        let q = self.queues.get_mut(queue).ok_or_else(|| Error::Invalid(format!("no queue {queue}")))?;
+        let req_len = request.len() as u64;
+        let req_span = (req_len + 7) & !7;
+        if req_len == 0 || req_span + u64::from(reply_capacity) > q.data_len {
+            return Err(Error::Invalid(format!(
+                "{req_len}-byte request + {reply_capacity}-byte reply exceed the {}-byte data area",
+                q.data_len
+            )));
+        }
+        let req_addr = q.data;
+        let reply_addr = GuestAddress(q.data.0 + req_span);
+        let mem = &self.mem;
+        mem.write_slice(request, req_addr).map_err(mem_err)?;
+        // Poison the reply buffer so a short write cannot pass for zeros we never got.
+        let poison = vec![0xa5u8; reply_capacity as usize];
+        mem.write_slice(&poison, reply_addr).map_err(mem_err)?;
+
+        // Two descriptors per request; rotate heads so stale state from a previous chain would
+        // show up rather than be silently overwritten in place.
+        let head = (q.next_avail.wrapping_mul(2)) % q.size;
+        let tail = (head + 1) % q.size;
+        q.write_desc(mem, head, req_addr, req_len as u32, VRING_DESC_F_NEXT, tail)?;
+        q.write_desc(mem, tail, reply_addr, reply_capacity, VRING_DESC_F_WRITE, 0)?;
+
+        // avail.ring[idx % size] = head, then publish idx with release ordering so the device
+        // never sees the index before the entry (virtio 1.1 §2.6.13).
+        let slot = q.avail.0 + 4 + 2 * u64::from(q.next_avail % q.size);
+        mem.write_obj(head.to_le(), GuestAddress(slot)).map_err(mem_err)?;
+        q.next_avail = q.next_avail.wrapping_add(1);
+        mem.store(q.next_avail.to_le(), GuestAddress(q.avail.0 + 2), Ordering::Release).map_err(mem_err)?;
+        q.kick.write(1).map_err(|e| Error::Io("kick eventfd", e))?;
+
+        let (id, len) = q.wait_used(mem, timeout)?;
+        if id != u32::from(head) {
+            return Err(Error::BadUsed(format!("id {id}, expected head {head}")));
+        }
+        if len > reply_capacity {
+            return Err(Error::BadUsed(format!("len {len} > writable capacity {reply_capacity}")));
+        }
+        let mut reply = vec![0u8; len as usize];
+        mem.read_slice(&mut reply, reply_addr).map_err(mem_err)?;
+        Ok(reply)
+    }
+
+    /// The vhost-user control connection, for tests that send further messages.
+    pub fn vhost_user(&mut self) -> &mut VuFrontend {
+        &mut self.vu
+    }
+}
+
+impl Queue {
+    /// Lays the queue out at its fixed slot: descriptor table (16-byte aligned), avail ring,
+    /// then the used ring on the next 4 KiB boundary (alignment the legacy layout needed and
+    /// that is harmless for the modern one).
+    fn new(index: usize, size: u16, data_len: u64, mem: &GuestMemoryMmap) -> Result<Self> {
+        let base = RINGS_BASE + index as u64 * RING_STRIDE;
+        let n = u64::from(size);
+        let desc = GuestAddress(base);
+        let avail = GuestAddress(base + 16 * n);
+        let avail_end = avail.0 + 4 + 2 * n + 2;
+        let used = GuestAddress((avail_end + 0xfff) & !0xfff);
+        if used.0 + 4 + 8 * n + 2 > base + RING_STRIDE {
+            return Err(Error::Invalid(format!("queue size {size} does not fit the ring slot")));
+        }
+        // Fresh rings: all-zero flags and indices (memfd pages are zero, but be explicit).
+        mem.write_slice(&vec![0u8; RING_STRIDE as usize], desc).map_err(mem_err)?;
+        let efd = |what| EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|e| Error::Io(what, e));
+        Ok(Queue {
+            index,
+            size,
+            desc,
+            avail,
+            used,
+            data: GuestAddress(DATA_BASE + index as u64 * data_len),
+            data_len,
+            next_avail: 0,
+            last_used: 0,
+            kick: efd("kick eventfd")?,
+            call: efd("call eventfd")?,
+        })
+    }
+
+    fn write_desc(
+        &self,
+        mem: &GuestMemoryMmap,
+        i: u16,
+        addr: GuestAddress,
+        len: u32,
+        flags: u16,
+        next: u16,
+    ) -> Result<()> {
+        let mut d = [0u8; 16];
+        d[0..8].copy_from_slice(&addr.0.to_le_bytes());
+        d[8..12].copy_from_slice(&len.to_le_bytes());
+        d[12..14].copy_from_slice(&flags.to_le_bytes());
+        d[14..16].copy_from_slice(&next.to_le_bytes());
+        mem.write_slice(&d, GuestAddress(self.desc.0 + 16 * u64::from(i))).map_err(mem_err)
+    }
+
+    /// Waits until used.idx moves past `last_used` and returns that element. Checks the ring
+    /// before sleeping: the device may have finished before we got here, and the interrupt
+    /// (call eventfd) only tells us to look, it carries no data.
+    fn wait_used(&mut self, mem: &GuestMemoryMmap, timeout: Duration) -> Result<(u32, u32)> {
+        let start = Instant::now();
+        loop {
+            let used_idx = u16::from_le(mem.load(GuestAddress(self.used.0 + 2), Ordering::Acquire).map_err(mem_err)?);
+            if used_idx != self.last_used {
+                let pending = used_idx.wrapping_sub(self.last_used);
+                if pending > 1 {
+                    return Err(Error::BadUsed(format!("{pending} used entries for 1 request")));
+                }
+                let elem = self.used.0 + 4 + 8 * u64::from(self.last_used % self.size);
+                let id = u32::from_le(mem.read_obj(GuestAddress(elem)).map_err(mem_err)?);
+                let len = u32::from_le(mem.read_obj(GuestAddress(elem + 4)).map_err(mem_err)?);
+                self.last_used = used_idx;
+                return Ok((id, len));
+            }
+            let waited = start.elapsed();
+            if waited >= timeout {
+                return Err(Error::Timeout { queue: self.index, waited });
+            }
+            let left = (timeout - waited).as_millis().clamp(1, i32::MAX as u128) as i32;
+            let mut pfd = libc::pollfd { fd: self.call.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd, for the duration of the call.
+            let r = unsafe { libc::poll(&mut pfd, 1, left) };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(Error::Io("poll call eventfd", e));
+                }
+            } else if r > 0 {
+                // Drain the counter; EAGAIN (spurious wakeup) is harmless.
+                let _ = self.call.read();
+            }
+        }
+    }
+}
+
+/// Guest RAM: one memfd mapped shared, so the backend's mapping of the same fd (sent with
+/// SET_MEM_TABLE) sees our writes and we see its.
+fn guest_memory() -> Result<GuestMemoryMmap> {
+    // SAFETY: a NUL-terminated name and valid flags; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"vufront-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(Error::Io("memfd_create", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(GUEST_MEM_SIZE as u64).map_err(|e| Error::Io("ftruncate memfd", e))?;
+    let mem =
+        GuestMemoryMmap::from_ranges_with_files([(GuestAddress(0), GUEST_MEM_SIZE, Some(FileOffset::new(file, 0)))])
+            .map_err(mem_err)?;
+    debug_assert_eq!(mem.iter().map(|r| r.len()).sum::<u64>(), GUEST_MEM_SIZE as u64);
+    Ok(mem)
+}
