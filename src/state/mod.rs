@@ -11,6 +11,9 @@ pub use handles::{HandleKind, HandlePin, Handles};
 pub use inodes::{InodeKey, InodePin, Inodes};
 pub use region::Region;
 
+#[cfg(test)]
+mod tests;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("node id is not live (bad or stale)")]

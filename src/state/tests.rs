@@ -1,0 +1,153 @@
+//! Table and record operations against what recovery must conclude: each test stops an update
+//! at one of its steps (by writing the region as a dead worker would have left it), runs
+//! recovery, and checks counts, slots and records exactly.
+
+use std::sync::atomic::Ordering;
+
+use super::intent::{Intent, PENDING_FORGET_ENTRY, PENDING_HANDLE, PENDING_RAISE};
+use super::slots::{self, RETIRING, SETTING_UP};
+use super::{HandleKind, InodeKey, Region, State};
+
+/// A region with its root installed (slot 1), as every worker's region has.
+fn state() -> State {
+    let s = State::new(Region::create(64, 64).unwrap());
+    s.inodes.install_root(fd(), key(0), libc::S_IFDIR).unwrap();
+    s
+}
+
+/// An fd that is safe to hand to the tables (they close it when the slot is freed).
+fn fd() -> i32 {
+    crate::sys::open(c"/dev/null", libc::O_RDONLY).unwrap()
+}
+
+fn key(ino: u64) -> InodeKey {
+    InodeKey { dev: 1, ino, mnt_id: 1 }
+}
+
+fn recover(s: &State) -> super::RecoveryReport {
+    s.recover(|_| false, |_, _| {}, |_| {}).unwrap()
+}
+
+fn lookups(s: &State, nodeid: u64) -> u64 {
+    s.inodes.pin(nodeid).unwrap().slot().lookups.load(Ordering::SeqCst)
+}
+
+#[test]
+fn test_state_lookup_twice_is_one_slot_two_lookups_and_forget_frees_it() {
+    let s = state();
+    let a = s.inodes.lookup(fd(), key(7), libc::S_IFREG, Intent::none()).unwrap();
+    let b = s.inodes.lookup(fd(), key(7), libc::S_IFREG, Intent::none()).unwrap();
+    assert_eq!(a.nodeid, b.nodeid);
+    assert_eq!(lookups(&s, a.nodeid), 2);
+    s.inodes.forget(a.nodeid, 2, Intent::none());
+    assert!(s.inodes.pin(a.nodeid).is_err(), "forgotten to zero: freed");
+    let c = s.inodes.lookup(fd(), key(7), libc::S_IFREG, Intent::none()).unwrap();
+    assert_eq!(slots::split_id(c.nodeid).0, slots::split_id(a.nodeid).0, "the slot is reused");
+    assert_ne!(c.nodeid, a.nodeid, "with a new generation: the old id stays stale");
+    assert!(s.inodes.pin(a.nodeid).is_err());
+}
+
+#[test]
+fn test_state_pending_raise_counts_only_if_the_count_moved() {
+    let s = state();
+    let n = s.inodes.lookup(fd(), key(1), libc::S_IFREG, Intent::none()).unwrap().nodeid;
+    let rec = &s.region.records()[0];
+    // Dead before the store: pending from 1, count still 1 -> not raised.
+    rec.start(10, 1, 1, 1);
+    rec.begin_pending(PENDING_RAISE, n, 1);
+    recover(&s);
+    assert_eq!(lookups(&s, n), 1);
+    assert!(rec.raised().is_empty());
+    // Dead after the store: pending from 1, count 2 -> raised, exactly once.
+    rec.start(11, 1, 1, 2);
+    rec.begin_pending(PENDING_RAISE, n, 1);
+    s.inodes.pin(n).unwrap().slot().lookups.store(2, Ordering::SeqCst);
+    recover(&s);
+    assert_eq!(lookups(&s, n), 2);
+    assert_eq!(rec.raised(), vec![n]);
+}
+
+#[test]
+fn test_state_new_slot_setting_up_is_freed_and_its_fd_closed() {
+    let s = state();
+    let f = fd();
+    s.inodes.lookup(f, key(1), libc::S_IFREG, Intent::none()).unwrap();
+    // A second object whose slot a dead worker had only begun to fill.
+    let slot = &s.region.inode_slots()[3];
+    let g = fd();
+    slot.hdr.fd.store(g, Ordering::SeqCst);
+    slot.hdr.state.store(SETTING_UP, Ordering::SeqCst);
+    s.region.header().inode_high_water.store(4, Ordering::SeqCst);
+    let report = recover(&s);
+    assert_eq!(report.live_inodes, 2, "the root and the first object");
+    assert_eq!(slot.hdr.state.load(Ordering::SeqCst), slots::FREE);
+    // SAFETY: F_GETFD only queries.
+    assert_eq!(unsafe { libc::fcntl(g, libc::F_GETFD) }, -1, "the half-set-up slot's fd is closed");
+}
+
+#[test]
+fn test_state_retiring_slot_is_finished_by_recovery() {
+    let s = state();
+    let n = s.inodes.lookup(fd(), key(3), libc::S_IFREG, Intent::none()).unwrap().nodeid;
+    let (i, generation) = slots::split_id(n);
+    let slot = &s.region.inode_slots()[i as usize];
+    slot.lookups.store(0, Ordering::SeqCst);
+    slot.hdr.state.store(RETIRING, Ordering::SeqCst);
+    slot.hdr.users.store(3, Ordering::SeqCst); // pins of dead threads
+    recover(&s);
+    assert_eq!(slot.hdr.state.load(Ordering::SeqCst), slots::FREE);
+    assert_eq!(slot.hdr.generation.load(Ordering::SeqCst), generation + 1);
+    assert_eq!(slot.hdr.users.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn test_state_pending_forget_entry_sets_the_target_and_moves_the_step() {
+    let s = state();
+    let n = s.inodes.lookup(fd(), key(4), libc::S_IFREG, Intent::none()).unwrap().nodeid;
+    s.inodes.lookup(fd(), key(4), libc::S_IFREG, Intent::none()).unwrap();
+    s.inodes.lookup(fd(), key(4), libc::S_IFREG, Intent::none()).unwrap();
+    assert_eq!(lookups(&s, n), 3);
+    let rec = &s.region.records()[0];
+    rec.start(20, 42, 0, 1); // a BATCH_FORGET
+    rec.set_fact(0, 4); // entry 4 in hand: forget 2 of 3 -> target 1
+    rec.begin_pending(PENDING_FORGET_ENTRY, n, 1);
+    recover(&s);
+    assert_eq!(lookups(&s, n), 1, "the target is set, whether or not the dead worker had stored it");
+    assert_eq!(rec.step(), 5, "the entry in hand counts as done");
+}
+
+#[test]
+fn test_state_pending_handle_is_given_to_the_record_only_if_published() {
+    let s = state();
+    let rec = &s.region.records()[0];
+    let fh = s.handles.insert(fd(), HandleKind::File, 1, 0, Intent::none()).unwrap();
+    rec.start(30, 14, 1, 1);
+    rec.begin_pending(PENDING_HANDLE, fh, 0);
+    recover(&s);
+    assert_eq!(Intent::new(rec, true).handle(), fh, "published: the replay replies with this fh");
+    let unpublished = fh + 1;
+    rec.start(31, 14, 1, 1);
+    rec.begin_pending(PENDING_HANDLE, unpublished, 0);
+    recover(&s);
+    assert_eq!(Intent::new(rec, true).handle(), 0, "not published: the replay opens again");
+}
+
+#[test]
+fn test_state_orphans_count_deaths_only_of_the_worker_working_on_them() {
+    let s = state();
+    let h = s.region.header();
+    h.death_counts.store(1, Ordering::SeqCst);
+    let gen_now = s.worker_gen();
+    let rec = &s.region.records()[0];
+    rec.start(40, 9, 1, gen_now);
+    let report = recover(&s);
+    assert_eq!(report.records.in_flight, vec![(40, 9, 1)]);
+    // The orphan waits in the kernel's queue while the next worker dies: no new death for it.
+    let report = recover(&s);
+    assert_eq!(report.records.in_flight, vec![(40, 9, 1)]);
+    // An outside SIGKILL of the worker working on it does not count either.
+    rec.worker_gen.store(s.worker_gen(), Ordering::SeqCst);
+    h.death_counts.store(0, Ordering::SeqCst);
+    let report = recover(&s);
+    assert_eq!(report.records.in_flight, vec![(40, 9, 1)]);
+}
