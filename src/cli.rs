@@ -198,6 +198,15 @@ pub struct Cli {
     #[arg(short = 'o', value_delimiter = ',')]
     pub legacy_options: Vec<String>,
 
+    /// Serve POSIX/OFD record locks in the daemon (FUSE_POSIX_LOCKS), as `-o posix_lock` does;
+    /// by default, as with virtiofsd, the kernel keeps them itself (exact for one client).
+    #[arg(long)]
+    pub posix_lock: bool,
+
+    /// Serve flock(2) locks in the daemon (FUSE_FLOCK_LOCKS), as `-o flock` does.
+    #[arg(long)]
+    pub flock: bool,
+
     /// Crash recovery: a supervisor keeps the connection and restarts the worker.
     #[arg(long, value_enum, default_value_t = Recovery::On)]
     pub recovery: Recovery,
@@ -250,7 +259,11 @@ impl Cli {
                 ("announce_submounts", None) => self.announce_submounts = true,
                 ("readdirplus", None) => self.no_readdirplus = false,
                 ("no_readdirplus", None) => self.no_readdirplus = true,
-                ("flock" | "no_flock" | "posix_lock" | "no_posix_lock" | "timestamp", _) => {}
+                ("posix_lock", None) => self.posix_lock = true,
+                ("no_posix_lock", None) => self.posix_lock = false,
+                ("flock", None) => self.flock = true,
+                ("no_flock", None) => self.flock = false,
+                ("timestamp" | "no_timestamp", None) => {}
                 ("log_level", Some(v)) => {
                     self.log_level =
                         LogLevel::from_str(v, true).map_err(|_| CliError::UnknownLegacyOption(opt.clone()))?

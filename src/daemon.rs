@@ -142,6 +142,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     };
     let policy = InitPolicy {
         writeback: cli.writeback,
+        posix_locks: cli.posix_lock,
+        flock_locks: cli.flock,
         readdirplus: fs_cfg.readdirplus,
         posix_acl: false,
         auto_inval_data: cli.cache == CachePolicy::Auto,

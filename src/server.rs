@@ -20,6 +20,9 @@ pub const MAX_REQUEST: usize = MAX_WRITE as usize + 4096;
 #[derive(Debug, Clone, Copy)]
 pub struct InitPolicy {
     pub writeback: bool,
+    /// Record locks served by the daemon (else the kernel keeps them, as with virtiofsd).
+    pub posix_locks: bool,
+    pub flock_locks: bool,
     pub readdirplus: bool,
     pub posix_acl: bool,
     pub auto_inval_data: bool,
@@ -337,14 +340,18 @@ impl Server {
         }
         let offered = u64::from(arg.flags) | (u64::from(flags2) << 32);
         let mut want = abi::ASYNC_READ
-            | abi::POSIX_LOCKS
             | abi::ATOMIC_O_TRUNC
             | abi::BIG_WRITES
-            | abi::FLOCK_LOCKS
             | abi::PARALLEL_DIROPS
             | abi::MAX_PAGES
             | abi::ASYNC_DIO
             | abi::INIT_EXT;
+        if self.policy.posix_locks {
+            want |= abi::POSIX_LOCKS;
+        }
+        if self.policy.flock_locks {
+            want |= abi::FLOCK_LOCKS;
+        }
         if self.policy.readdirplus {
             want |= abi::DO_READDIRPLUS | abi::READDIRPLUS_AUTO;
         }

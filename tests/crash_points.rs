@@ -597,7 +597,9 @@ fn run_case(sc: &Scenario, marker: &str) -> Result<(), String> {
     let expected_tree = tree(model);
 
     (sc.setup)(share);
-    let mut m = Mount::start_with_env(share, mnt, &["--xattr"], &dirs.env(marker, None));
+    // Locks served by the daemon, so that their crash points are on the path.
+    let args = ["--xattr", "-o", "posix_lock,flock"];
+    let mut m = Mount::start_with_env(share, mnt, &args, &dirs.env(marker, None));
     let sup = m.child.id();
     // STATFS: a request the daemon must answer (so a worker is serving) that leaves no state.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };

@@ -58,7 +58,14 @@ impl Harness {
         };
         let dir = CString::new(share.as_os_str().as_bytes()).unwrap();
         let fs = Fs::new(&dir, state, cfg).unwrap();
-        let policy = InitPolicy { writeback: false, readdirplus: true, posix_acl: false, auto_inval_data: true };
+        let policy = InitPolicy {
+            writeback: false,
+            posix_locks: true,
+            flock_locks: true,
+            readdirplus: true,
+            posix_acl: false,
+            auto_inval_data: true,
+        };
         let server = Server::new(fs, policy, true);
         let record = server.thread_record();
         Harness { server, out: ReplyBuf::new(), record, unique: 0, _tmp: tmp, top }

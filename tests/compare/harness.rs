@@ -191,7 +191,12 @@ pub struct Pair {
 
 impl Pair {
     pub fn new() -> Pair {
-        let mount = Mount::new(&["--xattr"]);
+        Pair::with_args(&["--xattr"])
+    }
+
+    /// A pair whose daemon gets `args` (e.g. to serve locks in the daemon).
+    pub fn with_args(args: &[&str]) -> Pair {
+        let mount = Mount::new(args);
         let tmp = mount.share.parent().expect("share has a parent").to_path_buf();
         // Non-root steps must be able to reach both roots.
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();

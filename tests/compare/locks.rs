@@ -6,9 +6,20 @@ use libc::{EAGAIN, EBADF, EINVAL, F_RDLCK, F_UNLCK, F_WRLCK, O_RDONLY, O_RDWR};
 use crate::harness::*;
 use crate::ops::*;
 
+/// Locks kept by the kernel (the default, as with virtiofsd).
 #[test]
 fn test_locks() {
-    let t = Pair::new();
+    lock_scenarios(Pair::new());
+}
+
+/// Locks served by the daemon (`-o posix_lock,flock`): OFD locks per lock owner, flock on the
+/// guest file's fd.
+#[test]
+fn test_locks_served_by_the_daemon() {
+    lock_scenarios(Pair::with_args(&["--xattr", "-o", "posix_lock,flock"]));
+}
+
+fn lock_scenarios(t: Pair) {
     let (ofd_set, ofd_get) = (libc::F_OFD_SETLK, libc::F_OFD_GETLK);
     t.both("OFD locks", |r| {
         let f = r.p("lk");
@@ -30,9 +41,10 @@ fn test_locks() {
         r.err("write lock on a read-only fd", fcntl_lock(&ro, ofd_set, F_WRLCK, 0, 1), EBADF);
         r.ok("read lock on a read-only fd", fcntl_lock(&ro, ofd_set, F_RDLCK, 900, 1));
         r.close(b);
-        // A FUSE kernel sends RELEASE after close() has returned (fuse_file_release always puts
-        // the file asynchronously), so the daemon may drop fd2's OFD locks a moment later than
-        // a local file system would. The outcome must be the same; allow it up to a second.
+        // With locks served by the daemon: a FUSE kernel sends RELEASE after close() has
+        // returned (fuse_file_release always puts the file asynchronously), so the daemon may
+        // drop fd2's OFD locks a moment later than a local file system would. The outcome must
+        // be the same; allow it up to a second. (Kernel-kept locks go at once.)
         let relock = || {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
             loop {
