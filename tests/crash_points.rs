@@ -25,7 +25,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Mount, children_of, drop_caches, open_fds};
+use common::{Mount, children_of, drop_caches};
 
 /// What one step of an action gave: its value or its errno, as text.
 type Outcome = Vec<String>;
@@ -634,12 +634,12 @@ fn run_case(sc: &Scenario, marker: &str) -> Result<(), String> {
     drop_caches();
     let leak = wait_until("the fd table to return to its size after mounting", || {
         drop_caches();
-        open_fds(sup).len() == baseline.len()
+        common::table_fds(sup) == baseline
     });
     if leak.is_err() {
         return Err(format!(
             "fd leak (lookup count or handle):\n  after mount: {baseline:?}\n  now:         {:?}",
-            open_fds(sup)
+            common::table_fds(sup)
         ));
     }
     if children_of(sup).len() != 1 {

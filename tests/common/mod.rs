@@ -144,18 +144,22 @@ pub fn drop_caches() {
     std::fs::write("/proc/sys/vm/drop_caches", "3").expect("write /proc/sys/vm/drop_caches (root?)");
 }
 
-/// `pid`'s fd table once it has settled: a worker is serving (its own /proc/self/fd dirfd is
-/// open, so the daemon has answered a request) and two looks 50 ms apart agree (asynchronous
-/// RELEASEs are done). The baseline against which leaks are measured.
+/// `pid`'s fd table once it has settled (two looks 50 ms apart agree: asynchronous RELEASEs are
+/// done), without the worker's own /proc/self/fd dirfd, which each worker opens anew (and a new
+/// worker's recovery closes the old one's). The baseline against which leaks are measured.
 pub fn settled_fds(pid: u32) -> Vec<(i32, String)> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let first = open_fds(pid);
+        let first = table_fds(pid);
         std::thread::sleep(Duration::from_millis(50));
-        let second = open_fds(pid);
-        let serving = second.iter().any(|(_, t)| t.starts_with("/proc/") && t.ends_with("/fd"));
-        if (first == second && serving) || Instant::now() > deadline {
+        let second = table_fds(pid);
+        if first == second || Instant::now() > deadline {
             return second;
         }
     }
+}
+
+/// `open_fds` less the worker's /proc/self/fd dirfd (see `settled_fds`).
+pub fn table_fds(pid: u32) -> Vec<(i32, String)> {
+    open_fds(pid).into_iter().filter(|(_, t)| !(t.starts_with("/proc/") && t.ends_with("/fd"))).collect()
 }
