@@ -53,31 +53,25 @@ if [ -f /etc/fuse.conf ] && ! grep -q '^user_allow_other' /etc/fuse.conf; then
     echo user_allow_other >> /etc/fuse.conf
 fi
 
-# ---- pjdfstest ----------------------------------------------------------------------------
+# ---- tools from crates.io: pjdfstest, and virtiofsd (the peer the vhost-user test frontend is
+# checked against) ---------------------------------------------------------------------------
 export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
-have_pjd=""
-if command -v pjdfstest >/dev/null 2>&1; then
-    have_pjd="$(pjdfstest --version 2>/dev/null || true)"
-fi
-if [ "$have_pjd" = "pjdfstest $PJDFSTEST_VERSION" ]; then
-    say "pjdfstest $PJDFSTEST_VERSION already installed at $(command -v pjdfstest)"
-else
-    say "cargo install pjdfstest --version $PJDFSTEST_VERSION --locked (takes ~2-4 min on 2 cores)"
-    start=$(date +%s)
-    nice -n 10 cargo install pjdfstest --version "$PJDFSTEST_VERSION" --locked --force
-    say "pjdfstest installed in $(( $(date +%s) - start )) s: $(command -v pjdfstest)"
-fi
 
-# ---- virtiofsd, the peer the vhost-user test frontend is checked against --------------------
-VIRTIOFSD_VERSION=1.14.0
-if [ "$(virtiofsd --version 2>/dev/null | head -1)" = "virtiofsd $VIRTIOFSD_VERSION" ]; then
-    say "virtiofsd $VIRTIOFSD_VERSION already installed at $(command -v virtiofsd)"
-else
-    say "cargo install virtiofsd --version $VIRTIOFSD_VERSION --locked (takes a few minutes on 2 cores)"
+# cargo_install NAME VERSION: installs NAME at VERSION unless `NAME --version` already says so.
+cargo_install() {
+    local name=$1 version=$2
+    if [ "$("$name" --version 2>/dev/null | head -1)" = "$name $version" ]; then
+        say "$name $version already installed at $(command -v "$name")"
+        return
+    fi
+    say "cargo install $name --version $version --locked (takes a few minutes on 2 cores)"
+    local start
     start=$(date +%s)
-    nice -n 10 cargo install virtiofsd --version "$VIRTIOFSD_VERSION" --locked --force
-    say "virtiofsd installed in $(( $(date +%s) - start )) s: $(command -v virtiofsd)"
-fi
+    nice -n 10 cargo install "$name" --version "$version" --locked --force
+    say "$name installed in $(( $(date +%s) - start )) s: $(command -v "$name")"
+}
+cargo_install pjdfstest "$PJDFSTEST_VERSION"
+cargo_install virtiofsd 1.14.0
 
 # ---- users and groups for pjdfstest ------------------------------------------------------
 # pjdfstest's default [dummy_auth] is the users `nobody` and `tests`, each with the group of
