@@ -253,7 +253,3 @@ fn pjdfstest_passes() {
     run_pjdfstest("xattr", &["--xattr"]);
 }
 
-#[test]
-fn pjdfstest_passes_with_thread_pool() {
-    run_pjdfstest("xattr+pool4", &["--xattr", "--thread-pool-size", "4"]);
-}
