@@ -252,4 +252,3 @@ fn run_pjdfstest(label: &str, daemon_args: &[&str]) {
 fn pjdfstest_passes() {
     run_pjdfstest("xattr", &["--xattr"]);
 }
-
