@@ -85,10 +85,6 @@ impl Server {
         server
     }
 
-    pub fn negotiated(&self) -> u64 {
-        self.fs.state.region.header().negotiated.load(Ordering::Acquire)
-    }
-
     fn initialized(&self) -> bool {
         self.fs.state.region.header().init_done.load(Ordering::Acquire) != 0
     }
@@ -112,14 +108,16 @@ impl Server {
         Request::header_of(msg).is_ok_and(|h| h.opcode == abi::Opcode::Setlkw as u32)
     }
 
-    fn waiter_key(msg: &[u8]) -> u64 {
-        Request::header_of(msg).map_or(0, |h| h.unique & !abi::UNIQUE_RESEND)
+    /// A blocking request's unique id as sent, and its waiter key (without the resend bit).
+    fn waiter_key(msg: &[u8]) -> (u64, u64) {
+        let unique = Request::header_of(msg).map_or(0, |h| h.unique);
+        (unique, unique & !abi::UNIQUE_RESEND)
     }
 
     /// Notes a blocking request as read, so an INTERRUPT arriving before its thread waits is
     /// kept for it rather than lost.
     pub fn blocking_read(&self, msg: &[u8]) {
-        self.waiters.lock().unwrap().insert(Self::waiter_key(msg), Waiter::Starting { interrupted: false });
+        self.waiters.lock().unwrap().insert(Self::waiter_key(msg).1, Waiter::Starting { interrupted: false });
     }
 
     /// Runs a blocking request (see `blocks`) on the calling thread, registered so that an
@@ -131,12 +129,11 @@ impl Server {
         out: &'o mut ReplyBuf,
         own: &ThreadRecord,
     ) -> (Option<&'o [u8]>, Completion) {
-        let key = Self::waiter_key(msg);
+        let (unique, key) = Self::waiter_key(msg);
         {
             let mut waiters = self.waiters.lock().unwrap();
             if let Some(Waiter::Starting { interrupted: true }) = waiters.get(&key) {
                 waiters.remove(&key);
-                let unique = Request::header_of(msg).map_or(0, |h| h.unique);
                 return (Some(out.finish_err(unique, libc::EINTR)), Completion { record: None });
             }
             // SAFETY: pthread_self has no preconditions.
@@ -167,7 +164,10 @@ impl Server {
 
     /// Frees a request's record after its reply was written.
     pub fn complete(&self, c: Completion) {
-        self.fs.state.region.header().served.fetch_add(1, Ordering::Relaxed);
+        // Only a supervisor reads it (to tell a crash loop from progress).
+        if self.recovery {
+            self.fs.state.region.header().served.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some((i, adopted)) = c.record {
             self.fs.state.records.get(i).clear();
             if adopted {

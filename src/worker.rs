@@ -84,9 +84,7 @@ fn finish_buffered_forgets(state: &State) {
         });
         let intent = rec.map_or(Intent::none(), |r| Intent::new(r, true));
         let from = intent.step() as usize;
-        for (k, f) in entries.iter().enumerate().skip(from) {
-            state.inodes.forget_entry(f.nodeid, f.nlookup, intent, Some(k as u32));
-        }
+        state.inodes.forget_entries(&entries, intent);
         tracing::info!(unique, entries = entries.len(), from, "finished a forget the dead worker had read");
         buf[..4].fill(0);
         if let Some(r) = rec {

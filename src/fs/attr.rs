@@ -106,9 +106,7 @@ impl Fs {
     /// FORGET and BATCH_FORGET: applies the entries from the first one not yet done (the
     /// record's step), each exactly once.
     pub fn forget(&self, entries: &[abi::ForgetOne], intent: Intent) {
-        for (k, f) in entries.iter().enumerate().skip(intent.step() as usize) {
-            self.state.inodes.forget_entry(f.nodeid, f.nlookup, intent, Some(k as u32));
-        }
+        self.state.inodes.forget_entries(entries, intent);
     }
 
     pub fn getattr(&self, nodeid: u64, fh: Option<u64>) -> Result<abi::AttrOut> {

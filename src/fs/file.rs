@@ -49,6 +49,14 @@ impl Fs {
             .map_err(Error::from)
     }
 
+    /// Publishes `fd`, opened on `nodeid` for the guest, as a file handle (two-phase in the
+    /// request's record) and counts the node's open files for its lock owners.
+    fn publish_file(&self, fd: i32, nodeid: u64, guest_flags: u32, intent: Intent) -> Result<u64> {
+        let fh = self.state.handles.insert(fd, HandleKind::File, nodeid, guest_flags, intent)?;
+        self.locks.file_opened(nodeid);
+        Ok(fh)
+    }
+
     fn file(&self, fh: u64) -> Result<HandlePin> {
         Ok(self.state.handles.pin(fh, HandleKind::File)?)
     }
@@ -66,15 +74,14 @@ impl Fs {
         if node.slot().file_type.load(std::sync::atomic::Ordering::Relaxed) == libc::S_IFDIR
             && a.flags as i32 & libc::O_ACCMODE != libc::O_RDONLY
         {
-            return Err(Error::Os(std::io::Error::from_raw_os_error(libc::EISDIR)));
+            return Err(Error::from_errno(libc::EISDIR));
         }
         let fd = {
             let _as = ctx.become_caller()?;
             self.reopen(node.fd(), self.host_open_flags(a.flags))?
         };
         crate::crash_point!("open.after_open");
-        let fh = self.state.handles.insert(fd, HandleKind::File, nodeid, a.flags, ctx.intent)?;
-        self.locks.file_opened(nodeid);
+        let fh = self.publish_file(fd, nodeid, a.flags, ctx.intent)?;
         Ok(self.open_out(fh, a.flags))
     }
 
@@ -100,7 +107,7 @@ impl Fs {
         if intent.record().is_some() && intent.step() == 0 {
             let existed = sys::fstatat(dir.fd(), name, libc::AT_SYMLINK_NOFOLLOW).is_ok();
             if existed && excl != 0 {
-                return Err(Error::Os(std::io::Error::from_raw_os_error(libc::EEXIST)));
+                return Err(Error::from_errno(libc::EEXIST));
             }
             intent.set_fact(0, u64::from(existed));
         }
@@ -129,8 +136,7 @@ impl Fs {
             }
         };
         drop(_as);
-        let fh = self.state.handles.insert(fd, HandleKind::File, entry.nodeid, a.flags, intent)?;
-        self.locks.file_opened(entry.nodeid);
+        let fh = self.publish_file(fd, entry.nodeid, a.flags, intent)?;
         Ok((entry, self.open_out(fh, a.flags)))
     }
 
@@ -143,8 +149,7 @@ impl Fs {
             let node = self.state.inodes.pin(nodeid)?;
             let flags = self.host_open_flags(a.flags) & !(libc::O_TRUNC | libc::O_TMPFILE | libc::O_DIRECTORY);
             let fd = self.reopen(node.fd(), flags)?;
-            fh = self.state.handles.insert(fd, HandleKind::File, nodeid, a.flags, ctx.intent)?;
-            self.locks.file_opened(nodeid);
+            fh = self.publish_file(fd, nodeid, a.flags, ctx.intent)?;
         }
         Ok((entry, self.open_out(fh, a.flags)))
     }
@@ -172,8 +177,7 @@ impl Fs {
                 }
             }
         };
-        let fh = self.state.handles.insert(fd, HandleKind::File, entry.nodeid, a.flags, ctx.intent)?;
-        self.locks.file_opened(entry.nodeid);
+        let fh = self.publish_file(fd, entry.nodeid, a.flags, ctx.intent)?;
         Ok((entry, self.open_out(fh, a.flags)))
     }
 
@@ -275,7 +279,7 @@ impl Fs {
     pub fn fallocate(&self, a: &abi::FallocateIn) -> Result<()> {
         let allowed = libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
         if a.mode as i32 & !allowed != 0 {
-            return Err(Error::Os(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP)));
+            return Err(Error::from_errno(libc::EOPNOTSUPP));
         }
         let h = self.file(a.fh)?;
         sys::fallocate(h.fd(), a.mode as i32, a.offset, a.length)?;

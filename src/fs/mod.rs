@@ -47,6 +47,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// The host error `errno`, for answers decided before (or instead of) a syscall.
+    pub fn from_errno(errno: i32) -> Error {
+        Error::Os(io::Error::from_raw_os_error(errno))
+    }
+
     /// The one place an error becomes an errno for the reply.
     pub fn errno(&self) -> i32 {
         match self {
@@ -126,10 +131,6 @@ impl Fs {
     /// each LIVE handle as (fh, kind, node, owner).
     pub fn rebuild_locks(&self, handles: &[(u64, state::HandleKind, u64, u64)]) {
         self.locks.rebuild(handles, &self.state.handles);
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.cfg
     }
 
     pub fn set_writeback(&self, on: bool) {

@@ -19,10 +19,6 @@ fn identity(dirfd: i32, name: &CStr) -> Result<Option<(u64, u64)>> {
     }
 }
 
-fn exists_err() -> Error {
-    Error::Os(io::Error::from_raw_os_error(libc::EEXIST))
-}
-
 impl Fs {
     /// Creates `name` in `parent` with `make` as the caller, exactly once, then takes the lookup
     /// the reply hands to the kernel.
@@ -46,7 +42,7 @@ impl Fs {
         let dir = self.state.inodes.pin(parent)?;
         let _as = ctx.become_caller()?;
         if intent.record().is_some() && intent.step() == 0 && identity(dir.fd(), name)?.is_some() {
-            return Err(exists_err());
+            return Err(Error::from_errno(libc::EEXIST));
         }
         once::once(intent, markers, || make(dir.fd(), name), |e| is_errno(e, libc::EEXIST))?;
         self.lookup_at(dir.fd(), name, intent)
@@ -88,7 +84,7 @@ impl Fs {
         let dir = self.state.inodes.pin(parent)?;
         let _as = ctx.become_caller()?;
         if intent.record().is_some() && intent.step() == 0 && identity(dir.fd(), name)?.is_none() {
-            return Err(Error::Os(io::Error::from_raw_os_error(libc::ENOENT)));
+            return Err(Error::from_errno(libc::ENOENT));
         }
         once::once(intent, markers, || sys::unlinkat(dir.fd(), name, flags), |e| is_errno(e, libc::ENOENT))
     }
@@ -128,7 +124,7 @@ impl Fs {
         let _as = ctx.become_caller()?;
         if intent.record().is_some() && intent.step() == 0 {
             let Some((dev, ino)) = identity(old_dir.fd(), name)? else {
-                return Err(Error::Os(io::Error::from_raw_os_error(libc::ENOENT)));
+                return Err(Error::from_errno(libc::ENOENT));
             };
             let target = identity(new_dir.fd(), newname)?.map_or(0, |t| t.1);
             intent.set_fact(0, dev);

@@ -38,7 +38,7 @@ pub fn once(
         DONE => {
             return match intent.fact(RESULT) as i32 {
                 0 => Ok(()),
-                errno => Err(Error::Os(io::Error::from_raw_os_error(errno))),
+                errno => Err(Error::from_errno(errno)),
             };
         }
         ISSUED => {}

@@ -71,7 +71,7 @@ impl Fs {
         let intent = ctx.intent;
         let create = flags as i32 & libc::XATTR_CREATE != 0;
         if create && intent.record().is_some() && intent.step() == 0 && sys::getxattr(&path, name, &mut []).is_ok() {
-            return Err(Error::Os(std::io::Error::from_raw_os_error(libc::EEXIST)));
+            return Err(Error::from_errno(libc::EEXIST));
         }
         let m = Markers { before: "setxattr.before_syscall", after: "setxattr.after_syscall" };
         once::once(

@@ -163,8 +163,4 @@ impl Handles {
     pub fn recover(&self, mut on_live: impl FnMut(u64, &'static HandleSlot)) -> usize {
         self.table.recover(|i, s| on_live(slots::make_id(i, s.hdr.generation.load(Ordering::Relaxed)), s))
     }
-
-    pub fn live_count(&self) -> usize {
-        self.table.live_count()
-    }
 }

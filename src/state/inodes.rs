@@ -214,6 +214,14 @@ impl Inodes {
         self.table.finish_retire(i);
     }
 
+    /// The entries of a FORGET or BATCH_FORGET, from the first one
+    /// the record does not count as done (its step), each exactly once.
+    pub fn forget_entries(&self, entries: &[crate::fuse::abi::ForgetOne], intent: Intent) {
+        for (k, f) in entries.iter().enumerate().skip(intent.step() as usize) {
+            self.forget_entry(f.nodeid, f.nlookup, intent, Some(k as u32));
+        }
+    }
+
     /// Undoes one raise this request made (a READDIRPLUS being redone, or an abandoned request).
     pub fn unraise(&self, nodeid: u64, intent: Intent) {
         self.forget(nodeid, 1, intent);
@@ -261,9 +269,5 @@ impl Inodes {
         self.table.recover(|i, s| {
             index.insert(s.key(), i);
         })
-    }
-
-    pub fn live_count(&self) -> usize {
-        self.table.live_count()
     }
 }

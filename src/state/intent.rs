@@ -286,8 +286,4 @@ impl Records {
     pub fn release(&self, i: u32) {
         self.free.lock().unwrap().push(i);
     }
-
-    pub fn orphan_count(&self) -> usize {
-        self.orphans.lock().unwrap().len()
-    }
 }

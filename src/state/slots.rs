@@ -174,11 +174,6 @@ impl<S: Slot> SlotTable<S> {
         self.free.lock().unwrap().push(index);
     }
 
-    /// Frees a slot that was allocated but never published (the operation failed).
-    pub fn abandon(&self, index: u32) {
-        self.finish_retire(index);
-    }
-
     /// Recovery, single-threaded before serving: resets every pin (their holders are dead),
     /// frees SETTING_UP slots and finishes RETIRING ones (closing the fd each still holds), calls
     /// `on_live` for each LIVE slot, and rebuilds the free list. Returns the number of LIVE slots.
@@ -222,11 +217,5 @@ impl<S: Slot> SlotTable<S> {
         }
         let h = self.slot(index).header();
         h.state.load(Ordering::SeqCst) == LIVE && h.generation.load(Ordering::SeqCst) == generation
-    }
-
-    /// Indices of LIVE slots, for statistics and tests.
-    pub fn live_count(&self) -> usize {
-        let hw = (self.high_water.load(Ordering::SeqCst) as usize).min(self.slots.len());
-        self.slots[..hw].iter().filter(|s| s.header().state.load(Ordering::Relaxed) == LIVE).count()
     }
 }

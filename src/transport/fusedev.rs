@@ -50,10 +50,6 @@ impl FuseDev {
         Ok(FuseDev { fd, mountpoint: mnt })
     }
 
-    pub fn fd(&self) -> i32 {
-        self.fd
-    }
-
     /// Unmounts; a busy mount is detached so the daemon can still exit. A mount already gone
     /// (someone unmounted it, which is also how a connection ends) is fine.
     pub fn unmount(&self) {
