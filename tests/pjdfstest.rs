@@ -12,7 +12,6 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::Mount;
@@ -23,10 +22,6 @@ const TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// Short sleeps between modifications inside timestamp tests; > the host fs's timestamp
 /// granularity (ext4, tmpfs, xfs, btrfs: 1 ns).
 const NAPTIME: f64 = 0.05;
-
-/// The runs below are serialized: their output stays readable and neither slows the other's
-/// timestamp checks.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 fn find_pjdfstest() -> PathBuf {
     let mut candidates: Vec<PathBuf> = Vec::new();
@@ -123,7 +118,6 @@ fn strip_ansi(s: &str) -> String {
 }
 
 fn run_pjdfstest(label: &str, daemon_args: &[&str]) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let pjdfstest = find_pjdfstest();
     for user in ["nobody", "tests"] {
         assert!(
