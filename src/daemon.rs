@@ -12,8 +12,10 @@ use crate::fs::{self, EntryTimeouts};
 use crate::fuse::abi;
 use crate::server::InitPolicy;
 use crate::state::Region;
-use crate::state::region::{MAX_CONN_FDS, MAX_KEEP_FDS};
+use crate::state::region::{MAX_CONN_FDS, MAX_KEEP_FDS, TRANSPORT_VHOST_USER};
+use crate::supervisor::{Connection, Waits};
 use crate::transport::fusedev::FuseDev;
+use crate::transport::vhost_user::{self, ControlChannel};
 use crate::worker::WorkerConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +28,10 @@ pub enum Error {
     Fs(#[from] fs::Error),
     #[error(transparent)]
     Fuse(#[from] crate::transport::fusedev::Error),
-    #[error("the vhost-user transport (--socket-path/--fd) is not built yet; serve over FUSE with --mountpoint")]
-    VhostUserNotBuilt,
+    #[error(transparent)]
+    VhostUser(#[from] crate::transport::vhost_user::Error),
+    #[error("cannot create the supervisor's {0}: {1}")]
+    SupervisorFd(&'static str, std::io::Error),
     #[error("demo setup: {0}")]
     Demo(std::io::Error),
     #[error(transparent)]
@@ -113,17 +117,14 @@ fn block_signals() -> libc::sigset_t {
 }
 
 pub fn run(cli: Cli) -> Result<(), Error> {
-    if cli.socket_path.is_some() || cli.fd.is_some() {
-        return Err(Error::VhostUserNotBuilt);
-    }
     for opt in cli.unenforced() {
         tracing::warn!("accepted but not enforced yet: {opt}");
     }
     let (shared_dir, mountpoint, _demo) = if cli.demo {
         let d = make_demo().map_err(Error::Demo)?;
-        (d.share.clone(), d.mnt.clone(), Some(d))
+        (d.share.clone(), Some(d.mnt.clone()), Some(d))
     } else {
-        (cli.shared_dir.clone().expect("checked by normalize"), cli.mountpoint.clone().expect("checked"), None)
+        (cli.shared_dir.clone().expect("checked by normalize"), cli.mountpoint.clone(), None)
     };
     let shared_dir = shared_dir.canonicalize().map_err(|e| Error::SharedDir(shared_dir.clone(), e))?;
     if !shared_dir.is_dir() {
@@ -131,7 +132,51 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     }
     prepare_process(cli.rlimit_nofile);
     let sigset = block_signals();
+    let cfg = worker_config(&cli, &shared_dir);
+    let threads = if cli.thread_pool_size == 0 { default_threads() } else { cli.thread_pool_size };
+    // Made before the first worker, so its fd sweep keeps them.
+    let waits = Waits {
+        signals: crate::sys::signalfd(&sigset).map_err(|e| Error::SupervisorFd("signalfd", e))?,
+        ready: crate::sys::eventfd().map_err(|e| Error::SupervisorFd("eventfd", e))?,
+    };
+    let mut region = Region::create(cli.max_inodes, cli.max_handles)?;
 
+    let conn = match mountpoint {
+        Some(mountpoint) => {
+            let dev = FuseDev::mount(&mountpoint, &shared_dir)?;
+            let conn = dev.connection_fds(threads.min(MAX_CONN_FDS))?;
+            record_fds(&mut region, &conn, &waits)?;
+            tracing::info!(share = %shared_dir.display(), mountpoint = %mountpoint.display(), threads = conn.len(), recovery = cfg.recovery, "serving");
+            if cli.demo {
+                println!("phoenixfsd demo: serving {} at {}", shared_dir.display(), mountpoint.display());
+                println!("try: ls -l {0}; cat {0}/hello.txt   (Ctrl-C to stop)", mountpoint.display());
+            }
+            if !cfg.recovery {
+                return serve_fuse_in_process(region, &cfg, dev, mountpoint, sigset);
+            }
+            Connection::Fuse(dev)
+        }
+        None => {
+            let listener = vhost_user::listen(cli.socket_path.as_deref(), cli.fd, cli.socket_group.as_deref())?;
+            tracing::info!(share = %shared_dir.display(), socket = ?cli.socket_path, request_queues = threads, recovery = cfg.recovery, "waiting for the vhost-user frontend");
+            let Some(stream) = vhost_user::accept(listener, waits.signals)? else {
+                tracing::info!("stopping before a frontend connected");
+                return Ok(());
+            };
+            region.header_mut_before_workers().transport = TRANSPORT_VHOST_USER;
+            vhost_user::prepare_area(region.vhost(), threads)?;
+            record_fds(&mut region, &[], &waits)?;
+            let channel = ControlChannel::new(stream);
+            if !cfg.recovery {
+                return serve_vhost_in_process(region, &cfg, channel, &waits);
+            }
+            Connection::VhostUser(channel)
+        }
+    };
+    Ok(crate::supervisor::run(region, conn, &cfg, &waits)?)
+}
+
+fn worker_config(cli: &Cli, shared_dir: &std::path::Path) -> WorkerConfig {
     let (timeouts, open_reply_flags) = timeouts(cli.cache);
     let fs_cfg = fs::Config {
         timeouts,
@@ -148,29 +193,23 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         posix_acl: false,
         auto_inval_data: cli.cache == CachePolicy::Auto,
     };
-    let recovery = cli.recovery == Recovery::On;
-    let cfg = WorkerConfig {
+    WorkerConfig {
         shared_dir: CString::new(shared_dir.as_os_str().as_bytes()).expect("paths have no NUL"),
         fs: fs_cfg,
         policy,
-        recovery,
-    };
-
-    let mut region = Region::create(cli.max_inodes, cli.max_handles)?;
-    let dev = FuseDev::mount(&mountpoint, &shared_dir)?;
-    let threads = if cli.thread_pool_size == 0 { default_threads() } else { cli.thread_pool_size };
-    let conn = dev.connection_fds(threads.min(MAX_CONN_FDS))?;
-    record_fds(&mut region, &conn)?;
-    tracing::info!(share = %shared_dir.display(), mountpoint = %mountpoint.display(), threads = conn.len(), recovery, "serving");
-    if cli.demo {
-        println!("phoenixfsd demo: serving {} at {}", shared_dir.display(), mountpoint.display());
-        println!("try: ls -l {0}; cat {0}/hello.txt   (Ctrl-C to stop)", mountpoint.display());
+        recovery: cli.recovery == Recovery::On,
     }
+}
 
-    if recovery {
-        return Ok(crate::supervisor::run(region, &dev, &cfg, &sigset)?);
-    }
-    let server = crate::worker::prepare(region, &cfg)?;
+/// `--recovery off` on a FUSE mount: the bare engine in this process, no supervisor.
+fn serve_fuse_in_process(
+    region: Region,
+    cfg: &WorkerConfig,
+    dev: FuseDev,
+    mountpoint: PathBuf,
+    sigset: libc::sigset_t,
+) -> Result<(), Error> {
+    let server = crate::worker::prepare(region, cfg)?;
     // Wait for a termination signal, or for the connection to end (someone unmounted us).
     std::thread::Builder::new()
         .name("signals".into())
@@ -187,6 +226,36 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     Ok(())
 }
 
+/// `--recovery off` over vhost-user: queue threads and the control channel in this process.
+fn serve_vhost_in_process(
+    region: Region,
+    cfg: &WorkerConfig,
+    mut channel: ControlChannel,
+    waits: &Waits,
+) -> Result<(), Error> {
+    let area = region.vhost();
+    let server = crate::worker::prepare(region, cfg)?;
+    let (done, _keep) = std::sync::mpsc::channel();
+    vhost_user::spawn_queue_threads(&server, done).map_err(crate::worker::Error::Spawn)?;
+    channel.start(area, Box::new(|| {}));
+    loop {
+        let mut fds = [
+            libc::pollfd { fd: waits.signals, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: channel.fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: a valid pollfd array for the duration of the call.
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if fds[0].revents != 0 {
+            tracing::info!("stopping");
+            return Ok(());
+        }
+        if fds[1].revents != 0 && !channel.handle_one() {
+            tracing::info!("the vhost-user frontend disconnected; stopping");
+            return Ok(());
+        }
+    }
+}
+
 fn unmount_then(code: i32, mountpoint: &std::path::Path) -> i32 {
     if let Ok(c) = CString::new(mountpoint.as_os_str().as_bytes())
         && crate::sys::umount(&c, 0).is_err()
@@ -196,9 +265,9 @@ fn unmount_then(code: i32, mountpoint: &std::path::Path) -> i32 {
     code
 }
 
-/// Writes the connection fds, and every other fd open now (stdio, the memfd, inherited ones),
-/// into the region header: a worker's fd sweep must leave them all open.
-fn record_fds(region: &mut Region, conn: &[i32]) -> Result<(), Error> {
+/// Writes the connection fds, and every other fd open now (stdio, the memfd, the supervisor's
+/// own, inherited ones), into the region header: a worker's fd sweep must leave them all open.
+fn record_fds(region: &mut Region, conn: &[i32], waits: &Waits) -> Result<(), Error> {
     let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")
         .map_err(Error::Demo)?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -215,6 +284,7 @@ fn record_fds(region: &mut Region, conn: &[i32]) -> Result<(), Error> {
     h.conn_count = conn.len() as u32;
     h.keep_fds[..keep.len()].copy_from_slice(&keep);
     h.keep_count = keep.len() as u32;
+    h.ready_fd = waits.ready;
     Ok(())
 }
 

@@ -61,6 +61,16 @@ pub fn install_wake_handler() {
     }
 }
 
+/// Where a request came from, which decides how its intent record is keyed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// /dev/fuse: keyed by the FUSE unique; the kernel marks a re-sent request with bit 63.
+    Fuse,
+    /// A virtqueue: keyed by the transport (queue and pop counter: the guest's FUSE unique is
+    /// not trusted to be unique); `replay` when a fresh worker runs an in-flight head again.
+    Virtqueue { key: u64, replay: bool },
+}
+
 /// A serving thread's own intent record (none when recovery is off).
 #[derive(Debug)]
 pub struct ThreadRecord(Option<u32>);
@@ -139,7 +149,7 @@ impl Server {
             // SAFETY: pthread_self has no preconditions.
             waiters.insert(key, Waiter::Waiting(unsafe { libc::pthread_self() }));
         }
-        let r = self.handle(msg, groups, out, own);
+        let r = self.handle(msg, Origin::Fuse, groups, out, own);
         // Removed before this thread can exit, under the lock `interrupt` signals under: a wake
         // signal never targets a thread that is gone.
         self.waiters.lock().unwrap().remove(&key);
@@ -177,14 +187,15 @@ impl Server {
     }
 
     /// Picks the record for request `h`: the orphan a dead worker left for it when it is a
-    /// resend, otherwise the thread's own, started afresh.
-    fn intent_for(&self, h: &abi::InHeader, own: &ThreadRecord) -> (Intent, Option<(u32, bool)>) {
+    /// resend (or replay), otherwise the thread's own, started afresh.
+    fn intent_for(&self, h: &abi::InHeader, origin: Origin, own: &ThreadRecord) -> (Intent, Option<(u32, bool)>) {
         let Some(own) = own.0 else { return (Intent::none(), None) };
         let records = &self.fs.state.records;
-        let unique = h.unique & !abi::UNIQUE_RESEND;
-        if h.unique & abi::UNIQUE_RESEND != 0
-            && let Some(i) = records.adopt(unique, self.fs.state.worker_gen())
-        {
+        let (unique, again) = match origin {
+            Origin::Fuse => (h.unique & !abi::UNIQUE_RESEND, h.unique & abi::UNIQUE_RESEND != 0),
+            Origin::Virtqueue { key, replay } => (key, replay),
+        };
+        if again && let Some(i) = records.adopt(unique, self.fs.state.worker_gen()) {
             return (Intent::new(records.get(i), true), Some((i, true)));
         }
         records.get(own).start(unique, h.opcode, h.nodeid, self.fs.state.worker_gen());
@@ -210,6 +221,7 @@ impl Server {
     pub fn handle<'o>(
         &self,
         msg: &[u8],
+        origin: Origin,
         groups: impl Fn(u32, u32) -> Vec<u32>,
         out: &'o mut ReplyBuf,
         own: &ThreadRecord,
@@ -238,7 +250,7 @@ impl Server {
             tracing::warn!(unique, opcode = h.opcode, "request before INIT");
             return (Some(out.finish_err(unique, libc::EIO)), none);
         }
-        let (intent, record) = self.intent_for(&h, own);
+        let (intent, record) = self.intent_for(&h, origin, own);
         let done = Completion { record };
         if intent.is_replay() {
             let deaths = intent.record().map_or(0, |r| r.deaths.load(Ordering::Relaxed));

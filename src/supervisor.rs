@@ -1,6 +1,7 @@
 //! The supervisor: the tiny, single-threaded parent that holds the connection and the state
 //! region, clones workers that share its fd table, and replaces each one that dies. It never
-//! reads or answers a request.
+//! reads or answers a FUSE request. On a vhost-user connection it also serves the control
+//! channel (transport/vhost_user/control.rs), so QEMU never sees a worker die.
 //!
 //! Which deaths count: a worker that crashed by itself (a fault signal, an abort from a panic, a
 //! non-zero exit) or that the OOM killer took. A SIGKILL from outside — an operator, a test, an
@@ -13,11 +14,14 @@
 //! itself answered EIO at its third attempt by the worker-side guard, so a single poison request
 //! cannot cause this; a worker that cannot even start can.)
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::state::Region;
 use crate::transport::fusedev::FuseDev;
+use crate::transport::vhost_user::ControlChannel;
 use crate::worker::{self, WorkerConfig};
 
 pub const MAX_FRUITLESS_DEATHS: u32 = 12;
@@ -28,6 +32,20 @@ pub enum Error {
     Clone(std::io::Error),
     #[error("{0} workers in a row died before answering any request; giving up")]
     CrashLoop(u32),
+}
+
+/// What the supervisor holds the connection through.
+pub enum Connection {
+    Fuse(FuseDev),
+    VhostUser(ControlChannel),
+}
+
+impl Connection {
+    fn close(&self) {
+        if let Connection::Fuse(dev) = self {
+            dev.unmount();
+        }
+    }
 }
 
 /// Clones a worker sharing our fd table (CLONE_FILES, no CLONE_VM: its memory is a copy).
@@ -73,78 +91,183 @@ fn describe(status: i32) -> String {
     }
 }
 
-/// Runs the supervisor until a termination signal or the end of the connection.
-pub fn run(region: Region, dev: &FuseDev, cfg: &WorkerConfig, sigset: &libc::sigset_t) -> Result<(), Error> {
-    let header = region.header();
-    let mut worker = clone_worker(&region, cfg)?;
-    let mut served_at_start = header.served.load(Ordering::Relaxed);
-    let mut ooms_at_start = oom_kills();
-    let mut fruitless = 0u32;
-    loop {
-        let mut sig = 0;
-        // SAFETY: waits on a valid set of signals blocked in this thread.
-        unsafe { libc::sigwait(sigset, &mut sig) };
-        if sig != libc::SIGCHLD {
-            tracing::info!(signal = sig, "stopping");
-            // SAFETY: signals and reaps our own child.
-            unsafe {
-                libc::kill(worker, libc::SIGKILL);
-                libc::waitpid(worker, std::ptr::null_mut(), 0);
-            }
-            dev.unmount();
-            return Ok(());
-        }
+/// Why the supervisor stops.
+enum Stop {
+    /// The worker exited 0: the FUSE connection ended (unmounted).
+    ConnectionEnded,
+}
+
+/// The current worker and the crash-loop bookkeeping.
+pub struct Workers {
+    region: Region,
+    cfg: WorkerConfig,
+    pid: i32,
+    served_at_start: u64,
+    ooms_at_start: u64,
+    fruitless: u32,
+    /// False from a clone until the worker says its fd sweep is done (the `ready` eventfd):
+    /// meanwhile no control message is read, so no fd arrives that the sweep could close.
+    pub ready: bool,
+}
+
+impl Workers {
+    fn start(region: Region, cfg: WorkerConfig) -> Result<Workers, Error> {
+        let pid = clone_worker(&region, &cfg)?;
+        let h = region.header();
+        Ok(Workers {
+            served_at_start: h.served.load(Ordering::Relaxed),
+            ooms_at_start: oom_kills(),
+            region,
+            cfg,
+            pid,
+            fruitless: 0,
+            ready: false,
+        })
+    }
+
+    /// Reaps exited children; replaces the worker if it died. Err when giving up.
+    fn reap(&mut self) -> Result<Option<Stop>, Error> {
+        let header = self.region.header();
         loop {
             let mut status = 0;
             // SAFETY: reaps any exited child without blocking.
             let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
             if pid <= 0 {
-                break;
+                return Ok(None);
             }
-            if pid != worker {
+            if pid != self.pid {
                 continue;
             }
             if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
-                tracing::info!("the connection ended (unmounted); stopping");
-                dev.unmount();
-                return Ok(());
+                return Ok(Some(Stop::ConnectionEnded));
             }
             let deaths = header.worker_deaths.fetch_add(1, Ordering::Relaxed) + 1;
-            let in_flight: Vec<(u64, u32)> = region
+            let in_flight: Vec<(u64, u32)> = self
+                .region
                 .records()
                 .iter()
                 .map(|r| (r.unique.load(Ordering::Relaxed), r.opcode.load(Ordering::Relaxed)))
                 .filter(|(u, _)| *u != 0)
                 .collect();
             let served = header.served.load(Ordering::Relaxed);
-            let killed_from_outside =
-                libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL && oom_kills() == ooms_at_start;
+            let killed_from_outside = libc::WIFSIGNALED(status)
+                && libc::WTERMSIG(status) == libc::SIGKILL
+                && oom_kills() == self.ooms_at_start;
             header.death_counts.store(u32::from(!killed_from_outside), Ordering::Release);
             tracing::warn!(
                 pid,
                 deaths,
-                answered = served - served_at_start,
+                answered = served - self.served_at_start,
                 in_flight = ?in_flight,
                 counts = !killed_from_outside,
                 "worker {}; starting a new one",
                 describe(status)
             );
-            if served == served_at_start && !killed_from_outside {
-                fruitless += 1;
-                if fruitless >= MAX_FRUITLESS_DEATHS {
-                    tracing::error!(
-                        "{fruitless} workers in a row died before answering any request; giving up and unmounting"
-                    );
-                    dev.unmount();
-                    return Err(Error::CrashLoop(fruitless));
+            if served == self.served_at_start && !killed_from_outside {
+                self.fruitless += 1;
+                if self.fruitless >= MAX_FRUITLESS_DEATHS {
+                    tracing::error!("{} workers in a row died before answering any request; giving up", self.fruitless);
+                    return Err(Error::CrashLoop(self.fruitless));
                 }
-                std::thread::sleep(Duration::from_millis(1 << fruitless.min(10)));
+                std::thread::sleep(Duration::from_millis(1 << self.fruitless.min(10)));
             } else {
-                fruitless = 0;
+                self.fruitless = 0;
             }
-            served_at_start = served;
-            ooms_at_start = oom_kills();
-            worker = clone_worker(&region, cfg)?;
+            self.served_at_start = served;
+            self.ooms_at_start = oom_kills();
+            self.pid = clone_worker(&self.region, &self.cfg)?;
+            self.ready = false;
+        }
+    }
+
+    fn kill(&self) {
+        // SAFETY: signals and reaps our own child.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+/// The fds the supervisor waits on (all made before the first worker, so kept by its sweep).
+pub struct Waits {
+    /// A signalfd for the blocked termination signals and SIGCHLD.
+    pub signals: i32,
+    /// The eventfd a worker writes once its start-up fd sweep is done.
+    pub ready: i32,
+}
+
+fn read_signal(fd: i32) -> Option<u32> {
+    // SAFETY: a zeroed signalfd_siginfo is valid; the read fills it.
+    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    // SAFETY: reads at most size_of bytes into `info`.
+    let n = unsafe { libc::read(fd, (&raw mut info).cast(), size_of::<libc::signalfd_siginfo>()) };
+    (n == size_of::<libc::signalfd_siginfo>() as isize).then_some(info.ssi_signo)
+}
+
+/// Runs the supervisor until a termination signal or the end of the connection.
+pub fn run(region: Region, conn: Connection, cfg: &WorkerConfig, waits: &Waits) -> Result<(), Error> {
+    let vhost = region.vhost();
+    let workers = Rc::new(RefCell::new(Workers::start(region, cfg.clone())?));
+    let mut conn = conn;
+    if let Connection::VhostUser(channel) = &mut conn {
+        let w = workers.clone();
+        // While the control channel waits on a worker (a ring being stopped), a worker that dies
+        // is replaced, so the wait can end.
+        channel.start(
+            vhost,
+            Box::new(move || {
+                let _ = w.borrow_mut().reap();
+            }),
+        );
+    }
+    let result = serve(&workers, &mut conn, waits);
+    workers.borrow().kill();
+    conn.close();
+    result
+}
+
+fn serve(workers: &Rc<RefCell<Workers>>, conn: &mut Connection, waits: &Waits) -> Result<(), Error> {
+    loop {
+        let control = match conn {
+            Connection::VhostUser(c) if workers.borrow().ready => Some(c.fd()),
+            _ => None,
+        };
+        let mut fds = vec![
+            libc::pollfd { fd: waits.signals, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: waits.ready, events: libc::POLLIN, revents: 0 },
+        ];
+        fds.extend(control.map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }));
+        // SAFETY: a valid pollfd array for the duration of the call.
+        if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) } < 0 {
+            continue;
+        }
+        if fds[0].revents != 0 {
+            match read_signal(waits.signals) {
+                Some(sig) if sig == libc::SIGCHLD as u32 => {
+                    if let Some(Stop::ConnectionEnded) = workers.borrow_mut().reap()? {
+                        tracing::info!("the connection ended (unmounted); stopping");
+                        return Ok(());
+                    }
+                }
+                Some(sig) => {
+                    tracing::info!(signal = sig, "stopping");
+                    return Ok(());
+                }
+                None => {}
+            }
+        }
+        if fds[1].revents != 0 {
+            let mut count = [0u8; 8];
+            let _ = crate::sys::read(waits.ready, &mut count);
+            workers.borrow_mut().ready = true;
+        }
+        if fds.get(2).is_some_and(|p| p.revents != 0)
+            && let Connection::VhostUser(channel) = conn
+            && !channel.handle_one()
+        {
+            tracing::info!("the vhost-user frontend disconnected; stopping");
+            return Ok(());
         }
     }
 }

@@ -349,6 +349,24 @@ pub fn dup(fd: i32) -> io::Result<i32> {
     cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) })
 }
 
+/// Moves `fd`'s file onto number `onto` (closing what `onto` held), close-on-exec.
+pub fn dup3(fd: i32, onto: i32) -> io::Result<()> {
+    // SAFETY: plain syscall on numbers the caller owns.
+    cvt(unsafe { libc::dup3(fd, onto, libc::O_CLOEXEC) }).map(drop)
+}
+
+/// A signalfd for `set` (whose signals the caller has blocked), close-on-exec, non-blocking.
+pub fn signalfd(set: &libc::sigset_t) -> io::Result<i32> {
+    // SAFETY: a valid signal set; the new fd is ours.
+    cvt(unsafe { libc::signalfd(-1, set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) })
+}
+
+/// A new eventfd (close-on-exec, non-blocking).
+pub fn eventfd() -> io::Result<i32> {
+    // SAFETY: plain syscall; the new fd is ours.
+    cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })
+}
+
 /// `/proc/self/fd/N` as a C string, for calls that take only paths (xattrs, truncate).
 pub fn proc_fd_path(fd: i32) -> std::ffi::CString {
     std::ffi::CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL in a formatted number")

@@ -14,6 +14,7 @@ use crate::fs::{self, Fs};
 use crate::fuse::{DecodeOptions, Op, Request, abi, reply};
 use crate::server::{InitPolicy, Server};
 use crate::state::intent::Intent;
+use crate::state::region::TRANSPORT_VHOST_USER;
 use crate::state::{HandleKind, Region, State};
 use crate::sys;
 
@@ -98,19 +99,33 @@ fn buffer_len(buf: &[u8]) -> usize {
     (u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize).min(buf.len())
 }
 
+/// Tells the supervisor this worker's fd sweep is done (it reads no control message before, so
+/// no fd it receives can be swept).
+fn announce_ready(h: &crate::state::region::Header) {
+    // SAFETY: getpid has no preconditions.
+    h.ready_pid.store(unsafe { libc::getpid() }, std::sync::atomic::Ordering::Release);
+    if h.ready_fd >= 0 {
+        let _ = sys::write(h.ready_fd, &1u64.to_ne_bytes());
+    }
+}
+
 /// Takes the region over and builds the server. Single-threaded: nothing else runs yet.
 pub fn prepare(region: Region, cfg: &WorkerConfig) -> Result<Arc<Server>, Error> {
     // Crash here: nothing is taken over yet; the next worker starts from the same region.
     crate::crash_point!("worker.start");
     let t0 = std::time::Instant::now();
     let state = Arc::new(State::new(region));
+    let virtio = state.region.header().transport == TRANSPORT_VHOST_USER;
     let mut live_handles = Vec::new();
     let report = state.recover(
+        // The kernel re-sends no FORGET/INTERRUPT, but a virtqueue head in flight is replayed
+        // whatever it holds.
         |opcode| {
-            matches!(
-                abi::Opcode::try_from(opcode),
-                Ok(abi::Opcode::Forget | abi::Opcode::BatchForget | abi::Opcode::Interrupt)
-            )
+            !virtio
+                && matches!(
+                    abi::Opcode::try_from(opcode),
+                    Ok(abi::Opcode::Forget | abi::Opcode::BatchForget | abi::Opcode::Interrupt)
+                )
         },
         |fh, slot| {
             if let Some(kind) = slot.kind() {
@@ -121,9 +136,14 @@ pub fn prepare(region: Region, cfg: &WorkerConfig) -> Result<Arc<Server>, Error>
         },
         finish_buffered_forgets,
     )?;
+    if virtio {
+        let keys = crate::transport::vhost_user::in_flight_keys(state.region.vhost());
+        state.records.retain_orphans(|key| keys.contains(&key));
+    }
     let t_recover = t0.elapsed();
     sweep_fds(state.referenced_fds());
     let t_sweep = t0.elapsed();
+    announce_ready(state.region.header());
     let generation = state.region.header().generation.load(std::sync::atomic::Ordering::SeqCst);
     if generation > 1 {
         tracing::info!(
@@ -166,9 +186,13 @@ pub fn request_resend(server: &Server) {
 /// serving thread has stopped (unmounted, or aborted).
 pub fn serve(server: Arc<Server>) -> Result<(), Error> {
     let h = server.fs.state.region.header();
-    let fds: Vec<i32> = h.conn_fds[..h.conn_count as usize].to_vec();
     let (done_tx, done_rx) = mpsc::channel();
-    crate::transport::fusedev::spawn_serving_threads(&server, &fds, done_tx).map_err(Error::Spawn)?;
+    if h.transport == TRANSPORT_VHOST_USER {
+        crate::transport::vhost_user::spawn_queue_threads(&server, done_tx).map_err(Error::Spawn)?;
+    } else {
+        let fds: Vec<i32> = h.conn_fds[..h.conn_count as usize].to_vec();
+        crate::transport::fusedev::spawn_serving_threads(&server, &fds, done_tx).map_err(Error::Spawn)?;
+    }
     let _ = done_rx.recv();
     Ok(())
 }

@@ -77,7 +77,8 @@ impl Harness {
     }
 
     fn raw(&mut self, msg: &[u8]) -> Option<Reply> {
-        let (reply, done) = self.server.handle(msg, |_, _| Vec::new(), &mut self.out, &self.record);
+        let (reply, done) =
+            self.server.handle(msg, phoenixfsd::server::Origin::Fuse, |_, _| Vec::new(), &mut self.out, &self.record);
         let parsed = reply.map(|reply| {
             let (h, payload) = abi::OutHeader::read_from_prefix(reply).expect("reply has a header");
             assert_eq!(h.len as usize, reply.len(), "reply length field");

@@ -282,6 +282,21 @@ impl Records {
         Some(i)
     }
 
+    /// Frees every orphan whose key `keep` refuses: a transport that knows exactly which
+    /// requests will be replayed (virtqueues: the heads in flight) drops stale records at once.
+    pub fn retain_orphans(&self, keep: impl Fn(u64) -> bool) {
+        let mut free = self.free.lock().unwrap();
+        let mut orphans = self.orphans.lock().unwrap();
+        orphans.retain(|&key, &mut i| {
+            let kept = keep(key);
+            if !kept {
+                self.recs[i as usize].clear();
+                free.push(i);
+            }
+            kept
+        });
+    }
+
     /// Returns an adopted record to the free list once its request is answered.
     pub fn release(&self, i: u32) {
         self.free.lock().unwrap().push(i);

@@ -6,6 +6,7 @@ pub mod inodes;
 pub mod intent;
 pub mod region;
 pub mod slots;
+pub mod vhost;
 
 pub use handles::{HandleKind, HandlePin, Handles};
 pub use inodes::{InodeKey, InodePin, Inodes};
@@ -100,6 +101,7 @@ impl State {
         let h = self.region.header();
         let mut fds: Vec<i32> = h.conn_fds[..h.conn_count as usize].to_vec();
         fds.extend(&h.keep_fds[..h.keep_count as usize]);
+        fds.extend(self.region.vhost().fds());
         let hw = h.inode_high_water.load(Ordering::SeqCst) as usize;
         for s in &self.region.inode_slots()[..hw.min(h.inode_capacity as usize)] {
             if s.hdr.state.load(Ordering::SeqCst) == slots::LIVE {

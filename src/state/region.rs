@@ -10,9 +10,10 @@ use super::Error;
 use super::handles::HandleSlot;
 use super::inodes::InodeSlot;
 use super::intent::Record;
+use super::vhost::VhostArea;
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PHXFSST\0");
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 const HEADER_SIZE: usize = 4096;
 /// Connection fds (the /dev/fuse clones) a region can name: one per serving thread.
 pub const MAX_CONN_FDS: usize = 256;
@@ -44,6 +45,13 @@ pub struct Header {
     pub record_offset: u64,
     pub record_capacity: u32,
     pub buffer_offset: u64,
+    pub vhost_offset: u64,
+    /// Which transport the connection is: `TRANSPORT_FUSE` or `TRANSPORT_VHOST_USER`.
+    pub transport: u32,
+    /// An eventfd a worker writes once its start-up fd sweep is done, after storing its pid in
+    /// `ready_pid` (so the supervisor can tell a stale signal of a dead worker); -1 if none.
+    pub ready_fd: i32,
+    pub ready_pid: std::sync::atomic::AtomicI32,
     /// 1 once FUSE INIT was answered: a later worker serves on without a new INIT.
     pub init_done: AtomicU32,
     /// Flags agreed at INIT (flags | flags2 << 32), and those the kernel offered.
@@ -69,6 +77,9 @@ pub struct Header {
 
 const _: () = assert!(size_of::<Header>() <= HEADER_SIZE);
 
+pub const TRANSPORT_FUSE: u32 = 0;
+pub const TRANSPORT_VHOST_USER: u32 = 1;
+
 /// A mapped state region. Neither the mapping nor the memfd is ever released (a Region lives
 /// until process exit), so tables can hand out `&'static` slots, and a worker — a clone that
 /// inherits both — can take an alias of the supervisor's Region without owning anything.
@@ -91,6 +102,7 @@ struct Layout {
     handles: u64,
     records: u64,
     buffers: u64,
+    vhost: u64,
     size: u64,
 }
 
@@ -101,8 +113,9 @@ fn layout(inode_capacity: u32, handle_capacity: u32, record_capacity: u32) -> La
     let handles = inodes + round(inode_capacity as u64 * size_of::<InodeSlot>() as u64);
     let records = handles + round(handle_capacity as u64 * size_of::<HandleSlot>() as u64);
     let buffers = records + round(record_capacity as u64 * size_of::<Record>() as u64);
-    let size = buffers + MAX_CONN_FDS as u64 * BUFFER_SIZE;
-    Layout { inodes, handles, records, buffers, size }
+    let vhost = buffers + MAX_CONN_FDS as u64 * BUFFER_SIZE;
+    let size = vhost + round(size_of::<VhostArea>() as u64);
+    Layout { inodes, handles, records, buffers, vhost, size }
 }
 
 impl Region {
@@ -128,6 +141,9 @@ impl Region {
         h.record_offset = l.records;
         h.record_capacity = RECORD_CAPACITY;
         h.buffer_offset = l.buffers;
+        h.vhost_offset = l.vhost;
+        h.ready_fd = -1;
+        region.vhost().init_fds();
         Ok(region)
     }
 
@@ -161,6 +177,7 @@ impl Region {
             handles: h.handle_offset,
             records: h.record_offset,
             buffers: h.buffer_offset,
+            vhost: h.vhost_offset,
             size: h.region_size,
         };
         let fits = h.header_size as usize == HEADER_SIZE
@@ -169,7 +186,9 @@ impl Region {
             && h.inode_capacity >= 2
             && h.handle_capacity >= 2
             && h.conn_count as usize <= MAX_CONN_FDS
-            && h.keep_count as usize <= MAX_KEEP_FDS;
+            && h.keep_count as usize <= MAX_KEEP_FDS
+            && h.transport <= TRANSPORT_VHOST_USER
+            && self.vhost().num_queues.load(std::sync::atomic::Ordering::Relaxed) as usize <= super::vhost::MAX_QUEUES;
         if !fits {
             return Err(Error::Corrupt("table offsets or capacities do not match the layout".into()));
         }
@@ -230,6 +249,13 @@ impl Region {
         let offset = h.buffer_offset as usize + i * BUFFER_SIZE as usize;
         // SAFETY: inside the mapping by `layout`; exclusive use is the caller's promise.
         unsafe { std::slice::from_raw_parts_mut(self.base.add(offset), BUFFER_SIZE as usize) }
+    }
+
+    /// The vhost-user area (all atomics; zero bytes are valid).
+    pub fn vhost(&self) -> &'static VhostArea {
+        let h = self.header();
+        // SAFETY: `layout` placed and sized the area inside the mapping, page-aligned.
+        unsafe { &*(self.base.add(h.vhost_offset as usize) as *const VhostArea) }
     }
 
     pub fn memfd(&self) -> i32 {

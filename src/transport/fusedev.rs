@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 
 use crate::fuse::ReplyBuf;
-use crate::server::{MAX_REQUEST, Server};
+use crate::server::{MAX_REQUEST, Origin, Server};
 use crate::sys;
 
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +134,7 @@ fn serve_loop(fd: i32, buf: &mut [u8], server: &Arc<Server>) {
         }
         // Crash from here until the buffer is emptied below: a FORGET in `buf` is finished by
         // recovery (the kernel keeps no copy of it); any other request is re-sent by the kernel.
-        let (reply, done) = server.handle(&buf[..n], caller_groups, &mut out, &record);
+        let (reply, done) = server.handle(&buf[..n], Origin::Fuse, caller_groups, &mut out, &record);
         send_reply(fd, reply);
         buf[..4].fill(0);
         server.complete(done);

@@ -1,4 +1,5 @@
 //! Transports: where requests come from and replies go. `fusedev` serves a host FUSE mount;
-//! vhost-user (virtio-fs) follows on the same `Server`.
+//! `vhost_user` serves virtio-fs to VMs, on the same `Server`.
 
 pub mod fusedev;
+pub mod vhost_user;

@@ -1,0 +1,312 @@
+//! The vhost-user part of the state region: everything the supervisor learned from the control
+//! channel (features, memory table, per-queue ring addresses and eventfds), and per queue the
+//! in-flight tracking that lets a fresh worker resume the rings without a new handshake.
+//!
+//! Writers: the supervisor writes the control fields, always inside a `ControlSeq` write section
+//! (odd while writing, then even), so a worker reading them retries until it reads a consistent
+//! set. A worker writes the in-flight fields of the queues it serves (one thread per queue).
+//!
+//! The in-flight fields follow QEMU's inflight-region layout for split rings
+//! (docs/interop/vhost-user.rst, "Inflight I/O tracking"): per descriptor an `inflight` flag and
+//! a `counter` (pop order), plus `used_idx` and `last_batch_head`. A head is in flight from the
+//! moment it is popped until its used element is published; the next avail index is derived as
+//! `used_idx + in-flight heads + avail_offset`, so a pop is a single store (the inflight flag):
+//! a crash before it re-pops the head, a crash after it replays it.
+
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
+
+/// Queues a region can describe: the hiprio queue and up to 63 request queues.
+pub const MAX_QUEUES: usize = 64;
+/// The largest ring a queue may have (QEMU's vhost-user-fs allows up to 1024).
+pub const MAX_QUEUE_SIZE: usize = 1024;
+/// Memory regions in one SET_MEM_TABLE (the vhost crate's limit on attached fds).
+pub const MAX_MEM_REGIONS: usize = 32;
+
+/// One guest memory region as SET_MEM_TABLE gave it; `fd` is held in the shared fd table.
+#[repr(C)]
+#[derive(Debug)]
+pub struct MemRegion {
+    pub guest_phys_addr: AtomicU64,
+    pub size: AtomicU64,
+    /// The frontend's virtual address of the region: ring addresses arrive in this space.
+    pub userspace_addr: AtomicU64,
+    pub mmap_offset: AtomicU64,
+    pub fd: AtomicI32,
+    _pad: u32,
+}
+
+/// QEMU's `DescStateSplit`: 16 bytes per descriptor.
+#[repr(C)]
+#[derive(Debug)]
+pub struct DescState {
+    pub inflight: AtomicU8,
+    _padding: [u8; 5],
+    _next: u16,
+    pub counter: AtomicU64,
+}
+
+const _: () = assert!(size_of::<DescState>() == 16);
+
+/// One virtqueue.
+#[repr(C)]
+#[derive(Debug)]
+pub struct QueueState {
+    // Control fields (supervisor, inside a write section).
+    pub size: AtomicU32,
+    /// 1 once SET_VRING_KICK came (the ring is started), 0 after GET_VRING_BASE stopped it.
+    pub started: AtomicU32,
+    /// SET_VRING_ENABLE. Without VHOST_USER_F_PROTOCOL_FEATURES rings are enabled at start.
+    pub enabled: AtomicU32,
+    /// 1 after SET_VRING_BASE: the serving thread takes `base` and the ring's used index as its
+    /// starting point (and clears this) before it pops anything.
+    pub base_pending: AtomicU32,
+    pub base: AtomicU32,
+    pub kick_fd: AtomicI32,
+    pub call_fd: AtomicI32,
+    pub err_fd: AtomicI32,
+    pub desc_addr: AtomicU64,
+    pub avail_addr: AtomicU64,
+    pub used_addr: AtomicU64,
+    /// An eventfd made by the supervisor at start-up: written after every control change so the
+    /// queue's thread, waiting on its kick fd and this, takes the change in.
+    pub notify_fd: AtomicI32,
+    _pad0: u32,
+    /// The control sequence number this queue's thread has taken in (the supervisor waits on it
+    /// when it stops a ring).
+    pub applied_seq: AtomicU64,
+
+    // In-flight tracking (the serving worker), QEMU's QueueRegionSplit header then descriptors.
+    pub features: AtomicU64,
+    pub version: AtomicU16,
+    pub desc_num: AtomicU16,
+    pub last_batch_head: AtomicU16,
+    /// Our copy of the ring's used index, advanced after each used element is published.
+    pub used_idx: AtomicU16,
+    /// next avail = used_idx + in-flight heads + avail_offset (normally 0: see `base_pending`).
+    pub avail_offset: AtomicU16,
+    _pad1: [u16; 3],
+    /// The next pop counter (counters order in-flight heads for replay and key their records).
+    pub next_counter: AtomicU64,
+    pub desc: [DescState; MAX_QUEUE_SIZE],
+}
+
+/// The vhost-user area's header, then `MAX_QUEUES` queues.
+#[repr(C)]
+#[derive(Debug)]
+pub struct VhostArea {
+    /// Odd while the supervisor changes control fields; bumped to even when done.
+    pub control_seq: AtomicU64,
+    /// Bumped with every SET_MEM_TABLE, so workers re-map guest memory only when it changed.
+    pub mem_gen: AtomicU64,
+    pub acked_features: AtomicU64,
+    pub protocol_features: AtomicU64,
+    /// Queues this backend offers (GET_QUEUE_NUM): the hiprio queue plus the request queues.
+    pub num_queues: AtomicU32,
+    pub mem_count: AtomicU32,
+    pub mem: [MemRegion; MAX_MEM_REGIONS],
+    /// The backend-request channel (SET_BACKEND_REQ_FD), held so QEMU never sees it close.
+    pub backend_req_fd: AtomicI32,
+    _pad: u32,
+    pub queues: [QueueState; MAX_QUEUES],
+}
+
+/// A consistent copy of one queue's control fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueConfig {
+    pub size: u16,
+    pub active: bool,
+    pub kick_fd: i32,
+    pub call_fd: i32,
+    pub desc_addr: u64,
+    pub avail_addr: u64,
+    pub used_addr: u64,
+    pub event_idx: bool,
+}
+
+/// A consistent copy of one memory region's fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemRegionConfig {
+    pub guest_phys_addr: u64,
+    pub size: u64,
+    pub userspace_addr: u64,
+    pub mmap_offset: u64,
+    pub fd: i32,
+}
+
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+
+impl VhostArea {
+    /// Runs `f` as one control change: workers reading meanwhile retry.
+    pub fn write_control<T>(&self, f: impl FnOnce() -> T) -> T {
+        // Crash model: only the supervisor writes here and it does not crash; workers that die
+        // meanwhile hold no part of it.
+        self.control_seq.fetch_add(1, Ordering::AcqRel);
+        let r = f();
+        self.control_seq.fetch_add(1, Ordering::AcqRel);
+        r
+    }
+
+    /// Reads with `f` until no control change overlapped the read; returns the value and the
+    /// sequence number it is consistent with.
+    pub fn read_control<T>(&self, mut f: impl FnMut(&VhostArea) -> T) -> (T, u64) {
+        loop {
+            let before = self.control_seq.load(Ordering::Acquire);
+            if before % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let v = f(self);
+            std::sync::atomic::fence(Ordering::Acquire);
+            if self.control_seq.load(Ordering::Relaxed) == before {
+                return (v, before);
+            }
+        }
+    }
+
+    pub fn queue_count(&self) -> usize {
+        (self.num_queues.load(Ordering::Relaxed) as usize).min(MAX_QUEUES)
+    }
+
+    /// The memory table (call inside `read_control`).
+    pub fn mem_table(&self) -> Vec<MemRegionConfig> {
+        let n = (self.mem_count.load(Ordering::Relaxed) as usize).min(MAX_MEM_REGIONS);
+        self.mem[..n]
+            .iter()
+            .map(|m| MemRegionConfig {
+                guest_phys_addr: m.guest_phys_addr.load(Ordering::Relaxed),
+                size: m.size.load(Ordering::Relaxed),
+                userspace_addr: m.userspace_addr.load(Ordering::Relaxed),
+                mmap_offset: m.mmap_offset.load(Ordering::Relaxed),
+                fd: m.fd.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Queue `q`'s control fields (call inside `read_control`).
+    pub fn queue_config(&self, q: usize) -> QueueConfig {
+        let s = &self.queues[q];
+        let size = s.size.load(Ordering::Relaxed);
+        let size_ok = size.is_power_of_two() && size as usize <= MAX_QUEUE_SIZE;
+        let active = s.started.load(Ordering::Relaxed) != 0
+            && s.enabled.load(Ordering::Relaxed) != 0
+            && size_ok
+            && self.mem_count.load(Ordering::Relaxed) != 0;
+        QueueConfig {
+            size: if size_ok { size as u16 } else { 0 },
+            active,
+            kick_fd: s.kick_fd.load(Ordering::Relaxed),
+            call_fd: s.call_fd.load(Ordering::Relaxed),
+            desc_addr: s.desc_addr.load(Ordering::Relaxed),
+            avail_addr: s.avail_addr.load(Ordering::Relaxed),
+            used_addr: s.used_addr.load(Ordering::Relaxed),
+            event_idx: self.acked_features.load(Ordering::Relaxed) & VIRTIO_RING_F_EVENT_IDX != 0,
+        }
+    }
+
+    /// Every fd the area names (for the worker's fd sweep).
+    pub fn fds(&self) -> Vec<i32> {
+        let mut fds: Vec<i32> = self.mem.iter().map(|m| m.fd.load(Ordering::Acquire)).collect();
+        fds.push(self.backend_req_fd.load(Ordering::Acquire));
+        for q in &self.queues {
+            for fd in [&q.kick_fd, &q.call_fd, &q.err_fd, &q.notify_fd] {
+                fds.push(fd.load(Ordering::Acquire));
+            }
+        }
+        fds.retain(|fd| *fd > 0);
+        fds
+    }
+
+    /// Sets every fd field to -1 (none): zero is a valid fd number (stdin).
+    pub fn init_fds(&self) {
+        for m in &self.mem {
+            m.fd.store(-1, Ordering::Relaxed);
+        }
+        self.backend_req_fd.store(-1, Ordering::Relaxed);
+        for q in &self.queues {
+            for fd in [&q.kick_fd, &q.call_fd, &q.err_fd, &q.notify_fd] {
+                fd.store(-1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl QueueState {
+    pub fn in_flight_count(&self) -> u16 {
+        self.desc.iter().filter(|d| d.inflight.load(Ordering::Acquire) != 0).count() as u16
+    }
+
+    /// The avail index the next pop reads.
+    pub fn next_avail(&self) -> u16 {
+        self.used_idx
+            .load(Ordering::Acquire)
+            .wrapping_add(self.in_flight_count())
+            .wrapping_add(self.avail_offset.load(Ordering::Acquire))
+    }
+
+    /// In-flight heads in pop order, with their counters.
+    pub fn in_flight(&self, size: u16) -> Vec<(u16, u64)> {
+        let mut v: Vec<(u16, u64)> = self.desc[..size as usize]
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.inflight.load(Ordering::Acquire) != 0)
+            .map(|(i, d)| (i as u16, d.counter.load(Ordering::Acquire)))
+            .collect();
+        v.sort_by_key(|(_, c)| *c);
+        v
+    }
+
+    /// Pop: `head` is in flight from here, with a fresh counter (returned).
+    pub fn mark_popped(&self, head: u16) -> u64 {
+        let counter = self.next_counter.fetch_add(1, Ordering::AcqRel) + 1;
+        let d = &self.desc[head as usize];
+        d.counter.store(counter, Ordering::Release);
+        // Crash before this store: the head is not in flight and next_avail still points at it,
+        // so the next worker pops it again. After it: the next worker replays it.
+        d.inflight.store(1, Ordering::Release);
+        counter
+    }
+
+    /// First half of a put: name the head whose used element is about to be published, so a
+    /// death between publishing it and `end_put` is repaired (see `repair_used`).
+    pub fn begin_put(&self, head: u16) {
+        self.last_batch_head.store(head, Ordering::Release);
+    }
+
+    /// Second half of a put, after the ring's used index was advanced to `used_idx`.
+    pub fn end_put(&self, head: u16, used_idx: u16) {
+        // Crash between these two stores: `repair_used` sees the ring one ahead of `used_idx`
+        // and finishes the put (clearing an already clear flag is harmless).
+        self.desc[head as usize].inflight.store(0, Ordering::Release);
+        self.used_idx.store(used_idx, Ordering::Release);
+    }
+
+    /// After a worker's death: reconciles our `used_idx` with the ring's. One ahead means the
+    /// dead worker published `last_batch_head`'s used element but did not finish the put: it is
+    /// done. Any other difference was not made by us (a misbehaving guest) and is logged; our
+    /// own index stays, so the used index never goes backwards by our doing.
+    pub fn repair_used(&self, ring_used_idx: u16) {
+        let ours = self.used_idx.load(Ordering::Acquire);
+        if ring_used_idx == ours {
+            return;
+        }
+        if ring_used_idx == ours.wrapping_add(1) {
+            let head = self.last_batch_head.load(Ordering::Acquire);
+            self.end_put(head, ring_used_idx);
+            tracing::info!(head, used_idx = ring_used_idx, "finished a used-ring update a dead worker cut in half");
+        } else {
+            tracing::warn!(ring = ring_used_idx, ours, "the ring's used index is not ours; keeping ours");
+        }
+    }
+
+    /// Takes a SET_VRING_BASE in: the next pop reads avail index `base`, and the ring's used
+    /// index (read from guest memory) is where used elements continue.
+    pub fn start_from_base(&self, ring_used_idx: u16) {
+        for d in &self.desc {
+            d.inflight.store(0, Ordering::Relaxed);
+        }
+        let base = self.base.load(Ordering::Acquire) as u16;
+        self.used_idx.store(ring_used_idx, Ordering::Release);
+        self.avail_offset.store(base.wrapping_sub(ring_used_idx), Ordering::Release);
+        self.base_pending.store(0, Ordering::Release);
+    }
+}

@@ -1,0 +1,358 @@
+//! The vhost-user control channel, served by the supervisor. Each message is checked, applied
+//! to the state region, and only then acknowledged (the `vhost` crate sends the reply or ack
+//! after a handler method returns). The supervisor is single-threaded and never dies with a
+//! worker, so a worker's death can neither cut a control message in half nor get one answered
+//! twice, and QEMU never sees the socket close.
+//!
+//! Workers learn of changes through the region's control sequence number and one notify
+//! eventfd per queue. Fds the frontend sends (guest memory, kick/call/err eventfds) stay in the
+//! shared fd table and are named in the region; a replaced kick/call/err fd is moved onto the
+//! old fd's number (dup3), so a worker never uses a number that now means another file.
+
+use std::fs::File;
+use std::os::fd::IntoRawFd;
+use std::sync::atomic::Ordering;
+
+use vhost::VhostUserMemoryRegionBase;
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight, VhostUserLog,
+    VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserSharedMsg,
+    VhostUserSingleMemoryRegion, VhostUserVirtioFeatures, VhostUserVringAddrFlags, VhostUserVringState,
+};
+use vhost::vhost_user::{Backend, GpuBackend, VhostUserBackendReqHandlerMut};
+
+use crate::state::vhost::{MAX_MEM_REGIONS, MAX_QUEUE_SIZE, QueueState, VIRTIO_RING_F_EVENT_IDX, VhostArea};
+
+type Result<T> = vhost::vhost_user::Result<T>;
+use vhost::vhost_user::Error as VuError;
+
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// Virtio features we offer: VERSION_1, EVENT_IDX and vhost-user's PROTOCOL_FEATURES. (No
+/// INDIRECT_DESC: Linux's virtio-fs works without it, and every chain stays in one table.)
+pub fn offered_features() -> u64 {
+    VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+}
+
+/// Protocol features we offer. No BACKEND_REQ (only DAX needs the backend-request channel),
+/// no INFLIGHT_SHMFD (our in-flight state lives in our own region), no CONFIG (QEMU owns
+/// vhost-user-fs's config space).
+pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
+}
+
+/// How long GET_VRING_BASE waits for the worker to finish the queue's chain in flight.
+const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+pub struct Control {
+    area: &'static VhostArea,
+    /// Called while waiting on a worker (GET_VRING_BASE): the supervisor replaces a worker that
+    /// died meanwhile, so the wait can end.
+    keep_workers: Box<dyn FnMut()>,
+}
+
+fn bad(what: &'static str) -> VuError {
+    tracing::warn!("vhost-user: refusing a message: {what}");
+    VuError::InvalidOperation(what)
+}
+
+impl Control {
+    pub fn new(area: &'static VhostArea, keep_workers: Box<dyn FnMut()>) -> Control {
+        Control { area, keep_workers }
+    }
+
+    fn queue(&self, index: u32) -> Result<&'static QueueState> {
+        if (index as usize) < self.area.queue_count() {
+            Ok(&self.area.queues[index as usize])
+        } else {
+            Err(bad("queue index out of range"))
+        }
+    }
+
+    /// Applies one change and tells every queue thread to look.
+    fn change<T>(&self, f: impl FnOnce() -> T) -> T {
+        let r = self.area.write_control(f);
+        for q in &self.area.queues[..self.area.queue_count()] {
+            let fd = q.notify_fd.load(Ordering::Relaxed);
+            if fd >= 0 {
+                let _ = crate::sys::write(fd, &1u64.to_ne_bytes());
+            }
+        }
+        r
+    }
+
+    /// Installs `file` as the queue's kick/call/err fd: on the old number if there is one.
+    fn install_fd(&self, slot: &std::sync::atomic::AtomicI32, file: Option<File>) -> Result<()> {
+        let Some(file) = file else {
+            return Err(bad("polling mode (no eventfd) is not supported"));
+        };
+        let old = slot.load(Ordering::Relaxed);
+        if old >= 0 {
+            let new = file.into_raw_fd();
+            let moved = crate::sys::dup3(new, old);
+            crate::sys::close(new);
+            return moved.map_err(VuError::ReqHandlerError);
+        }
+        // Recorded before the ack; a worker starting meanwhile would not sweep it: the
+        // supervisor reads no message while a worker is between clone and ready.
+        slot.store(file.into_raw_fd(), Ordering::Release);
+        Ok(())
+    }
+
+    /// Stops every ring (RESET_OWNER, RESET_DEVICE).
+    fn stop_all(&mut self) {
+        for i in 0..self.area.queue_count() as u32 {
+            let _ = self.get_vring_base(i);
+        }
+    }
+}
+
+impl VhostUserBackendReqHandlerMut for Control {
+    fn set_owner(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn reset_owner(&mut self) -> Result<()> {
+        self.stop_all();
+        Ok(())
+    }
+
+    fn reset_device(&mut self) -> Result<()> {
+        self.stop_all();
+        Ok(())
+    }
+
+    fn get_features(&mut self) -> Result<u64> {
+        Ok(offered_features())
+    }
+
+    fn set_features(&mut self, features: u64) -> Result<()> {
+        if features & !offered_features() != 0 {
+            return Err(bad("features acked that were not offered"));
+        }
+        let protocol = features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
+        self.change(|| {
+            self.area.acked_features.store(features, Ordering::Relaxed);
+            // Without PROTOCOL_FEATURES a ring is enabled as soon as it starts.
+            if !protocol {
+                for q in &self.area.queues {
+                    q.enabled.store(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn get_protocol_features(&mut self) -> Result<VhostUserProtocolFeatures> {
+        Ok(offered_protocol_features())
+    }
+
+    fn set_protocol_features(&mut self, features: u64) -> Result<()> {
+        if features & !offered_protocol_features().bits() != 0 {
+            return Err(bad("protocol features acked that were not offered"));
+        }
+        self.area.protocol_features.store(features, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn get_queue_num(&mut self) -> Result<u64> {
+        Ok(self.area.queue_count() as u64)
+    }
+
+    fn set_mem_table(
+        &mut self,
+        regions: &[VhostUserMemoryRegion],
+        files: Vec<File>,
+        _postcopy: Option<bool>,
+    ) -> Result<Option<Vec<VhostUserMemoryRegionBase>>> {
+        if regions.len() > MAX_MEM_REGIONS || regions.len() != files.len() {
+            return Err(bad("memory table with too many regions or fds"));
+        }
+        for r in regions {
+            let end = r.guest_phys_addr.checked_add(r.memory_size);
+            let uend = r.user_addr.checked_add(r.memory_size);
+            if r.memory_size == 0
+                || end.is_none()
+                || uend.is_none()
+                || r.mmap_offset.checked_add(r.memory_size).is_none()
+            {
+                return Err(bad("memory region with a zero or overflowing size"));
+            }
+        }
+        let fds: Vec<i32> = files.into_iter().map(IntoRawFd::into_raw_fd).collect();
+        let old = self.change(|| {
+            let old = self.area.mem_table();
+            for (slot, (r, fd)) in self.area.mem.iter().zip(regions.iter().zip(&fds)) {
+                slot.guest_phys_addr.store(r.guest_phys_addr, Ordering::Relaxed);
+                slot.size.store(r.memory_size, Ordering::Relaxed);
+                slot.userspace_addr.store(r.user_addr, Ordering::Relaxed);
+                slot.mmap_offset.store(r.mmap_offset, Ordering::Relaxed);
+                slot.fd.store(*fd, Ordering::Relaxed);
+            }
+            for slot in &self.area.mem[regions.len()..] {
+                slot.fd.store(-1, Ordering::Relaxed);
+            }
+            self.area.mem_count.store(regions.len() as u32, Ordering::Relaxed);
+            self.area.mem_gen.fetch_add(1, Ordering::Relaxed);
+            old
+        });
+        // Closed only after the change ended: a worker that duplicated one of these fds sees
+        // the sequence number moved and maps again (memory.rs).
+        for r in old {
+            crate::sys::close(r.fd);
+        }
+        tracing::info!(regions = regions.len(), "guest memory table recorded");
+        Ok(None)
+    }
+
+    fn set_vring_num(&mut self, index: u32, num: u32) -> Result<()> {
+        let q = self.queue(index)?;
+        if !num.is_power_of_two() || num as usize > MAX_QUEUE_SIZE {
+            return Err(bad("queue size not a power of two up to 1024"));
+        }
+        self.change(|| q.size.store(num, Ordering::Relaxed));
+        Ok(())
+    }
+
+    fn set_vring_addr(
+        &mut self,
+        index: u32,
+        _flags: VhostUserVringAddrFlags,
+        descriptor: u64,
+        used: u64,
+        available: u64,
+        _log: u64,
+    ) -> Result<()> {
+        let q = self.queue(index)?;
+        self.change(|| {
+            q.desc_addr.store(descriptor, Ordering::Relaxed);
+            q.used_addr.store(used, Ordering::Relaxed);
+            q.avail_addr.store(available, Ordering::Relaxed);
+        });
+        Ok(())
+    }
+
+    fn set_vring_base(&mut self, index: u32, base: u32) -> Result<()> {
+        let q = self.queue(index)?;
+        if q.started.load(Ordering::Relaxed) != 0 {
+            return Err(bad("SET_VRING_BASE on a started ring"));
+        }
+        self.change(|| {
+            q.base.store(base, Ordering::Relaxed);
+            q.base_pending.store(1, Ordering::Relaxed);
+        });
+        Ok(())
+    }
+
+    fn get_vring_base(&mut self, index: u32) -> Result<VhostUserVringState> {
+        let q = self.queue(index)?;
+        let seq = self.change(|| {
+            q.started.store(0, Ordering::Relaxed);
+            self.area.control_seq.load(Ordering::Relaxed) + 1
+        });
+        // The ring is stopped once its thread took the change in (it does so between chains),
+        // and nothing it popped is left in flight.
+        let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+        while q.applied_seq.load(Ordering::Acquire) < seq || q.in_flight_count() != 0 {
+            if std::time::Instant::now() > deadline {
+                tracing::warn!(queue = index, "GET_VRING_BASE: the worker did not stop the ring within 5 s");
+                break;
+            }
+            (self.keep_workers)();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let base = if q.base_pending.load(Ordering::Acquire) != 0 {
+            q.base.load(Ordering::Acquire) as u16
+        } else {
+            q.next_avail()
+        };
+        Ok(VhostUserVringState::new(index, u32::from(base)))
+    }
+
+    fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> Result<()> {
+        let q = self.queue(u32::from(index))?;
+        self.change(|| self.install_fd(&q.kick_fd, fd).map(|()| q.started.store(1, Ordering::Relaxed)))
+    }
+
+    fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> Result<()> {
+        let q = self.queue(u32::from(index))?;
+        self.change(|| self.install_fd(&q.call_fd, fd))
+    }
+
+    fn set_vring_err(&mut self, index: u8, fd: Option<File>) -> Result<()> {
+        let q = self.queue(u32::from(index))?;
+        self.change(|| self.install_fd(&q.err_fd, fd))
+    }
+
+    fn set_vring_enable(&mut self, index: u32, enable: bool) -> Result<()> {
+        let q = self.queue(index)?;
+        self.change(|| q.enabled.store(u32::from(enable), Ordering::Relaxed));
+        Ok(())
+    }
+
+    fn get_config(&mut self, _: u32, _: u32, _: VhostUserConfigFlags) -> Result<Vec<u8>> {
+        Err(bad("GET_CONFIG (the frontend owns virtio-fs's config space)"))
+    }
+
+    fn set_config(&mut self, _: u32, _: &[u8], _: VhostUserConfigFlags) -> Result<()> {
+        Err(bad("SET_CONFIG (the frontend owns virtio-fs's config space)"))
+    }
+
+    fn set_backend_req_fd(&mut self, _backend: Backend) {
+        tracing::warn!("vhost-user: SET_BACKEND_REQ_FD without BACKEND_REQ negotiated; ignored");
+    }
+
+    fn set_gpu_socket(&mut self, _: GpuBackend) -> Result<()> {
+        Err(bad("GPU socket"))
+    }
+
+    fn get_shared_object(&mut self, _: VhostUserSharedMsg) -> Result<File> {
+        Err(bad("shared objects"))
+    }
+
+    fn get_inflight_fd(&mut self, _: &VhostUserInflight) -> Result<(VhostUserInflight, File)> {
+        Err(bad("GET_INFLIGHT_FD (not offered: in-flight state lives in our own region)"))
+    }
+
+    fn set_inflight_fd(&mut self, _: &VhostUserInflight, _: File) -> Result<()> {
+        Err(bad("SET_INFLIGHT_FD (not offered)"))
+    }
+
+    fn get_max_mem_slots(&mut self) -> Result<u64> {
+        Err(bad("GET_MAX_MEM_SLOTS (CONFIGURE_MEM_SLOTS not offered)"))
+    }
+
+    fn add_mem_region(
+        &mut self,
+        _: &VhostUserSingleMemoryRegion,
+        _: File,
+        _: Option<bool>,
+    ) -> Result<Option<VhostUserMemoryRegionBase>> {
+        Err(bad("ADD_MEM_REG (CONFIGURE_MEM_SLOTS not offered)"))
+    }
+
+    fn remove_mem_region(&mut self, _: &VhostUserSingleMemoryRegion) -> Result<()> {
+        Err(bad("REM_MEM_REG (CONFIGURE_MEM_SLOTS not offered)"))
+    }
+
+    fn set_device_state_fd(
+        &mut self,
+        _: VhostTransferStateDirection,
+        _: VhostTransferStatePhase,
+        _: File,
+    ) -> Result<Option<File>> {
+        Err(bad("device state transfer"))
+    }
+
+    fn check_device_state(&mut self) -> Result<()> {
+        Err(bad("device state transfer"))
+    }
+
+    fn get_shmem_config(&mut self) -> Result<VhostUserShMemConfig> {
+        Err(bad("shared memory regions"))
+    }
+
+    fn set_log_base(&mut self, _: &VhostUserLog, _: File) -> Result<()> {
+        Err(bad("dirty logging (LOG_SHMFD not offered)"))
+    }
+}

@@ -1,0 +1,233 @@
+//! A split virtqueue in guest memory (virtio 1.1 §2.6), as the device sees it: the avail ring
+//! read, used elements and the used index written as separate steps, and descriptor chains
+//! walked with every address, length and link checked. No state of its own: where the queue
+//! stands (next avail, used index, heads in flight) is kept in the state region by the caller.
+//!
+//! Why not virtio-queue's `Queue`: it keeps `next_avail`/`next_used` in the process heap (they
+//! die with a worker), cannot give the chain of an arbitrary in-flight head (a replay needs it:
+//! `DescriptorChain::new` is crate-private), and writes a used element and the used index in one
+//! call, where crash recovery needs the two apart. See docs/design.md.
+
+use std::sync::atomic::Ordering;
+
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+const DESC_F_NEXT: u16 = 1;
+const DESC_F_WRITE: u16 = 2;
+const DESC_F_INDIRECT: u16 = 4;
+/// avail.flags: the driver asks not to be interrupted (only without EVENT_IDX).
+const AVAIL_F_NO_INTERRUPT: u16 = 1;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChainError {
+    #[error("head {0} is outside the queue")]
+    HeadOutOfRange(u16),
+    #[error("descriptor {0} links to {1}, outside the queue")]
+    NextOutOfRange(u16, u16),
+    #[error("the chain is longer than the queue (a loop)")]
+    Loop,
+    #[error("indirect descriptor (VIRTIO_F_INDIRECT_DESC was not offered)")]
+    Indirect,
+    #[error("device-readable descriptor after a device-writable one")]
+    ReadableAfterWritable,
+    #[error("descriptor {index} ({len} bytes at {addr:#x}) lies outside guest memory")]
+    OutsideMemory { index: u16, addr: u64, len: u32 },
+    #[error("guest memory: {0}")]
+    Memory(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RingError {
+    #[error("ring part {what} ({len} bytes at {addr:#x}) lies outside guest memory")]
+    OutsideMemory { what: &'static str, addr: u64, len: usize },
+    #[error("guest memory: {0}")]
+    Memory(String),
+}
+
+fn mem_err(e: impl std::fmt::Display) -> RingError {
+    RingError::Memory(e.to_string())
+}
+
+/// One buffer of a chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub addr: GuestAddress,
+    pub len: u32,
+}
+
+/// A descriptor chain: the request (device-readable) and room for the reply (device-writable).
+#[derive(Debug, Default)]
+pub struct Chain {
+    pub readable: Vec<Segment>,
+    pub writable: Vec<Segment>,
+}
+
+impl Chain {
+    pub fn readable_len(&self) -> u64 {
+        self.readable.iter().map(|s| u64::from(s.len)).sum()
+    }
+
+    pub fn writable_len(&self) -> u64 {
+        self.writable.iter().map(|s| u64::from(s.len)).sum()
+    }
+}
+
+/// The guest-physical addresses of one queue's three parts, checked to lie in guest memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Ring {
+    desc: GuestAddress,
+    avail: GuestAddress,
+    used: GuestAddress,
+    size: u16,
+    event_idx: bool,
+}
+
+impl Ring {
+    pub fn new(
+        mem: &GuestMemoryMmap,
+        size: u16,
+        (desc, avail, used): (u64, u64, u64),
+        event_idx: bool,
+    ) -> Result<Ring, RingError> {
+        let n = usize::from(size);
+        for (what, addr, len) in
+            [("descriptor table", desc, 16 * n), ("avail ring", avail, 6 + 2 * n), ("used ring", used, 6 + 8 * n)]
+        {
+            if !mem.check_range(GuestAddress(addr), len) {
+                return Err(RingError::OutsideMemory { what, addr, len });
+            }
+        }
+        Ok(Ring { desc: GuestAddress(desc), avail: GuestAddress(avail), used: GuestAddress(used), size, event_idx })
+    }
+
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    pub fn avail_idx(&self, mem: &GuestMemoryMmap) -> Result<u16, RingError> {
+        let v: u16 = mem.load(self.avail.unchecked_add(2), Ordering::Acquire).map_err(mem_err)?;
+        Ok(u16::from_le(v))
+    }
+
+    /// The head the driver put at avail position `idx`.
+    pub fn avail_head(&self, mem: &GuestMemoryMmap, idx: u16) -> Result<u16, RingError> {
+        let at = self.avail.unchecked_add(4 + 2 * u64::from(idx % self.size));
+        let v: u16 = mem.read_obj(at).map_err(mem_err)?;
+        Ok(u16::from_le(v))
+    }
+
+    pub fn used_idx(&self, mem: &GuestMemoryMmap) -> Result<u16, RingError> {
+        let v: u16 = mem.load(self.used.unchecked_add(2), Ordering::Acquire).map_err(mem_err)?;
+        Ok(u16::from_le(v))
+    }
+
+    /// Writes used element `at` (not yet visible to the driver: see `publish_used_idx`).
+    pub fn write_used_elem(&self, mem: &GuestMemoryMmap, at: u16, head: u16, len: u32) -> Result<(), RingError> {
+        let elem = self.used.unchecked_add(4 + 8 * u64::from(at % self.size));
+        let mut bytes = [0u8; 8];
+        bytes[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+        bytes[4..].copy_from_slice(&len.to_le_bytes());
+        mem.write_slice(&bytes, elem).map_err(mem_err)
+    }
+
+    /// Makes the used elements before `idx` visible to the driver (Release: elements first).
+    pub fn publish_used_idx(&self, mem: &GuestMemoryMmap, idx: u16) -> Result<(), RingError> {
+        mem.store(idx.to_le(), self.used.unchecked_add(2), Ordering::Release).map_err(mem_err)
+    }
+
+    /// Before waiting for a kick: with EVENT_IDX, asks the driver to kick once it makes avail
+    /// index `next` available. Then looks once more, since the driver may have added a chain
+    /// before it could see the request: true if there is one to pop now.
+    pub fn arm_kick(&self, mem: &GuestMemoryMmap, next: u16) -> Result<bool, RingError> {
+        if self.event_idx {
+            let at = self.used.unchecked_add(4 + 8 * u64::from(self.size));
+            mem.store(next.to_le(), at, Ordering::Release).map_err(mem_err)?;
+            std::sync::atomic::fence(Ordering::SeqCst);
+        }
+        Ok(self.avail_idx(mem)? != next)
+    }
+
+    /// Whether the driver wants an interrupt now that the used index moved from `old` to `new`.
+    pub fn needs_notification(&self, mem: &GuestMemoryMmap, old: u16, new: u16) -> Result<bool, RingError> {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.event_idx {
+            let at = self.avail.unchecked_add(4 + 2 * u64::from(self.size));
+            let used_event = u16::from_le(mem.load(at, Ordering::Acquire).map_err(mem_err)?);
+            // vring_need_event: did the index pass `used_event` in this step?
+            Ok(new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(old))
+        } else {
+            let flags = u16::from_le(mem.load(self.avail, Ordering::Acquire).map_err(mem_err)?);
+            Ok(flags & AVAIL_F_NO_INTERRUPT == 0)
+        }
+    }
+
+    /// Walks the chain starting at `head`: at most `size` descriptors, each inside guest memory,
+    /// readable ones before writable ones, no indirect tables (not offered).
+    pub fn chain(&self, mem: &GuestMemoryMmap, head: u16) -> Result<Chain, ChainError> {
+        if head >= self.size {
+            return Err(ChainError::HeadOutOfRange(head));
+        }
+        let mut chain = Chain::default();
+        let mut index = head;
+        for _ in 0..self.size {
+            let mut raw = [0u8; 16];
+            mem.read_slice(&mut raw, self.desc.unchecked_add(16 * u64::from(index)))
+                .map_err(|e| ChainError::Memory(e.to_string()))?;
+            let addr = u64::from_le_bytes(raw[0..8].try_into().expect("8 bytes"));
+            let len = u32::from_le_bytes(raw[8..12].try_into().expect("4 bytes"));
+            let flags = u16::from_le_bytes([raw[12], raw[13]]);
+            let next = u16::from_le_bytes([raw[14], raw[15]]);
+            if flags & DESC_F_INDIRECT != 0 {
+                return Err(ChainError::Indirect);
+            }
+            // check_range also refuses addr + len overflowing the address space.
+            if len > 0 && !mem.check_range(GuestAddress(addr), len as usize) {
+                return Err(ChainError::OutsideMemory { index, addr, len });
+            }
+            let segment = Segment { addr: GuestAddress(addr), len };
+            if flags & DESC_F_WRITE != 0 {
+                chain.writable.push(segment);
+            } else if chain.writable.is_empty() {
+                chain.readable.push(segment);
+            } else {
+                return Err(ChainError::ReadableAfterWritable);
+            }
+            if flags & DESC_F_NEXT == 0 {
+                return Ok(chain);
+            }
+            if next >= self.size {
+                return Err(ChainError::NextOutOfRange(index, next));
+            }
+            index = next;
+        }
+        Err(ChainError::Loop)
+    }
+}
+
+/// Copies the chain's readable bytes into `buf`, at most `buf.len()`; returns how many.
+pub fn read_request(mem: &GuestMemoryMmap, chain: &Chain, buf: &mut [u8]) -> Result<usize, RingError> {
+    let mut n = 0;
+    for s in &chain.readable {
+        let take = (s.len as usize).min(buf.len() - n);
+        mem.read_slice(&mut buf[n..n + take], s.addr).map_err(mem_err)?;
+        n += take;
+        if n == buf.len() {
+            break;
+        }
+    }
+    Ok(n)
+}
+
+/// Scatters `reply` over the chain's writable buffers (the caller checked it fits).
+pub fn write_reply(mem: &GuestMemoryMmap, chain: &Chain, reply: &[u8]) -> Result<(), RingError> {
+    let mut rest = reply;
+    for s in &chain.writable {
+        if rest.is_empty() {
+            break;
+        }
+        let take = (s.len as usize).min(rest.len());
+        mem.write_slice(&rest[..take], s.addr).map_err(mem_err)?;
+        rest = &rest[take..];
+    }
+    Ok(())
+}
