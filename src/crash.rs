@@ -7,6 +7,10 @@
 //! file is removed (so exactly one worker dies, not every worker after it) and the worker kills
 //! itself with SIGKILL — a death at that very instruction boundary, as the OOM killer would do.
 //!
+//! A transport's markers also pass the request's opcode (`crash_point!("vhost.x", opcode)`); with
+//! PHOENIXFS_CRASH_OPCODE=N set, those fire only for opcode N, so a test can crash one chosen
+//! operation at the transport's own steps.
+//!
 //! With PHOENIXFS_CRASH_MODE=abort-always the worker instead aborts (SIGABRT, as a panic would)
 //! every time it reaches the marker while the arm file exists, without removing it: a crash loop,
 //! for the tests of the crash-loop guards.
@@ -15,24 +19,38 @@
 macro_rules! crash_point {
     ($name:expr) => {{
         #[cfg(feature = "crash-points")]
-        $crate::crash::reached($name);
+        $crate::crash::reached($name, None);
         #[cfg(not(feature = "crash-points"))]
         let _ = $name;
+    }};
+    ($name:expr, $opcode:expr) => {{
+        #[cfg(feature = "crash-points")]
+        $crate::crash::reached($name, Some($opcode));
+        #[cfg(not(feature = "crash-points"))]
+        let _ = ($name, $opcode);
     }};
 }
 
 #[cfg(feature = "crash-points")]
-pub fn reached(name: &str) {
+pub fn reached(name: &str, opcode: Option<u32>) {
     use std::sync::OnceLock;
-    static TARGET: OnceLock<Option<(String, std::ffi::CString, bool)>> = OnceLock::new();
+    struct Target {
+        at: String,
+        arm: std::ffi::CString,
+        always: bool,
+        opcode: Option<u32>,
+    }
+    static TARGET: OnceLock<Option<Target>> = OnceLock::new();
     let target = TARGET.get_or_init(|| {
-        let at = std::env::var("PHOENIXFS_CRASH_AT").ok()?;
-        let arm = std::env::var("PHOENIXFS_CRASH_ARM").ok()?;
-        let always = std::env::var("PHOENIXFS_CRASH_MODE").is_ok_and(|m| m == "abort-always");
-        Some((at, std::ffi::CString::new(arm).ok()?, always))
+        Some(Target {
+            at: std::env::var("PHOENIXFS_CRASH_AT").ok()?,
+            arm: std::ffi::CString::new(std::env::var("PHOENIXFS_CRASH_ARM").ok()?).ok()?,
+            always: std::env::var("PHOENIXFS_CRASH_MODE").is_ok_and(|m| m == "abort-always"),
+            opcode: std::env::var("PHOENIXFS_CRASH_OPCODE").ok().and_then(|o| o.parse().ok()),
+        })
     });
-    let Some((at, arm, always)) = target else { return };
-    if at != name {
+    let Some(Target { at, arm, always, opcode: only }) = target else { return };
+    if at != name || opcode.is_some() && only.is_some() && opcode != *only {
         return;
     }
     // SAFETY: valid C string.

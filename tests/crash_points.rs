@@ -689,7 +689,12 @@ fn crash_every_marker_of_every_operation() {
     let tried: BTreeSet<&str> = scenarios.iter().flat_map(|s| s.markers.iter().copied()).collect();
     // INIT and worker start-up have tests of their own below.
     let own_tests = ["init.after_record", "worker.start"];
-    let all: BTreeSet<&str> = phoenixfsd::crash::MARKERS.iter().copied().filter(|m| !own_tests.contains(m)).collect();
+    // The vhost-user transport's markers are enumerated over that transport (vhost_crash.rs).
+    let all: BTreeSet<&str> = phoenixfsd::crash::MARKERS
+        .iter()
+        .copied()
+        .filter(|m| !own_tests.contains(m) && !m.starts_with("vhost."))
+        .collect();
     let untried: Vec<_> = all.difference(&tried).collect();
     assert!(untried.is_empty(), "crash points no scenario reaches: {untried:?}");
     for op in STATE_CHANGING {

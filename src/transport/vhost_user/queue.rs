@@ -197,7 +197,6 @@ impl QueueThread {
                 return Err(format!("avail entry {next} names head {head}, which is already in flight"));
             }
             let counter = self.state.mark_popped(head);
-            crate::crash_point!("vhost.after_pop");
             if let Some(a) = &mut self.active {
                 a.next_avail = next.wrapping_add(1);
             }
@@ -215,40 +214,44 @@ impl QueueThread {
         replay: bool,
     ) -> Result<(), ring::RingError> {
         let mem = &guest.mem;
-        let (len, done) = match ring.chain(mem, head) {
+        let (len, done, opcode) = match ring.chain(mem, head) {
             Ok(chain) => {
                 self.answer(mem, &chain, Origin::Virtqueue { key: record_key(self.index, counter), replay })?
             }
             Err(e) => {
                 tracing::warn!(queue = self.index, head, "dropping a descriptor chain: {e}");
-                (0, None)
+                (0, None, 0)
             }
         };
-        self.put(mem, ring, head, len)?;
+        self.put(mem, ring, head, len, opcode)?;
         if let Some(done) = done {
             self.server.complete(done);
         }
         Ok(())
     }
 
-    /// Runs the chain's request and writes the reply into it; returns the used length.
+    /// Runs the chain's request and writes the reply into it; returns the used length, the
+    /// completion that frees the request's record once the head is used, and the opcode.
     fn answer(
         &mut self,
         mem: &vm_memory::GuestMemoryMmap,
         chain: &ring::Chain,
         origin: Origin,
-    ) -> Result<(u32, Option<Completion>), ring::RingError> {
+    ) -> Result<(u32, Option<Completion>, u32), ring::RingError> {
         let n = ring::read_request(mem, chain, &mut self.request)?;
         if chain.readable_len() > n as u64 {
             tracing::warn!(queue = self.index, len = chain.readable_len(), "request larger than any FUSE request");
         }
+        let opcode = crate::fuse::Request::header_of(&self.request[..n]).map_or(0, |h| h.opcode);
+        // Crash here: the head is in flight and nothing was done for it; the next worker replays it.
+        crate::crash_point!("vhost.after_pop", opcode);
         let (reply, done) =
             self.server.handle(&self.request[..n], origin, |_, _| Vec::new(), &mut self.reply, &self.record);
-        let Some(reply) = reply else { return Ok((0, Some(done))) };
+        let Some(reply) = reply else { return Ok((0, Some(done), opcode)) };
         let room = chain.writable_len();
         if reply.len() as u64 <= room {
             ring::write_reply(mem, chain, reply)?;
-            return Ok((reply.len() as u32, Some(done)));
+            return Ok((reply.len() as u32, Some(done), opcode));
         }
         tracing::warn!(
             queue = self.index,
@@ -257,12 +260,13 @@ impl QueueThread {
             "reply does not fit the chain's writable buffers"
         );
         if room < OUT_HEADER as u64 {
-            return Ok((0, Some(done)));
+            return Ok((0, Some(done), opcode));
         }
+        // Room for an out-header only: tell the driver the request failed.
         let unique = u64::from_le_bytes(reply[8..16].try_into().expect("an out-header is 16 bytes"));
         let err = self.reply.finish_err(unique, libc::EIO).to_vec();
         ring::write_reply(mem, chain, &err)?;
-        Ok((err.len() as u32, Some(done)))
+        Ok((err.len() as u32, Some(done), opcode))
     }
 
     /// Publishes `head`'s used element, in the two steps recovery can tell apart, and signals.
@@ -272,6 +276,7 @@ impl QueueThread {
         ring: Ring,
         head: u16,
         len: u32,
+        opcode: u32,
     ) -> Result<(), ring::RingError> {
         let Some(a) = &mut self.active else { return Ok(()) };
         let old = a.used_idx;
@@ -279,13 +284,13 @@ impl QueueThread {
         self.state.begin_put(head);
         // Crash here or after the element: the ring's used index has not moved; the head is
         // still in flight and is replayed, its element written again at the same place.
-        crate::crash_point!("vhost.before_used");
+        crate::crash_point!("vhost.before_used", opcode);
         ring.write_used_elem(mem, old, head, len)?;
-        crate::crash_point!("vhost.after_used_elem");
+        crate::crash_point!("vhost.after_used_elem", opcode);
         ring.publish_used_idx(mem, new)?;
         // Crash here: the driver has the element; recovery sees the ring one ahead of the
         // region and finishes this put (QueueState::repair_used), so the head is not replayed.
-        crate::crash_point!("vhost.after_used_idx");
+        crate::crash_point!("vhost.after_used_idx", opcode);
         self.state.end_put(head, new);
         a.used_idx = new;
         if a.call_fd >= 0 && ring.needs_notification(mem, old, new)? {
