@@ -1,0 +1,96 @@
+#![allow(dead_code)] // a test-support module: not every test uses every part
+//! phoenixfsd started as a vhost-user-fs backend on a temporary share and socket, and the
+//! request helper the vhost tests share.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use phoenixfsd::fuse::Op;
+use phoenixfsd::fuse::abi::{self, InitIn, InitOut, OutHeader};
+use phoenixfsd::fuse::encode::{Sender, encode_request};
+use zerocopy::FromBytes;
+
+use super::frontend::Frontend;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_phoenixfsd");
+
+/// A phoenixfsd serving a temporary share on a vhost-user socket (killed when dropped).
+pub struct Backend {
+    pub child: Child,
+    pub share: PathBuf,
+    pub socket: PathBuf,
+    pub dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Backend {
+    pub fn start(args: &[&str]) -> Backend {
+        Backend::start_with_env(args, &[])
+    }
+
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Backend {
+        let tmp = tempfile::Builder::new().prefix("phoenixfs-vhost").tempdir().unwrap();
+        let share = tmp.path().join("share");
+        std::fs::create_dir(&share).unwrap();
+        let socket = tmp.path().join("vhost.sock");
+        let child = Command::new(BIN)
+            .envs(env.iter().copied())
+            .arg("--shared-dir")
+            .arg(&share)
+            .arg("--socket-path")
+            .arg(&socket)
+            .args(["--log-level", "warn"])
+            .args(args)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn phoenixfsd");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "phoenixfsd did not create {socket:?} within 10 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Backend { child, share, socket, dir: tmp.path().to_path_buf(), _tmp: tmp }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends one request on `queue` and checks the reply's envelope; returns (error, payload).
+pub fn call(fe: &mut Frontend, queue: usize, unique: u64, nodeid: u64, op: &Op<'_>) -> (i32, Vec<u8>) {
+    let req = encode_request(Sender { unique, nodeid, uid: 0, gid: 0, pid: 1 }, op);
+    let reply = fe.request(queue, &req, 8192).unwrap_or_else(|e| panic!("{op:?}: {e}"));
+    check_reply(op, unique, &reply)
+}
+
+/// Checks a reply's out-header (len = bytes written, our unique); returns (error, payload).
+pub fn check_reply(op: &Op<'_>, unique: u64, reply: &[u8]) -> (i32, Vec<u8>) {
+    let (hdr, payload) =
+        OutHeader::read_from_prefix(reply).unwrap_or_else(|_| panic!("{op:?}: {}-byte reply", reply.len()));
+    assert_eq!(hdr.len as usize, reply.len(), "{op:?}: header len vs used len");
+    assert_eq!(hdr.unique, unique, "{op:?}: unique");
+    (hdr.error, payload.to_vec())
+}
+
+/// FUSE INIT as a 7.38 guest kernel sends it, on request queue 1.
+pub fn init(fe: &mut Frontend) -> InitOut {
+    let flags = abi::ASYNC_READ | abi::BIG_WRITES | abi::MAX_PAGES | abi::INIT_EXT;
+    let init =
+        Op::Init { arg: InitIn { major: 7, minor: 38, max_readahead: 128 << 10, flags: flags as u32 }, flags2: 0 };
+    let (err, payload) = call(fe, 1, 1, 0, &init);
+    assert_eq!(err, 0, "INIT");
+    InitOut::read_from_bytes(&payload).expect("INIT reply size")
+}
