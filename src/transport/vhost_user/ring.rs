@@ -231,3 +231,111 @@ pub fn write_reply(mem: &GuestMemoryMmap, chain: &Chain, reply: &[u8]) -> Result
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIZE: u16 = 8;
+    const MEM: usize = 1 << 20;
+
+    /// 1 MiB of anonymous guest memory with a ring at 0 (descriptors), 0x1000 (avail), 0x2000
+    /// (used); buffers above 0x10000.
+    fn ring() -> (GuestMemoryMmap, Ring) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
+        let ring = Ring::new(&mem, SIZE, (0, 0x1000, 0x2000), false).unwrap();
+        (mem, ring)
+    }
+
+    fn desc(mem: &GuestMemoryMmap, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let mut d = [0u8; 16];
+        d[0..8].copy_from_slice(&addr.to_le_bytes());
+        d[8..12].copy_from_slice(&len.to_le_bytes());
+        d[12..14].copy_from_slice(&flags.to_le_bytes());
+        d[14..16].copy_from_slice(&next.to_le_bytes());
+        mem.write_slice(&d, GuestAddress(16 * u64::from(i))).unwrap();
+    }
+
+    #[test]
+    fn test_a_request_and_reply_chain() {
+        let (mem, ring) = ring();
+        desc(&mem, 0, 0x10000, 40, DESC_F_NEXT, 3);
+        desc(&mem, 3, 0x20000, 100, DESC_F_NEXT | DESC_F_WRITE, 4);
+        desc(&mem, 4, 0x30000, 28, DESC_F_WRITE, 0);
+        let c = ring.chain(&mem, 0).unwrap();
+        assert_eq!((c.readable_len(), c.writable_len()), (40, 128));
+        write_reply(&mem, &c, &[7u8; 120]).unwrap();
+        let mut tail = [0u8; 20];
+        mem.read_slice(&mut tail, GuestAddress(0x30000)).unwrap();
+        assert_eq!(tail, [7u8; 20], "the reply continues into the second writable buffer");
+    }
+
+    #[test]
+    fn test_hostile_chains_are_refused() {
+        let (mem, ring) = ring();
+        let cases: Vec<(&str, Box<dyn Fn()>, u16, ChainError)> = vec![
+            ("head outside", Box::new(|| {}), SIZE, ChainError::HeadOutOfRange(SIZE)),
+            (
+                "loop",
+                Box::new(|| {
+                    desc(&mem, 0, 0x10000, 8, DESC_F_NEXT, 1);
+                    desc(&mem, 1, 0x10000, 8, DESC_F_NEXT, 0);
+                }),
+                0,
+                ChainError::Loop,
+            ),
+            (
+                "next outside",
+                Box::new(|| desc(&mem, 0, 0x10000, 8, DESC_F_NEXT, 99)),
+                0,
+                ChainError::NextOutOfRange(0, 99),
+            ),
+            (
+                "buffer outside memory",
+                Box::new(|| desc(&mem, 0, MEM as u64 - 4, 8, 0, 0)),
+                0,
+                ChainError::OutsideMemory { index: 0, addr: MEM as u64 - 4, len: 8 },
+            ),
+            (
+                "address + length overflows",
+                Box::new(|| desc(&mem, 0, u64::MAX - 2, 16, 0, 0)),
+                0,
+                ChainError::OutsideMemory { index: 0, addr: u64::MAX - 2, len: 16 },
+            ),
+            ("indirect", Box::new(|| desc(&mem, 0, 0x10000, 16, DESC_F_INDIRECT, 0)), 0, ChainError::Indirect),
+            (
+                "readable after writable",
+                Box::new(|| {
+                    desc(&mem, 0, 0x10000, 8, DESC_F_NEXT | DESC_F_WRITE, 1);
+                    desc(&mem, 1, 0x10000, 8, 0, 0);
+                }),
+                0,
+                ChainError::ReadableAfterWritable,
+            ),
+        ];
+        for (what, setup, head, want) in cases {
+            setup();
+            assert_eq!(ring.chain(&mem, head).unwrap_err(), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn test_rings_outside_memory_are_refused() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        assert!(Ring::new(&mem, 256, (0, 0x800, 0xc00), false).is_err(), "descriptor table past the end");
+        assert!(Ring::new(&mem, 8, (0, 0x800, u64::MAX - 8), false).is_err(), "used ring overflowing");
+    }
+
+    #[test]
+    fn test_event_idx_notification() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
+        let ring = Ring::new(&mem, SIZE, (0, 0x1000, 0x2000), true).unwrap();
+        // used_event (after the avail ring's entries) = 4: notify when the index passes 4.
+        mem.write_obj(4u16.to_le(), GuestAddress(0x1000 + 4 + 2 * u64::from(SIZE))).unwrap();
+        assert!(!ring.needs_notification(&mem, 2, 3).unwrap());
+        assert!(ring.needs_notification(&mem, 4, 5).unwrap());
+        assert!(ring.arm_kick(&mem, 0).is_ok_and(|more| !more));
+        let avail_event: u16 = mem.read_obj(GuestAddress(0x2000 + 4 + 8 * u64::from(SIZE))).unwrap();
+        assert_eq!(avail_event, 0);
+    }
+}
