@@ -273,7 +273,9 @@ mod tests {
     #[test]
     fn test_hostile_chains_are_refused() {
         let (mem, ring) = ring();
-        let cases: Vec<(&str, Box<dyn Fn()>, u16, ChainError)> = vec![
+        // (what, how to lay the chain out, head, the refusal)
+        type Case<'a> = (&'a str, Box<dyn Fn() + 'a>, u16, ChainError);
+        let cases: Vec<Case> = vec![
             ("head outside", Box::new(|| {}), SIZE, ChainError::HeadOutOfRange(SIZE)),
             (
                 "loop",
