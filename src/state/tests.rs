@@ -186,7 +186,7 @@ mod vhost_in_flight {
         q.mark_popped(3);
         q.begin_put(3);
         // The dead worker published used.idx = 1 but did not clear the flag.
-        q.repair_used(1);
+        assert!(q.repair_used(1), "a finished put must be signalled");
         assert!(q.in_flight(8).is_empty(), "the head was used: it must not be replayed");
         assert_eq!(q.used_idx.load(Ordering::Acquire), 1);
         assert_eq!(q.next_avail(), 1);
@@ -199,7 +199,7 @@ mod vhost_in_flight {
         q.mark_popped(3);
         q.begin_put(3);
         // Element written (or not), index not published: the ring still says 0.
-        q.repair_used(0);
+        assert!(!q.repair_used(0));
         assert_eq!(q.in_flight(8).len(), 1, "not used yet: replayed");
         assert_eq!(q.next_avail(), 1, "and not popped again");
     }
@@ -209,7 +209,7 @@ mod vhost_in_flight {
         let region = Region::create(16, 16).unwrap();
         let q = queue(&region);
         q.mark_popped(3);
-        q.repair_used(7);
+        assert!(!q.repair_used(7));
         assert_eq!(q.used_idx.load(Ordering::Acquire), 0, "the used index never moves by a guest's write");
         assert_eq!(q.in_flight(8).len(), 1);
     }

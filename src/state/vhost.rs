@@ -283,18 +283,21 @@ impl QueueState {
     /// After a worker's death: reconciles our `used_idx` with the ring's. One ahead means the
     /// dead worker published `last_batch_head`'s used element but did not finish the put: it is
     /// done. Any other difference was not made by us (a misbehaving guest) and is logged; our
-    /// own index stays, so the used index never goes backwards by our doing.
-    pub fn repair_used(&self, ring_used_idx: u16) {
+    /// own index stays, so the used index never goes backwards by our doing. True if a put was
+    /// finished: the dead worker may not have signalled the driver, so the caller must.
+    pub fn repair_used(&self, ring_used_idx: u16) -> bool {
         let ours = self.used_idx.load(Ordering::Acquire);
         if ring_used_idx == ours {
-            return;
+            return false;
         }
         if ring_used_idx == ours.wrapping_add(1) {
             let head = self.last_batch_head.load(Ordering::Acquire);
             self.end_put(head, ring_used_idx);
             tracing::info!(head, used_idx = ring_used_idx, "finished a used-ring update a dead worker cut in half");
+            true
         } else {
             tracing::warn!(ring = ring_used_idx, ours, "the ring's used index is not ours; keeping ours");
+            false
         }
     }
 

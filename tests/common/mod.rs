@@ -1,10 +1,32 @@
 //! Shared by the integration tests: start `phoenixfsd` on a temporary share, wait until the
 //! kernel shows the mount, and tear it down (SIGTERM, then a lazy unmount if it did not go).
+//!
+//! A mount can be served over either transport: `Transport::Fuse` (phoenixfsd mounts /dev/fuse
+//! itself) or `Transport::VhostUser` (phoenixfsd listens on a vhost-user socket; the test's
+//! bridge mounts /dev/fuse and carries every request the kernel sends over real virtqueues,
+//! tests/vhost/bridge.rs). Either way real syscalls on `mnt` reach phoenixfsd's engine.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "../vhost/bridge.rs"]
+pub mod bridge;
+#[path = "../vhost/frontend.rs"]
+pub mod frontend;
+
+/// How the test reaches the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Fuse,
+    VhostUser,
+}
+
+/// Request queues the bridge drives (one bridge thread each). The daemon offers at least 4.
+const BRIDGE_QUEUES: usize = 4;
+/// How long the bridge waits for one request: longer than any recovery, so a timeout is a bug.
+const BRIDGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_phoenixfsd");
 
@@ -34,18 +56,25 @@ pub struct Mount {
     pub child: Child,
     pub share: PathBuf,
     pub mnt: PathBuf,
+    /// The test's FUSE-to-virtqueue bridge, on `Transport::VhostUser`.
+    bridge: Option<bridge::Bridge>,
     _tmp: Option<tempfile::TempDir>,
 }
 
 impl Mount {
     /// A fresh share and mount point in a new temporary directory.
     pub fn new(extra_args: &[&str]) -> Mount {
+        Mount::new_on(Transport::Fuse, extra_args)
+    }
+
+    /// As `new`, over `transport`.
+    pub fn new_on(transport: Transport, extra_args: &[&str]) -> Mount {
         let tmp = tempfile::Builder::new().prefix("phoenixfs-test").tempdir().unwrap();
         let share = tmp.path().join("share");
         let mnt = tmp.path().join("mnt");
         std::fs::create_dir(&share).unwrap();
         std::fs::create_dir(&mnt).unwrap();
-        let mut m = Mount::start(&share, &mnt, extra_args);
+        let mut m = Mount::start_on(transport, &share, &mnt, extra_args, &[]);
         m._tmp = Some(tmp);
         m
     }
@@ -56,19 +85,42 @@ impl Mount {
 
     /// As `start`, with extra environment variables for the daemon.
     pub fn start_with_env(share: &Path, mnt: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Mount {
+        Mount::start_on(Transport::Fuse, share, mnt, extra_args, env)
+    }
+
+    /// Starts phoenixfsd on `share` and makes it reachable at `mnt` over `transport`.
+    pub fn start_on(
+        transport: Transport,
+        share: &Path,
+        mnt: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Mount {
         require_fuse();
-        let child = Command::new(BIN)
-            .envs(env.iter().copied())
-            .arg("--shared-dir")
-            .arg(share)
-            .arg("--mountpoint")
-            .arg(mnt)
-            .args(["--log-level", "warn"])
-            .args(extra_args)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn phoenixfsd");
-        let mut m = Mount { child, share: share.to_path_buf(), mnt: mnt.to_path_buf(), _tmp: None };
+        let socket = mnt.with_extension("vhost.sock");
+        let mut cmd = Command::new(BIN);
+        cmd.envs(env.iter().copied()).arg("--shared-dir").arg(share);
+        match transport {
+            Transport::Fuse => cmd.arg("--mountpoint").arg(mnt),
+            Transport::VhostUser => cmd.arg("--socket-path").arg(&socket),
+        };
+        let child =
+            cmd.args(["--log-level", "warn"]).args(extra_args).stdin(Stdio::null()).spawn().expect("spawn phoenixfsd");
+        let mut m = Mount { child, share: share.to_path_buf(), mnt: mnt.to_path_buf(), bridge: None, _tmp: None };
+        if transport == Transport::VhostUser {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !socket.exists() {
+                if let Some(status) = m.child.try_wait().unwrap() {
+                    panic!("phoenixfsd exited before listening on {socket:?}: {status}");
+                }
+                assert!(Instant::now() < deadline, "phoenixfsd did not create {socket:?} within 20 s");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let opts = bridge::BridgeOptions { timeout: BRIDGE_TIMEOUT, ..Default::default() };
+            let b = bridge::Bridge::mount(&socket, mnt, BRIDGE_QUEUES, opts)
+                .unwrap_or_else(|e| panic!("bridging {mnt:?} to phoenixfsd's vhost-user socket: {e}"));
+            m.bridge = Some(b);
+        }
         let deadline = Instant::now() + Duration::from_secs(20);
         while !is_mounted(mnt) {
             if let Some(status) = m.child.try_wait().unwrap() {
@@ -84,8 +136,18 @@ impl Mount {
         self.mnt.join(rel)
     }
 
-    /// SIGTERM, and wait for a clean exit; returns the exit status.
+    /// Requests the bridge could not carry (each answered EIO to the application); 0 over FUSE.
+    pub fn bridge_failures(&self) -> usize {
+        self.bridge.as_ref().map_or(0, |b| b.failures())
+    }
+
+    /// SIGTERM, and wait for a clean exit; returns the exit status. Over vhost-user the bridge
+    /// is unmounted first, and a request it failed to carry fails the test here.
     pub fn stop(&mut self) -> std::process::ExitStatus {
+        if let Some(b) = self.bridge.take() {
+            let failures = b.unmount();
+            assert_eq!(failures, 0, "the vhost-user bridge failed {failures} requests (see stderr)");
+        }
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -103,6 +165,10 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
+        // No assertion while unwinding: the failures were reported on stderr already.
+        if let Some(b) = self.bridge.take() {
+            b.unmount();
+        }
         if self.child.try_wait().ok().flatten().is_none() {
             self.stop();
         }

@@ -3,15 +3,16 @@
 //! guest's virtio-fs driver (split virtqueues in guest memory), so a backend such as virtiofsd or
 //! phoenixfsd can be driven without a VM.
 //!
-//! Deliberately simple: one memory region, one request in flight per queue, no EVENT_IDX, no
-//! indirect descriptors. Every wait has a timeout so a wedged backend fails the test instead of
-//! hanging it.
+//! Deliberately simple: one memory region, one request in flight per queue (unless a test drives
+//! the low-level calls itself), no indirect descriptors; EVENT_IDX on request. Every wait has a
+//! timeout so a wedged backend fails the test instead of hanging it. Queues can be taken out of
+//! the `Frontend` as `QueueHandle`s and driven from their own threads.
 
 use std::fmt;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{Ordering, fence};
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -28,10 +29,11 @@ const RING_STRIDE: u64 = 64 << 10;
 const DATA_BASE: u64 = 1 << 20;
 
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
-const VRING_DESC_F_NEXT: u16 = 1;
-const VRING_DESC_F_WRITE: u16 = 2;
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+pub const VRING_DESC_F_NEXT: u16 = 1;
+pub const VRING_DESC_F_WRITE: u16 = 2;
 
-/// How long `request` waits for the backend to return the chain.
+/// How long a queue waits for the backend to return a chain, unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
@@ -45,6 +47,11 @@ pub enum Error {
     Io(&'static str, std::io::Error),
     /// The backend did not return the chain in time.
     Timeout {
+        queue: usize,
+        waited: Duration,
+    },
+    /// The backend returned the chain but did not notify (call eventfd) within the timeout.
+    MissedNotification {
         queue: usize,
         waited: Duration,
     },
@@ -62,6 +69,9 @@ impl fmt::Display for Error {
             Error::Io(what, e) => write!(f, "{what}: {e}"),
             Error::Timeout { queue, waited } => {
                 write!(f, "queue {queue}: no used buffer after {waited:?} (backend stuck or dead?)")
+            }
+            Error::MissedNotification { queue, waited } => {
+                write!(f, "queue {queue}: used buffer found, but no notification after {waited:?}")
             }
             Error::Invalid(m) => write!(f, "invalid request: {m}"),
             Error::BadUsed(m) => write!(f, "bad used ring entry: {m}"),
@@ -81,41 +91,40 @@ fn mem_err(e: impl fmt::Display) -> Error {
     Error::Memory(e.to_string())
 }
 
-/// One split virtqueue, as the driver sees it. Guest-physical addresses throughout.
-struct Queue {
-    index: usize,
-    size: u16,
-    desc: GuestAddress,
-    avail: GuestAddress,
-    used: GuestAddress,
-    /// Where this queue's request and reply buffers go (one request in flight at a time).
-    data: GuestAddress,
-    data_len: u64,
-    /// Our shadow of avail.idx (free-running, wraps at 2^16 as the spec says).
-    next_avail: u16,
-    /// The used.idx we have consumed up to.
-    last_used: u16,
-    kick: EventFd,
-    call: EventFd,
+/// How `Frontend::connect_with` sets the device up.
+#[derive(Debug, Clone, Copy)]
+pub struct FrontendOptions {
+    /// Queue 0 is hiprio, 1.. are request queues.
+    pub num_queues: usize,
+    pub queue_size: u16,
+    /// Negotiate VIRTIO_RING_F_EVENT_IDX (fails if the backend does not offer it) and drive the
+    /// rings with used_event instead of relying on unconditional notifications.
+    pub event_idx: bool,
 }
 
 /// A connected, fully set-up vhost-user-fs device.
 pub struct Frontend {
     vu: VuFrontend,
     mem: GuestMemoryMmap,
-    queues: Vec<Queue>,
+    /// `None` once the queue has been taken out with `take_queue(s)`.
+    queues: Vec<Option<QueueHandle>>,
     /// What the backend offered and what we acked, for tests that check negotiation.
     pub offered_features: u64,
     pub offered_protocol_features: VhostUserProtocolFeatures,
     pub acked_features: u64,
     pub acked_protocol_features: VhostUserProtocolFeatures,
-    pub timeout: Duration,
 }
 
 impl Frontend {
-    /// Connects to a backend listening on `socket_path` and does QEMU 7.2's vhost-user-fs-pci
-    /// start-up sequence for `num_queues` queues (queue 0 = hiprio, 1.. = request queues).
+    /// `connect_with` without EVENT_IDX.
     pub fn connect(socket_path: &Path, num_queues: usize, queue_size: u16) -> Result<Self> {
+        Self::connect_with(socket_path, FrontendOptions { num_queues, queue_size, event_idx: false })
+    }
+
+    /// Connects to a backend listening on `socket_path` and does QEMU 7.2's vhost-user-fs-pci
+    /// start-up sequence.
+    pub fn connect_with(socket_path: &Path, opts: FrontendOptions) -> Result<Self> {
+        let FrontendOptions { num_queues, queue_size, event_idx } = opts;
         if !queue_size.is_power_of_two() || queue_size < 2 || u64::from(queue_size) * 16 * 2 > RING_STRIDE {
             return Err(Error::Invalid(format!("queue size {queue_size}")));
         }
@@ -129,7 +138,12 @@ impl Frontend {
         check("SET_OWNER", vu.set_owner())?;
         let offered = check("GET_FEATURES", vu.get_features())?;
         let proto_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        for (bit, name) in [(VIRTIO_F_VERSION_1, "VIRTIO_F_VERSION_1"), (proto_bit, "VHOST_USER_F_PROTOCOL_FEATURES")] {
+        let mut required =
+            vec![(VIRTIO_F_VERSION_1, "VIRTIO_F_VERSION_1"), (proto_bit, "VHOST_USER_F_PROTOCOL_FEATURES")];
+        if event_idx {
+            required.push((VIRTIO_RING_F_EVENT_IDX, "VIRTIO_RING_F_EVENT_IDX"));
+        }
+        for (bit, name) in required {
             if offered & bit == 0 {
                 return Err(Error::Invalid(format!("backend does not offer {name} (features {offered:#x})")));
             }
@@ -151,8 +165,8 @@ impl Frontend {
                 return Err(Error::Invalid(format!("backend has {max} queues, {num_queues} asked")));
             }
         }
-        // No EVENT_IDX or INDIRECT_DESC: the driver side below does not implement them.
-        let acked = VIRTIO_F_VERSION_1 | proto_bit;
+        // No INDIRECT_DESC: the driver side below does not implement it.
+        let acked = VIRTIO_F_VERSION_1 | proto_bit | if event_idx { VIRTIO_RING_F_EVENT_IDX } else { 0 };
         check("SET_FEATURES", vu.set_features(acked))?;
 
         // The backend translates SET_VRING_ADDR through this table, so it must come first.
@@ -166,7 +180,7 @@ impl Frontend {
         let mut queues = Vec::with_capacity(num_queues);
         let data_len = ((GUEST_MEM_SIZE as u64 - DATA_BASE) / num_queues as u64) & !0xfff;
         for index in 0..num_queues {
-            let q = Queue::new(index, queue_size, data_len, &mem)?;
+            let q = QueueHandle::new(index, queue_size, data_len, event_idx, &mem)?;
             // vhost-user ring addresses are *frontend virtual* addresses (QEMU's HVA), not GPAs:
             // the backend maps them back through the memory table's userspace_addr.
             let hva = |a: GuestAddress| region.userspace_addr + (a.0 - region.guest_phys_addr);
@@ -186,7 +200,7 @@ impl Frontend {
             check("SET_VRING_KICK", vu.set_vring_kick(index, &q.kick))?;
             // With PROTOCOL_FEATURES acked, rings start disabled until enabled explicitly.
             check("SET_VRING_ENABLE", vu.set_vring_enable(index, true))?;
-            queues.push(q);
+            queues.push(Some(q));
         }
 
         Ok(Frontend {
@@ -197,57 +211,43 @@ impl Frontend {
             offered_protocol_features: offered_proto,
             acked_features: acked,
             acked_protocol_features: acked_proto,
-            timeout: DEFAULT_TIMEOUT,
         })
     }
 
-    /// Sends one FUSE request on `queue` as a two-descriptor chain (device-readable request,
-    /// device-writable reply buffer of `reply_capacity` bytes), waits for the device to return
-    /// it, and gives back exactly the bytes the device says it wrote.
+    /// `QueueHandle::request` on a queue still held by the frontend.
     pub fn request(&mut self, queue: usize, request: &[u8], reply_capacity: u32) -> Result<Vec<u8>> {
-        let timeout = self.timeout;
-        let q = self.queues.get_mut(queue).ok_or_else(|| Error::Invalid(format!("no queue {queue}")))?;
-        let req_len = request.len() as u64;
-        let req_span = (req_len + 7) & !7;
-        if req_len == 0 || req_span + u64::from(reply_capacity) > q.data_len {
-            return Err(Error::Invalid(format!(
-                "{req_len}-byte request + {reply_capacity}-byte reply exceed the {}-byte data area",
-                q.data_len
-            )));
-        }
-        let req_addr = q.data;
-        let reply_addr = GuestAddress(q.data.0 + req_span);
-        let mem = &self.mem;
-        mem.write_slice(request, req_addr).map_err(mem_err)?;
-        // Poison the reply buffer so a short write cannot pass for zeros we never got.
-        let poison = vec![0xa5u8; reply_capacity as usize];
-        mem.write_slice(&poison, reply_addr).map_err(mem_err)?;
+        self.queue(queue)?.request(request, reply_capacity)
+    }
 
-        // Two descriptors per request; rotate heads so stale state from a previous chain would
-        // show up rather than be silently overwritten in place.
-        let head = (q.next_avail.wrapping_mul(2)) % q.size;
-        let tail = (head + 1) % q.size;
-        q.write_desc(mem, head, req_addr, req_len as u32, VRING_DESC_F_NEXT, tail)?;
-        q.write_desc(mem, tail, reply_addr, reply_capacity, VRING_DESC_F_WRITE, 0)?;
-
-        // avail.ring[idx % size] = head, then publish idx with release ordering so the device
-        // never sees the index before the entry (virtio 1.1 §2.6.13).
-        let slot = q.avail.0 + 4 + 2 * u64::from(q.next_avail % q.size);
-        mem.write_obj(head.to_le(), GuestAddress(slot)).map_err(mem_err)?;
-        q.next_avail = q.next_avail.wrapping_add(1);
-        mem.store(q.next_avail.to_le(), GuestAddress(q.avail.0 + 2), Ordering::Release).map_err(mem_err)?;
-        q.kick.write(1).map_err(|e| Error::Io("kick eventfd", e))?;
-
-        let (id, len) = q.wait_used(mem, timeout)?;
-        if id != u32::from(head) {
-            return Err(Error::BadUsed(format!("id {id}, expected head {head}")));
+    /// A queue still held by the frontend, for the low-level calls.
+    pub fn queue(&mut self, index: usize) -> Result<&mut QueueHandle> {
+        match self.queues.get_mut(index) {
+            Some(Some(q)) => Ok(q),
+            Some(None) => Err(Error::Invalid(format!("queue {index} was taken"))),
+            None => Err(Error::Invalid(format!("no queue {index}"))),
         }
-        if len > reply_capacity {
-            return Err(Error::BadUsed(format!("len {len} > writable capacity {reply_capacity}")));
+    }
+
+    /// Hands queue `index` over, e.g. to another thread; `request(index, ..)` fails afterwards.
+    pub fn take_queue(&mut self, index: usize) -> Result<QueueHandle> {
+        self.queue(index)?;
+        Ok(self.queues[index].take().expect("checked by queue()"))
+    }
+
+    /// Every queue not taken yet, in index order (`QueueHandle::index` says which is which).
+    pub fn take_queues(&mut self) -> Vec<QueueHandle> {
+        self.queues.iter_mut().filter_map(Option::take).collect()
+    }
+
+    /// Sets the wait timeout of every queue not taken yet.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        for q in self.queues.iter_mut().flatten() {
+            q.timeout = timeout;
         }
-        let mut reply = vec![0u8; len as usize];
-        mem.read_slice(&mut reply, reply_addr).map_err(mem_err)?;
-        Ok(reply)
+    }
+
+    pub fn mem(&self) -> &GuestMemoryMmap {
+        &self.mem
     }
 
     /// The vhost-user control connection, for tests that send further messages.
@@ -256,11 +256,33 @@ impl Frontend {
     }
 }
 
-impl Queue {
+/// One split virtqueue, as the driver sees it, with everything needed to drive it from any
+/// thread. Guest-physical addresses throughout.
+pub struct QueueHandle {
+    index: usize,
+    size: u16,
+    desc: GuestAddress,
+    avail: GuestAddress,
+    used: GuestAddress,
+    /// Where this queue's request and reply buffers go; no other queue touches it.
+    data: GuestAddress,
+    data_len: u64,
+    /// Our shadow of avail.idx (free-running, wraps at 2^16 as the spec says).
+    next_avail: u16,
+    /// The used.idx we have consumed up to.
+    last_used: u16,
+    event_idx: bool,
+    timeout: Duration,
+    kick: EventFd,
+    call: EventFd,
+    mem: GuestMemoryMmap,
+}
+
+impl QueueHandle {
     /// Lays the queue out at its fixed slot: descriptor table (16-byte aligned), avail ring,
     /// then the used ring on the next 4 KiB boundary (alignment the legacy layout needed and
     /// that is harmless for the modern one).
-    fn new(index: usize, size: u16, data_len: u64, mem: &GuestMemoryMmap) -> Result<Self> {
+    fn new(index: usize, size: u16, data_len: u64, event_idx: bool, mem: &GuestMemoryMmap) -> Result<Self> {
         let base = RINGS_BASE + index as u64 * RING_STRIDE;
         let n = u64::from(size);
         let desc = GuestAddress(base);
@@ -273,7 +295,7 @@ impl Queue {
         // Fresh rings: all-zero flags and indices (memfd pages are zero, but be explicit).
         mem.write_slice(&vec![0u8; RING_STRIDE as usize], desc).map_err(mem_err)?;
         let efd = |what| EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|e| Error::Io(what, e));
-        Ok(Queue {
+        Ok(QueueHandle {
             index,
             size,
             desc,
@@ -283,51 +305,127 @@ impl Queue {
             data_len,
             next_avail: 0,
             last_used: 0,
+            event_idx,
+            timeout: DEFAULT_TIMEOUT,
             kick: efd("kick eventfd")?,
             call: efd("call eventfd")?,
+            mem: mem.clone(),
         })
     }
 
-    fn write_desc(
-        &self,
-        mem: &GuestMemoryMmap,
-        i: u16,
-        addr: GuestAddress,
-        len: u32,
-        flags: u16,
-        next: u16,
-    ) -> Result<()> {
+    pub fn index(&self) -> usize {
+        self.index
+    }
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+    pub fn desc_addr(&self) -> GuestAddress {
+        self.desc
+    }
+    pub fn avail_addr(&self) -> GuestAddress {
+        self.avail
+    }
+    pub fn used_addr(&self) -> GuestAddress {
+        self.used
+    }
+    /// This queue's private buffer area (`data_len` bytes), free for tests to lay buffers out in.
+    pub fn data_addr(&self) -> GuestAddress {
+        self.data
+    }
+    pub fn data_len(&self) -> u64 {
+        self.data_len
+    }
+    pub fn mem(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+    pub fn event_idx(&self) -> bool {
+        self.event_idx
+    }
+    /// The avail.idx we last published.
+    pub fn next_avail(&self) -> u16 {
+        self.next_avail
+    }
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// The used ring's trailing avail_event: with EVENT_IDX, the avail index at which the device
+    /// wants the next kick.
+    pub fn avail_event(&self) -> Result<u16> {
+        let addr = GuestAddress(self.used.0 + 4 + 8 * u64::from(self.size));
+        Ok(u16::from_le(self.mem.load(addr, Ordering::Acquire).map_err(mem_err)?))
+    }
+
+    /// Writes descriptor `index` verbatim: nothing is checked but that the slot is in the table,
+    /// so hostile-input tests can point it anywhere.
+    pub fn write_descriptor(&self, index: u16, addr: GuestAddress, len: u32, flags: u16, next: u16) -> Result<()> {
+        if index >= self.size {
+            return Err(Error::Invalid(format!("descriptor {index} outside a {}-entry table", self.size)));
+        }
         let mut d = [0u8; 16];
         d[0..8].copy_from_slice(&addr.0.to_le_bytes());
         d[8..12].copy_from_slice(&len.to_le_bytes());
         d[12..14].copy_from_slice(&flags.to_le_bytes());
         d[14..16].copy_from_slice(&next.to_le_bytes());
-        mem.write_slice(&d, GuestAddress(self.desc.0 + 16 * u64::from(i))).map_err(mem_err)
+        self.mem.write_slice(&d, GuestAddress(self.desc.0 + 16 * u64::from(index))).map_err(mem_err)
     }
 
-    /// Waits until used.idx moves past `last_used` and returns that element. Checks the ring
-    /// before sleeping: the device may have finished before we got here, and the interrupt
-    /// (call eventfd) only tells us to look, it carries no data.
-    fn wait_used(&mut self, mem: &GuestMemoryMmap, timeout: Duration) -> Result<(u32, u32)> {
+    /// Offers the chain starting at `head` to the device and kicks it.
+    pub fn publish(&mut self, head: u16) -> Result<()> {
+        // avail.ring[idx % size] = head, then publish idx with release ordering so the device
+        // never sees the index before the entry (virtio 1.1 §2.6.13).
+        let slot = self.avail.0 + 4 + 2 * u64::from(self.next_avail % self.size);
+        self.mem.write_obj(head.to_le(), GuestAddress(slot)).map_err(mem_err)?;
+        self.next_avail = self.next_avail.wrapping_add(1);
+        self.mem.store(self.next_avail.to_le(), GuestAddress(self.avail.0 + 2), Ordering::Release).map_err(mem_err)?;
+        // Always kick, even when EVENT_IDX's avail_event says the device does not need it:
+        // spurious kicks are allowed and it keeps a missed kick out of the suspects.
+        self.kick.write(1).map_err(|e| Error::Io("kick eventfd", e))
+    }
+
+    /// Waits (up to the timeout) until the device returns a chain and gives back that used
+    /// element as (id, len). Checks the ring before sleeping: the device may have finished before
+    /// we got here, and the interrupt (call eventfd) only tells us to look, it carries no data.
+    pub fn wait_used(&mut self) -> Result<(u32, u32)> {
+        if self.event_idx {
+            // used_event = the index of the element we wait for: the device must notify when it
+            // moves used.idx past it. The fence orders this store before the used.idx load
+            // below, so a device that finished before seeing it is caught by that load instead.
+            let used_event = GuestAddress(self.avail.0 + 4 + 2 * u64::from(self.size));
+            self.mem.store(self.last_used.to_le(), used_event, Ordering::Release).map_err(mem_err)?;
+            fence(Ordering::SeqCst);
+        }
         let start = Instant::now();
+        // Whether the last sleep ended with a notification: a used element found after one that
+        // did not is a device that forgot to notify, which would otherwise pass as a slow reply.
+        let mut notified = true;
         loop {
-            let used_idx = u16::from_le(mem.load(GuestAddress(self.used.0 + 2), Ordering::Acquire).map_err(mem_err)?);
+            let used_idx =
+                u16::from_le(self.mem.load(GuestAddress(self.used.0 + 2), Ordering::Acquire).map_err(mem_err)?);
+            let waited = start.elapsed();
             if used_idx != self.last_used {
-                let pending = used_idx.wrapping_sub(self.last_used);
-                if pending > 1 {
-                    return Err(Error::BadUsed(format!("{pending} used entries for 1 request")));
+                let returned = used_idx.wrapping_sub(self.last_used);
+                let in_flight = self.next_avail.wrapping_sub(self.last_used);
+                if returned > in_flight {
+                    return Err(Error::BadUsed(format!("{returned} used entries for {in_flight} published chains")));
+                }
+                if !notified {
+                    return Err(Error::MissedNotification { queue: self.index, waited });
                 }
                 let elem = self.used.0 + 4 + 8 * u64::from(self.last_used % self.size);
-                let id = u32::from_le(mem.read_obj(GuestAddress(elem)).map_err(mem_err)?);
-                let len = u32::from_le(mem.read_obj(GuestAddress(elem + 4)).map_err(mem_err)?);
-                self.last_used = used_idx;
+                let id = u32::from_le(self.mem.read_obj(GuestAddress(elem)).map_err(mem_err)?);
+                let len = u32::from_le(self.mem.read_obj(GuestAddress(elem + 4)).map_err(mem_err)?);
+                self.last_used = self.last_used.wrapping_add(1);
                 return Ok((id, len));
             }
-            let waited = start.elapsed();
-            if waited >= timeout {
+            if waited >= self.timeout || !notified {
                 return Err(Error::Timeout { queue: self.index, waited });
             }
-            let left = (timeout - waited).as_millis().clamp(1, i32::MAX as u128) as i32;
+            // Rounded up, so the sleep does not end just short of the timeout.
+            let left = ((self.timeout - waited).as_millis() + 1).min(i32::MAX as u128) as i32;
             let mut pfd = libc::pollfd { fd: self.call.as_raw_fd(), events: libc::POLLIN, revents: 0 };
             // SAFETY: one valid pollfd, for the duration of the call.
             let r = unsafe { libc::poll(&mut pfd, 1, left) };
@@ -339,8 +437,57 @@ impl Queue {
             } else if r > 0 {
                 // Drain the counter; EAGAIN (spurious wakeup) is harmless.
                 let _ = self.call.read();
+            } else {
+                notified = false;
             }
         }
+    }
+
+    /// Sends one FUSE request as a chain of a device-readable request and, unless
+    /// `reply_capacity` is 0 (FORGET and friends, as the Linux driver sends them), a
+    /// device-writable reply buffer of `reply_capacity` bytes; waits for the device to return it
+    /// and gives back exactly the bytes the device says it wrote.
+    pub fn request(&mut self, request: &[u8], reply_capacity: u32) -> Result<Vec<u8>> {
+        let req_len = request.len() as u64;
+        let req_span = (req_len + 7) & !7;
+        if req_len == 0 || req_span + u64::from(reply_capacity) > self.data_len {
+            return Err(Error::Invalid(format!(
+                "{req_len}-byte request + {reply_capacity}-byte reply exceed the {}-byte data area",
+                self.data_len
+            )));
+        }
+        let req_addr = self.data;
+        let reply_addr = GuestAddress(self.data.0 + req_span);
+        self.mem.write_slice(request, req_addr).map_err(mem_err)?;
+        // Poison the reply buffer so a short write cannot pass for zeros we never got.
+        let poison = vec![0xa5u8; reply_capacity as usize];
+        self.mem.write_slice(&poison, reply_addr).map_err(mem_err)?;
+
+        // Two descriptors per request; rotate heads so stale state from a previous chain would
+        // show up rather than be silently overwritten in place.
+        let head = (self.next_avail.wrapping_mul(2)) % self.size;
+        let tail = (head + 1) % self.size;
+        if reply_capacity == 0 {
+            self.write_descriptor(head, req_addr, req_len as u32, 0, 0)?;
+        } else {
+            self.write_descriptor(head, req_addr, req_len as u32, VRING_DESC_F_NEXT, tail)?;
+            self.write_descriptor(tail, reply_addr, reply_capacity, VRING_DESC_F_WRITE, 0)?;
+        }
+        self.publish(head)?;
+
+        let (id, len) = self.wait_used()?;
+        if id != u32::from(head) {
+            return Err(Error::BadUsed(format!("queue {}: id {id}, expected head {head}", self.index)));
+        }
+        if len > reply_capacity {
+            return Err(Error::BadUsed(format!(
+                "queue {}: len {len} > writable capacity {reply_capacity}",
+                self.index
+            )));
+        }
+        let mut reply = vec![0u8; len as usize];
+        self.mem.read_slice(&mut reply, reply_addr).map_err(mem_err)?;
+        Ok(reply)
     }
 }
 

@@ -155,8 +155,10 @@ impl QueueThread {
         if self.state.base_pending.load(Ordering::Acquire) != 0 {
             // Crash inside: base_pending is still set, and the next worker starts over.
             self.state.start_from_base(ring_used);
-        } else {
-            self.state.repair_used(ring_used);
+        } else if self.state.repair_used(ring_used) && cfg.call_fd >= 0 {
+            // The dead worker published a used element but may not have signalled it: an extra
+            // interrupt is harmless, a missing one leaves the driver waiting.
+            let _ = sys::write(cfg.call_fd, &1u64.to_ne_bytes());
         }
         Some(Active {
             guest,
