@@ -56,7 +56,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::Mount;
+use common::{Mount, Transport};
 
 /// One soak at a time: they time kills and count fds, and share 2 cores.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -64,14 +64,22 @@ static SERIAL: Mutex<()> = Mutex::new(());
 #[test]
 fn test_soak_random_kills() {
     let kills = env_u64("PHOENIXFS_SOAK_KILLS", 500);
-    run_soak("random_kills", &["--recovery", "on", "--xattr"], kills, 10);
+    run_soak("random_kills", Transport::Fuse, &["--recovery", "on", "--xattr"], kills, 10);
+}
+
+/// The same soak over vhost-user: the workload's syscalls reach phoenixfsd as chains on four
+/// request queues (the test's FUSE-to-virtqueue bridge), while the worker is killed at random.
+#[test]
+fn test_soak_random_kills_vhost_user() {
+    let kills = env_u64("PHOENIXFS_SOAK_KILLS", 500);
+    run_soak("random_kills_vhost_user", Transport::VhostUser, &["--recovery", "on", "--xattr"], kills, 10);
 }
 
 /// The same workload on the bare engine with no killer: a failure here is a workload or engine
 /// bug, not a recovery bug. Also proves the fd baseline check holds without any crash.
 #[test]
 fn test_soak_no_kills_recovery_off() {
-    run_soak("no_kills_recovery_off", &["--recovery", "off", "--xattr"], 0, 5);
+    run_soak("no_kills_recovery_off", Transport::Fuse, &["--recovery", "off", "--xattr"], 0, 5);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1665,7 +1673,7 @@ fn fail_now(m: &mut Mount, msgs: &[String]) -> ! {
     );
 }
 
-fn run_soak(case: &str, daemon_args: &[&str], kills: u64, default_secs: u64) {
+fn run_soak(case: &str, transport: Transport, daemon_args: &[&str], kills: u64, default_secs: u64) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let seed = match std::env::var("PHOENIXFS_SOAK_SEED") {
         Ok(v) => parse_u64(&v).unwrap_or_else(|| panic!("PHOENIXFS_SOAK_SEED={v:?} is not a number")),
@@ -1698,7 +1706,7 @@ fn run_soak(case: &str, daemon_args: &[&str], kills: u64, default_secs: u64) {
         }
     );
 
-    let mut m = Mount::new(&args);
+    let mut m = Mount::new_on(transport, &args);
     let sup = m.child.id() as i32;
     let baseline = settle_fds(sup, &m.mnt);
     eprintln!("soak[{case}]: supervisor {sup}: {} fds before the workload", baseline.len());
