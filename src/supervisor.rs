@@ -71,7 +71,8 @@ fn clone_worker(region: &Region, cfg: &WorkerConfig) -> Result<i32, Error> {
     }
 }
 
-/// The kernel's count of OOM kills so far (to tell an OOM kill from an outside SIGKILL).
+/// The kernel's count of OOM kills so far (to tell an OOM kill from an outside SIGKILL). Opens
+/// a file: call it only while no worker is alive (the fd table is shared; see `Workers::start`).
 fn oom_kills() -> u64 {
     std::fs::read_to_string("/proc/vmstat")
         .ok()
@@ -112,11 +113,15 @@ pub struct Workers {
 
 impl Workers {
     fn start(region: Region, cfg: WorkerConfig) -> Result<Workers, Error> {
+        // Before the clone: reading /proc/vmstat opens and closes an fd in the table we share
+        // with the worker, and a worker sweeping its fds at start could close that number and
+        // open its own under it, which our close would then take away.
+        let ooms_at_start = oom_kills();
         let pid = clone_worker(&region, &cfg)?;
         let h = region.header();
         Ok(Workers {
             served_at_start: h.served.load(Ordering::Relaxed),
-            ooms_at_start: oom_kills(),
+            ooms_at_start,
             region,
             cfg,
             pid,

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::Mount;
+use common::{Mount, Transport};
 
 fn open_rw(p: &Path) -> i32 {
     let c = CString::new(p.as_os_str().as_bytes()).unwrap();
@@ -37,7 +37,7 @@ fn lock(fd: i32, typ: i32, wait: bool) -> i32 {
 
 #[test]
 fn test_blocking_locks_do_not_starve_the_daemon() {
-    let m = Mount::new(&["--thread-pool-size", "2", "-o", "posix_lock"]);
+    let m = Mount::new_on(Transport::Fuse, &["--thread-pool-size", "2", "-o", "posix_lock"]);
     std::fs::write(m.path("f"), "locked").unwrap();
     std::fs::write(m.path("other"), "free").unwrap();
     let holder = open_rw(&m.path("f"));
@@ -81,7 +81,7 @@ fn test_blocking_lock_interrupted_by_a_signal_gets_eintr() {
         sa.sa_sigaction = nothing as extern "C" fn(libc::c_int) as usize;
         libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut());
     }
-    let m = Mount::new(&["-o", "posix_lock"]);
+    let m = Mount::new_on(Transport::Fuse, &["-o", "posix_lock"]);
     std::fs::write(m.path("f"), "locked").unwrap();
     let holder = open_rw(&m.path("f"));
     assert_eq!(lock(holder, libc::F_WRLCK, false), 0);

@@ -23,6 +23,17 @@ pub enum Transport {
     VhostUser,
 }
 
+impl Transport {
+    /// The transport suites run on by default: PHOENIXFS_TEST_TRANSPORT=vhost-user runs a whole
+    /// real-syscall suite (compare, pjdfstest) over virtqueues; anything else, FUSE.
+    pub fn from_env() -> Transport {
+        match std::env::var("PHOENIXFS_TEST_TRANSPORT").as_deref() {
+            Ok("vhost-user") => Transport::VhostUser,
+            _ => Transport::Fuse,
+        }
+    }
+}
+
 /// Request queues the bridge drives (one bridge thread each). The daemon offers at least 4.
 const BRIDGE_QUEUES: usize = 4;
 /// How long the bridge waits for one request: longer than any recovery, so a timeout is a bug.
@@ -62,9 +73,10 @@ pub struct Mount {
 }
 
 impl Mount {
-    /// A fresh share and mount point in a new temporary directory.
+    /// A fresh share and mount point in a new temporary directory, over the transport the
+    /// environment names (`Transport::from_env`).
     pub fn new(extra_args: &[&str]) -> Mount {
-        Mount::new_on(Transport::Fuse, extra_args)
+        Mount::new_on(Transport::from_env(), extra_args)
     }
 
     /// As `new`, over `transport`.
