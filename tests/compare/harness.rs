@@ -18,7 +18,7 @@ use std::os::fd::FromRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::common::Mount;
+use crate::common::{Mount, Transport};
 use crate::ops::*;
 
 /// Credentials for a forked child: uid/gid/supplementary groups and the umask to run with.
@@ -186,6 +186,9 @@ pub struct Pair {
     pub plain: PathBuf,
     pub fuse: PathBuf,
     diffs: RefCell<Vec<String>>,
+    /// Steps known to differ on this transport (step label, why, seen yet): they must differ,
+    /// and nothing else may.
+    expected: RefCell<Vec<(String, &'static str, bool)>>,
     finished: Cell<bool>,
 }
 
@@ -206,7 +209,25 @@ impl Pair {
             std::fs::create_dir(root).unwrap_or_else(|e| panic!("mkdir {root:?}: {e}"));
             std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        Pair { mount, plain, fuse, diffs: RefCell::new(vec![]), finished: Cell::new(false) }
+        Pair {
+            mount,
+            plain,
+            fuse,
+            diffs: RefCell::new(vec![]),
+            expected: RefCell::new(vec![]),
+            finished: Cell::new(false),
+        }
+    }
+
+    /// Which transport the mount is served over.
+    pub fn transport(&self) -> Transport {
+        Transport::from_env()
+    }
+
+    /// Declares that step `step` (as logged, e.g. "[alice] stat own") differs on this mount for
+    /// a documented reason: the test then requires that it differs, and tolerates only that.
+    pub fn expect_divergence(&self, step: &str, why: &'static str) {
+        self.expected.borrow_mut().push((step.to_string(), why, false));
     }
 
     fn run(&self, root: &Path, reference: bool, f: &dyn Fn(&mut Rec)) -> Rec {
@@ -228,7 +249,13 @@ impl Pair {
             match (a.log.get(i), b.log.get(i)) {
                 (Some(x), Some(y)) if x == y => {}
                 (Some((s, v)), Some((t, w))) if s == t => {
-                    diffs.push(format!("[{scenario}] {s}:\n      plain dir: {v}\n      FUSE mount: {w}"))
+                    let mut expected = self.expected.borrow_mut();
+                    if let Some(e) = expected.iter_mut().find(|e| e.0 == *s) {
+                        eprintln!("[{scenario}] {s}: differs as expected ({}): plain {v}, mount {w}", e.1);
+                        e.2 = true;
+                    } else {
+                        diffs.push(format!("[{scenario}] {s}:\n      plain dir: {v}\n      FUSE mount: {w}"))
+                    }
                 }
                 (x, y) => diffs.push(format!("[{scenario}] step #{i} out of step: plain {x:?}, FUSE {y:?}")),
             }
@@ -240,6 +267,11 @@ impl Pair {
         self.finished.set(true);
         let (a, b) = (snapshot(&self.plain), snapshot(&self.fuse));
         let mut diffs = self.diffs.borrow_mut();
+        for (step, why, seen) in self.expected.borrow().iter() {
+            if !seen {
+                diffs.push(format!("{step}: expected to differ ({why}), but it did not"));
+            }
+        }
         for key in a.keys().chain(b.keys().filter(|k| !a.contains_key(*k))) {
             match (a.get(key), b.get(key)) {
                 (Some(x), Some(y)) if x == y => {}
