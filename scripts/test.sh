@@ -4,7 +4,10 @@
 #   1. scripts/setup.sh   - Debian packages (fuse3, fio, ...), pjdfstest 0.2.2, dummy users
 #   2. cargo fmt --check, cargo clippy -D warnings
 #   3. cargo build/test --release --features crash-points (all unit and integration tests:
-#      pjdfstest, the differential suite, hostile requests, crash points, the random-kill soak)
+#      pjdfstest, the differential suite, hostile requests, crash points, the random-kill soak,
+#      vhost-user protocol and crash tests)
+#   4. the real-syscall suites again over vhost-user (PHOENIXFS_TEST_TRANSPORT=vhost-user: the
+#      test's FUSE-to-virtqueue bridge carries every request to phoenixfsd's vhost-user backend)
 # Exits non-zero on any failure.
 #
 # Test binaries run one after another; tests inside one binary run in parallel (each FUSE test
@@ -35,6 +38,11 @@ cargo build --release --features crash-points
 step "cargo test --release (timeout ${TEST_TIMEOUT}s)"
 rc=0
 timeout --kill-after=30 "$TEST_TIMEOUT" cargo test --release --features crash-points --no-fail-fast -- --show-output "$@" || rc=$?
+
+step "compare and pjdfstest over vhost-user"
+timeout --kill-after=30 "$TEST_TIMEOUT" env PHOENIXFS_TEST_TRANSPORT=vhost-user \
+    cargo test --release --features crash-points --no-fail-fast --test compare --test pjdfstest -- --show-output "$@" \
+    || rc=$((rc ? rc : $?))
 if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
     echo "error: cargo test did not finish within ${TEST_TIMEOUT}s (a FUSE test hung?)" >&2
     # A hung daemon leaves its mount behind; detach any test mounts so the machine stays usable.
