@@ -18,17 +18,8 @@ mod backend;
 #[path = "vhost/frontend.rs"]
 mod frontend;
 
-use backend::{Backend, call, init};
+use backend::{Backend, call, children_of, init};
 use frontend::Frontend;
-
-/// The live children of `pid` (the supervisor's worker).
-fn children_of(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
 
 /// SIGKILLs the supervisor's worker every `period` until dropped; counts the kills.
 struct Killer {

@@ -2,8 +2,13 @@
 //! over a real socket with memfd guest memory: the handshake QEMU performs, FUSE requests in
 //! descriptor chains, several queues, EVENT_IDX on and off, and hostile chains.
 
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
 use phoenixfsd::fuse::Op;
-use phoenixfsd::fuse::abi::{self, EntryOut};
+use phoenixfsd::fuse::abi::{self, EntryOut, OutHeader};
+use phoenixfsd::fuse::encode::{Sender, encode_request};
+use vm_memory::{Bytes, GuestAddress};
 use zerocopy::FromBytes;
 
 #[path = "vhost/backend.rs"]
@@ -11,8 +16,10 @@ mod backend;
 #[path = "vhost/frontend.rs"]
 mod frontend;
 
-use backend::{Backend, call, init};
-use frontend::Frontend;
+use backend::{Backend, call, check_reply, children_of, init};
+use frontend::{
+    Frontend, FrontendOptions, GUEST_MEM_SIZE, VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
 
 #[test]
 fn test_handshake_and_lookup_over_the_rings() {
@@ -29,4 +36,168 @@ fn test_handshake_and_lookup_over_the_rings() {
     }
     let (err, _) = call(&mut fe, 1, 20, abi::ROOT_ID, &Op::Lookup { name: c"missing" });
     assert_eq!(err, -libc::ENOENT);
+}
+
+#[test]
+fn test_event_idx_on_and_off() {
+    for event_idx in [false, true] {
+        let b = Backend::start(&[]);
+        std::fs::write(b.share.join("hello.txt"), b"hello").unwrap();
+        let opts = FrontendOptions { num_queues: 2, queue_size: 8, event_idx };
+        let mut fe = Frontend::connect_with(b.socket(), opts).unwrap_or_else(|e| panic!("handshake: {e}"));
+        assert_ne!(fe.offered_features & VIRTIO_RING_F_EVENT_IDX, 0, "EVENT_IDX is offered");
+        init(&mut fe);
+        // 3 times round an 8-entry ring: the indices wrap.
+        for i in 0..24u64 {
+            let (err, _) = call(&mut fe, 1, 10 + i, abi::ROOT_ID, &Op::Lookup { name: c"hello.txt" });
+            assert_eq!(err, 0, "LOOKUP {i} with event_idx {event_idx}");
+            if event_idx {
+                // The device asks for a kick at the next avail index before it waits.
+                let q = fe.queue(1).unwrap();
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while q.avail_event().unwrap() != q.next_avail() {
+                    assert!(
+                        Instant::now() < deadline,
+                        "avail_event {} != next avail {}",
+                        q.avail_event().unwrap(),
+                        q.next_avail()
+                    );
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn test_request_queues_serve_in_parallel() {
+    let b = Backend::start(&[]);
+    let mut fe = Frontend::connect(b.socket(), 5, 64).unwrap_or_else(|e| panic!("handshake: {e}"));
+    init(&mut fe);
+    let queues = fe.take_queues();
+    let threads: Vec<_> = queues
+        .into_iter()
+        .skip(1)
+        .map(|mut q| {
+            std::thread::spawn(move || {
+                let index = q.index();
+                for i in 0..100u64 {
+                    let name = std::ffi::CString::new(format!("q{index}-{i}")).unwrap();
+                    let unique = (index as u64) << 32 | i;
+                    let mkdir = Op::Mkdir { arg: abi::MkdirIn { mode: 0o755, umask: 0 }, name: &name };
+                    let req = encode_request(Sender { unique, nodeid: abi::ROOT_ID, uid: 0, gid: 0, pid: 1 }, &mkdir);
+                    let reply = q.request(&req, 4096).unwrap_or_else(|e| panic!("queue {index}: {e}"));
+                    let (err, _) = check_reply(&mkdir, unique, &reply);
+                    assert_eq!(err, 0, "MKDIR {name:?} on queue {index}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let made = std::fs::read_dir(&b.share).unwrap().count();
+    assert_eq!(made, 400, "every MKDIR of 4 queues x 100 happened once");
+}
+
+/// One hostile chain: how to lay it out on queue 1 (descriptor writes), and its head.
+struct Hostile {
+    what: &'static str,
+    descs: Vec<(u16, u64, u32, u16, u16)>,
+    head: u16,
+}
+
+#[test]
+fn test_hostile_chains_are_dropped_and_change_nothing() {
+    let b = Backend::start(&[]);
+    std::fs::write(b.share.join("hello.txt"), b"hello").unwrap();
+    let mut fe = Frontend::connect(b.socket(), 2, 16).unwrap_or_else(|e| panic!("handshake: {e}"));
+    init(&mut fe);
+    let worker = children_of(b.pid());
+    let mut q = fe.take_queue(1).unwrap();
+    let data = q.data_addr().0;
+    // A well-formed LOOKUP in the data area, for the chains that carry a real request.
+    let lookup = Op::Lookup { name: c"hello.txt" };
+    let req = encode_request(Sender { unique: 77, nodeid: abi::ROOT_ID, uid: 0, gid: 0, pid: 1 }, &lookup);
+    q.mem().write_slice(&req, GuestAddress(data)).unwrap();
+    let (len, reply_at) = (req.len() as u32, data + 4096);
+    let outside = GUEST_MEM_SIZE as u64 + 4096;
+    let (next, write) = (VRING_DESC_F_NEXT, VRING_DESC_F_WRITE);
+    let cases = vec![
+        Hostile { what: "request outside guest memory", descs: vec![(0, outside, 64, 0, 0)], head: 0 },
+        Hostile { what: "address + length overflows", descs: vec![(0, u64::MAX - 8, 64, 0, 0)], head: 0 },
+        Hostile {
+            what: "reply buffer outside guest memory",
+            descs: vec![(0, data, len, next, 1), (1, outside, 4096, write, 0)],
+            head: 0,
+        },
+        Hostile {
+            what: "looping chain",
+            descs: vec![(2, data, len, next, 3), (3, reply_at, 64, next | write, 2)],
+            head: 2,
+        },
+        Hostile { what: "link outside the queue", descs: vec![(4, data, len, next, 999)], head: 4 },
+        Hostile { what: "indirect descriptor", descs: vec![(5, data, 64, 4, 0)], head: 5 },
+        Hostile {
+            what: "readable after writable",
+            descs: vec![(6, reply_at, 64, next | write, 7), (7, data, len, 0, 0)],
+            head: 6,
+        },
+        Hostile {
+            what: "reply buffer too short for a header",
+            descs: vec![(8, data, len, next, 9), (9, reply_at, 8, write, 0)],
+            head: 8,
+        },
+        Hostile { what: "garbage instead of a FUSE header", descs: vec![(10, data + 8192, 10, 0, 0)], head: 10 },
+    ];
+    for c in &cases {
+        for &(i, addr, len, flags, next) in &c.descs {
+            q.write_descriptor(i, GuestAddress(addr), len, flags, next).unwrap();
+        }
+        q.publish(c.head).unwrap();
+        let (id, used_len) = q.wait_used().unwrap_or_else(|e| panic!("{}: {e}", c.what));
+        assert_eq!((id, used_len), (u32::from(c.head), 0), "{}: dropped with a zero-length used element", c.what);
+    }
+    // A reply that does not fit but leaves room for a header: an error reply.
+    q.write_descriptor(11, GuestAddress(data), len, next, 12).unwrap();
+    q.write_descriptor(12, GuestAddress(reply_at), 20, write, 0).unwrap();
+    q.publish(11).unwrap();
+    let (id, used_len) = q.wait_used().unwrap();
+    assert_eq!((id, used_len), (11, 16), "short reply buffer: a bare error header");
+    let mut hdr = [0u8; 16];
+    q.mem().read_slice(&mut hdr, GuestAddress(reply_at)).unwrap();
+    let (out, _) = OutHeader::read_from_prefix(&hdr).unwrap();
+    assert_eq!((out.error, out.unique), (-libc::EIO, 77));
+    // A header whose length disagrees with the bytes sent: no header to trust, so dropped.
+    let mut bad = req.clone();
+    bad[0..4].copy_from_slice(&(req.len() as u32 + 100).to_le_bytes());
+    q.mem().write_slice(&bad, GuestAddress(data + 8192)).unwrap();
+    q.write_descriptor(13, GuestAddress(data + 8192), len, next, 14).unwrap();
+    q.write_descriptor(14, GuestAddress(reply_at), 4096, write, 0).unwrap();
+    q.publish(13).unwrap();
+    assert_eq!(q.wait_used().unwrap(), (13, 0), "a request whose header lies about its length");
+
+    // Nothing reached the file system, the worker never died, and the queue still serves.
+    let names: Vec<_> = std::fs::read_dir(&b.share).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["hello.txt"]);
+    assert_eq!(children_of(b.pid()), worker, "a hostile chain must not kill the worker");
+    let reply = q.request(&req, 4096).unwrap();
+    assert_eq!(check_reply(&lookup, 77, &reply).0, 0, "the queue serves on");
+}
+
+#[test]
+fn test_avail_index_jump_stops_only_that_queue() {
+    let b = Backend::start(&[]);
+    std::fs::write(b.share.join("hello.txt"), b"hello").unwrap();
+    let mut fe = Frontend::connect(b.socket(), 3, 16).unwrap_or_else(|e| panic!("handshake: {e}"));
+    init(&mut fe);
+    let worker = children_of(b.pid());
+    let q = fe.take_queue(1).unwrap();
+    // avail.idx moved 1000 entries ahead of what the device has seen: no driver does that.
+    q.mem().store(1000u16.to_le(), GuestAddress(q.avail_addr().0 + 2), Ordering::Release).unwrap();
+    drop(q);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(children_of(b.pid()), worker, "the worker survives a corrupt avail index");
+    let (err, _) = call(&mut fe, 2, 5, abi::ROOT_ID, &Op::Lookup { name: c"hello.txt" });
+    assert_eq!(err, 0, "the other queue still serves");
 }

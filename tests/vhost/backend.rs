@@ -69,6 +69,15 @@ impl Drop for Backend {
     }
 }
 
+/// The live children of `pid` (the supervisor's worker).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
 /// Sends one request on `queue` and checks the reply's envelope; returns (error, payload).
 pub fn call(fe: &mut Frontend, queue: usize, unique: u64, nodeid: u64, op: &Op<'_>) -> (i32, Vec<u8>) {
     let req = encode_request(Sender { unique, nodeid, uid: 0, gid: 0, pid: 1 }, op);
