@@ -58,3 +58,31 @@ fn test_cli_legacy_o_forms_are_accepted() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--mountpoint, --socket-path or --fd"), "parsed past the -o options: {err}");
 }
+
+#[test]
+fn test_cli_vhost_user_socket_errors_are_clear() {
+    let tmp = tempfile::tempdir().unwrap();
+    let share = tmp.path().to_str().unwrap();
+    let regular = tmp.path().join("file");
+    std::fs::write(&regular, "").unwrap();
+    let socket_in_missing_dir = tmp.path().join("no/such/dir/vfs.sock");
+    let cases: &[(&[&str], &str)] = &[
+        // fd 0 here is /dev/null (Command's default for output()): not a socket.
+        (&["--shared-dir", share, "--fd", "0"], "--fd 0 is not a listening socket"),
+        (&["--shared-dir", share, "--socket-path", socket_in_missing_dir.to_str().unwrap()], "cannot listen"),
+        (
+            &["--shared-dir", share, "--socket-path", regular.to_str().unwrap(), "--socket-group", "no-such-group-x"],
+            "cannot listen",
+        ),
+    ];
+    for (args, named) in cases {
+        let (code, _, err) = run(args);
+        assert_eq!(code, 1, "{args:?}: exit code (stderr: {err})");
+        assert!(err.contains(named), "{args:?}: the message should say {named:?}: {err}");
+    }
+    let sock = tmp.path().join("vfs.sock");
+    let (code, _, err) =
+        run(&["--shared-dir", share, "--socket-path", sock.to_str().unwrap(), "--socket-group", "no-such-group-x"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no-such-group-x"), "the message names the group: {err}");
+}

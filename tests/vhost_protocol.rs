@@ -201,3 +201,60 @@ fn test_avail_index_jump_stops_only_that_queue() {
     let (err, _) = call(&mut fe, 2, 5, abi::ROOT_ID, &Op::Lookup { name: c"hello.txt" });
     assert_eq!(err, 0, "the other queue still serves");
 }
+
+/// `--fd`: the listening socket is inherited (how libvirt may start virtiofsd).
+#[test]
+fn test_inherited_listening_socket_and_recovery_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let share = tmp.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::write(share.join("hello.txt"), b"hello").unwrap();
+    let path = tmp.path().join("inherited.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    let mut child = std::process::Command::new(backend::BIN);
+    child.arg("--shared-dir").arg(&share).args(["--fd", &fd.to_string(), "--recovery", "off", "--log-level", "warn"]);
+    // SAFETY: between fork and exec only async-signal-safe fcntl: the child keeps the listener.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut child, move || {
+            libc::fcntl(fd, libc::F_SETFD, 0);
+            Ok(())
+        });
+    }
+    let mut child = child.spawn().unwrap();
+    let mut fe = Frontend::connect(&path, 2, 32).unwrap_or_else(|e| panic!("handshake on an inherited socket: {e}"));
+    init(&mut fe);
+    let (err, _) = call(&mut fe, 1, 2, abi::ROOT_ID, &Op::Lookup { name: c"hello.txt" });
+    assert_eq!(err, 0);
+    // Recovery off: the daemon is one process, no worker to replace.
+    assert!(children_of(child.id()).is_empty(), "--recovery off runs without a worker process");
+    drop(fe);
+    // The frontend went away: the daemon stops, as virtiofsd does.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit after the frontend disconnected: {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the daemon did not stop after the frontend disconnected");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn test_daemon_stops_when_the_frontend_disconnects() {
+    let mut b = Backend::start(&[]);
+    let mut fe = Frontend::connect(b.socket(), 2, 32).unwrap_or_else(|e| panic!("handshake: {e}"));
+    init(&mut fe);
+    drop(fe);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = b.child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the daemon did not stop after the frontend disconnected");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(children_of(b.pid()).is_empty(), "no worker is left behind");
+}
