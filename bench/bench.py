@@ -2,6 +2,10 @@
 """phoenixfs benchmark: the same workloads on (a) a native directory, (b) a phoenixfsd FUSE
 mount of it, (c) phoenixfsd with --recovery off; prints a markdown table with ratios to native.
 
+With --transport vhost-user the daemons serve virtio-fs instead, each mounted on the host through
+the FUSE-to-virtqueue bridge (examples/vhost_bridge.rs, one request queue), and virtiofsd from
+crates.io is measured the same way beside phoenixfsd: the peer comparison without a VM.
+
 Run it through scripts/bench.sh (which builds phoenixfsd and checks for fio). Must run as root
 (mounts FUSE). Not a test: numbers depend on the machine and whatever else runs on it.
 
@@ -53,17 +57,43 @@ def mounted(mnt):
 
 
 class Daemon:
-    """phoenixfsd serving share at mnt, for the duration of a with-block."""
+    """A daemon serving share at mnt, for the duration of a with-block: phoenixfsd mounting
+    /dev/fuse itself, or (bridge given) a vhost-user backend listening on a socket next to mnt,
+    mounted through the bridge."""
 
-    def __init__(self, binary, share, mnt, args, logpath):
-        self.cmd = [binary, "--shared-dir", share, "--mountpoint", mnt, "--log-level", "warn", *args]
+    def __init__(self, cmd, mnt, logpath, bridge=None):
+        self.cmd = cmd
         self.mnt = mnt
         self.logpath = logpath
+        self.bridge_cmd = bridge
+
+    @staticmethod
+    def fuse(binary, share, mnt, args, logpath):
+        return Daemon([binary, "--shared-dir", share, "--mountpoint", mnt, "--log-level", "warn", *args], mnt, logpath)
+
+    @staticmethod
+    def vhost(backend, share, mnt, bridge_bin, logpath):
+        """backend: a command line to which --shared-dir and --socket-path are added."""
+        sock = mnt + ".sock"
+        cmd = [*backend, "--shared-dir", share, "--socket-path", sock]
+        return Daemon(cmd, mnt, logpath, bridge=[bridge_bin, sock, mnt, "1"])
 
     def __enter__(self):
         log("starting " + " ".join(shlex.quote(c) for c in self.cmd))
         self.logf = open(self.logpath, "ab")
         self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=self.logf, stderr=self.logf)
+        self.bridge = None
+        if self.bridge_cmd:
+            sock = self.bridge_cmd[1]
+            deadline = time.time() + 20
+            while not os.path.exists(sock):
+                if self.proc.poll() is not None or time.time() > deadline:
+                    self.proc.kill()
+                    raise SystemExit(f"backend did not listen on {sock}; log: {self.logpath}\n"
+                                     + open(self.logpath, errors="replace").read()[-3000:])
+                time.sleep(0.01)
+            self.bridge = subprocess.Popen(self.bridge_cmd, stdin=subprocess.DEVNULL, stdout=self.logf,
+                                           stderr=self.logf)
         deadline = time.time() + 20
         while not mounted(self.mnt):
             if self.proc.poll() is not None:
@@ -76,9 +106,12 @@ class Daemon:
         return self
 
     def alive(self):
-        return self.proc.poll() is None
+        return self.proc.poll() is None and (self.bridge is None or self.bridge.poll() is None)
 
     def __exit__(self, *exc):
+        if self.bridge is not None and self.bridge.poll() is None:
+            self.bridge.send_signal(signal.SIGTERM)
+            self.bridge.wait(timeout=60)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -203,6 +236,8 @@ def main():
     ap.add_argument("--files", type=int, default=10000, help="files in the metadata workload (default 10000)")
     ap.add_argument("--rounds", type=int, default=1, help="repeat everything, keep the median (default 1)")
     ap.add_argument("--dir", default=None, help="where to make the native directory (default: a new dir in /var/tmp)")
+    ap.add_argument("--transport", choices=["fuse", "vhost-user"], default="fuse",
+                    help="serve over /dev/fuse (default) or vhost-user through the bridge, with virtiofsd beside")
     ap.add_argument("--command", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -212,11 +247,24 @@ def main():
     if not os.access(binary, os.X_OK):
         raise SystemExit(f"{binary} is not an executable (build it, or set PHOENIXFSD=path)")
     extra = shlex.split(os.environ.get("PHOENIXFSD_ARGS", ""))
-    targets = [
-        ("native", None),
-        ("phoenixfsd", extra),
-        ("phoenixfsd --recovery off", extra + ["--recovery", "off"]),
-    ]
+    phoenixfsd = [binary, "--log-level", "warn", *extra]
+    if args.transport == "fuse":
+        targets = [
+            ("native", None),
+            ("phoenixfsd", extra),
+            ("phoenixfsd --recovery off", extra + ["--recovery", "off"]),
+        ]
+    else:
+        virtiofsd = shutil.which("virtiofsd") or os.path.expanduser("~/.cargo/bin/virtiofsd")
+        if not os.access(virtiofsd, os.X_OK):
+            raise SystemExit("virtiofsd is missing: run scripts/setup.sh (cargo install virtiofsd)")
+        bridge_bin = os.environ.get("VHOST_BRIDGE") or os.path.join(ROOT, "target/release/examples/vhost_bridge")
+        targets = [
+            ("native", None),
+            ("virtiofsd", [virtiofsd, "--sandbox", "none", "--seccomp", "none", "--log-level", "error"]),
+            ("phoenixfsd", phoenixfsd),
+            ("phoenixfsd --recovery off", phoenixfsd + ["--recovery", "off"]),
+        ]
 
     top = tempfile.mkdtemp(prefix="phoenixfs-bench.", dir=args.dir or "/var/tmp")
     os.chmod(top, 0o755)
@@ -238,8 +286,10 @@ def main():
                 mnt = os.path.join(top, f"mnt{i}")
                 os.mkdir(mnt)
                 mnts.append(mnt)
-                daemons.append(stack.enter_context(
-                    Daemon(binary, share, mnt, dargs, os.path.join(top, f"daemon{i}.log"))))
+                logpath = os.path.join(top, f"daemon{i}.log")
+                daemon = (Daemon.fuse(binary, share, mnt, dargs, logpath) if args.transport == "fuse"
+                          else Daemon.vhost(dargs, share, mnt, bridge_bin, logpath))
+                daemons.append(stack.enter_context(daemon))
                 dirs[label] = mnt
 
             def check():
@@ -266,7 +316,11 @@ def main():
             + (f"; median of {args.rounds} rounds" if args.rounds > 1 else ""))
     machine = (f"{os.cpu_count()} CPUs, kernel {platform.release()}, native fs {fstype}, {fio_ver}, "
                f"daemon `{os.path.basename(binary)}{(' ' + ' '.join(extra)) if extra else ''}`")
-    ratio_note = "ratio = FUSE result / native result (higher is better; 1.00 = native speed)"
+    ratio_note = "ratio = result / native result (higher is better; 1.00 = native speed)"
+    if args.transport == "vhost-user":
+        conf += ("; each daemon serves vhost-user and is mounted through the FUSE-to-virtqueue bridge "
+                 "(examples/vhost_bridge.rs, 1 request queue, one request in flight per queue: virtiofsd "
+                 "offers one request queue), so every column pays the same bridge")
     tbl = table(targets, results)
     print(tbl)
     print()
@@ -287,11 +341,20 @@ def main():
                 "pass over a file come from the kernel's FUSE page cache, so read ratios mostly show that cache; "
                 "without `--writeback` every FUSE write is a request to the daemon.\n"
                 "- Numbers from one run on a shared 2-core machine: differences of ~10% are noise.\n")
-        write_section(doc, THROUGHPUT_SECTION, body)
+        if args.transport == "vhost-user":
+            body = body.replace(
+                "Same workloads on a native directory, on a phoenixfsd FUSE mount of it, and on phoenixfsd with "
+                "`--recovery off` (the bare engine: what crash-proofing costs is the difference between the two "
+                "FUSE columns).",
+                "Same workloads on a native directory and over vhost-user on virtiofsd 1.14 (crates.io), "
+                "phoenixfsd, and phoenixfsd `--recovery off`, each driven by the same test frontend "
+                "(the peer comparison; what crash-proofing costs is the difference between the last two).")
+        write_section(doc, VHOST_SECTION if args.transport == "vhost-user" else THROUGHPUT_SECTION, body)
         log(f"wrote {doc}")
 
 
 THROUGHPUT_SECTION = "## Throughput against the native directory"
+VHOST_SECTION = "## Over vhost-user, against virtiofsd"
 
 
 def write_section(doc, heading, body):

@@ -5,8 +5,11 @@
 # native. The targets are mounted together and measured workload by workload, one after another,
 # so load elsewhere on the machine hits all alike. Takes ~2.5 minutes (x --rounds). Run as root.
 #
-#   scripts/bench.sh [--write] [--rounds R] [--runtime S] [--size MiB] [--numjobs N] [--files N] [--dir DIR]
-#     --write   also write the table into docs/benchmarks.md, with this command line
+#   scripts/bench.sh [--write] [--transport fuse|vhost-user] [--rounds R] [--runtime S] [--size MiB]
+#                    [--numjobs N] [--files N] [--dir DIR]
+#     --write       also write the table into docs/benchmarks.md, with this command line
+#     --transport vhost-user   the daemons serve virtio-fs, mounted through the test bridge
+#                   (examples/vhost_bridge.rs), with virtiofsd from crates.io measured beside
 #
 # Environment: PHOENIXFSD=path (default target/release/phoenixfsd, built with
 # `cargo build --release` when it is the default), PHOENIXFSD_ARGS="extra daemon args".
@@ -19,8 +22,8 @@ if ! command -v fio >/dev/null; then
     exit 1
 fi
 if [ -z "${PHOENIXFSD:-}" ]; then
-    echo "[bench] cargo build --release" >&2
-    nice -n 10 cargo build --release >&2
+    echo "[bench] cargo build --release (daemon and the vhost-user bridge)" >&2
+    nice -n 10 cargo build --release --bins --example vhost_bridge >&2
     export PHOENIXFSD="$PWD/target/release/phoenixfsd"
 fi
 cmd="scripts/bench.sh${*:+ $*}"

@@ -13,13 +13,11 @@ use phoenixfsd::fuse::Op;
 use phoenixfsd::fuse::abi::{self, EntryOut};
 use zerocopy::FromBytes;
 
-#[path = "vhost/backend.rs"]
-mod backend;
-#[path = "vhost/frontend.rs"]
-mod frontend;
+mod common;
 
-use backend::{Backend, call, children_of, init};
-use frontend::Frontend;
+use common::backend::{Backend, call, init};
+use common::children_of;
+use common::frontend::Frontend;
 
 /// SIGKILLs the supervisor's worker every `period` until dropped; counts the kills.
 struct Killer {
@@ -85,10 +83,7 @@ fn test_handshake_and_requests_while_workers_are_killed() {
 
 #[test]
 fn test_get_vring_base_while_workers_are_killed() {
-    let b = Backend::start(&[]);
-    std::fs::write(b.share.join("hello.txt"), b"hello").unwrap();
-    let mut fe = Frontend::connect(b.socket(), 2, 64).unwrap_or_else(|e| panic!("handshake: {e}"));
-    init(&mut fe);
+    let (b, mut fe) = Backend::with_frontend(&[], 2, 64);
     for i in 0..100 {
         lookup_hello(&mut fe, 1, 10 + i);
     }

@@ -3,7 +3,7 @@
 //! descriptor chains, several queues, EVENT_IDX on and off, and hostile chains.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use phoenixfsd::fuse::Op;
 use phoenixfsd::fuse::abi::{self, EntryOut, OutHeader};
@@ -11,13 +11,11 @@ use phoenixfsd::fuse::encode::{Sender, encode_request};
 use vm_memory::{Bytes, GuestAddress};
 use zerocopy::FromBytes;
 
-#[path = "vhost/backend.rs"]
-mod backend;
-#[path = "vhost/frontend.rs"]
-mod frontend;
+mod common;
 
-use backend::{Backend, call, check_reply, children_of, init};
-use frontend::{
+use common::backend::{Backend, call, check_reply, init, wait_exit};
+use common::children_of;
+use common::frontend::{
     Frontend, FrontendOptions, GUEST_MEM_SIZE, VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
 
@@ -54,16 +52,7 @@ fn test_event_idx_on_and_off() {
             if event_idx {
                 // The device asks for a kick at the next avail index before it waits.
                 let q = fe.queue(1).unwrap();
-                let deadline = Instant::now() + Duration::from_secs(2);
-                while q.avail_event().unwrap() != q.next_avail() {
-                    assert!(
-                        Instant::now() < deadline,
-                        "avail_event {} != next avail {}",
-                        q.avail_event().unwrap(),
-                        q.next_avail()
-                    );
-                    std::thread::sleep(Duration::from_millis(1));
-                }
+                q.wait_avail_event_armed(Duration::from_secs(2)).unwrap_or_else(|e| panic!("LOOKUP {i}: {e}"));
             }
         }
     }
@@ -109,10 +98,7 @@ struct Hostile {
 
 #[test]
 fn test_hostile_chains_are_dropped_and_change_nothing() {
-    let b = Backend::start(&[]);
-    std::fs::write(b.share.join("hello.txt"), b"hello").unwrap();
-    let mut fe = Frontend::connect(b.socket(), 2, 16).unwrap_or_else(|e| panic!("handshake: {e}"));
-    init(&mut fe);
+    let (b, mut fe) = Backend::with_frontend(&[], 2, 16);
     let worker = children_of(b.pid());
     let mut q = fe.take_queue(1).unwrap();
     let data = q.data_addr().0;
@@ -187,10 +173,7 @@ fn test_hostile_chains_are_dropped_and_change_nothing() {
 
 #[test]
 fn test_avail_index_jump_stops_only_that_queue() {
-    let b = Backend::start(&[]);
-    std::fs::write(b.share.join("hello.txt"), b"hello").unwrap();
-    let mut fe = Frontend::connect(b.socket(), 3, 16).unwrap_or_else(|e| panic!("handshake: {e}"));
-    init(&mut fe);
+    let (b, mut fe) = Backend::with_frontend(&[], 3, 16);
     let worker = children_of(b.pid());
     let q = fe.take_queue(1).unwrap();
     // avail.idx moved 1000 entries ahead of what the device has seen: no driver does that.
@@ -212,7 +195,7 @@ fn test_inherited_listening_socket_and_recovery_off() {
     let path = tmp.path().join("inherited.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
-    let mut child = std::process::Command::new(backend::BIN);
+    let mut child = std::process::Command::new(common::BIN);
     child.arg("--shared-dir").arg(&share).args(["--fd", &fd.to_string(), "--recovery", "off", "--log-level", "warn"]);
     // SAFETY: between fork and exec only async-signal-safe fcntl: the child keeps the listener.
     unsafe {
@@ -230,31 +213,15 @@ fn test_inherited_listening_socket_and_recovery_off() {
     assert!(children_of(child.id()).is_empty(), "--recovery off runs without a worker process");
     drop(fe);
     // The frontend went away: the daemon stops, as virtiofsd does.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "exit after the frontend disconnected: {status}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the daemon did not stop after the frontend disconnected");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let status = wait_exit(&mut child);
+    assert!(status.success(), "exit after the frontend disconnected: {status}");
 }
 
 #[test]
 fn test_daemon_stops_when_the_frontend_disconnects() {
-    let mut b = Backend::start(&[]);
-    let mut fe = Frontend::connect(b.socket(), 2, 32).unwrap_or_else(|e| panic!("handshake: {e}"));
-    init(&mut fe);
+    let (mut b, fe) = Backend::with_frontend(&[], 2, 32);
     drop(fe);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = b.child.try_wait().unwrap() {
-            assert!(status.success(), "{status}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the daemon did not stop after the frontend disconnected");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let status = b.wait_exit();
+    assert!(status.success(), "exit after the frontend disconnected: {status}");
     assert!(children_of(b.pid()).is_empty(), "no worker is left behind");
 }

@@ -189,16 +189,7 @@ fn test_event_idx_against_virtiofsd() {
         // The device re-arms notifications after it drains the ring; it may do so just after
         // it signalled our used buffer.
         let q = fe.queue(REQUEST_QUEUE).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while q.avail_event().unwrap() != q.next_avail() {
-            assert!(
-                Instant::now() < deadline,
-                "avail_event {} after avail idx {}",
-                q.avail_event().unwrap(),
-                q.next_avail()
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        q.wait_avail_event_armed(Duration::from_secs(2)).unwrap_or_else(|e| panic!("LOOKUP {unique}: {e}"));
     }
 
     // FORGET travels on hiprio as a lone device-readable descriptor and comes back with len 0.

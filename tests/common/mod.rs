@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../vhost/backend.rs"]
+pub mod backend;
 #[path = "../vhost/bridge.rs"]
 pub mod bridge;
 #[path = "../vhost/frontend.rs"]

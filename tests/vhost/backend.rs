@@ -1,6 +1,6 @@
 #![allow(dead_code)] // a test-support module: not every test uses every part
 //! phoenixfsd started as a vhost-user-fs backend on a temporary share and socket, and the
-//! request helper the vhost tests share.
+//! request helpers the vhost tests share (a part of tests/common).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,9 +11,8 @@ use phoenixfsd::fuse::abi::{self, InitIn, InitOut, OutHeader};
 use phoenixfsd::fuse::encode::{Sender, encode_request};
 use zerocopy::FromBytes;
 
+use super::BIN;
 use super::frontend::Frontend;
-
-pub const BIN: &str = env!("CARGO_BIN_EXE_phoenixfsd");
 
 /// A phoenixfsd serving a temporary share on a vhost-user socket (killed when dropped).
 pub struct Backend {
@@ -60,6 +59,33 @@ impl Backend {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// A backend whose share holds hello.txt ("hello"), and a frontend past FUSE INIT with
+    /// `queues` queues (0 = hiprio) of `size` entries.
+    pub fn with_frontend(args: &[&str], queues: usize, size: u16) -> (Backend, Frontend) {
+        let b = Backend::start(args);
+        std::fs::write(b.share.join("hello.txt"), b"hello").unwrap();
+        let mut fe = Frontend::connect(b.socket(), queues, size).unwrap_or_else(|e| panic!("handshake: {e}"));
+        init(&mut fe);
+        (b, fe)
+    }
+
+    /// Waits (up to 10 s) for the daemon to exit by itself; its exit status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        wait_exit(&mut self.child)
+    }
+}
+
+/// Waits (up to 10 s) for `child` to exit by itself.
+pub fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the daemon did not exit within 10 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 impl Drop for Backend {
@@ -67,15 +93,6 @@ impl Drop for Backend {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The live children of `pid` (the supervisor's worker).
-pub fn children_of(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
 }
 
 /// Sends one request on `queue` and checks the reply's envelope; returns (error, payload).

@@ -359,6 +359,23 @@ impl QueueHandle {
         Ok(u16::from_le(self.mem.load(addr, Ordering::Acquire).map_err(mem_err)?))
     }
 
+    /// Waits (up to `timeout`) until the device has asked, through avail_event, for a kick at
+    /// our next avail index (EVENT_IDX: it re-arms after draining the ring, which may be just
+    /// after it signalled our used buffer).
+    pub fn wait_avail_event_armed(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let armed = self.avail_event()?;
+            if armed == self.next_avail {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::BadUsed(format!("avail_event {armed} after avail idx {}", self.next_avail)));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Writes descriptor `index` verbatim: nothing is checked but that the slot is in the table,
     /// so hostile-input tests can point it anywhere.
     pub fn write_descriptor(&self, index: u16, addr: GuestAddress, len: u32, flags: u16, next: u16) -> Result<()> {
