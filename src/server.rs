@@ -351,13 +351,14 @@ impl Server {
             return out.finish_ok(unique);
         }
         let offered = u64::from(arg.flags) | (u64::from(flags2) << 32);
-        let mut want = abi::ASYNC_READ
-            | abi::ATOMIC_O_TRUNC
-            | abi::BIG_WRITES
-            | abi::PARALLEL_DIROPS
-            | abi::MAX_PAGES
-            | abi::ASYNC_DIO
-            | abi::INIT_EXT;
+        // Not ATOMIC_O_TRUNC: with it the kernel sends O_TRUNC inside OPEN, which the daemon
+        // carries out before the kernel's own checks after the open (ETXTBSY for a file being
+        // executed) can refuse it: open(O_RDONLY|O_TRUNC) of a running binary failed with
+        // ETXTBSY yet truncated it, and the binary then died loading its pages (pjdfstest
+        // open::etxtbsy, intermittently). Without it the kernel truncates with a SETATTR after
+        // those checks, as a local file system would.
+        let mut want =
+            abi::ASYNC_READ | abi::BIG_WRITES | abi::PARALLEL_DIROPS | abi::MAX_PAGES | abi::ASYNC_DIO | abi::INIT_EXT;
         if self.policy.posix_locks {
             want |= abi::POSIX_LOCKS;
         }

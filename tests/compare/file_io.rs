@@ -99,6 +99,21 @@ fn test_open_modes() {
             });
         }
     });
+    t.both("opening a running executable for writing", |r| {
+        // A copy of sleep, running from the tree: every open that would write it is refused
+        // with ETXTBSY, and O_TRUNC must not truncate it before the refusal (it once did: the
+        // daemon negotiated ATOMIC_O_TRUNC and truncated inside OPEN, before the kernel's check).
+        let exe = r.p("sleeper");
+        let image = std::fs::read("/bin/sleep").expect("read /bin/sleep");
+        r.ok("copy /bin/sleep", put(&exe, &image, 0o755));
+        let mut child = std::process::Command::new(&exe).arg("30").spawn().expect("run the copy");
+        r.err("open O_WRONLY", opens(&exe, O_WRONLY, 0), libc::ETXTBSY);
+        r.err("open O_RDONLY|O_TRUNC", opens(&exe, O_RDONLY | O_TRUNC, 0), libc::ETXTBSY);
+        r.ok("still whole", stat(&exe));
+        r.ok("still running", Ok::<_, Errno>(child.try_wait().expect("try_wait").is_none() as i64));
+        let _ = child.kill();
+        let _ = child.wait();
+    });
     t.finish();
 }
 
