@@ -143,7 +143,10 @@ def run_fio(directory, rw, bs, args):
         cmd.append("--end_fsync=1")
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
-        raise SystemExit(f"fio failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr}\n{p.stdout[-2000:]}")
+        # A target that fails a workload is shown as failed (n/a) rather than ending the run:
+        # the other targets' figures are still worth having. The error goes to the log.
+        log(f"fio failed ({p.returncode}) on {directory}: {p.stderr.strip()[:500]}")
+        return None
     out = p.stdout[p.stdout.index("{"):]  # fio may print notes before the JSON
     job = json.loads(out)["jobs"][0]
     side = job["read"] if "read" in rw else job["write"]
@@ -186,7 +189,8 @@ def measure(dirs, args, check):
         for name, rw, bs, metric in FIO_JOBS:
             for label, d in dirs.items():
                 log(f"fio {name} ({args.runtime}s) on {label}{rtag}")
-                samples[label].setdefault(name, []).append(run_fio(d, rw, bs, args)[metric])
+                r = run_fio(d, rw, bs, args)
+                samples[label].setdefault(name, []).append(r[metric] if r else None)
                 check()
         for label, d in dirs.items():
             log(f"metadata ({args.files} files) on {label}{rtag}")
@@ -194,7 +198,11 @@ def measure(dirs, args, check):
             for phase in META_PHASES:
                 samples[label].setdefault(f"meta {phase}", []).append(meta[phase]["ops_per_s"])
             check()
-    return {label: {w: statistics.median(v) for w, v in ws.items()} for label, ws in samples.items()}
+    def median(v):
+        ok = [x for x in v if x is not None]
+        return statistics.median(ok) if ok else None
+
+    return {label: {w: median(v) for w, v in ws.items()} for label, ws in samples.items()}
 
 
 def fmt(v):
@@ -220,9 +228,9 @@ def table(targets, results):
         base = results["native"][w]
         for label, _ in targets:
             v = results[label][w]
-            cells.append(fmt(v))
+            cells.append(fmt(v) if v is not None else "failed")
             if label != "native":
-                cells.append(f"{v / base:.2f}" if base else "n/a")
+                cells.append(f"{v / base:.2f}" if base and v is not None else "n/a")
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
