@@ -480,15 +480,23 @@ impl QueueHandle {
         let poison = vec![0xa5u8; reply_capacity as usize];
         self.mem.write_slice(&poison, reply_addr).map_err(mem_err)?;
 
-        // Two descriptors per request; rotate heads so stale state from a previous chain would
-        // show up rather than be silently overwritten in place.
-        let head = (self.next_avail.wrapping_mul(2)) % self.size;
-        let tail = (head + 1) % self.size;
+        // As the Linux driver lays a request out: the request, then the out-header and the rest of
+        // the reply room as separate device-writable buffers (contiguous here, so the reply reads
+        // back in one piece). Heads rotate so that stale state from a previous chain would show up
+        // rather than be silently overwritten in place.
+        let head = (self.next_avail.wrapping_mul(3)) % self.size;
+        let [header, data] = [1, 2].map(|i| (head + i) % self.size);
+        const OUT_HEADER: u32 = 16;
         if reply_capacity == 0 {
             self.write_descriptor(head, req_addr, req_len as u32, 0, 0)?;
+        } else if reply_capacity <= OUT_HEADER {
+            self.write_descriptor(head, req_addr, req_len as u32, VRING_DESC_F_NEXT, header)?;
+            self.write_descriptor(header, reply_addr, reply_capacity, VRING_DESC_F_WRITE, 0)?;
         } else {
-            self.write_descriptor(head, req_addr, req_len as u32, VRING_DESC_F_NEXT, tail)?;
-            self.write_descriptor(tail, reply_addr, reply_capacity, VRING_DESC_F_WRITE, 0)?;
+            self.write_descriptor(head, req_addr, req_len as u32, VRING_DESC_F_NEXT, header)?;
+            self.write_descriptor(header, reply_addr, OUT_HEADER, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, data)?;
+            let rest = GuestAddress(reply_addr.0 + u64::from(OUT_HEADER));
+            self.write_descriptor(data, rest, reply_capacity - OUT_HEADER, VRING_DESC_F_WRITE, 0)?;
         }
         self.publish(head)?;
 
