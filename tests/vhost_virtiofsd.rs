@@ -233,6 +233,12 @@ fn test_bridge_runs_real_syscalls_against_virtiofsd() {
     let same_tree = |when: &str| assert_eq!(tree(&mnt), tree(&fx.shared), "mount vs host {when}");
 
     assert_eq!(fs::read(mnt.join("hello.txt")).unwrap(), CONTENT, "a file the host made");
+    // Large enough for readahead's big READs (the bridge must give a READ exactly the room the
+    // Linux driver gives, or virtiofsd fails it with EIO).
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    fs::write(fx.shared.join("big"), &big).unwrap();
+    assert!(fs::read(mnt.join("big")).unwrap() == big, "a 3 MB file read back through the bridge");
+    fs::remove_file(fx.shared.join("big")).unwrap();
     fs::write(mnt.join("new.txt"), b"written through the bridge").unwrap();
     assert_eq!(fs::read(mnt.join("new.txt")).unwrap(), b"written through the bridge");
     assert_eq!(fs::metadata(mnt.join("new.txt")).unwrap().len(), 26);

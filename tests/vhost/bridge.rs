@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use phoenixfsd::fuse::abi::{InHeader, Opcode, OutHeader};
+use phoenixfsd::fuse::abi::{InHeader, Opcode, OutHeader, ReadIn};
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::frontend::{DEFAULT_TIMEOUT, Error, Frontend, FrontendOptions, QueueHandle, Result};
@@ -223,7 +223,15 @@ impl Worker {
             return;
         }
         let span = (request.len() as u64 + 7) & !7;
-        let capacity = self.queue.data_len().saturating_sub(span).min(u64::from(MAX_REPLY)) as u32;
+        let mut capacity = self.queue.data_len().saturating_sub(span).min(u64::from(MAX_REPLY)) as u32;
+        // A READ gets exactly the room the Linux driver gives it: the out-header and `size` bytes.
+        // (virtiofsd 1.14 reads into all the room it is given and then fails the request with
+        // EIO when the file had more than `size` bytes to give.)
+        if header.opcode == Opcode::Read as u32
+            && let Ok((read, _)) = ReadIn::read_from_prefix(&request[size_of::<InHeader>()..])
+        {
+            capacity = capacity.min(size_of::<OutHeader>() as u32 + read.size);
+        }
         let outcome = match self.queue.request(request, capacity) {
             Ok(reply) => check_reply(&header, &reply).and_then(|()| self.write(&reply)),
             Err(e) => Err(e.to_string()),
