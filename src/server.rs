@@ -135,6 +135,7 @@ impl Server {
     pub fn handle_blocking<'o>(
         &self,
         msg: &[u8],
+        origin: Origin,
         groups: impl Fn(u32, u32) -> Vec<u32>,
         out: &'o mut ReplyBuf,
         own: &ThreadRecord,
@@ -149,7 +150,7 @@ impl Server {
             // SAFETY: pthread_self has no preconditions.
             waiters.insert(key, Waiter::Waiting(unsafe { libc::pthread_self() }));
         }
-        let r = self.handle(msg, Origin::Fuse, groups, out, own);
+        let r = self.handle(msg, origin, groups, out, own);
         // Removed before this thread can exit, under the lock `interrupt` signals under: a wake
         // signal never targets a thread that is gone.
         self.waiters.lock().unwrap().remove(&key);

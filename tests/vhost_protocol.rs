@@ -225,3 +225,57 @@ fn test_daemon_stops_when_the_frontend_disconnects() {
     assert!(status.success(), "exit after the frontend disconnected: {status}");
     assert!(children_of(b.pid()).is_empty(), "no worker is left behind");
 }
+
+/// With locks served by the daemon, a blocking lock must not hold up its queue: the unlock that
+/// grants it arrives on the same (single) request queue behind it.
+#[test]
+fn test_blocking_lock_does_not_hold_up_its_queue() {
+    let (b, mut fe) = Backend::with_frontend(&["-o", "posix_lock"], 2, 16);
+    let (err, payload) = call(&mut fe, 1, 2, abi::ROOT_ID, &Op::Lookup { name: c"hello.txt" });
+    assert_eq!(err, 0);
+    let node = EntryOut::read_from_bytes(&payload).unwrap().nodeid;
+    let (err, payload) =
+        call(&mut fe, 1, 3, node, &Op::Open(abi::OpenIn { flags: libc::O_RDWR as u32, open_flags: 0 }));
+    assert_eq!(err, 0);
+    let fh = abi::OpenOut::read_from_bytes(&payload).unwrap().fh;
+    let lock = |owner: u64, typ: i32| abi::LkIn {
+        fh,
+        owner,
+        lk: abi::FileLock { start: 0, end: u64::MAX, typ: typ as u32, pid: owner as u32 },
+        ..Default::default()
+    };
+    let (err, _) = call(&mut fe, 1, 4, node, &Op::Setlk { arg: lock(1, libc::F_WRLCK), sleep: false });
+    assert_eq!(err, 0, "owner 1 takes the lock");
+    let (err, _) = call(&mut fe, 1, 40, node, &Op::Setlk { arg: lock(2, libc::F_WRLCK), sleep: false });
+    assert_eq!(err, -libc::EAGAIN, "owner 2 cannot take it without waiting");
+
+    let mut q = fe.take_queue(1).unwrap();
+    let data = q.data_addr().0;
+    let (next, write) = (VRING_DESC_F_NEXT, VRING_DESC_F_WRITE);
+    let send = |q: &mut common::frontend::QueueHandle, head: u16, at: u64, unique: u64, op: &Op<'_>| {
+        let req = encode_request(Sender { unique, nodeid: node, uid: 0, gid: 0, pid: 1 }, op);
+        q.mem().write_slice(&req, GuestAddress(at)).unwrap();
+        q.write_descriptor(head, GuestAddress(at), req.len() as u32, next, head + 1).unwrap();
+        q.write_descriptor(head + 1, GuestAddress(at + 2048), 2048, write, 0).unwrap();
+        q.publish(head).unwrap();
+    };
+    // Owner 2 waits for the lock, then owner 1 unlocks on the same queue.
+    send(&mut q, 0, data, 5, &Op::Setlk { arg: lock(2, libc::F_WRLCK), sleep: true });
+    std::thread::sleep(Duration::from_millis(50));
+    let used_before = q.mem().read_obj::<u16>(GuestAddress(q.used_addr().0 + 2)).unwrap();
+    send(&mut q, 2, data + 4096, 6, &Op::Setlk { arg: lock(1, libc::F_UNLCK), sleep: false });
+    // Both chains come back: the unlock was not stuck behind the waiting lock (which it then
+    // lets through; the two used elements may come in either order).
+    let mut heads: Vec<u32> = (0..2)
+        .map(|_| q.wait_used().unwrap_or_else(|e| panic!("a lock request behind a waiting lock: {e}")).0)
+        .collect();
+    heads.sort();
+    assert_eq!(heads, [0, 2]);
+    let mut hdr = [0u8; 16];
+    for (head, what) in [(0u64, "owner 2's waiting lock"), (2, "owner 1's unlock")] {
+        q.mem().read_slice(&mut hdr, GuestAddress(data + head * 2048 + 2048)).unwrap();
+        assert_eq!(OutHeader::read_from_prefix(&hdr[..]).unwrap().0.error, 0, "{what}");
+    }
+    assert_eq!(used_before, 5, "the waiting lock was not answered before the unlock came");
+    drop(b);
+}

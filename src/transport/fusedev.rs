@@ -164,7 +164,7 @@ fn spawn_waiter(fd: i32, msg: Vec<u8>, server: &Arc<Server>) -> bool {
     let spawned = std::thread::Builder::new().name("fuse-lock-wait".into()).spawn(move || {
         let record = server.thread_record();
         let mut out = ReplyBuf::new();
-        let (reply, done) = server.handle_blocking(&msg, caller_groups, &mut out, &record);
+        let (reply, done) = server.handle_blocking(&msg, Origin::Fuse, caller_groups, &mut out, &record);
         send_reply(fd, reply);
         server.complete(done);
         server.release_thread_record(record);

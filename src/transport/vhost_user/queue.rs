@@ -7,9 +7,14 @@
 //! pop counter); its used element is published in two steps named in the region. A fresh
 //! worker repairs a half-done publication, then replays the in-flight heads in pop order with
 //! their records, so each popped head gets exactly one used element and its effect happens once.
+//!
+//! A request that may wait indefinitely (SETLKW, with `-o posix_lock`) is served on a thread of
+//! its own, as on /dev/fuse, so it cannot hold up the queue behind it (with one request queue, the
+//! unlock that would grant it). Its head stays in flight meanwhile, and its used element is put
+//! out of order; puts are serialised by the queue's `UsedRing`.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use crate::fuse::ReplyBuf;
 use crate::server::{Completion, MAX_REQUEST, Origin, Server, ThreadRecord};
@@ -27,15 +32,58 @@ pub fn record_key(queue: usize, counter: u64) -> u64 {
     ((queue as u64) << 48) | (counter & ((1 << 48) - 1))
 }
 
-/// What a queue thread serves with, once its configuration is taken in.
-struct Active {
+/// Where used elements go: shared by the queue thread and its lock waiters, whose chains finish
+/// out of order.
+#[derive(Clone)]
+struct UsedRing {
+    state: &'static QueueState,
     guest: Arc<Guest>,
     ring: Ring,
-    kick_fd: i32,
     call_fd: i32,
-    /// Heap copies of the region's indices (only this thread changes them while it serves).
+    /// Our copy of the ring's used index; holding the lock orders whole puts.
+    used_idx: Arc<Mutex<u16>>,
+}
+
+impl UsedRing {
+    /// Publishes `head`'s used element, in the two steps recovery can tell apart, and signals.
+    fn put(&self, head: u16, len: u32, opcode: u32) -> Result<(), ring::RingError> {
+        let mem = &self.guest.mem;
+        let mut used_idx = self.used_idx.lock().unwrap();
+        let old = *used_idx;
+        let new = old.wrapping_add(1);
+        self.state.begin_put(head);
+        // Crash here or after the element: the ring's used index has not moved; the head is
+        // still in flight and is replayed, its element written again at the same place.
+        crate::crash_point!("vhost.before_used", opcode);
+        self.ring.write_used_elem(mem, old, head, len)?;
+        crate::crash_point!("vhost.after_used_elem", opcode);
+        self.ring.publish_used_idx(mem, new)?;
+        // Crash here: the driver has the element; recovery sees the ring one ahead of the
+        // region and finishes this put (QueueState::repair_used), so the head is not replayed.
+        crate::crash_point!("vhost.after_used_idx", opcode);
+        self.state.end_put(head, new);
+        *used_idx = new;
+        if self.call_fd >= 0 && self.ring.needs_notification(mem, old, new)? {
+            let _ = sys::write(self.call_fd, &1u64.to_ne_bytes());
+        }
+        Ok(())
+    }
+}
+
+/// What a queue thread serves with, once its configuration is taken in.
+struct Active {
+    used: UsedRing,
+    kick_fd: i32,
+    /// Heap copy of the next avail index (only this thread pops).
     next_avail: u16,
-    used_idx: u16,
+}
+
+/// How a chain's request went.
+enum Answer {
+    /// Answered: the used length, the completion that frees its record once used, the opcode.
+    Done(u32, Option<Completion>, u32),
+    /// Handed to a lock waiter thread, which puts its used element when the lock is decided.
+    Waiting,
 }
 
 pub struct QueueThread {
@@ -49,6 +97,12 @@ pub struct QueueThread {
     reply: ReplyBuf,
     seq: Option<u64>,
     active: Option<Active>,
+    /// The one used-index lock of this queue, kept across reconfigurations because a lock
+    /// waiter may still hold it.
+    used_idx: Arc<Mutex<u16>>,
+    /// Whether this worker already replayed what a dead one left in flight (once: later heads
+    /// in flight are this worker's own lock waiters).
+    replayed: bool,
 }
 
 impl QueueThread {
@@ -66,6 +120,8 @@ impl QueueThread {
             reply: ReplyBuf::with_capacity(MAX_REQUEST),
             seq: None,
             active: None,
+            used_idx: Arc::new(Mutex::new(0)),
+            replayed: false,
         }
     }
 
@@ -84,7 +140,7 @@ impl QueueThread {
                 continue;
             }
             if let Some(a) = &self.active
-                && a.ring.arm_kick(&a.guest.mem, a.next_avail).unwrap_or(false)
+                && a.used.ring.arm_kick(&a.used.guest.mem, a.next_avail).unwrap_or(false)
             {
                 continue;
             }
@@ -121,8 +177,9 @@ impl QueueThread {
         crate::crash_point!("vhost.apply_control");
         self.seq = Some(seq);
         self.active = if cfg.active { self.activate(&cfg) } else { None };
-        if let Some(a) = &self.active
-            && let Err(e) = self.replay_in_flight(a.guest.clone(), a.ring)
+        if let Some(used) = self.active.as_ref().map(|a| a.used.clone())
+            && !std::mem::replace(&mut self.replayed, true)
+            && let Err(e) = self.replay_in_flight(&used)
         {
             tracing::error!(queue = self.index, "replaying in-flight chains: {e}");
             self.active = None;
@@ -152,6 +209,8 @@ impl QueueThread {
                 return None;
             }
         };
+        // Under the used-index lock: a lock waiter of this worker may be putting meanwhile.
+        let mut used_idx = self.used_idx.lock().unwrap();
         if self.state.base_pending.load(Ordering::Acquire) != 0 {
             // Crash inside: base_pending is still set, and the next worker starts over.
             self.state.start_from_base(ring_used);
@@ -160,21 +219,17 @@ impl QueueThread {
             // interrupt is harmless, a missing one leaves the driver waiting.
             let _ = sys::write(cfg.call_fd, &1u64.to_ne_bytes());
         }
-        Some(Active {
-            guest,
-            ring,
-            kick_fd: cfg.kick_fd,
-            call_fd: cfg.call_fd,
-            next_avail: self.state.next_avail(),
-            used_idx: self.state.used_idx.load(Ordering::Acquire),
-        })
+        *used_idx = self.state.used_idx.load(Ordering::Acquire);
+        drop(used_idx);
+        let used = UsedRing { state: self.state, guest, ring, call_fd: cfg.call_fd, used_idx: self.used_idx.clone() };
+        Some(Active { used, kick_fd: cfg.kick_fd, next_avail: self.state.next_avail() })
     }
 
     /// Serves the heads a dead worker popped and did not finish, in pop order, as replays.
-    fn replay_in_flight(&mut self, guest: Arc<Guest>, ring: Ring) -> Result<(), ring::RingError> {
-        for (head, counter) in self.state.in_flight(ring.size()) {
+    fn replay_in_flight(&mut self, used: &UsedRing) -> Result<(), ring::RingError> {
+        for (head, counter) in self.state.in_flight(used.ring.size()) {
             tracing::info!(queue = self.index, head, counter, "replaying a chain the dead worker had popped");
-            self.serve_chain(&guest, ring, head, counter, true)?;
+            self.serve_chain(used, head, counter, true)?;
         }
         Ok(())
     }
@@ -183,15 +238,16 @@ impl QueueThread {
     fn drain(&mut self) -> Result<(), String> {
         loop {
             let Some(a) = &self.active else { return Ok(()) };
-            let (guest, ring, next) = (a.guest.clone(), a.ring, a.next_avail);
-            let avail = ring.avail_idx(&guest.mem).map_err(|e| e.to_string())?;
+            let (used, next) = (a.used.clone(), a.next_avail);
+            let (mem, ring) = (&used.guest.mem, used.ring);
+            let avail = ring.avail_idx(mem).map_err(|e| e.to_string())?;
             if avail == next {
                 return Ok(());
             }
             if avail.wrapping_sub(next) > ring.size() {
                 return Err(format!("the driver's avail index {avail} is more than a queue ahead of {next}"));
             }
-            let head = ring.avail_head(&guest.mem, next).map_err(|e| e.to_string())?;
+            let head = ring.avail_head(mem, next).map_err(|e| e.to_string())?;
             if head >= ring.size() {
                 return Err(format!("avail entry {next} names head {head}, outside the queue"));
             }
@@ -202,102 +258,119 @@ impl QueueThread {
             if let Some(a) = &mut self.active {
                 a.next_avail = next.wrapping_add(1);
             }
-            self.serve_chain(&guest, ring, head, counter, false).map_err(|e| e.to_string())?;
+            self.serve_chain(&used, head, counter, false).map_err(|e| e.to_string())?;
         }
     }
 
-    /// Serves one popped head and gives it its used element.
-    fn serve_chain(
-        &mut self,
-        guest: &Guest,
-        ring: Ring,
-        head: u16,
-        counter: u64,
-        replay: bool,
-    ) -> Result<(), ring::RingError> {
-        let mem = &guest.mem;
-        let (len, done, opcode) = match ring.chain(mem, head) {
-            Ok(chain) => {
-                self.answer(mem, &chain, Origin::Virtqueue { key: record_key(self.index, counter), replay })?
-            }
+    /// Serves one popped head and gives it its used element (or hands it to a lock waiter).
+    fn serve_chain(&mut self, used: &UsedRing, head: u16, counter: u64, replay: bool) -> Result<(), ring::RingError> {
+        let origin = Origin::Virtqueue { key: record_key(self.index, counter), replay };
+        let answer = match used.ring.chain(&used.guest.mem, head) {
+            Ok(chain) => self.answer(used, head, chain, origin)?,
             Err(e) => {
                 tracing::warn!(queue = self.index, head, "dropping a descriptor chain: {e}");
-                (0, None, 0)
+                Answer::Done(0, None, 0)
             }
         };
-        self.put(mem, ring, head, len, opcode)?;
-        if let Some(done) = done {
-            self.server.complete(done);
+        if let Answer::Done(len, done, opcode) = answer {
+            used.put(head, len, opcode)?;
+            if let Some(done) = done {
+                self.server.complete(done);
+            }
         }
         Ok(())
     }
 
-    /// Runs the chain's request and writes the reply into it; returns the used length, the
-    /// completion that frees the request's record once the head is used, and the opcode.
+    /// Runs the chain's request and writes the reply into it, or hands a request that may wait
+    /// indefinitely to a thread of its own.
     fn answer(
         &mut self,
-        mem: &vm_memory::GuestMemoryMmap,
-        chain: &ring::Chain,
+        used: &UsedRing,
+        head: u16,
+        chain: ring::Chain,
         origin: Origin,
-    ) -> Result<(u32, Option<Completion>, u32), ring::RingError> {
-        let n = ring::read_request(mem, chain, &mut self.request)?;
+    ) -> Result<Answer, ring::RingError> {
+        let mem = &used.guest.mem;
+        let n = ring::read_request(mem, &chain, &mut self.request)?;
         if chain.readable_len() > n as u64 {
             tracing::warn!(queue = self.index, len = chain.readable_len(), "request larger than any FUSE request");
         }
-        let opcode = crate::fuse::Request::header_of(&self.request[..n]).map_or(0, |h| h.opcode);
+        let msg = &self.request[..n];
+        let opcode = crate::fuse::Request::header_of(msg).map_or(0, |h| h.opcode);
         // Crash here: the head is in flight and nothing was done for it; the next worker replays it.
         crate::crash_point!("vhost.after_pop", opcode);
-        let (reply, done) =
-            self.server.handle(&self.request[..n], origin, |_, _| Vec::new(), &mut self.reply, &self.record);
-        let Some(reply) = reply else { return Ok((0, Some(done), opcode)) };
-        let room = chain.writable_len();
-        if reply.len() as u64 <= room {
-            ring::write_reply(mem, chain, reply)?;
-            return Ok((reply.len() as u32, Some(done), opcode));
+        if Server::blocks(msg) && spawn_waiter(&self.server, used.clone(), head, chain.clone(), msg.to_vec(), origin) {
+            return Ok(Answer::Waiting);
         }
-        tracing::warn!(
-            queue = self.index,
-            reply = reply.len(),
-            room,
-            "reply does not fit the chain's writable buffers"
-        );
-        if room < OUT_HEADER as u64 {
-            return Ok((0, Some(done), opcode));
-        }
-        // Room for an out-header only: tell the driver the request failed.
-        let unique = u64::from_le_bytes(reply[8..16].try_into().expect("an out-header is 16 bytes"));
-        let err = self.reply.finish_err(unique, libc::EIO).to_vec();
-        ring::write_reply(mem, chain, &err)?;
-        Ok((err.len() as u32, Some(done), opcode))
+        let (reply, done) = self.server.handle(msg, origin, no_groups, &mut self.reply, &self.record);
+        let len = match reply {
+            Some(reply) => write_reply(mem, &chain, reply, self.index)?,
+            None => 0,
+        };
+        Ok(Answer::Done(len, Some(done), opcode))
     }
+}
 
-    /// Publishes `head`'s used element, in the two steps recovery can tell apart, and signals.
-    fn put(
-        &mut self,
-        mem: &vm_memory::GuestMemoryMmap,
-        ring: Ring,
-        head: u16,
-        len: u32,
-        opcode: u32,
-    ) -> Result<(), ring::RingError> {
-        let Some(a) = &mut self.active else { return Ok(()) };
-        let old = a.used_idx;
-        let new = old.wrapping_add(1);
-        self.state.begin_put(head);
-        // Crash here or after the element: the ring's used index has not moved; the head is
-        // still in flight and is replayed, its element written again at the same place.
-        crate::crash_point!("vhost.before_used", opcode);
-        ring.write_used_elem(mem, old, head, len)?;
-        crate::crash_point!("vhost.after_used_elem", opcode);
-        ring.publish_used_idx(mem, new)?;
-        // Crash here: the driver has the element; recovery sees the ring one ahead of the
-        // region and finishes this put (QueueState::repair_used), so the head is not replayed.
-        crate::crash_point!("vhost.after_used_idx", opcode);
-        self.state.end_put(head, new);
-        a.used_idx = new;
-        if a.call_fd >= 0 && ring.needs_notification(mem, old, new)? {
-            let _ = sys::write(a.call_fd, &1u64.to_ne_bytes());
-        }
-        Ok(())
+/// Over virtio a request carries no supplementary groups.
+fn no_groups(_pid: u32, _uid: u32) -> Vec<u32> {
+    Vec::new()
+}
+
+/// Writes `reply` into the chain's writable buffers; returns the used length. A reply that does
+/// not fit becomes a bare EIO header if one fits, else nothing (a zero-length used element).
+fn write_reply(
+    mem: &vm_memory::GuestMemoryMmap,
+    chain: &ring::Chain,
+    reply: &[u8],
+    queue: usize,
+) -> Result<u32, ring::RingError> {
+    let room = chain.writable_len();
+    if reply.len() as u64 <= room {
+        ring::write_reply(mem, chain, reply)?;
+        return Ok(reply.len() as u32);
     }
+    tracing::warn!(queue, reply = reply.len(), room, "reply does not fit the chain's writable buffers");
+    if room < OUT_HEADER as u64 {
+        return Ok(0);
+    }
+    let unique = u64::from_le_bytes(reply[8..16].try_into().expect("an out-header is 16 bytes"));
+    let err = crate::fuse::abi::OutHeader { len: OUT_HEADER as u32, error: -libc::EIO, unique };
+    ring::write_reply(mem, chain, zerocopy::IntoBytes::as_bytes(&err))?;
+    Ok(OUT_HEADER as u32)
+}
+
+/// Serves a request that may wait indefinitely (SETLKW) on a thread of its own, which writes
+/// the reply and puts the used element when the lock is decided (or an INTERRUPT ends the
+/// wait). A crash meanwhile leaves the head in flight: the next worker waits again. False if no
+/// thread could be started (the caller then serves the request itself).
+fn spawn_waiter(
+    server: &Arc<Server>,
+    used: UsedRing,
+    head: u16,
+    chain: ring::Chain,
+    msg: Vec<u8>,
+    origin: Origin,
+) -> bool {
+    server.blocking_read(&msg);
+    let server = server.clone();
+    let spawned = std::thread::Builder::new().name("vq-lock-wait".into()).spawn(move || {
+        let record = server.thread_record();
+        let mut out = ReplyBuf::new();
+        let opcode = crate::fuse::Request::header_of(&msg).map_or(0, |h| h.opcode);
+        let (reply, done) = server.handle_blocking(&msg, origin, no_groups, &mut out, &record);
+        let put = match reply {
+            Some(reply) => write_reply(&used.guest.mem, &chain, reply, 0),
+            None => Ok(0),
+        }
+        .and_then(|len| used.put(head, len, opcode));
+        if let Err(e) = put {
+            tracing::error!(head, "putting a lock request's used element: {e}");
+        }
+        server.complete(done);
+        server.release_thread_record(record);
+    });
+    if let Err(e) = &spawned {
+        tracing::error!("cannot start a thread for a blocking lock, waiting in the queue thread: {e}");
+    }
+    spawned.is_ok()
 }

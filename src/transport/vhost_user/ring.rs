@@ -56,7 +56,7 @@ pub struct Segment {
 }
 
 /// A descriptor chain: the request (device-readable) and room for the reply (device-writable).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Chain {
     pub readable: Vec<Segment>,
     pub writable: Vec<Segment>,
