@@ -381,6 +381,12 @@ impl Server {
         let agreed = offered & want;
         self.fs.set_writeback(agreed & abi::WRITEBACK_CACHE != 0);
         let header = self.fs.state.region.header();
+        // A second INIT starts a new session (a virtio guest that rebooted; the kernel sends one
+        // INIT per /dev/fuse connection): the old session's nodes and handles go. Crash inside:
+        // the INIT is replayed and the reset, idempotent, finishes.
+        if header.init_done.load(Ordering::Acquire) != 0 {
+            self.fs.reset_session();
+        }
         header.kernel_flags.store(offered, Ordering::Release);
         header.negotiated.store(agreed, Ordering::Release);
         // Crash after this store: a later worker serves without INIT; the INIT request itself

@@ -279,3 +279,28 @@ fn test_blocking_lock_does_not_hold_up_its_queue() {
     assert_eq!(used_before, 5, "the waiting lock was not answered before the unlock came");
     drop(b);
 }
+
+/// A guest that reboots starts a new FUSE session with INIT, without forgetting the old one's
+/// nodes: they and its open files are dropped (as virtiofsd does), so nothing leaks.
+#[test]
+fn test_new_session_drops_what_the_old_one_held() {
+    let (b, mut fe) = Backend::with_frontend(&[], 2, 32);
+    let (err, payload) = call(&mut fe, 1, 2, abi::ROOT_ID, &Op::Lookup { name: c"hello.txt" });
+    assert_eq!(err, 0);
+    let node = EntryOut::read_from_bytes(&payload).unwrap().nodeid;
+    let (err, payload) =
+        call(&mut fe, 1, 3, node, &Op::Open(abi::OpenIn { flags: libc::O_RDONLY as u32, open_flags: 0 }));
+    assert_eq!(err, 0);
+    let fh = abi::OpenOut::read_from_bytes(&payload).unwrap().fh;
+    let held = common::open_fds(b.pid()).len();
+
+    init(&mut fe);
+    let (err, _) = call(&mut fe, 1, 5, node, &Op::Getattr { fh: None });
+    assert_eq!(err, -libc::ESTALE, "the old session's node id is gone");
+    let read = abi::ReadIn { fh, size: 16, ..Default::default() };
+    let (err, _) = call(&mut fe, 1, 6, node, &Op::Read(read));
+    assert!(err == -libc::EBADF || err == -libc::ESTALE, "the old session's file handle is gone ({err})");
+    assert_eq!(common::open_fds(b.pid()).len(), held - 2, "its O_PATH fd and open file are closed");
+    let (err, _) = call(&mut fe, 1, 7, abi::ROOT_ID, &Op::Lookup { name: c"hello.txt" });
+    assert_eq!(err, 0, "the new session serves");
+}

@@ -133,6 +133,17 @@ impl Fs {
         self.locks.rebuild(handles, &self.state.handles);
     }
 
+    /// A new FUSE session on a connection that had one (over virtio: the guest rebooted): what
+    /// the old session held is dropped, as virtiofsd does. Idempotent (see `Inodes::forget_all`).
+    pub fn reset_session(&self) {
+        let handles = self.state.handles.release_all();
+        self.locks.rebuild(&[], &self.state.handles);
+        let inodes = self.state.inodes.forget_all();
+        if handles + inodes > 0 {
+            tracing::info!(handles, inodes, "new FUSE session: dropped what the previous one held");
+        }
+    }
+
     pub fn set_writeback(&self, on: bool) {
         self.writeback.store(on, Ordering::Relaxed);
     }

@@ -151,6 +151,20 @@ impl Handles {
         Ok(nodeid)
     }
 
+    /// A new FUSE session: every handle (open files and directories, lock owners) is released,
+    /// closing its fd; idempotent like `Inodes::forget_all`. Returns how many.
+    pub fn release_all(&self) -> usize {
+        let mut released = 0;
+        for i in 1..self.table.high_water() as u32 {
+            let s = self.table.slot(i);
+            if let Some(kind) = s.kind().filter(|_| s.hdr.state.load(Ordering::SeqCst) == super::slots::LIVE) {
+                let fh = super::slots::make_id(i, s.hdr.generation.load(Ordering::SeqCst));
+                released += usize::from(self.release(fh, kind).is_ok());
+            }
+        }
+        released
+    }
+
     /// Recovery: settles a record's pending publication from what the table shows.
     pub fn settle_pending(&self, r: &Record) {
         if r.pending.load(Ordering::Acquire) == PENDING_HANDLE {

@@ -214,6 +214,21 @@ impl Inodes {
         self.table.finish_retire(i);
     }
 
+    /// A new FUSE session (a second INIT: the guest rebooted without forgetting its nodes):
+    /// every node but the root is forgotten. Idempotent, so a replayed INIT after a crash midway
+    /// forgets what is left. Returns how many nodes were forgotten.
+    pub fn forget_all(&self) -> usize {
+        let mut forgotten = 0;
+        for i in 2..self.table.high_water() as u32 {
+            let s = self.table.slot(i);
+            if s.hdr.state.load(Ordering::SeqCst) == slots::LIVE {
+                self.forget(slots::make_id(i, s.hdr.generation.load(Ordering::SeqCst)), u64::MAX, Intent::none());
+                forgotten += 1;
+            }
+        }
+        forgotten
+    }
+
     /// The entries of a FORGET or BATCH_FORGET, from the first one
     /// the record does not count as done (its step), each exactly once.
     pub fn forget_entries(&self, entries: &[crate::fuse::abi::ForgetOne], intent: Intent) {
