@@ -79,6 +79,7 @@ pub const MARKERS: &[&str] = &[
     "handle.pending",
     "handle.published",
     "init.after_record",
+    "init.reset_session",
     "link.after_syscall",
     "link.before_syscall",
     "mkdir.after_syscall",

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use phoenixfsd::fuse::Op;
 use phoenixfsd::fuse::abi::{self, EntryOut};
+
 use zerocopy::FromBytes;
 
 mod common;
@@ -109,4 +110,32 @@ fn test_crash_while_taking_a_control_change_in() {
     lookup_hello(&mut fe, 2, 3);
     assert!(!arm.exists(), "crash point vhost.apply_control never reached (built without --features crash-points?)");
     assert_ne!(children_of(b.pid()), first, "the worker that crashed was not replaced");
+}
+
+/// A guest that reboots sends a new INIT; the worker dies halfway through dropping the old
+/// session (handles released, nodes not yet forgotten). The replayed INIT finishes the job:
+/// nothing of the old session is left, nothing leaks, and the new session serves.
+#[test]
+fn test_crash_while_dropping_the_old_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    let arm = tmp.path().join("arm");
+    let env = [("PHOENIXFS_CRASH_AT", "init.reset_session"), ("PHOENIXFS_CRASH_ARM", arm.to_str().unwrap())];
+    let b = Backend::start_with_env(&[], &env);
+    std::fs::write(b.share.join("hello.txt"), b"hello").unwrap();
+    let mut fe = Frontend::connect(b.socket(), 2, 32).unwrap_or_else(|e| panic!("handshake: {e}"));
+    init(&mut fe);
+    let baseline = common::open_fds(b.pid()).len();
+    let (err, payload) = call(&mut fe, 1, 2, abi::ROOT_ID, &Op::Lookup { name: c"hello.txt" });
+    assert_eq!(err, 0);
+    let node = EntryOut::read_from_bytes(&payload).unwrap().nodeid;
+    let (err, _) = call(&mut fe, 1, 3, node, &Op::Open(abi::OpenIn { flags: libc::O_RDONLY as u32, open_flags: 0 }));
+    assert_eq!(err, 0);
+    let worker = children_of(b.pid());
+    std::fs::write(&arm, "armed").unwrap();
+    init(&mut fe);
+    assert!(!arm.exists(), "crash point init.reset_session never reached (built without --features crash-points?)");
+    assert_ne!(children_of(b.pid()), worker, "the worker that crashed was replaced");
+    let (err, _) = call(&mut fe, 1, 5, node, &Op::Getattr { fh: None });
+    assert_eq!(err, -libc::ESTALE, "the old session's node is gone after the replayed INIT");
+    assert_eq!(common::open_fds(b.pid()).len(), baseline, "nothing of the old session is left open");
 }

@@ -138,6 +138,8 @@ impl Fs {
     pub fn reset_session(&self) {
         let handles = self.state.handles.release_all();
         self.locks.rebuild(&[], &self.state.handles);
+        // Crash here: the handles are gone, the nodes not yet; the replayed INIT forgets them.
+        crate::crash_point!("init.reset_session");
         let inodes = self.state.inodes.forget_all();
         if handles + inodes > 0 {
             tracing::info!(handles, inodes, "new FUSE session: dropped what the previous one held");
