@@ -16,7 +16,7 @@ use zerocopy::FromBytes;
 
 mod common;
 
-use common::backend::{Backend, call, init};
+use common::backend::{Backend, call, init, open_hello};
 use common::children_of;
 use common::frontend::Frontend;
 
@@ -125,11 +125,7 @@ fn test_crash_while_dropping_the_old_session() {
     let mut fe = Frontend::connect(b.socket(), 2, 32).unwrap_or_else(|e| panic!("handshake: {e}"));
     init(&mut fe);
     let baseline = common::open_fds(b.pid()).len();
-    let (err, payload) = call(&mut fe, 1, 2, abi::ROOT_ID, &Op::Lookup { name: c"hello.txt" });
-    assert_eq!(err, 0);
-    let node = EntryOut::read_from_bytes(&payload).unwrap().nodeid;
-    let (err, _) = call(&mut fe, 1, 3, node, &Op::Open(abi::OpenIn { flags: libc::O_RDONLY as u32, open_flags: 0 }));
-    assert_eq!(err, 0);
+    let (node, _) = open_hello(&mut fe, libc::O_RDONLY);
     let worker = children_of(b.pid());
     std::fs::write(&arm, "armed").unwrap();
     init(&mut fe);

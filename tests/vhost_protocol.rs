@@ -13,7 +13,7 @@ use zerocopy::FromBytes;
 
 mod common;
 
-use common::backend::{Backend, call, check_reply, init, wait_exit};
+use common::backend::{Backend, call, check_reply, init, open_hello, wait_exit};
 use common::children_of;
 use common::frontend::{
     Frontend, FrontendOptions, GUEST_MEM_SIZE, VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
@@ -231,13 +231,7 @@ fn test_daemon_stops_when_the_frontend_disconnects() {
 #[test]
 fn test_blocking_lock_does_not_hold_up_its_queue() {
     let (b, mut fe) = Backend::with_frontend(&["-o", "posix_lock"], 2, 16);
-    let (err, payload) = call(&mut fe, 1, 2, abi::ROOT_ID, &Op::Lookup { name: c"hello.txt" });
-    assert_eq!(err, 0);
-    let node = EntryOut::read_from_bytes(&payload).unwrap().nodeid;
-    let (err, payload) =
-        call(&mut fe, 1, 3, node, &Op::Open(abi::OpenIn { flags: libc::O_RDWR as u32, open_flags: 0 }));
-    assert_eq!(err, 0);
-    let fh = abi::OpenOut::read_from_bytes(&payload).unwrap().fh;
+    let (node, fh) = open_hello(&mut fe, libc::O_RDWR);
     let lock = |owner: u64, typ: i32| abi::LkIn {
         fh,
         owner,
@@ -285,13 +279,7 @@ fn test_blocking_lock_does_not_hold_up_its_queue() {
 #[test]
 fn test_new_session_drops_what_the_old_one_held() {
     let (b, mut fe) = Backend::with_frontend(&[], 2, 32);
-    let (err, payload) = call(&mut fe, 1, 2, abi::ROOT_ID, &Op::Lookup { name: c"hello.txt" });
-    assert_eq!(err, 0);
-    let node = EntryOut::read_from_bytes(&payload).unwrap().nodeid;
-    let (err, payload) =
-        call(&mut fe, 1, 3, node, &Op::Open(abi::OpenIn { flags: libc::O_RDONLY as u32, open_flags: 0 }));
-    assert_eq!(err, 0);
-    let fh = abi::OpenOut::read_from_bytes(&payload).unwrap().fh;
+    let (node, fh) = open_hello(&mut fe, libc::O_RDONLY);
     let held = common::open_fds(b.pid()).len();
 
     init(&mut fe);

@@ -120,3 +120,13 @@ pub fn init(fe: &mut Frontend) -> InitOut {
     assert_eq!(err, 0, "INIT");
     InitOut::read_from_bytes(&payload).expect("INIT reply size")
 }
+
+/// LOOKUP hello.txt and OPEN it with `flags` (uniques 2 and 3); its node id and file handle.
+pub fn open_hello(fe: &mut Frontend, flags: i32) -> (u64, u64) {
+    let (err, payload) = call(fe, 1, 2, abi::ROOT_ID, &Op::Lookup { name: c"hello.txt" });
+    assert_eq!(err, 0, "LOOKUP hello.txt");
+    let node = abi::EntryOut::read_from_bytes(&payload).unwrap().nodeid;
+    let (err, payload) = call(fe, 1, 3, node, &Op::Open(abi::OpenIn { flags: flags as u32, open_flags: 0 }));
+    assert_eq!(err, 0, "OPEN hello.txt");
+    (node, abi::OpenOut::read_from_bytes(&payload).unwrap().fh)
+}
