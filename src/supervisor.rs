@@ -185,6 +185,12 @@ impl Workers {
         }
     }
 
+    /// After the ready eventfd fired: the current worker is ready if it is the one that said so
+    /// (a worker that signalled and then died must not vouch for its successor's sweep).
+    fn note_ready(&mut self) {
+        self.ready = self.region.header().ready_pid.load(Ordering::Acquire) == self.pid;
+    }
+
     fn kill(&self) {
         // SAFETY: signals and reaps our own child.
         unsafe {
@@ -263,9 +269,8 @@ fn serve(workers: &Rc<RefCell<Workers>>, conn: &mut Connection, waits: &Waits) -
             }
         }
         if fds[1].revents != 0 {
-            let mut count = [0u8; 8];
-            let _ = crate::sys::read(waits.ready, &mut count);
-            workers.borrow_mut().ready = true;
+            crate::sys::eventfd_drain(waits.ready);
+            workers.borrow_mut().note_ready();
         }
         if fds.get(2).is_some_and(|p| p.revents != 0)
             && let Connection::VhostUser(channel) = conn

@@ -355,6 +355,18 @@ pub fn dup3(fd: i32, onto: i32) -> io::Result<()> {
     cvt(unsafe { libc::dup3(fd, onto, libc::O_CLOEXEC) }).map(drop)
 }
 
+/// Adds 1 to eventfd `fd` (wakes its waiters). A full counter or a closed fd only loses a wake-up
+/// that the waiter's own timeout or recheck covers, so errors are ignored.
+pub fn eventfd_signal(fd: i32) {
+    let _ = write(fd, &1u64.to_ne_bytes());
+}
+
+/// Resets eventfd `fd`'s counter after a wake-up (non-blocking; nothing to read is fine).
+pub fn eventfd_drain(fd: i32) {
+    let mut count = [0u8; 8];
+    let _ = read(fd, &mut count);
+}
+
 /// A signalfd for `set` (whose signals the caller has blocked), close-on-exec, non-blocking.
 pub fn signalfd(set: &libc::sigset_t) -> io::Result<i32> {
     // SAFETY: a valid signal set; the new fd is ours.

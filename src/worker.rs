@@ -105,7 +105,7 @@ fn announce_ready(h: &crate::state::region::Header) {
     // SAFETY: getpid has no preconditions.
     h.ready_pid.store(unsafe { libc::getpid() }, std::sync::atomic::Ordering::Release);
     if h.ready_fd >= 0 {
-        let _ = sys::write(h.ready_fd, &1u64.to_ne_bytes());
+        sys::eventfd_signal(h.ready_fd);
     }
 }
 

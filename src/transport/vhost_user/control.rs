@@ -75,7 +75,7 @@ impl Control {
         for q in &self.area.queues[..self.area.queue_count()] {
             let fd = q.notify_fd.load(Ordering::Relaxed);
             if fd >= 0 {
-                let _ = crate::sys::write(fd, &1u64.to_ne_bytes());
+                crate::sys::eventfd_signal(fd);
             }
         }
         r

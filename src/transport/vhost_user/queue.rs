@@ -64,7 +64,7 @@ impl UsedRing {
         self.state.end_put(head, new);
         *used_idx = new;
         if self.call_fd >= 0 && self.ring.needs_notification(mem, old, new)? {
-            let _ = sys::write(self.call_fd, &1u64.to_ne_bytes());
+            sys::eventfd_signal(self.call_fd);
         }
         Ok(())
     }
@@ -160,8 +160,7 @@ impl QueueThread {
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
         for p in &fds {
             if p.revents & libc::POLLIN != 0 {
-                let mut count = [0u8; 8];
-                let _ = sys::read(p.fd, &mut count);
+                sys::eventfd_drain(p.fd);
             }
         }
     }
@@ -217,7 +216,7 @@ impl QueueThread {
         } else if self.state.repair_used(ring_used) && cfg.call_fd >= 0 {
             // The dead worker published a used element but may not have signalled it: an extra
             // interrupt is harmless, a missing one leaves the driver waiting.
-            let _ = sys::write(cfg.call_fd, &1u64.to_ne_bytes());
+            sys::eventfd_signal(cfg.call_fd);
         }
         *used_idx = self.state.used_idx.load(Ordering::Acquire);
         drop(used_idx);
