@@ -166,7 +166,8 @@ impl QueueThread {
     }
 
     /// Takes in the queue's configuration if the supervisor changed anything since last time.
-    /// On (re)activation it repairs and replays what a dead worker left in flight.
+    /// Each activation repairs a used-ring update a dead worker cut in half; the first one in
+    /// this worker also replays what the dead worker left in flight.
     fn take_control(&mut self) {
         let (cfg, seq) = self.area.read_control(|a| a.queue_config(self.index));
         if self.seq == Some(seq) {
