@@ -114,6 +114,7 @@ pub const MARKERS: &[&str] = &[
     "vhost.after_used_elem",
     "vhost.after_used_idx",
     "vhost.apply_control",
+    "vhost.before_signal",
     "vhost.before_used",
     "worker.start",
     "write.after_append",

@@ -798,7 +798,7 @@ fn main_opcode(scenario: &str) -> Option<Opcode> {
 
 /// The same enumeration over vhost-user (through the test's FUSE-to-virtqueue bridge): every
 /// engine crash point, plus the transport's own (after pop, before the used element, between
-/// element and index, after the index) for every state-changing operation. A replayed head must
+/// element and index, after the index, before the interrupt) for every state-changing operation. A replayed head must
 /// get exactly one used element (the bridge fails a request that gets none within 30 s, or two:
 /// the frontend checks every used entry against the head it waits for).
 #[test]
@@ -810,7 +810,7 @@ fn crash_every_marker_over_vhost_user() {
         .copied()
         .filter(|m| m.starts_with("vhost.") && *m != "vhost.apply_control")
         .collect();
-    assert_eq!(transport_markers.len(), 4, "transport markers: {transport_markers:?}");
+    assert_eq!(transport_markers.len(), 5, "transport markers: {transport_markers:?}");
     let mut cases = engine_cases(&scenarios);
     for sc in &scenarios {
         if !sc.markers.is_empty() {

@@ -186,7 +186,7 @@ mod vhost_in_flight {
         q.mark_popped(3);
         q.begin_put(3);
         // The dead worker published used.idx = 1 but did not clear the flag.
-        assert!(q.repair_used(1), "a finished put must be signalled");
+        assert!(q.repair_used(1), "the put is finished");
         assert!(q.in_flight(8).is_empty(), "the head was used: it must not be replayed");
         assert_eq!(q.used_idx.load(Ordering::Acquire), 1);
         assert_eq!(q.next_avail(), 1);

@@ -284,7 +284,7 @@ impl QueueState {
     /// dead worker published `last_batch_head`'s used element but did not finish the put: it is
     /// done. Any other difference was not made by us (a misbehaving guest) and is logged; our
     /// own index stays, so the used index never goes backwards by our doing. True if a put was
-    /// finished: the dead worker may not have signalled the driver, so the caller must.
+    /// finished.
     pub fn repair_used(&self, ring_used_idx: u16) -> bool {
         let ours = self.used_idx.load(Ordering::Acquire);
         if ring_used_idx == ours {

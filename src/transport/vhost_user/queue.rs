@@ -63,6 +63,9 @@ impl UsedRing {
         crate::crash_point!("vhost.after_used_idx", opcode);
         self.state.end_put(head, new);
         *used_idx = new;
+        // Crash here: the put is complete in the region, so recovery has nothing to repair, but
+        // the driver was not signalled: every activation signals once (see `activate`).
+        crate::crash_point!("vhost.before_signal", opcode);
         if self.call_fd >= 0 && self.ring.needs_notification(mem, old, new)? {
             sys::eventfd_signal(self.call_fd);
         }
@@ -214,9 +217,13 @@ impl QueueThread {
         if self.state.base_pending.load(Ordering::Acquire) != 0 {
             // Crash inside: base_pending is still set, and the next worker starts over.
             self.state.start_from_base(ring_used);
-        } else if self.state.repair_used(ring_used) && cfg.call_fd >= 0 {
-            // The dead worker published a used element but may not have signalled it: an extra
-            // interrupt is harmless, a missing one leaves the driver waiting.
+        } else {
+            self.state.repair_used(ring_used);
+        }
+        // A dead worker may have published used elements without signalling them (between its
+        // last put and the eventfd write): an extra interrupt is harmless, a missing one leaves
+        // the driver waiting for good.
+        if cfg.call_fd >= 0 {
             sys::eventfd_signal(cfg.call_fd);
         }
         *used_idx = self.state.used_idx.load(Ordering::Acquire);
