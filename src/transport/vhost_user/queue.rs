@@ -154,11 +154,10 @@ impl QueueThread {
     /// Waits for a kick or a control change (with a bound, as a safety net), and consumes both
     /// eventfd counts.
     fn wait(&self, kick: Option<i32>) {
+        let pollin = |fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         let notify = self.state.notify_fd.load(Ordering::Acquire);
-        let mut fds = vec![libc::pollfd { fd: notify, events: libc::POLLIN, revents: 0 }];
-        if let Some(k) = kick.filter(|k| *k >= 0) {
-            fds.push(libc::pollfd { fd: k, events: libc::POLLIN, revents: 0 });
-        }
+        // A negative fd is ignored by poll: no kick fd (queue inactive) waits on notify alone.
+        let mut fds = [pollin(notify), pollin(kick.unwrap_or(-1))];
         // SAFETY: valid pollfd array for the duration of the call.
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
         for p in &fds {
