@@ -34,11 +34,16 @@ fn main() {
         let mut best = (f64::MAX, f64::MAX);
         for _ in 0..5 {
             let t0 = Instant::now();
-            let report = state.recover(|_| false, |_, _| {}, |_| {}).expect("recover");
+            // The state's own steps of recovery.rs's `take_over`, without a transport.
+            let dead = state.take_over().expect("the region checks");
+            state.settle_pending();
+            let live_inodes = state.inodes.recover();
+            state.handles.recover();
+            state.records.recover(dead);
             let t1 = Instant::now();
-            phoenixfsd::worker::sweep_fds(state.referenced_fds());
+            phoenixfsd::recovery::sweep_fds(state.referenced_fds());
             let t2 = Instant::now();
-            assert_eq!(report.live_inodes, n as usize);
+            assert_eq!(live_inodes, n as usize);
             let (r, s) = ((t1 - t0).as_secs_f64() * 1e3, (t2 - t1).as_secs_f64() * 1e3);
             if r + s < best.0 + best.1 {
                 best = (r, s);

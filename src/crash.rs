@@ -36,7 +36,7 @@ pub fn reached(name: &str, opcode: Option<u32>) {
     use std::sync::OnceLock;
     struct Target {
         at: String,
-        arm: std::ffi::CString,
+        arm: std::path::PathBuf,
         always: bool,
         opcode: Option<u32>,
     }
@@ -44,7 +44,7 @@ pub fn reached(name: &str, opcode: Option<u32>) {
     let target = TARGET.get_or_init(|| {
         Some(Target {
             at: std::env::var("PHOENIXFS_CRASH_AT").ok()?,
-            arm: std::ffi::CString::new(std::env::var("PHOENIXFS_CRASH_ARM").ok()?).ok()?,
+            arm: std::env::var_os("PHOENIXFS_CRASH_ARM")?.into(),
             always: std::env::var("PHOENIXFS_CRASH_MODE").is_ok_and(|m| m == "abort-always"),
             opcode: std::env::var("PHOENIXFS_CRASH_OPCODE").ok().and_then(|o| o.parse().ok()),
         })
@@ -53,16 +53,14 @@ pub fn reached(name: &str, opcode: Option<u32>) {
     if at != name || opcode.is_some() && only.is_some() && opcode != *only {
         return;
     }
-    // SAFETY: valid C string.
-    if *always && unsafe { libc::access(arm.as_ptr(), libc::F_OK) } == 0 {
+    if *always && arm.exists() {
         tracing::warn!("crash point {name}: aborting this worker");
         std::process::abort();
     }
-    // SAFETY: valid C string; unlink succeeds for exactly one caller.
-    if !*always && unsafe { libc::unlink(arm.as_ptr()) } == 0 {
+    // The unlink succeeds for exactly one caller.
+    if !*always && std::fs::remove_file(arm).is_ok() {
         tracing::warn!("crash point {name}: killing this worker");
-        // SAFETY: signals our own process.
-        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        crate::sys::process::kill_self();
     }
 }
 

@@ -5,6 +5,7 @@
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cli::{CachePolicy, Cli, LogLevel, Recovery};
@@ -12,10 +13,12 @@ use crate::fs::{self, EntryTimeouts};
 use crate::fuse::abi;
 use crate::server::InitPolicy;
 use crate::state::Region;
-use crate::state::region::{MAX_CONN_FDS, MAX_KEEP_FDS, TRANSPORT_VHOST_USER};
-use crate::supervisor::{Connection, Waits};
+use crate::state::region::MAX_KEEP_FDS;
+use crate::supervisor::Waits;
+use crate::sys::process;
 use crate::transport::fusedev::FuseDev;
 use crate::transport::vhost_user::{self, ControlChannel};
+use crate::transport::{Connection, Transport};
 use crate::worker::WorkerConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +37,8 @@ pub enum Error {
     SupervisorFd(&'static str, std::io::Error),
     #[error("demo setup: {0}")]
     Demo(std::io::Error),
+    #[error("cannot list this process's open fds (/proc/self/fd; is /proc mounted?): {0}")]
+    ListFds(std::io::Error),
     #[error(transparent)]
     Worker(#[from] crate::worker::Error),
     #[error(transparent)]
@@ -74,45 +79,24 @@ fn timeouts(cache: CachePolicy) -> (EntryTimeouts, u32) {
 /// the caller's), no supplementary groups (each request brings its caller's), and enough fds.
 fn prepare_process(rlimit_nofile: Option<u64>) {
     crate::sys::umask(0);
-    // SAFETY: process-wide setgroups before any thread exists.
-    if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
-        tracing::warn!("cannot drop supplementary groups: {}", std::io::Error::last_os_error());
+    if let Err(e) = process::drop_groups() {
+        tracing::warn!("cannot drop supplementary groups: {e}");
     }
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: valid out pointer.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    let (_, hard) = process::nofile_limit();
     let want = match rlimit_nofile {
         Some(0) => return,
         Some(n) => n,
-        None => std::fs::read_to_string("/proc/sys/fs/nr_open")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(lim.rlim_max),
-    };
-    let raised = libc::rlimit { rlim_cur: want, rlim_max: want.max(lim.rlim_max) };
-    let soft_only = libc::rlimit { rlim_cur: want.min(lim.rlim_max), rlim_max: lim.rlim_max };
-    // SAFETY: valid pointers. Raising the hard limit needs CAP_SYS_RESOURCE, which a container
-    // may withhold: then take what the hard limit allows.
-    let ok = unsafe {
-        libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 || libc::setrlimit(libc::RLIMIT_NOFILE, &soft_only) == 0
-    };
-    if !ok || soft_only.rlim_cur < want && rlimit_nofile.is_some() {
-        tracing::warn!(want, got = soft_only.rlim_cur, "cannot raise RLIMIT_NOFILE as asked");
-    }
-}
-
-/// Blocks the termination signals in this thread (and so in every thread spawned after), so that
-/// one thread can wait for them with sigwait.
-fn block_signals() -> libc::sigset_t {
-    // SAFETY: sigset manipulation on a local set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD] {
-            libc::sigaddset(&mut set, s);
+        None => {
+            std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(hard)
         }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
+    };
+    // Raising the hard limit needs CAP_SYS_RESOURCE, which a container may withhold: then take
+    // what the hard limit allows.
+    let soft_only = want.min(hard);
+    let ok =
+        process::set_nofile_limit(want, want.max(hard)).is_ok() || process::set_nofile_limit(soft_only, hard).is_ok();
+    if !ok || soft_only < want && rlimit_nofile.is_some() {
+        tracing::warn!(want, got = soft_only, "cannot raise RLIMIT_NOFILE as asked");
     }
 }
 
@@ -131,52 +115,48 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         return Err(Error::SharedDir(shared_dir, std::io::Error::from_raw_os_error(libc::ENOTDIR)));
     }
     prepare_process(cli.rlimit_nofile);
-    let sigset = block_signals();
-    let cfg = worker_config(&cli, &shared_dir);
+    // Blocked in every thread (all start after this) and taken from a signalfd by the
+    // supervisor's loop.
+    let sigset = process::block_signals(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD]);
     let threads = if cli.thread_pool_size == 0 { default_threads() } else { cli.thread_pool_size };
     // Made before the first worker, so its fd sweep keeps them.
+    let eventfd = |what| crate::sys::eventfd().map_err(|e| Error::SupervisorFd(what, e));
     let waits = Waits {
         signals: crate::sys::signalfd(&sigset).map_err(|e| Error::SupervisorFd("signalfd", e))?,
-        ready: crate::sys::eventfd().map_err(|e| Error::SupervisorFd("eventfd", e))?,
+        ready: eventfd("ready eventfd")?,
+        ended: eventfd("ended eventfd")?,
     };
     let mut region = Region::create(cli.max_inodes, cli.max_handles)?;
 
-    let conn = match mountpoint {
+    // The one place the transport is chosen: from here on it is a value.
+    let (conn, transport): (Box<dyn Connection>, Arc<dyn Transport>) = match mountpoint {
         Some(mountpoint) => {
             let dev = FuseDev::mount(&mountpoint, &shared_dir)?;
-            let conn = dev.connection_fds(threads.min(MAX_CONN_FDS))?;
-            record_fds(&mut region, &conn, &waits)?;
-            tracing::info!(share = %shared_dir.display(), mountpoint = %mountpoint.display(), threads = conn.len(), recovery = cfg.recovery, "serving");
+            let transport = dev.transport(threads, &region)?;
+            tracing::info!(share = %shared_dir.display(), mountpoint = %mountpoint.display(), threads = transport.fds().len(), recovery = ?cli.recovery, "serving");
             if cli.demo {
                 println!("phoenixfsd demo: serving {} at {}", shared_dir.display(), mountpoint.display());
                 println!("try: ls -l {0}; cat {0}/hello.txt   (Ctrl-C to stop)", mountpoint.display());
             }
-            if !cfg.recovery {
-                return serve_fuse_in_process(region, &cfg, dev, mountpoint, sigset);
-            }
-            Connection::Fuse(dev)
+            (Box::new(dev), Arc::new(transport))
         }
         None => {
             let listener = vhost_user::listen(cli.socket_path.as_deref(), cli.fd, cli.socket_group.as_deref())?;
-            tracing::info!(share = %shared_dir.display(), socket = ?cli.socket_path, request_queues = threads, recovery = cfg.recovery, "waiting for the vhost-user frontend");
+            tracing::info!(share = %shared_dir.display(), socket = ?cli.socket_path, request_queues = threads, recovery = ?cli.recovery, "waiting for the vhost-user frontend");
             let Some(stream) = vhost_user::accept(listener, waits.signals)? else {
                 tracing::info!("stopping before a frontend connected");
                 return Ok(());
             };
-            region.header_mut_before_workers().transport = TRANSPORT_VHOST_USER;
-            vhost_user::prepare_area(region.vhost(), threads)?;
-            record_fds(&mut region, &[], &waits)?;
-            let channel = ControlChannel::new(stream);
-            if !cfg.recovery {
-                return serve_vhost_in_process(region, &cfg, channel, &waits);
-            }
-            Connection::VhostUser(channel)
+            let (channel, transport) = ControlChannel::new(stream, &region, threads)?;
+            (Box::new(channel), Arc::new(transport))
         }
     };
-    Ok(crate::supervisor::run(region, conn, &cfg, &waits)?)
+    record_keep_fds(&mut region, &transport.fds(), &waits)?;
+    let cfg = worker_config(&cli, &shared_dir, transport, waits.ended);
+    Ok(crate::supervisor::run(region, conn, cfg, &waits)?)
 }
 
-fn worker_config(cli: &Cli, shared_dir: &std::path::Path) -> WorkerConfig {
+fn worker_config(cli: &Cli, shared_dir: &std::path::Path, transport: Arc<dyn Transport>, ended: i32) -> WorkerConfig {
     let (timeouts, open_reply_flags) = timeouts(cli.cache);
     let fs_cfg = fs::Config {
         timeouts,
@@ -198,90 +178,26 @@ fn worker_config(cli: &Cli, shared_dir: &std::path::Path) -> WorkerConfig {
         fs: fs_cfg,
         policy,
         recovery: cli.recovery == Recovery::On,
+        transport,
+        ended,
     }
 }
 
-/// `--recovery off` on a FUSE mount: the bare engine in this process, no supervisor.
-fn serve_fuse_in_process(
-    region: Region,
-    cfg: &WorkerConfig,
-    dev: FuseDev,
-    mountpoint: PathBuf,
-    sigset: libc::sigset_t,
-) -> Result<(), Error> {
-    let server = crate::worker::prepare(region, cfg)?;
-    // Wait for a termination signal, or for the connection to end (someone unmounted us).
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut sig = 0;
-            // SAFETY: waits on a valid, blocked signal set.
-            unsafe { libc::sigwait(&sigset, &mut sig) };
-            tracing::info!(signal = sig, "stopping");
-            std::process::exit(unmount_then(0, &mountpoint));
-        })
-        .expect("spawn the signal thread");
-    crate::worker::serve(server)?;
-    dev.unmount();
-    Ok(())
-}
-
-/// `--recovery off` over vhost-user: queue threads and the control channel in this process.
-fn serve_vhost_in_process(
-    region: Region,
-    cfg: &WorkerConfig,
-    mut channel: ControlChannel,
-    waits: &Waits,
-) -> Result<(), Error> {
-    let area = region.vhost();
-    let server = crate::worker::prepare(region, cfg)?;
-    let (done, _keep) = std::sync::mpsc::channel();
-    vhost_user::spawn_queue_threads(&server, done).map_err(crate::worker::Error::Spawn)?;
-    channel.start(area, Box::new(|| {}));
-    loop {
-        let mut fds = [
-            libc::pollfd { fd: waits.signals, events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: channel.fd(), events: libc::POLLIN, revents: 0 },
-        ];
-        // SAFETY: a valid pollfd array for the duration of the call.
-        unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if fds[0].revents != 0 {
-            tracing::info!("stopping");
-            return Ok(());
-        }
-        if fds[1].revents != 0 && !channel.handle_one() {
-            tracing::info!("the vhost-user frontend disconnected; stopping");
-            return Ok(());
-        }
-    }
-}
-
-fn unmount_then(code: i32, mountpoint: &std::path::Path) -> i32 {
-    if let Ok(c) = CString::new(mountpoint.as_os_str().as_bytes())
-        && crate::sys::umount(&c, 0).is_err()
-    {
-        let _ = crate::sys::umount(&c, libc::MNT_DETACH);
-    }
-    code
-}
-
-/// Writes the connection fds, and every other fd open now (stdio, the memfd, the supervisor's
-/// own, inherited ones), into the region header: a worker's fd sweep must leave them all open.
-fn record_fds(region: &mut Region, conn: &[i32], waits: &Waits) -> Result<(), Error> {
+/// Writes every fd open now that the transport does not hold (stdio, the memfd, the
+/// supervisor's own, inherited ones) into the region header, with the ready eventfd: a worker's
+/// fd sweep must leave them all open.
+fn record_keep_fds(region: &mut Region, transport: &[i32], waits: &Waits) -> Result<(), Error> {
     let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")
-        .map_err(Error::Demo)?
+        .map_err(Error::ListFds)?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|fd| !conn.contains(fd))
+        .filter(|fd| !transport.contains(fd))
         .collect();
     // The listing's own fd was among them and is closed now: keep only those still open.
-    // SAFETY: F_GETFD only queries.
-    let keep: Vec<i32> = open.into_iter().filter(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } >= 0).collect();
+    let keep: Vec<i32> = open.into_iter().filter(|fd| crate::sys::is_open(*fd)).collect();
     if keep.len() > MAX_KEEP_FDS {
         return Err(Error::TooManyFds(keep.len()));
     }
     let h = region.header_mut_before_workers();
-    h.conn_fds[..conn.len()].copy_from_slice(conn);
-    h.conn_count = conn.len() as u32;
     h.keep_fds[..keep.len()].copy_from_slice(&keep);
     h.keep_count = keep.len() as u32;
     h.ready_fd = waits.ready;

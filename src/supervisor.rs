@@ -1,7 +1,8 @@
 //! The supervisor: the tiny, single-threaded parent that holds the connection and the state
 //! region, clones workers that share its fd table, and replaces each one that dies. It never
-//! reads or answers a FUSE request. On a vhost-user connection it also serves the control
-//! channel (transport/vhost_user/control.rs), so QEMU never sees a worker die.
+//! reads or answers a FUSE request; the connection's own messages (vhost-user's control
+//! channel) it serves itself, so the peer never sees a worker die. With recovery off the same
+//! loop runs with the serving threads in this very process and no workers.
 //!
 //! Which deaths count: a worker that crashed by itself (a fault signal, an abort from a panic, a
 //! non-zero exit) or that the OOM killer took. A SIGKILL from outside — an operator, a test, an
@@ -20,8 +21,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::state::Region;
-use crate::transport::fusedev::FuseDev;
-use crate::transport::vhost_user::ControlChannel;
+use crate::sys::{self, process};
+use crate::transport::Connection;
 use crate::worker::{self, WorkerConfig};
 
 pub const MAX_FRUITLESS_DEATHS: u32 = 12;
@@ -32,42 +33,29 @@ pub enum Error {
     Clone(std::io::Error),
     #[error("{0} workers in a row died before answering any request; giving up")]
     CrashLoop(u32),
+    #[error(transparent)]
+    Worker(#[from] worker::Error),
 }
 
-/// What the supervisor holds the connection through.
-pub enum Connection {
-    Fuse(FuseDev),
-    VhostUser(ControlChannel),
-}
-
-impl Connection {
-    fn close(&self) {
-        if let Connection::Fuse(dev) = self {
-            dev.unmount();
-        }
-    }
+/// The fds the supervisor waits on (all made before the first worker, so kept by its sweep).
+pub struct Waits {
+    /// A signalfd for the blocked termination signals and SIGCHLD.
+    pub signals: i32,
+    /// The eventfd a worker writes once its start-up fd sweep is done.
+    pub ready: i32,
+    /// The eventfd a serving thread writes when the connection ends (unmounted).
+    pub ended: i32,
 }
 
 /// Clones a worker sharing our fd table (CLONE_FILES, no CLONE_VM: its memory is a copy).
 fn clone_worker(region: &Region, cfg: &WorkerConfig) -> Result<i32, Error> {
-    // SAFETY: getpid has no preconditions.
-    let me = unsafe { libc::getpid() };
-    // SAFETY: a fork-like clone (no new stack: the child continues on a copy of ours). The
-    // supervisor is single-threaded, so no lock can be held across it in the child.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (libc::CLONE_FILES | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
-    match pid {
-        -1 => Err(Error::Clone(std::io::Error::last_os_error())),
-        0 => worker::run_process(region.alias(), cfg, me),
-        pid => Ok(pid as i32),
+    let me = process::getpid();
+    // SAFETY: the supervisor is single-threaded (it starts no thread; the serving threads of
+    // `--recovery off` never coexist with workers).
+    match unsafe { process::clone_sharing_fds() } {
+        Err(e) => Err(Error::Clone(e)),
+        Ok(0) => worker::run_process(region.alias(), cfg, me),
+        Ok(pid) => Ok(pid),
     }
 }
 
@@ -80,24 +68,6 @@ fn oom_kills() -> u64 {
         .unwrap_or(0)
 }
 
-/// How a child ended, for the log.
-fn describe(status: i32) -> String {
-    if libc::WIFSIGNALED(status) {
-        let sig = libc::WTERMSIG(status);
-        // SAFETY: strsignal returns a static string for any number.
-        let name = unsafe { std::ffi::CStr::from_ptr(libc::strsignal(sig)) };
-        format!("killed by signal {sig} ({})", name.to_string_lossy())
-    } else {
-        format!("exited with code {}", libc::WEXITSTATUS(status))
-    }
-}
-
-/// Why the supervisor stops.
-enum Stop {
-    /// The worker exited 0: the FUSE connection ended (unmounted).
-    ConnectionEnded,
-}
-
 /// The current worker and the crash-loop bookkeeping.
 pub struct Workers {
     region: Region,
@@ -108,7 +78,7 @@ pub struct Workers {
     fruitless: u32,
     /// False from a clone until the worker says its fd sweep is done (the `ready` eventfd):
     /// meanwhile no control message is read, so no fd arrives that the sweep could close.
-    pub ready: bool,
+    ready: bool,
 }
 
 impl Workers {
@@ -118,33 +88,16 @@ impl Workers {
         // open its own under it, which our close would then take away.
         let ooms_at_start = oom_kills();
         let pid = clone_worker(&region, &cfg)?;
-        let h = region.header();
-        Ok(Workers {
-            served_at_start: h.served.load(Ordering::Relaxed),
-            ooms_at_start,
-            region,
-            cfg,
-            pid,
-            fruitless: 0,
-            ready: false,
-        })
+        let served_at_start = region.header().served.load(Ordering::Relaxed);
+        Ok(Workers { region, cfg, pid, served_at_start, ooms_at_start, fruitless: 0, ready: false })
     }
 
     /// Reaps exited children; replaces the worker if it died. Err when giving up.
-    fn reap(&mut self) -> Result<Option<Stop>, Error> {
+    fn reap(&mut self) -> Result<(), Error> {
         let header = self.region.header();
-        loop {
-            let mut status = 0;
-            // SAFETY: reaps any exited child without blocking.
-            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-            if pid <= 0 {
-                return Ok(None);
-            }
+        while let Some((pid, status)) = process::reap_any() {
             if pid != self.pid {
                 continue;
-            }
-            if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
-                return Ok(Some(Stop::ConnectionEnded));
             }
             let deaths = header.worker_deaths.fetch_add(1, Ordering::Relaxed) + 1;
             let in_flight: Vec<(u64, u32)> = self
@@ -166,7 +119,7 @@ impl Workers {
                 in_flight = ?in_flight,
                 counts = !killed_from_outside,
                 "worker {}; starting a new one",
-                describe(status)
+                process::describe_status(status)
             );
             if served == self.served_at_start && !killed_from_outside {
                 self.fruitless += 1;
@@ -183,6 +136,7 @@ impl Workers {
             self.pid = clone_worker(&self.region, &self.cfg)?;
             self.ready = false;
         }
+        Ok(())
     }
 
     /// After the ready eventfd fired: the current worker is ready if it is the one that said so
@@ -190,75 +144,47 @@ impl Workers {
     fn note_ready(&mut self) {
         self.ready = self.region.header().ready_pid.load(Ordering::Acquire) == self.pid;
     }
+}
 
-    fn kill(&self) {
-        // SAFETY: signals and reaps our own child.
-        unsafe {
-            libc::kill(self.pid, libc::SIGKILL);
-            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+/// Who serves the requests: worker processes this supervisor replaces as they die, or (with
+/// recovery off) threads of this process, started once.
+type Serving = Rc<RefCell<Option<Workers>>>;
+
+/// Runs until a termination signal, the end of the connection, or a crash loop.
+pub fn run(region: Region, mut conn: Box<dyn Connection>, cfg: WorkerConfig, waits: &Waits) -> Result<(), Error> {
+    let serving: Serving = Rc::new(RefCell::new(None));
+    if cfg.recovery {
+        *serving.borrow_mut() = Some(Workers::start(region, cfg)?);
+    } else {
+        worker::start(region, &cfg)?;
+    }
+    let keep = serving.clone();
+    // While the connection waits on a worker (a ring being stopped), a worker that dies is
+    // replaced, so the wait can end.
+    conn.start(Box::new(move || {
+        if let Some(w) = keep.borrow_mut().as_mut() {
+            let _ = w.reap();
         }
+    }));
+    let result = serve(&serving, conn.as_mut(), waits);
+    if let Some(w) = serving.borrow().as_ref() {
+        process::kill_and_reap(w.pid);
     }
-}
-
-/// The fds the supervisor waits on (all made before the first worker, so kept by its sweep).
-pub struct Waits {
-    /// A signalfd for the blocked termination signals and SIGCHLD.
-    pub signals: i32,
-    /// The eventfd a worker writes once its start-up fd sweep is done.
-    pub ready: i32,
-}
-
-fn read_signal(fd: i32) -> Option<u32> {
-    // SAFETY: a zeroed signalfd_siginfo is valid; the read fills it.
-    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-    // SAFETY: reads at most size_of bytes into `info`.
-    let n = unsafe { libc::read(fd, (&raw mut info).cast(), size_of::<libc::signalfd_siginfo>()) };
-    (n == size_of::<libc::signalfd_siginfo>() as isize).then_some(info.ssi_signo)
-}
-
-/// Runs the supervisor until a termination signal or the end of the connection.
-pub fn run(region: Region, conn: Connection, cfg: &WorkerConfig, waits: &Waits) -> Result<(), Error> {
-    let vhost = region.vhost();
-    let workers = Rc::new(RefCell::new(Workers::start(region, cfg.clone())?));
-    let mut conn = conn;
-    if let Connection::VhostUser(channel) = &mut conn {
-        let w = workers.clone();
-        // While the control channel waits on a worker (a ring being stopped), a worker that dies
-        // is replaced, so the wait can end.
-        channel.start(
-            vhost,
-            Box::new(move || {
-                let _ = w.borrow_mut().reap();
-            }),
-        );
-    }
-    let result = serve(&workers, &mut conn, waits);
-    workers.borrow().kill();
     conn.close();
     result
 }
 
-fn serve(workers: &Rc<RefCell<Workers>>, conn: &mut Connection, waits: &Waits) -> Result<(), Error> {
+fn serve(serving: &Serving, conn: &mut dyn Connection, waits: &Waits) -> Result<(), Error> {
     loop {
-        let control = match conn {
-            Connection::VhostUser(c) if workers.borrow().ready => Some(c.fd()),
-            _ => None,
-        };
-        let mut fds = vec![
-            libc::pollfd { fd: waits.signals, events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: waits.ready, events: libc::POLLIN, revents: 0 },
-        ];
-        fds.extend(control.map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }));
-        // SAFETY: a valid pollfd array for the duration of the call.
-        if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) } < 0 {
-            continue;
-        }
-        if fds[0].revents != 0 {
-            match read_signal(waits.signals) {
+        let ready = serving.borrow().as_ref().is_none_or(|w| w.ready);
+        let control = conn.control_fd().filter(|_| ready).unwrap_or(-1);
+        let [signal, worker_ready, ended, message] =
+            process::poll_readable([waits.signals, waits.ready, waits.ended, control], -1);
+        if signal {
+            match process::read_signal(waits.signals) {
                 Some(sig) if sig == libc::SIGCHLD as u32 => {
-                    if let Some(Stop::ConnectionEnded) = workers.borrow_mut().reap()? {
-                        tracing::info!("the connection ended (unmounted); stopping");
-                        return Ok(());
+                    if let Some(w) = serving.borrow_mut().as_mut() {
+                        w.reap()?;
                     }
                 }
                 Some(sig) => {
@@ -268,15 +194,18 @@ fn serve(workers: &Rc<RefCell<Workers>>, conn: &mut Connection, waits: &Waits) -
                 None => {}
             }
         }
-        if fds[1].revents != 0 {
-            crate::sys::eventfd_drain(waits.ready);
-            workers.borrow_mut().note_ready();
+        if worker_ready {
+            sys::eventfd_drain(waits.ready);
+            if let Some(w) = serving.borrow_mut().as_mut() {
+                w.note_ready();
+            }
         }
-        if fds.get(2).is_some_and(|p| p.revents != 0)
-            && let Connection::VhostUser(channel) = conn
-            && !channel.handle_one()
-        {
-            tracing::info!("the vhost-user frontend disconnected; stopping");
+        if ended {
+            tracing::info!("the connection ended (unmounted); stopping");
+            return Ok(());
+        }
+        if message && !conn.handle_control() {
+            tracing::info!("the connection's peer has gone; stopping");
             return Ok(());
         }
     }

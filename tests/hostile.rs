@@ -14,7 +14,7 @@ use phoenixfsd::fs::{self, EntryTimeouts, Fs};
 use phoenixfsd::fuse::abi::{self, Opcode};
 use phoenixfsd::fuse::encode::{Sender, encode_request, frame};
 use phoenixfsd::fuse::{Op, ReplyBuf};
-use phoenixfsd::server::{InitPolicy, Server, ThreadRecord};
+use phoenixfsd::server::{Delivery, Exchange, InitPolicy, RecordKey, Server, ThreadRecord};
 use phoenixfsd::state::{Region, State};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -29,6 +29,21 @@ struct Harness {
 
 /// One reply: errno (0 for success) and payload.
 type Reply = (i32, Vec<u8>);
+
+/// A request sent straight to the server; the reply comes back as bytes.
+struct Captured<'m>(&'m [u8]);
+
+impl Exchange for Captured<'_> {
+    type Sent = Option<Vec<u8>>;
+
+    fn request(&self) -> &[u8] {
+        self.0
+    }
+
+    fn reply(&mut self, reply: Option<&[u8]>) -> Option<Vec<u8>> {
+        reply.map(<[u8]>::to_vec)
+    }
+}
 
 impl Harness {
     /// A share `top/share` with a file, a directory and symlinks pointing outside, next to a
@@ -57,7 +72,7 @@ impl Harness {
             readdirplus: true,
         };
         let dir = CString::new(share.as_os_str().as_bytes()).unwrap();
-        let fs = Fs::new(&dir, state, cfg).unwrap();
+        let fs = Fs::new(&dir, state.clone(), cfg).unwrap();
         let policy = InitPolicy {
             writeback: false,
             posix_locks: true,
@@ -66,7 +81,7 @@ impl Harness {
             posix_acl: false,
             auto_inval_data: true,
         };
-        let server = Server::new(fs, policy, true);
+        let server = Server::new(fs, state, policy, true);
         let record = server.thread_record();
         Harness { server, out: ReplyBuf::new(), record, unique: 0, _tmp: tmp, top }
     }
@@ -77,15 +92,14 @@ impl Harness {
     }
 
     fn raw(&mut self, msg: &[u8]) -> Option<Reply> {
-        let (reply, done) =
-            self.server.handle(msg, phoenixfsd::server::Origin::Fuse, |_, _| Vec::new(), &mut self.out, &self.record);
-        let parsed = reply.map(|reply| {
-            let (h, payload) = abi::OutHeader::read_from_prefix(reply).expect("reply has a header");
+        let unique = phoenixfsd::fuse::Request::header_of(msg).map_or(0, |h| h.unique);
+        let delivery = Delivery { key: RecordKey::fuse(unique), groups: |_| Vec::new() };
+        let reply = self.server.serve(&mut Captured(msg), delivery, &self.record, &mut self.out);
+        reply.map(|reply| {
+            let (h, payload) = abi::OutHeader::read_from_prefix(&reply).expect("reply has a header");
             assert_eq!(h.len as usize, reply.len(), "reply length field");
             (-h.error, payload.to_vec())
-        });
-        self.server.complete(done);
-        parsed
+        })
     }
 
     fn op(&mut self, nodeid: u64, op: &Op<'_>) -> Option<Reply> {
@@ -277,7 +291,7 @@ fn test_hostile_requests_get_errors_and_change_nothing() {
         (
             "setxattr through a symlink to outside",
             abs_link,
-            Op::Setxattr { size: 1, flags: 0, setxattr_flags: 0, name: c"user.x", value: b"1" },
+            Op::Setxattr { size: 1, flags: 0, name: c"user.x", value: b"1" },
             None,
         ),
         ("read with a bad fh", file, Op::Read(rd(777)), Some(libc::EBADF)),

@@ -105,7 +105,7 @@ impl Fs {
 
     /// FORGET and BATCH_FORGET: applies the entries from the first one not yet done (the
     /// record's step), each exactly once.
-    pub fn forget(&self, entries: &[abi::ForgetOne], intent: Intent) {
+    pub fn forget(&self, entries: &[crate::state::Forget], intent: Intent) {
         self.state.inodes.forget_entries(entries, intent);
     }
 

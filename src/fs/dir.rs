@@ -2,8 +2,9 @@
 //! READDIR seeks the handle's fd to the offset the kernel gives and calls getdents64, so nothing
 //! about a directory read lives outside the fd (which the shared fd table keeps across a crash).
 
+use super::Payload;
 use super::{Context, Fs, Result};
-use crate::fuse::{DirEntry, ReplyBuf, abi};
+use crate::fuse::{DirEntry, abi};
 use crate::state::HandleKind;
 use crate::state::intent::MAX_RAISES;
 use crate::sys;
@@ -59,7 +60,7 @@ impl Fs {
     /// READDIR (`plus` false) and READDIRPLUS: entries from `offset` on, as many as fit in
     /// `size` bytes of reply. READDIRPLUS takes a lookup per entry; a replay first gives back
     /// the ones the dead attempt took (the kernel never saw them), then reads afresh.
-    pub fn readdir(&self, ctx: &Context, a: &abi::ReadIn, plus: bool, out: &mut ReplyBuf) -> Result<()> {
+    pub fn readdir(&self, ctx: &Context, a: &abi::ReadIn, plus: bool, out: &mut impl Payload) -> Result<()> {
         for nodeid in ctx.intent.raised().into_iter().rev() {
             self.state.inodes.unraise(nodeid, ctx.intent);
         }
@@ -88,7 +89,7 @@ impl Fs {
 
     /// Appends one READDIRPLUS record, looking the entry up (which takes a lookup count the
     /// kernel will FORGET) only once the record is known to fit.
-    fn push_plus(&self, ctx: &Context, dirfd: i32, limit: usize, ent: &DirEntry<'_>, out: &mut ReplyBuf) -> bool {
+    fn push_plus(&self, ctx: &Context, dirfd: i32, limit: usize, ent: &DirEntry<'_>, out: &mut impl Payload) -> bool {
         // Each record's lookup is noted in the intent record, which holds a bounded number.
         if !out.fits_direntplus(limit, ent.name.len()) || ctx.intent.raised().len() >= MAX_RAISES {
             return false;

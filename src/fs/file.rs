@@ -3,9 +3,10 @@
 
 use std::ffi::CStr;
 
+use super::Payload;
 use super::once::{self, Markers, is_errno};
 use super::{Context, Error, Fs, Result, check_name};
-use crate::fuse::{ReplyBuf, abi};
+use crate::fuse::abi;
 use crate::state::intent::Intent;
 use crate::state::{HandleKind, HandlePin};
 use crate::sys::{self, FdName};
@@ -187,11 +188,11 @@ impl Fs {
         self.lookup_fd(path_fd, intent)
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32, out: &mut ReplyBuf) -> Result<()> {
+    pub fn read(&self, fh: u64, offset: u64, size: u32, out: &mut impl Payload) -> Result<()> {
         let h = self.file(fh)?;
         let buf = out.tail_mut(size as usize);
         let n = sys::pread(h.fd(), buf, offset)?;
-        out.truncate_payload(n);
+        out.truncate(n);
         Ok(())
     }
 

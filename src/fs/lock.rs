@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 
 use super::{Error, Fs, Result};
 use crate::fuse::abi;
-use crate::state::{HandleKind, Handles};
+use crate::state::{HandleKind, Handles, LiveHandle};
 use crate::sys;
 
 /// FUSE's "to end of file" (the kernel's OFFSET_MAX).
@@ -50,17 +50,15 @@ impl LockOwners {
     /// Recovery: counts open files per node and re-registers lock owners; owners of nodes with
     /// no open file left, or bound to a guest file that is gone (a crash between a RELEASE and
     /// its owner cleanup), are released.
-    pub fn rebuild(&self, live: &[(u64, HandleKind, u64, u64)], handles: &Handles) {
+    pub fn rebuild(&self, live: &[LiveHandle], handles: &Handles) {
         let files: std::collections::HashSet<u64> =
-            live.iter().filter(|h| h.1 == HandleKind::File).map(|h| h.0).collect();
+            live.iter().filter(|h| h.kind == HandleKind::File).map(|h| h.fh).collect();
         let mut nodes = self.nodes.lock().unwrap();
         nodes.clear();
-        for &(_, kind, nodeid, _) in live {
-            if kind == HandleKind::File {
-                nodes.entry(nodeid).or_default().open_files += 1;
-            }
+        for h in live.iter().filter(|h| h.kind == HandleKind::File) {
+            nodes.entry(h.nodeid).or_default().open_files += 1;
         }
-        for &(fh, kind, nodeid, owner) in live {
+        for &LiveHandle { fh, kind, nodeid, owner } in live {
             if kind != HandleKind::LockOwner {
                 continue;
             }

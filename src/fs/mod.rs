@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::fuse::{DirEntry, abi};
 use crate::state::{self, State};
 
 pub use attr::EntryTimeouts;
@@ -77,6 +78,25 @@ impl Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Where an operation writes a reply payload it produces in place (READ data, xattr bytes,
+/// directory entries), so that fs/ knows nothing of the buffers a transport replies from.
+pub trait Payload {
+    /// Grows the payload by `len` zeroed bytes and returns them, for a syscall to fill; follow
+    /// with `truncate` to the count it really produced.
+    fn tail_mut(&mut self, len: usize) -> &mut [u8];
+    /// Cuts the payload to `len` bytes.
+    fn truncate(&mut self, len: usize);
+    /// Appends one READDIR record if it fits in `limit` payload bytes; false when it does not.
+    fn push_dirent(&mut self, limit: usize, ent: &DirEntry<'_>) -> bool;
+    /// Whether a READDIRPLUS record for `namelen` bytes still fits: asked before the lookup
+    /// that the record implies, so a lookup count is never raised for an entry not sent.
+    fn fits_direntplus(&self, limit: usize, namelen: usize) -> bool;
+    fn push_direntplus(&mut self, entry: &abi::EntryOut, ent: &DirEntry<'_>);
+}
+
+// The state's root node is the one FUSE addresses as its root.
+const _: () = assert!(state::ROOT_ID == abi::ROOT_ID);
+
 /// What the operator chose on the command line that changes how operations behave.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -90,7 +110,7 @@ pub struct Config {
 
 /// The passthrough file system over one shared directory.
 pub struct Fs {
-    pub state: Arc<State>,
+    state: Arc<State>,
     cfg: Config,
     /// `/proc/self/fd`, through which `O_PATH` fds are reopened with real access modes.
     proc_self_fd: i32,
@@ -127,9 +147,8 @@ impl Fs {
         })
     }
 
-    /// Rebuilds the lock-owner index from the handle table (after recovery): `handles` lists
-    /// each LIVE handle as (fh, kind, node, owner).
-    pub fn rebuild_locks(&self, handles: &[(u64, state::HandleKind, u64, u64)]) {
+    /// Rebuilds the lock-owner index from the handle table's LIVE handles (after recovery).
+    pub fn rebuild_locks(&self, handles: &[state::LiveHandle]) {
         self.locks.rebuild(handles, &self.state.handles);
     }
 

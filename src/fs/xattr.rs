@@ -5,9 +5,10 @@
 
 use std::ffi::CStr;
 
+use super::Payload;
 use super::once::{self, Markers, is_errno};
 use super::{Context, Error, Fs, Result};
-use crate::fuse::{ReplyBuf, abi};
+use crate::fuse::abi;
 use crate::sys;
 
 /// What a GETXATTR or LISTXATTR answers: the size alone (probe with size 0) or the bytes.
@@ -30,7 +31,7 @@ impl Fs {
     fn xattr_read(
         &self,
         size: u32,
-        out: &mut ReplyBuf,
+        out: &mut impl Payload,
         call: impl Fn(&mut [u8]) -> std::io::Result<usize>,
     ) -> Result<XattrReply> {
         if size == 0 {
@@ -39,7 +40,7 @@ impl Fs {
         }
         let buf = out.tail_mut(size as usize);
         let n = call(buf)?;
-        out.truncate_payload(n);
+        out.truncate(n);
         Ok(XattrReply::Data)
     }
 
@@ -49,14 +50,14 @@ impl Fs {
         nodeid: u64,
         name: &CStr,
         size: u32,
-        out: &mut ReplyBuf,
+        out: &mut impl Payload,
     ) -> Result<XattrReply> {
         let (_node, path) = self.xattr_path(nodeid)?;
         let _as = ctx.become_caller()?;
         self.xattr_read(size, out, |buf| sys::getxattr(&path, name, buf))
     }
 
-    pub fn listxattr(&self, ctx: &Context, nodeid: u64, size: u32, out: &mut ReplyBuf) -> Result<XattrReply> {
+    pub fn listxattr(&self, ctx: &Context, nodeid: u64, size: u32, out: &mut impl Payload) -> Result<XattrReply> {
         let (_node, path) = self.xattr_path(nodeid)?;
         let _as = ctx.become_caller()?;
         self.xattr_read(size, out, |buf| sys::listxattr(&path, buf))

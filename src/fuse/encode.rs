@@ -85,9 +85,8 @@ pub fn opcode_of(op: &Op<'_>) -> Opcode {
     }
 }
 
-/// Encodes the body of `op` (everything after the header). `setxattr_ext` picks the SETXATTR
-/// layout, as `DecodeOptions` does.
-pub fn encode_body(op: &Op<'_>, setxattr_ext: bool) -> Vec<u8> {
+/// Encodes the body of `op` (everything after the header), as `Request::decode` reads it.
+pub fn encode_body(op: &Op<'_>) -> Vec<u8> {
     let mut b = Body(Vec::new());
     match op {
         Op::Init { arg, flags2 } => {
@@ -163,11 +162,8 @@ pub fn encode_body(op: &Op<'_>, setxattr_ext: bool) -> Vec<u8> {
         Op::Access(a) => {
             b.obj(a);
         }
-        Op::Setxattr { size, flags, setxattr_flags, name, value } => {
+        Op::Setxattr { size, flags, name, value } => {
             b.obj(&abi::SetxattrIn { size: *size, flags: *flags });
-            if setxattr_ext {
-                b.obj(&abi::SetxattrInExt { setxattr_flags: *setxattr_flags, padding: 0 });
-            }
             b.name(name).bytes(value);
         }
         Op::Getxattr { size, name } => {
@@ -200,7 +196,7 @@ pub fn encode_body(op: &Op<'_>, setxattr_ext: bool) -> Vec<u8> {
 
 /// A whole request: header (with the right length and opcode) and body.
 pub fn encode_request(from: Sender, op: &Op<'_>) -> Vec<u8> {
-    frame(from, opcode_of(op) as u32, &encode_body(op, false))
+    frame(from, opcode_of(op) as u32, &encode_body(op))
 }
 
 /// A request with any opcode number and body, for hostile-input tests.

@@ -8,7 +8,12 @@ pub mod reply;
 pub mod request;
 
 pub use reply::{DirEntry, ReplyBuf};
-pub use request::{DecodeError, DecodeOptions, Op, Request};
+pub use request::{DecodeError, Op, Request};
+
+/// Largest WRITE payload we accept, advertised at INIT.
+pub const MAX_WRITE: u32 = 1 << 20;
+/// Room a transport must leave for one request: the largest WRITE plus headers.
+pub const MAX_REQUEST: usize = MAX_WRITE as usize + 4096;
 
 #[cfg(test)]
 mod tests;

@@ -44,13 +44,6 @@ impl DecodeError {
     }
 }
 
-/// What the connection negotiated that changes how requests are laid out.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DecodeOptions {
-    /// FUSE_SETXATTR_EXT was agreed: SETXATTR carries the 16-byte fuse_setxattr_in.
-    pub setxattr_ext: bool,
-}
-
 /// One decoded request. Names are `&CStr` slices of the request buffer, checked for a NUL
 /// terminator and no interior NUL; their *meaning* (`/`, `..`) is checked in fs/.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,7 +122,6 @@ pub enum Op<'a> {
     Setxattr {
         size: u32,
         flags: u32,
-        setxattr_flags: u32,
         name: &'a CStr,
         value: &'a [u8],
     },
@@ -213,7 +205,9 @@ impl<'a> Request<'a> {
         Ok(h)
     }
 
-    pub fn decode(buf: &'a [u8], opts: DecodeOptions) -> Result<Request<'a>, DecodeError> {
+    /// Decodes one request as laid out for the features we negotiate (no SETXATTR_EXT: SETXATTR
+    /// carries the 8-byte fuse_setxattr_in).
+    pub fn decode(buf: &'a [u8]) -> Result<Request<'a>, DecodeError> {
         let header = Self::header_of(buf)?;
         let body = &buf[size_of::<InHeader>()..];
         // Extensions (security context, supplementary group) trail the arguments; we do not
@@ -292,12 +286,11 @@ impl<'a> Request<'a> {
             Opcode::Access => Op::Access(c.obj()?),
             Opcode::Setxattr => {
                 let a: abi::SetxattrIn = c.obj()?;
-                let setxattr_flags = if opts.setxattr_ext { c.obj::<abi::SetxattrInExt>()?.setxattr_flags } else { 0 };
                 let name = c.cstr()?;
                 if a.size as usize != c.buf.len() {
                     return Err(DecodeError::SizeMismatch(opcode, a.size));
                 }
-                Op::Setxattr { size: a.size, flags: a.flags, setxattr_flags, name, value: c.bytes(a.size)? }
+                Op::Setxattr { size: a.size, flags: a.flags, name, value: c.bytes(a.size)? }
             }
             Opcode::Getxattr => {
                 let a: abi::GetxattrIn = c.obj()?;

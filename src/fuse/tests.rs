@@ -8,7 +8,7 @@ use zerocopy::FromBytes;
 
 use super::abi::{self, Opcode};
 use super::encode::{Sender, encode_request, frame};
-use super::request::{DecodeOptions, Op, Request};
+use super::request::{Op, Request};
 
 /// Raw material for one request; `build` turns it into an `Op` borrowing from it.
 #[derive(Debug, Clone)]
@@ -75,7 +75,7 @@ fn build(c: &Case) -> Op<'_> {
         27 => Op::Readdirplus(pod(c)),
         28 => Op::Statfs,
         29 => Op::Access(pod(c)),
-        30 => Op::Setxattr { size: c.data.len() as u32, flags: pod(c), setxattr_flags: 0, name: n1, value: &c.data },
+        30 => Op::Setxattr { size: c.data.len() as u32, flags: pod(c), name: n1, value: &c.data },
         31 => Op::Getxattr { size: pod(c), name: n1 },
         32 => Op::Listxattr { size: pod(c) },
         33 => Op::Removexattr { name: n1 },
@@ -133,7 +133,7 @@ proptest! {
     fn test_decode_round_trips_every_opcode(c in case()) {
         let op = build(&c);
         let msg = encode_request(sender(), &op);
-        let req = Request::decode(&msg, DecodeOptions::default()).expect("encoded request decodes");
+        let req = Request::decode(&msg).expect("encoded request decodes");
         prop_assert_eq!(req.header.unique, 42);
         prop_assert_eq!(req.op, op);
     }
@@ -146,7 +146,7 @@ proptest! {
         let body = &msg[BODY_AT..];
         prop_assume!(!body.is_empty());
         let short = reframe(&msg, &body[..cut.index(body.len())]);
-        let err = Request::decode(&short, DecodeOptions::default()).expect_err("truncated body accepted");
+        let err = Request::decode(&short).expect_err("truncated body accepted");
         prop_assert_eq!(err.errno(), libc::EINVAL);
     }
 
@@ -159,7 +159,7 @@ proptest! {
         let mut body = msg[BODY_AT..].to_vec();
         body.extend_from_slice(&extra);
         let long = reframe(&msg, &body);
-        let err = Request::decode(&long, DecodeOptions::default()).expect_err("oversized body accepted");
+        let err = Request::decode(&long).expect_err("oversized body accepted");
         prop_assert_eq!(err.errno(), libc::EINVAL);
     }
 
@@ -169,14 +169,13 @@ proptest! {
         let mut bad = msg.clone();
         let len = u32::from_le_bytes(bad[0..4].try_into().unwrap());
         bad[0..4].copy_from_slice(&(len + delta).to_le_bytes());
-        prop_assert!(Request::decode(&bad, DecodeOptions::default()).is_err());
+        prop_assert!(Request::decode(&bad).is_err());
         prop_assert!(Request::header_of(&bad).is_err());
     }
 
     #[test]
     fn test_decode_random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let _ = Request::decode(&bytes, DecodeOptions::default());
-        let _ = Request::decode(&bytes, DecodeOptions { setxattr_ext: true });
+        let _ = Request::decode(&bytes);
     }
 
     #[test]
@@ -184,7 +183,7 @@ proptest! {
         opcode in 0u32..64, body in proptest::collection::vec(any::<u8>(), 0..256)
     ) {
         let msg = frame(sender(), opcode, &body);
-        match Request::decode(&msg, DecodeOptions::default()) {
+        match Request::decode(&msg) {
             Ok(r) => prop_assert_eq!(r.header.opcode, opcode),
             Err(e) => prop_assert!(e.errno() == libc::EINVAL || e.errno() == libc::ENOSYS),
         }
@@ -194,7 +193,7 @@ proptest! {
 #[test]
 fn test_decode_unknown_opcode_is_enosys() {
     for opcode in [0u32, 7, 19, 54, 4096, u32::MAX] {
-        let err = Request::decode(&frame(sender(), opcode, &[]), DecodeOptions::default()).unwrap_err();
+        let err = Request::decode(&frame(sender(), opcode, &[])).unwrap_err();
         assert_eq!(err.errno(), libc::ENOSYS, "opcode {opcode}");
     }
 }
@@ -213,8 +212,7 @@ fn test_decode_batch_forget_count_overflow_is_einval() {
     body.extend_from_slice(&u32::MAX.to_le_bytes());
     body.extend_from_slice(&0u32.to_le_bytes());
     body.extend_from_slice(&[0u8; 16]);
-    let err =
-        Request::decode(&frame(sender(), Opcode::BatchForget as u32, &body), DecodeOptions::default()).unwrap_err();
+    let err = Request::decode(&frame(sender(), Opcode::BatchForget as u32, &body)).unwrap_err();
     assert_eq!(err.errno(), libc::EINVAL);
 }
 
@@ -237,7 +235,7 @@ fn test_decode_every_opcode_is_covered_by_the_cases() {
     for op in Opcode::ALL {
         // Opcodes the decoder answers as unsupported need no case; every other one does.
         let msg = frame(sender(), *op as u32, &[]);
-        if !matches!(Request::decode(&msg, DecodeOptions::default()), Ok(Request { op: Op::Unsupported(_), .. })) {
+        if !matches!(Request::decode(&msg), Ok(Request { op: Op::Unsupported(_), .. })) {
             assert!(seen.contains(op), "{op:?} has no property-test case");
         }
     }

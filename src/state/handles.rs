@@ -4,9 +4,9 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use super::Error;
 use super::intent::{Intent, PENDING_HANDLE, Record};
 use super::slots::{self, Pin, Slot, SlotHeader, SlotTable};
+use super::{Error, LiveHandle};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
@@ -173,8 +173,19 @@ impl Handles {
         }
     }
 
-    /// Recovery: see `SlotTable::recover`; `on_live` gets each LIVE handle's id and slot.
-    pub fn recover(&self, mut on_live: impl FnMut(u64, &'static HandleSlot)) -> usize {
-        self.table.recover(|i, s| on_live(slots::make_id(i, s.hdr.generation.load(Ordering::Relaxed)), s))
+    /// Recovery: see `SlotTable::recover`. Returns every LIVE handle.
+    pub fn recover(&self) -> Vec<LiveHandle> {
+        let mut live = Vec::new();
+        self.table.recover(|i, s| {
+            if let Some(kind) = s.kind() {
+                live.push(LiveHandle {
+                    fh: slots::make_id(i, s.hdr.generation.load(Ordering::Relaxed)),
+                    kind,
+                    nodeid: s.nodeid.load(Ordering::Relaxed),
+                    owner: s.owner.load(Ordering::Relaxed),
+                });
+            }
+        });
+        live
     }
 }

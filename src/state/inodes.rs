@@ -60,6 +60,16 @@ pub struct Inodes {
     index: Mutex<HashMap<InodeKey, u32>>,
 }
 
+/// The root's node id: slot 1, generation 0 (slot 0 is never used, so no id is 0).
+pub const ROOT_ID: u64 = 1;
+
+/// One entry of a FORGET: drop `nlookup` lookups from `nodeid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forget {
+    pub nodeid: u64,
+    pub nlookup: u64,
+}
+
 /// A lookup's outcome: the node id and its generation.
 #[derive(Debug, Clone, Copy)]
 pub struct Looked {
@@ -81,14 +91,14 @@ impl Inodes {
         }
         self.fill(index, fd, key, file_type);
         let id = self.table.publish(index);
-        debug_assert_eq!(id, crate::fuse::abi::ROOT_ID);
+        debug_assert_eq!(id, ROOT_ID);
         self.index.lock().unwrap().insert(key, index);
         Ok(())
     }
 
     /// Whether the root (slot 1) is LIVE, i.e. a region a worker already set up.
     pub fn has_root(&self) -> bool {
-        self.table.is_live(crate::fuse::abi::ROOT_ID)
+        self.table.is_live(ROOT_ID)
     }
 
     fn fill(&self, index: u32, fd: i32, key: InodeKey, file_type: u32) {
@@ -231,7 +241,7 @@ impl Inodes {
 
     /// The entries of a FORGET or BATCH_FORGET, from the first one
     /// the record does not count as done (its step), each exactly once.
-    pub fn forget_entries(&self, entries: &[crate::fuse::abi::ForgetOne], intent: Intent) {
+    pub fn forget_entries(&self, entries: &[Forget], intent: Intent) {
         for (k, f) in entries.iter().enumerate().skip(intent.step() as usize) {
             self.forget_entry(f.nodeid, f.nlookup, intent, Some(k as u32));
         }

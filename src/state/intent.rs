@@ -199,14 +199,14 @@ pub struct Records {
     orphans: std::sync::Mutex<std::collections::HashMap<u64, u32>>,
 }
 
-/// What recovery found in the record area.
-#[derive(Debug, Default)]
-pub struct RecordsReport {
-    /// (unique, opcode, deaths) of each request left in flight, to be replayed on its resend.
-    pub in_flight: Vec<(u64, u32, u32)>,
-    /// Records of requests that take no reply (FORGET, BATCH_FORGET, INTERRUPT): finished or
-    /// dropped now, since the kernel never re-sends them.
-    pub finished_noreply: usize,
+/// A request a dead worker left in flight, as recovery found its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Orphan {
+    /// The record's key: the FUSE unique without the resend bit, or a virtqueue's pop key.
+    pub key: u64,
+    pub opcode: u32,
+    /// Counted worker deaths it has been in flight through (the crash-loop guard).
+    pub deaths: u32,
 }
 
 impl Records {
@@ -219,44 +219,46 @@ impl Records {
         &self.recs[i as usize]
     }
 
-    /// Recovery, single-threaded before serving: every record still holding a request either
-    /// becomes an orphan or, for requests without replies, is cleared. An orphan's death count is
-    /// raised if the worker that died was working on it and the death `counts` (the worker
-    /// crashed by itself, rather than being killed from outside).
-    /// Pending table changes must have been settled first (see `state::State::recover`).
-    pub fn recover(&self, no_reply: impl Fn(u32) -> bool, dead_gen: u32, counts: bool) -> RecordsReport {
-        let mut report = RecordsReport::default();
+    /// Recovery, single-threaded before serving: every record still holding a request becomes
+    /// an orphan awaiting its redelivery (`adopt`), and is returned. An orphan's death count is
+    /// raised if the `dead` worker was working on it and its death counts. Pending table
+    /// changes must have been settled first (`State::settle_pending`).
+    pub fn recover(&self, dead: super::DeadWorker) -> Vec<Orphan> {
+        let mut found = Vec::new();
         let mut free = self.free.lock().unwrap();
         let mut orphans = self.orphans.lock().unwrap();
         free.clear();
         orphans.clear();
         for (i, r) in self.recs.iter().enumerate().rev() {
-            let unique = r.unique.load(Ordering::Acquire);
-            if unique == 0 {
+            let key = r.unique.load(Ordering::Acquire);
+            if key == 0 {
                 free.push(i as u32);
                 continue;
             }
-            let opcode = r.opcode.load(Ordering::Relaxed);
-            if no_reply(opcode) {
-                r.clear();
-                free.push(i as u32);
-                report.finished_noreply += 1;
-                continue;
-            }
-            let deaths = if counts && r.worker_gen.load(Ordering::Acquire) == dead_gen {
-                r.deaths.fetch_add(1, Ordering::AcqRel) + 1
-            } else {
-                r.deaths.load(Ordering::Acquire)
-            };
-            if orphans.insert(unique, i as u32).is_some() {
+            if orphans.insert(key, i as u32).is_some() {
                 // Two records for one request cannot both be current; keep the first seen.
                 r.clear();
                 free.push(i as u32);
                 continue;
             }
-            report.in_flight.push((unique, opcode, deaths));
+            let deaths = if dead.counts && r.worker_gen.load(Ordering::Acquire) == dead.generation {
+                r.deaths.fetch_add(1, Ordering::AcqRel) + 1
+            } else {
+                r.deaths.load(Ordering::Acquire)
+            };
+            found.push(Orphan { key, opcode: r.opcode.load(Ordering::Relaxed), deaths });
         }
-        report
+        found
+    }
+
+    /// Frees the record of an orphan its transport will not deliver again (a FUSE request that
+    /// takes no reply, a virtqueue head whose used element was already published).
+    pub fn drop_orphan(&self, key: u64) {
+        let removed = self.orphans.lock().unwrap().remove(&key);
+        if let Some(i) = removed {
+            self.recs[i as usize].clear();
+            self.free.lock().unwrap().push(i);
+        }
     }
 
     /// A record for a serving thread: a free one, or else the oldest orphan's (a stale record
@@ -280,21 +282,6 @@ impl Records {
         let i = self.orphans.lock().unwrap().remove(&unique)?;
         self.recs[i as usize].worker_gen.store(worker_gen, Ordering::Release);
         Some(i)
-    }
-
-    /// Frees every orphan whose key `keep` refuses: a transport that knows exactly which
-    /// requests will be replayed (virtqueues: the heads in flight) drops stale records at once.
-    pub fn retain_orphans(&self, keep: impl Fn(u64) -> bool) {
-        let mut free = self.free.lock().unwrap();
-        let mut orphans = self.orphans.lock().unwrap();
-        orphans.retain(|&key, &mut i| {
-            let kept = keep(key);
-            if !kept {
-                self.recs[i as usize].clear();
-                free.push(i);
-            }
-            kept
-        });
     }
 
     /// Returns an adopted record to the free list once its request is answered.

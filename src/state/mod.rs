@@ -9,8 +9,10 @@ pub mod slots;
 pub mod vhost;
 
 pub use handles::{HandleKind, HandlePin, Handles};
-pub use inodes::{InodeKey, InodePin, Inodes};
+pub use inodes::{Forget, InodeKey, InodePin, Inodes, ROOT_ID};
 pub use region::Region;
+
+use std::sync::atomic::Ordering;
 
 #[cfg(test)]
 mod tests;
@@ -43,18 +45,32 @@ pub struct State {
     pub records: intent::Records,
 }
 
-/// What `State::recover` found and repaired.
-#[derive(Debug, Default)]
-pub struct RecoveryReport {
-    pub live_inodes: usize,
-    pub live_handles: usize,
-    pub records: intent::RecordsReport,
+/// The worker that died before this one took the region over.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadWorker {
+    /// Its generation: only records it was working on count its death.
+    pub generation: u32,
+    /// Whether its death counts toward the crash-loop guards (it crashed by itself or the OOM
+    /// killer took it, rather than a SIGKILL from outside).
+    pub counts: bool,
+}
+
+/// A LIVE handle found by recovery's table scan (the lock-owner index above this layer is
+/// rebuilt from these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveHandle {
+    pub fh: u64,
+    pub kind: HandleKind,
+    /// The node a file or lock-owner handle is open on.
+    pub nodeid: u64,
+    /// A lock-owner handle's owner (0 for other kinds).
+    pub owner: u64,
 }
 
 impl State {
     /// The generation of the worker serving now (bumped by each takeover).
     pub fn worker_gen(&self) -> u32 {
-        self.region.header().generation.load(std::sync::atomic::Ordering::Relaxed) as u32
+        self.region.header().generation.load(Ordering::Relaxed) as u32
     }
 
     pub fn new(region: Region) -> State {
@@ -65,43 +81,30 @@ impl State {
         State { region, inodes, handles, records }
     }
 
-    /// Takes over a region a dead worker used (single-threaded, before serving): checks it,
-    /// settles the table change each in-flight record left pending, repairs half-done slots and
-    /// rebuilds the heap indexes, and turns in-flight records into orphans awaiting their resend.
-    /// `on_handle` sees every LIVE handle (to rebuild indexes kept above this layer).
-    pub fn recover(
-        &self,
-        no_reply: impl Fn(u32) -> bool,
-        on_handle: impl FnMut(u64, &'static handles::HandleSlot),
-        finish_noreply: impl FnOnce(&State),
-    ) -> Result<RecoveryReport, Error> {
+    /// Recovery step 1: checks the region a dead worker used (a region that fails is refused,
+    /// and nothing in it changes) and takes it over under a new worker generation.
+    pub fn take_over(&self) -> Result<DeadWorker, Error> {
         self.region.check()?;
-        let dead_gen = self.region.header().generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst) as u32;
-        for r in self.region.records() {
-            if r.unique.load(std::sync::atomic::Ordering::Acquire) != 0 {
-                self.inodes.settle_pending(r);
-                self.handles.settle_pending(r);
-            }
-        }
-        let live_inodes = self.inodes.recover();
-        let live_handles = self.handles.recover(on_handle);
-        // Requests without replies that a dead worker had read are finished now (their records
-        // still tell how far each got); the kernel will not send them again.
-        finish_noreply(self);
-        let counts = self.region.header().death_counts.load(std::sync::atomic::Ordering::Acquire) != 0;
-        let records = self.records.recover(no_reply, dead_gen, counts);
-        Ok(RecoveryReport { live_inodes, live_handles, records })
+        let h = self.region.header();
+        let generation = h.generation.fetch_add(1, Ordering::SeqCst) as u32;
+        Ok(DeadWorker { generation, counts: h.death_counts.load(Ordering::Acquire) != 0 })
     }
 
-    /// Every fd the region names: connection fds, kept fds, and the fds of LIVE slots (in no
-    /// particular order, possibly repeated). After recovery, any other open fd was left by a
-    /// request in flight at the crash.
+    /// Recovery step 2: settles the one table change each in-flight record may have left
+    /// pending, from what the tables show.
+    pub fn settle_pending(&self) {
+        for r in self.region.records().iter().filter(|r| r.unique.load(Ordering::Acquire) != 0) {
+            self.inodes.settle_pending(r);
+            self.handles.settle_pending(r);
+        }
+    }
+
+    /// Every fd the tables and the header name: the supervisor's kept fds and the fds of LIVE
+    /// slots (in no particular order, possibly repeated). After recovery, any other open fd
+    /// that the transport does not hold was left by a request in flight at the crash.
     pub fn referenced_fds(&self) -> Vec<i32> {
-        use std::sync::atomic::Ordering;
         let h = self.region.header();
-        let mut fds: Vec<i32> = h.conn_fds[..h.conn_count as usize].to_vec();
-        fds.extend(&h.keep_fds[..h.keep_count as usize]);
-        fds.extend(self.region.vhost().fds());
+        let mut fds: Vec<i32> = h.keep_fds[..h.keep_count as usize].to_vec();
         let hw = h.inode_high_water.load(Ordering::SeqCst) as usize;
         for s in &self.region.inode_slots()[..hw.min(h.inode_capacity as usize)] {
             if s.hdr.state.load(Ordering::SeqCst) == slots::LIVE {

@@ -13,17 +13,18 @@ use super::intent::Record;
 use super::vhost::VhostArea;
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PHXFSST\0");
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 const HEADER_SIZE: usize = 4096;
-/// Connection fds (the /dev/fuse clones) a region can name: one per serving thread.
-pub const MAX_CONN_FDS: usize = 256;
+/// Connection buffers a region holds: one per /dev/fuse serving thread.
+pub const MAX_CONN_BUFFERS: usize = 256;
 /// Fds of the supervisor's own that a worker's fd sweep must leave open.
 pub const MAX_KEEP_FDS: usize = 64;
 /// In-flight request records: one per serving thread plus room for orphans of dead workers.
 pub const RECORD_CAPACITY: u32 = 1024;
-/// Each connection fd's serving thread reads requests into its own buffer in the region, so a
-/// request without a reply (FORGET) that a dead worker had read is still there to finish.
-pub const BUFFER_SIZE: u64 = (crate::server::MAX_REQUEST as u64).div_ceil(4096) * 4096;
+/// Each /dev/fuse serving thread reads requests into its own buffer in the region, so a request
+/// without a reply (FORGET) that a dead worker had read is still there to finish. Room for the
+/// largest request the wire format admits (the transport asserts it fits).
+pub const BUFFER_SIZE: u64 = (1 << 20) + 4096;
 
 /// The first page of the region. Offsets and capacities are written once at creation; the
 /// atomics change while serving.
@@ -46,8 +47,6 @@ pub struct Header {
     pub record_capacity: u32,
     pub buffer_offset: u64,
     pub vhost_offset: u64,
-    /// Which transport the connection is: `TRANSPORT_FUSE` or `TRANSPORT_VHOST_USER`.
-    pub transport: u32,
     /// An eventfd a worker writes once its start-up fd sweep is done, after storing its pid in
     /// `ready_pid` (so the supervisor can tell a stale signal of a dead worker); -1 if none.
     pub ready_fd: i32,
@@ -65,26 +64,19 @@ pub struct Header {
     /// was OOM-killed), 0 if it was killed from outside (SIGKILL by an operator or a test).
     /// Written by the supervisor before it clones the next worker.
     pub death_counts: AtomicU32,
-    /// The connection: fd 0 of `conn_fds` is the mounted /dev/fuse fd, the rest its clones,
-    /// one per serving thread. Written by the supervisor before the first worker.
-    pub conn_count: u32,
+    /// Fds that are neither the transport's nor table fds but must survive a worker's fd sweep
+    /// (stdio, the memfd, the supervisor's own). Written by the supervisor before the first
+    /// worker.
     pub keep_count: u32,
-    pub conn_fds: [i32; MAX_CONN_FDS],
-    /// Fds that are neither connection nor table fds but must survive a worker's fd sweep
-    /// (stdio, the memfd, the supervisor's own).
     pub keep_fds: [i32; MAX_KEEP_FDS],
 }
 
 const _: () = assert!(size_of::<Header>() <= HEADER_SIZE);
 
-pub const TRANSPORT_FUSE: u32 = 0;
-pub const TRANSPORT_VHOST_USER: u32 = 1;
-
 /// A mapped state region. Neither the mapping nor the memfd is ever released (a Region lives
 /// until process exit), so tables can hand out `&'static` slots, and a worker — a clone that
 /// inherits both — can take an alias of the supervisor's Region without owning anything.
 pub struct Region {
-    memfd: i32,
     base: *mut u8,
     size: usize,
 }
@@ -113,7 +105,7 @@ fn layout(inode_capacity: u32, handle_capacity: u32, record_capacity: u32) -> La
     let handles = inodes + round(inode_capacity as u64 * size_of::<InodeSlot>() as u64);
     let records = handles + round(handle_capacity as u64 * size_of::<HandleSlot>() as u64);
     let buffers = records + round(record_capacity as u64 * size_of::<Record>() as u64);
-    let vhost = buffers + MAX_CONN_FDS as u64 * BUFFER_SIZE;
+    let vhost = buffers + MAX_CONN_BUFFERS as u64 * BUFFER_SIZE;
     let size = vhost + round(size_of::<VhostArea>() as u64);
     Layout { inodes, handles, records, buffers, vhost, size }
 }
@@ -128,6 +120,8 @@ impl Region {
         let size = l.size;
         let memfd = crate::sys::memfd_create(c"phoenixfs-state").map_err(|e| Error::Memfd(Arc::new(e)))?;
         crate::sys::ftruncate(memfd.as_raw_fd(), size).map_err(|e| Error::Memfd(Arc::new(e)))?;
+        // The memfd stays open for the life of the process (a worker's fd sweep keeps it: it is
+        // among the fds the supervisor records before the first worker).
         let mut region = Region::map(memfd.into_raw_fd(), size as usize)?;
         let h = region.header_mut_before_workers();
         h.magic = MAGIC;
@@ -149,12 +143,12 @@ impl Region {
 
     fn map(memfd: i32, size: usize) -> Result<Region, Error> {
         let base = crate::sys::mmap_shared(memfd, size).map_err(|e| Error::Mmap(Arc::new(e)))?;
-        Ok(Region { memfd, base, size })
+        Ok(Region { base, size })
     }
 
     /// The same region, for a worker process that inherited the mapping and the memfd.
     pub fn alias(&self) -> Region {
-        Region { memfd: self.memfd, base: self.base, size: self.size }
+        Region { base: self.base, size: self.size }
     }
 
     /// Checks a region a worker is about to trust after a crash: magic, layout version, and
@@ -185,9 +179,7 @@ impl Region {
             && l.size as usize <= self.size
             && h.inode_capacity >= 2
             && h.handle_capacity >= 2
-            && h.conn_count as usize <= MAX_CONN_FDS
             && h.keep_count as usize <= MAX_KEEP_FDS
-            && h.transport <= TRANSPORT_VHOST_USER
             && self.vhost().num_queues.load(std::sync::atomic::Ordering::Relaxed) as usize <= super::vhost::MAX_QUEUES;
         if !fits {
             return Err(Error::Corrupt("table offsets or capacities do not match the layout".into()));
@@ -243,12 +235,12 @@ impl Region {
     /// # Safety
     /// Only the one thread serving connection `i` (or recovery, before any thread runs) may use
     /// it, and only while no other reference to it exists.
-    pub unsafe fn buffer(&self, i: usize) -> &'static mut [u8] {
-        assert!(i < MAX_CONN_FDS);
+    pub unsafe fn buffer(&self, i: usize) -> ConnBuffer {
+        assert!(i < MAX_CONN_BUFFERS);
         let h = self.header();
         let offset = h.buffer_offset as usize + i * BUFFER_SIZE as usize;
         // SAFETY: inside the mapping by `layout`; exclusive use is the caller's promise.
-        unsafe { std::slice::from_raw_parts_mut(self.base.add(offset), BUFFER_SIZE as usize) }
+        ConnBuffer(unsafe { std::slice::from_raw_parts_mut(self.base.add(offset), BUFFER_SIZE as usize) })
     }
 
     /// The vhost-user area (all atomics; zero bytes are valid).
@@ -257,13 +249,34 @@ impl Region {
         // SAFETY: `layout` placed and sized the area inside the mapping, page-aligned.
         unsafe { &*(self.base.add(h.vhost_offset as usize) as *const VhostArea) }
     }
+}
 
-    pub fn memfd(&self) -> i32 {
-        self.memfd
+/// A serving thread's request buffer in the region: it holds the request the thread read last,
+/// so that recovery can finish one the transport will not deliver again (a FORGET). The first
+/// four bytes are the request's length, as a FUSE request begins; zero means empty.
+pub struct ConnBuffer(&'static mut [u8]);
+
+impl ConnBuffer {
+    /// Marks the buffer empty: nothing here for recovery to finish.
+    pub fn clear(&mut self) {
+        self.0[..4].fill(0);
     }
 
-    pub fn size(&self) -> usize {
-        self.size
+    /// The whole buffer, for a read to fill (its first bytes then give the length).
+    pub fn space(&mut self) -> &mut [u8] {
+        self.0
+    }
+
+    /// The first `len` bytes (as many as a read put there).
+    pub fn first(&self, len: usize) -> &[u8] {
+        &self.0[..len.min(self.0.len())]
+    }
+
+    /// The request in the buffer (empty when cleared), bounded by the buffer whatever its
+    /// length field says.
+    pub fn request(&self) -> &[u8] {
+        let len = u32::from_le_bytes([self.0[0], self.0[1], self.0[2], self.0[3]]) as usize;
+        &self.0[..len.min(self.0.len())]
     }
 }
 
@@ -302,7 +315,7 @@ mod tests {
         for corrupt in [
             |h: &mut Header| h.inode_capacity = u32::MAX,
             |h: &mut Header| h.handle_offset += 8,
-            |h: &mut Header| h.conn_count = MAX_CONN_FDS as u32 + 1,
+            |h: &mut Header| h.keep_count = MAX_KEEP_FDS as u32 + 1,
             |h: &mut Header| h.record_capacity = 0,
         ] {
             let mut r = Region::create(16, 16).unwrap();
@@ -317,7 +330,7 @@ mod tests {
         header_mut(&mut region).magic = 0;
         let state = crate::state::State::new(region);
         let before = state.region.header().generation.load(std::sync::atomic::Ordering::SeqCst);
-        assert!(state.recover(|_| false, |_, _| {}, |_| {}).is_err());
+        assert!(state.take_over().is_err());
         assert_eq!(state.region.header().generation.load(std::sync::atomic::Ordering::SeqCst), before);
     }
 }

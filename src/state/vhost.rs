@@ -8,10 +8,9 @@
 //!
 //! The in-flight fields follow QEMU's inflight-region layout for split rings
 //! (docs/interop/vhost-user.rst, "Inflight I/O tracking"): per descriptor an `inflight` flag and
-//! a `counter` (pop order), plus `used_idx` and `last_batch_head`. A head is in flight from the
-//! moment it is popped until its used element is published; the next avail index is derived as
-//! `used_idx + in-flight heads + avail_offset`, so a pop is a single store (the inflight flag):
-//! a crash before it re-pops the head, a crash after it replays it.
+//! a `counter` (pop order), plus `used_idx` and `last_batch_head`. This module is only the
+//! layout; how a pop and a put move these fields, and how recovery reads them, is the
+//! transport's (transport/vhost_user/inflight.rs).
 
 use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
 
@@ -75,16 +74,14 @@ pub struct QueueState {
     /// when it stops a ring).
     pub applied_seq: AtomicU64,
 
-    // In-flight tracking (the serving worker), QEMU's QueueRegionSplit header then descriptors.
-    pub features: AtomicU64,
-    pub version: AtomicU16,
-    pub desc_num: AtomicU16,
+    // In-flight tracking (the serving worker; the logic is transport/vhost_user/inflight.rs),
+    // the fields of QEMU's QueueRegionSplit that a split ring uses, then descriptors.
     pub last_batch_head: AtomicU16,
     /// Our copy of the ring's used index, advanced after each used element is published.
     pub used_idx: AtomicU16,
     /// next avail = used_idx + in-flight heads + avail_offset (normally 0: see `base_pending`).
     pub avail_offset: AtomicU16,
-    _pad1: [u16; 3],
+    _pad1: [u16; 1],
     /// The next pop counter (counters order in-flight heads for replay and key their records).
     pub next_counter: AtomicU64,
     pub desc: [DescState; MAX_QUEUE_SIZE],
@@ -99,14 +96,10 @@ pub struct VhostArea {
     /// Bumped with every SET_MEM_TABLE, so workers re-map guest memory only when it changed.
     pub mem_gen: AtomicU64,
     pub acked_features: AtomicU64,
-    pub protocol_features: AtomicU64,
     /// Queues this backend offers (GET_QUEUE_NUM): the hiprio queue plus the request queues.
     pub num_queues: AtomicU32,
     pub mem_count: AtomicU32,
     pub mem: [MemRegion; MAX_MEM_REGIONS],
-    /// The backend-request channel (SET_BACKEND_REQ_FD), held so QEMU never sees it close.
-    pub backend_req_fd: AtomicI32,
-    _pad: u32,
     pub queues: [QueueState; MAX_QUEUES],
 }
 
@@ -206,7 +199,6 @@ impl VhostArea {
     /// Every fd the area names (for the worker's fd sweep).
     pub fn fds(&self) -> Vec<i32> {
         let mut fds: Vec<i32> = self.mem.iter().map(|m| m.fd.load(Ordering::Acquire)).collect();
-        fds.push(self.backend_req_fd.load(Ordering::Acquire));
         for q in &self.queues {
             for fd in [&q.kick_fd, &q.call_fd, &q.err_fd, &q.notify_fd] {
                 fds.push(fd.load(Ordering::Acquire));
@@ -221,7 +213,6 @@ impl VhostArea {
         for m in &self.mem {
             m.fd.store(-1, Ordering::Relaxed);
         }
-        self.backend_req_fd.store(-1, Ordering::Relaxed);
         for q in &self.queues {
             for fd in [&q.kick_fd, &q.call_fd, &q.err_fd, &q.notify_fd] {
                 fd.store(-1, Ordering::Relaxed);
@@ -231,85 +222,8 @@ impl VhostArea {
 }
 
 impl QueueState {
-    pub fn in_flight_count(&self) -> u16 {
-        self.desc.iter().filter(|d| d.inflight.load(Ordering::Acquire) != 0).count() as u16
-    }
-
-    /// The avail index the next pop reads.
-    pub fn next_avail(&self) -> u16 {
-        self.used_idx
-            .load(Ordering::Acquire)
-            .wrapping_add(self.in_flight_count())
-            .wrapping_add(self.avail_offset.load(Ordering::Acquire))
-    }
-
-    /// In-flight heads in pop order, with their counters.
-    pub fn in_flight(&self, size: u16) -> Vec<(u16, u64)> {
-        let mut v: Vec<(u16, u64)> = self.desc[..size as usize]
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| d.inflight.load(Ordering::Acquire) != 0)
-            .map(|(i, d)| (i as u16, d.counter.load(Ordering::Acquire)))
-            .collect();
-        v.sort_by_key(|(_, c)| *c);
-        v
-    }
-
-    /// Pop: `head` is in flight from here, with a fresh counter (returned).
-    pub fn mark_popped(&self, head: u16) -> u64 {
-        let counter = self.next_counter.fetch_add(1, Ordering::AcqRel) + 1;
-        let d = &self.desc[head as usize];
-        d.counter.store(counter, Ordering::Release);
-        // Crash before this store: the head is not in flight and next_avail still points at it,
-        // so the next worker pops it again. After it: the next worker replays it.
-        d.inflight.store(1, Ordering::Release);
-        counter
-    }
-
-    /// First half of a put: name the head whose used element is about to be published, so a
-    /// death between publishing it and `end_put` is repaired (see `repair_used`).
-    pub fn begin_put(&self, head: u16) {
-        self.last_batch_head.store(head, Ordering::Release);
-    }
-
-    /// Second half of a put, after the ring's used index was advanced to `used_idx`.
-    pub fn end_put(&self, head: u16, used_idx: u16) {
-        // Crash between these two stores: `repair_used` sees the ring one ahead of `used_idx`
-        // and finishes the put (clearing an already clear flag is harmless).
-        self.desc[head as usize].inflight.store(0, Ordering::Release);
-        self.used_idx.store(used_idx, Ordering::Release);
-    }
-
-    /// After a worker's death: reconciles our `used_idx` with the ring's. One ahead means the
-    /// dead worker published `last_batch_head`'s used element but did not finish the put: it is
-    /// done. Any other difference was not made by us (a misbehaving guest) and is logged; our
-    /// own index stays, so the used index never goes backwards by our doing. True if a put was
-    /// finished.
-    pub fn repair_used(&self, ring_used_idx: u16) -> bool {
-        let ours = self.used_idx.load(Ordering::Acquire);
-        if ring_used_idx == ours {
-            return false;
-        }
-        if ring_used_idx == ours.wrapping_add(1) {
-            let head = self.last_batch_head.load(Ordering::Acquire);
-            self.end_put(head, ring_used_idx);
-            tracing::info!(head, used_idx = ring_used_idx, "finished a used-ring update a dead worker cut in half");
-            true
-        } else {
-            tracing::warn!(ring = ring_used_idx, ours, "the ring's used index is not ours; keeping ours");
-            false
-        }
-    }
-
-    /// Takes a SET_VRING_BASE in: the next pop reads avail index `base`, and the ring's used
-    /// index (read from guest memory) is where used elements continue.
-    pub fn start_from_base(&self, ring_used_idx: u16) {
-        for d in &self.desc {
-            d.inflight.store(0, Ordering::Relaxed);
-        }
-        let base = self.base.load(Ordering::Acquire) as u16;
-        self.used_idx.store(ring_used_idx, Ordering::Release);
-        self.avail_offset.store(base.wrapping_sub(ring_used_idx), Ordering::Release);
-        self.base_pending.store(0, Ordering::Release);
+    /// Whether head `head` is in flight (popped, its used element not yet published).
+    pub fn is_in_flight(&self, head: u16) -> bool {
+        self.desc[head as usize].inflight.load(Ordering::Acquire) != 0
     }
 }

@@ -6,11 +6,19 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::mpsc;
+use std::sync::atomic::Ordering;
 
-use crate::fuse::ReplyBuf;
-use crate::server::{MAX_REQUEST, Origin, Server};
+use crate::fuse::{MAX_REQUEST, Op, ReplyBuf, Request, abi, reply};
+use crate::server::{self, Delivery, Exchange, RecordKey, Server};
+use crate::state::intent::{Intent, Orphan};
+use crate::state::region::{BUFFER_SIZE, ConnBuffer, MAX_CONN_BUFFERS};
+use crate::state::{Forget, Region, State};
 use crate::sys;
+
+use super::{Connection, Transport};
+
+// Every request the wire format admits fits a connection buffer.
+const _: () = assert!(MAX_REQUEST as u64 <= BUFFER_SIZE);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -65,31 +73,134 @@ impl FuseDev {
         }
     }
 
-    /// The connection fds for `threads` serving threads: this fd and `threads - 1` clones.
-    /// Made once by the supervisor; every worker serves on the same ones, so requests a dead
-    /// worker read stay in their processing queues until FUSE_NOTIFY_RESEND re-queues them.
-    pub fn connection_fds(&self, threads: usize) -> Result<Vec<i32>, Error> {
+    /// The workers' side of this connection: `threads` serving threads, on this fd and
+    /// `threads - 1` clones of it, each reading into its own buffer in `region`. Made once by
+    /// the supervisor; every worker serves on the same fds, so requests a dead worker read stay
+    /// in their processing queues until FUSE_NOTIFY_RESEND re-queues them.
+    pub fn transport(&self, threads: usize, region: &Region) -> Result<FuseTransport, Error> {
         let mut fds = vec![self.fd];
-        for _ in 1..threads.max(1) {
+        for _ in 1..threads.clamp(1, MAX_CONN_BUFFERS) {
             fds.push(clone_connection(self.fd)?);
         }
-        Ok(fds)
+        Ok(FuseTransport { fds, region: region.alias() })
     }
 }
 
-/// Starts one serving thread per connection fd; each reports its end on `done`.
-pub fn spawn_serving_threads(server: &Arc<Server>, fds: &[i32], done: mpsc::Sender<()>) -> std::io::Result<()> {
-    for (i, &fd) in fds.iter().enumerate() {
-        let server = server.clone();
-        let done = done.clone();
-        std::thread::Builder::new().name(format!("fuse-{i}")).spawn(move || {
-            // SAFETY: this thread is the only one serving connection `i`.
-            let buf = unsafe { server.fs.state.region.buffer(i) };
-            serve_loop(fd, buf, &server);
-            let _ = done.send(());
-        })?;
+impl Connection for FuseDev {
+    /// The kernel needs nothing of the supervisor while workers come and go.
+    fn start(&mut self, _keep_workers: Box<dyn FnMut()>) {}
+
+    fn control_fd(&self) -> Option<i32> {
+        None
     }
-    Ok(())
+
+    fn handle_control(&mut self) -> bool {
+        true
+    }
+
+    fn close(&mut self) {
+        self.unmount();
+    }
+}
+
+/// A /dev/fuse connection as workers serve it: one fd per serving thread (the mounted fd and
+/// its clones), and the region that holds each thread's request buffer.
+pub struct FuseTransport {
+    fds: Vec<i32>,
+    region: Region,
+}
+
+impl Transport for FuseTransport {
+    /// Finishes the FORGETs and BATCH_FORGETs a dead worker had read into its connection
+    /// buffers (the kernel keeps no copy of a request that takes no reply): from the entry its
+    /// record says is next, or from the first if it died before starting one.
+    fn finish_undelivered(&self, state: &State) -> usize {
+        let mut finished = 0;
+        for i in 0..self.fds.len() {
+            // SAFETY: recovery runs before any serving thread exists.
+            let mut buf = unsafe { self.region.buffer(i) };
+            if let Ok(req) = Request::decode(buf.request()) {
+                let entries = match req.op {
+                    Op::Forget { nlookup } => vec![Forget { nodeid: req.header.nodeid, nlookup }],
+                    Op::BatchForget { forgets } => {
+                        forgets.iter().map(|f| Forget { nodeid: f.nodeid, nlookup: f.nlookup }).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                if !entries.is_empty() {
+                    finish_forget(state, &req.header, &entries);
+                    finished += 1;
+                }
+            }
+            // Crash before this: the next worker finds the same FORGET and its record again.
+            buf.clear();
+        }
+        finished
+    }
+
+    /// The kernel re-sends every request it still waits an answer for: all but FORGET,
+    /// BATCH_FORGET and INTERRUPT, which take none.
+    fn redelivers(&self, orphan: &Orphan) -> bool {
+        !matches!(
+            abi::Opcode::try_from(orphan.opcode),
+            Ok(abi::Opcode::Forget | abi::Opcode::BatchForget | abi::Opcode::Interrupt)
+        )
+    }
+
+    fn fds(&self) -> Vec<i32> {
+        self.fds.clone()
+    }
+
+    /// Asks the kernel to queue again every request a dead worker read but did not answer.
+    fn resume(&self, state: &State) {
+        let h = state.region.header();
+        if h.init_done.load(Ordering::Acquire) == 0 {
+            return; // nothing was read before INIT was answered: INIT itself comes again
+        }
+        if h.kernel_flags.load(Ordering::Acquire) & abi::HAS_RESEND == 0 {
+            tracing::error!(
+                "this kernel lacks FUSE_NOTIFY_RESEND (Linux < 6.9): requests the dead worker had \
+                 read stay unanswered, and the applications waiting on them hang"
+            );
+            return;
+        }
+        if let Err(e) = sys::write(self.fds[0], &reply::notify_resend()) {
+            tracing::error!("FUSE_NOTIFY_RESEND failed: {e}");
+        }
+    }
+
+    /// One serving thread per connection fd.
+    fn spawn(&self, server: &Arc<Server>, ended: i32) -> std::io::Result<()> {
+        for (i, &fd) in self.fds.iter().enumerate() {
+            let server = server.clone();
+            // SAFETY: this thread is the only one serving connection `i`.
+            let buf = unsafe { self.region.buffer(i) };
+            std::thread::Builder::new().name(format!("fuse-{i}")).spawn(move || {
+                serve_loop(fd, buf, &server);
+                sys::eventfd_signal(ended);
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Finishes one FORGET or BATCH_FORGET (`entries`) a dead worker had read, with the record it
+/// left (or a fresh one, if it died before starting one), and frees that record.
+fn finish_forget(state: &State, header: &abi::InHeader, entries: &[Forget]) {
+    let key = RecordKey::fuse(header.unique).id;
+    let records = state.region.records();
+    let rec = records.iter().find(|r| r.unique.load(Ordering::Acquire) == key).or_else(|| {
+        let free = records.iter().find(|r| r.unique.load(Ordering::Acquire) == 0)?;
+        free.start(key, header.opcode, header.nodeid, state.worker_gen());
+        Some(free)
+    });
+    let intent = rec.map_or(Intent::none(), |r| Intent::new(r, true));
+    let from = intent.step();
+    state.inodes.forget_entries(entries, intent);
+    tracing::info!(unique = key, entries = entries.len(), from, "finished a forget the dead worker had read");
+    if let Some(r) = rec {
+        r.clear();
+    }
 }
 
 fn clone_connection(master: i32) -> Result<i32, Error> {
@@ -103,7 +214,7 @@ fn clone_connection(master: i32) -> Result<i32, Error> {
 
 /// Reads requests from `fd` into `buf` (this connection's buffer in the state region) and
 /// answers them, until the connection goes away.
-fn serve_loop(fd: i32, buf: &mut [u8], server: &Arc<Server>) {
+fn serve_loop(fd: i32, mut buf: ConnBuffer, server: &Arc<Server>) {
     let mut out = ReplyBuf::with_capacity(MAX_REQUEST);
     let record = server.thread_record();
     // The kernel copies a request into `buf` (and a reply out of `out`) page by page; where a
@@ -111,12 +222,12 @@ fn serve_loop(fd: i32, buf: &mut [u8], server: &Arc<Server>) {
     // worker killed during that copy would make the kernel end the request with EIO, visible
     // to the application. With every page present (and locked where allowed) the copy cannot
     // fail, so the request stays in the processing queue and is re-sent to the next worker.
-    prefault(buf);
+    prefault(buf.space());
     out.prefault();
     loop {
-        // An empty buffer (length 0) tells recovery there is no request here to finish.
-        buf[..4].fill(0);
-        let n = match sys::read(fd, buf) {
+        // An empty buffer tells recovery there is no request here to finish.
+        buf.clear();
+        let len = match sys::read(fd, buf.space()) {
             Ok(n) => n,
             Err(e) => match e.raw_os_error() {
                 // Interrupted, or the request was withdrawn before we read it: read again.
@@ -129,16 +240,66 @@ fn serve_loop(fd: i32, buf: &mut [u8], server: &Arc<Server>) {
                 }
             },
         };
-        if Server::blocks(&buf[..n]) && spawn_waiter(fd, buf[..n].to_vec(), server) {
+        let mut exchange = InBuffer { fd, buf: &mut buf, len };
+        let delivery = delivery(exchange.request());
+        if server::blocks(exchange.request()) {
+            let copy = Copied { fd, msg: exchange.request().to_vec() };
+            if let Err(mut copy) = server.spawn_blocking(copy, delivery) {
+                server.serve(&mut copy, delivery, &record, &mut out);
+            }
             continue;
         }
-        // Crash from here until the buffer is emptied below: a FORGET in `buf` is finished by
-        // recovery (the kernel keeps no copy of it); any other request is re-sent by the kernel.
-        let (reply, done) = server.handle(&buf[..n], Origin::Fuse, caller_groups, &mut out, &record);
-        send_reply(fd, reply);
-        buf[..4].fill(0);
-        server.complete(done);
+        // Crash from here until the buffer is emptied (after the reply): a FORGET in `buf` is
+        // finished by recovery (the kernel keeps no copy of it); any other request is re-sent
+        // by the kernel.
+        server.serve(&mut exchange, delivery, &record, &mut out);
     }
+}
+
+/// A request in its connection buffer.
+struct InBuffer<'b> {
+    fd: i32,
+    buf: &'b mut ConnBuffer,
+    len: usize,
+}
+
+impl Exchange for InBuffer<'_> {
+    type Sent = ();
+
+    fn request(&self) -> &[u8] {
+        self.buf.first(self.len)
+    }
+
+    fn reply(&mut self, reply: Option<&[u8]>) {
+        send_reply(self.fd, reply);
+        // Emptied before the record goes: a crash in between finds a FORGET whose record still
+        // says how far it got, never one that recovery would apply again from the start.
+        self.buf.clear();
+    }
+}
+
+/// A request copied out of its connection buffer (one that waits on a thread of its own).
+struct Copied {
+    fd: i32,
+    msg: Vec<u8>,
+}
+
+impl Exchange for Copied {
+    type Sent = ();
+
+    fn request(&self) -> &[u8] {
+        &self.msg
+    }
+
+    fn reply(&mut self, reply: Option<&[u8]>) {
+        send_reply(self.fd, reply);
+    }
+}
+
+/// How the server sees a /dev/fuse request: keyed by its unique, with the caller's groups.
+fn delivery(msg: &[u8]) -> Delivery {
+    let unique = Request::header_of(msg).map_or(0, |h| h.unique);
+    Delivery { key: RecordKey::fuse(unique), groups: caller_groups }
 }
 
 fn send_reply(fd: i32, reply: Option<&[u8]>) {
@@ -154,30 +315,9 @@ fn send_reply(fd: i32, reply: Option<&[u8]>) {
     }
 }
 
-/// Runs a request that may wait indefinitely (SETLKW) on a thread of its own, with its own
-/// record, replying on the connection fd it came from. A crash while it waits leaves the request
-/// in the kernel's processing queue: the next worker waits again. False if no thread could be
-/// started (the caller then serves the request itself).
-fn spawn_waiter(fd: i32, msg: Vec<u8>, server: &Arc<Server>) -> bool {
-    server.blocking_read(&msg);
-    let server = server.clone();
-    let spawned = std::thread::Builder::new().name("fuse-lock-wait".into()).spawn(move || {
-        let record = server.thread_record();
-        let mut out = ReplyBuf::new();
-        let (reply, done) = server.handle_blocking(&msg, Origin::Fuse, caller_groups, &mut out, &record);
-        send_reply(fd, reply);
-        server.complete(done);
-        server.release_thread_record(record);
-    });
-    if let Err(e) = &spawned {
-        tracing::error!("cannot start a thread for a blocking lock, waiting in a serving thread: {e}");
-    }
-    spawned.is_ok()
-}
-
 /// The supplementary groups of the calling thread `pid` (from /proc), so that permission checks
 /// on the host see the same groups the caller has. Empty if the caller is gone.
-fn caller_groups(pid: u32, _uid: u32) -> Vec<u32> {
+fn caller_groups(pid: u32) -> Vec<u32> {
     if pid == 0 {
         return Vec::new();
     }
@@ -198,6 +338,5 @@ pub fn prefault(buf: &mut [u8]) {
         // SAFETY: a volatile write to memory we own, so the touch is not optimised away.
         unsafe { std::ptr::write_volatile(b, 0) };
     }
-    // SAFETY: locks our own allocation; failure (RLIMIT_MEMLOCK) only loses the extra guarantee.
-    unsafe { libc::mlock(buf.as_ptr().cast(), buf.len()) };
+    sys::process::lock_memory(buf);
 }

@@ -21,6 +21,7 @@ use vhost::vhost_user::message::{
 };
 use vhost::vhost_user::{Backend, GpuBackend, VhostUserBackendReqHandlerMut};
 
+use super::inflight::InFlight;
 use crate::state::vhost::{MAX_MEM_REGIONS, MAX_QUEUE_SIZE, QueueState, VIRTIO_RING_F_EVENT_IDX, VhostArea};
 
 type Result<T> = vhost::vhost_user::Result<T>;
@@ -151,7 +152,6 @@ impl VhostUserBackendReqHandlerMut for Control {
         if features & !offered_protocol_features().bits() != 0 {
             return Err(bad("protocol features acked that were not offered"));
         }
-        self.area.protocol_features.store(features, Ordering::Relaxed);
         Ok(())
     }
 

@@ -8,6 +8,7 @@
 //! the region.
 
 pub mod control;
+pub mod inflight;
 pub mod memory;
 pub mod queue;
 pub mod ring;
@@ -15,13 +16,20 @@ pub mod ring;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use vhost::vhost_user::BackendReqHandler;
 
 use crate::server::Server;
-use crate::state::vhost::VhostArea;
+use crate::state::intent::Orphan;
+use crate::state::vhost::{MAX_QUEUE_SIZE, VhostArea};
+use crate::state::{Region, State};
+use crate::sys::process;
 use control::Control;
+use inflight::InFlight;
+
+use super::{Connection, Transport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -55,14 +63,7 @@ pub fn listen(path: Option<&Path>, fd: Option<i32>, group: Option<&str>) -> Resu
     }
     let listener = UnixListener::bind(path).map_err(|source| Error::Listen { path: shown.clone(), source })?;
     if let Some(group) = group {
-        let name = std::ffi::CString::new(group).map_err(|_| Error::NoGroup(group.into()))?;
-        // SAFETY: a valid C string; the result is only read at once.
-        let gr = unsafe { libc::getgrnam(name.as_ptr()) };
-        if gr.is_null() {
-            return Err(Error::NoGroup(group.into()));
-        }
-        // SAFETY: non-null result of getgrnam.
-        let gid = unsafe { (*gr).gr_gid };
+        let gid = process::group_id(group).ok_or_else(|| Error::NoGroup(group.into()))?;
         std::os::unix::fs::chown(path, None, Some(gid)).map_err(|source| Error::Chown {
             path: shown.clone(),
             group: group.into(),
@@ -77,16 +78,11 @@ pub fn listen(path: Option<&Path>, fd: Option<i32>, group: Option<&str>) -> Resu
 /// Waits for the frontend to connect, or for a termination signal (None then).
 pub fn accept(listener: UnixListener, signals: i32) -> Result<Option<UnixStream>, Error> {
     loop {
-        let mut fds = [
-            libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: signals, events: libc::POLLIN, revents: 0 },
-        ];
-        // SAFETY: a valid pollfd array for the duration of the call.
-        unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if fds[1].revents != 0 {
+        let [connected, signalled] = process::poll_readable([listener.as_raw_fd(), signals], -1);
+        if signalled {
             return Ok(None);
         }
-        if fds[0].revents != 0 {
+        if connected {
             // One connection per run, as virtiofsd: the listener closes once it is taken.
             let (stream, _) = listener.accept().map_err(Error::Accept)?;
             return Ok(Some(stream));
@@ -96,7 +92,7 @@ pub fn accept(listener: UnixListener, signals: i32) -> Result<Option<UnixStream>
 
 /// Prepares the region's vhost-user area before the first worker: how many queues we offer,
 /// and each queue's notify eventfd.
-pub fn prepare_area(area: &VhostArea, request_queues: usize) -> Result<(), Error> {
+fn prepare_area(area: &VhostArea, request_queues: usize) -> Result<(), Error> {
     let queues = (1 + request_queues).min(crate::state::vhost::MAX_QUEUES);
     area.num_queues.store(queues as u32, std::sync::atomic::Ordering::Relaxed);
     for q in &area.queues[..queues] {
@@ -106,48 +102,49 @@ pub fn prepare_area(area: &VhostArea, request_queues: usize) -> Result<(), Error
     Ok(())
 }
 
-/// The intent-record keys of every head in flight on any queue (what a fresh worker replays).
-pub fn in_flight_keys(area: &VhostArea) -> Vec<u64> {
-    let mut keys = Vec::new();
-    for (index, q) in area.queues[..area.queue_count()].iter().enumerate() {
-        let size =
-            (q.size.load(std::sync::atomic::Ordering::Acquire) as usize).min(crate::state::vhost::MAX_QUEUE_SIZE);
-        keys.extend(q.in_flight(size as u16).into_iter().map(|(_, counter)| queue::record_key(index, counter)));
-    }
-    keys
-}
-
 /// The connected control channel, as the supervisor holds it.
 pub struct ControlChannel {
     stream: Option<UnixStream>,
     fd: i32,
+    area: &'static VhostArea,
     handler: Option<BackendReqHandler<Mutex<Control>>>,
 }
 
 impl ControlChannel {
-    pub fn new(stream: UnixStream) -> ControlChannel {
-        ControlChannel { fd: stream.as_raw_fd(), stream: Some(stream), handler: None }
+    /// The control channel over `stream`, and the workers' side of the connection: both use
+    /// the region's vhost-user area, prepared here for `request_queues` request queues.
+    pub fn new(
+        stream: UnixStream,
+        region: &Region,
+        request_queues: usize,
+    ) -> Result<(ControlChannel, VhostTransport), Error> {
+        let area = region.vhost();
+        prepare_area(area, request_queues)?;
+        let channel = ControlChannel { fd: stream.as_raw_fd(), stream: Some(stream), area, handler: None };
+        Ok((channel, VhostTransport { area }))
     }
+}
 
-    /// Starts serving messages into `area`; `keep_workers` is called while a message waits on
-    /// a worker.
-    pub fn start(&mut self, area: &'static VhostArea, keep_workers: Box<dyn FnMut()>) {
+impl Connection for ControlChannel {
+    /// Starts serving control messages into the region; `keep_workers` is called while a
+    /// message waits on a worker (GET_VRING_BASE stopping a ring).
+    fn start(&mut self, keep_workers: Box<dyn FnMut()>) {
         if let Some(stream) = self.stream.take() {
             // The vhost crate takes its handler in an Arc; ours never leaves this one thread
             // (it holds the supervisor's non-Send worker bookkeeping).
             #[allow(clippy::arc_with_non_send_sync)]
-            let control = Arc::new(Mutex::new(Control::new(area, keep_workers)));
+            let control = Arc::new(Mutex::new(Control::new(self.area, keep_workers)));
             self.handler = Some(BackendReqHandler::from_stream(stream, control));
         }
     }
 
-    pub fn fd(&self) -> i32 {
-        self.fd
+    fn control_fd(&self) -> Option<i32> {
+        Some(self.fd)
     }
 
     /// Serves one control message. False once the frontend has gone (or the channel is broken
     /// beyond a refused message).
-    pub fn handle_one(&mut self) -> bool {
+    fn handle_control(&mut self) -> bool {
         use vhost::vhost_user::Error as E;
         let Some(handler) = &mut self.handler else { return false };
         match handler.handle_request() {
@@ -158,27 +155,59 @@ impl ControlChannel {
                 tracing::warn!("vhost-user: a control message failed: {e}");
                 true
             }
-            Err(E::Disconnected | E::PartialMessage) => false,
+            Err(E::Disconnected | E::PartialMessage) => {
+                tracing::info!("the vhost-user frontend disconnected");
+                false
+            }
             Err(e) => {
                 tracing::error!("vhost-user control channel: {e}; closing it");
                 false
             }
         }
     }
+
+    /// One connection per run, as virtiofsd: nothing to do but let it close with the process.
+    fn close(&mut self) {}
 }
 
-/// Starts one serving thread per queue. They serve for the life of the worker (the connection
-/// ends in the supervisor), each holding a `done` sender so the worker never sees an end.
-pub fn spawn_queue_threads(server: &Arc<Server>, done: mpsc::Sender<()>) -> std::io::Result<()> {
-    let area = server.fs.state.region.vhost();
-    let guests = Arc::new(memory::GuestCache::default());
-    for index in 0..area.queue_count() {
-        let thread = queue::QueueThread::new(server.clone(), index, guests.clone());
-        let done = done.clone();
-        std::thread::Builder::new().name(format!("vq-{index}")).spawn(move || {
-            let _serving = done;
-            thread.run()
-        })?;
+/// The virtqueues as workers serve them, from the region's vhost-user area.
+pub struct VhostTransport {
+    area: &'static VhostArea,
+}
+
+impl Transport for VhostTransport {
+    /// Nothing: every head a dead worker popped stays in flight in the region and is replayed,
+    /// whatever it holds (FORGET included), by the queue's next thread.
+    fn finish_undelivered(&self, _state: &State) -> usize {
+        0
     }
-    Ok(())
+
+    /// Exactly the heads still in flight are replayed: an orphan whose used element was
+    /// published before the death is not.
+    fn redelivers(&self, orphan: &Orphan) -> bool {
+        let (queue, counter) = queue::split_record_key(orphan.key);
+        self.area.queues[..self.area.queue_count()].get(queue).is_some_and(|q| {
+            let size = (q.size.load(Ordering::Acquire) as usize).min(MAX_QUEUE_SIZE) as u16;
+            q.in_flight(size).iter().any(|&(_, c)| c == counter)
+        })
+    }
+
+    fn fds(&self) -> Vec<i32> {
+        self.area.fds()
+    }
+
+    /// Nothing to ask of the frontend: each queue thread repairs and replays its ring when it
+    /// activates the queue.
+    fn resume(&self, _state: &State) {}
+
+    /// One serving thread per queue, for the life of the worker: the connection ends in the
+    /// supervisor, never in a queue thread.
+    fn spawn(&self, server: &Arc<Server>, _ended: i32) -> std::io::Result<()> {
+        let guests = Arc::new(memory::GuestCache::default());
+        for index in 0..self.area.queue_count() {
+            let thread = queue::QueueThread::new(server.clone(), self.area, index, guests.clone());
+            std::thread::Builder::new().name(format!("vq-{index}")).spawn(move || thread.run())?;
+        }
+        Ok(())
+    }
 }

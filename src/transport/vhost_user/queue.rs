@@ -16,11 +16,12 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use crate::fuse::ReplyBuf;
-use crate::server::{Completion, MAX_REQUEST, Origin, Server, ThreadRecord};
+use crate::fuse::{MAX_REQUEST, ReplyBuf};
+use crate::server::{self, Delivery, Exchange, RecordKey, Server, ThreadRecord};
 use crate::state::vhost::{QueueConfig, QueueState, VhostArea};
 use crate::sys;
 
+use super::inflight::InFlight;
 use super::memory::{Guest, GuestCache};
 use super::ring::{self, Ring};
 
@@ -29,8 +30,15 @@ const OUT_HEADER: usize = 16;
 
 /// The intent-record key of a popped chain: queue in the top bits, pop counter below.
 pub fn record_key(queue: usize, counter: u64) -> u64 {
-    ((queue as u64) << 48) | (counter & ((1 << 48) - 1))
+    ((queue as u64) << 48) | (counter & COUNTER_MASK)
 }
+
+/// The queue and pop counter a record key names.
+pub fn split_record_key(key: u64) -> (usize, u64) {
+    ((key >> 48) as usize, key & COUNTER_MASK)
+}
+
+const COUNTER_MASK: u64 = (1 << 48) - 1;
 
 /// Where used elements go: shared by the queue thread and its lock waiters, whose chains finish
 /// out of order.
@@ -81,14 +89,6 @@ struct Active {
     next_avail: u16,
 }
 
-/// How a chain's request went.
-enum Answer {
-    /// Answered: the used length, the completion that frees its record once used, the opcode.
-    Done(u32, Option<Completion>, u32),
-    /// Handed to a lock waiter thread, which puts its used element when the lock is decided.
-    Waiting,
-}
-
 pub struct QueueThread {
     server: Arc<Server>,
     area: &'static VhostArea,
@@ -109,8 +109,7 @@ pub struct QueueThread {
 }
 
 impl QueueThread {
-    pub fn new(server: Arc<Server>, index: usize, guests: Arc<GuestCache>) -> QueueThread {
-        let area = server.fs.state.region.vhost();
+    pub fn new(server: Arc<Server>, area: &'static VhostArea, index: usize, guests: Arc<GuestCache>) -> QueueThread {
         let record = server.thread_record();
         QueueThread {
             state: &area.queues[index],
@@ -154,15 +153,12 @@ impl QueueThread {
     /// Waits for a kick or a control change (with a bound, as a safety net), and consumes both
     /// eventfd counts.
     fn wait(&self, kick: Option<i32>) {
-        let pollin = |fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         let notify = self.state.notify_fd.load(Ordering::Acquire);
         // A negative fd is ignored by poll: no kick fd (queue inactive) waits on notify alone.
-        let mut fds = [pollin(notify), pollin(kick.unwrap_or(-1))];
-        // SAFETY: valid pollfd array for the duration of the call.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
-        for p in &fds {
-            if p.revents & libc::POLLIN != 0 {
-                sys::eventfd_drain(p.fd);
+        let fds = [notify, kick.unwrap_or(-1)];
+        for (fd, readable) in fds.into_iter().zip(sys::process::poll_readable(fds, 1000)) {
+            if readable {
+                sys::eventfd_drain(fd);
             }
         }
     }
@@ -270,55 +266,99 @@ impl QueueThread {
 
     /// Serves one popped head and gives it its used element (or hands it to a lock waiter).
     fn serve_chain(&mut self, used: &UsedRing, head: u16, counter: u64, replay: bool) -> Result<(), ring::RingError> {
-        let origin = Origin::Virtqueue { key: record_key(self.index, counter), replay };
-        let answer = match used.ring.chain(&used.guest.mem, head) {
-            Ok(chain) => self.answer(used, head, chain, origin)?,
+        let delivery =
+            Delivery { key: RecordKey { id: record_key(self.index, counter), redelivered: replay }, groups: no_groups };
+        let chain = match used.ring.chain(&used.guest.mem, head) {
+            Ok(chain) => chain,
             Err(e) => {
                 tracing::warn!(queue = self.index, head, "dropping a descriptor chain: {e}");
-                Answer::Done(0, None, 0)
+                return used.put(head, 0, 0);
             }
         };
-        if let Answer::Done(len, done, opcode) = answer {
-            used.put(head, len, opcode)?;
-            if let Some(done) = done {
-                self.server.complete(done);
-            }
-        }
-        Ok(())
-    }
-
-    /// Runs the chain's request and writes the reply into it, or hands a request that may wait
-    /// indefinitely to a thread of its own.
-    fn answer(
-        &mut self,
-        used: &UsedRing,
-        head: u16,
-        chain: ring::Chain,
-        origin: Origin,
-    ) -> Result<Answer, ring::RingError> {
-        let mem = &used.guest.mem;
-        let n = ring::read_request(mem, &chain, &mut self.request)?;
+        let n = ring::read_request(&used.guest.mem, &chain, &mut self.request)?;
         if chain.readable_len() > n as u64 {
             tracing::warn!(queue = self.index, len = chain.readable_len(), "request larger than any FUSE request");
         }
-        let msg = &self.request[..n];
-        let opcode = crate::fuse::Request::header_of(msg).map_or(0, |h| h.opcode);
+        let mut exchange = InChain { msg: &self.request[..n], used, head, chain, queue: self.index };
         // Crash here: the head is in flight and nothing was done for it; the next worker replays it.
-        crate::crash_point!("vhost.after_pop", opcode);
-        if Server::blocks(msg) && spawn_waiter(&self.server, used.clone(), head, chain.clone(), msg.to_vec(), origin) {
-            return Ok(Answer::Waiting);
+        crate::crash_point!("vhost.after_pop", exchange.opcode());
+        if server::blocks(exchange.request()) {
+            let waiter = InChain {
+                msg: exchange.msg.to_vec(),
+                used: used.clone(),
+                head,
+                chain: exchange.chain.clone(),
+                queue: self.index,
+            };
+            return match self.server.spawn_blocking(waiter, delivery) {
+                Ok(()) => Ok(()),
+                Err(mut waiter) => {
+                    self.server.serve(&mut waiter, delivery, &self.record, &mut self.reply);
+                    Ok(())
+                }
+            };
         }
-        let (reply, done) = self.server.handle(msg, origin, no_groups, &mut self.reply, &self.record);
+        self.server.serve(&mut exchange, delivery, &self.record, &mut self.reply)
+    }
+}
+
+/// A request in its descriptor chain: the reply goes into the chain's writable buffers, then
+/// the head's used element into the ring. `M` is the request's bytes, borrowed from the queue
+/// thread's buffer or owned by a lock waiter.
+struct InChain<M, U> {
+    msg: M,
+    used: U,
+    head: u16,
+    chain: ring::Chain,
+    queue: usize,
+}
+
+impl<M: AsRef<[u8]>, U: std::borrow::Borrow<UsedRing>> InChain<M, U> {
+    fn opcode(&self) -> u32 {
+        crate::fuse::Request::header_of(self.msg.as_ref()).map_or(0, |h| h.opcode)
+    }
+
+    fn put_reply(&self, reply: Option<&[u8]>) -> Result<(), ring::RingError> {
+        let used = self.used.borrow();
         let len = match reply {
-            Some(reply) => write_reply(mem, &chain, reply, self.index)?,
+            Some(reply) => write_reply(&used.guest.mem, &self.chain, reply, self.queue)?,
             None => 0,
         };
-        Ok(Answer::Done(len, Some(done), opcode))
+        used.put(self.head, len, self.opcode())
+    }
+}
+
+impl Exchange for InChain<&[u8], &UsedRing> {
+    type Sent = Result<(), ring::RingError>;
+
+    fn request(&self) -> &[u8] {
+        self.msg
+    }
+
+    fn reply(&mut self, reply: Option<&[u8]>) -> Self::Sent {
+        self.put_reply(reply)
+    }
+}
+
+/// A lock waiter's request: its used element is put out of order, when the lock is decided
+/// (or an INTERRUPT ends the wait). A crash meanwhile leaves the head in flight: the next
+/// worker waits again.
+impl Exchange for InChain<Vec<u8>, UsedRing> {
+    type Sent = ();
+
+    fn request(&self) -> &[u8] {
+        &self.msg
+    }
+
+    fn reply(&mut self, reply: Option<&[u8]>) {
+        if let Err(e) = self.put_reply(reply) {
+            tracing::error!(head = self.head, "putting a lock request's used element: {e}");
+        }
     }
 }
 
 /// Over virtio a request carries no supplementary groups.
-fn no_groups(_pid: u32, _uid: u32) -> Vec<u32> {
+fn no_groups(_pid: u32) -> Vec<u32> {
     Vec::new()
 }
 
@@ -343,40 +383,4 @@ fn write_reply(
     let err = crate::fuse::abi::OutHeader { len: OUT_HEADER as u32, error: -libc::EIO, unique };
     ring::write_reply(mem, chain, zerocopy::IntoBytes::as_bytes(&err))?;
     Ok(OUT_HEADER as u32)
-}
-
-/// Serves a request that may wait indefinitely (SETLKW) on a thread of its own, which writes
-/// the reply and puts the used element when the lock is decided (or an INTERRUPT ends the
-/// wait). A crash meanwhile leaves the head in flight: the next worker waits again. False if no
-/// thread could be started (the caller then serves the request itself).
-fn spawn_waiter(
-    server: &Arc<Server>,
-    used: UsedRing,
-    head: u16,
-    chain: ring::Chain,
-    msg: Vec<u8>,
-    origin: Origin,
-) -> bool {
-    server.blocking_read(&msg);
-    let server = server.clone();
-    let spawned = std::thread::Builder::new().name("vq-lock-wait".into()).spawn(move || {
-        let record = server.thread_record();
-        let mut out = ReplyBuf::new();
-        let opcode = crate::fuse::Request::header_of(&msg).map_or(0, |h| h.opcode);
-        let (reply, done) = server.handle_blocking(&msg, origin, no_groups, &mut out, &record);
-        let put = match reply {
-            Some(reply) => write_reply(&used.guest.mem, &chain, reply, 0),
-            None => Ok(0),
-        }
-        .and_then(|len| used.put(head, len, opcode));
-        if let Err(e) = put {
-            tracing::error!(head, "putting a lock request's used element: {e}");
-        }
-        server.complete(done);
-        server.release_thread_record(record);
-    });
-    if let Err(e) = &spawned {
-        tracing::error!("cannot start a thread for a blocking lock, waiting in the queue thread: {e}");
-    }
-    spawned.is_ok()
 }

@@ -1,8 +1,16 @@
 //! Thin, safe wrappers over the raw syscalls the daemon uses: the one place with `libc` calls
-//! and their `unsafe`. Each wrapper turns -1/errno into `io::Error` and nothing more.
+//! and their `unsafe` (file-system calls here, process and signal calls in `process`). Each
+//! wrapper turns -1/errno into `io::Error` and nothing more. The other `unsafe` in the crate is
+//! about memory and ownership, not calls: views of the state region's mapping (state/region.rs,
+//! and the exclusive use of a connection buffer its callers promise), pages touched before use
+//! (fusedev's prefault), fds handed to an owning type (vhost-user's `--fd`, a guest memory
+//! mapping), and the two calls whose callers must promise something (`process::clone_sharing_fds`,
+//! `process::signal_thread`).
 //!
 //! fds are plain `i32` here because the tables keep them as numbers in the state region (they
 //! must survive the worker that opened them); ownership is tracked by the tables, not by types.
+
+pub mod process;
 
 use std::ffi::CStr;
 use std::io;
@@ -347,6 +355,12 @@ pub fn umask(mask: u32) -> u32 {
 pub fn dup(fd: i32) -> io::Result<i32> {
     // SAFETY: plain syscall; the new fd is ours.
     cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) })
+}
+
+/// Whether `fd` is an open fd of this process.
+pub fn is_open(fd: i32) -> bool {
+    // SAFETY: F_GETFD only queries.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
 }
 
 /// Moves `fd`'s file onto number `onto` (closing what `onto` held), close-on-exec.

@@ -1,0 +1,121 @@
+//! Requests that may wait indefinitely (SETLKW, with `-o posix_lock`): each runs on a thread of
+//! its own, so waiting locks can never occupy every serving thread (nor, over a virtqueue, hold
+//! up the unlock behind them on the same queue). INTERRUPT wakes such a thread with a signal.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::{Delivery, Exchange, Server};
+use crate::fuse::{ReplyBuf, Request, abi};
+use crate::sys::process;
+
+/// The signal that wakes a thread waiting in a blocking lock (its handler does nothing; it is
+/// installed without SA_RESTART, so the wait returns EINTR).
+pub const WAKE_SIGNAL: i32 = libc::SIGUSR1;
+
+/// Installs the no-op handler for `WAKE_SIGNAL` (once per process, before serving).
+pub fn install_wake_handler() {
+    process::install_interrupting_handler(WAKE_SIGNAL);
+}
+
+/// A blocking request between being read and its answer.
+enum Waiter {
+    /// Read, its thread not yet waiting; `interrupted` if an INTERRUPT came in the meantime.
+    Starting { interrupted: bool },
+    /// Waiting on this thread.
+    Waiting(libc::pthread_t),
+}
+
+/// Blocking requests by FUSE unique (without the resend bit): INTERRUPT names them so.
+#[derive(Default)]
+pub(super) struct Waiters(Mutex<HashMap<u64, Waiter>>);
+
+/// A blocking request's unique id as sent, and its waiter key (without the resend bit).
+fn waiter_key(msg: &[u8]) -> (u64, u64) {
+    let unique = Request::header_of(msg).map_or(0, |h| h.unique);
+    (unique, unique & !abi::UNIQUE_RESEND)
+}
+
+impl Waiters {
+    /// INTERRUPT: wakes the thread waiting on request `unique` (its lock call returns EINTR,
+    /// which becomes its reply), or marks it interrupted if its thread is not waiting yet. (One
+    /// that lands in the few instructions between registering and entering the lock call is
+    /// still lost; the lock then waits until granted or the file is released.)
+    pub(super) fn interrupt(&self, unique: u64) {
+        let mut waiters = self.0.lock().unwrap();
+        match waiters.get_mut(&(unique & !abi::UNIQUE_RESEND)) {
+            // SAFETY: the thread is registered, so it has not exited (see `Server::wait_on`).
+            Some(Waiter::Waiting(thread)) => unsafe { process::signal_thread(*thread, WAKE_SIGNAL) },
+            Some(Waiter::Starting { interrupted }) => *interrupted = true,
+            None => {}
+        }
+    }
+}
+
+/// Whether `msg` may wait indefinitely (SETLKW): its transport serves it with
+/// `Server::spawn_blocking`.
+pub fn blocks(msg: &[u8]) -> bool {
+    Request::header_of(msg).is_ok_and(|h| h.opcode == abi::Opcode::Setlkw as u32)
+}
+
+impl Server {
+    /// Serves a request that may wait indefinitely (see `blocks`) on a thread of its own, with
+    /// a record of that thread's own, replying through `exchange` there. A crash while it waits
+    /// leaves the request to its transport's redelivery: the next worker waits again. Gives the
+    /// exchange back if no thread could be started: the caller then serves it itself.
+    pub fn spawn_blocking<E>(self: &Arc<Self>, exchange: E, delivery: Delivery) -> Result<(), E>
+    where
+        E: Exchange<Sent = ()> + Send + 'static,
+    {
+        // Noted as read before the thread starts, so an INTERRUPT arriving before it waits is
+        // kept for it rather than lost.
+        let (_, key) = waiter_key(exchange.request());
+        self.waiters.0.lock().unwrap().insert(key, Waiter::Starting { interrupted: false });
+        let server = self.clone();
+        let (tx, rx) = std::sync::mpsc::channel::<E>();
+        let spawned = std::thread::Builder::new().name("lock-wait".into()).spawn(move || {
+            let Ok(mut exchange) = rx.recv() else { return };
+            let record = server.thread_record();
+            let mut out = ReplyBuf::new();
+            server.wait_on(&mut exchange, delivery, &record, &mut out);
+            server.release_thread_record(record);
+        });
+        match spawned {
+            Ok(_) => {
+                tx.send(exchange).expect("the waiter thread takes its exchange");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("cannot start a thread for a blocking lock, waiting in a serving thread: {e}");
+                self.waiters.0.lock().unwrap().remove(&key);
+                Err(exchange)
+            }
+        }
+    }
+
+    /// Runs a blocking request on the calling thread, registered so that an INTERRUPT for it
+    /// can wake it.
+    fn wait_on<E: Exchange<Sent = ()>>(
+        &self,
+        exchange: &mut E,
+        delivery: Delivery,
+        record: &super::ThreadRecord,
+        out: &mut ReplyBuf,
+    ) {
+        let (unique, key) = waiter_key(exchange.request());
+        {
+            let mut waiters = self.waiters.0.lock().unwrap();
+            if let Some(Waiter::Starting { interrupted: true }) = waiters.get(&key) {
+                waiters.remove(&key);
+                drop(waiters);
+                out.clear();
+                return exchange.reply(Some(out.finish_err(unique, libc::EINTR)));
+            }
+            waiters.insert(key, Waiter::Waiting(process::thread_self()));
+        }
+        self.serve(exchange, delivery, record, out);
+        // Removed before this thread can exit, under the lock `interrupt` signals under: a wake
+        // signal never targets a thread that is gone.
+        self.waiters.0.lock().unwrap().remove(&key);
+    }
+}

@@ -1,0 +1,202 @@
+//! FUSE INIT: what we agree to, given what the kernel offers and what the operator allows, and
+//! the session it starts. The outcome is kept in the state region's header, so a worker that
+//! replaces a dead one serves on without a new INIT (the kernel sends one per connection).
+
+use std::sync::atomic::Ordering;
+
+use super::Server;
+use crate::fuse::{MAX_WRITE, ReplyBuf, abi};
+
+/// What the operator allows the kernel to turn on at INIT.
+#[derive(Debug, Clone, Copy)]
+pub struct InitPolicy {
+    pub writeback: bool,
+    /// Record locks served by the daemon (else the kernel keeps them, as with virtiofsd).
+    pub posix_locks: bool,
+    pub flock_locks: bool,
+    pub readdirplus: bool,
+    pub posix_acl: bool,
+    pub auto_inval_data: bool,
+}
+
+/// What an INIT request comes to.
+#[derive(Debug, PartialEq, Eq)]
+enum Negotiation {
+    /// The kernel speaks a protocol older than we decode (7.31).
+    TooOld,
+    /// The kernel's major is newer: answer with ours alone, and it sends INIT again at ours.
+    OurMajor(abi::InitOut),
+    /// A session: the flags the kernel offered, those we agreed to, and the reply.
+    Session { offered: u64, agreed: u64, reply: abi::InitOut },
+}
+
+impl InitPolicy {
+    /// The flags we ask for. Not ATOMIC_O_TRUNC: with it the kernel sends O_TRUNC inside OPEN,
+    /// which the daemon carries out before the kernel's own checks after the open (ETXTBSY for
+    /// a file being executed) can refuse it: open(O_RDONLY|O_TRUNC) of a running binary failed
+    /// with ETXTBSY yet truncated it, and the binary then died loading its pages (pjdfstest
+    /// open::etxtbsy, intermittently). Without it the kernel truncates with a SETATTR after
+    /// those checks, as a local file system would.
+    fn wanted(&self) -> u64 {
+        let optional = [
+            (self.posix_locks, abi::POSIX_LOCKS),
+            (self.flock_locks, abi::FLOCK_LOCKS),
+            (self.readdirplus, abi::DO_READDIRPLUS | abi::READDIRPLUS_AUTO),
+            (self.writeback, abi::WRITEBACK_CACHE),
+            (self.auto_inval_data, abi::AUTO_INVAL_DATA),
+            (self.posix_acl, abi::POSIX_ACL),
+        ];
+        optional.iter().filter(|(on, _)| *on).fold(
+            abi::ASYNC_READ | abi::BIG_WRITES | abi::PARALLEL_DIROPS | abi::MAX_PAGES | abi::ASYNC_DIO | abi::INIT_EXT,
+            |want, (_, flags)| want | flags,
+        )
+    }
+
+    fn negotiate(&self, arg: &abi::InitIn, flags2: u32) -> Negotiation {
+        if arg.major < abi::KERNEL_VERSION
+            || (arg.major == abi::KERNEL_VERSION && arg.minor < abi::MIN_KERNEL_MINOR_VERSION)
+        {
+            return Negotiation::TooOld;
+        }
+        let mut reply =
+            abi::InitOut { major: abi::KERNEL_VERSION, minor: abi::KERNEL_MINOR_VERSION, ..Default::default() };
+        if arg.major > abi::KERNEL_VERSION {
+            return Negotiation::OurMajor(reply);
+        }
+        let offered = u64::from(arg.flags) | (u64::from(flags2) << 32);
+        let agreed = offered & self.wanted();
+        reply.max_readahead = arg.max_readahead;
+        reply.flags = agreed as u32;
+        reply.flags2 = (agreed >> 32) as u32;
+        reply.max_background = 64;
+        reply.congestion_threshold = 48;
+        reply.max_write = MAX_WRITE;
+        reply.time_gran = 1;
+        reply.max_pages = (MAX_WRITE / 4096) as u16;
+        Negotiation::Session { offered, agreed, reply }
+    }
+}
+
+impl Server {
+    pub(super) fn initialized(&self) -> bool {
+        self.state.region.header().init_done.load(Ordering::Acquire) != 0
+    }
+
+    /// A server made after INIT (by a worker replacing a dead one) takes the agreed settings
+    /// from the region.
+    pub(super) fn resume_session(&self) {
+        if self.initialized() {
+            let negotiated = self.state.region.header().negotiated.load(Ordering::Acquire);
+            self.fs.set_writeback(negotiated & abi::WRITEBACK_CACHE != 0);
+        }
+    }
+
+    pub(super) fn init<'o>(&self, unique: u64, arg: &abi::InitIn, flags2: u32, out: &'o mut ReplyBuf) -> &'o [u8] {
+        let (offered, agreed, reply) = match self.policy.negotiate(arg, flags2) {
+            Negotiation::TooOld => {
+                tracing::error!(major = arg.major, minor = arg.minor, "kernel FUSE protocol too old (need 7.31+)");
+                return out.finish_err(unique, libc::EPROTO);
+            }
+            Negotiation::OurMajor(reply) => {
+                out.push_obj(&reply);
+                return out.finish_ok(unique);
+            }
+            Negotiation::Session { offered, agreed, reply } => (offered, agreed, reply),
+        };
+        self.fs.set_writeback(agreed & abi::WRITEBACK_CACHE != 0);
+        let header = self.state.region.header();
+        // A second INIT starts a new session (a virtio guest that rebooted; the kernel sends one
+        // INIT per /dev/fuse connection): the old session's nodes and handles go. Crash inside:
+        // the INIT is replayed and the reset, idempotent, finishes.
+        if header.init_done.load(Ordering::Acquire) != 0 {
+            self.fs.reset_session();
+        }
+        header.kernel_flags.store(offered, Ordering::Release);
+        header.negotiated.store(agreed, Ordering::Release);
+        // Crash after this store: a later worker serves without INIT; the INIT request itself
+        // is re-sent and answered again with the same outcome.
+        header.init_done.store(1, Ordering::Release);
+        crate::crash_point!("init.after_record");
+        tracing::info!(
+            kernel = format!("{}.{}", arg.major, arg.minor),
+            resend = offered & abi::HAS_RESEND != 0,
+            flags = format!("{agreed:#x}"),
+            "FUSE session initialised"
+        );
+        out.push_obj(&reply);
+        out.finish_ok(unique)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> InitPolicy {
+        InitPolicy {
+            writeback: false,
+            posix_locks: false,
+            flock_locks: false,
+            readdirplus: true,
+            posix_acl: false,
+            auto_inval_data: true,
+        }
+    }
+
+    fn init_in(minor: u32, flags: u64) -> abi::InitIn {
+        abi::InitIn { major: abi::KERNEL_VERSION, minor, max_readahead: 1 << 17, flags: flags as u32 }
+    }
+
+    fn agreed(n: Negotiation) -> (u64, abi::InitOut) {
+        match n {
+            Negotiation::Session { agreed, reply, .. } => (agreed, reply),
+            other => panic!("no session: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn test_init_refuses_a_kernel_older_than_7_31() {
+        assert_eq!(policy().negotiate(&init_in(30, 0), 0), Negotiation::TooOld);
+        let old_major = abi::InitIn { major: abi::KERNEL_VERSION - 1, minor: 99, ..Default::default() };
+        assert_eq!(policy().negotiate(&old_major, 0), Negotiation::TooOld);
+    }
+
+    #[test]
+    fn test_init_answers_a_newer_major_with_ours_alone() {
+        let newer = abi::InitIn { major: abi::KERNEL_VERSION + 1, minor: 0, flags: u32::MAX, ..Default::default() };
+        let Negotiation::OurMajor(reply) = policy().negotiate(&newer, u32::MAX) else { panic!("not our major") };
+        assert_eq!(
+            (reply.major, reply.minor, reply.flags, reply.flags2),
+            (abi::KERNEL_VERSION, abi::KERNEL_MINOR_VERSION, 0, 0)
+        );
+    }
+
+    #[test]
+    fn test_init_agrees_only_to_what_both_sides_want() {
+        let everything = u64::MAX;
+        let (agreed, reply) = agreed(policy().negotiate(&init_in(45, everything), u32::MAX));
+        assert_eq!(agreed & abi::ATOMIC_O_TRUNC, 0, "never ATOMIC_O_TRUNC (ETXTBSY truncation)");
+        assert_eq!(agreed & (abi::POSIX_LOCKS | abi::FLOCK_LOCKS), 0, "locks stay with the kernel by default");
+        assert_eq!(agreed & abi::WRITEBACK_CACHE, 0);
+        assert_ne!(agreed & abi::DO_READDIRPLUS, 0);
+        assert_ne!(agreed & abi::AUTO_INVAL_DATA, 0);
+        assert_eq!(u64::from(reply.flags) | u64::from(reply.flags2) << 32, agreed, "the reply carries what was agreed");
+        assert_eq!(reply.max_write, MAX_WRITE);
+        assert_eq!(reply.max_readahead, 1 << 17, "the kernel's readahead is kept");
+        // Nothing offered, nothing agreed, whatever the policy allows.
+        let all = InitPolicy { writeback: true, posix_locks: true, flock_locks: true, posix_acl: true, ..policy() };
+        assert_eq!(agreed_flags(all.negotiate(&init_in(45, 0), 0)), 0);
+    }
+
+    #[test]
+    fn test_init_policy_turns_on_locks_and_writeback_when_offered() {
+        let all = InitPolicy { writeback: true, posix_locks: true, flock_locks: true, ..policy() };
+        let offered = abi::POSIX_LOCKS | abi::FLOCK_LOCKS | abi::WRITEBACK_CACHE;
+        assert_eq!(agreed_flags(all.negotiate(&init_in(45, offered), 0)), offered);
+        assert_eq!(agreed_flags(policy().negotiate(&init_in(45, offered), 0)), 0);
+    }
+
+    fn agreed_flags(n: Negotiation) -> u64 {
+        agreed(n).0
+    }
+}

@@ -1,0 +1,184 @@
+//! Process, thread and signal calls: the supervisor's clone/reap/kill, the daemon's process
+//! settings, the signal plumbing every thread shares. As the rest of sys/: thin wrappers that
+//! keep `unsafe` here.
+
+use std::io;
+
+use super::cvt;
+
+pub fn getpid() -> i32 {
+    // SAFETY: plain syscall.
+    unsafe { libc::getpid() }
+}
+
+pub fn getppid() -> i32 {
+    // SAFETY: plain syscall.
+    unsafe { libc::getppid() }
+}
+
+/// Has the kernel send `sig` to this process when its parent dies.
+pub fn set_parent_death_signal(sig: i32) -> io::Result<()> {
+    // SAFETY: prctl with plain integer arguments.
+    cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong) }).map(drop)
+}
+
+/// Clones this process sharing its fd table (CLONE_FILES, no CLONE_VM: the child's memory is a
+/// copy, and it continues on a copy of our stack, as after fork). Returns the child's pid in the
+/// parent, 0 in the child.
+///
+/// # Safety
+/// The caller must be single-threaded: the child gets only the calling thread, so a lock held
+/// by any other thread would stay held in the child for good.
+pub unsafe fn clone_sharing_fds() -> io::Result<i32> {
+    // SAFETY: no new stack (the child runs on a copy of ours); single-threaded by the caller's
+    // promise.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_FILES | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    super::cvt_long(pid).map(|p| p as i32)
+}
+
+/// Ends this process at once, without running destructors or atexit handlers (a clone must
+/// not flush or free what is the parent's).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// SIGKILLs this process: a death at this very instruction, as the OOM killer would deal it.
+pub fn kill_self() {
+    // SAFETY: signals our own process.
+    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+}
+
+/// A child that has ended, if any, without waiting: its pid and wait status.
+pub fn reap_any() -> Option<(i32, i32)> {
+    let mut status = 0;
+    // SAFETY: a valid out pointer.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    (pid > 0).then_some((pid, status))
+}
+
+/// SIGKILLs our child `pid` and reaps it.
+pub fn kill_and_reap(pid: i32) {
+    // SAFETY: signals and reaps our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+}
+
+/// How a child ended, for the log.
+pub fn describe_status(status: i32) -> String {
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        // SAFETY: strsignal returns a static string for any number.
+        let name = unsafe { std::ffi::CStr::from_ptr(libc::strsignal(sig)) };
+        format!("killed by signal {sig} ({})", name.to_string_lossy())
+    } else {
+        format!("exited with code {}", libc::WEXITSTATUS(status))
+    }
+}
+
+/// Waits until one of `fds` is readable (or `timeout_ms` passes; -1: no limit); returns which
+/// are. A negative fd is ignored, and never readable.
+pub fn poll_readable<const N: usize>(fds: [i32; N], timeout_ms: i32) -> [bool; N] {
+    let mut pfds = fds.map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+    // SAFETY: a valid pollfd array for the duration of the call.
+    let n = unsafe { libc::poll(pfds.as_mut_ptr(), N as libc::nfds_t, timeout_ms) };
+    pfds.map(|p| n > 0 && p.revents != 0)
+}
+
+/// Blocks `signals` in this thread (and so in every thread it starts), so that one thread can
+/// take them from a signalfd; returns the set.
+pub fn block_signals(signals: &[i32]) -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// The next signal a signalfd holds, if a whole one could be read.
+pub fn read_signal(fd: i32) -> Option<u32> {
+    // SAFETY: a zeroed signalfd_siginfo is valid; the read fills it.
+    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    // SAFETY: reads at most size_of bytes into `info`.
+    let n = unsafe { libc::read(fd, (&raw mut info).cast(), size_of::<libc::signalfd_siginfo>()) };
+    (n == size_of::<libc::signalfd_siginfo>() as isize).then_some(info.ssi_signo)
+}
+
+/// Installs a handler for `sig` that does nothing, without SA_RESTART: a thread blocked in a
+/// call when `sig` arrives sees EINTR.
+pub fn install_interrupting_handler(sig: i32) {
+    extern "C" fn wake(_: libc::c_int) {}
+    // SAFETY: a zeroed sigaction with a plain handler that does nothing (async-signal-safe).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = wake as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(sig, &sa, std::ptr::null_mut());
+    }
+}
+
+pub fn thread_self() -> libc::pthread_t {
+    // SAFETY: pthread_self has no preconditions.
+    unsafe { libc::pthread_self() }
+}
+
+/// Sends `sig` to thread `thread` of this process.
+///
+/// # Safety
+/// `thread` must not have exited (its id could then name another thread, or nothing).
+pub unsafe fn signal_thread(thread: libc::pthread_t, sig: i32) {
+    // SAFETY: the thread is alive by the caller's promise.
+    unsafe { libc::pthread_kill(thread, sig) };
+}
+
+/// Drops every supplementary group of the process (before any thread exists: the raw
+/// per-thread setgroups of `creds` is what requests use).
+pub fn drop_groups() -> io::Result<()> {
+    // SAFETY: process-wide setgroups with an empty list.
+    cvt(unsafe { libc::setgroups(0, std::ptr::null()) }).map(drop)
+}
+
+/// The soft and hard RLIMIT_NOFILE.
+pub fn nofile_limit() -> (u64, u64) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: a valid out pointer.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    (lim.rlim_cur, lim.rlim_max)
+}
+
+pub fn set_nofile_limit(soft: u64, hard: u64) -> io::Result<()> {
+    let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+    // SAFETY: a valid pointer.
+    cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }).map(drop)
+}
+
+/// The gid of group `name`, if there is one.
+pub fn group_id(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid C string; the result is read at once, before another getgr* call.
+    let gr = unsafe { libc::getgrnam(name.as_ptr()) };
+    // SAFETY: non-null result of getgrnam.
+    (!gr.is_null()).then(|| unsafe { (*gr).gr_gid })
+}
+
+/// Locks `buf`'s pages in memory, best effort (RLIMIT_MEMLOCK may refuse).
+pub fn lock_memory(buf: &[u8]) {
+    // SAFETY: locks pages of a live allocation; failure only loses the guarantee.
+    unsafe { libc::mlock(buf.as_ptr().cast(), buf.len()) };
+}
