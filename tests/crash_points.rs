@@ -20,23 +20,20 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::sys::cs;
 use common::{Mount, Transport, children_of, drop_caches};
 use phoenixfsd::fuse::abi::Opcode;
 
 /// What one step of an action gave: its value or its errno, as text.
 type Outcome = Vec<String>;
 
-fn cs(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).unwrap()
-}
-
+/// The last call's errno, by name.
 fn errno() -> String {
-    format!("errno {}", std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    common::errno::name(common::sys::errno())
 }
 
 /// Runs a libc call returning an int and records the result (or errno).
@@ -863,14 +860,8 @@ fn crash_loop_at_start_gives_up() {
     let d = Dirs::new();
     std::fs::write(&d.arm, "armed").unwrap();
     let mut m = Mount::start_with_env(&d.share, &d.mnt, &[], &d.env("worker.start", Some("abort-always")));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = m.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the supervisor did not give up within 30 s");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = common::proc::wait_for_exit(&mut m.child, Duration::from_secs(30))
+        .expect("the supervisor did not give up within 30 s");
     assert_eq!(status.code(), Some(1), "gives up with exit code 1");
     assert!(!common::is_mounted(&d.mnt), "and unmounts");
 }

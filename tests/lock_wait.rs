@@ -4,35 +4,21 @@
 
 mod common;
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{Mount, Transport};
+use common::{Mount, Transport, errno, sys};
 
 fn open_rw(p: &Path) -> i32 {
-    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
-    // SAFETY: valid C string.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-    assert!(fd >= 0, "open {p:?}");
-    fd
+    sys::open(p, libc::O_RDWR, 0).unwrap_or_else(|e| panic!("open {p:?}: {}", errno::name(e)))
 }
 
-/// An OFD write lock on the whole file; `wait` blocks until granted. Returns 0 or the errno.
+/// An OFD lock of type `typ` on the whole file; `wait` blocks until granted. Returns 0 or the
+/// errno.
 fn lock(fd: i32, typ: i32, wait: bool) -> i32 {
-    // SAFETY: zeroed flock is valid; fcntl with a valid pointer.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = typ as i16;
-    fl.l_whence = libc::SEEK_SET as i16;
     let cmd = if wait { libc::F_OFD_SETLKW } else { libc::F_OFD_SETLK };
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, cmd, &mut fl) } == 0 {
-        0
-    } else {
-        std::io::Error::last_os_error().raw_os_error().unwrap()
-    }
+    sys::ofd(fd, cmd, typ).err().unwrap_or(0)
 }
 
 #[test]

@@ -243,3 +243,202 @@ impl Fs {
         Ok(sys::fcntl_lock(h.fd(), libc::F_OFD_SETLK, &mut all)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::intent::Intent;
+    use crate::state::{Region, State};
+
+    const NODE: u64 = 5;
+    const OTHER_NODE: u64 = 6;
+
+    /// Real tables in a fresh region, as a worker has them.
+    fn state() -> State {
+        State::new(Region::create(16, 16).unwrap())
+    }
+
+    /// An fd the tables may own (they close it when the slot is freed).
+    fn fd() -> i32 {
+        crate::sys::open(c"/dev/null", libc::O_RDONLY).unwrap()
+    }
+
+    /// A guest file open on `nodeid`: its handle, counted in `locks` as OPEN/CREATE do.
+    fn open_file(locks: &LockOwners, s: &State, nodeid: u64) -> u64 {
+        let fh = s.handles.insert(fd(), HandleKind::File, nodeid, 0, Intent::none()).unwrap();
+        locks.file_opened(nodeid);
+        fh
+    }
+
+    /// A lock-owner handle for `owner`, made through guest file `via` as `Fs::lock_owner` makes
+    /// it: published in the table, then registered in the index.
+    fn add_owner(locks: &LockOwners, s: &State, nodeid: u64, owner: u64, via: u64) -> u64 {
+        let fh = s.handles.insert_lock_owner(fd(), nodeid, owner, via).unwrap();
+        locks.nodes.lock().unwrap().entry(nodeid).or_default().owners.insert(owner, Owner { fh, via });
+        fh
+    }
+
+    /// Whether lock-owner handle `fh` is still LIVE in the table.
+    fn held(s: &State, fh: u64) -> bool {
+        s.handles.pin(fh, HandleKind::LockOwner).is_ok()
+    }
+
+    fn slot_via(s: &State, fh: u64) -> u64 {
+        s.handles.pin(fh, HandleKind::LockOwner).unwrap().slot().via.load(Ordering::Relaxed)
+    }
+
+    fn open_files(locks: &LockOwners, nodeid: u64) -> Option<u32> {
+        locks.nodes.lock().unwrap().get(&nodeid).map(|n| n.open_files)
+    }
+
+    /// Every LIVE handle as recovery lists it for `rebuild`: (fh, kind, node, owner).
+    fn live(s: &State, fhs: &[u64]) -> Vec<(u64, HandleKind, u64, u64)> {
+        fhs.iter()
+            .filter_map(|&fh| {
+                let kind =
+                    [HandleKind::File, HandleKind::LockOwner].into_iter().find(|k| s.handles.pin(fh, *k).is_ok())?;
+                let p = s.handles.pin(fh, kind).unwrap();
+                Some((fh, kind, p.slot().nodeid.load(Ordering::Relaxed), p.slot().owner.load(Ordering::Relaxed)))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn test_lock_owners_get_finds_each_owner_on_its_own_node_only() {
+        let (s, locks) = (state(), LockOwners::default());
+        let f = open_file(&locks, &s, NODE);
+        let g = open_file(&locks, &s, OTHER_NODE);
+        let a = add_owner(&locks, &s, NODE, 100, f);
+        let b = add_owner(&locks, &s, OTHER_NODE, 100, g);
+        assert_ne!(a, b, "one owner id on two nodes: two handles");
+        assert_eq!(locks.get(NODE, 100), Some(a));
+        assert_eq!(locks.get(OTHER_NODE, 100), Some(b));
+        assert_eq!(locks.get(NODE, 101), None, "an owner that never locked has no handle");
+        assert_eq!(locks.get(7, 100), None, "a node with nothing open");
+    }
+
+    #[test]
+    fn test_lock_owners_others_lists_every_owner_but_the_asker() {
+        let (s, locks) = (state(), LockOwners::default());
+        let f = open_file(&locks, &s, NODE);
+        let a = add_owner(&locks, &s, NODE, 100, f);
+        let b = add_owner(&locks, &s, NODE, 200, f);
+        let c = add_owner(&locks, &s, NODE, 300, f);
+        add_owner(&locks, &s, OTHER_NODE, 400, f);
+        let mut others = locks.others(NODE, 200);
+        others.sort();
+        let mut want = vec![a, c];
+        want.sort();
+        assert_eq!(others, want, "the asker and other nodes' owners are left out");
+        assert_eq!(locks.others(NODE, 999).len(), 3, "an owner without a handle sees all three");
+        assert!(locks.others(7, 100).is_empty());
+        assert!(held(&s, b));
+    }
+
+    #[test]
+    fn test_lock_owners_via_stays_for_one_file_and_clears_for_a_second() {
+        let (s, locks) = (state(), LockOwners::default());
+        let (f1, f2, f3) = (open_file(&locks, &s, NODE), open_file(&locks, &s, NODE), open_file(&locks, &s, NODE));
+        let a = add_owner(&locks, &s, NODE, 100, f1);
+        assert_eq!(slot_via(&s, a), f1, "the slot records the first file for recovery");
+        locks.used_via(NODE, 100, f1, &s.handles);
+        assert_eq!(slot_via(&s, a), f1, "locking again through the same file: still an OFD-like owner");
+        locks.used_via(NODE, 100, f2, &s.handles);
+        assert_eq!(slot_via(&s, a), 0, "a second file: a POSIX owner (a process), bound to no file");
+        assert_eq!(locks.nodes.lock().unwrap()[&NODE].owners[&100].via, 0, "the index agrees with the slot");
+        locks.used_via(NODE, 100, f3, &s.handles);
+        assert_eq!(slot_via(&s, a), 0, "and stays unbound");
+        // Unknown owners and nodes are ignored.
+        locks.used_via(NODE, 999, f1, &s.handles);
+        locks.used_via(7, 100, f1, &s.handles);
+        assert_eq!(locks.get(NODE, 999), None);
+    }
+
+    #[test]
+    fn test_lock_owners_release_of_its_file_drops_an_ofd_owner_only() {
+        let (s, locks) = (state(), LockOwners::default());
+        let (f1, f2) = (open_file(&locks, &s, NODE), open_file(&locks, &s, NODE));
+        let ofd1 = add_owner(&locks, &s, NODE, 100, f1);
+        let ofd2 = add_owner(&locks, &s, NODE, 200, f2);
+        let posix = add_owner(&locks, &s, NODE, 300, f1);
+        locks.used_via(NODE, 300, f2, &s.handles);
+        locks.file_closed(NODE, f1, &s.handles);
+        assert!(!held(&s, ofd1), "the owner bound to the released file is released");
+        assert_eq!(locks.get(NODE, 100), None);
+        assert!(held(&s, ofd2), "an owner bound to another file stays");
+        assert!(held(&s, posix), "an owner bound to no file stays while the node is open");
+        assert_eq!(locks.get(NODE, 300), Some(posix));
+        assert_eq!(open_files(&locks, NODE), Some(1));
+    }
+
+    #[test]
+    fn test_lock_owners_release_of_the_last_open_file_drops_every_owner() {
+        let (s, locks) = (state(), LockOwners::default());
+        let (f1, f2) = (open_file(&locks, &s, NODE), open_file(&locks, &s, NODE));
+        let g = open_file(&locks, &s, OTHER_NODE);
+        let posix = add_owner(&locks, &s, NODE, 100, f1);
+        locks.used_via(NODE, 100, f2, &s.handles);
+        let ofd = add_owner(&locks, &s, NODE, 200, f2);
+        let elsewhere = add_owner(&locks, &s, OTHER_NODE, 300, g);
+        locks.file_closed(NODE, f2, &s.handles);
+        assert!(!held(&s, ofd));
+        assert!(held(&s, posix), "one file is still open");
+        locks.file_closed(NODE, f1, &s.handles);
+        assert!(!held(&s, posix), "no file open on the node: no owner can hold a lock");
+        assert_eq!(open_files(&locks, NODE), None, "the node is gone from the index");
+        assert!(held(&s, elsewhere), "another node's owners are untouched");
+        assert_eq!(locks.get(OTHER_NODE, 300), Some(elsewhere));
+        // A RELEASE the index does not know of (a node it never saw) changes nothing.
+        locks.file_closed(NODE, f1, &s.handles);
+        locks.file_closed(7, g, &s.handles);
+        assert!(held(&s, elsewhere));
+        assert_eq!(open_files(&locks, OTHER_NODE), Some(1));
+    }
+
+    #[test]
+    fn test_lock_owners_rebuild_from_the_handle_table() {
+        let (s, before) = (state(), LockOwners::default());
+        let (f1, f2) = (open_file(&before, &s, NODE), open_file(&before, &s, NODE));
+        let ofd = add_owner(&before, &s, NODE, 100, f1);
+        let posix = add_owner(&before, &s, NODE, 200, f1);
+        before.used_via(NODE, 200, f2, &s.handles);
+        // A crash between a RELEASE and its owner cleanup: the owner's file is gone.
+        let gone = open_file(&before, &s, NODE);
+        let orphan = add_owner(&before, &s, NODE, 300, gone);
+        s.handles.release(gone, HandleKind::File).unwrap();
+        // An owner of a node with no open file left.
+        let g = open_file(&before, &s, OTHER_NODE);
+        let closed = add_owner(&before, &s, OTHER_NODE, 400, g);
+        s.handles.release(g, HandleKind::File).unwrap();
+
+        let locks = LockOwners::default();
+        locks.rebuild(&live(&s, &[f1, f2, ofd, posix, gone, orphan, g, closed]), &s.handles);
+        assert_eq!(open_files(&locks, NODE), Some(2), "open files counted from the File handles");
+        assert_eq!(locks.get(NODE, 100), Some(ofd));
+        assert_eq!(locks.get(NODE, 200), Some(posix));
+        assert_eq!(locks.nodes.lock().unwrap()[&NODE].owners[&100].via, f1, "via comes from the slot");
+        assert_eq!(locks.nodes.lock().unwrap()[&NODE].owners[&200].via, 0);
+        assert_eq!(locks.get(NODE, 300), None);
+        assert!(!held(&s, orphan), "bound to a file that is gone: released");
+        assert_eq!(locks.get(OTHER_NODE, 400), None);
+        assert!(!held(&s, closed), "on a node nobody has open: released");
+        // The rebuilt index goes on as the old one would have.
+        locks.file_closed(NODE, f1, &s.handles);
+        assert!(!held(&s, ofd));
+        assert!(held(&s, posix));
+        locks.file_closed(NODE, f2, &s.handles);
+        assert!(!held(&s, posix));
+    }
+
+    #[test]
+    fn test_lock_owners_rebuild_with_no_handles_forgets_everything() {
+        let (s, locks) = (state(), LockOwners::default());
+        let f = open_file(&locks, &s, NODE);
+        add_owner(&locks, &s, NODE, 100, f);
+        s.handles.release_all();
+        locks.rebuild(&[], &s.handles);
+        assert_eq!(locks.get(NODE, 100), None);
+        assert_eq!(open_files(&locks, NODE), None);
+        assert!(locks.others(NODE, 0).is_empty());
+    }
+}

@@ -5,6 +5,9 @@
 //! itself) or `Transport::VhostUser` (phoenixfsd listens on a vhost-user socket; the test's
 //! bridge mounts /dev/fuse and carries every request the kernel sends over real virtqueues,
 //! tests/vhost/bridge.rs). Either way real syscalls on `mnt` reach phoenixfsd's engine.
+//!
+//! Also shared: `sys` (raw syscall wrappers returning the errno), `errno` (errno names) and
+//! `proc` (the daemon's processes and fd table, from /proc).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -17,6 +20,13 @@ pub mod backend;
 pub mod bridge;
 #[path = "../vhost/frontend.rs"]
 pub mod frontend;
+
+pub mod errno;
+pub mod proc;
+pub mod sys;
+
+#[allow(unused_imports)] // each test uses some
+pub use proc::{children_of, drop_caches, open_fds, settled_fds, table_fds};
 
 /// How the test reaches the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,17 +173,10 @@ impl Mount {
             assert_eq!(failures, 0, "the vhost-user bridge failed {failures} requests (see stderr)");
         }
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                return self.child.wait().unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        proc::wait_for_exit(&mut self.child, Duration::from_secs(20)).unwrap_or_else(|| {
+            let _ = self.child.kill();
+            self.child.wait().unwrap()
+        })
     }
 }
 
@@ -187,59 +190,8 @@ impl Drop for Mount {
             self.stop();
         }
         if is_mounted(&self.mnt) {
-            let c = std::ffi::CString::new(self.mnt.as_os_str().as_encoded_bytes()).unwrap();
+            let c = sys::cs(&self.mnt);
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
     }
-}
-
-/// The live children of `pid` (a supervisor's worker), from /proc.
-pub fn children_of(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
-/// The fds open in `pid`'s table, with their targets.
-pub fn open_fds(pid: u32) -> Vec<(i32, String)> {
-    let mut v: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.filter_map(|e| {
-                let e = e.ok()?;
-                let fd = e.file_name().to_str()?.parse().ok()?;
-                let target = std::fs::read_link(e.path()).map(|t| t.display().to_string()).unwrap_or_default();
-                Some((fd, target))
-            })
-            .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-/// Makes the kernel drop its dentry and inode caches, so it FORGETs every node it can.
-pub fn drop_caches() {
-    std::fs::write("/proc/sys/vm/drop_caches", "3").expect("write /proc/sys/vm/drop_caches (root?)");
-}
-
-/// `pid`'s fd table once it has settled (two looks 50 ms apart agree: asynchronous RELEASEs are
-/// done), without the worker's own /proc/self/fd dirfd, which each worker opens anew (and a new
-/// worker's recovery closes the old one's). The baseline against which leaks are measured.
-pub fn settled_fds(pid: u32) -> Vec<(i32, String)> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let first = table_fds(pid);
-        std::thread::sleep(Duration::from_millis(50));
-        let second = table_fds(pid);
-        if first == second || Instant::now() > deadline {
-            return second;
-        }
-    }
-}
-
-/// `open_fds` less the worker's /proc/self/fd dirfd (see `settled_fds`).
-pub fn table_fds(pid: u32) -> Vec<(i32, String)> {
-    open_fds(pid).into_iter().filter(|(_, t)| !(t.starts_with("/proc/") && t.ends_with("/fd"))).collect()
 }

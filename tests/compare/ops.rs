@@ -7,39 +7,18 @@ use std::fmt::{self, Debug};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
-/// An errno, printed by name.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Errno(pub i32);
-
-impl Debug for Errno {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        use libc::*;
-        #[rustfmt::skip]
-        let names = [
-            (EPERM, "EPERM"), (ENOENT, "ENOENT"), (EIO, "EIO"), (ENXIO, "ENXIO"), (EBADF, "EBADF"),
-            (EAGAIN, "EAGAIN"), (EACCES, "EACCES"), (EBUSY, "EBUSY"), (EEXIST, "EEXIST"),
-            (EXDEV, "EXDEV"), (ENOTDIR, "ENOTDIR"), (EISDIR, "EISDIR"), (EINVAL, "EINVAL"),
-            (EFBIG, "EFBIG"), (ENOSPC, "ENOSPC"), (ESPIPE, "ESPIPE"), (EROFS, "EROFS"),
-            (EMLINK, "EMLINK"), (ERANGE, "ERANGE"), (ENAMETOOLONG, "ENAMETOOLONG"),
-            (ENOSYS, "ENOSYS"), (ENOTEMPTY, "ENOTEMPTY"), (ELOOP, "ELOOP"), (ENODATA, "ENODATA"),
-            (EOPNOTSUPP, "EOPNOTSUPP"), (E2BIG, "E2BIG"), (EDEADLK, "EDEADLK"), (ENOLCK, "ENOLCK"),
-        ];
-        match names.iter().find(|(n, _)| *n == self.0) {
-            Some((_, name)) => f.write_str(name),
-            None => write!(f, "errno {}", self.0),
-        }
-    }
-}
+pub use crate::common::errno::Errno;
+pub use crate::common::sys::cs;
 
 pub type Res<T> = Result<T, Errno>;
 
 pub fn errno() -> Errno {
-    Errno(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    Errno(crate::common::sys::errno())
 }
 
 /// A raw syscall return value as `Ok(value)` or `Err(errno)`.
 pub fn chk(ret: i64) -> Res<i64> {
-    if ret < 0 { Err(errno()) } else { Ok(ret) }
+    crate::common::sys::chk(ret).map_err(Errno)
 }
 
 /// `sys!(libc::call(...))`: runs the unsafe call and turns its return value into a `Res<i64>`.
@@ -51,10 +30,6 @@ macro_rules! sys {
 }
 #[allow(unused_imports)]
 pub(crate) use sys;
-
-pub fn cs(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
-}
 
 fn cname(name: &str) -> CString {
     CString::new(name).unwrap()

@@ -78,14 +78,7 @@ impl Backend {
 
 /// Waits (up to 10 s) for `child` to exit by itself.
 pub fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "the daemon did not exit within 10 s");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    super::proc::wait_for_exit(child, Duration::from_secs(10)).expect("the daemon did not exit within 10 s")
 }
 
 impl Drop for Backend {

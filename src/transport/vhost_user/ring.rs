@@ -340,4 +340,80 @@ mod tests {
         let avail_event: u16 = mem.read_obj(GuestAddress(0x2000 + 4 + 8 * u64::from(SIZE))).unwrap();
         assert_eq!(avail_event, 0);
     }
+
+    /// Guest RAM as a VMM shares it: one memfd, mapped twice. The device's mapping is what the
+    /// backend gets from SET_MEM_TABLE; the driver's is a separate mapping of the same pages, so
+    /// whatever the driver reads there went through real shared memory, not a copy.
+    fn shared_memory(size: usize) -> (GuestMemoryMmap, GuestMemoryMmap) {
+        let file = std::fs::File::from(crate::sys::memfd_create(c"ring-test").unwrap());
+        file.set_len(size as u64).unwrap();
+        let map = |f: std::fs::File| {
+            GuestMemoryMmap::from_ranges_with_files([(GuestAddress(0), size, Some(vm_memory::FileOffset::new(f, 0)))])
+                .unwrap()
+        };
+        (map(file.try_clone().unwrap()), map(file))
+    }
+
+    /// What the driver sees of the used ring at 0x2000: (flags, idx) and element `slot`'s
+    /// (id, len), all little-endian in guest memory.
+    fn driver_used(driver: &GuestMemoryMmap, slot: u16) -> ((u16, u16), (u32, u32)) {
+        let at = |off: u64| GuestAddress(0x2000 + off);
+        let flags = u16::from_le(driver.read_obj(at(0)).unwrap());
+        let idx = u16::from_le(driver.load(at(2), Ordering::Acquire).unwrap());
+        let elem = 4 + 8 * u64::from(slot);
+        let id = u32::from_le(driver.read_obj(at(elem)).unwrap());
+        let len = u32::from_le(driver.read_obj(at(elem + 4)).unwrap());
+        ((flags, idx), (id, len))
+    }
+
+    /// The driver asks to be notified once the used index passes `used_event` (EVENT_IDX).
+    fn set_used_event(driver: &GuestMemoryMmap, used_event: u16) {
+        driver.store(used_event.to_le(), GuestAddress(0x1000 + 4 + 2 * u64::from(SIZE)), Ordering::Release).unwrap();
+    }
+
+    #[test]
+    fn test_used_put_is_what_the_driver_reads_across_a_wrap() {
+        let (device, driver) = shared_memory(MEM);
+        let ring = Ring::new(&device, SIZE, (0, 0x1000, 0x2000), true).unwrap();
+        // Near the end of the u16 index space: the puts below wrap the ring slots (8) and the
+        // index itself (65535 -> 0) together, as a long-running queue does.
+        let start = u16::MAX - 2;
+        ring.publish_used_idx(&device, start).unwrap();
+        set_used_event(&driver, u16::MAX);
+        let mut old = start;
+        // (head, len, whether the driver must be notified: only the put that moves the index
+        // past used_event = 65535, i.e. to 0)
+        let puts = [(3u16, 16u32, false), (5, 4096, false), (0, 80, true), (7, 0, false), (1, 1 << 20, false)];
+        for (n, &(head, len, notify)) in puts.iter().enumerate() {
+            let new = old.wrapping_add(1);
+            // 1/2 as the queue puts: the element first, not yet visible...
+            ring.write_used_elem(&device, old, head, len).unwrap();
+            let ((_, idx), elem) = driver_used(&driver, old % SIZE);
+            assert_eq!(idx, old, "put #{n}: the element alone does not move the used index");
+            assert_eq!(elem, (u32::from(head), len), "put #{n}: the element is in slot {}", old % SIZE);
+            // 2/2 ...then the index that publishes it.
+            ring.publish_used_idx(&device, new).unwrap();
+            let ((flags, idx), _) = driver_used(&driver, old % SIZE);
+            assert_eq!((flags, idx), (0, new), "put #{n}: used.idx as the driver reads it; flags untouched");
+            assert_eq!(ring.used_idx(&device).unwrap(), new);
+            assert_eq!(ring.needs_notification(&device, old, new).unwrap(), notify, "put #{n}: {old} -> {new}");
+            old = new;
+        }
+        assert_eq!(old, 2, "the index wrapped");
+        // Every element of the five puts is still in its slot: 65533 % 8 = 5 up to 1.
+        for (n, &(head, len, _)) in puts.iter().enumerate() {
+            let slot = start.wrapping_add(n as u16) % SIZE;
+            assert_eq!(driver_used(&driver, slot).1, (u32::from(head), len), "slot {slot} after the wrap");
+        }
+        // A batch published at once notifies iff it passes used_event somewhere inside.
+        assert!(ring.needs_notification(&device, start, 2).unwrap(), "65533 -> 2 passes 65535");
+        set_used_event(&driver, 5);
+        assert!(!ring.needs_notification(&device, start, 2).unwrap(), "65533 -> 2 stops short of 5");
+        set_used_event(&driver, 1);
+        assert!(ring.needs_notification(&device, start, 2).unwrap(), "65533 -> 2 passes 1");
+        assert!(!ring.needs_notification(&device, 2, 2).unwrap(), "no new element: no notification");
+        // The avail_event field after the used ring is the device's to write, and it was not.
+        let avail_event: u16 = driver.read_obj(GuestAddress(0x2000 + 4 + 8 * u64::from(SIZE))).unwrap();
+        assert_eq!(avail_event, 0);
+    }
 }

@@ -1,0 +1,156 @@
+//! The daemon's processes and fds as /proc shows them: its workers (children of the
+//! supervisor), waiting for a process to exit or a new worker to appear, and its fd table.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
+
+/// The live children of `pid` (a supervisor's worker), from /proc: the children its main
+/// thread forked (zombies included until reaped).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// (pid, start time) of a process: the start time tells a reused pid apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: i32,
+    pub start: u64,
+}
+
+/// State letter, ppid and start time from /proc/<pid>/stat.
+pub fn proc_stat(pid: i32) -> Option<(char, i32, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some((f.first()?.chars().next()?, f.get(1)?.parse().ok()?, f.get(19)?.parse().ok()?))
+}
+
+/// `pid` exists and has not exited (no zombie).
+pub fn alive(pid: i32) -> bool {
+    matches!(proc_stat(pid), Some((s, _, _)) if s != 'Z' && s != 'X')
+}
+
+/// The children of `sup` that have not exited, whichever of its threads forked them.
+pub fn live_children(sup: i32) -> Vec<Proc> {
+    let mut pids = BTreeSet::new();
+    let mut have_children_file = false;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{sup}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                have_children_file = true;
+                pids.extend(s.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+    }
+    if !have_children_file {
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok())
+                && matches!(proc_stat(pid), Some((_, ppid, _)) if ppid == sup)
+            {
+                pids.insert(pid);
+            }
+        }
+    }
+    pids.into_iter()
+        .filter_map(|pid| match proc_stat(pid) {
+            Some((s, ppid, start)) if ppid == sup && s != 'Z' && s != 'X' => Some(Proc { pid, start }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Waits for exactly one live child of `sup` other than `old` (the worker that replaced it).
+pub fn wait_worker(sup: i32, old: Option<Proc>, timeout: Duration) -> Result<Proc, String> {
+    let t0 = Instant::now();
+    let mut spin = 0u32;
+    loop {
+        let kids: Vec<Proc> = live_children(sup).into_iter().filter(|p| Some(*p) != old).collect();
+        if kids.len() == 1 {
+            return Ok(kids[0]);
+        }
+        if t0.elapsed() > timeout {
+            return Err(match old {
+                Some(o) => format!(
+                    "no new worker within {} s after killing worker {} (supervisor {sup} alive: {}, live children: {kids:?})",
+                    timeout.as_secs(),
+                    o.pid,
+                    alive(sup)
+                ),
+                None => format!(
+                    "no worker child of supervisor {sup} within {} s (live children: {kids:?}): is --recovery on implemented?",
+                    timeout.as_secs()
+                ),
+            });
+        }
+        spin += 1;
+        if spin < 200 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+/// Polls `child` (every 10 ms) until it exits; its status, or None if it still runs after
+/// `timeout`.
+pub fn wait_for_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// fd number → readlink target, of `pid`'s fd table (a target that cannot be read shows why).
+pub fn fd_table(pid: u32) -> BTreeMap<i32, String> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten() {
+        if let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) {
+            let t = std::fs::read_link(e.path())
+                .map(|t| t.to_string_lossy().into_owned())
+                .unwrap_or_else(|e| format!("? {e}"));
+            out.insert(n, t);
+        }
+    }
+    out
+}
+
+/// The fds open in `pid`'s table, with their targets, in fd order.
+pub fn open_fds(pid: u32) -> Vec<(i32, String)> {
+    fd_table(pid).into_iter().collect()
+}
+
+/// Makes the kernel drop its dentry and inode caches, so it FORGETs every node it can.
+pub fn drop_caches() {
+    std::fs::write("/proc/sys/vm/drop_caches", "3").expect("write /proc/sys/vm/drop_caches (root?)");
+}
+
+/// `pid`'s fd table once it has settled (two looks 50 ms apart agree: asynchronous RELEASEs are
+/// done), without the worker's own /proc/self/fd dirfd, which each worker opens anew (and a new
+/// worker's recovery closes the old one's). The baseline against which leaks are measured.
+pub fn settled_fds(pid: u32) -> Vec<(i32, String)> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let first = table_fds(pid);
+        std::thread::sleep(Duration::from_millis(50));
+        let second = table_fds(pid);
+        if first == second || Instant::now() > deadline {
+            return second;
+        }
+    }
+}
+
+/// `open_fds` less the worker's /proc/self/fd dirfd (see `settled_fds`).
+pub fn table_fds(pid: u32) -> Vec<(i32, String)> {
+    open_fds(pid).into_iter().filter(|(_, t)| !(t.starts_with("/proc/") && t.ends_with("/fd"))).collect()
+}
