@@ -292,13 +292,14 @@ mod tests {
     }
 
     /// Every LIVE handle as recovery lists it for `rebuild`: (fh, kind, node, owner).
-    fn live(s: &State, fhs: &[u64]) -> Vec<(u64, HandleKind, u64, u64)> {
+    fn live(s: &State, fhs: &[u64]) -> Vec<LiveHandle> {
         fhs.iter()
             .filter_map(|&fh| {
                 let kind =
                     [HandleKind::File, HandleKind::LockOwner].into_iter().find(|k| s.handles.pin(fh, *k).is_ok())?;
                 let p = s.handles.pin(fh, kind).unwrap();
-                Some((fh, kind, p.slot().nodeid.load(Ordering::Relaxed), p.slot().owner.load(Ordering::Relaxed)))
+                let (nodeid, owner) = (p.slot().nodeid.load(Ordering::Relaxed), p.slot().owner.load(Ordering::Relaxed));
+                Some(LiveHandle { fh, kind, nodeid, owner })
             })
             .collect()
     }
