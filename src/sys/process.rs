@@ -96,6 +96,15 @@ pub fn poll_readable<const N: usize>(fds: [i32; N], timeout_ms: i32) -> [bool; N
     pfds.map(|p| n > 0 && p.revents != 0)
 }
 
+/// Whether `fd` reports an error or hang-up without waiting (a /dev/fuse fd whose connection
+/// has ended, by an unmount or an abort).
+pub fn has_hung_up(fd: i32) -> bool {
+    let mut p = libc::pollfd { fd, events: 0, revents: 0 };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
 /// Blocks `signals` in this thread (and so in every thread it starts), so that one thread can
 /// take them from a signalfd; returns the set.
 pub fn block_signals(signals: &[i32]) -> libc::sigset_t {

@@ -37,13 +37,19 @@ pub enum Error {
 /// A mounted FUSE connection.
 pub struct FuseDev {
     fd: i32,
+    /// The mount point, absolute and free of symlinks, as /proc/self/mountinfo shows it.
     mountpoint: CString,
+    /// Our mount's id (None if mountinfo could not be read: then nothing is unmounted).
+    mount_id: Option<u64>,
 }
 
 impl FuseDev {
     /// Opens /dev/fuse and mounts it at `mountpoint` with the options virtio-fs mounts get in a
     /// guest: the kernel checks permissions (default_permissions) and every user may use it.
     pub fn mount(mountpoint: &Path, source: &Path) -> Result<FuseDev, Error> {
+        let mountpoint = &mountpoint
+            .canonicalize()
+            .map_err(|source| Error::Mount { path: mountpoint.display().to_string(), source })?;
         let mnt = CString::new(mountpoint.as_os_str().as_bytes())
             .map_err(|_| Error::BadPath(mountpoint.display().to_string()))?;
         let src =
@@ -55,12 +61,27 @@ impl FuseDev {
             sys::close(fd);
             return Err(Error::Mount { path: mountpoint.display().to_string(), source });
         }
-        Ok(FuseDev { fd, mountpoint: mnt })
+        // Which mount is ours, so that we never unmount another one made at the same path later.
+        let mount_id = top_mount_at(mountpoint);
+        Ok(FuseDev { fd, mountpoint: mnt, mount_id })
     }
 
-    /// Unmounts; a busy mount is detached so the daemon can still exit. A mount already gone
-    /// (someone unmounted it, which is also how a connection ends) is fine.
+    /// Unmounts our mount, and only ours; a busy one is detached so the daemon can still exit.
+    /// A connection that already ended (unmounted, or aborted) is left as it is: whatever is
+    /// mounted at the path now is someone else's (a restart, a test harness, systemd). While
+    /// ours lives its mount id cannot be reused, so a mount stacked on ours is told apart too.
+    /// (Call it with no worker alive: reading mountinfo takes an fd in the table workers share.)
     pub fn unmount(&self) {
+        let path = Path::new(std::ffi::OsStr::from_bytes(self.mountpoint.as_bytes()));
+        if sys::process::has_hung_up(self.fd) {
+            tracing::info!("the connection has ended: nothing of ours is mounted at {}", path.display());
+            return;
+        }
+        let top = top_mount_at(path);
+        if top.is_none() || top != self.mount_id {
+            tracing::warn!(ours = ?self.mount_id, found = ?top, "our mount is not the one on top at {}; leaving it", path.display());
+            return;
+        }
         match sys::umount(&self.mountpoint, 0) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => tracing::debug!("already unmounted"),
@@ -203,6 +224,44 @@ fn finish_forget(state: &State, header: &abi::InHeader, entries: &[Forget]) {
     }
 }
 
+/// The id of the mount on top at `path` (the one the path reaches), from /proc/self/mountinfo.
+fn top_mount_at(path: &Path) -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.as_os_str().as_bytes();
+    // (mount id, parent id) of each mount at the path; the top one is no other's parent.
+    let at: Vec<(u64, u64)> = info
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let (id, parent) = (fields.next()?.parse().ok()?, fields.next()?.parse().ok()?);
+            let point = fields.nth(2)?;
+            (unescape_mountinfo(point) == want).then_some((id, parent))
+        })
+        .collect();
+    at.iter().map(|&(id, _)| id).find(|id| !at.iter().any(|&(_, parent)| parent == *id))
+}
+
+/// A mountinfo path field with its octal escapes (`\040` for a space, ...) decoded.
+fn unescape_mountinfo(field: &str) -> Vec<u8> {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
+        match (b[i], octal) {
+            (b'\\', Some(c)) => {
+                out.push(c);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 fn clone_connection(master: i32) -> Result<i32, Error> {
     let fd = sys::open(c"/dev/fuse", libc::O_RDWR).map_err(Error::Clone)?;
     sys::ioctl_clone_fuse(fd, master).map_err(|e| {
@@ -339,4 +398,16 @@ pub fn prefault(buf: &mut [u8]) {
         unsafe { std::ptr::write_volatile(b, 0) };
     }
     sys::process::lock_memory(buf);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_unescape_mountinfo_decodes_octal_escapes_only() {
+        assert_eq!(unescape_mountinfo(r"/tmp/a\040b\011c\134d"), b"/tmp/a b\tc\\d");
+        assert_eq!(unescape_mountinfo(r"/x\04"), br"/x\04", "a cut escape stays as it is");
+        assert_eq!(unescape_mountinfo(r"/x\999"), br"/x\999", "not octal");
+    }
 }
