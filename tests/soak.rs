@@ -349,6 +349,14 @@ fn run_soak(case: &str, transport: Transport, daemon_args: &[&str], kills: u64, 
         );
     }
 
+    // No record outlives its request: with nothing in flight, none is in use (records of
+    // requests answered just before a death are collected once the transport has delivered
+    // again what comes back).
+    let records = records_in_use(sup, &now);
+    if records != 0 {
+        fail_now(&mut m, &[format!("{records} intent records in use with no request in flight (stale orphans)")]);
+    }
+
     if let Some(status) = m.child.try_wait().unwrap() {
         fail_now(&mut m, &[format!("the supervisor (pid {sup}) exited: {status}")]);
     }
@@ -359,7 +367,8 @@ fn run_soak(case: &str, transport: Transport, daemon_args: &[&str], kills: u64, 
     let status = m.stop();
     assert!(status.success(), "soak[{case}]: phoenixfsd did not exit 0 on SIGTERM: {status}");
     eprintln!(
-        "soak: {} kills, {ops} ops, 0 errors, tree == model ({names} names in {threads} dirs), fds == baseline ({}){}",
+        "soak: {} kills, {ops} ops, 0 errors, tree == model ({names} names in {threads} dirs), fds == baseline ({}), \
+         records in use {records}{}",
         stats.kills,
         baseline.len(),
         if stats.recovery.is_empty() {
@@ -373,4 +382,18 @@ fn run_soak(case: &str, transport: Transport, daemon_args: &[&str], kills: u64, 
             )
         }
     );
+}
+
+/// The intent records in use in the daemon's state region, read through its memfd (found in
+/// the supervisor's fd table `fds`).
+fn records_in_use(sup: i32, fds: &BTreeMap<i32, String>) -> usize {
+    let (&n, _) = fds
+        .iter()
+        .find(|(_, target)| target.contains("memfd:phoenixfs-state"))
+        .expect("the supervisor holds its state memfd");
+    let fd =
+        sys::open(std::path::Path::new(&format!("/proc/{sup}/fd/{n}")), libc::O_RDWR, 0).expect("open the state memfd");
+    let region = phoenixfsd::state::Region::attach(fd).expect("the state region checks");
+    let _ = sys::close(fd);
+    region.records_in_use()
 }

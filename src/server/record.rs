@@ -54,6 +54,12 @@ impl Server {
         }
     }
 
+    /// Frees the records of requests a dead worker left that its transport will not deliver
+    /// again, now that it has delivered all that will come back. Returns how many.
+    pub fn drop_orphans(&self) -> usize {
+        self.state.records.drop_all_orphans()
+    }
+
     /// A request in flight at two worker deaths is answered EIO and dropped from replay, after
     /// giving back the lookups and handle its attempts took (the guest never saw them).
     pub(super) fn abandon(&self, intent: Intent) {

@@ -284,6 +284,19 @@ impl Records {
         Some(i)
     }
 
+    /// Frees every orphan's record: its transport has delivered again all that will come back.
+    /// Returns how many were freed.
+    pub fn drop_all_orphans(&self) -> usize {
+        let orphans: Vec<(u64, u32)> = self.orphans.lock().unwrap().drain().collect();
+        for &(_, i) in &orphans {
+            // Crash before a clear: that record is an orphan again at the next recovery, and
+            // collected again after the next re-send.
+            self.recs[i as usize].clear();
+        }
+        self.free.lock().unwrap().extend(orphans.iter().map(|&(_, i)| i));
+        orphans.len()
+    }
+
     /// Returns an adopted record to the free list once its request is answered.
     pub fn release(&self, i: u32) {
         self.free.lock().unwrap().push(i);

@@ -141,6 +141,21 @@ impl Region {
         Ok(region)
     }
 
+    /// Maps the region another process made, from an fd of its memfd (a test looking at a
+    /// running daemon's state, say), and checks it.
+    pub fn attach(fd: i32) -> Result<Region, Error> {
+        let st = crate::sys::fstatat(fd, c"", libc::AT_EMPTY_PATH).map_err(|e| Error::Mmap(Arc::new(e)))?;
+        let region = Region::map(fd, st.st_size as usize)?;
+        region.check()?;
+        Ok(region)
+    }
+
+    /// Requests in flight: records that hold one (a serving thread's, or an orphan a dead
+    /// worker left).
+    pub fn records_in_use(&self) -> usize {
+        self.records().iter().filter(|r| r.unique.load(std::sync::atomic::Ordering::Acquire) != 0).count()
+    }
+
     fn map(memfd: i32, size: usize) -> Result<Region, Error> {
         let base = crate::sys::mmap_shared(memfd, size).map_err(|e| Error::Mmap(Arc::new(e)))?;
         Ok(Region { base, size })

@@ -357,6 +357,15 @@ pub fn dup(fd: i32) -> io::Result<i32> {
     cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) })
 }
 
+/// Sets or clears O_NONBLOCK on `fd`'s open file description.
+pub fn set_nonblocking(fd: i32, on: bool) -> io::Result<()> {
+    // SAFETY: F_GETFL only queries.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    let flags = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+    // SAFETY: F_SETFL with flags read from the same fd.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) }).map(drop)
+}
+
 /// Whether `fd` is an open fd of this process.
 pub fn is_open(fd: i32) -> bool {
     // SAFETY: F_GETFD only queries.

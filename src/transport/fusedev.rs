@@ -6,10 +6,10 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::fuse::{MAX_REQUEST, Op, ReplyBuf, Request, abi, reply};
-use crate::server::{self, Delivery, Exchange, RecordKey, Server};
+use crate::server::{self, Delivery, Exchange, RecordKey, Server, ThreadRecord};
 use crate::state::intent::{Intent, Orphan};
 use crate::state::region::{BUFFER_SIZE, ConnBuffer, MAX_CONN_BUFFERS};
 use crate::state::{Forget, Region, State};
@@ -103,7 +103,7 @@ impl FuseDev {
         for _ in 1..threads.clamp(1, MAX_CONN_BUFFERS) {
             fds.push(clone_connection(self.fd)?);
         }
-        Ok(FuseTransport { fds, region: region.alias() })
+        Ok(FuseTransport { fds, region: region.alias(), resent: AtomicBool::new(false) })
     }
 }
 
@@ -129,6 +129,9 @@ impl Connection for FuseDev {
 pub struct FuseTransport {
     fds: Vec<i32>,
     region: Region,
+    /// Set by `resume` once FUSE_NOTIFY_RESEND is written: the first serving thread then takes
+    /// the re-sent requests in before the others read (see `take_resent`).
+    resent: AtomicBool,
 }
 
 impl Transport for FuseTransport {
@@ -183,21 +186,40 @@ impl Transport for FuseTransport {
                 "this kernel lacks FUSE_NOTIFY_RESEND (Linux < 6.9): requests the dead worker had \
                  read stay unanswered, and the applications waiting on them hang"
             );
+            // Nothing comes back: no orphan record will ever be adopted.
+            state.records.drop_all_orphans();
             return;
         }
-        if let Err(e) = sys::write(self.fds[0], &reply::notify_resend()) {
-            tracing::error!("FUSE_NOTIFY_RESEND failed: {e}");
+        match sys::write(self.fds[0], &reply::notify_resend()) {
+            Ok(_) => self.resent.store(true, Ordering::Relaxed),
+            Err(e) => tracing::error!("FUSE_NOTIFY_RESEND failed: {e}"),
         }
     }
 
-    /// One serving thread per connection fd.
+    /// One serving thread per connection fd. After a FUSE_NOTIFY_RESEND the first takes the
+    /// re-sent requests in alone, and the others start reading once it has.
     fn spawn(&self, server: &Arc<Server>, ended: i32) -> std::io::Result<()> {
+        // A worker that died while taking re-sent requests in left the first fd non-blocking.
+        if let Err(e) = sys::set_nonblocking(self.fds[0], false) {
+            tracing::warn!("cannot make /dev/fuse blocking again: {e}");
+        }
+        let resent = self.resent.load(Ordering::Relaxed);
+        let taken_in = Arc::new(std::sync::Barrier::new(if resent { self.fds.len() } else { 1 }));
         for (i, &fd) in self.fds.iter().enumerate() {
             let server = server.clone();
+            let taken_in = taken_in.clone();
             // SAFETY: this thread is the only one serving connection `i`.
-            let buf = unsafe { self.region.buffer(i) };
+            let mut buf = unsafe { self.region.buffer(i) };
             std::thread::Builder::new().name(format!("fuse-{i}")).spawn(move || {
-                serve_loop(fd, buf, &server);
+                let mut thread = ServingThread::new(fd, &server);
+                prefault(buf.space());
+                if resent && i == 0 {
+                    thread.take_resent(&mut buf);
+                }
+                if resent {
+                    taken_in.wait();
+                }
+                thread.serve(&mut buf);
                 sys::eventfd_signal(ended);
             })?;
         }
@@ -271,47 +293,132 @@ fn clone_connection(master: i32) -> Result<i32, Error> {
     Ok(fd)
 }
 
-/// Reads requests from `fd` into `buf` (this connection's buffer in the state region) and
-/// answers them, until the connection goes away.
-fn serve_loop(fd: i32, mut buf: ConnBuffer, server: &Arc<Server>) {
-    let mut out = ReplyBuf::with_capacity(MAX_REQUEST);
-    let record = server.thread_record();
-    // The kernel copies a request into `buf` (and a reply out of `out`) page by page; where a
-    // page is not yet mapped it faults it in, and a fault fails while SIGKILL is pending. A
-    // worker killed during that copy would make the kernel end the request with EIO, visible
-    // to the application. With every page present (and locked where allowed) the copy cannot
-    // fail, so the request stays in the processing queue and is re-sent to the next worker.
-    prefault(buf.space());
-    out.prefault();
-    loop {
-        // An empty buffer tells recovery there is no request here to finish.
-        buf.clear();
-        let len = match sys::read(fd, buf.space()) {
-            Ok(n) => n,
-            Err(e) => match e.raw_os_error() {
-                // Interrupted, or the request was withdrawn before we read it: read again.
-                Some(libc::EINTR | libc::EAGAIN | libc::ENOENT) => continue,
-                // The file system was unmounted (or the connection aborted).
-                Some(libc::ENODEV) => return,
-                _ => {
-                    tracing::error!("reading /dev/fuse: {e}");
-                    return;
-                }
-            },
+/// A serving thread: its connection fd, its record, its reply buffer.
+struct ServingThread<'s> {
+    fd: i32,
+    server: &'s Arc<Server>,
+    record: ThreadRecord,
+    out: ReplyBuf,
+}
+
+/// What a read from /dev/fuse brought.
+enum Read {
+    /// A request of this length.
+    Request(usize),
+    /// Nothing to read now (a non-blocking read).
+    Nothing,
+    /// The connection has ended (unmounted or aborted).
+    Ended,
+}
+
+impl<'s> ServingThread<'s> {
+    fn new(fd: i32, server: &'s Arc<Server>) -> ServingThread<'s> {
+        let mut out = ReplyBuf::with_capacity(MAX_REQUEST);
+        // The kernel copies a request into the connection buffer (and a reply out of `out`)
+        // page by page; where a page is not yet mapped it faults it in, and a fault fails while
+        // SIGKILL is pending. A worker killed during that copy would make the kernel end the
+        // request with EIO, visible to the application. With every page present (and locked
+        // where allowed) the copy cannot fail, so the request stays in the processing queue and
+        // is re-sent to the next worker.
+        out.prefault();
+        ServingThread { fd, server, record: server.thread_record(), out }
+    }
+
+    /// Reads one request into `buf`, emptied first: an empty buffer tells recovery there is no
+    /// request here to finish.
+    fn read(&self, buf: &mut ConnBuffer) -> Read {
+        loop {
+            buf.clear();
+            match sys::read(self.fd, buf.space()) {
+                Ok(n) => return Read::Request(n),
+                Err(e) => match e.raw_os_error() {
+                    // Interrupted, or the request was withdrawn before we read it: read again.
+                    Some(libc::EINTR | libc::ENOENT) => continue,
+                    Some(libc::EAGAIN) => return Read::Nothing,
+                    // The file system was unmounted (or the connection aborted).
+                    Some(libc::ENODEV) => return Read::Ended,
+                    _ => {
+                        tracing::error!("reading /dev/fuse: {e}");
+                        return Read::Ended;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Answers requests until the connection goes away.
+    fn serve(&mut self, buf: &mut ConnBuffer) {
+        loop {
+            match self.read(buf) {
+                Read::Request(len) => self.answer(buf, len),
+                Read::Nothing => continue,
+                Read::Ended => return,
+            }
+        }
+    }
+
+    /// After FUSE_NOTIFY_RESEND, alone on the connection: answers the re-sent requests, which
+    /// the kernel queued ahead of every new one, until the first new request (or none is left),
+    /// then frees the records of the dead worker's orphans that did not come back: their
+    /// replies had gone out before it died (a FUSE unique is never reused, so nothing will
+    /// claim them). Without this they would pile up, one or so per death.
+    fn take_resent(&mut self, buf: &mut ConnBuffer) {
+        // Non-blocking, so that "nothing queued" ends the wait. Crash with it set: the next
+        // worker sets it again and `spawn` clears it before any other thread reads.
+        if let Err(e) = sys::set_nonblocking(self.fd, true) {
+            tracing::warn!("cannot read /dev/fuse without blocking ({e}): orphan records are kept");
+            return;
+        }
+        let mut resent = 0;
+        let all_in = loop {
+            let len = match self.read(buf) {
+                Read::Request(len) => len,
+                Read::Nothing => break true,
+                Read::Ended => break false,
+            };
+            let Ok(h) = Request::header_of(buf.first(len)) else {
+                self.answer(buf, len);
+                continue;
+            };
+            let again = RecordKey::fuse(h.unique).redelivered;
+            // INTERRUPT and FORGET come from queues the kernel reads ahead of the pending one,
+            // so only a new request of another kind shows the re-sent ones are all in.
+            let newer = !again
+                && !matches!(
+                    abi::Opcode::try_from(h.opcode),
+                    Ok(abi::Opcode::Forget | abi::Opcode::BatchForget | abi::Opcode::Interrupt)
+                );
+            resent += usize::from(again);
+            self.answer(buf, len);
+            if newer {
+                break true;
+            }
         };
-        let mut exchange = InBuffer { fd, buf: &mut buf, len };
+        if let Err(e) = sys::set_nonblocking(self.fd, false) {
+            tracing::error!("cannot make /dev/fuse blocking again: {e}");
+        }
+        if all_in {
+            let stale = self.server.drop_orphans();
+            tracing::debug!(resent, stale, "took in the re-sent requests; freed the records that did not come back");
+        }
+    }
+
+    /// Answers the request of `len` bytes in `buf` (on a thread of its own if it may block).
+    fn answer(&mut self, buf: &mut ConnBuffer, len: usize) {
+        let fd = self.fd;
+        let mut exchange = InBuffer { fd, buf, len };
         let delivery = delivery(exchange.request());
         if server::blocks(exchange.request()) {
             let copy = Copied { fd, msg: exchange.request().to_vec() };
-            if let Err(mut copy) = server.spawn_blocking(copy, delivery) {
-                server.serve(&mut copy, delivery, &record, &mut out);
+            if let Err(mut copy) = self.server.spawn_blocking(copy, delivery) {
+                self.server.serve(&mut copy, delivery, &self.record, &mut self.out);
             }
-            continue;
+            return;
         }
         // Crash from here until the buffer is emptied (after the reply): a FORGET in `buf` is
         // finished by recovery (the kernel keeps no copy of it); any other request is re-sent
         // by the kernel.
-        server.serve(&mut exchange, delivery, &record, &mut out);
+        self.server.serve(&mut exchange, delivery, &self.record, &mut self.out);
     }
 }
 
@@ -391,7 +498,7 @@ fn caller_groups(pid: u32) -> Vec<u32> {
 }
 
 /// Touches (and, best effort, locks) every page of `buf`, so the kernel never has to fault one
-/// in while copying a request; see `serve_loop`.
+/// in while copying a request; see `ServingThread::new`.
 pub fn prefault(buf: &mut [u8]) {
     for b in buf.iter_mut().step_by(4096) {
         // SAFETY: a volatile write to memory we own, so the touch is not optimised away.
