@@ -97,6 +97,7 @@ pub const MARKERS: &[&str] = &[
     "rename.after_syscall",
     "rename.before_syscall",
     "reply.before_send",
+    "resend.taken_in",
     "rmdir.after_syscall",
     "rmdir.before_syscall",
     "setattr.after_change",

@@ -740,7 +740,7 @@ fn crash_every_marker_of_every_operation() {
     let tried: BTreeSet<&str> = scenarios.iter().flat_map(|s| s.markers.iter().copied()).collect();
     // INIT and worker start-up have tests of their own below; a second INIT (a new session)
     // only comes over virtio (tests/vhost_control_crash.rs).
-    let own_tests = ["init.after_record", "worker.start", "init.reset_session"];
+    let own_tests = ["init.after_record", "worker.start", "init.reset_session", "resend.taken_in"];
     // The vhost-user transport's markers are enumerated over that transport (below).
     let all: BTreeSet<&str> = phoenixfsd::crash::MARKERS
         .iter()
@@ -829,6 +829,35 @@ fn crash_during_init() {
     let mut m = Mount::start_with_env(&d.share, &d.mnt, &[], &d.env("init.after_record", None));
     assert_eq!(std::fs::read_to_string(d.mnt.join("f")).unwrap(), "after init");
     assert!(!d.arm.exists(), "the INIT crash point was never reached (built without --features crash-points?)");
+    assert!(m.stop().success());
+}
+
+/// A worker killed after taking in the re-sent requests, before freeing the records that did
+/// not come back: the next worker re-sends, takes in and frees them, and serves.
+#[test]
+fn crash_while_taking_resent_requests_in() {
+    common::require_fuse();
+    let d = Dirs::new();
+    file(&d.share, "f", "served");
+    let mut m = Mount::start_with_env(&d.share, &d.mnt, &[], &d.env("resend.taken_in", None));
+    assert_eq!(std::fs::read_to_string(d.mnt.join("f")).unwrap(), "served");
+    let first_worker = children_of(m.child.id());
+    std::fs::write(&d.arm, "armed").unwrap();
+    for pid in &first_worker {
+        // SAFETY: SIGKILL to the supervisor's worker.
+        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+    }
+    // The next worker re-sends (the session is initialised) and dies at the marker; the one after
+    // takes in again and serves.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.arm.exists() {
+        assert!(Instant::now() < deadline, "no worker reached resend.taken_in within 10 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(std::fs::read_to_string(d.mnt.join("f")).unwrap(), "served");
+    std::fs::create_dir(d.mnt.join("after")).expect("the daemon serves on");
+    assert!(d.share.join("after").is_dir());
+    assert_ne!(children_of(m.child.id()), first_worker, "workers were replaced");
     assert!(m.stop().success());
 }
 

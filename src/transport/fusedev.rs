@@ -398,6 +398,9 @@ impl<'s> ServingThread<'s> {
             tracing::error!("cannot make /dev/fuse blocking again: {e}");
         }
         if all_in {
+            // Crash here: the re-sent requests are answered and their records freed; the stale
+            // orphans stay orphans, and the next worker drops them after its own re-send.
+            crate::crash_point!("resend.taken_in");
             let stale = self.server.drop_orphans();
             tracing::debug!(resent, stale, "took in the re-sent requests; freed the records that did not come back");
         }
