@@ -17,16 +17,37 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 /// Lookup counts one request may raise (READDIRPLUS caps its entries to this).
 pub const MAX_RAISES: usize = 128;
 
-pub const PENDING_NONE: u32 = 0;
-/// `pending_id` is a node whose lookup count is being raised from `pending_value`.
-pub const PENDING_RAISE: u32 = 1;
-/// `pending_id` is a node whose lookup count is being set to `pending_value` (FORGET).
-pub const PENDING_FORGET: u32 = 2;
-/// `pending_id` is a handle about to be published.
-pub const PENDING_HANDLE: u32 = 3;
-/// As PENDING_FORGET, for entry `facts[0]` of a FORGET/BATCH_FORGET whose `step` counts the
-/// entries done.
-pub const PENDING_FORGET_ENTRY: u32 = 4;
+/// The one table change a record names as half-done, stored as a `u32` in `Record::pending` and
+/// read back through `Pending::try_from` (see `Record::pending`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Pending {
+    None = 0,
+    /// `pending_id` is a node whose lookup count is being raised from `pending_value`.
+    Raise = 1,
+    /// `pending_id` is a node whose lookup count is being set to `pending_value` (FORGET).
+    Forget = 2,
+    /// `pending_id` is a handle about to be published.
+    Handle = 3,
+    /// As `Forget`, for entry `facts[0]` of a FORGET/BATCH_FORGET whose `step`
+    /// counts the entries done.
+    ForgetEntry = 4,
+}
+
+impl TryFrom<u32> for Pending {
+    type Error = u32;
+
+    fn try_from(v: u32) -> Result<Pending, u32> {
+        match v {
+            0 => Ok(Pending::None),
+            1 => Ok(Pending::Raise),
+            2 => Ok(Pending::Forget),
+            3 => Ok(Pending::Handle),
+            4 => Ok(Pending::ForgetEntry),
+            other => Err(other),
+        }
+    }
+}
 
 #[repr(C)]
 #[derive(Debug)]
@@ -38,7 +59,8 @@ pub struct Record {
     pub deaths: AtomicU32,
     /// Op-specific progress; 0 = nothing done yet.
     pub step: AtomicU32,
-    pub pending: AtomicU32,
+    /// A `Pending`, read only through `pending()`.
+    pending: AtomicU32,
     pub pending_id: AtomicU64,
     pub pending_value: AtomicU64,
     pub nodeid: AtomicU64,
@@ -65,7 +87,7 @@ impl Record {
         self.opcode.store(opcode, Ordering::Relaxed);
         self.deaths.store(0, Ordering::Relaxed);
         self.step.store(0, Ordering::Relaxed);
-        self.pending.store(PENDING_NONE, Ordering::Relaxed);
+        self.pending.store(Pending::None as u32, Ordering::Relaxed);
         self.nodeid.store(nodeid, Ordering::Relaxed);
         self.handle.store(0, Ordering::Relaxed);
         self.raised_count.store(0, Ordering::Relaxed);
@@ -102,10 +124,25 @@ impl Record {
         self.raised[..n].iter().map(|r| r.load(Ordering::Relaxed)).collect()
     }
 
-    pub fn begin_pending(&self, kind: u32, id: u64, value: u64) {
+    /// The table change this record names as pending. The region outlives the worker that wrote
+    /// it, so an unknown value (a corrupt record) is read as none, with a warning: recovery then
+    /// leaves the tables as they stand rather than guess.
+    pub fn pending(&self) -> Pending {
+        let raw = self.pending.load(Ordering::Acquire);
+        Pending::try_from(raw).unwrap_or_else(|raw| {
+            tracing::warn!(
+                raw,
+                unique = self.unique.load(Ordering::Relaxed),
+                "intent record: unknown pending kind, read as none"
+            );
+            Pending::None
+        })
+    }
+
+    pub fn begin_pending(&self, kind: Pending, id: u64, value: u64) {
         self.pending_id.store(id, Ordering::Relaxed);
         self.pending_value.store(value, Ordering::Relaxed);
-        self.pending.store(kind, Ordering::Release);
+        self.pending.store(kind as u32, Ordering::Release);
     }
 
     /// Records that the pending raise of `id` happened.
@@ -115,23 +152,23 @@ impl Record {
             self.raised[n].store(id, Ordering::Relaxed);
             self.raised_count.store(n as u32 + 1, Ordering::Release);
         }
-        self.pending.store(PENDING_NONE, Ordering::Release);
+        self.pending.store(Pending::None as u32, Ordering::Release);
     }
 
     /// Forgets the last raise (after undoing it in the table).
     pub fn pop_raised(&self) {
         let n = self.raised_count.load(Ordering::Relaxed);
         self.raised_count.store(n.saturating_sub(1), Ordering::Release);
-        self.pending.store(PENDING_NONE, Ordering::Release);
+        self.pending.store(Pending::None as u32, Ordering::Release);
     }
 
     pub fn end_pending(&self) {
-        self.pending.store(PENDING_NONE, Ordering::Release);
+        self.pending.store(Pending::None as u32, Ordering::Release);
     }
 
     pub fn set_handle(&self, fh: u64) {
         self.handle.store(fh, Ordering::Relaxed);
-        self.pending.store(PENDING_NONE, Ordering::Release);
+        self.pending.store(Pending::None as u32, Ordering::Release);
     }
 }
 
@@ -287,5 +324,31 @@ impl Records {
     /// Returns an adopted record to the free list once its request is answered.
     pub fn release(&self, i: u32) {
         self.free.lock().unwrap().push(i);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::Pending;
+    use crate::state::Region;
+
+    #[test]
+    fn test_pending_round_trips_through_u32() {
+        for p in [Pending::None, Pending::Raise, Pending::Forget, Pending::Handle, Pending::ForgetEntry] {
+            assert_eq!(Pending::try_from(p as u32), Ok(p));
+        }
+        assert_eq!(Pending::try_from(5), Err(5));
+    }
+
+    #[test]
+    fn test_record_unknown_pending_kind_reads_as_none() {
+        let region = Region::create(16, 16).unwrap();
+        let r = &region.records()[0];
+        r.start(1, 1, 1, 1);
+        r.begin_pending(Pending::Raise, 5, 0);
+        r.pending.store(99, Ordering::Release); // as a corrupt region would hold it
+        assert_eq!(r.pending(), Pending::None);
     }
 }
