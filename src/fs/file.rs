@@ -7,7 +7,7 @@ use super::Payload;
 use super::once::{self, Markers, is_errno};
 use super::{Context, Error, Fs, Result, check_name};
 use crate::fuse::abi;
-use crate::state::intent::Intent;
+use crate::state::intent::{Intent, facts};
 use crate::state::{HandleKind, HandlePin};
 use crate::sys::{self, FdName};
 
@@ -110,7 +110,7 @@ impl Fs {
             if existed && excl != 0 {
                 return Err(Error::from_errno(libc::EEXIST));
             }
-            intent.set_fact(0, u64::from(existed));
+            intent.set_fact(facts::CREATE_EXISTED, existed);
         }
         let flags = self.host_open_flags(a.flags) | libc::O_NOFOLLOW;
         let mut fd = -1;
@@ -122,7 +122,7 @@ impl Fs {
                 fd = sys::openat(dir.fd(), name, flags | libc::O_CREAT | excl, a.mode)?;
                 Ok(())
             },
-            |e| is_errno(e, libc::EEXIST) && intent.fact(0) == 0,
+            |e| is_errno(e, libc::EEXIST) && !intent.fact(facts::CREATE_EXISTED),
         );
         opened?;
         if fd < 0 {
@@ -215,10 +215,10 @@ impl Fs {
         }
         let size_now = || super::attr::stat_fd(h.fd()).map(|st| st.st_size as u64);
         if intent.step() == 0 {
-            intent.set_fact(0, size_now()?);
+            intent.set_fact(facts::APPEND_SIZE_BEFORE, size_now()?);
         }
         let written = if intent.step() == once::ISSUED {
-            (size_now()?.saturating_sub(intent.fact(0)) as usize).min(data.len())
+            (size_now()?.saturating_sub(intent.fact(facts::APPEND_SIZE_BEFORE)) as usize).min(data.len())
         } else {
             0
         };
@@ -228,12 +228,12 @@ impl Fs {
             || {
                 let rest = &data[written..];
                 let n = if rest.is_empty() { 0 } else { sys::pwrite(h.fd(), rest, offset)? };
-                intent.set_fact(1, (written + n) as u64);
+                intent.set_fact(facts::APPEND_WRITTEN, (written + n) as u64);
                 Ok(())
             },
             |_| false,
         )?;
-        Ok(abi::WriteOut { size: intent.fact(1) as u32, padding: 0 })
+        Ok(abi::WriteOut { size: intent.fact(facts::APPEND_WRITTEN) as u32, padding: 0 })
     }
 
     pub fn flush(&self, fh: u64, lock_owner: u64) -> Result<()> {

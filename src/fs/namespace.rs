@@ -8,6 +8,7 @@ use std::io;
 use super::once::{self, Markers, is_errno};
 use super::{Context, Error, Fs, Result, check_name};
 use crate::fuse::abi;
+use crate::state::intent::facts;
 use crate::sys::{self, FdName};
 
 /// (dev, ino) of `name` in `dirfd`, or None if it does not exist.
@@ -123,20 +124,19 @@ impl Fs {
         let new_dir = self.state.inodes.pin(newparent)?;
         let _as = ctx.become_caller()?;
         if intent.record().is_some() && intent.step() == 0 {
-            let Some((dev, ino)) = identity(old_dir.fd(), name)? else {
+            let Some((_, ino)) = identity(old_dir.fd(), name)? else {
                 return Err(Error::from_errno(libc::ENOENT));
             };
             let target = identity(new_dir.fd(), newname)?.map_or(0, |t| t.1);
-            intent.set_fact(0, dev);
-            intent.set_fact(1, ino);
-            intent.set_fact(2, target);
+            intent.set_fact(facts::RENAME_SOURCE_INO, ino);
+            intent.set_fact(facts::RENAME_TARGET_INO, target);
         }
         let done = || -> bool {
-            let src = intent.fact(1);
+            let src = intent.fact(facts::RENAME_SOURCE_INO);
             let now_new = identity(new_dir.fd(), newname).ok().flatten().map(|t| t.1);
             let now_old = identity(old_dir.fd(), name).ok().flatten().map(|t| t.1);
             if flags & libc::RENAME_EXCHANGE != 0 {
-                now_new == Some(src) && now_old == Some(intent.fact(2))
+                now_new == Some(src) && now_old == Some(intent.fact(facts::RENAME_TARGET_INO))
             } else {
                 now_new == Some(src) && now_old != Some(src)
             }

@@ -12,12 +12,10 @@
 use std::io;
 
 use super::{Error, Result};
-use crate::state::intent::Intent;
+use crate::state::intent::{Intent, facts};
 
 pub const ISSUED: u32 = 1;
 pub const DONE: u32 = 2;
-/// The fact slot where the syscall's errno (0 = success) is kept once DONE.
-const RESULT: usize = 5;
 
 /// The crash points around one bracketed syscall, named after its op.
 pub struct Markers {
@@ -36,7 +34,7 @@ pub fn once(
     let retry = intent.step() == ISSUED;
     match intent.step() {
         DONE => {
-            return match intent.fact(RESULT) as i32 {
+            return match intent.fact(facts::ONCE_ERRNO) {
                 0 => Ok(()),
                 errno => Err(Error::from_errno(errno)),
             };
@@ -52,7 +50,7 @@ pub fn once(
     };
     // Crash here: step ISSUED, syscall run; the replay runs it again and `ours` recognises it.
     crate::crash_point!(markers.after);
-    intent.set_fact(RESULT, result.as_ref().err().and_then(|e| e.raw_os_error()).unwrap_or(0) as u64);
+    intent.set_fact(facts::ONCE_ERRNO, result.as_ref().err().and_then(|e| e.raw_os_error()).unwrap_or(0));
     intent.set_step(DONE);
     Ok(result?)
 }

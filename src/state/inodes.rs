@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::Error;
-use super::intent::{Intent, Pending, Record};
+use super::intent::{Intent, Pending, Record, facts};
 use super::slots::{self, Pin, Slot, SlotHeader, SlotTable};
 
 /// What identifies a host object: two fds with the same key are the same inode.
@@ -172,7 +172,8 @@ impl Inodes {
 
     /// `forget` as entry `entry` of a FORGET or BATCH_FORGET: inside the same critical section
     /// the record's step moves to `entry + 1`, so recovery knows exactly which entries are done
-    /// (with a pending change still named in the record, entry `facts[0]` is the one in hand).
+    /// (with a pending change still named in the record, entry `facts::FORGET_ENTRY` is the one in
+    /// hand).
     pub fn forget_entry(&self, nodeid: u64, n: u64, intent: Intent, entry: Option<u32>) {
         let (i, generation) = slots::split_id(nodeid);
         let rec = intent.record();
@@ -200,7 +201,7 @@ impl Inodes {
             if let Some(r) = rec {
                 match entry {
                     Some(k) => {
-                        r.set_fact(0, u64::from(k));
+                        r.set_fact(facts::FORGET_ENTRY, k);
                         r.begin_pending(Pending::ForgetEntry, nodeid, target);
                     }
                     None => r.begin_pending(Pending::Forget, nodeid, target),
@@ -271,7 +272,7 @@ impl Inodes {
             },
             kind @ (Pending::Forget | Pending::ForgetEntry) => {
                 if kind == Pending::ForgetEntry {
-                    r.set_step(r.fact(0) as u32 + 1);
+                    r.set_step(r.fact(facts::FORGET_ENTRY) + 1);
                 }
                 if let Some(s) = live {
                     s.lookups.store(value, Ordering::SeqCst);

@@ -12,10 +12,98 @@
 //! it done — all under the inode index mutex (or before a handle's publication), so a crash
 //! leaves at most one pending change whose outcome recovery reads off the table exactly.
 
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Lookup counts one request may raise (READDIRPLUS caps its entries to this).
 pub const MAX_RAISES: usize = 128;
+
+/// How many facts a record holds.
+pub const FACTS: usize = 6;
+
+/// One named slot of a record's facts, holding a `T`. The slots and what each holds are declared
+/// in `facts`, and nowhere else.
+#[derive(Debug, Clone, Copy)]
+pub struct Fact<T> {
+    slot: usize,
+    value: PhantomData<T>,
+}
+
+impl<T> Fact<T> {
+    const fn at(slot: usize) -> Fact<T> {
+        assert!(slot < FACTS);
+        Fact { slot, value: PhantomData }
+    }
+}
+
+/// A value a fact holds, kept in the region as a `u64`.
+pub trait FactValue: Copy {
+    fn to_raw(self) -> u64;
+    fn from_raw(raw: u64) -> Self;
+}
+
+impl FactValue for u64 {
+    fn to_raw(self) -> u64 {
+        self
+    }
+    fn from_raw(raw: u64) -> u64 {
+        raw
+    }
+}
+
+impl FactValue for u32 {
+    fn to_raw(self) -> u64 {
+        u64::from(self)
+    }
+    fn from_raw(raw: u64) -> u32 {
+        raw as u32
+    }
+}
+
+impl FactValue for i32 {
+    fn to_raw(self) -> u64 {
+        self as u64
+    }
+    fn from_raw(raw: u64) -> i32 {
+        raw as i32
+    }
+}
+
+impl FactValue for bool {
+    fn to_raw(self) -> u64 {
+        u64::from(self)
+    }
+    fn from_raw(raw: u64) -> bool {
+        raw != 0
+    }
+}
+
+/// What each op keeps in its record's facts, by op. A record serves one request, so the slots of
+/// different ops overlap; within one op they must not (a test checks). The slot numbers are part
+/// of the region's layout.
+pub mod facts {
+    use super::Fact;
+
+    /// Every op whose host call is bracketed (fs/once.rs): the call's errno once step DONE is
+    /// recorded, 0 for success.
+    pub const ONCE_ERRNO: Fact<i32> = Fact::at(5);
+
+    /// CREATE: whether the name existed before (then a replay's EEXIST is not its own doing).
+    pub const CREATE_EXISTED: Fact<bool> = Fact::at(0);
+
+    /// RENAME: the inode number the source name had before.
+    pub const RENAME_SOURCE_INO: Fact<u64> = Fact::at(1);
+    /// RENAME: the inode number the target name had before, 0 if it had none.
+    pub const RENAME_TARGET_INO: Fact<u64> = Fact::at(2);
+
+    /// WRITE to an O_APPEND file: the file's size before the write.
+    pub const APPEND_SIZE_BEFORE: Fact<u64> = Fact::at(0);
+    /// WRITE to an O_APPEND file: how many bytes of the data are written, once the write is done.
+    pub const APPEND_WRITTEN: Fact<u64> = Fact::at(1);
+
+    /// FORGET and BATCH_FORGET: the entry in hand while its count change is pending.
+    pub const FORGET_ENTRY: Fact<u32> = Fact::at(0);
+}
 
 /// The one table change a record names as half-done, stored as a `u32` in `Record::pending` and
 /// read back through `Pending::try_from` (see `Record::pending`).
@@ -29,7 +117,7 @@ pub enum Pending {
     Forget = 2,
     /// `pending_id` is a handle about to be published.
     Handle = 3,
-    /// As `Forget`, for entry `facts[0]` of a FORGET/BATCH_FORGET whose `step`
+    /// As `Forget`, for entry `facts::FORGET_ENTRY` of a FORGET/BATCH_FORGET whose `step`
     /// counts the entries done.
     ForgetEntry = 4,
 }
@@ -64,9 +152,9 @@ pub struct Record {
     pub pending_id: AtomicU64,
     pub pending_value: AtomicU64,
     pub nodeid: AtomicU64,
-    /// Op-specific facts, e.g. the (dev, ino) of a rename's source, a file's size before an
-    /// append, a syscall's result.
-    pub facts: [AtomicU64; 6],
+    /// Op-specific facts, e.g. the inode a rename's source names, a file's size before an
+    /// append, a syscall's result: read and written only through the named slots in `facts`.
+    facts: [AtomicU64; FACTS],
     /// The handle this request published, 0 if none.
     pub handle: AtomicU64,
     pub raised_count: AtomicU32,
@@ -111,12 +199,12 @@ impl Record {
         self.step.store(step, Ordering::Release);
     }
 
-    pub fn fact(&self, i: usize) -> u64 {
-        self.facts[i].load(Ordering::Acquire)
+    pub fn fact<T: FactValue>(&self, f: Fact<T>) -> T {
+        T::from_raw(self.facts[f.slot].load(Ordering::Acquire))
     }
 
-    pub fn set_fact(&self, i: usize, v: u64) {
-        self.facts[i].store(v, Ordering::Release);
+    pub fn set_fact<T: FactValue>(&self, f: Fact<T>, v: T) {
+        self.facts[f.slot].store(v.to_raw(), Ordering::Release);
     }
 
     pub fn raised(&self) -> Vec<u64> {
@@ -209,13 +297,14 @@ impl Intent {
         }
     }
 
-    pub fn fact(&self, i: usize) -> u64 {
-        self.rec.map_or(0, |r| r.fact(i))
+    /// Fact `f` as recorded (its zero value without a record).
+    pub fn fact<T: FactValue>(&self, f: Fact<T>) -> T {
+        self.rec.map_or(T::from_raw(0), |r| r.fact(f))
     }
 
-    pub fn set_fact(&self, i: usize, v: u64) {
+    pub fn set_fact<T: FactValue>(&self, f: Fact<T>, v: T) {
         if let Some(r) = self.rec {
-            r.set_fact(i, v);
+            r.set_fact(f, v);
         }
     }
 
@@ -331,8 +420,37 @@ impl Records {
 mod tests {
     use std::sync::atomic::Ordering;
 
-    use super::Pending;
+    use super::{Pending, facts};
     use crate::state::Region;
+
+    #[test]
+    fn test_facts_of_one_op_use_distinct_slots() {
+        use facts::*;
+        let ops: [(&str, &[usize]); 4] = [
+            ("create", &[CREATE_EXISTED.slot, ONCE_ERRNO.slot]),
+            ("rename", &[RENAME_SOURCE_INO.slot, RENAME_TARGET_INO.slot, ONCE_ERRNO.slot]),
+            ("append", &[APPEND_SIZE_BEFORE.slot, APPEND_WRITTEN.slot, ONCE_ERRNO.slot]),
+            ("forget", &[FORGET_ENTRY.slot]),
+        ];
+        for (op, slots) in ops {
+            let distinct: std::collections::BTreeSet<_> = slots.iter().collect();
+            assert_eq!(distinct.len(), slots.len(), "{op} uses one fact slot twice");
+        }
+    }
+
+    #[test]
+    fn test_fact_values_round_trip_through_the_region() {
+        let region = Region::create(16, 16).unwrap();
+        let r = &region.records()[0];
+        r.set_fact(facts::ONCE_ERRNO, -libc::EIO);
+        assert_eq!(r.fact(facts::ONCE_ERRNO), -libc::EIO);
+        r.set_fact(facts::ONCE_ERRNO, libc::ENOENT);
+        assert_eq!(r.fact(facts::ONCE_ERRNO), libc::ENOENT);
+        r.set_fact(facts::CREATE_EXISTED, true);
+        assert!(r.fact(facts::CREATE_EXISTED));
+        r.set_fact(facts::FORGET_ENTRY, u32::MAX);
+        assert_eq!(r.fact(facts::FORGET_ENTRY), u32::MAX);
+    }
 
     #[test]
     fn test_pending_round_trips_through_u32() {

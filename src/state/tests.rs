@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::intent::{Intent, Orphan, Pending};
+use super::intent::{Intent, Orphan, Pending, facts};
 use super::slots::{self, RETIRING, SETTING_UP};
 use super::{HandleKind, InodeKey, Region, State};
 
@@ -120,7 +120,7 @@ fn test_state_pending_forget_entry_sets_the_target_and_moves_the_step() {
     assert_eq!(lookups(&s, n), 3);
     let rec = &s.region.records()[0];
     rec.start(20, 42, 0, 1); // a BATCH_FORGET
-    rec.set_fact(0, 4); // entry 4 in hand: forget 2 of 3 -> target 1
+    rec.set_fact(facts::FORGET_ENTRY, 4); // entry 4 in hand: forget 2 of 3 -> target 1
     rec.begin_pending(Pending::ForgetEntry, n, 1);
     recover(&s);
     assert_eq!(lookups(&s, n), 1, "the target is set, whether or not the dead worker had stored it");
