@@ -105,7 +105,7 @@ impl Fs {
         let dir = self.state.inodes.pin(parent)?;
         let _as = ctx.become_caller()?;
         let excl = a.flags as i32 & libc::O_EXCL;
-        if intent.record().is_some() && intent.step() == 0 {
+        if intent.must_check_world_before() {
             let existed = sys::fstatat(dir.fd(), name, libc::AT_SYMLINK_NOFOLLOW).is_ok();
             if existed && excl != 0 {
                 return Err(Error::from_errno(libc::EEXIST));
@@ -214,7 +214,7 @@ impl Fs {
             return Ok(abi::WriteOut { size: n as u32, padding: 0 });
         }
         let size_now = || super::attr::stat_fd(h.fd()).map(|st| st.st_size as u64);
-        if intent.step() == 0 {
+        if intent.must_check_world_before() {
             intent.set_fact(facts::APPEND_SIZE_BEFORE, size_now()?);
         }
         let written = if intent.step() == once::ISSUED {

@@ -42,7 +42,7 @@ impl Fs {
         }
         let dir = self.state.inodes.pin(parent)?;
         let _as = ctx.become_caller()?;
-        if intent.record().is_some() && intent.step() == 0 && identity(dir.fd(), name)?.is_some() {
+        if intent.must_check_world_before() && identity(dir.fd(), name)?.is_some() {
             return Err(Error::from_errno(libc::EEXIST));
         }
         once::once(intent, markers, || make(dir.fd(), name), |e| is_errno(e, libc::EEXIST))?;
@@ -84,7 +84,7 @@ impl Fs {
         let intent = ctx.intent;
         let dir = self.state.inodes.pin(parent)?;
         let _as = ctx.become_caller()?;
-        if intent.record().is_some() && intent.step() == 0 && identity(dir.fd(), name)?.is_none() {
+        if intent.must_check_world_before() && identity(dir.fd(), name)?.is_none() {
             return Err(Error::from_errno(libc::ENOENT));
         }
         once::once(intent, markers, || sys::unlinkat(dir.fd(), name, flags), |e| is_errno(e, libc::ENOENT))
@@ -123,7 +123,7 @@ impl Fs {
         let old_dir = self.state.inodes.pin(parent)?;
         let new_dir = self.state.inodes.pin(newparent)?;
         let _as = ctx.become_caller()?;
-        if intent.record().is_some() && intent.step() == 0 {
+        if intent.must_check_world_before() {
             let Some((_, ino)) = identity(old_dir.fd(), name)? else {
                 return Err(Error::from_errno(libc::ENOENT));
             };

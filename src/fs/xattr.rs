@@ -71,7 +71,7 @@ impl Fs {
         let _as = ctx.become_caller()?;
         let intent = ctx.intent;
         let create = flags as i32 & libc::XATTR_CREATE != 0;
-        if create && intent.record().is_some() && intent.step() == 0 && sys::getxattr(&path, name, &mut []).is_ok() {
+        if create && intent.must_check_world_before() && sys::getxattr(&path, name, &mut []).is_ok() {
             return Err(Error::from_errno(libc::EEXIST));
         }
         let m = Markers { before: "setxattr.before_syscall", after: "setxattr.after_syscall" };
@@ -89,7 +89,7 @@ impl Fs {
         let (_node, path) = self.xattr_path(nodeid)?;
         let _as = ctx.become_caller()?;
         let intent = ctx.intent;
-        if intent.record().is_some() && intent.step() == 0 {
+        if intent.must_check_world_before() {
             sys::getxattr(&path, name, &mut [])?;
         }
         let m = Markers { before: "removexattr.before_syscall", after: "removexattr.after_syscall" };

@@ -286,6 +286,15 @@ impl Intent {
         self.replay
     }
 
+    /// Whether the world before the op must be checked, and what a replay needs of it recorded,
+    /// now: the request has a record and its op has done nothing yet (a fresh request, or a
+    /// replay whose dead attempt stopped before its first step). Once a step is taken, the world
+    /// may show the op's own doing, and the record is what tells the world before; without a
+    /// record nothing is replayed, so nothing needs checking ahead.
+    pub fn must_check_world_before(&self) -> bool {
+        self.rec.is_some() && self.step() == 0
+    }
+
     /// Progress so far (0 for a fresh request, or without a record).
     pub fn step(&self) -> u32 {
         self.rec.map_or(0, |r| r.step())
