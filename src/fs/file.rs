@@ -4,7 +4,7 @@
 use std::ffi::CStr;
 
 use super::Payload;
-use super::once::{self, Markers, is_errno};
+use super::once::{self, Call, is_errno};
 use super::{Context, Error, Fs, Result, check_name};
 use crate::fuse::abi;
 use crate::state::intent::{Intent, facts};
@@ -13,8 +13,6 @@ use crate::sys::{self, FdName};
 
 /// Largest COPY_FILE_RANGE a reply can report (its size field is 32 bits).
 const MAX_COPY: u64 = 1 << 30;
-
-const APPEND_MARKERS: Markers = Markers { before: "write.before_append", after: "write.after_append" };
 
 impl Fs {
     /// The flags a guest open turns into on the host: creation flags are handled by the kernel
@@ -114,10 +112,9 @@ impl Fs {
         }
         let flags = self.host_open_flags(a.flags) | libc::O_NOFOLLOW;
         let mut fd = -1;
-        let m = Markers { before: "create.before_open", after: "create.after_open" };
         let opened = once::once(
             intent,
-            &m,
+            Call::Create,
             || {
                 fd = sys::openat(dir.fd(), name, flags | libc::O_CREAT | excl, a.mode)?;
                 Ok(())
@@ -224,7 +221,7 @@ impl Fs {
         };
         once::once(
             intent,
-            &APPEND_MARKERS,
+            Call::Append,
             || {
                 let rest = &data[written..];
                 let n = if rest.is_empty() { 0 } else { sys::pwrite(h.fd(), rest, offset)? };

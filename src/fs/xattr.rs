@@ -6,7 +6,7 @@
 use std::ffi::CStr;
 
 use super::Payload;
-use super::once::{self, Markers, is_errno};
+use super::once::{self, Call, is_errno};
 use super::{Context, Error, Fs, Result};
 use crate::fuse::abi;
 use crate::sys;
@@ -74,10 +74,9 @@ impl Fs {
         if create && intent.must_check_world_before() && sys::getxattr(&path, name, &mut []).is_ok() {
             return Err(Error::from_errno(libc::EEXIST));
         }
-        let m = Markers { before: "setxattr.before_syscall", after: "setxattr.after_syscall" };
         once::once(
             intent,
-            &m,
+            Call::Setxattr,
             || sys::setxattr(&path, name, value, flags as i32),
             |e| create && is_errno(e, libc::EEXIST),
         )
@@ -92,7 +91,6 @@ impl Fs {
         if intent.must_check_world_before() {
             sys::getxattr(&path, name, &mut [])?;
         }
-        let m = Markers { before: "removexattr.before_syscall", after: "removexattr.after_syscall" };
-        once::once(intent, &m, || sys::removexattr(&path, name), |e| is_errno(e, libc::ENODATA))
+        once::once(intent, Call::Removexattr, || sys::removexattr(&path, name), |e| is_errno(e, libc::ENODATA))
     }
 }
