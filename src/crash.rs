@@ -1,6 +1,7 @@
 //! Crash points for the crash-point enumeration tests: `crash_point!("op.step")` marks a place
-//! between two steps of a state-changing operation. Compiled in only with the `crash-points`
-//! feature (the test build); in other builds the macro expands to nothing.
+//! between two steps of a state-changing operation; `crash_point!(op => step)` is the marker
+//! `<op>.<step>` for code shared by several operations (fs/once.rs). Compiled in only with the
+//! `crash-points` feature (the test build); in other builds the macro computes nothing.
 //!
 //! Armed by the environment of the daemon: PHOENIXFS_CRASH_AT names one marker and
 //! PHOENIXFS_CRASH_ARM a file. The first time the marker is reached while that file exists, the
@@ -17,6 +18,12 @@
 
 #[macro_export]
 macro_rules! crash_point {
+    ($op:expr => $step:expr) => {{
+        #[cfg(feature = "crash-points")]
+        $crate::crash::reached_step($op, $step);
+        #[cfg(not(feature = "crash-points"))]
+        let _ = || ($op, $step); // type-checked, never run
+    }};
     ($name:expr) => {{
         #[cfg(feature = "crash-points")]
         $crate::crash::reached($name, None);
@@ -33,6 +40,18 @@ macro_rules! crash_point {
 
 #[cfg(feature = "crash-points")]
 pub fn reached(name: &str, opcode: Option<u32>) {
+    reached_if(|at| at == name, format_args!("{name}"), opcode);
+}
+
+/// The marker `<op>.<step>`, compared with the armed one piece by piece (nothing is allocated).
+#[cfg(feature = "crash-points")]
+pub fn reached_step(op: &str, step: &str) {
+    let is = |at: &str| at.strip_prefix(op).and_then(|rest| rest.strip_prefix('.')) == Some(step);
+    reached_if(is, format_args!("{op}.{step}"), None);
+}
+
+#[cfg(feature = "crash-points")]
+fn reached_if(is: impl Fn(&str) -> bool, name: std::fmt::Arguments, opcode: Option<u32>) {
     use std::sync::OnceLock;
     struct Target {
         at: String,
@@ -50,7 +69,7 @@ pub fn reached(name: &str, opcode: Option<u32>) {
         })
     });
     let Some(Target { at, arm, always, opcode: only }) = target else { return };
-    if at != name || opcode.is_some() && only.is_some() && opcode != *only {
+    if !is(at) || opcode.is_some() && only.is_some() && opcode != *only {
         return;
     }
     if *always && arm.exists() {
@@ -65,7 +84,7 @@ pub fn reached(name: &str, opcode: Option<u32>) {
 }
 
 /// Every crash point in the source, so the enumeration test can try each one (a unit test below
-/// keeps this list and the `crash_point!`/`Markers` literals in src/ equal).
+/// keeps this list and the markers the source names equal).
 pub const MARKERS: &[&str] = &[
     "copy_file_range.after_copy",
     "create.after_open",
@@ -123,8 +142,10 @@ pub const MARKERS: &[&str] = &[
 
 #[cfg(test)]
 mod tests {
-    /// The markers named in the source: `crash_point!("a.b")` and `Markers { before, after }`.
+    /// The markers named in the source: `crash_point!("a.b")` literals, and the two around each
+    /// host call fs/once.rs brackets, `Call::X` (named by `Call::markers`).
     fn markers_in_source() -> std::collections::BTreeSet<String> {
+        use crate::fs::OnceCall as Call;
         fn walk(dir: &std::path::Path, out: &mut std::collections::BTreeSet<String>) {
             for e in std::fs::read_dir(dir).unwrap() {
                 let p = e.unwrap().path();
@@ -132,13 +153,26 @@ mod tests {
                     walk(&p, out);
                 } else if p.extension().is_some_and(|x| x == "rs") && !p.ends_with("crash.rs") {
                     let text = std::fs::read_to_string(&p).unwrap();
-                    for piece in text
-                        .split("crash_point!(\"")
-                        .skip(1)
-                        .chain(text.split("before: \"").skip(1))
-                        .chain(text.split("after: \"").skip(1))
-                    {
+                    for piece in text.split("crash_point!(\"").skip(1) {
                         out.insert(piece.split('"').next().unwrap().to_string());
+                    }
+                    for (i, _) in text.match_indices("Call::") {
+                        if text[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                            continue; // another name ending in "Call"
+                        }
+                        let rest = &text[i + "Call::".len()..];
+                        let name: String =
+                            rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                        if !name.starts_with(|c: char| c.is_ascii_uppercase())
+                            || !name.contains(|c: char| c.is_ascii_lowercase())
+                        {
+                            continue; // not a variant (`Call::ALL`)
+                        }
+                        let call = Call::ALL
+                            .into_iter()
+                            .find(|c| format!("{c:?}") == name)
+                            .unwrap_or_else(|| panic!("Call::{name} in {} is missing from Call::ALL", p.display()));
+                        out.extend(call.markers());
                     }
                 }
             }

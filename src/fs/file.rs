@@ -4,17 +4,15 @@
 use std::ffi::CStr;
 
 use super::Payload;
-use super::once::{self, Markers, is_errno};
+use super::once::{self, Call, is_errno};
 use super::{Context, Error, Fs, Result, check_name};
 use crate::fuse::abi;
-use crate::state::intent::Intent;
+use crate::state::intent::{Intent, facts};
 use crate::state::{HandleKind, HandlePin};
 use crate::sys::{self, FdName};
 
 /// Largest COPY_FILE_RANGE a reply can report (its size field is 32 bits).
 const MAX_COPY: u64 = 1 << 30;
-
-const APPEND_MARKERS: Markers = Markers { before: "write.before_append", after: "write.after_append" };
 
 impl Fs {
     /// The flags a guest open turns into on the host: creation flags are handled by the kernel
@@ -105,24 +103,23 @@ impl Fs {
         let dir = self.state.inodes.pin(parent)?;
         let _as = ctx.become_caller()?;
         let excl = a.flags as i32 & libc::O_EXCL;
-        if intent.record().is_some() && intent.step() == 0 {
+        if intent.must_check_world_before() {
             let existed = sys::fstatat(dir.fd(), name, libc::AT_SYMLINK_NOFOLLOW).is_ok();
             if existed && excl != 0 {
                 return Err(Error::from_errno(libc::EEXIST));
             }
-            intent.set_fact(0, u64::from(existed));
+            intent.set_fact(facts::CREATE_EXISTED, existed);
         }
         let flags = self.host_open_flags(a.flags) | libc::O_NOFOLLOW;
         let mut fd = -1;
-        let m = Markers { before: "create.before_open", after: "create.after_open" };
         let opened = once::once(
             intent,
-            &m,
+            Call::Create,
             || {
                 fd = sys::openat(dir.fd(), name, flags | libc::O_CREAT | excl, a.mode)?;
                 Ok(())
             },
-            |e| is_errno(e, libc::EEXIST) && intent.fact(0) == 0,
+            |e| is_errno(e, libc::EEXIST) && !intent.fact(facts::CREATE_EXISTED),
         );
         opened?;
         if fd < 0 {
@@ -214,26 +211,26 @@ impl Fs {
             return Ok(abi::WriteOut { size: n as u32, padding: 0 });
         }
         let size_now = || super::attr::stat_fd(h.fd()).map(|st| st.st_size as u64);
-        if intent.step() == 0 {
-            intent.set_fact(0, size_now()?);
+        if intent.must_check_world_before() {
+            intent.set_fact(facts::APPEND_SIZE_BEFORE, size_now()?);
         }
         let written = if intent.step() == once::ISSUED {
-            (size_now()?.saturating_sub(intent.fact(0)) as usize).min(data.len())
+            (size_now()?.saturating_sub(intent.fact(facts::APPEND_SIZE_BEFORE)) as usize).min(data.len())
         } else {
             0
         };
         once::once(
             intent,
-            &APPEND_MARKERS,
+            Call::Append,
             || {
                 let rest = &data[written..];
                 let n = if rest.is_empty() { 0 } else { sys::pwrite(h.fd(), rest, offset)? };
-                intent.set_fact(1, (written + n) as u64);
+                intent.set_fact(facts::APPEND_WRITTEN, (written + n) as u64);
                 Ok(())
             },
             |_| false,
         )?;
-        Ok(abi::WriteOut { size: intent.fact(1) as u32, padding: 0 })
+        Ok(abi::WriteOut { size: intent.fact(facts::APPEND_WRITTEN) as u32, padding: 0 })
     }
 
     pub fn flush(&self, fh: u64, lock_owner: u64) -> Result<()> {

@@ -2,11 +2,14 @@
 //!
 //! Record locks (the guest's POSIX locks, owner = its process's file table, and its OFD locks,
 //! owner = its open file) are taken as OFD locks on one host fd *per (node, lock owner)*, held in
-//! a LockOwner handle slot. So two owners conflict exactly as they would natively, one owner's
-//! locks through different guest fds are one set, and its unlock-on-close (which the kernel sends
-//! as an explicit unlock) releases them. The slot also keeps the pid the owner last locked with,
-//! which GETLK reports for a conflicting lock. flock requests (`FUSE_LK_FLOCK`) belong to the
-//! guest's open file, so they are flock(2) on the handle's own fd.
+//! a LockOwner handle slot. So two owners conflict exactly as they would natively, and one
+//! owner's locks through different guest fds are one set. The kernel sends no unlock when the
+//! guest closes a file: a POSIX owner's locks are dropped at FLUSH, which names the closing
+//! process's owner (`drop_owner_locks`), and an OFD owner's at the RELEASE of the one guest file
+//! it locked through (`LockOwners::file_closed`, by the fh kept in its slot, so it survives a
+//! crash). The slot also keeps the pid the owner last locked with, which GETLK reports for a
+//! conflicting lock. flock requests (`FUSE_LK_FLOCK`) belong to the guest's open file, so they are
+//! flock(2) on the handle's own fd.
 //!
 //! Lock-owner fds are closed when the node's last open file is released (no owner can hold a
 //! lock on a file nobody has open). Being handle slots in the state region, they survive a

@@ -5,9 +5,10 @@
 use std::ffi::CStr;
 use std::io;
 
-use super::once::{self, Markers, is_errno};
+use super::once::{self, Call, is_errno};
 use super::{Context, Error, Fs, Result, check_name};
 use crate::fuse::abi;
+use crate::state::intent::facts;
 use crate::sys::{self, FdName};
 
 /// (dev, ino) of `name` in `dirfd`, or None if it does not exist.
@@ -31,7 +32,7 @@ impl Fs {
         ctx: &Context,
         parent: u64,
         name: &CStr,
-        markers: &Markers,
+        what: Call,
         make: impl FnOnce(i32, &CStr) -> io::Result<()>,
     ) -> Result<abi::EntryOut> {
         let name = check_name(name)?;
@@ -41,27 +42,26 @@ impl Fs {
         }
         let dir = self.state.inodes.pin(parent)?;
         let _as = ctx.become_caller()?;
-        if intent.record().is_some() && intent.step() == 0 && identity(dir.fd(), name)?.is_some() {
+        if intent.must_check_world_before() && identity(dir.fd(), name)?.is_some() {
             return Err(Error::from_errno(libc::EEXIST));
         }
-        once::once(intent, markers, || make(dir.fd(), name), |e| is_errno(e, libc::EEXIST))?;
+        once::once(intent, what, || make(dir.fd(), name), |e| is_errno(e, libc::EEXIST))?;
         self.lookup_at(dir.fd(), name, intent)
     }
 
     pub fn mknod(&self, ctx: &Context, parent: u64, name: &CStr, a: &abi::MknodIn) -> Result<abi::EntryOut> {
-        let m = Markers { before: "mknod.before_syscall", after: "mknod.after_syscall" };
-        self.make_then_lookup(ctx, parent, name, &m, |dirfd, name| sys::mknodat(dirfd, name, a.mode, u64::from(a.rdev)))
+        self.make_then_lookup(ctx, parent, name, Call::Mknod, |dirfd, name| {
+            sys::mknodat(dirfd, name, a.mode, u64::from(a.rdev))
+        })
     }
 
     pub fn mkdir(&self, ctx: &Context, parent: u64, name: &CStr, a: &abi::MkdirIn) -> Result<abi::EntryOut> {
-        let m = Markers { before: "mkdir.before_syscall", after: "mkdir.after_syscall" };
-        self.make_then_lookup(ctx, parent, name, &m, |dirfd, name| sys::mkdirat(dirfd, name, a.mode))
+        self.make_then_lookup(ctx, parent, name, Call::Mkdir, |dirfd, name| sys::mkdirat(dirfd, name, a.mode))
     }
 
     pub fn symlink(&self, ctx: &Context, parent: u64, name: &CStr, target: &CStr) -> Result<abi::EntryOut> {
         // The target is stored, never followed by us: it needs no check.
-        let m = Markers { before: "symlink.before_syscall", after: "symlink.after_syscall" };
-        self.make_then_lookup(ctx, parent, name, &m, |dirfd, name| sys::symlinkat(target, dirfd, name))
+        self.make_then_lookup(ctx, parent, name, Call::Symlink, |dirfd, name| sys::symlinkat(target, dirfd, name))
     }
 
     pub fn link(&self, ctx: &Context, old: u64, newparent: u64, name: &CStr) -> Result<abi::EntryOut> {
@@ -70,33 +70,30 @@ impl Fs {
         let proc = self.proc_self_fd;
         // linkat through /proc/self/fd follows the magic link to the object itself (which may be
         // a symlink); AT_EMPTY_PATH would need CAP_DAC_READ_SEARCH, which a caller lacks.
-        let m = Markers { before: "link.before_syscall", after: "link.after_syscall" };
-        self.make_then_lookup(ctx, newparent, name, &m, |dirfd, name| {
+        self.make_then_lookup(ctx, newparent, name, Call::Link, |dirfd, name| {
             sys::linkat(proc, src_name.as_cstr(), dirfd, name, libc::AT_SYMLINK_FOLLOW)
         })
     }
 
     /// UNLINK and RMDIR. Steps: (0) the target is checked present — a missing name is a real
     /// ENOENT; (1-2) the syscall, bracketed; on a replay ENOENT is our own earlier removal.
-    fn remove(&self, ctx: &Context, parent: u64, name: &CStr, flags: i32, markers: &Markers) -> Result<()> {
+    fn remove(&self, ctx: &Context, parent: u64, name: &CStr, flags: i32, what: Call) -> Result<()> {
         let name = check_name(name)?;
         let intent = ctx.intent;
         let dir = self.state.inodes.pin(parent)?;
         let _as = ctx.become_caller()?;
-        if intent.record().is_some() && intent.step() == 0 && identity(dir.fd(), name)?.is_none() {
+        if intent.must_check_world_before() && identity(dir.fd(), name)?.is_none() {
             return Err(Error::from_errno(libc::ENOENT));
         }
-        once::once(intent, markers, || sys::unlinkat(dir.fd(), name, flags), |e| is_errno(e, libc::ENOENT))
+        once::once(intent, what, || sys::unlinkat(dir.fd(), name, flags), |e| is_errno(e, libc::ENOENT))
     }
 
     pub fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> Result<()> {
-        let m = Markers { before: "unlink.before_syscall", after: "unlink.after_syscall" };
-        self.remove(ctx, parent, name, 0, &m)
+        self.remove(ctx, parent, name, 0, Call::Unlink)
     }
 
     pub fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> Result<()> {
-        let m = Markers { before: "rmdir.before_syscall", after: "rmdir.after_syscall" };
-        self.remove(ctx, parent, name, libc::AT_REMOVEDIR, &m)
+        self.remove(ctx, parent, name, libc::AT_REMOVEDIR, Call::Rmdir)
     }
 
     /// RENAME and RENAME2. Steps: (0) the identities of source and target are recorded; (1-2)
@@ -122,30 +119,28 @@ impl Fs {
         let old_dir = self.state.inodes.pin(parent)?;
         let new_dir = self.state.inodes.pin(newparent)?;
         let _as = ctx.become_caller()?;
-        if intent.record().is_some() && intent.step() == 0 {
-            let Some((dev, ino)) = identity(old_dir.fd(), name)? else {
+        if intent.must_check_world_before() {
+            let Some((_, ino)) = identity(old_dir.fd(), name)? else {
                 return Err(Error::from_errno(libc::ENOENT));
             };
             let target = identity(new_dir.fd(), newname)?.map_or(0, |t| t.1);
-            intent.set_fact(0, dev);
-            intent.set_fact(1, ino);
-            intent.set_fact(2, target);
+            intent.set_fact(facts::RENAME_SOURCE_INO, ino);
+            intent.set_fact(facts::RENAME_TARGET_INO, target);
         }
         let done = || -> bool {
-            let src = intent.fact(1);
+            let src = intent.fact(facts::RENAME_SOURCE_INO);
             let now_new = identity(new_dir.fd(), newname).ok().flatten().map(|t| t.1);
             let now_old = identity(old_dir.fd(), name).ok().flatten().map(|t| t.1);
             if flags & libc::RENAME_EXCHANGE != 0 {
-                now_new == Some(src) && now_old == Some(intent.fact(2))
+                now_new == Some(src) && now_old == Some(intent.fact(facts::RENAME_TARGET_INO))
             } else {
                 now_new == Some(src) && now_old != Some(src)
             }
         };
-        let m = Markers { before: "rename.before_syscall", after: "rename.after_syscall" };
         if intent.step() == once::ISSUED && done() {
-            return once::once(intent, &m, || Ok(()), |_| false);
+            return once::once(intent, Call::Rename, || Ok(()), |_| false);
         }
-        once::once(intent, &m, || sys::renameat2(old_dir.fd(), name, new_dir.fd(), newname, flags), |_| false)
+        once::once(intent, Call::Rename, || sys::renameat2(old_dir.fd(), name, new_dir.fd(), newname, flags), |_| false)
     }
 
     pub fn readlink(&self, nodeid: u64) -> Result<Vec<u8>> {

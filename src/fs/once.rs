@@ -12,31 +12,101 @@
 use std::io;
 
 use super::{Error, Result};
-use crate::state::intent::Intent;
+use crate::state::intent::{Intent, facts};
 
 pub const ISSUED: u32 = 1;
 pub const DONE: u32 = 2;
-/// The fact slot where the syscall's errno (0 = success) is kept once DONE.
-const RESULT: usize = 5;
 
-/// The crash points around one bracketed syscall, named after its op.
-pub struct Markers {
-    pub before: &'static str,
-    pub after: &'static str,
+/// A host call run exactly once, by the op that runs it. Its two crash points are named after
+/// it: `<op>.before_<what>` and `<op>.after_<what>` (e.g. "mkdir.before_syscall").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    Mknod,
+    Mkdir,
+    Symlink,
+    Link,
+    Unlink,
+    Rmdir,
+    Rename,
+    Setxattr,
+    Removexattr,
+    /// CREATE's open with O_CREAT.
+    Create,
+    /// A WRITE to an O_APPEND file.
+    Append,
 }
 
-/// Runs `call` once. `ours` says, on a replay after ISSUED, whether an error means our earlier
-/// attempt already did it (then it counts as success).
+impl Call {
+    /// The operation, as its crash points name it.
+    const fn op(self) -> &'static str {
+        match self {
+            Call::Mknod => "mknod",
+            Call::Mkdir => "mkdir",
+            Call::Symlink => "symlink",
+            Call::Link => "link",
+            Call::Unlink => "unlink",
+            Call::Rmdir => "rmdir",
+            Call::Rename => "rename",
+            Call::Setxattr => "setxattr",
+            Call::Removexattr => "removexattr",
+            Call::Create => "create",
+            Call::Append => "write",
+        }
+    }
+
+    /// The steps its crash points name: before and after the call.
+    const fn steps(self) -> (&'static str, &'static str) {
+        match self {
+            Call::Create => ("before_open", "after_open"),
+            Call::Append => ("before_append", "after_append"),
+            Call::Mknod
+            | Call::Mkdir
+            | Call::Symlink
+            | Call::Link
+            | Call::Unlink
+            | Call::Rmdir
+            | Call::Rename
+            | Call::Setxattr
+            | Call::Removexattr => ("before_syscall", "after_syscall"),
+        }
+    }
+
+    /// Every call (crash.rs's test finds each `Call::` named in the source here).
+    #[cfg(test)]
+    pub const ALL: [Call; 11] = [
+        Call::Mknod,
+        Call::Mkdir,
+        Call::Symlink,
+        Call::Link,
+        Call::Unlink,
+        Call::Rmdir,
+        Call::Rename,
+        Call::Setxattr,
+        Call::Removexattr,
+        Call::Create,
+        Call::Append,
+    ];
+
+    /// The full names of its two crash points.
+    #[cfg(test)]
+    pub fn markers(self) -> [String; 2] {
+        let (before, after) = self.steps();
+        [format!("{}.{before}", self.op()), format!("{}.{after}", self.op())]
+    }
+}
+
+/// Runs `run`, the host call `what`, once. `ours` says, on a replay after ISSUED, whether an
+/// error means our earlier attempt already did it (then it counts as success).
 pub fn once(
     intent: Intent,
-    markers: &Markers,
-    call: impl FnOnce() -> io::Result<()>,
+    what: Call,
+    run: impl FnOnce() -> io::Result<()>,
     ours: impl Fn(&io::Error) -> bool,
 ) -> Result<()> {
     let retry = intent.step() == ISSUED;
     match intent.step() {
         DONE => {
-            return match intent.fact(RESULT) as i32 {
+            return match intent.fact(facts::ONCE_ERRNO) {
                 0 => Ok(()),
                 errno => Err(Error::from_errno(errno)),
             };
@@ -45,14 +115,14 @@ pub fn once(
         _ => intent.set_step(ISSUED),
     }
     // Crash here: step ISSUED, syscall not run; the replay runs it.
-    crate::crash_point!(markers.before);
-    let result = match call() {
+    crate::crash_point!(what.op() => what.steps().0);
+    let result = match run() {
         Err(e) if retry && ours(&e) => Ok(()),
         r => r,
     };
     // Crash here: step ISSUED, syscall run; the replay runs it again and `ours` recognises it.
-    crate::crash_point!(markers.after);
-    intent.set_fact(RESULT, result.as_ref().err().and_then(|e| e.raw_os_error()).unwrap_or(0) as u64);
+    crate::crash_point!(what.op() => what.steps().1);
+    intent.set_fact(facts::ONCE_ERRNO, result.as_ref().err().and_then(|e| e.raw_os_error()).unwrap_or(0));
     intent.set_step(DONE);
     Ok(result?)
 }

@@ -6,7 +6,7 @@
 use std::ffi::CStr;
 
 use super::Payload;
-use super::once::{self, Markers, is_errno};
+use super::once::{self, Call, is_errno};
 use super::{Context, Error, Fs, Result};
 use crate::fuse::abi;
 use crate::sys;
@@ -71,13 +71,12 @@ impl Fs {
         let _as = ctx.become_caller()?;
         let intent = ctx.intent;
         let create = flags as i32 & libc::XATTR_CREATE != 0;
-        if create && intent.record().is_some() && intent.step() == 0 && sys::getxattr(&path, name, &mut []).is_ok() {
+        if create && intent.must_check_world_before() && sys::getxattr(&path, name, &mut []).is_ok() {
             return Err(Error::from_errno(libc::EEXIST));
         }
-        let m = Markers { before: "setxattr.before_syscall", after: "setxattr.after_syscall" };
         once::once(
             intent,
-            &m,
+            Call::Setxattr,
             || sys::setxattr(&path, name, value, flags as i32),
             |e| create && is_errno(e, libc::EEXIST),
         )
@@ -89,10 +88,9 @@ impl Fs {
         let (_node, path) = self.xattr_path(nodeid)?;
         let _as = ctx.become_caller()?;
         let intent = ctx.intent;
-        if intent.record().is_some() && intent.step() == 0 {
+        if intent.must_check_world_before() {
             sys::getxattr(&path, name, &mut [])?;
         }
-        let m = Markers { before: "removexattr.before_syscall", after: "removexattr.after_syscall" };
-        once::once(intent, &m, || sys::removexattr(&path, name), |e| is_errno(e, libc::ENODATA))
+        once::once(intent, Call::Removexattr, || sys::removexattr(&path, name), |e| is_errno(e, libc::ENODATA))
     }
 }

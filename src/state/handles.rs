@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use super::intent::{Intent, PENDING_HANDLE, Record};
+use super::intent::{Intent, Pending, Record};
 use super::slots::{self, Pin, Slot, SlotHeader, SlotTable};
 use super::{Error, LiveHandle};
 
@@ -108,7 +108,7 @@ impl Handles {
         s.via.store(via, Ordering::Relaxed);
         let id = slots::make_id(i, s.hdr.generation.load(Ordering::Relaxed));
         if let Some(r) = intent.record() {
-            r.begin_pending(PENDING_HANDLE, id, 0);
+            r.begin_pending(Pending::Handle, id, 0);
         }
         crate::crash_point!("handle.pending");
         // Crash after publishing: recovery finds the pending handle LIVE and gives it to the
@@ -167,9 +167,13 @@ impl Handles {
 
     /// Recovery: settles a record's pending publication from what the table shows.
     pub fn settle_pending(&self, r: &Record) {
-        if r.pending.load(Ordering::Acquire) == PENDING_HANDLE {
-            let id = r.pending_id.load(Ordering::Acquire);
-            if self.table.is_live(id) { r.set_handle(id) } else { r.end_pending() }
+        match r.pending() {
+            Pending::Handle => {
+                let id = r.pending_id.load(Ordering::Acquire);
+                if self.table.is_live(id) { r.set_handle(id) } else { r.end_pending() }
+            }
+            // Lookup counts are settled by the inode table.
+            Pending::None | Pending::Raise | Pending::Forget | Pending::ForgetEntry => {}
         }
     }
 

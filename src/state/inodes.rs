@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::Error;
-use super::intent::{Intent, PENDING_FORGET, PENDING_FORGET_ENTRY, PENDING_RAISE, Record};
+use super::intent::{Intent, Pending, Record, facts};
 use super::slots::{self, Pin, Slot, SlotHeader, SlotTable};
 
 /// What identifies a host object: two fds with the same key are the same inode.
@@ -123,7 +123,7 @@ impl Inodes {
             let nodeid = slots::make_id(i, generation);
             let before = s.lookups.load(Ordering::SeqCst);
             if let Some(r) = rec {
-                r.begin_pending(PENDING_RAISE, nodeid, before);
+                r.begin_pending(Pending::Raise, nodeid, before);
             }
             crate::crash_point!("raise.pending");
             // Crash after this store: the record's pending raise sees count == before + 1 at
@@ -147,7 +147,7 @@ impl Inodes {
         self.fill(i, fd, key, file_type);
         let generation = self.table.slot(i).hdr.generation.load(Ordering::Relaxed);
         if let Some(r) = rec {
-            r.begin_pending(PENDING_RAISE, slots::make_id(i, generation), 0);
+            r.begin_pending(Pending::Raise, slots::make_id(i, generation), 0);
         }
         crate::crash_point!("raise.new_pending");
         let nodeid = self.table.publish(i);
@@ -172,7 +172,8 @@ impl Inodes {
 
     /// `forget` as entry `entry` of a FORGET or BATCH_FORGET: inside the same critical section
     /// the record's step moves to `entry + 1`, so recovery knows exactly which entries are done
-    /// (with a pending change still named in the record, entry `facts[0]` is the one in hand).
+    /// (with a pending change still named in the record, entry `facts::FORGET_ENTRY` is the one in
+    /// hand).
     pub fn forget_entry(&self, nodeid: u64, n: u64, intent: Intent, entry: Option<u32>) {
         let (i, generation) = slots::split_id(nodeid);
         let rec = intent.record();
@@ -200,10 +201,10 @@ impl Inodes {
             if let Some(r) = rec {
                 match entry {
                     Some(k) => {
-                        r.set_fact(0, u64::from(k));
-                        r.begin_pending(PENDING_FORGET_ENTRY, nodeid, target);
+                        r.set_fact(facts::FORGET_ENTRY, k);
+                        r.begin_pending(Pending::ForgetEntry, nodeid, target);
                     }
-                    None => r.begin_pending(PENDING_FORGET, nodeid, target),
+                    None => r.begin_pending(Pending::Forget, nodeid, target),
                 }
             }
             crate::crash_point!("forget.pending");
@@ -264,14 +265,14 @@ impl Inodes {
         let live = slot.filter(|s| {
             s.hdr.state.load(Ordering::SeqCst) == slots::LIVE && s.hdr.generation.load(Ordering::SeqCst) == generation
         });
-        match r.pending.load(Ordering::Acquire) {
-            PENDING_RAISE => match live {
+        match r.pending() {
+            Pending::Raise => match live {
                 Some(s) if s.lookups.load(Ordering::SeqCst) == value + 1 => r.push_raised(id),
                 _ => r.end_pending(),
             },
-            kind @ (PENDING_FORGET | PENDING_FORGET_ENTRY) => {
-                if kind == PENDING_FORGET_ENTRY {
-                    r.set_step(r.fact(0) as u32 + 1);
+            kind @ (Pending::Forget | Pending::ForgetEntry) => {
+                if kind == Pending::ForgetEntry {
+                    r.set_step(r.fact(facts::FORGET_ENTRY) + 1);
                 }
                 if let Some(s) = live {
                     s.lookups.store(value, Ordering::SeqCst);
@@ -282,7 +283,8 @@ impl Inodes {
                 }
                 r.end_pending();
             }
-            _ => {}
+            // A handle's publication is settled by the handle table.
+            Pending::None | Pending::Handle => {}
         }
     }
 

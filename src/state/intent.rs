@@ -12,21 +12,130 @@
 //! it done — all under the inode index mutex (or before a handle's publication), so a crash
 //! leaves at most one pending change whose outcome recovery reads off the table exactly.
 
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Lookup counts one request may raise (READDIRPLUS caps its entries to this).
 pub const MAX_RAISES: usize = 128;
 
-pub const PENDING_NONE: u32 = 0;
-/// `pending_id` is a node whose lookup count is being raised from `pending_value`.
-pub const PENDING_RAISE: u32 = 1;
-/// `pending_id` is a node whose lookup count is being set to `pending_value` (FORGET).
-pub const PENDING_FORGET: u32 = 2;
-/// `pending_id` is a handle about to be published.
-pub const PENDING_HANDLE: u32 = 3;
-/// As PENDING_FORGET, for entry `facts[0]` of a FORGET/BATCH_FORGET whose `step` counts the
-/// entries done.
-pub const PENDING_FORGET_ENTRY: u32 = 4;
+/// How many facts a record holds.
+pub const FACTS: usize = 6;
+
+/// One named slot of a record's facts, holding a `T`. The slots and what each holds are declared
+/// in `facts`, and nowhere else.
+#[derive(Debug, Clone, Copy)]
+pub struct Fact<T> {
+    slot: usize,
+    value: PhantomData<T>,
+}
+
+impl<T> Fact<T> {
+    const fn at(slot: usize) -> Fact<T> {
+        assert!(slot < FACTS);
+        Fact { slot, value: PhantomData }
+    }
+}
+
+/// A value a fact holds, kept in the region as a `u64`.
+pub trait FactValue: Copy {
+    fn to_raw(self) -> u64;
+    fn from_raw(raw: u64) -> Self;
+}
+
+impl FactValue for u64 {
+    fn to_raw(self) -> u64 {
+        self
+    }
+    fn from_raw(raw: u64) -> u64 {
+        raw
+    }
+}
+
+impl FactValue for u32 {
+    fn to_raw(self) -> u64 {
+        u64::from(self)
+    }
+    fn from_raw(raw: u64) -> u32 {
+        raw as u32
+    }
+}
+
+impl FactValue for i32 {
+    fn to_raw(self) -> u64 {
+        self as u64
+    }
+    fn from_raw(raw: u64) -> i32 {
+        raw as i32
+    }
+}
+
+impl FactValue for bool {
+    fn to_raw(self) -> u64 {
+        u64::from(self)
+    }
+    fn from_raw(raw: u64) -> bool {
+        raw != 0
+    }
+}
+
+/// What each op keeps in its record's facts, by op. A record serves one request, so the slots of
+/// different ops overlap; within one op they must not (a test checks). The slot numbers are part
+/// of the region's layout.
+pub mod facts {
+    use super::Fact;
+
+    /// Every op whose host call is bracketed (fs/once.rs): the call's errno once step DONE is
+    /// recorded, 0 for success.
+    pub const ONCE_ERRNO: Fact<i32> = Fact::at(5);
+
+    /// CREATE: whether the name existed before (then a replay's EEXIST is not its own doing).
+    pub const CREATE_EXISTED: Fact<bool> = Fact::at(0);
+
+    /// RENAME: the inode number the source name had before.
+    pub const RENAME_SOURCE_INO: Fact<u64> = Fact::at(1);
+    /// RENAME: the inode number the target name had before, 0 if it had none.
+    pub const RENAME_TARGET_INO: Fact<u64> = Fact::at(2);
+
+    /// WRITE to an O_APPEND file: the file's size before the write.
+    pub const APPEND_SIZE_BEFORE: Fact<u64> = Fact::at(0);
+    /// WRITE to an O_APPEND file: how many bytes of the data are written, once the write is done.
+    pub const APPEND_WRITTEN: Fact<u64> = Fact::at(1);
+
+    /// FORGET and BATCH_FORGET: the entry in hand while its count change is pending.
+    pub const FORGET_ENTRY: Fact<u32> = Fact::at(0);
+}
+
+/// The one table change a record names as half-done, stored as a `u32` in `Record::pending` and
+/// read back through `Pending::try_from` (see `Record::pending`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Pending {
+    None = 0,
+    /// `pending_id` is a node whose lookup count is being raised from `pending_value`.
+    Raise = 1,
+    /// `pending_id` is a node whose lookup count is being set to `pending_value` (FORGET).
+    Forget = 2,
+    /// `pending_id` is a handle about to be published.
+    Handle = 3,
+    /// As `Forget`, for entry `facts::FORGET_ENTRY` of a FORGET/BATCH_FORGET whose `step`
+    /// counts the entries done.
+    ForgetEntry = 4,
+}
+
+impl TryFrom<u32> for Pending {
+    type Error = u32;
+
+    fn try_from(v: u32) -> Result<Pending, u32> {
+        match v {
+            0 => Ok(Pending::None),
+            1 => Ok(Pending::Raise),
+            2 => Ok(Pending::Forget),
+            3 => Ok(Pending::Handle),
+            4 => Ok(Pending::ForgetEntry),
+            other => Err(other),
+        }
+    }
+}
 
 #[repr(C)]
 #[derive(Debug)]
@@ -38,13 +147,14 @@ pub struct Record {
     pub deaths: AtomicU32,
     /// Op-specific progress; 0 = nothing done yet.
     pub step: AtomicU32,
-    pub pending: AtomicU32,
+    /// A `Pending`, read only through `pending()`.
+    pending: AtomicU32,
     pub pending_id: AtomicU64,
     pub pending_value: AtomicU64,
     pub nodeid: AtomicU64,
-    /// Op-specific facts, e.g. the (dev, ino) of a rename's source, a file's size before an
-    /// append, a syscall's result.
-    pub facts: [AtomicU64; 6],
+    /// Op-specific facts, e.g. the inode a rename's source names, a file's size before an
+    /// append, a syscall's result: read and written only through the named slots in `facts`.
+    facts: [AtomicU64; FACTS],
     /// The handle this request published, 0 if none.
     pub handle: AtomicU64,
     pub raised_count: AtomicU32,
@@ -65,7 +175,7 @@ impl Record {
         self.opcode.store(opcode, Ordering::Relaxed);
         self.deaths.store(0, Ordering::Relaxed);
         self.step.store(0, Ordering::Relaxed);
-        self.pending.store(PENDING_NONE, Ordering::Relaxed);
+        self.pending.store(Pending::None as u32, Ordering::Relaxed);
         self.nodeid.store(nodeid, Ordering::Relaxed);
         self.handle.store(0, Ordering::Relaxed);
         self.raised_count.store(0, Ordering::Relaxed);
@@ -89,12 +199,12 @@ impl Record {
         self.step.store(step, Ordering::Release);
     }
 
-    pub fn fact(&self, i: usize) -> u64 {
-        self.facts[i].load(Ordering::Acquire)
+    pub fn fact<T: FactValue>(&self, f: Fact<T>) -> T {
+        T::from_raw(self.facts[f.slot].load(Ordering::Acquire))
     }
 
-    pub fn set_fact(&self, i: usize, v: u64) {
-        self.facts[i].store(v, Ordering::Release);
+    pub fn set_fact<T: FactValue>(&self, f: Fact<T>, v: T) {
+        self.facts[f.slot].store(v.to_raw(), Ordering::Release);
     }
 
     pub fn raised(&self) -> Vec<u64> {
@@ -102,10 +212,25 @@ impl Record {
         self.raised[..n].iter().map(|r| r.load(Ordering::Relaxed)).collect()
     }
 
-    pub fn begin_pending(&self, kind: u32, id: u64, value: u64) {
+    /// The table change this record names as pending. The region outlives the worker that wrote
+    /// it, so an unknown value (a corrupt record) is read as none, with a warning: recovery then
+    /// leaves the tables as they stand rather than guess.
+    pub fn pending(&self) -> Pending {
+        let raw = self.pending.load(Ordering::Acquire);
+        Pending::try_from(raw).unwrap_or_else(|raw| {
+            tracing::warn!(
+                raw,
+                unique = self.unique.load(Ordering::Relaxed),
+                "intent record: unknown pending kind, read as none"
+            );
+            Pending::None
+        })
+    }
+
+    pub fn begin_pending(&self, kind: Pending, id: u64, value: u64) {
         self.pending_id.store(id, Ordering::Relaxed);
         self.pending_value.store(value, Ordering::Relaxed);
-        self.pending.store(kind, Ordering::Release);
+        self.pending.store(kind as u32, Ordering::Release);
     }
 
     /// Records that the pending raise of `id` happened.
@@ -115,23 +240,23 @@ impl Record {
             self.raised[n].store(id, Ordering::Relaxed);
             self.raised_count.store(n as u32 + 1, Ordering::Release);
         }
-        self.pending.store(PENDING_NONE, Ordering::Release);
+        self.pending.store(Pending::None as u32, Ordering::Release);
     }
 
     /// Forgets the last raise (after undoing it in the table).
     pub fn pop_raised(&self) {
         let n = self.raised_count.load(Ordering::Relaxed);
         self.raised_count.store(n.saturating_sub(1), Ordering::Release);
-        self.pending.store(PENDING_NONE, Ordering::Release);
+        self.pending.store(Pending::None as u32, Ordering::Release);
     }
 
     pub fn end_pending(&self) {
-        self.pending.store(PENDING_NONE, Ordering::Release);
+        self.pending.store(Pending::None as u32, Ordering::Release);
     }
 
     pub fn set_handle(&self, fh: u64) {
         self.handle.store(fh, Ordering::Relaxed);
-        self.pending.store(PENDING_NONE, Ordering::Release);
+        self.pending.store(Pending::None as u32, Ordering::Release);
     }
 }
 
@@ -161,6 +286,15 @@ impl Intent {
         self.replay
     }
 
+    /// Whether the world before the op must be checked, and what a replay needs of it recorded,
+    /// now: the request has a record and its op has done nothing yet (a fresh request, or a
+    /// replay whose dead attempt stopped before its first step). Once a step is taken, the world
+    /// may show the op's own doing, and the record is what tells the world before; without a
+    /// record nothing is replayed, so nothing needs checking ahead.
+    pub fn must_check_world_before(&self) -> bool {
+        self.rec.is_some() && self.step() == 0
+    }
+
     /// Progress so far (0 for a fresh request, or without a record).
     pub fn step(&self) -> u32 {
         self.rec.map_or(0, |r| r.step())
@@ -172,13 +306,14 @@ impl Intent {
         }
     }
 
-    pub fn fact(&self, i: usize) -> u64 {
-        self.rec.map_or(0, |r| r.fact(i))
+    /// Fact `f` as recorded (its zero value without a record).
+    pub fn fact<T: FactValue>(&self, f: Fact<T>) -> T {
+        self.rec.map_or(T::from_raw(0), |r| r.fact(f))
     }
 
-    pub fn set_fact(&self, i: usize, v: u64) {
+    pub fn set_fact<T: FactValue>(&self, f: Fact<T>, v: T) {
         if let Some(r) = self.rec {
-            r.set_fact(i, v);
+            r.set_fact(f, v);
         }
     }
 
@@ -300,5 +435,60 @@ impl Records {
     /// Returns an adopted record to the free list once its request is answered.
     pub fn release(&self, i: u32) {
         self.free.lock().unwrap().push(i);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::{Pending, facts};
+    use crate::state::Region;
+
+    #[test]
+    fn test_facts_of_one_op_use_distinct_slots() {
+        use facts::*;
+        let ops: [(&str, &[usize]); 4] = [
+            ("create", &[CREATE_EXISTED.slot, ONCE_ERRNO.slot]),
+            ("rename", &[RENAME_SOURCE_INO.slot, RENAME_TARGET_INO.slot, ONCE_ERRNO.slot]),
+            ("append", &[APPEND_SIZE_BEFORE.slot, APPEND_WRITTEN.slot, ONCE_ERRNO.slot]),
+            ("forget", &[FORGET_ENTRY.slot]),
+        ];
+        for (op, slots) in ops {
+            let distinct: std::collections::BTreeSet<_> = slots.iter().collect();
+            assert_eq!(distinct.len(), slots.len(), "{op} uses one fact slot twice");
+        }
+    }
+
+    #[test]
+    fn test_fact_values_round_trip_through_the_region() {
+        let region = Region::create(16, 16).unwrap();
+        let r = &region.records()[0];
+        r.set_fact(facts::ONCE_ERRNO, -libc::EIO);
+        assert_eq!(r.fact(facts::ONCE_ERRNO), -libc::EIO);
+        r.set_fact(facts::ONCE_ERRNO, libc::ENOENT);
+        assert_eq!(r.fact(facts::ONCE_ERRNO), libc::ENOENT);
+        r.set_fact(facts::CREATE_EXISTED, true);
+        assert!(r.fact(facts::CREATE_EXISTED));
+        r.set_fact(facts::FORGET_ENTRY, u32::MAX);
+        assert_eq!(r.fact(facts::FORGET_ENTRY), u32::MAX);
+    }
+
+    #[test]
+    fn test_pending_round_trips_through_u32() {
+        for p in [Pending::None, Pending::Raise, Pending::Forget, Pending::Handle, Pending::ForgetEntry] {
+            assert_eq!(Pending::try_from(p as u32), Ok(p));
+        }
+        assert_eq!(Pending::try_from(5), Err(5));
+    }
+
+    #[test]
+    fn test_record_unknown_pending_kind_reads_as_none() {
+        let region = Region::create(16, 16).unwrap();
+        let r = &region.records()[0];
+        r.start(1, 1, 1, 1);
+        r.begin_pending(Pending::Raise, 5, 0);
+        r.pending.store(99, Ordering::Release); // as a corrupt region would hold it
+        assert_eq!(r.pending(), Pending::None);
     }
 }

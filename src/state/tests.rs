@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::intent::{Intent, Orphan, PENDING_FORGET_ENTRY, PENDING_HANDLE, PENDING_RAISE};
+use super::intent::{Intent, Orphan, Pending, facts};
 use super::slots::{self, RETIRING, SETTING_UP};
 use super::{HandleKind, InodeKey, Region, State};
 
@@ -65,13 +65,13 @@ fn test_state_pending_raise_counts_only_if_the_count_moved() {
     let rec = &s.region.records()[0];
     // Dead before the store: pending from 1, count still 1 -> not raised.
     rec.start(10, 1, 1, 1);
-    rec.begin_pending(PENDING_RAISE, n, 1);
+    rec.begin_pending(Pending::Raise, n, 1);
     recover(&s);
     assert_eq!(lookups(&s, n), 1);
     assert!(rec.raised().is_empty());
     // Dead after the store: pending from 1, count 2 -> raised, exactly once.
     rec.start(11, 1, 1, 2);
-    rec.begin_pending(PENDING_RAISE, n, 1);
+    rec.begin_pending(Pending::Raise, n, 1);
     s.inodes.pin(n).unwrap().slot().lookups.store(2, Ordering::SeqCst);
     recover(&s);
     assert_eq!(lookups(&s, n), 2);
@@ -120,8 +120,8 @@ fn test_state_pending_forget_entry_sets_the_target_and_moves_the_step() {
     assert_eq!(lookups(&s, n), 3);
     let rec = &s.region.records()[0];
     rec.start(20, 42, 0, 1); // a BATCH_FORGET
-    rec.set_fact(0, 4); // entry 4 in hand: forget 2 of 3 -> target 1
-    rec.begin_pending(PENDING_FORGET_ENTRY, n, 1);
+    rec.set_fact(facts::FORGET_ENTRY, 4); // entry 4 in hand: forget 2 of 3 -> target 1
+    rec.begin_pending(Pending::ForgetEntry, n, 1);
     recover(&s);
     assert_eq!(lookups(&s, n), 1, "the target is set, whether or not the dead worker had stored it");
     assert_eq!(rec.step(), 5, "the entry in hand counts as done");
@@ -133,12 +133,12 @@ fn test_state_pending_handle_is_given_to_the_record_only_if_published() {
     let rec = &s.region.records()[0];
     let fh = s.handles.insert(fd(), HandleKind::File, 1, 0, Intent::none()).unwrap();
     rec.start(30, 14, 1, 1);
-    rec.begin_pending(PENDING_HANDLE, fh, 0);
+    rec.begin_pending(Pending::Handle, fh, 0);
     recover(&s);
     assert_eq!(Intent::new(rec, true).handle(), fh, "published: the replay replies with this fh");
     let unpublished = fh + 1;
     rec.start(31, 14, 1, 1);
-    rec.begin_pending(PENDING_HANDLE, unpublished, 0);
+    rec.begin_pending(Pending::Handle, unpublished, 0);
     recover(&s);
     assert_eq!(Intent::new(rec, true).handle(), 0, "not published: the replay opens again");
 }
