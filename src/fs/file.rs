@@ -291,7 +291,9 @@ impl Fs {
 
     pub fn lseek(&self, a: &abi::LseekIn) -> Result<abi::LseekOut> {
         let h = self.file(a.fh)?;
-        let offset = i64::try_from(a.offset).map_err(|_| Error::OutOfRange)?;
+        // The wire carries the guest's signed loff_t in a u64. A negative offset is the host's
+        // to judge, as natively: ENXIO for SEEK_DATA/SEEK_HOLE, EINVAL for SEEK_SET.
+        let offset = a.offset as i64;
         Ok(abi::LseekOut { offset: sys::lseek(h.fd(), offset, a.whence as i32)? })
     }
 
