@@ -3,7 +3,7 @@
 use std::ffi::CStr;
 use std::time::Duration;
 
-use super::{Context, Error, Fs, Result, check_name};
+use super::{Context, Fs, Result, check_name};
 use crate::fuse::abi;
 use crate::state::InodeKey;
 use crate::state::intent::Intent;
@@ -20,6 +20,8 @@ pub fn key_of(st: &libc::statx) -> InodeKey {
     InodeKey { dev: libc::makedev(st.stx_dev_major, st.stx_dev_minor), ino: st.stx_ino, mnt_id: st.stx_mnt_id }
 }
 
+/// The reply's attributes. Times keep their sign bit: the kernel reads the u64 seconds back as
+/// its signed time64_t, so a time before 1970 round-trips.
 pub fn attr_of(st: &libc::stat64) -> abi::Attr {
     abi::Attr {
         ino: st.st_ino,
@@ -144,19 +146,20 @@ impl Fs {
             }
         }
         if a.valid & (abi::FATTR_ATIME | abi::FATTR_MTIME) != 0 {
-            let pick = |set: u32, now: u32, secs: u64, nsecs: u32| -> Result<libc::timespec> {
+            // The wire carries the guest's signed seconds (time64_t) in a u64: times before 1970
+            // are negative, and the host file system judges (and clamps) them as natively.
+            let pick = |set: u32, now: u32, secs: u64, nsecs: u32| -> libc::timespec {
                 if a.valid & set == 0 {
-                    Ok(libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT })
+                    libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT }
                 } else if a.valid & now != 0 {
-                    Ok(libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW })
+                    libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW }
                 } else {
-                    let tv_sec = i64::try_from(secs).map_err(|_| Error::OutOfRange)?;
-                    Ok(libc::timespec { tv_sec, tv_nsec: i64::from(nsecs) })
+                    libc::timespec { tv_sec: secs as i64, tv_nsec: i64::from(nsecs) }
                 }
             };
             let times = [
-                pick(abi::FATTR_ATIME, abi::FATTR_ATIME_NOW, a.atime, a.atimensec)?,
-                pick(abi::FATTR_MTIME, abi::FATTR_MTIME_NOW, a.mtime, a.mtimensec)?,
+                pick(abi::FATTR_ATIME, abi::FATTR_ATIME_NOW, a.atime, a.atimensec),
+                pick(abi::FATTR_MTIME, abi::FATTR_MTIME_NOW, a.mtime, a.mtimensec),
             ];
             match file_fd {
                 Some(fd) => sys::futimens(fd, &times)?,

@@ -18,7 +18,9 @@ impl Fs {
     /// The flags a guest open turns into on the host: creation flags are handled by the kernel
     /// before OPEN (or by our own openat for CREATE), and writeback caching needs read access
     /// and no O_APPEND because the guest kernel writes back whole pages at offsets it chose.
+    /// The exec flag is the guest kernel's own and means nothing to a host open.
     fn host_open_flags(&self, guest: u32) -> i32 {
+        let guest = guest & !abi::FMODE_EXEC;
         let mut f = guest as i32 & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOATIME);
         if !self.cfg.allow_direct_io {
             f &= !libc::O_DIRECT;
@@ -60,8 +62,9 @@ impl Fs {
         Ok(self.state.handles.pin(fh, HandleKind::File)?)
     }
 
-    /// OPEN. Steps: the fd is opened as the caller (a crash after it leaves an fd no table
-    /// names, closed by recovery's sweep; the replay opens again, which is idempotent even with
+    /// OPEN. Steps: the fd is opened as the caller, or, for a program the caller may execute
+    /// but not read, as `open_for_exec` says (a crash after it leaves an fd no table names,
+    /// closed by recovery's sweep; the replay opens again, which is idempotent even with
     /// O_TRUNC); then the handle is published two-phase in the record, so a replay after it
     /// replies with the same fh.
     pub fn open(&self, ctx: &Context, nodeid: u64, a: &abi::OpenIn) -> Result<abi::OpenOut> {
@@ -70,18 +73,39 @@ impl Fs {
             return Ok(self.open_out(published, a.flags));
         }
         let node = self.state.inodes.pin(nodeid)?;
-        if node.slot().file_type.load(std::sync::atomic::Ordering::Relaxed) == libc::S_IFDIR
-            && a.flags as i32 & libc::O_ACCMODE != libc::O_RDONLY
-        {
+        let kind = node.slot().file_type.load(std::sync::atomic::Ordering::Relaxed);
+        if kind == libc::S_IFDIR && a.flags as i32 & libc::O_ACCMODE != libc::O_RDONLY {
             return Err(Error::from_errno(libc::EISDIR));
         }
-        let fd = {
+        let flags = self.host_open_flags(a.flags);
+        let as_caller = {
             let _as = ctx.become_caller()?;
-            self.reopen(node.fd(), self.host_open_flags(a.flags))?
+            self.reopen(node.fd(), flags)
+        };
+        let fd = match as_caller {
+            Err(e) if e.errno() == libc::EACCES && kind == libc::S_IFREG && is_exec_open(a.flags) => {
+                self.open_for_exec(ctx, node.fd(), flags)?
+            }
+            r => r?,
         };
         crate::crash_point!("open.after_open");
         let fh = self.publish_file(fd, nodeid, a.flags, ctx.intent)?;
         Ok(self.open_out(fh, a.flags))
+    }
+
+    /// The kernel's open of a program for execve, which the caller may execute but not read
+    /// (mode 0111, 0711): natively the kernel reads such a program for its caller, so the caller
+    /// needs execute permission only. The host checks that permission with the caller's
+    /// identity (as the guest kernel already did); only then is the file opened for reading with
+    /// the daemon's own. Nothing else is granted: the fd is read-only, the node is a regular
+    /// file of the share, and the guest kernel keeps the fd for loading the program.
+    fn open_for_exec(&self, ctx: &Context, fd: i32, flags: i32) -> Result<i32> {
+        let name = FdName::new(fd);
+        {
+            let _as = ctx.become_caller()?;
+            sys::faccessat(self.proc_self_fd, name.as_cstr(), libc::X_OK, libc::AT_EACCESS)?;
+        }
+        self.reopen(fd, flags)
     }
 
     /// CREATE. Steps: (0) whether the name exists is recorded — with O_EXCL an existing name is
@@ -288,7 +312,9 @@ impl Fs {
 
     pub fn lseek(&self, a: &abi::LseekIn) -> Result<abi::LseekOut> {
         let h = self.file(a.fh)?;
-        let offset = i64::try_from(a.offset).map_err(|_| Error::OutOfRange)?;
+        // The wire carries the guest's signed loff_t in a u64. A negative offset is the host's
+        // to judge, as natively: ENXIO for SEEK_DATA/SEEK_HOLE, EINVAL for SEEK_SET.
+        let offset = a.offset as i64;
         Ok(abi::LseekOut { offset: sys::lseek(h.fd(), offset, a.whence as i32)? })
     }
 
@@ -333,5 +359,28 @@ impl Fs {
         let r = sys::syncfs(fd);
         sys::close(fd);
         Ok(r?)
+    }
+}
+
+/// Whether an OPEN is the kernel's open of a program for execve: read-only, with the exec flag
+/// and nothing that would change the file.
+fn is_exec_open(flags: u32) -> bool {
+    let f = flags as i32;
+    flags & abi::FMODE_EXEC != 0 && f & libc::O_ACCMODE == libc::O_RDONLY && f & (libc::O_TRUNC | libc::O_CREAT) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_is_exec_open_only_the_kernels_read_only_exec_open() {
+        // What execve's open sends: O_RDONLY | O_LARGEFILE | __FMODE_EXEC.
+        assert!(is_exec_open(0o100000 | abi::FMODE_EXEC));
+        assert!(is_exec_open(abi::FMODE_EXEC));
+        assert!(!is_exec_open(0), "a plain read-only open");
+        for other in [libc::O_WRONLY, libc::O_RDWR, libc::O_TRUNC, libc::O_CREAT] {
+            assert!(!is_exec_open(abi::FMODE_EXEC | other as u32), "exec flag with {other:#o}");
+        }
     }
 }

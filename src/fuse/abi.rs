@@ -89,6 +89,10 @@ pub const FOPEN_DIRECT_IO: u32 = 1 << 0;
 pub const FOPEN_KEEP_CACHE: u32 = 1 << 1;
 pub const FOPEN_CACHE_DIR: u32 = 1 << 3;
 
+/// In an OPEN's `flags`: the kernel's internal `__FMODE_EXEC`, set (with O_RDONLY) only when the
+/// kernel opens a program for execve. No open(2) can set it: the kernel masks it out.
+pub const FMODE_EXEC: u32 = 0x20;
+
 pub const GETATTR_FH: u32 = 1 << 0;
 pub const LK_FLOCK: u32 = 1 << 0;
 pub const WRITE_KILL_SUIDGID: u32 = 1 << 2;

@@ -1,5 +1,6 @@
 //! test_open_modes (open flags, creat, O_TMPFILE, umask) and test_file_io (read/write at
-//! offsets, fsync, sparse files, fallocate, copy_file_range, unlink while open).
+//! offsets, fsync, sparse files, fallocate, copy_file_range, unlink while open);
+//! test_regression_seek_negative_offset (issue 11, case 4).
 
 use libc::{
     EBADF, EEXIST, EINVAL, EISDIR, ELOOP, ENAMETOOLONG, ENOENT, ENOTDIR, ENXIO, EOPNOTSUPP, O_APPEND, O_CREAT,
@@ -224,6 +225,34 @@ fn test_file_io() {
         r.ok("old fd still has the old data", pread(&fd, 100, 0));
         r.ok("fstat old fd", fstat(&fd));
         r.ok("stat new file", stat(&r.p("uo")));
+    });
+    t.finish();
+}
+
+/// Issue 11, case 4: SEEK_DATA/SEEK_HOLE from a negative offset give the host's ENXIO; the
+/// daemon used to refuse the offset itself with EINVAL.
+#[test]
+fn test_regression_seek_negative_offset() {
+    let t = Pair::new();
+    t.both("SEEK_DATA / SEEK_HOLE from a negative offset", |r| {
+        let fd = r.open("create sk", &r.p("sk"), O_CREAT | O_RDWR, 0o644);
+        r.ok("write 8 KiB", pwrite(&fd, &[1u8; 8192], 0));
+        for (off, whence, name) in [
+            (-1, SEEK_DATA, "SEEK_DATA from -1"),
+            (-1, SEEK_HOLE, "SEEK_HOLE from -1"),
+            (i64::MIN, SEEK_DATA, "SEEK_DATA from i64::MIN"),
+            (i64::MIN, SEEK_HOLE, "SEEK_HOLE from i64::MIN"),
+        ] {
+            r.err(name, lseek(&fd, off, whence), ENXIO);
+        }
+        r.ok("position unchanged", lseek(&fd, 0, SEEK_CUR));
+        r.ok("chmod sk 0666", chmod(&r.p("sk"), 0o666));
+        r.as_user(&ALICE, |r| {
+            let fd = r.open("open sk O_RDONLY", &r.p("sk"), O_RDONLY, 0);
+            r.err("SEEK_DATA from -4096", lseek(&fd, -4096, SEEK_DATA), ENXIO);
+            r.err("SEEK_HOLE from -4096", lseek(&fd, -4096, SEEK_HOLE), ENXIO);
+            r.ok("SEEK_HOLE from 0", lseek(&fd, 0, SEEK_HOLE));
+        });
     });
     t.finish();
 }

@@ -1,5 +1,6 @@
 //! test_namespace_ops (lookup, mkdir, symlink, mknod, link, unlink, rmdir, rename, renameat2)
-//! and test_attr_ops (chmod, chown, truncate, utimensat, statfs, access as root).
+//! and test_attr_ops (chmod, chown, truncate, utimensat, statfs, access as root);
+//! test_regression_times_before_1970 (issue 11, case 3).
 
 use libc::{
     EACCES, EEXIST, EINVAL, EISDIR, ELOOP, ENAMETOOLONG, ENOENT, ENOTDIR, ENOTEMPTY, EPERM, O_NOFOLLOW, O_RDONLY,
@@ -271,6 +272,32 @@ fn test_attr_ops() {
         r.ok("symlink dangle -> nowhere", symlink("nowhere", &r.p("dangle")));
         r.ok("faccessat NOFOLLOW on dangling link", faccessat(&r.p("dangle"), libc::F_OK, libc::AT_SYMLINK_NOFOLLOW));
         r.err("faccessat following it", faccessat(&r.p("dangle"), libc::F_OK, 0), ENOENT);
+    });
+    t.finish();
+}
+
+/// Issue 11, case 3: times before 1970 (negative seconds) are set and reported, as natively;
+/// the daemon used to refuse them with EINVAL.
+#[test]
+fn test_regression_times_before_1970() {
+    let t = Pair::new();
+    t.both("times before 1970", |r| {
+        let f = r.p("old");
+        // 1960-01-01 00:00:00 UTC and 1969-12-31 23:59:59.5.
+        let (y1960, just_before) = ((-315_619_200, 0), (-1, 500_000_000));
+        r.ok("create old", put(&f, b"old", 0o644));
+        r.ok("utimensat 1960 / just before the epoch", utimens(&f, [y1960, just_before], 0));
+        r.times("times after utimensat", "old", true);
+        let fd = r.open("open old O_RDONLY", &f, O_RDONLY, 0);
+        r.ok("futimens just before the epoch / 1960", futimens(&fd, [just_before, y1960]));
+        r.ok("fstat times", raw_fstat(&fd).map(|s| times(&s)));
+        r.ok("utimensat far past (year -1000)", utimens(&f, [(-93_755_745_600, 1), OMIT], 0));
+        r.times("times after the far past", "old", true);
+        r.ok("chown old to alice", chown(&f, ALICE.uid, ALICE.gid));
+        r.as_user(&ALICE, |r| {
+            r.ok("utimensat 1960 on her own file", utimens(&r.p("old"), [y1960, y1960], 0));
+            r.times("times as alice", "old", true);
+        });
     });
     t.finish();
 }

@@ -184,6 +184,10 @@ pub fn put(p: &Path, data: &[u8], mode: u32) -> Res<i64> {
         _ => Err(Errno(libc::EIO)),
     }
 }
+/// Runs the program `p` (no arguments) to its end: its exit code, or the errno execve gave.
+pub fn exec(p: &Path) -> Res<Option<i32>> {
+    std::process::Command::new(p).status().map(|s| s.code()).map_err(io_errno)
+}
 /// Sorted entry names (without . and ..).
 pub fn names(p: &Path) -> Res<Vec<String>> {
     let rd = std::fs::read_dir(p).map_err(io_errno)?;

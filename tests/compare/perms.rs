@@ -1,6 +1,6 @@
 //! test_permissions_nonroot: permission checks as non-root users (forked children with
 //! their own uid/gid/supplementary groups): EACCES/EPERM, sticky and setgid directories,
-//! chown/chmod as the owner, access(2).
+//! chown/chmod as the owner, access(2); test_regression_exec_only (issue 11, case 2).
 
 use libc::{EACCES, EPERM, O_CREAT, O_RDONLY, O_TRUNC, O_WRONLY, R_OK, S_IFCHR, S_IFIFO, W_OK, X_OK};
 
@@ -175,6 +175,35 @@ fn test_permissions_nonroot() {
             r.err("chmod root's file", chmod(&r.p("world"), 0o600), EPERM);
             r.err("utimensat explicit on root's 0666 file", utimens(&r.p("world"), [(1, 1), (2, 2)], 0), EPERM);
         });
+    });
+    t.finish();
+}
+
+/// Issue 11, case 2: a program the caller may execute but not read runs, as natively. The
+/// kernel opens it for exec (O_RDONLY with its internal exec flag); the daemon used to open it
+/// as the caller, who may not read it, and exec failed with EACCES.
+#[test]
+fn test_regression_exec_only() {
+    let t = Pair::new();
+    t.both("execute-only programs", |r| {
+        let image = std::fs::read("/bin/true").expect("read /bin/true");
+        for (name, mode) in [("x0111", 0o111), ("x0711", 0o711), ("x0700", 0o700), ("x0644", 0o644), ("x0000", 0)] {
+            r.ok(&format!("copy /bin/true to {name}"), put(&r.p(name), &image, 0o600).and(chmod(&r.p(name), mode)));
+        }
+        r.ok("root execs x0111", exec(&r.p("x0111")));
+        r.err("root execs x0644", exec(&r.p("x0644")), EACCES);
+        r.err("root execs x0000", exec(&r.p("x0000")), EACCES);
+        r.as_user(&ALICE, |r| {
+            for name in ["x0111", "x0711"] {
+                r.ok(&format!("exec {name}"), exec(&r.p(name)));
+                r.err(&format!("read {name}"), read_file(&r.p(name)), EACCES);
+                r.err(&format!("open {name} O_RDONLY"), opens(&r.p(name), O_RDONLY, 0), EACCES);
+                r.ok(&format!("access {name} X_OK"), access(&r.p(name), X_OK));
+            }
+            r.err("exec x0700 (root's only)", exec(&r.p("x0700")), EACCES);
+            r.err("exec x0644 (not executable)", exec(&r.p("x0644")), EACCES);
+        });
+        r.as_user(&ROOT, |r| r.ok("root execs x0711 from a child", exec(&r.p("x0711"))));
     });
     t.finish();
 }
