@@ -2,7 +2,7 @@
 //! its own, so waiting locks can never occupy every serving thread (nor, over a virtqueue, hold
 //! up the unlock behind them on the same queue). INTERRUPT wakes such a thread with a signal.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use super::{Delivery, Exchange, Server};
@@ -28,7 +28,19 @@ enum Waiter {
 
 /// Blocking requests by FUSE unique (without the resend bit): INTERRUPT names them so.
 #[derive(Default)]
-pub(super) struct Waiters(Mutex<HashMap<u64, Waiter>>);
+pub(super) struct Waiters(Mutex<WaiterTable>);
+
+#[derive(Default)]
+struct WaiterTable {
+    waiting: HashMap<u64, Waiter>,
+    /// INTERRUPTs for requests not registered (yet): another serving thread can read the
+    /// INTERRUPT before the thread that read the request registers it. The newest few are kept
+    /// (most are for requests that finish promptly and are never registered).
+    early: VecDeque<u64>,
+}
+
+/// INTERRUPTs kept for requests not registered yet.
+const EARLY_INTERRUPTS: usize = 64;
 
 /// A blocking request's unique id as sent, and its waiter key (without the resend bit).
 fn waiter_key(msg: &[u8]) -> (u64, u64) {
@@ -42,13 +54,31 @@ impl Waiters {
     /// that lands in the few instructions between registering and entering the lock call is
     /// still lost; the lock then waits until granted or the file is released.)
     pub(super) fn interrupt(&self, unique: u64) {
-        let mut waiters = self.0.lock().unwrap();
-        match waiters.get_mut(&(unique & !abi::UNIQUE_RESEND)) {
+        let key = unique & !abi::UNIQUE_RESEND;
+        let mut table = self.0.lock().unwrap();
+        match table.waiting.get_mut(&key) {
             // SAFETY: the thread is registered, so it has not exited (see `Server::wait_on`).
             Some(Waiter::Waiting(thread)) => unsafe { process::signal_thread(*thread, WAKE_SIGNAL) },
             Some(Waiter::Starting { interrupted }) => *interrupted = true,
-            None => {}
+            None => {
+                if table.early.len() == EARLY_INTERRUPTS {
+                    table.early.pop_front();
+                }
+                table.early.push_back(key);
+            }
         }
+    }
+
+    /// Registers a blocking request as read (interrupted already if its INTERRUPT came first).
+    fn register(&self, key: u64) {
+        let mut table = self.0.lock().unwrap();
+        let early = table.early.iter().position(|k| *k == key);
+        let interrupted = early.and_then(|i| table.early.remove(i)).is_some();
+        table.waiting.insert(key, Waiter::Starting { interrupted });
+    }
+
+    fn remove(&self, key: u64) {
+        self.0.lock().unwrap().waiting.remove(&key);
     }
 }
 
@@ -70,7 +100,7 @@ impl Server {
         // Noted as read before the thread starts, so an INTERRUPT arriving before it waits is
         // kept for it rather than lost.
         let (_, key) = waiter_key(exchange.request());
-        self.waiters.0.lock().unwrap().insert(key, Waiter::Starting { interrupted: false });
+        self.waiters.register(key);
         let server = self.clone();
         let (tx, rx) = std::sync::mpsc::channel::<E>();
         let spawned = std::thread::Builder::new().name("lock-wait".into()).spawn(move || {
@@ -87,7 +117,7 @@ impl Server {
             }
             Err(e) => {
                 tracing::error!("cannot start a thread for a blocking lock, waiting in a serving thread: {e}");
-                self.waiters.0.lock().unwrap().remove(&key);
+                self.waiters.remove(key);
                 Err(exchange)
             }
         }
@@ -104,18 +134,53 @@ impl Server {
     ) {
         let (unique, key) = waiter_key(exchange.request());
         {
-            let mut waiters = self.waiters.0.lock().unwrap();
-            if let Some(Waiter::Starting { interrupted: true }) = waiters.get(&key) {
-                waiters.remove(&key);
-                drop(waiters);
+            let mut table = self.waiters.0.lock().unwrap();
+            if let Some(Waiter::Starting { interrupted: true }) = table.waiting.get(&key) {
+                table.waiting.remove(&key);
+                drop(table);
                 out.clear();
                 return exchange.reply(Some(out.finish_err(unique, libc::EINTR)));
             }
-            waiters.insert(key, Waiter::Waiting(process::thread_self()));
+            table.waiting.insert(key, Waiter::Waiting(process::thread_self()));
         }
         self.serve(exchange, delivery, record, out);
         // Removed before this thread can exit, under the lock `interrupt` signals under: a wake
         // signal never targets a thread that is gone.
-        self.waiters.0.lock().unwrap().remove(&key);
+        self.waiters.remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interrupted(w: &Waiters, key: u64) -> Option<bool> {
+        match w.0.lock().unwrap().waiting.get(&key) {
+            Some(Waiter::Starting { interrupted }) => Some(*interrupted),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn test_waiters_interrupt_read_before_its_request_is_kept_for_it() {
+        let w = Waiters::default();
+        w.interrupt(10 | abi::UNIQUE_RESEND);
+        w.register(10);
+        assert_eq!(interrupted(&w, 10), Some(true), "the INTERRUPT read first still counts");
+        w.register(12);
+        assert_eq!(interrupted(&w, 12), Some(false));
+        w.interrupt(12);
+        assert_eq!(interrupted(&w, 12), Some(true));
+    }
+
+    #[test]
+    fn test_waiters_early_interrupts_are_bounded() {
+        let w = Waiters::default();
+        for unique in 0..10 * EARLY_INTERRUPTS as u64 {
+            w.interrupt(unique);
+        }
+        assert_eq!(w.0.lock().unwrap().early.len(), EARLY_INTERRUPTS);
+        w.register(0);
+        assert_eq!(interrupted(&w, 0), Some(false), "the oldest were let go");
     }
 }
