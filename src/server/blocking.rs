@@ -41,6 +41,8 @@ struct WaiterTable {
 
 /// INTERRUPTs kept for requests not registered yet.
 const EARLY_INTERRUPTS: usize = 64;
+/// How many times an INTERRUPT signals a waiting thread, a millisecond apart, before it gives up.
+const WAKE_TRIES: usize = 100;
 
 /// A blocking request's unique id as sent, and its waiter key (without the resend bit).
 fn waiter_key(msg: &[u8]) -> (u64, u64) {
@@ -50,23 +52,32 @@ fn waiter_key(msg: &[u8]) -> (u64, u64) {
 
 impl Waiters {
     /// INTERRUPT: wakes the thread waiting on request `unique` (its lock call returns EINTR,
-    /// which becomes its reply), or marks it interrupted if its thread is not waiting yet. (One
-    /// that lands in the few instructions between registering and entering the lock call is
-    /// still lost; the lock then waits until granted or the file is released.)
+    /// which becomes its reply), or marks it interrupted if its thread is not waiting yet. A
+    /// signal that lands between the thread's registering and its entering the lock call would
+    /// be lost, so it is sent again (every millisecond, for up to `WAKE_TRIES`) until the thread
+    /// is gone from the table.
     pub(super) fn interrupt(&self, unique: u64) {
         let key = unique & !abi::UNIQUE_RESEND;
-        let mut table = self.0.lock().unwrap();
-        match table.waiting.get_mut(&key) {
-            // SAFETY: the thread is registered, so it has not exited (see `Server::wait_on`).
-            Some(Waiter::Waiting(thread)) => unsafe { process::signal_thread(*thread, WAKE_SIGNAL) },
-            Some(Waiter::Starting { interrupted }) => *interrupted = true,
-            None => {
-                if table.early.len() == EARLY_INTERRUPTS {
-                    table.early.pop_front();
+        for _ in 0..WAKE_TRIES {
+            let mut table = self.0.lock().unwrap();
+            match table.waiting.get_mut(&key) {
+                // SAFETY: the thread is registered, so it has not exited (see `Server::wait_on`).
+                Some(Waiter::Waiting(thread)) => unsafe { process::signal_thread(*thread, WAKE_SIGNAL) },
+                Some(Waiter::Starting { interrupted }) => return *interrupted = true,
+                None => {
+                    if table.early.len() == EARLY_INTERRUPTS {
+                        table.early.pop_front();
+                    }
+                    return table.early.push_back(key);
                 }
-                table.early.push_back(key);
+            }
+            drop(table);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            if !matches!(self.0.lock().unwrap().waiting.get(&key), Some(Waiter::Waiting(_))) {
+                return;
             }
         }
+        tracing::warn!(unique, "a blocking lock did not wake on its INTERRUPT");
     }
 
     /// Registers a blocking request as read (interrupted already if its INTERRUPT came first).
