@@ -4,7 +4,10 @@
 #
 #   - Debian packages: fuse3 (fusermount3, /etc/fuse.conf), fio, attr, acl, pkg-config,
 #     libfuse3-dev, libacl1-dev (pjdfstest links libacl), libseccomp-dev + libcap-ng-dev
-#     (a later virtiofsd build), python3 (bench helpers), psmisc, util-linux.
+#     (a later virtiofsd build), python3 (bench helpers), psmisc, util-linux;
+#     qemu-system-x86, busybox-static, cpio for the VM test (tests/vm.rs: its kernel,
+#     linux-image-cloud-amd64, is fetched with `apt-get download` by tests/vm/prepare.sh when
+#     the test first runs, unpacked under target/vm-cache, never installed).
 #   - pjdfstest 0.2.2 (the Rust rewrite) via `cargo install --locked`, unless already there.
 #   - The dummy users pjdfstest switches to: `nobody` (with its own primary group, Debian's
 #     `nogroup`) and `tests` (with group `tests`).
@@ -22,7 +25,7 @@ fi
 
 # ---- Debian packages --------------------------------------------------------------------
 PKGS=(fuse3 libfuse3-dev fio attr acl libacl1-dev pkg-config libseccomp-dev libcap-ng-dev
-      python3 psmisc util-linux gcc)
+      python3 psmisc util-linux gcc qemu-system-x86 busybox-static cpio)
 missing=()
 for p in "${PKGS[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

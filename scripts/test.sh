@@ -6,6 +6,8 @@
 #   3. cargo build/test --release --features crash-points (all unit and integration tests:
 #      pjdfstest, the differential suite, hostile requests, crash points, the random-kill soak,
 #      vhost-user protocol and crash tests)
+#      and the real VM (tests/vm.rs: a QEMU guest's checked workload on a phoenixfsd virtio-fs
+#      share while the worker is SIGKILLed 150 times; about a minute under TCG)
 #   4. the real-syscall suites again over vhost-user (PHOENIXFS_TEST_TRANSPORT=vhost-user: the
 #      test's FUSE-to-virtqueue bridge carries every request to phoenixfsd's vhost-user backend)
 # Exits non-zero on any failure.
@@ -34,6 +36,9 @@ cargo clippy --release --all-targets --features crash-points -- -D warnings
 
 step "cargo build --release"
 cargo build --release --features crash-points
+# The VM test's guest workload, static (tests/vm.rs builds it too; here its build time is not
+# counted against the test timeout).
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target x86_64-unknown-linux-gnu --example vm_guest
 
 step "cargo test --release (timeout ${TEST_TIMEOUT}s)"
 rc=0

@@ -1,0 +1,310 @@
+//! A real VM (DESIGN §10 tier 5): a QEMU guest runs a checked workload on a phoenixfsd
+//! virtio-fs share while the host SIGKILLs the worker again and again.
+//!
+//! The guest is Debian's cloud kernel with a busybox initramfs (tests/vm/prepare.sh, init)
+//! that loads virtio_pci and virtiofs, mounts the share and runs examples/vm_guest: a
+//! multi-threaded workload checked against an in-memory model, timing every syscall. The host
+//! starts `phoenixfsd --shared-dir <tmp> --socket-path <sock> --xattr` and QEMU
+//! (`vhost-user-fs-pci`, memfd guest memory), and once the workload runs kills the worker (the
+//! supervisor's only child) every `PHOENIXFS_VM_KILL_MS` (default 50-300 ms). After
+//! `PHOENIXFS_VM_KILLS` kills it creates `STOP` in the share; the guest checks its whole tree
+//! once more (kills go on meanwhile), prints its model and a summary, unmounts and powers off.
+//!
+//! Checks: the guest saw no error, the host's tree equals the guest's model (names, sizes,
+//! link counts, content hashes), at least `PHOENIXFS_VM_KILLS` kills, and no guest syscall took
+//! longer than `PHOENIXFS_VM_MAX_STALL_MS` (default 1000: a kill must cost the guest well under
+//! a second, even under TCG).
+//!
+//! ```text
+//! cargo test --release --features crash-points --test vm -- --nocapture      # CI: 150 kills
+//! PHOENIXFS_VM_KILLS=1000 cargo test --release --features crash-points --test vm -- --nocapture
+//! ```
+//!
+//! Environment: `PHOENIXFS_VM_KILLS` (150), `PHOENIXFS_VM_KILL_MS=lo-hi` (50-300),
+//! `PHOENIXFS_VM_THREADS` (guest workload threads, 2), `PHOENIXFS_VM_SEED` (hex),
+//! `PHOENIXFS_VM_MAX_STALL_MS` (1000), `PHOENIXFS_VM_ACCEL=kvm|tcg` (default: probe),
+//! `PHOENIXFS_VM_QEMU` / `PHOENIXFS_VM_QEMU_LIB` (another QEMU binary and its libraries).
+
+mod common;
+#[path = "vm/listing.rs"]
+mod listing;
+#[path = "vm/qemu.rs"]
+mod qemu;
+#[allow(dead_code)]
+#[path = "soak/rng.rs"]
+mod rng;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::proc::{Proc, wait_for_exit, wait_worker};
+use rng::Rng;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// What the killer did.
+#[derive(Default)]
+struct Kills {
+    kills: u64,
+    /// Kill → a new worker exists, per kill.
+    respawn: Vec<Duration>,
+    error: Option<String>,
+}
+
+/// Kills the worker every `lo..=hi` ms until `done`; after `target` kills creates `stop`.
+fn killer(sup: i32, (lo, hi): (u64, u64), target: u64, seed: u64, stop: &Path, done: &AtomicBool) -> Kills {
+    let mut rng = Rng::new(seed ^ 0x6b69_6c6c);
+    let mut k = Kills::default();
+    let mut cur: Proc = match wait_worker(sup, None, Duration::from_secs(5)) {
+        Ok(w) => w,
+        Err(e) => {
+            k.error = Some(e);
+            return k;
+        }
+    };
+    let t0 = Instant::now();
+    while !done.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(rng.range(lo, hi)));
+        if done.load(Ordering::SeqCst) {
+            break;
+        }
+        let t = Instant::now();
+        // SAFETY: kill(2) of the worker's pid, which is alive (a child not yet reaped keeps its pid).
+        if unsafe { libc::kill(cur.pid, libc::SIGKILL) } != 0 {
+            k.error = Some(format!("kill {}: {}", cur.pid, std::io::Error::last_os_error()));
+            return k;
+        }
+        k.kills += 1;
+        cur = match wait_worker(sup, Some(cur), Duration::from_secs(5)) {
+            Ok(w) => w,
+            Err(e) => {
+                k.error = Some(format!("kill #{}: {e}", k.kills));
+                return k;
+            }
+        };
+        k.respawn.push(t.elapsed());
+        if k.kills % 50 == 0 {
+            eprintln!("vm: {} kills in {:.1} s", k.kills, t0.elapsed().as_secs_f64());
+        }
+        if k.kills == target {
+            eprintln!("vm: {target} kills: telling the guest to stop (STOP in the share)");
+            std::fs::write(stop, b"").expect("create STOP in the share");
+        }
+    }
+    k
+}
+
+/// Echoes phoenixfsd's log, except the line each kill causes, which it counts (the result).
+fn daemon_log(daemon: &mut std::process::Child) -> JoinHandle<u64> {
+    let err = daemon.stderr.take().expect("stderr is piped");
+    std::thread::spawn(move || {
+        let mut replaced = 0;
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("worker killed by signal 9") {
+                replaced += 1;
+            } else {
+                eprintln!("phoenixfsd| {line}");
+            }
+        }
+        replaced
+    })
+}
+
+/// The host's tree under `share` (STOP left out), as listing lines.
+fn host_listing(share: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).expect("read_dir in the share") {
+            let e = e.expect("read_dir entry");
+            let path = e.path();
+            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if rel == "STOP" {
+                continue;
+            }
+            let md = std::fs::symlink_metadata(&path).expect("lstat in the share");
+            if md.is_dir() {
+                out.push(listing::dir_line(&rel));
+                walk(root, &path, out);
+            } else {
+                let data = std::fs::read(&path).expect("read a file in the share");
+                out.push(listing::file_line(&rel, md.len(), md.nlink(), listing::hash(&data)));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(share, share, &mut out);
+    out.sort();
+    out
+}
+
+/// `key=value` fields of a summary line.
+fn fields(line: &str) -> BTreeMap<&str, &str> {
+    line.split_whitespace().filter_map(|w| w.split_once('=')).collect()
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+#[test]
+fn test_vm_guest_survives_worker_kills() {
+    let target_kills = env_u64("PHOENIXFS_VM_KILLS", 150);
+    let (lo, hi) = std::env::var("PHOENIXFS_VM_KILL_MS")
+        .ok()
+        .and_then(|v| v.split_once('-').and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?))))
+        .unwrap_or((50, 300));
+    let threads = env_u64("PHOENIXFS_VM_THREADS", 2);
+    let max_stall_ms = env_u64("PHOENIXFS_VM_MAX_STALL_MS", 1000) as f64;
+    let seed = std::env::var("PHOENIXFS_VM_SEED")
+        .ok()
+        .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+        });
+
+    // 1. The guest: workload binary, kernel, initramfs; QEMU and its accelerator.
+    let target = qemu::target_dir();
+    let guest_bin = qemu::build_guest(&target);
+    let tmp = tempfile::Builder::new().prefix("phoenixfs-vm").tempdir().unwrap();
+    let guest = qemu::prepare(&target.join("vm-cache"), &guest_bin, tmp.path());
+    let q = qemu::Qemu::from_env();
+    let accel = qemu::accel(&q, &guest, &target.join("vm-cache"));
+    eprintln!(
+        "vm: {} ({}), {accel}, seed {seed:#x}, {target_kills} kills every {lo}-{hi} ms",
+        q.version,
+        q.bin.display()
+    );
+
+    // 2. phoenixfsd on a fresh share.
+    let share = tmp.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let socket = tmp.path().join("vfs.sock");
+    let mut daemon = Command::new(common::BIN)
+        .arg("--shared-dir")
+        .arg(&share)
+        .arg("--socket-path")
+        .arg(&socket)
+        .args(["--xattr", "--log-level", "warn"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn phoenixfsd");
+    let replaced = daemon_log(&mut daemon);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "phoenixfsd did not create {socket:?} within 10 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let sup = daemon.id() as i32;
+
+    // 3. QEMU; the killer starts once the workload does.
+    let append = format!("vmg.threads={threads} vmg.seed={seed:x}");
+    let mut cmd = qemu::command(&q, &guest, accel, &socket, &append);
+    eprintln!("vm: {cmd:?}");
+    let t_boot = Instant::now();
+    let mut vm = cmd.spawn().expect("spawn QEMU");
+    let console = qemu::console(&mut vm);
+    let done = Arc::new(AtomicBool::new(false));
+    let mut killer_thread: Option<JoinHandle<Kills>> = None;
+    let limit = Duration::from_secs(180 + target_kills);
+    let mut lines = Vec::new();
+    let mut timed_out = false;
+    loop {
+        match console.recv_timeout(limit.saturating_sub(t_boot.elapsed())) {
+            Ok(line) => {
+                if !line.starts_with("VM-LIST ") {
+                    eprintln!("guest| {line}");
+                }
+                if line.starts_with("VM-START") && killer_thread.is_none() {
+                    eprintln!("vm: guest booted and started its workload in {:.1} s", t_boot.elapsed().as_secs_f64());
+                    let (done, stop) = (done.clone(), share.join("STOP"));
+                    killer_thread =
+                        Some(std::thread::spawn(move || killer(sup, (lo, hi), target_kills, seed, &stop, &done)));
+                }
+                if line.starts_with("VM-SUMMARY") {
+                    done.store(true, Ordering::SeqCst);
+                }
+                lines.push(line);
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                timed_out = true;
+                break;
+            }
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    let kills = killer_thread.map(|t| t.join().expect("killer thread")).unwrap_or_default();
+    if timed_out {
+        let _ = vm.kill();
+    }
+    let vm_status = vm.wait().expect("wait for QEMU");
+    let daemon_status = wait_for_exit(&mut daemon, Duration::from_secs(10));
+    if daemon_status.is_none() {
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+    }
+    let secs = t_boot.elapsed().as_secs_f64();
+    let replaced = replaced.join().expect("log reader");
+
+    // 4. The checks.
+    assert!(!timed_out, "the guest did not power off within {} s", limit.as_secs());
+    if let Some(e) = &kills.error {
+        panic!("killer: {e}");
+    }
+    let summary = lines.iter().find(|l| l.starts_with("VM-SUMMARY")).expect("the guest printed no VM-SUMMARY");
+    let f = fields(summary);
+    let get = |k: &str| f.get(k).copied().unwrap_or("?");
+    let worst_ms: f64 = get("worst_ms").parse().unwrap_or(f64::MAX);
+    let model: Vec<String> = lines.iter().filter_map(|l| l.strip_prefix("VM-LIST ")).map(str::to_string).collect();
+    let host = host_listing(&share);
+    let mut respawn = kills.respawn.clone();
+    respawn.sort();
+    let median = respawn.get(respawn.len() / 2).copied().unwrap_or_default();
+    let max = respawn.last().copied().unwrap_or_default();
+    eprintln!(
+        "vm: {} ({accel}): {} kills, {} guest ops, {} errors, worst stall {} ms ({}), p99 {} ms, ops over 100 ms: {}, \
+         kill->new worker median {} max {}, {} entries in the tree, {secs:.1} s from boot to power-off",
+        q.version,
+        kills.kills,
+        get("ops"),
+        get("errors"),
+        get("worst_ms"),
+        get("worst_op"),
+        get("p99_ms"),
+        get("over_100ms"),
+        ms(median),
+        ms(max),
+        model.len(),
+    );
+    let failures: Vec<&String> =
+        lines.iter().filter(|l| l.starts_with("VM-FAIL") || l.starts_with("VM-ERROR")).collect();
+    assert!(failures.is_empty(), "the guest reported failures: {failures:#?}");
+    assert_eq!(get("errors"), "0", "guest errors");
+    assert!(lines.iter().any(|l| l == "VM-EXIT 0"), "the workload did not exit 0");
+    assert!(vm_status.success(), "QEMU exited with {vm_status}");
+    assert!(
+        matches!(daemon_status, Some(s) if s.success()),
+        "phoenixfsd did not exit 0 after QEMU disconnected: {daemon_status:?}"
+    );
+    if host != model {
+        let only_host: Vec<_> = host.iter().filter(|l| !model.contains(l)).take(20).collect();
+        let only_model: Vec<_> = model.iter().filter(|l| !host.contains(l)).take(20).collect();
+        panic!(
+            "the host tree differs from the guest's model:\nonly on the host: {only_host:#?}\nonly in the model: {only_model:#?}"
+        );
+    }
+    assert_eq!(replaced, kills.kills, "the supervisor replaced a worker per kill, and only then");
+    assert!(kills.kills >= target_kills, "only {} kills, {target_kills} wanted", kills.kills);
+    assert!(worst_ms < max_stall_ms, "a guest syscall took {worst_ms} ms (limit {max_stall_ms} ms)");
+}
