@@ -15,15 +15,18 @@
 //! longer than `PHOENIXFS_VM_MAX_STALL_MS` (default 1000: a kill must cost the guest well under
 //! a second, even under TCG).
 //!
+//! Two tests, one VM at a time: bookworm's QEMU 7.2 (qemu-system-x86) and QEMU 10.0 from
+//! bookworm-backports, unpacked beside it (tests/vm/qemu10.sh).
+//!
 //! ```text
-//! cargo test --release --features crash-points --test vm -- --nocapture      # CI: 150 kills
+//! cargo test --release --features crash-points --test vm -- --nocapture      # CI: 150 kills each
 //! PHOENIXFS_VM_KILLS=1000 cargo test --release --features crash-points --test vm -- --nocapture
+//! cargo test --release --features crash-points --test vm qemu_10 -- --nocapture   # one QEMU
 //! ```
 //!
 //! Environment: `PHOENIXFS_VM_KILLS` (150), `PHOENIXFS_VM_KILL_MS=lo-hi` (50-300),
 //! `PHOENIXFS_VM_THREADS` (guest workload threads, 2), `PHOENIXFS_VM_SEED` (hex),
-//! `PHOENIXFS_VM_MAX_STALL_MS` (1000), `PHOENIXFS_VM_ACCEL=kvm|tcg` (default: probe),
-//! `PHOENIXFS_VM_QEMU` / `PHOENIXFS_VM_QEMU_LIB` (another QEMU binary and its libraries).
+//! `PHOENIXFS_VM_MAX_STALL_MS` (1000), `PHOENIXFS_VM_ACCEL=kvm|tcg` (default: a probe boot).
 
 mod common;
 #[path = "vm/listing.rs"]
@@ -39,9 +42,9 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -156,8 +159,23 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
+/// One VM at a time: TCG takes a core, and the stall figures mean nothing with two guests.
+static ONE_VM: Mutex<()> = Mutex::new(());
+
 #[test]
-fn test_vm_guest_survives_worker_kills() {
+fn test_vm_qemu_7_2_survives_worker_kills() {
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    run(qemu::Qemu::system());
+}
+
+#[test]
+fn test_vm_qemu_10_survives_worker_kills() {
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    run(qemu::Qemu::backports(&qemu::target_dir().join("vm-cache")));
+}
+
+/// Boots a guest on `q` and runs the workload while the worker is killed; panics on any check.
+fn run(q: qemu::Qemu) {
     let target_kills = env_u64("PHOENIXFS_VM_KILLS", 150);
     let (lo, hi) = std::env::var("PHOENIXFS_VM_KILL_MS")
         .ok()
@@ -177,7 +195,6 @@ fn test_vm_guest_survives_worker_kills() {
     let guest_bin = qemu::build_guest(&target);
     let tmp = tempfile::Builder::new().prefix("phoenixfs-vm").tempdir().unwrap();
     let guest = qemu::prepare(&target.join("vm-cache"), &guest_bin, tmp.path());
-    let q = qemu::Qemu::from_env();
     let accel = qemu::accel(&q, &guest, &target.join("vm-cache"));
     eprintln!(
         "vm: {} ({}), {accel}, seed {seed:#x}, {target_kills} kills every {lo}-{hi} ms",

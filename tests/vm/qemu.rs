@@ -9,34 +9,54 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
-/// The QEMU to run: `PHOENIXFS_VM_QEMU` (default `qemu-system-x86_64` from PATH), with
-/// `PHOENIXFS_VM_QEMU_LIB` as LD_LIBRARY_PATH (a QEMU unpacked beside the system's).
+/// A QEMU: its binary, the arguments it always needs, its version.
 pub struct Qemu {
     pub bin: PathBuf,
-    pub lib: Option<PathBuf>,
+    /// Firmware directories (`-L`) and such, before every other argument.
+    pub args: Vec<String>,
     /// First line of `--version`.
     pub version: String,
 }
 
 impl Qemu {
-    pub fn from_env() -> Qemu {
-        let bin = PathBuf::from(std::env::var("PHOENIXFS_VM_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into()));
-        let lib = std::env::var_os("PHOENIXFS_VM_QEMU_LIB").map(PathBuf::from);
-        let mut q = Qemu { bin, lib, version: String::new() };
-        let out = q
-            .command()
+    /// The system's QEMU (bookworm: 7.2), from PATH.
+    pub fn system() -> Qemu {
+        Qemu::new(PathBuf::from("qemu-system-x86_64"), Vec::new())
+    }
+
+    /// QEMU 10 from bookworm-backports, unpacked into `cache` by tests/vm/qemu10.sh; its own
+    /// firmware directories first, and no audio (it would try the system QEMU's audio modules).
+    pub fn backports(cache: &Path) -> Qemu {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm/qemu10.sh");
+        let out = Command::new("bash")
+            .arg(script)
+            .arg(cache)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run tests/vm/qemu10.sh");
+        assert!(out.status.success(), "tests/vm/qemu10.sh failed: {}", out.status);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let bin = stdout.lines().find_map(|l| l.strip_prefix("QEMU=")).expect("qemu10.sh prints QEMU=");
+        let mut args = Vec::new();
+        for d in stdout.lines().filter_map(|l| l.strip_prefix("DATA=")) {
+            args.extend(["-L".to_string(), d.to_string()]);
+        }
+        args.extend(["-audio".to_string(), "none".to_string()]);
+        Qemu::new(PathBuf::from(bin), args)
+    }
+
+    fn new(bin: PathBuf, args: Vec<String>) -> Qemu {
+        let out = Command::new(&bin)
             .arg("--version")
             .output()
-            .unwrap_or_else(|e| panic!("{:?} --version: {e} (scripts/setup.sh installs qemu-system-x86)", q.bin));
-        q.version = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("?").to_string();
-        q
+            .unwrap_or_else(|e| panic!("{bin:?} --version: {e} (scripts/setup.sh installs qemu-system-x86)"));
+        let version = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("?").to_string();
+        Qemu { bin, args, version }
     }
 
     fn command(&self) -> Command {
         let mut c = Command::new(&self.bin);
-        if let Some(lib) = &self.lib {
-            c.env("LD_LIBRARY_PATH", lib);
-        }
+        c.args(&self.args);
         c
     }
 }
@@ -101,7 +121,19 @@ pub fn command(q: &Qemu, guest: &Guest, accel: &str, socket: &Path, append: &str
         .arg(format!("socket,id=vfs,path={}", socket.display()))
         .args(["-device", "vhost-user-fs-pci,chardev=vfs,tag=share"])
         .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem"])
-        .args(["-display", "none", "-vga", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"])
+        .args([
+            "-nic",
+            "none",
+            "-display",
+            "none",
+            "-vga",
+            "none",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-no-reboot",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     c
@@ -138,7 +170,8 @@ pub fn accel(q: &Qemu, guest: &Guest, cache: &Path) -> &'static str {
         eprintln!("vm: no usable /dev/kvm: TCG (software emulation)");
         return "tcg";
     }
-    let memo = cache.join("kvm-probe");
+    let name: String = q.version.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '_' }).collect();
+    let memo = cache.join(format!("kvm-probe-{name}"));
     let key = format!("{} {}\n", q.bin.display(), q.version);
     if let Ok(s) = std::fs::read_to_string(&memo)
         && let Some(a) = s.strip_prefix(&key)
@@ -160,7 +193,19 @@ fn probe_kvm(q: &Qemu, guest: &Guest) -> &'static str {
         .arg("-initrd")
         .arg(&guest.initrd)
         .args(["-append", "console=ttyS0 panic=-1 quiet vmg.probe"])
-        .args(["-display", "none", "-vga", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"])
+        .args([
+            "-nic",
+            "none",
+            "-display",
+            "none",
+            "-vga",
+            "none",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-no-reboot",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
