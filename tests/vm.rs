@@ -16,7 +16,9 @@
 //! a second, even under TCG).
 //!
 //! Two tests, one VM at a time: bookworm's QEMU 7.2 (qemu-system-x86) and QEMU 10.0 from
-//! bookworm-backports, unpacked beside it (tests/vm/qemu10.sh).
+//! bookworm-backports, unpacked beside it (tests/vm/qemu10.sh). Two more show what users get
+//! today: the same guest on virtiofsd, SIGKILLed once (`test_vm_qemu_*_virtiofsd_one_kill`
+//! print QEMU's and the guest's reaction).
 //!
 //! ```text
 //! cargo test --release --features crash-points --test vm -- --nocapture      # CI: 150 kills each
@@ -174,6 +176,158 @@ fn test_vm_qemu_10_survives_worker_kills() {
     run(qemu::Qemu::backports(&qemu::target_dir().join("vm-cache")));
 }
 
+/// The workload built, the kernel and a fresh initramfs (in the returned temporary directory),
+/// and the accelerator for `q`.
+fn prepare_vm(q: &qemu::Qemu) -> (qemu::Guest, &'static str, tempfile::TempDir) {
+    let target = qemu::target_dir();
+    let guest_bin = qemu::build_guest(&target);
+    let tmp = tempfile::Builder::new().prefix("phoenixfs-vm").tempdir().unwrap();
+    let guest = qemu::prepare(&target.join("vm-cache"), &guest_bin, tmp.path());
+    let accel = qemu::accel(q, &guest, &target.join("vm-cache"));
+    (guest, accel, tmp)
+}
+
+fn wait_socket(socket: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "the backend did not create {socket:?} within 10 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Collects a child's stderr lines (the result), echoing each with `prefix`.
+fn collect_stderr(child: &mut std::process::Child, prefix: &'static str) -> JoinHandle<Vec<String>> {
+    let err = child.stderr.take().expect("stderr is piped");
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("{prefix}| {line}");
+            out.push(line);
+        }
+        out
+    })
+}
+
+/// The ops count of a `VM-PROGRESS` line.
+fn progress(line: &str) -> Option<u64> {
+    line.strip_prefix("VM-PROGRESS ").and_then(|l| fields(l).get("ops")?.parse().ok())
+}
+
+/// What users get today: the same guest and workload on virtiofsd (crates.io, installed by
+/// scripts/setup.sh), which is SIGKILLed once, 3 s into the workload. Prints QEMU's and the
+/// guest's reaction over the next 20 s; checks only that the guest worked before the kill and
+/// that virtiofsd died (its behaviour after is what this shows, not what it asserts).
+#[test]
+fn test_vm_qemu_7_2_virtiofsd_one_kill() {
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    virtiofsd_one_kill(qemu::Qemu::system());
+}
+
+#[test]
+fn test_vm_qemu_10_virtiofsd_one_kill() {
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    virtiofsd_one_kill(qemu::Qemu::backports(&qemu::target_dir().join("vm-cache")));
+}
+
+fn virtiofsd_one_kill(q: qemu::Qemu) {
+    let (guest, accel, tmp) = prepare_vm(&q);
+    let version =
+        Command::new("virtiofsd").arg("--version").output().expect("virtiofsd (scripts/setup.sh installs it)");
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+    let share = tmp.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let socket = tmp.path().join("vfs.sock");
+    let mut daemon = Command::new("virtiofsd")
+        .arg("--shared-dir")
+        .arg(&share)
+        .arg("--socket-path")
+        .arg(&socket)
+        .args(["--xattr", "--sandbox", "none"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn virtiofsd");
+    let daemon_err = collect_stderr(&mut daemon, "virtiofsd");
+    wait_socket(&socket);
+    let mut cmd = qemu::command(&q, &guest, accel, &socket, "vmg.threads=2");
+    cmd.stderr(Stdio::piped());
+    eprintln!("vm: {version}, {}, {accel}: {cmd:?}", q.version);
+    let mut vm = cmd.spawn().expect("spawn QEMU");
+    let qemu_err = collect_stderr(&mut vm, "qemu");
+    let console = qemu::console(&mut vm);
+
+    // Until 3 s into the workload.
+    let t0 = Instant::now();
+    let mut started: Option<Instant> = None;
+    let mut ops_before = 0;
+    while started.is_none_or(|s| s.elapsed() < Duration::from_secs(3)) {
+        assert!(t0.elapsed() < Duration::from_secs(120), "the guest did not start its workload within 120 s");
+        match console.recv_timeout(Duration::from_millis(100)) {
+            Ok(l) => {
+                eprintln!("guest| {l}");
+                if l.starts_with("VM-START") {
+                    started = Some(Instant::now());
+                }
+                ops_before = progress(&l).unwrap_or(ops_before);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => panic!("QEMU exited before the kill"),
+        }
+    }
+    assert!(ops_before > 0, "the guest did no operation on virtiofsd before the kill");
+
+    // One SIGKILL, then 20 s of watching.
+    // SAFETY: kill(2) of our own child, not yet waited for.
+    assert_eq!(unsafe { libc::kill(daemon.id() as i32, libc::SIGKILL) }, 0, "kill virtiofsd");
+    let t_kill = Instant::now();
+    assert!(wait_for_exit(&mut daemon, Duration::from_secs(5)).is_some(), "virtiofsd did not die");
+    let mut after = Vec::new();
+    let mut qemu_exit = None;
+    while t_kill.elapsed() < Duration::from_secs(20) {
+        match console.recv_timeout(Duration::from_millis(100)) {
+            Ok(l) => {
+                eprintln!("guest| {l}");
+                after.push((t_kill.elapsed(), l));
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                qemu_exit = Some((t_kill.elapsed(), vm.wait().expect("wait QEMU")));
+                break;
+            }
+        }
+    }
+    if qemu_exit.is_none() {
+        let _ = vm.kill();
+        let _ = vm.wait();
+    }
+    let _ = daemon_err.join();
+    let qemu_said = qemu_err.join().unwrap_or_default();
+
+    // What happened.
+    let ops_after: Vec<u64> = after.iter().filter_map(|(_, l)| progress(l)).collect();
+    let other: Vec<&String> = after.iter().map(|(_, l)| l).filter(|l| progress(l).is_none()).collect();
+    eprintln!(
+        "vm/virtiofsd: {}: {version} SIGKILLed 3 s into the workload (guest ops by then: {ops_before})",
+        q.version
+    );
+    eprintln!("vm/virtiofsd: QEMU's stderr: {qemu_said:?}");
+    match (ops_after.first(), ops_after.last()) {
+        (Some(first), Some(last)) if first == last => eprintln!(
+            "vm/virtiofsd: the guest: ops stayed at {last} for the {} progress lines of the next 20 s: \
+             its kernel runs, every file-system call waits for ever",
+            ops_after.len()
+        ),
+        (Some(first), Some(last)) => eprintln!("vm/virtiofsd: the guest: ops went on from {first} to {last}"),
+        _ => eprintln!("vm/virtiofsd: the guest printed no progress after the kill"),
+    }
+    eprintln!("vm/virtiofsd: other guest lines after the kill: {other:?}");
+    match qemu_exit {
+        Some((t, status)) => eprintln!("vm/virtiofsd: QEMU exited {:.1} s after the kill: {status}", t.as_secs_f64()),
+        None => eprintln!("vm/virtiofsd: QEMU still running 20 s after the kill (the test killed it)"),
+    }
+}
+
 /// Boots a guest on `q` and runs the workload while the worker is killed; panics on any check.
 fn run(q: qemu::Qemu) {
     let target_kills = env_u64("PHOENIXFS_VM_KILLS", 150);
@@ -191,11 +345,7 @@ fn run(q: qemu::Qemu) {
         });
 
     // 1. The guest: workload binary, kernel, initramfs; QEMU and its accelerator.
-    let target = qemu::target_dir();
-    let guest_bin = qemu::build_guest(&target);
-    let tmp = tempfile::Builder::new().prefix("phoenixfs-vm").tempdir().unwrap();
-    let guest = qemu::prepare(&target.join("vm-cache"), &guest_bin, tmp.path());
-    let accel = qemu::accel(&q, &guest, &target.join("vm-cache"));
+    let (guest, accel, tmp) = prepare_vm(&q);
     eprintln!(
         "vm: {} ({}), {accel}, seed {seed:#x}, {target_kills} kills every {lo}-{hi} ms",
         q.version,
@@ -217,11 +367,7 @@ fn run(q: qemu::Qemu) {
         .spawn()
         .expect("spawn phoenixfsd");
     let replaced = daemon_log(&mut daemon);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "phoenixfsd did not create {socket:?} within 10 s");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_socket(&socket);
     let sup = daemon.id() as i32;
 
     // 3. QEMU; the killer starts once the workload does.

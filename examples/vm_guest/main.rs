@@ -12,7 +12,8 @@
 //! `VM-SUMMARY ops=N errors=E worst_ms=W worst_op=NAME p99_ms=P over_100ms=A over_1s=B secs=S`
 //!
 //! where ops are timed syscalls (or mmap accesses) and worst_ms is the longest any one took.
-//! Every mismatch prints a `VM-ERROR` line (the first 50).
+//! Every mismatch prints a `VM-ERROR` line (the first 50); every 2 s a `VM-PROGRESS ops=N` line
+//! tells the host whether operations still complete.
 
 #[path = "../../tests/vm/listing.rs"]
 mod listing;
@@ -31,6 +32,8 @@ use model::Model;
 use rng::Rng;
 
 static ERRORS_PRINTED: AtomicU64 = AtomicU64::new(0);
+/// Operations of all threads so far (for the progress line).
+static OPS: AtomicU64 = AtomicU64::new(0);
 
 /// Per-thread counters.
 #[derive(Default)]
@@ -49,6 +52,7 @@ pub fn time<T>(st: &mut Stats, what: &'static str, f: impl FnOnce() -> T) -> T {
     let r = f();
     let d = t0.elapsed();
     st.ops += 1;
+    OPS.fetch_add(1, Ordering::Relaxed);
     st.lat.push(d.as_micros().min(u32::MAX as u128) as u32);
     if d > st.worst {
         st.worst = d;
@@ -123,6 +127,14 @@ fn main() {
             std::thread::spawn(move || run_thread(i, mnt, seed, stop))
         })
         .collect();
+    // A thread that never touches the mount: its progress lines go on even if every other
+    // thread hangs in the file system (the host sees whether operations still complete).
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_secs(2));
+            println!("VM-PROGRESS ops={} secs={:.0}", OPS.load(Ordering::Relaxed), t0.elapsed().as_secs_f64());
+        }
+    });
     let deadline = t0 + Duration::from_secs(secs);
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(200));
