@@ -176,39 +176,6 @@ fn test_vm_qemu_10_survives_worker_kills() {
     run(qemu::Qemu::backports(&qemu::target_dir().join("vm-cache")));
 }
 
-/// The workload built, the kernel and a fresh initramfs (in the returned temporary directory),
-/// and the accelerator for `q`.
-fn prepare_vm(q: &qemu::Qemu) -> (qemu::Guest, &'static str, tempfile::TempDir) {
-    let target = qemu::target_dir();
-    let guest_bin = qemu::build_guest(&target);
-    let tmp = tempfile::Builder::new().prefix("phoenixfs-vm").tempdir().unwrap();
-    let guest = qemu::prepare(&target.join("vm-cache"), &guest_bin, tmp.path());
-    let accel = qemu::accel(q, &guest, &target.join("vm-cache"));
-    (guest, accel, tmp)
-}
-
-fn wait_socket(socket: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "the backend did not create {socket:?} within 10 s");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Collects a child's stderr lines (the result), echoing each with `prefix`.
-fn collect_stderr(child: &mut std::process::Child, prefix: &'static str) -> JoinHandle<Vec<String>> {
-    let err = child.stderr.take().expect("stderr is piped");
-    std::thread::spawn(move || {
-        let mut out = Vec::new();
-        for line in BufReader::new(err).lines() {
-            let Ok(line) = line else { break };
-            eprintln!("{prefix}| {line}");
-            out.push(line);
-        }
-        out
-    })
-}
-
 /// The ops count of a `VM-PROGRESS` line.
 fn progress(line: &str) -> Option<u64> {
     line.strip_prefix("VM-PROGRESS ").and_then(|l| fields(l).get("ops")?.parse().ok())
@@ -231,7 +198,7 @@ fn test_vm_qemu_10_virtiofsd_one_kill() {
 }
 
 fn virtiofsd_one_kill(q: qemu::Qemu) {
-    let (guest, accel, tmp) = prepare_vm(&q);
+    let (guest, accel, tmp) = qemu::prepare_vm(&q);
     let version =
         Command::new("virtiofsd").arg("--version").output().expect("virtiofsd (scripts/setup.sh installs it)");
     let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
@@ -248,13 +215,13 @@ fn virtiofsd_one_kill(q: qemu::Qemu) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn virtiofsd");
-    let daemon_err = collect_stderr(&mut daemon, "virtiofsd");
-    wait_socket(&socket);
+    let daemon_err = qemu::collect_stderr(&mut daemon, "virtiofsd");
+    qemu::wait_socket(&socket);
     let mut cmd = qemu::command(&q, &guest, accel, &socket, "vmg.threads=2");
     cmd.stderr(Stdio::piped());
     eprintln!("vm: {version}, {}, {accel}: {cmd:?}", q.version);
     let mut vm = cmd.spawn().expect("spawn QEMU");
-    let qemu_err = collect_stderr(&mut vm, "qemu");
+    let qemu_err = qemu::collect_stderr(&mut vm, "qemu");
     let console = qemu::console(&mut vm);
 
     // Until 3 s into the workload.
@@ -345,7 +312,7 @@ fn run(q: qemu::Qemu) {
         });
 
     // 1. The guest: workload binary, kernel, initramfs; QEMU and its accelerator.
-    let (guest, accel, tmp) = prepare_vm(&q);
+    let (guest, accel, tmp) = qemu::prepare_vm(&q);
     eprintln!(
         "vm: {} ({}), {accel}, seed {seed:#x}, {target_kills} kills every {lo}-{hi} ms",
         q.version,
@@ -367,7 +334,7 @@ fn run(q: qemu::Qemu) {
         .spawn()
         .expect("spawn phoenixfsd");
     let replaced = daemon_log(&mut daemon);
-    wait_socket(&socket);
+    qemu::wait_socket(&socket);
     let sup = daemon.id() as i32;
 
     // 3. QEMU; the killer starts once the workload does.

@@ -4,7 +4,7 @@
 //!
 //! `vm_guest MOUNT`. Settings come from the kernel command line (/proc/cmdline):
 //! `vmg.threads=N` (workload threads, default 2), `vmg.secs=S` (longest run, default 1800),
-//! `vmg.seed=X`. Each thread owns a directory `t<i>` of the mount. The run ends when the host
+//! `vmg.seed=X`; `vmg.bench` runs the benchmarks of bench.rs instead. Each thread owns a directory `t<i>` of the mount. The run ends when the host
 //! creates `MOUNT/STOP` (or after `vmg.secs`); then every directory and file of the model is
 //! checked once more and the model is printed, one `VM-LIST` line per entry (tests/vm/listing.rs),
 //! and a summary line:
@@ -15,6 +15,7 @@
 //! Every mismatch prints a `VM-ERROR` line (the first 50); every 2 s a `VM-PROGRESS ops=N` line
 //! tells the host whether operations still complete.
 
+mod bench;
 #[path = "../../tests/vm/listing.rs"]
 mod listing;
 mod model;
@@ -118,6 +119,11 @@ fn main() {
         cmdline("vmg.seed").and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok()).unwrap_or_else(
             || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64,
         );
+    if std::fs::read_to_string("/proc/cmdline").unwrap_or_default().split_whitespace().any(|w| w == "vmg.bench") {
+        bench::run(&mnt, seed);
+        println!("VM-BENCH-DONE");
+        return;
+    }
     println!("VM-START threads={threads} seed={seed:#x}");
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));

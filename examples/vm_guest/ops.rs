@@ -455,15 +455,15 @@ fn mmap_write(ctx: &mut Ctx) {
 }
 
 /// A 4 KiB-aligned buffer for O_DIRECT.
-struct Aligned(Vec<u8>, usize);
+pub struct Aligned(Vec<u8>, usize);
 
 impl Aligned {
-    fn new(len: usize) -> Aligned {
+    pub fn new(len: usize) -> Aligned {
         let v = vec![0u8; len + 4096];
         let skip = v.as_ptr().align_offset(4096);
         Aligned(v, skip)
     }
-    fn buf(&mut self, len: usize) -> &mut [u8] {
+    pub fn buf(&mut self, len: usize) -> &mut [u8] {
         &mut self.0[self.1..self.1 + len]
     }
 }

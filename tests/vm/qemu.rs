@@ -3,10 +3,13 @@
 //! target/vm-cache), the accelerator (KVM only where a probe boot works), and the QEMU
 //! command that README.md's "Use with QEMU" shows.
 
+#![allow(dead_code)] // tests/vm.rs and tests/vm_bench.rs each use some
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// A QEMU: its binary, the arguments it always needs, its version.
@@ -231,4 +234,37 @@ fn probe_kvm(q: &Qemu, guest: &Guest) -> &'static str {
         );
         "tcg"
     }
+}
+
+/// The workload built, the kernel and a fresh initramfs (in the returned temporary directory),
+/// and the accelerator for `q`.
+pub fn prepare_vm(q: &Qemu) -> (Guest, &'static str, tempfile::TempDir) {
+    let target = target_dir();
+    let guest_bin = build_guest(&target);
+    let tmp = tempfile::Builder::new().prefix("phoenixfs-vm").tempdir().unwrap();
+    let guest = prepare(&target.join("vm-cache"), &guest_bin, tmp.path());
+    let accel = accel(q, &guest, &target.join("vm-cache"));
+    (guest, accel, tmp)
+}
+
+pub fn wait_socket(socket: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "the backend did not create {socket:?} within 10 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Collects a child's stderr lines (the result), echoing each with `prefix`.
+pub fn collect_stderr(child: &mut std::process::Child, prefix: &'static str) -> JoinHandle<Vec<String>> {
+    let err = child.stderr.take().expect("stderr is piped");
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("{prefix}| {line}");
+            out.push(line);
+        }
+        out
+    })
 }

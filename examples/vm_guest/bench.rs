@@ -1,0 +1,132 @@
+//! `vmg.bench` on the kernel command line: instead of the checked workload, fixed
+//! micro-benchmarks on the mount, one `VM-BENCH` line each (tests/vm.rs compares backends):
+//!
+//! `VM-BENCH name=NAME ops=N secs=S ops_per_s=R mib_per_s=M p50_us=A p99_us=B`
+//!
+//! - `meta`: create an empty file, stat it, unlink it (one op = the three calls).
+//! - `seq-write-1m`, `seq-read-1m`: a 32 MiB file in 1 MiB calls (the write ends with fsync,
+//!   counted; the read starts with the guest's page cache dropped).
+//! - `rand-read-4k`, `rand-write-4k`: 2,000 calls at random 4 KiB-aligned offsets of that file
+//!   (the writes end with fsync, counted; the reads start with the cache dropped).
+//!
+//! Each once buffered and once with O_DIRECT (`-direct` names).
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::ops::Aligned;
+use crate::rng::Rng;
+
+const FILE_MIB: usize = 32;
+const RAND_OPS: usize = 2000;
+const META_OPS: usize = 1000;
+
+struct Run {
+    lat: Vec<Duration>,
+    bytes: u64,
+    total: Duration,
+}
+
+impl Run {
+    fn new() -> Run {
+        Run { lat: Vec::new(), bytes: 0, total: Duration::ZERO }
+    }
+
+    fn op<T>(&mut self, bytes: usize, f: impl FnOnce() -> std::io::Result<T>) -> T {
+        let t0 = Instant::now();
+        let r = f().unwrap_or_else(|e| panic!("benchmark call failed: {e}"));
+        let d = t0.elapsed();
+        self.lat.push(d);
+        self.total += d;
+        self.bytes += bytes as u64;
+        r
+    }
+
+    fn print(mut self, name: &str) {
+        self.lat.sort();
+        let pct = |p: usize| self.lat.get((self.lat.len().saturating_sub(1)) * p / 100).copied().unwrap_or_default();
+        let s = self.total.as_secs_f64();
+        println!(
+            "VM-BENCH name={name} ops={} secs={s:.3} ops_per_s={:.1} mib_per_s={:.2} p50_us={} p99_us={}",
+            self.lat.len(),
+            self.lat.len() as f64 / s,
+            self.bytes as f64 / (1 << 20) as f64 / s,
+            pct(50).as_micros(),
+            pct(99).as_micros()
+        );
+    }
+}
+
+fn drop_caches() {
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+fn open(path: &Path, direct: bool, create: bool) -> File {
+    let mut o = OpenOptions::new();
+    o.read(true).write(true).create(create);
+    if direct {
+        o.custom_flags(libc::O_DIRECT);
+    }
+    o.open(path).unwrap_or_else(|e| panic!("open {path:?}: {e}"))
+}
+
+pub fn run(mnt: &Path, seed: u64) {
+    let dir = mnt.join("bench");
+    std::fs::create_dir_all(&dir).expect("mkdir bench");
+    let mut rng = Rng::new(seed);
+
+    let mut r = Run::new();
+    for i in 0..META_OPS {
+        let p = dir.join(format!("m{i}"));
+        r.op(0, || {
+            File::create(&p)?;
+            std::fs::metadata(&p)?;
+            std::fs::remove_file(&p)
+        });
+    }
+    r.print("meta");
+
+    for direct in [false, true] {
+        let sfx = if direct { "-direct" } else { "" };
+        let path = dir.join(format!("data{sfx}"));
+        let mut buf = Aligned::new(1 << 20);
+        buf.buf(1 << 20).copy_from_slice(&rng.bytes(1 << 20));
+
+        let f = open(&path, direct, true);
+        let mut r = Run::new();
+        for i in 0..FILE_MIB {
+            r.op(1 << 20, || f.write_all_at(buf.buf(1 << 20), (i << 20) as u64));
+        }
+        r.op(0, || f.sync_all());
+        r.print(&format!("seq-write-1m{sfx}"));
+        drop(f);
+
+        drop_caches();
+        let f = open(&path, direct, false);
+        let mut r = Run::new();
+        for i in 0..FILE_MIB {
+            r.op(1 << 20, || f.read_exact_at(buf.buf(1 << 20), (i << 20) as u64));
+        }
+        r.print(&format!("seq-read-1m{sfx}"));
+        drop(f);
+
+        drop_caches();
+        let f = open(&path, direct, false);
+        let mut r = Run::new();
+        for _ in 0..RAND_OPS {
+            let off = rng.below((FILE_MIB * 256) as u64) * 4096;
+            r.op(4096, || f.read_exact_at(buf.buf(4096), off));
+        }
+        r.print(&format!("rand-read-4k{sfx}"));
+
+        let mut r = Run::new();
+        for _ in 0..RAND_OPS {
+            let off = rng.below((FILE_MIB * 256) as u64) * 4096;
+            r.op(4096, || f.write_all_at(buf.buf(4096), off));
+        }
+        r.op(0, || f.sync_all());
+        r.print(&format!("rand-write-4k{sfx}"));
+    }
+}

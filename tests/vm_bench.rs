@@ -1,0 +1,175 @@
+//! Guest-side benchmarks, phoenixfsd against virtiofsd in the same VM configuration (not a
+//! test: `#[ignore]`d; scripts/bench-vm.sh runs it). The guest of tests/vm.rs boots with
+//! `vmg.bench`: its workload binary runs fixed micro-benchmarks on the share instead
+//! (examples/vm_guest/bench.rs: a create/stat/unlink loop; 1 MiB sequential and 4 KiB random
+//! writes and reads, buffered and O_DIRECT). Each round boots one guest per backend, the order
+//! alternating from round to round, on a fresh share; the table has the median of the rounds
+//! (TCG on a shared machine is noisy) and the ratio phoenixfsd / virtiofsd.
+//!
+//! Environment: `PHOENIXFS_VM_BENCH_ROUNDS` (3), `PHOENIXFS_VM_BENCH_QEMU=7.2|10` (7.2), and
+//! `PHOENIXFS_VM_ACCEL` as in tests/vm.rs.
+
+mod common;
+#[path = "vm/qemu.rs"]
+mod qemu;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
+
+use common::proc::wait_for_exit;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Backend {
+    Phoenixfsd,
+    Virtiofsd,
+}
+
+/// One `VM-BENCH` line: ops/s, MiB/s, p50 and p99 in µs.
+#[derive(Clone, Copy, Default)]
+struct Result {
+    ops_per_s: f64,
+    mib_per_s: f64,
+    p99_us: f64,
+}
+
+/// Boots the bench guest on `backend`; its results by benchmark name, in the order printed.
+fn boot(
+    q: &qemu::Qemu,
+    guest: &qemu::Guest,
+    accel: &str,
+    dir: &std::path::Path,
+    backend: Backend,
+) -> Vec<(String, Result)> {
+    let share = dir.join("share");
+    let _ = std::fs::remove_dir_all(&share);
+    std::fs::create_dir(&share).unwrap();
+    let socket = dir.join("vfs.sock");
+    let _ = std::fs::remove_file(&socket);
+    let mut cmd = match backend {
+        Backend::Phoenixfsd => {
+            let mut c = Command::new(common::BIN);
+            c.args(["--log-level", "error"]);
+            c
+        }
+        Backend::Virtiofsd => {
+            let mut c = Command::new("virtiofsd");
+            c.args(["--sandbox", "none", "--log-level", "error"]);
+            c
+        }
+    };
+    let mut daemon = cmd
+        .arg("--shared-dir")
+        .arg(&share)
+        .arg("--socket-path")
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {backend:?}: {e}"));
+    qemu::wait_socket(&socket);
+    let mut vm = qemu::command(q, guest, accel, &socket, "vmg.bench").spawn().expect("spawn QEMU");
+    let console = qemu::console(&mut vm);
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    let mut exit_ok = false;
+    loop {
+        match console.recv_timeout(Duration::from_secs(600).saturating_sub(t0.elapsed())) {
+            Ok(l) => {
+                if let Some(rest) = l.strip_prefix("VM-BENCH ") {
+                    let f: BTreeMap<&str, &str> = rest.split_whitespace().filter_map(|w| w.split_once('=')).collect();
+                    let num = |k: &str| f.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+                    let r = Result { ops_per_s: num("ops_per_s"), mib_per_s: num("mib_per_s"), p99_us: num("p99_us") };
+                    out.push((f.get("name").copied().unwrap_or("?").to_string(), r));
+                } else if l.starts_with("VM-FAIL") || l.contains("panicked") {
+                    eprintln!("guest| {l}");
+                }
+                exit_ok |= l == "VM-EXIT 0";
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                let _ = vm.kill();
+                panic!("the bench guest on {backend:?} did not finish within 600 s");
+            }
+        }
+    }
+    let _ = vm.wait();
+    if wait_for_exit(&mut daemon, Duration::from_secs(10)).is_none() {
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+    }
+    assert!(exit_ok, "the bench guest on {backend:?} did not exit 0");
+    eprintln!("vm-bench: {backend:?}: {} benchmarks in {:.1} s", out.len(), t0.elapsed().as_secs_f64());
+    out
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+}
+
+fn fmt(x: f64) -> String {
+    if x >= 100.0 { format!("{x:.0}") } else { format!("{x:.1}") }
+}
+
+#[test]
+#[ignore = "a benchmark: scripts/bench-vm.sh"]
+fn bench_vm_against_virtiofsd() {
+    let rounds: usize = std::env::var("PHOENIXFS_VM_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let q = match std::env::var("PHOENIXFS_VM_BENCH_QEMU").as_deref() {
+        Ok("10") => qemu::Qemu::backports(&qemu::target_dir().join("vm-cache")),
+        _ => qemu::Qemu::system(),
+    };
+    let (guest, accel, tmp) = qemu::prepare_vm(&q);
+    let vfsd = Command::new("virtiofsd").arg("--version").output().expect("virtiofsd (scripts/setup.sh installs it)");
+    let vfsd = String::from_utf8_lossy(&vfsd.stdout).trim().to_string();
+    eprintln!("vm-bench: {}, {accel}, {vfsd}, {rounds} rounds", q.version);
+    let mut names: Vec<String> = Vec::new();
+    let mut res: BTreeMap<(String, bool), Vec<Result>> = BTreeMap::new();
+    for r in 0..rounds {
+        let order = if r % 2 == 0 {
+            [Backend::Phoenixfsd, Backend::Virtiofsd]
+        } else {
+            [Backend::Virtiofsd, Backend::Phoenixfsd]
+        };
+        for b in order {
+            for (name, x) in boot(&q, &guest, accel, tmp.path(), b) {
+                if !names.contains(&name) {
+                    names.push(name.clone());
+                }
+                res.entry((name, b == Backend::Phoenixfsd)).or_default().push(x);
+            }
+        }
+    }
+    println!("\n| workload | unit | phoenixfsd | virtiofsd | ratio | p99 phoenixfsd | p99 virtiofsd |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for n in &names {
+        let seq = n.starts_with("seq");
+        let unit = if seq {
+            "MiB/s"
+        } else if n == "meta" {
+            "ops/s"
+        } else {
+            "IOPS"
+        };
+        let get = |p: bool, f: fn(&Result) -> f64| {
+            median(res.get(&(n.clone(), p)).map(|v| v.iter().map(f).collect()).unwrap_or_default())
+        };
+        let metric: fn(&Result) -> f64 = if seq { |r| r.mib_per_s } else { |r| r.ops_per_s };
+        let (p, v) = (get(true, metric), get(false, metric));
+        let (pp, vp) = (get(true, |r| r.p99_us), get(false, |r| r.p99_us));
+        println!(
+            "| {n} | {unit} | {} | {} | {:.2} | {} ms | {} ms |",
+            fmt(p),
+            fmt(v),
+            p / v,
+            fmt(pp / 1e3),
+            fmt(vp / 1e3)
+        );
+    }
+    println!(
+        "\n{}, {accel}, 1 vCPU, 512 MiB; guest kernel {}; {vfsd}; median of {rounds} rounds, backends alternating.",
+        q.version,
+        guest.kernel.file_name().unwrap_or_default().to_string_lossy()
+    );
+}
