@@ -28,7 +28,8 @@
 //!
 //! Environment: `PHOENIXFS_VM_KILLS` (150), `PHOENIXFS_VM_KILL_MS=lo-hi` (50-300),
 //! `PHOENIXFS_VM_THREADS` (guest workload threads, 2), `PHOENIXFS_VM_SEED` (hex),
-//! `PHOENIXFS_VM_MAX_STALL_MS` (1000), `PHOENIXFS_VM_ACCEL=kvm|tcg` (default: a probe boot).
+//! `PHOENIXFS_VM_MAX_STALL_MS` (1000), `PHOENIXFS_VM_ACCEL=kvm|tcg` (default: a probe boot),
+//! `PHOENIXFS_VM_QUEUE_SIZE` (the virtio-fs device's queue size; QEMU's default 128).
 
 mod common;
 #[path = "vm/listing.rs"]

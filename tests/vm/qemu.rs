@@ -110,6 +110,14 @@ pub fn prepare(cache: &Path, guest_bin: &Path, out_dir: &Path) -> Guest {
     Guest { kernel: PathBuf::from(kernel), initrd }
 }
 
+/// The virtio-fs device; `PHOENIXFS_VM_QUEUE_SIZE` sets its queue size (QEMU's default: 128).
+fn device() -> String {
+    match std::env::var("PHOENIXFS_VM_QUEUE_SIZE") {
+        Ok(n) => format!("vhost-user-fs-pci,chardev=vfs,tag=share,queue-size={n}"),
+        Err(_) => "vhost-user-fs-pci,chardev=vfs,tag=share".to_string(),
+    }
+}
+
 /// QEMU's command line for `guest` on the vhost-user socket `socket` (the guest mounts tag
 /// `share`); `append` is added to the kernel command line. The console is QEMU's stdout.
 pub fn command(q: &Qemu, guest: &Guest, accel: &str, socket: &Path, append: &str) -> Command {
@@ -122,7 +130,7 @@ pub fn command(q: &Qemu, guest: &Guest, accel: &str, socket: &Path, append: &str
         .args(["-append", &format!("console=ttyS0 panic=-1 quiet {append}")])
         .arg("-chardev")
         .arg(format!("socket,id=vfs,path={}", socket.display()))
-        .args(["-device", "vhost-user-fs-pci,chardev=vfs,tag=share"])
+        .args(["-device", &device()])
         .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem"])
         .args([
             "-nic",
