@@ -32,16 +32,20 @@ if [ ! -f "$kdir/ready" ]; then
     rm -rf "$kdir" && mkdir -p "$kdir/dl"
     cd "$kdir/dl"
     # apt-get download runs as _apt where it can; a root-owned cache dir makes it warn only.
-    if ! apt-get download -q linux-image-cloud-amd64 >&2 2>/dev/null; then
-        say "apt-get download failed: apt-get update, then again"
-        apt-get update -q >&2
-        apt-get download -q linux-image-cloud-amd64 >&2
-    fi
+    # Stale package lists name versions the archive no longer has: update once and try again.
+    download() {
+        if ! apt-get download -q "$1" >&2 2>/dev/null; then
+            say "apt-get download $1 failed: apt-get update, then again"
+            apt-get update -q >&2
+            apt-get download -q "$1" >&2
+        fi
+    }
+    download linux-image-cloud-amd64
     meta=$(ls linux-image-cloud-amd64_*.deb)
     versioned=$(dpkg-deb -f "$meta" Depends | grep -o 'linux-image-[0-9][^ ,]*-cloud-amd64' | head -1)
     [ -n "$versioned" ] || { say "cannot find the versioned kernel package in $meta"; exit 1; }
     say "downloading $versioned (named by $meta)"
-    apt-get download -q "$versioned" >&2
+    download "$versioned"
     dpkg-deb -x "$versioned"_*.deb "$kdir/root"
     cd - >/dev/null
     rm -rf "$kdir/dl"
