@@ -16,7 +16,8 @@
 //! a second, even under TCG).
 //!
 //! Two tests, one VM at a time: bookworm's QEMU 7.2 (qemu-system-x86) and QEMU 10.0 from
-//! bookworm-backports, unpacked beside it (tests/vm/qemu10.sh). Two more show what users get
+//! bookworm-backports, unpacked beside it (tests/vm/qemu10.sh); on QEMU 10 the daemon also
+//! serves the guest's locks (`-o posix_lock,flock`), on 7.2 the guest kernel keeps them. Two more show what users get
 //! today: the same guest on virtiofsd, SIGKILLed once (`test_vm_qemu_*_virtiofsd_one_kill`
 //! print QEMU's and the guest's reaction).
 //!
@@ -29,7 +30,8 @@
 //! Environment: `PHOENIXFS_VM_KILLS` (150), `PHOENIXFS_VM_KILL_MS=lo-hi` (50-300),
 //! `PHOENIXFS_VM_THREADS` (guest workload threads, 2), `PHOENIXFS_VM_SEED` (hex),
 //! `PHOENIXFS_VM_MAX_STALL_MS` (1000), `PHOENIXFS_VM_ACCEL=kvm|tcg` (default: a probe boot),
-//! `PHOENIXFS_VM_QUEUE_SIZE` (the virtio-fs device's queue size; QEMU's default 128).
+//! `PHOENIXFS_VM_QUEUE_SIZE` (the virtio-fs device's queue size; QEMU's default 128),
+//! `PHOENIXFS_VM_ARGS` (more phoenixfsd arguments, e.g. `-o posix_lock,flock`).
 
 mod common;
 #[path = "vm/listing.rs"]
@@ -168,13 +170,14 @@ static ONE_VM: Mutex<()> = Mutex::new(());
 #[test]
 fn test_vm_qemu_7_2_survives_worker_kills() {
     let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
-    run(qemu::Qemu::system());
+    run(qemu::Qemu::system(), "");
 }
 
 #[test]
 fn test_vm_qemu_10_survives_worker_kills() {
     let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
-    run(qemu::Qemu::backports(&qemu::target_dir().join("vm-cache")));
+    // Here the daemon serves the guest's locks (OFD and flock), so they too live through kills.
+    run(qemu::Qemu::backports(&qemu::target_dir().join("vm-cache")), "-o posix_lock,flock");
 }
 
 /// The ops count of a `VM-PROGRESS` line.
@@ -297,13 +300,14 @@ fn virtiofsd_one_kill(q: qemu::Qemu) {
 }
 
 /// Boots a guest on `q` and runs the workload while the worker is killed; panics on any check.
-fn run(q: qemu::Qemu) {
+fn run(q: qemu::Qemu, daemon_args: &str) {
     let target_kills = env_u64("PHOENIXFS_VM_KILLS", 150);
     let (lo, hi) = std::env::var("PHOENIXFS_VM_KILL_MS")
         .ok()
         .and_then(|v| v.split_once('-').and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?))))
         .unwrap_or((50, 300));
     let threads = env_u64("PHOENIXFS_VM_THREADS", 2);
+    let daemon_args = format!("{daemon_args} {}", std::env::var("PHOENIXFS_VM_ARGS").unwrap_or_default());
     let max_stall_ms = env_u64("PHOENIXFS_VM_MAX_STALL_MS", 1000) as f64;
     let seed = std::env::var("PHOENIXFS_VM_SEED")
         .ok()
@@ -315,9 +319,10 @@ fn run(q: qemu::Qemu) {
     // 1. The guest: workload binary, kernel, initramfs; QEMU and its accelerator.
     let (guest, accel, tmp) = qemu::prepare_vm(&q);
     eprintln!(
-        "vm: {} ({}), {accel}, seed {seed:#x}, {target_kills} kills every {lo}-{hi} ms",
+        "vm: {} ({}), {accel}, seed {seed:#x}, {target_kills} kills every {lo}-{hi} ms, phoenixfsd --xattr {}",
         q.version,
-        q.bin.display()
+        q.bin.display(),
+        daemon_args.trim()
     );
 
     // 2. phoenixfsd on a fresh share.
@@ -330,6 +335,7 @@ fn run(q: qemu::Qemu) {
         .arg("--socket-path")
         .arg(&socket)
         .args(["--xattr", "--log-level", "warn"])
+        .args(daemon_args.split_whitespace())
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
