@@ -209,22 +209,24 @@ fn virtiofsd_one_kill(q: qemu::Qemu) {
     let share = tmp.path().join("share");
     std::fs::create_dir(&share).unwrap();
     let socket = tmp.path().join("vfs.sock");
-    let mut daemon = Command::new("virtiofsd")
-        .arg("--shared-dir")
-        .arg(&share)
-        .arg("--socket-path")
-        .arg(&socket)
-        .args(["--xattr", "--sandbox", "none"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn virtiofsd");
+    let mut daemon = qemu::Reap(
+        Command::new("virtiofsd")
+            .arg("--shared-dir")
+            .arg(&share)
+            .arg("--socket-path")
+            .arg(&socket)
+            .args(["--xattr", "--sandbox", "none"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn virtiofsd"),
+    );
     let daemon_err = qemu::collect_stderr(&mut daemon, "virtiofsd");
     qemu::wait_socket(&socket);
     let mut cmd = qemu::command(&q, &guest, accel, &socket, "vmg.threads=2");
     cmd.stderr(Stdio::piped());
     eprintln!("vm: {version}, {}, {accel}: {cmd:?}", q.version);
-    let mut vm = cmd.spawn().expect("spawn QEMU");
+    let mut vm = qemu::Reap(cmd.spawn().expect("spawn QEMU"));
     let qemu_err = qemu::collect_stderr(&mut vm, "qemu");
     let console = qemu::console(&mut vm);
 
@@ -329,17 +331,19 @@ fn run(q: qemu::Qemu, daemon_args: &str) {
     let share = tmp.path().join("share");
     std::fs::create_dir(&share).unwrap();
     let socket = tmp.path().join("vfs.sock");
-    let mut daemon = Command::new(common::BIN)
-        .arg("--shared-dir")
-        .arg(&share)
-        .arg("--socket-path")
-        .arg(&socket)
-        .args(["--xattr", "--log-level", "warn"])
-        .args(daemon_args.split_whitespace())
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn phoenixfsd");
+    let mut daemon = qemu::Reap(
+        Command::new(common::BIN)
+            .arg("--shared-dir")
+            .arg(&share)
+            .arg("--socket-path")
+            .arg(&socket)
+            .args(["--xattr", "--log-level", "warn"])
+            .args(daemon_args.split_whitespace())
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn phoenixfsd"),
+    );
     let replaced = daemon_log(&mut daemon);
     qemu::wait_socket(&socket);
     let sup = daemon.id() as i32;
@@ -349,7 +353,7 @@ fn run(q: qemu::Qemu, daemon_args: &str) {
     let mut cmd = qemu::command(&q, &guest, accel, &socket, &append);
     eprintln!("vm: {cmd:?}");
     let t_boot = Instant::now();
-    let mut vm = cmd.spawn().expect("spawn QEMU");
+    let mut vm = qemu::Reap(cmd.spawn().expect("spawn QEMU"));
     let console = qemu::console(&mut vm);
     let done = Arc::new(AtomicBool::new(false));
     let mut killer_thread: Option<JoinHandle<Kills>> = None;

@@ -60,16 +60,17 @@ fn boot(
             c
         }
     };
-    let mut daemon = cmd
-        .arg("--shared-dir")
-        .arg(&share)
-        .arg("--socket-path")
-        .arg(&socket)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {backend:?}: {e}"));
+    let mut daemon = qemu::Reap(
+        cmd.arg("--shared-dir")
+            .arg(&share)
+            .arg("--socket-path")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {backend:?}: {e}")),
+    );
     qemu::wait_socket(&socket);
-    let mut vm = qemu::command(q, guest, accel, &socket, "vmg.bench").spawn().expect("spawn QEMU");
+    let mut vm = qemu::Reap(qemu::command(q, guest, accel, &socket, "vmg.bench").spawn().expect("spawn QEMU"));
     let console = qemu::console(&mut vm);
     let t0 = Instant::now();
     let mut out = Vec::new();

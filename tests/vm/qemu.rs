@@ -64,6 +64,32 @@ impl Qemu {
     }
 }
 
+/// A child process that is killed and reaped when dropped, so a failing test leaves no QEMU or
+/// daemon behind.
+pub struct Reap(pub Child);
+
+impl std::ops::Deref for Reap {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reap {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// What the guest boots.
 pub struct Guest {
     pub kernel: PathBuf,
