@@ -6,8 +6,9 @@
 use std::ffi::CString;
 use std::sync::Arc;
 
-use crate::fs;
-use crate::server::InitPolicy;
+use crate::fs::{self, Fs};
+use crate::recovery::{self, Recovered};
+use crate::server::{InitPolicy, Server};
 use crate::state::Region;
 use crate::sys::process;
 use crate::transport::Transport;
@@ -36,12 +37,22 @@ pub enum Error {
     Spawn(std::io::Error),
 }
 
-/// Takes the region over and starts serving on the transport's threads; returns once they
-/// run.
+/// Takes the region over (recovery.rs, steps 1 to 6), then step 7: builds the file system
+/// (which opens this worker's own /proc/self/fd) and the lock-owner index over the live
+/// handles, the server with the INIT outcome the region holds (the kernel will not send INIT
+/// again), has the transport deliver again what the dead worker had read, and starts the
+/// serving threads. Returns once they run.
 pub fn start(region: Region, cfg: &WorkerConfig) -> Result<(), Error> {
-    let server = crate::recovery::take_over(region, cfg)?;
+    let t0 = std::time::Instant::now();
+    let Recovered { state, live_handles } = recovery::take_over(region, &*cfg.transport)?;
+    let fs = Fs::new(&cfg.shared_dir, state.clone(), cfg.fs.clone())?;
+    fs.rebuild_locks(&live_handles);
+    let server = Arc::new(Server::new(fs, state.clone(), cfg.policy, cfg.recovery));
+    cfg.transport.resume(&state);
     crate::server::install_wake_handler();
-    cfg.transport.spawn(&server, cfg.ended).map_err(Error::Spawn)
+    cfg.transport.spawn(&server, cfg.ended).map_err(Error::Spawn)?;
+    tracing::debug!(total_us = t0.elapsed().as_micros() as u64, "worker serving");
+    Ok(())
 }
 
 /// The body of a worker process (recovery on): never returns. The serving threads run until
