@@ -138,11 +138,12 @@ pub struct Cli {
     #[arg(long)]
     pub allow_direct_io: bool,
 
-    /// Enable FUSE_HANDLE_KILLPRIV_V2 support.
+    /// Enable FUSE_HANDLE_KILLPRIV_V2 support (the default here, unlike virtiofsd).
     #[arg(long)]
     pub killpriv_v2: bool,
 
-    /// Disable FUSE_HANDLE_KILLPRIV_V2 support (the default).
+    /// Disable FUSE_HANDLE_KILLPRIV_V2: the kernel then clears set-id bits with a chmod from the
+    /// writer, which the host refuses to a writer who does not own the file.
     #[arg(long, conflicts_with = "killpriv_v2")]
     pub no_killpriv_v2: bool,
 
@@ -254,8 +255,8 @@ impl Cli {
                 ("no_writeback", None) => self.writeback = false,
                 ("posix_acl", None) => self.posix_acl = true,
                 ("no_posix_acl", None) => self.posix_acl = false,
-                ("killpriv_v2", None) => self.killpriv_v2 = true,
-                ("no_killpriv_v2", None) => self.killpriv_v2 = false,
+                ("killpriv_v2", None) => (self.killpriv_v2, self.no_killpriv_v2) = (true, false),
+                ("no_killpriv_v2", None) => (self.killpriv_v2, self.no_killpriv_v2) = (false, true),
                 ("announce_submounts", None) => self.announce_submounts = true,
                 ("readdirplus", None) => self.no_readdirplus = false,
                 ("no_readdirplus", None) => self.no_readdirplus = true,
@@ -319,9 +320,6 @@ impl Cli {
         }
         if self.syslog {
             v.push("--syslog (logs go to stderr)");
-        }
-        if self.killpriv_v2 {
-            v.push("--killpriv-v2 (FUSE_HANDLE_KILLPRIV_V2 is not negotiated; the kernel clears set-id bits itself)");
         }
         if self.posix_acl {
             v.push("--posix-acl (ACL xattrs pass through as xattrs; FUSE_POSIX_ACL is not negotiated)");

@@ -172,6 +172,7 @@ fn worker_config(cli: &Cli, shared_dir: &std::path::Path, transport: Arc<dyn Tra
         readdirplus: fs_cfg.readdirplus,
         posix_acl: false,
         auto_inval_data: cli.cache == CachePolicy::Auto,
+        killpriv_v2: !cli.no_killpriv_v2,
     };
     WorkerConfig {
         shared_dir: CString::new(shared_dir.as_os_str().as_bytes()).expect("paths have no NUL"),
