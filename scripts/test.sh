@@ -35,11 +35,14 @@ cargo clippy --release --all-targets --features crash-points -- -D warnings
 step "cargo build --release"
 cargo build --release --features crash-points
 
-step "cargo test --release (timeout ${TEST_TIMEOUT}s)"
+# Daemons run with the default --seccomp kill unless PHOENIXFS_TEST_SECCOMP names another mode.
+seccomp_mode="kill (the default)"
+[ -n "${PHOENIXFS_TEST_SECCOMP:-}" ] && seccomp_mode="$PHOENIXFS_TEST_SECCOMP (PHOENIXFS_TEST_SECCOMP)"
+step "cargo test --release (timeout ${TEST_TIMEOUT}s; phoenixfsd runs with --seccomp $seccomp_mode)"
 rc=0
 timeout --kill-after=30 "$TEST_TIMEOUT" cargo test --release --features crash-points --no-fail-fast -- --show-output "$@" || rc=$?
 
-step "compare and pjdfstest over vhost-user"
+step "compare and pjdfstest over vhost-user (--seccomp $seccomp_mode)"
 timeout --kill-after=30 "$TEST_TIMEOUT" env PHOENIXFS_TEST_TRANSPORT=vhost-user \
     cargo test --release --features crash-points --no-fail-fast --test compare --test pjdfstest -- --show-output "$@" \
     || rc=$((rc ? rc : $?))

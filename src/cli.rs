@@ -105,7 +105,8 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = SandboxMode::Namespace)]
     pub sandbox: SandboxMode,
 
-    /// Action to take when seccomp finds a not allowed syscall.
+    /// Action to take when seccomp finds a not allowed syscall: kill (the process, naming the
+    /// call in the log), log (allow it; the kernel logs it), trap (SIGSYS), none (no filter).
     #[arg(long, value_enum, default_value_t = SeccompAction::Kill)]
     pub seccomp: SeccompAction,
 
@@ -232,6 +233,8 @@ pub enum CliError {
     NoTransport,
     #[error("--thread-pool-size {0} is too large (at most 1024)")]
     TooManyThreads(usize),
+    #[error(transparent)]
+    Modcaps(#[from] crate::security::caps::Error),
 }
 
 impl Cli {
@@ -281,6 +284,7 @@ impl Cli {
         if self.thread_pool_size > 1024 {
             return Err(CliError::TooManyThreads(self.thread_pool_size));
         }
+        self.worker_caps()?;
         if self.print_capabilities || self.demo {
             return Ok(self);
         }
@@ -294,20 +298,23 @@ impl Cli {
         Ok(self)
     }
 
+    /// A worker's capabilities: virtiofsd's default set changed by `--modcaps`.
+    pub fn worker_caps(&self) -> Result<crate::security::caps::Caps, CliError> {
+        let base = crate::security::caps::WORKER;
+        Ok(match &self.modcaps {
+            Some(m) => crate::security::caps::modify(base, m)?,
+            None => base,
+        })
+    }
+
     /// Options given a non-default value that this build accepts but does not enforce yet.
     pub fn unenforced(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
         if self.sandbox != SandboxMode::None {
             v.push("--sandbox (no sandbox is set up yet; runs as --sandbox=none)");
         }
-        if self.seccomp != SeccompAction::None {
-            v.push("--seccomp (no seccomp filter is installed yet)");
-        }
         if self.xattrmap.is_some() {
             v.push("--xattrmap");
-        }
-        if self.modcaps.is_some() {
-            v.push("--modcaps");
         }
         if !self.translate_uid.is_empty() || !self.translate_gid.is_empty() {
             v.push("--translate-uid/--translate-gid");

@@ -25,6 +25,8 @@ pub struct WorkerConfig {
     pub transport: Arc<dyn Transport>,
     /// The eventfd a serving thread writes when the connection ends (the supervisor stops).
     pub ended: i32,
+    /// The seccomp mode and capabilities a worker confines itself to.
+    pub confine: crate::security::Policy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,11 @@ pub fn run_process(region: Region, cfg: &WorkerConfig, supervisor: i32) -> ! {
     // nobody to replace it.
     if process::set_parent_death_signal(libc::SIGKILL).is_err() || process::getppid() != supervisor {
         process::exit_now(3);
+    }
+    // Before anything else, recovery included: only the worker's capabilities and system calls.
+    if let Err(e) = crate::security::confine_worker(&cfg.confine, &region.header().seccomp_violation) {
+        tracing::error!("worker: {e}");
+        process::exit_now(2);
     }
     // A panic is a crash: let the supervisor replace the whole worker rather than leave a dead
     // thread's request unanswered.
