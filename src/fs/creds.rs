@@ -6,7 +6,7 @@
 
 use super::{Error, Result};
 use crate::state::intent::Intent;
-use crate::sys::{thread_caps, thread_creds};
+use crate::sys::{caps, thread_creds};
 
 /// CAP_FSETID's number: who has it keeps set-id bits across writes and truncation.
 const CAP_FSETID: u32 = 4;
@@ -64,7 +64,8 @@ impl Drop for CredGuard {
 
 /// Gives CAP_FSETID back to this thread when dropped (if it was taken away).
 pub struct FsetidGuard {
-    saved: Option<thread_caps::Sets>,
+    /// The (effective, permitted) sets to restore.
+    saved: Option<(u64, u64)>,
 }
 
 /// Runs the rest of the scope without CAP_FSETID in this thread's effective set, so that the host
@@ -72,15 +73,13 @@ pub struct FsetidGuard {
 /// as it does for a writer without that capability: no separate chmod, so no extra step to make
 /// crash-safe. A thread that does not have it (one switched to a non-root caller) is left alone.
 pub fn without_fsetid() -> Result<FsetidGuard> {
-    let sets = thread_caps::get().map_err(Error::Credentials)?;
+    let (effective, permitted) = caps::get().map_err(Error::Credentials)?;
     let bit = 1 << CAP_FSETID;
-    if sets[0].effective & bit == 0 {
+    if effective & bit == 0 {
         return Ok(FsetidGuard { saved: None });
     }
-    let mut dropped = sets;
-    dropped[0].effective &= !bit;
-    thread_caps::set(&dropped).map_err(Error::Credentials)?;
-    Ok(FsetidGuard { saved: Some(sets) })
+    caps::set(effective & !bit, permitted).map_err(Error::Credentials)?;
+    Ok(FsetidGuard { saved: Some((effective, permitted)) })
 }
 
 /// `without_fsetid` when `kill` says the request asks for it, else nothing.
@@ -90,10 +89,10 @@ pub fn without_fsetid_if(kill: bool) -> Result<Option<FsetidGuard>> {
 
 impl Drop for FsetidGuard {
     fn drop(&mut self) {
-        let Some(saved) = self.saved else { return };
+        let Some((effective, permitted)) = self.saved else { return };
         // As for CredGuard: a thread left without CAP_FSETID would keep clearing bits for
         // callers who have it. Stop loudly.
-        if thread_caps::set(&saved).is_err() {
+        if caps::set(effective, permitted).is_err() {
             tracing::error!("cannot restore CAP_FSETID; aborting this worker");
             std::process::abort();
         }
@@ -106,15 +105,15 @@ mod tests {
 
     #[test]
     fn test_without_fsetid_drops_and_restores_only_fsetid() {
-        let before = thread_caps::get().unwrap();
+        let before = caps::get().unwrap();
         {
             let _g = without_fsetid().unwrap();
-            let during = thread_caps::get().unwrap();
-            assert_eq!(during[0].effective & (1 << CAP_FSETID), 0);
-            assert_eq!(during[0].effective | (before[0].effective & (1 << CAP_FSETID)), before[0].effective);
-            assert_eq!((during[0].permitted, during[1]), (before[0].permitted, before[1]));
+            let during = caps::get().unwrap();
+            assert_eq!(during.0 & (1 << CAP_FSETID), 0);
+            assert_eq!(during.0 | (before.0 & (1 << CAP_FSETID)), before.0);
+            assert_eq!(during.1, before.1);
         }
-        assert_eq!(thread_caps::get().unwrap(), before);
+        assert_eq!(caps::get().unwrap(), before);
         assert!(without_fsetid_if(false).unwrap().is_none());
     }
 }

@@ -112,8 +112,10 @@ pub const WORKER: &[Group] = &[
         ],
     },
     Group {
-        why: "credentials: each request runs with its caller's ids, per thread",
-        calls: &[libc::SYS_setresuid, libc::SYS_setresgid, libc::SYS_setgroups],
+        why: "credentials: each request runs with its caller's ids, per thread; a write or truncate \
+              that must clear set-id bits runs without CAP_FSETID (capget, then capset of this \
+              thread's effective set: it can only drop, or take back what is still permitted)",
+        calls: &[libc::SYS_setresuid, libc::SYS_setresgid, libc::SYS_setgroups, libc::SYS_capget, libc::SYS_capset],
     },
     Group {
         why: "passthrough: resolving and opening beneath the share, /proc/self/fd reopens",
@@ -205,9 +207,9 @@ pub const SUPERVISOR_ONLY: &[Group] = &[
         calls: &[libc::SYS_recvmsg, libc::SYS_sendmsg, libc::SYS_recvfrom, libc::SYS_sendto],
     },
     Group {
-        why: "a new worker confines itself: capset, then its own filter (seccomp); that filter \
-              refuses both",
-        calls: &[libc::SYS_capset, libc::SYS_seccomp],
+        why: "a new worker confines itself: its capabilities (capset, in the worker list too), then \
+              its own filter (seccomp), which refuses seccomp",
+        calls: &[libc::SYS_seccomp],
     },
     Group { why: "stopping: unmount the FUSE mount (only ours: mountinfo is read first)", calls: &[libc::SYS_umount2] },
     Group {

@@ -347,48 +347,6 @@ pub mod thread_creds {
     }
 }
 
-/// The calling thread's capability sets. Capabilities belong to a thread in Linux, and the raw
-/// capget/capset calls with pid 0 touch this thread alone (libcap's would too, but it is not a
-/// dependency for two calls).
-pub mod thread_caps {
-    use std::io;
-
-    /// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
-    const VERSION_3: u32 = 0x2008_0522;
-
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-
-    /// One 32-bit word of each set, as the kernel's `__user_cap_data_struct`.
-    #[repr(C)]
-    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-    pub struct Word {
-        pub effective: u32,
-        pub permitted: u32,
-        pub inheritable: u32,
-    }
-
-    /// All three sets: capabilities 0-31 in word 0, 32-63 in word 1.
-    pub type Sets = [Word; 2];
-
-    pub fn get() -> io::Result<Sets> {
-        let mut header = Header { version: VERSION_3, pid: 0 };
-        let mut sets = Sets::default();
-        // SAFETY: the header and the two-word array are what capget(2) expects for version 3.
-        super::cvt_long(unsafe { libc::syscall(libc::SYS_capget, &mut header, sets.as_mut_ptr()) })?;
-        Ok(sets)
-    }
-
-    pub fn set(sets: &Sets) -> io::Result<()> {
-        let mut header = Header { version: VERSION_3, pid: 0 };
-        // SAFETY: as for `get`; capset(2) only reads the array.
-        super::cvt_long(unsafe { libc::syscall(libc::SYS_capset, &mut header, sets.as_ptr()) }).map(drop)
-    }
-}
-
 pub fn umask(mask: u32) -> u32 {
     // SAFETY: plain syscall.
     unsafe { libc::umask(mask) }
@@ -456,6 +414,8 @@ pub fn close_range(first: u32, last: u32) -> io::Result<()> {
 }
 
 /// This thread's capability sets (capget/capset, version 3: two 32-bit words per set).
+/// Capabilities belong to a thread in Linux, and the raw calls with pid 0 touch this thread
+/// alone.
 pub mod caps {
     use std::io;
 
