@@ -42,7 +42,10 @@ cargo build --release --features crash-points
 # counted against the test timeout).
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target x86_64-unknown-linux-gnu --example vm_guest
 
-step "cargo test --release (timeout ${TEST_TIMEOUT}s)"
+# Daemons run with the default --seccomp kill unless PHOENIXFS_TEST_SECCOMP names another mode.
+seccomp_mode="kill (the default)"
+[ -n "${PHOENIXFS_TEST_SECCOMP:-}" ] && seccomp_mode="$PHOENIXFS_TEST_SECCOMP (PHOENIXFS_TEST_SECCOMP)"
+step "cargo test --release (timeout ${TEST_TIMEOUT}s; phoenixfsd runs with --seccomp $seccomp_mode)"
 rc=0
 timeout --kill-after=30 "$TEST_TIMEOUT" cargo test --release --features crash-points --no-fail-fast -- --show-output \
     --skip test_vm_ "$@" || rc=$?
@@ -51,7 +54,7 @@ step "real VM: tests/vm.rs (timeout ${VM_TIMEOUT:=900}s)"
 timeout --kill-after=30 "$VM_TIMEOUT" cargo test --release --features crash-points --test vm -- --show-output "$@" \
     || rc=$((rc ? rc : $?))
 
-step "compare and pjdfstest over vhost-user"
+step "compare and pjdfstest over vhost-user (--seccomp $seccomp_mode)"
 timeout --kill-after=30 "$TEST_TIMEOUT" env PHOENIXFS_TEST_TRANSPORT=vhost-user \
     cargo test --release --features crash-points --no-fail-fast --test compare --test pjdfstest -- --show-output "$@" \
     || rc=$((rc ? rc : $?))

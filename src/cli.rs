@@ -105,7 +105,8 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = SandboxMode::Namespace)]
     pub sandbox: SandboxMode,
 
-    /// Action to take when seccomp finds a not allowed syscall.
+    /// Action to take when seccomp finds a not allowed syscall: kill (the process, naming the
+    /// call in the log), log (allow it; the kernel logs it), trap (SIGSYS), none (no filter).
     #[arg(long, value_enum, default_value_t = SeccompAction::Kill)]
     pub seccomp: SeccompAction,
 
@@ -138,11 +139,12 @@ pub struct Cli {
     #[arg(long)]
     pub allow_direct_io: bool,
 
-    /// Enable FUSE_HANDLE_KILLPRIV_V2 support.
+    /// Enable FUSE_HANDLE_KILLPRIV_V2 support (the default here, unlike virtiofsd).
     #[arg(long)]
     pub killpriv_v2: bool,
 
-    /// Disable FUSE_HANDLE_KILLPRIV_V2 support (the default).
+    /// Disable FUSE_HANDLE_KILLPRIV_V2: the kernel then clears set-id bits with a chmod from the
+    /// writer, which the host refuses to a writer who does not own the file.
     #[arg(long, conflicts_with = "killpriv_v2")]
     pub no_killpriv_v2: bool,
 
@@ -231,6 +233,8 @@ pub enum CliError {
     NoTransport,
     #[error("--thread-pool-size {0} is too large (at most 1024)")]
     TooManyThreads(usize),
+    #[error(transparent)]
+    Modcaps(#[from] crate::security::caps::Error),
 }
 
 impl Cli {
@@ -254,8 +258,8 @@ impl Cli {
                 ("no_writeback", None) => self.writeback = false,
                 ("posix_acl", None) => self.posix_acl = true,
                 ("no_posix_acl", None) => self.posix_acl = false,
-                ("killpriv_v2", None) => self.killpriv_v2 = true,
-                ("no_killpriv_v2", None) => self.killpriv_v2 = false,
+                ("killpriv_v2", None) => (self.killpriv_v2, self.no_killpriv_v2) = (true, false),
+                ("no_killpriv_v2", None) => (self.killpriv_v2, self.no_killpriv_v2) = (false, true),
                 ("announce_submounts", None) => self.announce_submounts = true,
                 ("readdirplus", None) => self.no_readdirplus = false,
                 ("no_readdirplus", None) => self.no_readdirplus = true,
@@ -280,6 +284,7 @@ impl Cli {
         if self.thread_pool_size > 1024 {
             return Err(CliError::TooManyThreads(self.thread_pool_size));
         }
+        self.worker_caps()?;
         if self.print_capabilities || self.demo {
             return Ok(self);
         }
@@ -293,20 +298,23 @@ impl Cli {
         Ok(self)
     }
 
+    /// A worker's capabilities: virtiofsd's default set changed by `--modcaps`.
+    pub fn worker_caps(&self) -> Result<crate::security::caps::Caps, CliError> {
+        let base = crate::security::caps::WORKER;
+        Ok(match &self.modcaps {
+            Some(m) => crate::security::caps::modify(base, m)?,
+            None => base,
+        })
+    }
+
     /// Options given a non-default value that this build accepts but does not enforce yet.
     pub fn unenforced(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
         if self.sandbox != SandboxMode::None {
             v.push("--sandbox (no sandbox is set up yet; runs as --sandbox=none)");
         }
-        if self.seccomp != SeccompAction::None {
-            v.push("--seccomp (no seccomp filter is installed yet)");
-        }
         if self.xattrmap.is_some() {
             v.push("--xattrmap");
-        }
-        if self.modcaps.is_some() {
-            v.push("--modcaps");
         }
         if !self.translate_uid.is_empty() || !self.translate_gid.is_empty() {
             v.push("--translate-uid/--translate-gid");
@@ -319,9 +327,6 @@ impl Cli {
         }
         if self.syslog {
             v.push("--syslog (logs go to stderr)");
-        }
-        if self.killpriv_v2 {
-            v.push("--killpriv-v2 (FUSE_HANDLE_KILLPRIV_V2 is not negotiated; the kernel clears set-id bits itself)");
         }
         if self.posix_acl {
             v.push("--posix-acl (ACL xattrs pass through as xattrs; FUSE_POSIX_ACL is not negotiated)");

@@ -15,6 +15,10 @@
 //! With PHOENIXFS_CRASH_MODE=abort-always the worker instead aborts (SIGABRT, as a panic would)
 //! every time it reaches the marker while the arm file exists, without removing it: a crash loop,
 //! for the tests of the crash-loop guards.
+//!
+//! With PHOENIXFS_CRASH_MODE=forbidden-syscall the worker instead makes a system call its
+//! seccomp filter refuses (syslog(SYSLOG_ACTION_SIZE_BUFFER), a harmless query), once: the test
+//! of `--seccomp kill` (the worker dies of it, the log names it, a new worker replays).
 
 #[macro_export]
 macro_rules! crash_point {
@@ -57,6 +61,7 @@ fn reached_if(is: impl Fn(&str) -> bool, name: std::fmt::Arguments, opcode: Opti
         at: String,
         arm: std::path::PathBuf,
         always: bool,
+        forbidden: bool,
         opcode: Option<u32>,
     }
     static TARGET: OnceLock<Option<Target>> = OnceLock::new();
@@ -65,10 +70,11 @@ fn reached_if(is: impl Fn(&str) -> bool, name: std::fmt::Arguments, opcode: Opti
             at: std::env::var("PHOENIXFS_CRASH_AT").ok()?,
             arm: std::env::var_os("PHOENIXFS_CRASH_ARM")?.into(),
             always: std::env::var("PHOENIXFS_CRASH_MODE").is_ok_and(|m| m == "abort-always"),
+            forbidden: std::env::var("PHOENIXFS_CRASH_MODE").is_ok_and(|m| m == "forbidden-syscall"),
             opcode: std::env::var("PHOENIXFS_CRASH_OPCODE").ok().and_then(|o| o.parse().ok()),
         })
     });
-    let Some(Target { at, arm, always, opcode: only }) = target else { return };
+    let Some(Target { at, arm, always, forbidden, opcode: only }) = target else { return };
     if !is(at) || opcode.is_some() && only.is_some() && opcode != *only {
         return;
     }
@@ -77,6 +83,12 @@ fn reached_if(is: impl Fn(&str) -> bool, name: std::fmt::Arguments, opcode: Opti
         std::process::abort();
     }
     // The unlink succeeds for exactly one caller.
+    if *forbidden && std::fs::remove_file(arm).is_ok() {
+        tracing::warn!("crash point {name}: making a forbidden system call");
+        // SAFETY: syslog(2) action 10 only reports the size of the kernel's log buffer.
+        unsafe { libc::syscall(libc::SYS_syslog, 10, 0usize, 0) };
+        return;
+    }
     if !*always && std::fs::remove_file(arm).is_ok() {
         tracing::warn!("crash point {name}: killing this worker");
         crate::sys::process::kill_self();

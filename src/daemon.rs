@@ -43,6 +43,10 @@ pub enum Error {
     Worker(#[from] crate::worker::Error),
     #[error(transparent)]
     Supervisor(#[from] crate::supervisor::Error),
+    #[error("confining the daemon: {0}")]
+    Confine(#[from] crate::security::Error),
+    #[error(transparent)]
+    Cli(#[from] crate::cli::CliError),
     #[error("{0} fds are open at start-up (at most {MAX_KEEP_FDS} can be kept across workers); close inherited fds")]
     TooManyFds(usize),
 }
@@ -152,7 +156,12 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         }
     };
     record_keep_fds(&mut region, &transport.fds(), &waits)?;
-    let cfg = worker_config(&cli, &shared_dir, transport, waits.ended);
+    let mut cfg = worker_config(&cli, &shared_dir, transport, waits.ended);
+    // Start-up is over (mounted or connected, the region and every supervisor fd made): from
+    // here on the supervisor keeps only what serving and stopping need (docs/design.md
+    // "Security"). Workers are cloned after this and narrow further.
+    cfg.confine = crate::security::Policy { seccomp: cli.seccomp, worker_caps: cli.worker_caps()? };
+    crate::security::confine_supervisor(&mut cfg.confine, !cfg.recovery, &region.header().seccomp_violation)?;
     Ok(crate::supervisor::run(region, conn, cfg, &waits)?)
 }
 
@@ -172,6 +181,7 @@ fn worker_config(cli: &Cli, shared_dir: &std::path::Path, transport: Arc<dyn Tra
         readdirplus: fs_cfg.readdirplus,
         posix_acl: false,
         auto_inval_data: cli.cache == CachePolicy::Auto,
+        killpriv_v2: !cli.no_killpriv_v2,
     };
     WorkerConfig {
         shared_dir: CString::new(shared_dir.as_os_str().as_bytes()).expect("paths have no NUL"),
@@ -180,6 +190,10 @@ fn worker_config(cli: &Cli, shared_dir: &std::path::Path, transport: Arc<dyn Tra
         recovery: cli.recovery == Recovery::On,
         transport,
         ended,
+        confine: crate::security::Policy {
+            seccomp: crate::cli::SeccompAction::None,
+            worker_caps: crate::security::caps::WORKER,
+        },
     }
 }
 

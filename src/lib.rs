@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod fs;
 pub mod fuse;
 pub mod recovery;
+pub mod security;
 pub mod server;
 pub mod state;
 pub mod supervisor;

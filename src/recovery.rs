@@ -1,26 +1,30 @@
 //! Taking the state region over: what every worker does before it serves, the first one (on a
 //! fresh region, where each step finds nothing to do) and every one that replaces a dead worker.
 //! The steps are those of docs/design.md, "Recovery, in order", in that order; the transport
-//! does its share at steps 4 and 5 and when serving resumes.
+//! does its share at steps 4 and 5. Step 7, building the server and resuming the transport, is
+//! the worker's (worker.rs).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::fs::Fs;
-use crate::server::Server;
-use crate::state::{Region, State};
+use crate::state::{self, LiveHandle, Region, State};
 use crate::sys;
-use crate::worker::{Error, WorkerConfig};
+use crate::transport::Transport;
 
-/// Takes the region over and builds the server that serves from it. Single-threaded: nothing
-/// else runs in this worker yet.
-pub fn take_over(region: Region, cfg: &WorkerConfig) -> Result<Arc<Server>, Error> {
+/// The region, taken over: the tables to serve from, and the live handles (the lock-owner
+/// index above the state is rebuilt from them).
+pub struct Recovered {
+    pub state: Arc<State>,
+    pub live_handles: Vec<LiveHandle>,
+}
+
+/// Takes the region over, steps 1 to 6. Single-threaded: nothing else runs in this worker yet.
+pub fn take_over(region: Region, transport: &dyn Transport) -> Result<Recovered, state::Error> {
     // Crash here: nothing is taken over yet; the next worker starts from the same region.
     crate::crash_point!("worker.start");
     let t0 = Instant::now();
     let state = Arc::new(State::new(region));
-    let transport = &*cfg.transport;
 
     // 1. Check the region (a region that fails is refused, never repaired by guesswork) and
     //    take it over under a new worker generation.
@@ -63,16 +67,7 @@ pub fn take_over(region: Region, cfg: &WorkerConfig) -> Result<Arc<Server>, Erro
             "took over the state of a dead worker"
         );
     }
-    // 7. Build the file system (which opens this worker's own /proc/self/fd) and the lock-owner
-    //    index over the live handles, the server with the INIT outcome the region holds (the
-    //    kernel will not send INIT again), and have the transport deliver again what the dead
-    //    worker had read.
-    let fs = Fs::new(&cfg.shared_dir, state.clone(), cfg.fs.clone())?;
-    fs.rebuild_locks(&live_handles);
-    let server = Arc::new(Server::new(fs, state.clone(), cfg.policy, cfg.recovery));
-    transport.resume(&state);
-    tracing::debug!(total_us = t0.elapsed().as_micros() as u64, "worker ready");
-    Ok(server)
+    Ok(Recovered { state, live_handles })
 }
 
 /// Closes every open fd that is not in `keep`: the fds that requests in flight at a crash had

@@ -112,6 +112,18 @@ impl Workers {
                 && libc::WTERMSIG(status) == libc::SIGKILL
                 && oom_kills() == self.ooms_at_start;
             header.death_counts.store(u32::from(!killed_from_outside), Ordering::Release);
+            if libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS {
+                let nr = header.seccomp_violation.swap(0, Ordering::AcqRel);
+                let name = nr.checked_sub(1).map(|nr| {
+                    crate::security::seccomp::syscall_name(nr.into()).map_or(format!("syscall {nr}"), String::from)
+                });
+                tracing::error!(
+                    pid,
+                    syscall = name.as_deref().unwrap_or("?"),
+                    "worker killed by the seccomp filter: forbidden system call {}",
+                    name.as_deref().unwrap_or("(not recorded)")
+                );
+            }
             tracing::warn!(
                 pid,
                 deaths,

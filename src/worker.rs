@@ -6,8 +6,9 @@
 use std::ffi::CString;
 use std::sync::Arc;
 
-use crate::fs;
-use crate::server::InitPolicy;
+use crate::fs::{self, Fs};
+use crate::recovery::{self, Recovered};
+use crate::server::{InitPolicy, Server};
 use crate::state::Region;
 use crate::sys::process;
 use crate::transport::Transport;
@@ -24,6 +25,8 @@ pub struct WorkerConfig {
     pub transport: Arc<dyn Transport>,
     /// The eventfd a serving thread writes when the connection ends (the supervisor stops).
     pub ended: i32,
+    /// The seccomp mode and capabilities a worker confines itself to.
+    pub confine: crate::security::Policy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,12 +39,22 @@ pub enum Error {
     Spawn(std::io::Error),
 }
 
-/// Takes the region over and starts serving on the transport's threads; returns once they
-/// run.
+/// Takes the region over (recovery.rs, steps 1 to 6), then step 7: builds the file system
+/// (which opens this worker's own /proc/self/fd) and the lock-owner index over the live
+/// handles, the server with the INIT outcome the region holds (the kernel will not send INIT
+/// again), has the transport deliver again what the dead worker had read, and starts the
+/// serving threads. Returns once they run.
 pub fn start(region: Region, cfg: &WorkerConfig) -> Result<(), Error> {
-    let server = crate::recovery::take_over(region, cfg)?;
+    let t0 = std::time::Instant::now();
+    let Recovered { state, live_handles } = recovery::take_over(region, &*cfg.transport)?;
+    let fs = Fs::new(&cfg.shared_dir, state.clone(), cfg.fs.clone())?;
+    fs.rebuild_locks(&live_handles);
+    let server = Arc::new(Server::new(fs, state.clone(), cfg.policy, cfg.recovery));
+    cfg.transport.resume(&state);
     crate::server::install_wake_handler();
-    cfg.transport.spawn(&server, cfg.ended).map_err(Error::Spawn)
+    cfg.transport.spawn(&server, cfg.ended).map_err(Error::Spawn)?;
+    tracing::debug!(total_us = t0.elapsed().as_micros() as u64, "worker serving");
+    Ok(())
 }
 
 /// The body of a worker process (recovery on): never returns. The serving threads run until
@@ -51,6 +64,11 @@ pub fn run_process(region: Region, cfg: &WorkerConfig, supervisor: i32) -> ! {
     // nobody to replace it.
     if process::set_parent_death_signal(libc::SIGKILL).is_err() || process::getppid() != supervisor {
         process::exit_now(3);
+    }
+    // Before anything else, recovery included: only the worker's capabilities and system calls.
+    if let Err(e) = crate::security::confine_worker(&cfg.confine, &region.header().seccomp_violation) {
+        tracing::error!("worker: {e}");
+        process::exit_now(2);
     }
     // A panic is a crash: let the supervisor replace the whole worker rather than leave a dead
     // thread's request unanswered.

@@ -16,6 +16,8 @@ mod ops;
 
 #[path = "compare/file_io.rs"]
 mod file_io;
+#[path = "compare/killpriv.rs"]
+mod killpriv;
 #[path = "compare/locks.rs"]
 mod locks;
 #[path = "compare/namespace.rs"]

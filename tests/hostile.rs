@@ -80,6 +80,7 @@ impl Harness {
             readdirplus: true,
             posix_acl: false,
             auto_inval_data: true,
+            killpriv_v2: true,
         };
         let server = Server::new(fs, state, policy, true);
         let record = server.thread_record();

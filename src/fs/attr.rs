@@ -3,6 +3,7 @@
 use std::ffi::CStr;
 use std::time::Duration;
 
+use super::creds::without_fsetid_if;
 use super::{Context, Fs, Result, check_name};
 use crate::fuse::abi;
 use crate::state::InodeKey;
@@ -140,6 +141,10 @@ impl Fs {
             sys::fchownat(node.fd(), c"", uid, gid, libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)?;
         }
         if a.valid & abi::FATTR_SIZE != 0 {
+            // FATTR_KILL_SUIDGID with a size: the caller lacks CAP_FSETID, so the host's
+            // truncation clears the set-id bits, as natively. (With an owner change the flag is
+            // unconditional, and the host's chown already does what a native chown does.)
+            let _kill = without_fsetid_if(a.valid & abi::FATTR_KILL_SUIDGID != 0)?;
             match file_fd {
                 Some(fd) => sys::ftruncate(fd, a.size)?,
                 None => sys::truncate(&sys::proc_fd_path(node.fd()), a.size)?,

@@ -1,10 +1,15 @@
 //! Who is asking, and running an operation as them: the thread takes on the caller's fsuid,
 //! fsgid and supplementary groups for the duration of the operation, so every ownership and
-//! permission decision is the host kernel's own.
+//! permission decision is the host kernel's own. And the one privilege a request can ask the
+//! daemon to give up for a single call: CAP_FSETID, so that the host clears set-id bits exactly
+//! as it would for the writer (FUSE_HANDLE_KILLPRIV_V2; docs/design.md, "Set-id bits").
 
 use super::{Error, Result};
 use crate::state::intent::Intent;
-use crate::sys::thread_creds;
+use crate::sys::{caps, thread_creds};
+
+/// CAP_FSETID's number: who has it keeps set-id bits across writes and truncation.
+const CAP_FSETID: u32 = 4;
 
 /// The caller of one request, as the transport reports it.
 #[derive(Debug, Clone, Default)]
@@ -54,5 +59,61 @@ impl Drop for CredGuard {
             tracing::error!("cannot restore the daemon's credentials; aborting this worker");
             std::process::abort();
         }
+    }
+}
+
+/// Gives CAP_FSETID back to this thread when dropped (if it was taken away).
+pub struct FsetidGuard {
+    /// The (effective, permitted) sets to restore.
+    saved: Option<(u64, u64)>,
+}
+
+/// Runs the rest of the scope without CAP_FSETID in this thread's effective set, so that the host
+/// kernel clears set-id bits in the very syscall that writes or truncates (its file_remove_privs),
+/// as it does for a writer without that capability: no separate chmod, so no extra step to make
+/// crash-safe. A thread that does not have it (one switched to a non-root caller) is left alone.
+pub fn without_fsetid() -> Result<FsetidGuard> {
+    let (effective, permitted) = caps::get().map_err(Error::Credentials)?;
+    let bit = 1 << CAP_FSETID;
+    if effective & bit == 0 {
+        return Ok(FsetidGuard { saved: None });
+    }
+    caps::set(effective & !bit, permitted).map_err(Error::Credentials)?;
+    Ok(FsetidGuard { saved: Some((effective, permitted)) })
+}
+
+/// `without_fsetid` when `kill` says the request asks for it, else nothing.
+pub fn without_fsetid_if(kill: bool) -> Result<Option<FsetidGuard>> {
+    if kill { without_fsetid().map(Some) } else { Ok(None) }
+}
+
+impl Drop for FsetidGuard {
+    fn drop(&mut self) {
+        let Some((effective, permitted)) = self.saved else { return };
+        // As for CredGuard: a thread left without CAP_FSETID would keep clearing bits for
+        // callers who have it. Stop loudly.
+        if caps::set(effective, permitted).is_err() {
+            tracing::error!("cannot restore CAP_FSETID; aborting this worker");
+            std::process::abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_without_fsetid_drops_and_restores_only_fsetid() {
+        let before = caps::get().unwrap();
+        {
+            let _g = without_fsetid().unwrap();
+            let during = caps::get().unwrap();
+            assert_eq!(during.0 & (1 << CAP_FSETID), 0);
+            assert_eq!(during.0 | (before.0 & (1 << CAP_FSETID)), before.0);
+            assert_eq!(during.1, before.1);
+        }
+        assert_eq!(caps::get().unwrap(), before);
+        assert!(without_fsetid_if(false).unwrap().is_none());
     }
 }

@@ -4,6 +4,7 @@
 use std::ffi::CStr;
 
 use super::Payload;
+use super::creds::without_fsetid_if;
 use super::once::{self, Call, is_errno};
 use super::{Context, Error, Fs, Result, check_name};
 use crate::fuse::abi;
@@ -80,6 +81,7 @@ impl Fs {
         let flags = self.host_open_flags(a.flags);
         let as_caller = {
             let _as = ctx.become_caller()?;
+            let _kill = without_fsetid_if(kills_suidgid(flags, a.open_flags))?;
             self.reopen(node.fd(), flags)
         };
         let fd = match as_caller {
@@ -135,6 +137,7 @@ impl Fs {
             intent.set_fact(facts::CREATE_EXISTED, existed);
         }
         let flags = self.host_open_flags(a.flags) | libc::O_NOFOLLOW;
+        let _kill = without_fsetid_if(kills_suidgid(flags, a.open_flags))?;
         let mut fd = -1;
         let opened = once::once(
             intent,
@@ -222,8 +225,19 @@ impl Fs {
     /// A replay that finds the file grown since (0) takes the growth as the part of its data the
     /// dead attempt wrote (a SIGKILL can cut a write short at a page boundary) and appends only
     /// the rest.
-    pub fn write(&self, ctx: &Context, fh: u64, offset: u64, data: &[u8]) -> Result<abi::WriteOut> {
+    ///
+    /// `kill_suidgid` (FUSE_WRITE_KILL_SUIDGID) says the writer lacks CAP_FSETID. If the file
+    /// has a set-id bit, the write then runs as the caller and without CAP_FSETID, so that the
+    /// host write itself clears the bits exactly as it would for the writer (sgid without g+x
+    /// goes only for a writer outside the file's group); a replay finds them cleared already.
+    /// Without a set-id bit the caller's identity changes nothing (security.capability goes
+    /// whoever writes), so the common write costs one fstat more, not a credential switch.
+    pub fn write(&self, ctx: &Context, fh: u64, offset: u64, data: &[u8], kill_suidgid: bool) -> Result<abi::WriteOut> {
         let h = self.file(fh)?;
+        let setid = libc::S_ISUID | libc::S_ISGID;
+        let kill = kill_suidgid && super::attr::stat_fd(h.fd())?.st_mode & setid != 0;
+        let _as = if kill { Some(ctx.become_caller()?) } else { None };
+        let _kill = without_fsetid_if(kill)?;
         let append = h.slot().open_flags.load(std::sync::atomic::Ordering::Relaxed) as i32 & libc::O_APPEND != 0
             && !self.writeback.load(std::sync::atomic::Ordering::Relaxed);
         let intent = ctx.intent;
@@ -297,13 +311,15 @@ impl Fs {
     /// FALLOCATE. Only the modes a FUSE kernel sends (allocate, KEEP_SIZE, PUNCH_HOLE,
     /// ZERO_RANGE): each gives the same result when done twice, so a replay simply runs it again.
     /// COLLAPSE_RANGE and INSERT_RANGE, which move data and would not be idempotent, are refused
-    /// as the kernel refuses them.
-    pub fn fallocate(&self, a: &abi::FallocateIn) -> Result<()> {
+    /// as the kernel refuses them. It runs as the caller: FALLOCATE carries no kill flag, so the
+    /// host's own file_modified decides, with the caller's identity, whether set-id bits go.
+    pub fn fallocate(&self, ctx: &Context, a: &abi::FallocateIn) -> Result<()> {
         let allowed = libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
         if a.mode as i32 & !allowed != 0 {
             return Err(Error::from_errno(libc::EOPNOTSUPP));
         }
         let h = self.file(a.fh)?;
+        let _as = ctx.become_caller()?;
         sys::fallocate(h.fd(), a.mode as i32, a.offset, a.length)?;
         // Crash here: the range is allocated (or punched); the replay does it again, to no effect.
         crate::crash_point!("fallocate.after_allocate");
@@ -318,11 +334,14 @@ impl Fs {
         Ok(abi::LseekOut { offset: sys::lseek(h.fd(), offset, a.whence as i32)? })
     }
 
-    pub fn copy_file_range(&self, a: &abi::CopyFileRangeIn) -> Result<abi::WriteOut> {
+    /// COPY_FILE_RANGE, as the caller for the same reason as FALLOCATE: no kill flag comes with
+    /// it, and the host clears the destination's set-id bits as it would for the caller.
+    pub fn copy_file_range(&self, ctx: &Context, a: &abi::CopyFileRangeIn) -> Result<abi::WriteOut> {
         let src = self.file(a.fh_in)?;
         let dst = self.file(a.fh_out)?;
         let flags = u32::try_from(a.flags).map_err(|_| Error::OutOfRange)?;
         let len = a.len.min(MAX_COPY) as usize;
+        let _as = ctx.become_caller()?;
         let n = sys::copy_file_range(src.fd(), a.off_in, dst.fd(), a.off_out, len, flags)?;
         // Crash here: the copy is done; the replay copies the same range to the same place.
         crate::crash_point!("copy_file_range.after_copy");
@@ -360,6 +379,12 @@ impl Fs {
         sys::close(fd);
         Ok(r?)
     }
+}
+
+/// Whether an OPEN or CREATE truncates for a caller without CAP_FSETID (FUSE_OPEN_KILL_SUIDGID,
+/// sent with O_TRUNC only): then the host's truncation must clear the set-id bits.
+fn kills_suidgid(host_flags: i32, open_flags: u32) -> bool {
+    host_flags & libc::O_TRUNC != 0 && open_flags & abi::OPEN_KILL_SUIDGID != 0
 }
 
 /// Whether an OPEN is the kernel's open of a program for execve: read-only, with the exec flag

@@ -17,6 +17,9 @@ pub struct InitPolicy {
     pub readdirplus: bool,
     pub posix_acl: bool,
     pub auto_inval_data: bool,
+    /// FUSE_HANDLE_KILLPRIV_V2: the daemon, not the kernel, clears set-id bits on write,
+    /// truncate and chown (fs/file.rs `write`; docs/design.md, "Set-id bits").
+    pub killpriv_v2: bool,
 }
 
 /// What an INIT request comes to.
@@ -45,6 +48,7 @@ impl InitPolicy {
             (self.writeback, abi::WRITEBACK_CACHE),
             (self.auto_inval_data, abi::AUTO_INVAL_DATA),
             (self.posix_acl, abi::POSIX_ACL),
+            (self.killpriv_v2, abi::HANDLE_KILLPRIV_V2),
         ];
         optional.iter().filter(|(on, _)| *on).fold(
             abi::ASYNC_READ | abi::BIG_WRITES | abi::PARALLEL_DIROPS | abi::MAX_PAGES | abi::ASYNC_DIO | abi::INIT_EXT,
@@ -140,6 +144,7 @@ mod tests {
             readdirplus: true,
             posix_acl: false,
             auto_inval_data: true,
+            killpriv_v2: true,
         }
     }
 
@@ -194,6 +199,16 @@ mod tests {
         let offered = abi::POSIX_LOCKS | abi::FLOCK_LOCKS | abi::WRITEBACK_CACHE;
         assert_eq!(agreed_flags(all.negotiate(&init_in(45, offered), 0)), offered);
         assert_eq!(agreed_flags(policy().negotiate(&init_in(45, offered), 0)), 0);
+    }
+
+    #[test]
+    fn test_init_handle_killpriv_v2_by_default_never_v1() {
+        let offered = abi::HANDLE_KILLPRIV | abi::HANDLE_KILLPRIV_V2;
+        let agreed = agreed_flags(policy().negotiate(&init_in(45, offered), 0));
+        assert_eq!(agreed, abi::HANDLE_KILLPRIV_V2, "v2 only: v1 would have us kill on every write");
+        let off = InitPolicy { killpriv_v2: false, ..policy() };
+        assert_eq!(agreed_flags(off.negotiate(&init_in(45, offered), 0)), 0);
+        assert_eq!(agreed_flags(policy().negotiate(&init_in(45, 0), 0)), 0, "not offered, not agreed");
     }
 
     fn agreed_flags(n: Negotiation) -> u64 {

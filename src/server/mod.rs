@@ -148,7 +148,10 @@ impl Server {
             Op::Create { arg, name } => fs.create(&ctx, node, name, &arg).map(|(e, o)| push2(out, &e, &o)),
             Op::Tmpfile { arg } => fs.tmpfile(&ctx, node, &arg).map(|(e, o)| push2(out, &e, &o)),
             Op::Read(a) => fs.read(a.fh, a.offset, a.size.min(MAX_WRITE), out),
-            Op::Write { arg, data } => fs.write(&ctx, arg.fh, arg.offset, data).map(|w| out.push_obj(&w)),
+            Op::Write { arg, data } => {
+                let kill = arg.write_flags & abi::WRITE_KILL_SUIDGID != 0;
+                fs.write(&ctx, arg.fh, arg.offset, data, kill).map(|w| out.push_obj(&w))
+            }
             Op::Flush(a) => fs.flush(a.fh, a.lock_owner),
             Op::Release(a) => fs.release(&ctx, a.fh, HandleKind::File),
             Op::Releasedir(a) => fs.releasedir(&ctx, a.fh),
@@ -164,9 +167,9 @@ impl Server {
             Op::Removexattr { name } => fs.removexattr(&ctx, node, name),
             Op::Getlk(a) => fs.getlk(&a).map(|l| out.push_obj(&l)),
             Op::Setlk { arg, sleep } => fs.setlk(&arg, sleep),
-            Op::Fallocate(a) => fs.fallocate(&a),
+            Op::Fallocate(a) => fs.fallocate(&ctx, &a),
             Op::Lseek(a) => fs.lseek(&a).map(|l| out.push_obj(&l)),
-            Op::CopyFileRange(a) => fs.copy_file_range(&a).map(|w| out.push_obj(&w)),
+            Op::CopyFileRange(a) => fs.copy_file_range(&ctx, &a).map(|w| out.push_obj(&w)),
             Op::Syncfs => fs.syncfs(node),
             Op::Unsupported(_) => Err(fs::Error::NotSupported),
         };

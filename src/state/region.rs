@@ -13,7 +13,7 @@ use super::intent::Record;
 use super::vhost::VhostArea;
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PHXFSST\0");
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 const HEADER_SIZE: usize = 4096;
 /// Connection buffers a region holds: one per /dev/fuse serving thread.
 pub const MAX_CONN_BUFFERS: usize = 256;
@@ -69,6 +69,9 @@ pub struct Header {
     /// worker.
     pub keep_count: u32,
     pub keep_fds: [i32; MAX_KEEP_FDS],
+    /// The system call a seccomp filter refused, + 1 (0: none): written by the dying process's
+    /// SIGSYS handler (`--seccomp kill`), read and cleared by the supervisor to name it.
+    pub seccomp_violation: AtomicU32,
 }
 
 const _: () = assert!(size_of::<Header>() <= HEADER_SIZE);

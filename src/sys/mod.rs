@@ -412,3 +412,65 @@ pub fn close_range(first: u32, last: u32) -> io::Result<()> {
     // SAFETY: closing numbers; the caller decides which are no longer referenced.
     cvt_long(unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) }).map(drop)
 }
+
+/// This thread's capability sets (capget/capset, version 3: two 32-bit words per set).
+/// Capabilities belong to a thread in Linux, and the raw calls with pid 0 touch this thread
+/// alone.
+pub mod caps {
+    use std::io;
+
+    const VERSION_3: u32 = 0x2008_0522;
+
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+
+    /// (effective, permitted) of this thread.
+    pub fn get() -> io::Result<(u64, u64)> {
+        let mut h = Header { version: VERSION_3, pid: 0 };
+        let mut d = [Data::default(); 2];
+        // SAFETY: valid header and a two-element data array, as version 3 requires.
+        super::cvt_long(unsafe { libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()) })?;
+        let join = |lo: u32, hi: u32| u64::from(lo) | u64::from(hi) << 32;
+        Ok((join(d[0].effective, d[1].effective), join(d[0].permitted, d[1].permitted)))
+    }
+
+    /// Sets this thread's effective and permitted sets; inheritable becomes empty.
+    pub fn set(effective: u64, permitted: u64) -> io::Result<()> {
+        let mut h = Header { version: VERSION_3, pid: 0 };
+        let d = [
+            Data { effective: effective as u32, permitted: permitted as u32, inheritable: 0 },
+            Data { effective: (effective >> 32) as u32, permitted: (permitted >> 32) as u32, inheritable: 0 },
+        ];
+        // SAFETY: valid header and a two-element data array, as version 3 requires.
+        super::cvt_long(unsafe { libc::syscall(libc::SYS_capset, &mut h, d.as_ptr()) }).map(drop)
+    }
+
+    pub fn in_bounding_set(cap: u32) -> bool {
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong) == 1 }
+    }
+
+    pub fn drop_from_bounding_set(cap: u32) -> io::Result<()> {
+        // SAFETY: prctl with integer arguments.
+        super::cvt(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong) }).map(drop)
+    }
+
+    pub fn clear_ambient() -> io::Result<()> {
+        // SAFETY: prctl with integer arguments.
+        super::cvt(unsafe {
+            libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0)
+        })
+        .map(drop)
+    }
+}

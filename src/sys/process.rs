@@ -191,3 +191,26 @@ pub fn lock_memory(buf: &[u8]) {
     // SAFETY: locks pages of a live allocation; failure only loses the guarantee.
     unsafe { libc::mlock(buf.as_ptr().cast(), buf.len()) };
 }
+
+/// Installs `handler` for SIGSYS (a seccomp trap), reset to the default on delivery and not
+/// blocked while it runs, so the handler can end the process with SIGSYS itself.
+pub fn set_sigsys_handler(handler: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void)) -> io::Result<()> {
+    // SAFETY: a zeroed sigaction is valid; we fill the fields we use.
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = handler as usize;
+    sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESETHAND | libc::SA_NODEFER;
+    // SAFETY: a valid sigaction; the handler only makes async-signal-safe calls.
+    cvt(unsafe { libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut()) }).map(drop)
+}
+
+/// From a SIGSYS handler installed by `set_sigsys_handler`: writes `line` to stderr, then
+/// raises SIGSYS, whose default action (restored on delivery) ends the whole process.
+pub fn die_of_sigsys(line: &[u8]) -> ! {
+    // SAFETY: write(2) and raise(3) are async-signal-safe; the buffer is valid.
+    unsafe {
+        libc::write(2, line.as_ptr().cast(), line.len());
+        libc::raise(libc::SIGSYS);
+    }
+    // SIGSYS is not blocked here (SA_NODEFER) and its action is the default by now.
+    exit_now(128 + libc::SIGSYS)
+}

@@ -162,13 +162,9 @@ impl Transport for FuseTransport {
         finished
     }
 
-    /// The kernel re-sends every request it still waits an answer for: all but FORGET,
-    /// BATCH_FORGET and INTERRUPT, which take none.
+    /// The kernel re-sends every request it still waits an answer for.
     fn redelivers(&self, orphan: &Orphan) -> bool {
-        !matches!(
-            abi::Opcode::try_from(orphan.opcode),
-            Ok(abi::Opcode::Forget | abi::Opcode::BatchForget | abi::Opcode::Interrupt)
-        )
+        !takes_no_reply(orphan.opcode)
     }
 
     fn fds(&self) -> Vec<i32> {
@@ -225,6 +221,12 @@ impl Transport for FuseTransport {
         }
         Ok(())
     }
+}
+
+/// FORGET, BATCH_FORGET and INTERRUPT take no reply: the kernel keeps no copy of them (nothing
+/// to re-send), and reads them from queues of their own, ahead of the pending requests.
+fn takes_no_reply(opcode: u32) -> bool {
+    matches!(abi::Opcode::try_from(opcode), Ok(abi::Opcode::Forget | abi::Opcode::BatchForget | abi::Opcode::Interrupt))
 }
 
 /// Finishes one FORGET or BATCH_FORGET (`entries`) a dead worker had read, with the record it
@@ -383,11 +385,7 @@ impl<'s> ServingThread<'s> {
             let again = RecordKey::fuse(h.unique).redelivered;
             // INTERRUPT and FORGET come from queues the kernel reads ahead of the pending one,
             // so only a new request of another kind shows the re-sent ones are all in.
-            let newer = !again
-                && !matches!(
-                    abi::Opcode::try_from(h.opcode),
-                    Ok(abi::Opcode::Forget | abi::Opcode::BatchForget | abi::Opcode::Interrupt)
-                );
+            let newer = !again && !takes_no_reply(h.opcode);
             resent += usize::from(again);
             self.answer(buf, len);
             if newer {

@@ -128,6 +128,9 @@ impl Mount {
             Transport::Fuse => cmd.arg("--mountpoint").arg(mnt),
             Transport::VhostUser => cmd.arg("--socket-path").arg(&socket),
         };
+        if let Some(mode) = seccomp_mode_override() {
+            cmd.args(["--seccomp", &mode]);
+        }
         let child =
             cmd.args(["--log-level", "warn"]).args(extra_args).stdin(Stdio::null()).spawn().expect("spawn phoenixfsd");
         let mut m = Mount { child, share: share.to_path_buf(), mnt: mnt.to_path_buf(), bridge: None, _tmp: None };
@@ -194,4 +197,17 @@ impl Drop for Mount {
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
     }
+}
+
+/// PHOENIXFS_TEST_SECCOMP=kill|log|trap|none runs every daemon with that `--seccomp` mode;
+/// unset, daemons run with the default (kill). The first daemon a test binary starts says
+/// which mode ran.
+pub fn seccomp_mode_override() -> Option<String> {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    let mode = std::env::var("PHOENIXFS_TEST_SECCOMP").ok().filter(|m| !m.is_empty());
+    SAID.call_once(|| match &mode {
+        Some(m) => eprintln!("phoenixfsd runs with --seccomp {m} (PHOENIXFS_TEST_SECCOMP)"),
+        None => eprintln!("phoenixfsd runs with --seccomp kill (the default)"),
+    });
+    mode
 }

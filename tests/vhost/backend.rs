@@ -33,7 +33,12 @@ impl Backend {
         let share = tmp.path().join("share");
         std::fs::create_dir(&share).unwrap();
         let socket = tmp.path().join("vhost.sock");
-        let child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        // As tests/common's mounts: PHOENIXFS_TEST_SECCOMP picks the mode (default: kill).
+        if let Some(mode) = std::env::var("PHOENIXFS_TEST_SECCOMP").ok().filter(|m| !m.is_empty()) {
+            cmd.args(["--seccomp", &mode]);
+        }
+        let child = cmd
             .envs(env.iter().copied())
             .arg("--shared-dir")
             .arg(&share)

@@ -1,0 +1,50 @@
+//! Confinement: seccomp filters and capabilities (DESIGN §8; docs/design.md "Security"). The
+//! supervisor confines itself after start-up (the mount, the socket and the region exist),
+//! before serving; each worker narrows further first thing, before recovery.
+
+pub mod caps;
+pub mod seccomp;
+#[cfg(target_arch = "x86_64")]
+mod syscall_names_x86_64;
+
+use std::sync::atomic::AtomicU32;
+
+use crate::cli::SeccompAction;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Caps(#[from] caps::Error),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::Error),
+}
+
+/// How the daemon confines itself, chosen at start-up.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub seccomp: SeccompAction,
+    /// A worker's capabilities (virtiofsd's set changed by `--modcaps`).
+    pub worker_caps: caps::Caps,
+}
+
+/// The supervisor, after start-up and before serving (`serves_itself`: `--recovery off`).
+/// `policy.worker_caps` becomes what the workers can really have (what this process had).
+pub fn confine_supervisor(
+    policy: &mut Policy,
+    serves_itself: bool,
+    violation: &'static AtomicU32,
+) -> Result<(), Error> {
+    let (effective, worker) = caps::restrict_supervisor(policy.worker_caps, serves_itself)?;
+    policy.worker_caps = worker;
+    let role = if serves_itself { seccomp::Role::Alone } else { seccomp::Role::Supervisor };
+    seccomp::install(role, policy.seccomp, violation)?;
+    tracing::info!(seccomp = ?policy.seccomp, capabilities = ?effective.names(), "confined");
+    Ok(())
+}
+
+/// A worker, first thing after its clone (single-threaded).
+pub fn confine_worker(policy: &Policy, violation: &'static AtomicU32) -> Result<(), Error> {
+    caps::restrict_worker(policy.worker_caps)?;
+    seccomp::install(seccomp::Role::Worker, policy.seccomp, violation)?;
+    Ok(())
+}

@@ -1,0 +1,341 @@
+//! seccomp-bpf allow-lists (virtiofsd's `--seccomp kill|log|trap|none`).
+//!
+//! Two lists, grouped by what needs them: `WORKER` (what serves requests) and `SUPERVISOR_ONLY`
+//! (what holds the connection and replaces workers). Workers are clones of the supervisor made
+//! after its filter is installed, and a filter is inherited and can only be narrowed: so the
+//! supervisor's filter allows both lists, and each worker installs `WORKER` on top of it before
+//! it does anything else (recovery included). A worker's syscalls are the intersection: exactly
+//! `WORKER`. With `--recovery off` the one process serves and supervises and keeps both.
+//!
+//! Modes (the action for a call not on the list): `kill` traps it (SECCOMP_RET_TRAP) into our
+//! SIGSYS handler, which names the call (on stderr and in the region header, where the
+//! supervisor's log line about the death reads it) and then dies of SIGSYS with the default
+//! action, which ends the whole process; `trap` traps it with the kernel's default SIGSYS
+//! disposition (a core dump; for a debugger); `log` lets it run and has the kernel log it
+//! (SECCOMP_RET_LOG: `dmesg`); `none` installs no filter. A trapped call never runs in any mode.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+
+use crate::cli::SeccompAction as Mode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot build the seccomp filter: {0}")]
+    Build(seccompiler::BackendError),
+    #[error("cannot install the seccomp filter: {0}")]
+    Install(seccompiler::Error),
+    #[error("cannot install the SIGSYS handler: {0}")]
+    Handler(std::io::Error),
+}
+
+/// One group of allowed calls and why they are needed.
+pub struct Group {
+    pub why: &'static str,
+    pub calls: &'static [libc::c_long],
+}
+
+/// What a worker may call: recovery, the file system's operations, serving threads.
+pub const WORKER: &[Group] = &[
+    Group {
+        why: "memory: the allocator, thread stacks and guard pages, guest memory and region mappings",
+        calls: &[
+            libc::SYS_brk,
+            libc::SYS_mmap,
+            libc::SYS_munmap,
+            libc::SYS_mremap,
+            libc::SYS_mprotect,
+            libc::SYS_madvise,
+            libc::SYS_mlock,
+            libc::SYS_munlock,
+        ],
+    },
+    Group {
+        why: "threads: serving and lock-waiting threads, their futexes, stacks, ids, exits",
+        calls: &[
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_futex,
+            libc::SYS_set_robust_list,
+            libc::SYS_rseq,
+            libc::SYS_sigaltstack,
+            libc::SYS_sched_yield,
+            libc::SYS_sched_getaffinity,
+            libc::SYS_gettid,
+            libc::SYS_getpid,
+            libc::SYS_getppid,
+            libc::SYS_prctl,
+            libc::SYS_exit,
+            libc::SYS_exit_group,
+            libc::SYS_getrandom,
+            libc::SYS_clock_gettime,
+            libc::SYS_clock_nanosleep,
+            libc::SYS_nanosleep,
+        ],
+    },
+    Group {
+        why: "signals: INTERRUPT wakes a lock-waiting thread (tgkill), handlers return, masks; \
+              the SIGSYS handler ends the process",
+        calls: &[
+            libc::SYS_rt_sigaction,
+            libc::SYS_rt_sigprocmask,
+            libc::SYS_rt_sigreturn,
+            libc::SYS_restart_syscall,
+            libc::SYS_tgkill,
+        ],
+    },
+    Group {
+        why: "transport I/O: /dev/fuse reads and replies, virtqueue kick/call/notify eventfds, \
+              waiting on them",
+        calls: &[
+            libc::SYS_read,
+            libc::SYS_write,
+            libc::SYS_readv,
+            libc::SYS_writev,
+            libc::SYS_ppoll,
+            #[cfg(target_arch = "x86_64")]
+            libc::SYS_poll,
+        ],
+    },
+    Group {
+        why: "fds: recovery's sweep (/proc/self/fd listing, close), duplicates, flags",
+        calls: &[
+            libc::SYS_close,
+            libc::SYS_close_range,
+            libc::SYS_fcntl,
+            libc::SYS_dup,
+            libc::SYS_dup3,
+            libc::SYS_getdents64,
+            libc::SYS_lseek,
+        ],
+    },
+    Group {
+        why: "credentials: each request runs with its caller's ids, per thread; a write or truncate \
+              that must clear set-id bits runs without CAP_FSETID (capget, then capset of this \
+              thread's effective set: it can only drop, or take back what is still permitted)",
+        calls: &[libc::SYS_setresuid, libc::SYS_setresgid, libc::SYS_setgroups, libc::SYS_capget, libc::SYS_capset],
+    },
+    Group {
+        why: "passthrough: resolving and opening beneath the share, /proc/self/fd reopens",
+        calls: &[libc::SYS_openat, libc::SYS_openat2, libc::SYS_readlinkat, libc::SYS_faccessat, libc::SYS_faccessat2],
+    },
+    Group {
+        why: "passthrough: attributes (GETATTR, SETATTR, STATFS)",
+        calls: &[
+            libc::SYS_newfstatat,
+            libc::SYS_fstat,
+            libc::SYS_statx,
+            libc::SYS_fstatfs,
+            libc::SYS_statfs,
+            libc::SYS_fchmod,
+            libc::SYS_fchmodat,
+            libc::SYS_fchown,
+            libc::SYS_fchownat,
+            libc::SYS_utimensat,
+            libc::SYS_ftruncate,
+            libc::SYS_truncate,
+        ],
+    },
+    Group {
+        why: "passthrough: the namespace (MKDIR, MKNOD, SYMLINK, LINK, UNLINK, RMDIR, RENAME)",
+        calls: &[
+            libc::SYS_mkdirat,
+            libc::SYS_mknodat,
+            libc::SYS_symlinkat,
+            libc::SYS_linkat,
+            libc::SYS_unlinkat,
+            libc::SYS_renameat,
+            libc::SYS_renameat2,
+        ],
+    },
+    Group {
+        why: "passthrough: file data (READ, WRITE, FSYNC, FALLOCATE, COPY_FILE_RANGE, LSEEK)",
+        calls: &[
+            libc::SYS_pread64,
+            libc::SYS_pwrite64,
+            libc::SYS_preadv,
+            libc::SYS_pwritev,
+            libc::SYS_preadv2,
+            libc::SYS_pwritev2,
+            libc::SYS_fsync,
+            libc::SYS_fdatasync,
+            libc::SYS_fallocate,
+            libc::SYS_copy_file_range,
+        ],
+    },
+    Group { why: "passthrough: locks (OFD locks through fcntl, flock)", calls: &[libc::SYS_flock] },
+    Group {
+        why: "passthrough: extended attributes (through /proc/self/fd paths)",
+        calls: &[
+            libc::SYS_getxattr,
+            libc::SYS_lgetxattr,
+            libc::SYS_fgetxattr,
+            libc::SYS_setxattr,
+            libc::SYS_lsetxattr,
+            libc::SYS_fsetxattr,
+            libc::SYS_listxattr,
+            libc::SYS_llistxattr,
+            libc::SYS_flistxattr,
+            libc::SYS_removexattr,
+            libc::SYS_lremovexattr,
+            libc::SYS_fremovexattr,
+        ],
+    },
+    #[cfg(feature = "crash-points")]
+    Group {
+        why: "test builds only: a crash point removes its arm file and SIGKILLs its worker",
+        calls: &[
+            libc::SYS_kill,
+            libc::SYS_unlinkat,
+            #[cfg(target_arch = "x86_64")]
+            libc::SYS_unlink,
+        ],
+    },
+];
+
+/// What the supervisor needs beyond `WORKER`: cloning and reaping workers, the vhost-user
+/// control channel, its wait loop, the OOM count and mountinfo, the unmount at the end.
+pub const SUPERVISOR_ONLY: &[Group] = &[
+    Group {
+        why: "workers: clone (CLONE_FILES), reap, kill",
+        calls: &[libc::SYS_wait4, libc::SYS_waitid, libc::SYS_kill],
+    },
+    Group {
+        why: "the vhost-user control channel: messages with fds (SCM_RIGHTS), replies",
+        calls: &[libc::SYS_recvmsg, libc::SYS_sendmsg, libc::SYS_recvfrom, libc::SYS_sendto],
+    },
+    Group {
+        why: "a new worker confines itself: its capabilities (capset, in the worker list too), then \
+              its own filter (seccomp), which refuses seccomp",
+        calls: &[libc::SYS_seccomp],
+    },
+    Group { why: "stopping: unmount the FUSE mount (only ours: mountinfo is read first)", calls: &[libc::SYS_umount2] },
+    Group {
+        why: "new eventfds for a changed vring, the FUSE connection's clone ioctl",
+        calls: &[libc::SYS_eventfd2, libc::SYS_ioctl],
+    },
+];
+
+/// The region header's word the SIGSYS handler writes the refused call into (number + 1).
+static VIOLATION: AtomicPtr<AtomicU32> = AtomicPtr::new(std::ptr::null_mut());
+
+fn arch() -> TargetArch {
+    #[cfg(target_arch = "x86_64")]
+    return TargetArch::x86_64;
+    #[cfg(target_arch = "aarch64")]
+    return TargetArch::aarch64;
+}
+
+fn program(lists: &[&[Group]], mode: Mode) -> Result<BpfProgram, Error> {
+    let mismatch = match mode {
+        Mode::Kill | Mode::Trap => SeccompAction::Trap,
+        Mode::Log => SeccompAction::Log,
+        Mode::None => unreachable!("no filter for --seccomp none"),
+    };
+    let rules: BTreeMap<i64, Vec<_>> =
+        lists.iter().flat_map(|l| l.iter()).flat_map(|g| g.calls.iter()).map(|&nr| (nr, vec![])).collect();
+    let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch()).map_err(Error::Build)?;
+    filter.try_into().map_err(Error::Build)
+}
+
+/// Who installs a filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The supervisor (recovery on): both lists, since workers are cloned after it.
+    Supervisor,
+    /// A worker: `WORKER` only, on top of the supervisor's.
+    Worker,
+    /// `--recovery off`: one process does both.
+    Alone,
+}
+
+/// Installs the filter for `role` on every thread of this process (TSYNC), after setting
+/// no_new_privs. `violation` is where the SIGSYS handler records a refused call (`kill` mode).
+pub fn install(role: Role, mode: Mode, violation: &'static AtomicU32) -> Result<(), Error> {
+    if mode == Mode::None {
+        return Ok(());
+    }
+    let lists: &[&[Group]] = match role {
+        Role::Worker => &[WORKER],
+        Role::Supervisor | Role::Alone => &[WORKER, SUPERVISOR_ONLY],
+    };
+    let prog = program(lists, mode)?;
+    if mode == Mode::Kill {
+        VIOLATION.store(std::ptr::from_ref(violation).cast_mut(), Ordering::Release);
+        crate::sys::process::set_sigsys_handler(on_sigsys).map_err(Error::Handler)?;
+    }
+    // Sets PR_SET_NO_NEW_PRIVS first (needed without CAP_SYS_ADMIN, and what virtiofsd does).
+    seccompiler::apply_filter_all_threads(&prog).map_err(Error::Install)
+}
+
+/// The name of system call `nr` on this architecture.
+pub fn syscall_name(nr: i64) -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    return super::syscall_names_x86_64::NAMES.iter().find(|(n, _)| *n == nr).map(|(_, s)| *s);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = nr;
+        None
+    }
+}
+
+/// SIGSYS from the filter (`kill` mode): record the call, say it on stderr, and die of SIGSYS.
+/// Async-signal-safe: an atomic store, a write(2) from a stack buffer, a raise.
+extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo; for SIGSYS its union holds _sigsys
+    // { void *_call_addr; int _syscall; unsigned _arch }, right after the three ints and the
+    // padding that start every siginfo (offset 16 + 8 on 64-bit targets).
+    let nr = unsafe { *info.cast::<u8>().add(24).cast::<i32>() };
+    // SAFETY: set once before the filter, to a word in the region, mapped for the process's life.
+    if let Some(slot) = unsafe { VIOLATION.load(Ordering::Acquire).as_ref() } {
+        slot.store(nr as u32 + 1, Ordering::Release);
+    }
+    let mut line = [0u8; 128];
+    let mut len = 0;
+    let mut put = |s: &[u8]| {
+        let n = s.len().min(line.len() - len);
+        line[len..len + n].copy_from_slice(&s[..n]);
+        len += n;
+    };
+    put(b"phoenixfsd: seccomp: forbidden syscall ");
+    match syscall_name(nr as i64) {
+        Some(name) => put(name.as_bytes()),
+        None => put(b"?"),
+    }
+    put(b" (");
+    let mut digits = [0u8; 12];
+    let mut i = digits.len();
+    let mut v = nr.unsigned_abs();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    put(&digits[i..]);
+    put(b"); ending this process\n");
+    crate::sys::process::die_of_sigsys(&line[..len]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_seccomp_filters_build() {
+        for mode in [Mode::Kill, Mode::Trap, Mode::Log] {
+            assert!(!program(&[WORKER], mode).unwrap().is_empty());
+            assert!(!program(&[WORKER, SUPERVISOR_ONLY], mode).unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn test_seccomp_syscall_names() {
+        assert_eq!(syscall_name(libc::SYS_openat), Some("openat"));
+        assert_eq!(syscall_name(libc::SYS_syslog), Some("syslog"));
+    }
+}
