@@ -50,7 +50,7 @@ rc=0
 timeout --kill-after=30 "$TEST_TIMEOUT" cargo test --release --features crash-points --no-fail-fast -- --show-output \
     --skip test_vm_ "$@" || rc=$?
 
-step "real VM: tests/vm.rs (timeout ${VM_TIMEOUT:=900}s)"
+step "real VM: tests/vm.rs (timeout ${VM_TIMEOUT:=900}s; phoenixfsd runs with --seccomp $seccomp_mode)"
 timeout --kill-after=30 "$VM_TIMEOUT" cargo test --release --features crash-points --test vm -- --show-output "$@" \
     || rc=$((rc ? rc : $?))
 

@@ -339,6 +339,7 @@ fn run(q: qemu::Qemu, daemon_args: &str) {
             .arg(&socket)
             .args(["--xattr", "--log-level", "warn"])
             .args(daemon_args.split_whitespace())
+            .args(common::seccomp_mode_override().map(|m| vec!["--seccomp".to_string(), m]).unwrap_or_default())
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
