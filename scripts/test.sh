@@ -5,7 +5,7 @@
 #   2. cargo fmt --check, cargo clippy -D warnings
 #   3. cargo build/test --release --features crash-points (all unit and integration tests:
 #      pjdfstest, the differential suite, hostile requests, crash points, the random-kill soak,
-#      vhost-user protocol and crash tests)
+#      vhost-user protocol and crash tests, and the two fuzz campaigns of about a minute each)
 #   4. the real VM (tests/vm.rs, its own step and timeout): QEMU 7.2 and 10.0 guests run a
 #      checked workload on a phoenixfsd virtio-fs share while the worker is SIGKILLed 150 times
 #      each, and the same guest on virtiofsd killed once; about 2.5 minutes under TCG (the first

@@ -2,173 +2,14 @@
 //! the server. Each must get a clean error reply (or be dropped when it has no usable header),
 //! and neither the share nor anything outside it may change.
 
-use std::collections::BTreeMap;
-use std::ffi::{CStr, CString};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
-use phoenixfsd::fs::{self, EntryTimeouts, Fs};
+use common::inproc::{Harness, MAX_GROWTH_KIB};
+use common::proc::rss_kib;
+use phoenixfsd::fuse::Op;
 use phoenixfsd::fuse::abi::{self, Opcode};
-use phoenixfsd::fuse::encode::{Sender, encode_request, frame};
-use phoenixfsd::fuse::{Op, ReplyBuf};
-use phoenixfsd::server::{Delivery, Exchange, InitPolicy, RecordKey, Server, ThreadRecord};
-use phoenixfsd::state::{Region, State};
-use zerocopy::{FromBytes, IntoBytes};
-
-struct Harness {
-    server: Server,
-    out: ReplyBuf,
-    record: ThreadRecord,
-    unique: u64,
-    _tmp: tempfile::TempDir,
-    top: PathBuf,
-}
-
-/// One reply: errno (0 for success) and payload.
-type Reply = (i32, Vec<u8>);
-
-/// A request sent straight to the server; the reply comes back as bytes.
-struct Captured<'m>(&'m [u8]);
-
-impl Exchange for Captured<'_> {
-    type Sent = Option<Vec<u8>>;
-
-    fn request(&self) -> &[u8] {
-        self.0
-    }
-
-    fn reply(&mut self, reply: Option<&[u8]>) -> Option<Vec<u8>> {
-        reply.map(<[u8]>::to_vec)
-    }
-}
-
-impl Harness {
-    /// A share `top/share` with a file, a directory and symlinks pointing outside, next to a
-    /// directory `top/outside` that must stay untouched.
-    fn new() -> Harness {
-        let tmp = tempfile::Builder::new().prefix("phoenixfs-hostile").tempdir().unwrap();
-        let top = tmp.path().to_path_buf();
-        let share = top.join("share");
-        let outside = top.join("outside");
-        std::fs::create_dir_all(share.join("sub")).unwrap();
-        std::fs::create_dir_all(outside.join("dir")).unwrap();
-        std::fs::write(outside.join("secret"), "secret").unwrap();
-        std::fs::write(share.join("file"), "inside").unwrap();
-        std::fs::write(share.join("victim"), "v").unwrap();
-        std::os::unix::fs::symlink(outside.join("secret"), share.join("abs_link")).unwrap();
-        std::os::unix::fs::symlink("../outside/secret", share.join("rel_link")).unwrap();
-        std::os::unix::fs::symlink("../outside", share.join("dir_link")).unwrap();
-
-        let state = Arc::new(State::new(Region::create(4096, 4096).unwrap()));
-        let t = Duration::from_secs(1);
-        let cfg = fs::Config {
-            timeouts: EntryTimeouts { entry: t, attr: t },
-            open_reply_flags: 0,
-            xattr: true,
-            allow_direct_io: false,
-            readdirplus: true,
-        };
-        let dir = CString::new(share.as_os_str().as_bytes()).unwrap();
-        let fs = Fs::new(&dir, state.clone(), cfg).unwrap();
-        let policy = InitPolicy {
-            writeback: false,
-            posix_locks: true,
-            flock_locks: true,
-            readdirplus: true,
-            posix_acl: false,
-            auto_inval_data: true,
-            killpriv_v2: true,
-        };
-        let server = Server::new(fs, state, policy, true);
-        let record = server.thread_record();
-        Harness { server, out: ReplyBuf::new(), record, unique: 0, _tmp: tmp, top }
-    }
-
-    fn sender(&mut self, nodeid: u64) -> Sender {
-        self.unique += 2;
-        Sender { unique: self.unique, nodeid, uid: 0, gid: 0, pid: 0 }
-    }
-
-    fn raw(&mut self, msg: &[u8]) -> Option<Reply> {
-        let unique = phoenixfsd::fuse::Request::header_of(msg).map_or(0, |h| h.unique);
-        let delivery = Delivery { key: RecordKey::fuse(unique), groups: |_| Vec::new() };
-        let reply = self.server.serve(&mut Captured(msg), delivery, &self.record, &mut self.out);
-        reply.map(|reply| {
-            let (h, payload) = abi::OutHeader::read_from_prefix(&reply).expect("reply has a header");
-            assert_eq!(h.len as usize, reply.len(), "reply length field");
-            (-h.error, payload.to_vec())
-        })
-    }
-
-    fn op(&mut self, nodeid: u64, op: &Op<'_>) -> Option<Reply> {
-        let s = self.sender(nodeid);
-        self.raw(&encode_request(s, op))
-    }
-
-    fn raw_op(&mut self, nodeid: u64, opcode: Opcode, body: &[u8]) -> Option<Reply> {
-        let s = self.sender(nodeid);
-        self.raw(&frame(s, opcode as u32, body))
-    }
-
-    fn init(&mut self) {
-        let arg = abi::InitIn { major: 7, minor: 45, max_readahead: 1 << 17, flags: u32::MAX };
-        let (err, _) = self.op(0, &Op::Init { arg, flags2: u32::MAX }).unwrap();
-        assert_eq!(err, 0, "INIT");
-    }
-
-    fn lookup(&mut self, parent: u64, name: &CStr) -> abi::EntryOut {
-        let (err, payload) = self.op(parent, &Op::Lookup { name }).unwrap();
-        assert_eq!(err, 0, "lookup {name:?}");
-        abi::EntryOut::read_from_bytes(&payload).unwrap()
-    }
-
-    fn open(&mut self, nodeid: u64, dir: bool) -> u64 {
-        let a = abi::OpenIn { flags: libc::O_RDWR as u32 * u32::from(!dir), open_flags: 0 };
-        let op = if dir { Op::Opendir(a) } else { Op::Open(a) };
-        let (err, payload) = self.op(nodeid, &op).unwrap();
-        assert_eq!(err, 0, "open");
-        abi::OpenOut::read_from_bytes(&payload).unwrap().fh
-    }
-
-    /// Every object under `top` (share and outside): type, mode, size, owner, content, target.
-    fn snapshot(&self) -> BTreeMap<PathBuf, String> {
-        fn walk(p: &Path, top: &Path, out: &mut BTreeMap<PathBuf, String>) {
-            let m = std::fs::symlink_metadata(p).unwrap();
-            let detail = if m.file_type().is_symlink() {
-                format!("link->{:?}", std::fs::read_link(p).unwrap())
-            } else if m.is_file() {
-                format!("file {:?} mtime {}", std::fs::read(p).unwrap(), m.mtime_nsec() + m.mtime() * 1_000_000_000)
-            } else {
-                "dir".to_string()
-            };
-            let xattrs = xattr_names(p);
-            out.insert(
-                p.strip_prefix(top).unwrap().to_path_buf(),
-                format!("{detail} mode {:o} uid {} nlink {} xattrs {xattrs:?}", m.mode(), m.uid(), m.nlink()),
-            );
-            if m.is_dir() {
-                for e in std::fs::read_dir(p).unwrap() {
-                    walk(&e.unwrap().path(), top, out);
-                }
-            }
-        }
-        let mut out = BTreeMap::new();
-        walk(&self.top, &self.top, &mut out);
-        out
-    }
-}
-
-fn xattr_names(p: &Path) -> Vec<u8> {
-    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: valid path and buffer.
-    let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    buf.truncate(n.max(0) as usize);
-    buf
-}
+use phoenixfsd::fuse::encode::frame;
+use zerocopy::IntoBytes;
 
 fn setattr_size(fh: Option<u64>, size: u64) -> abi::SetattrIn {
     let mut a = abi::SetattrIn { valid: abi::FATTR_SIZE, size, ..Default::default() };
@@ -392,4 +233,20 @@ fn test_hostile_requests_get_errors_and_change_nothing() {
 
     eprintln!("{count} hostile requests and {malformed} malformed frames refused; the tree is unchanged");
     assert!(count + malformed >= 30);
+}
+
+/// Found by tests/fuzz_fuse.rs (seed 101296135158340 with PHOENIXFS_FUZZ_KNOWN_BUGS=1): a guest's
+/// GETXATTR with size 4 GiB - 1 makes the server zero a 4 GiB reply buffer (about 10 s, 4 GiB
+/// resident, kept as the thread's buffer capacity); the kernel caps xattr sizes at 64 KiB, a
+/// virtio guest need not. Ignored until the daemon bounds the size.
+#[test]
+#[ignore = "open daemon bug: xattr reply size is not bounded"]
+fn test_regression_xattr_size_unbounded() {
+    let mut h = Harness::new();
+    h.init();
+    let rss0 = rss_kib();
+    let (err, _) = h.op(abi::ROOT_ID, &Op::Getxattr { size: u32::MAX, name: c"user.none" }).unwrap();
+    assert_ne!(err, 0, "no such attribute");
+    let grown = rss_kib().saturating_sub(rss0);
+    assert!(grown < MAX_GROWTH_KIB, "GETXATTR size 4 GiB - 1 grew memory by {grown} KiB");
 }

@@ -22,6 +22,8 @@ pub mod bridge;
 pub mod frontend;
 
 pub mod errno;
+pub mod fuzz;
+pub mod inproc;
 pub mod proc;
 pub mod sys;
 

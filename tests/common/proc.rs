@@ -154,3 +154,10 @@ pub fn settled_fds(pid: u32) -> Vec<(i32, String)> {
 pub fn table_fds(pid: u32) -> Vec<(i32, String)> {
     open_fds(pid).into_iter().filter(|(_, t)| !(t.starts_with("/proc/") && t.ends_with("/fd"))).collect()
 }
+
+/// This process's resident set in KiB, from /proc/self/status.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS in /proc/self/status");
+    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("VmRSS value")
+}
