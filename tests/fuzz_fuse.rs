@@ -26,7 +26,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 mod common;
 
-use common::fuzz::{CaseStats, Rng, campaign};
+use common::fuzz::{CaseStats, Rng, campaign, known_bugs_on};
 use common::inproc::{Harness, MAX_GROWTH_KIB, self_fds};
 use common::proc::rss_kib;
 
@@ -304,12 +304,6 @@ fn describe(f: &[u8]) -> String {
         Ok(r) => format!("{:?} on node {}", r.op, r.header.nodeid).chars().take(300).collect(),
         Err(e) => format!("undecodable frame ({e}): {:02x?}", &f[..f.len().min(64)]),
     }
-}
-
-/// `PHOENIXFS_FUZZ_KNOWN_BUGS=1` sends the inputs of known, still open daemon bugs too (see
-/// `harmful`), to replay their findings.
-fn known_bugs_on() -> bool {
-    std::env::var("PHOENIXFS_FUZZ_KNOWN_BUGS").is_ok_and(|v| v == "1")
 }
 
 /// Inputs not sent, because they would do real harm on a host where the test runs as root or
