@@ -26,7 +26,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 mod common;
 
-use common::fuzz::{CaseStats, Rng, campaign, known_bugs_on};
+use common::fuzz::{CaseStats, Rng, campaign};
 use common::inproc::{Harness, MAX_GROWTH_KIB, self_fds};
 use common::proc::rss_kib;
 
@@ -319,14 +319,6 @@ fn harmful(f: &[u8]) -> bool {
         Op::Setlk { sleep, .. } => sleep,
         Op::Fallocate(a) => a.offset.saturating_add(a.length) > 1 << 26,
         Op::CopyFileRange(a) => a.len > 1 << 26,
-        // Known bug, open: GETXATTR/LISTXATTR grow the reply buffer to the size the guest
-        // asks for, up to 4 GiB, zeroed (tests/hostile.rs `test_regression_xattr_size_unbounded`). Skipped so the
-        // campaign looks for other bugs; PHOENIXFS_FUZZ_KNOWN_BUGS=1 sends them.
-        Op::Getxattr { size, .. } | Op::Listxattr { size } => size > 1 << 16 && !known_bugs_on(),
-        // Known bug, open: OPEN of a FIFO in the share blocks the serving thread for good (the
-        // reopen has no O_NONBLOCK and no file-type check; the kernel never sends it, a guest
-        // can). So no FIFOs are made unless PHOENIXFS_FUZZ_KNOWN_BUGS=1.
-        Op::Mknod { arg, .. } if arg.mode & libc::S_IFMT == libc::S_IFIFO => !known_bugs_on(),
         _ => false,
     }
 }

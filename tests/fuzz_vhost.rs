@@ -27,7 +27,7 @@ mod common;
 use common::backend::{Backend, check_reply};
 use common::children_of;
 use common::frontend::{GUEST_MEM_SIZE, QueueHandle, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use common::fuzz::{CaseStats, Rng, campaign, known_bugs_on};
+use common::fuzz::{CaseStats, Rng, campaign};
 
 /// The CI budget of this campaign, in seconds.
 const CI_SECONDS: u64 = 55;
@@ -53,13 +53,7 @@ fn fill_slots(rng: &mut Rng, q: &QueueHandle, unique: &mut u64) -> Vec<u32> {
             3 => encode_request(s, &Op::Forget { nlookup: 1 }),
             4 => encode_request(s, &Op::Mkdir { arg: abi::MkdirIn { mode: 0o755, umask: 0 }, name: c"d" }),
             5 => {
-                let mut opcode = rng.below(60) as u32;
-                // Known bug, open: SYNCFS makes the worker call syncfs(2), which the seccomp
-                // allow-list lacks: the worker is killed (twice, then EIO). Skipped unless
-                // PHOENIXFS_FUZZ_KNOWN_BUGS=1 (found at seed 102687839405253).
-                if opcode == Opcode::Syncfs as u32 && !known_bugs_on() {
-                    opcode = Opcode::Getattr as u32;
-                }
+                let opcode = rng.below(60) as u32;
                 frame(s, opcode, &rng.bytes(n))
             }
             6 => frame(s, Opcode::Read as u32, &rng.bytes(40)),

@@ -78,6 +78,11 @@ impl Fs {
         if kind == libc::S_IFDIR && a.flags as i32 & libc::O_ACCMODE != libc::O_RDONLY {
             return Err(Error::from_errno(libc::EISDIR));
         }
+        // A FUSE kernel opens FIFOs, sockets and devices itself and never sends OPEN for them; a
+        // guest that does would have a serving thread block for good opening a FIFO.
+        if matches!(kind, libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR | libc::S_IFBLK) {
+            return Err(Error::from_errno(libc::ENXIO));
+        }
         let flags = self.host_open_flags(a.flags);
         let as_caller = {
             let _as = ctx.become_caller()?;

@@ -14,6 +14,9 @@ use crate::sys;
 /// The xattr that holds a program's file capabilities.
 const SECURITY_CAPABILITY: &CStr = c"security.capability";
 
+/// The largest xattr value or name list Linux holds (XATTR_SIZE_MAX, XATTR_LIST_MAX).
+const XATTR_MAX: u32 = 1 << 16;
+
 /// What a GETXATTR or LISTXATTR answers: the size alone (probe with size 0) or the bytes.
 pub enum XattrReply {
     Size(abi::GetxattrOut),
@@ -41,7 +44,9 @@ impl Fs {
             let n = call(&mut [])?;
             return Ok(XattrReply::Size(abi::GetxattrOut { size: n as u32, padding: 0 }));
         }
-        let buf = out.tail_mut(size as usize);
+        // Linux holds no value or name list over 64 KiB (XATTR_SIZE_MAX, XATTR_LIST_MAX) and its
+        // guest kernel never asks for more; a guest that does must not make us allocate 4 GiB.
+        let buf = out.tail_mut(size.min(XATTR_MAX) as usize);
         let n = call(buf)?;
         out.truncate(n);
         Ok(XattrReply::Data)

@@ -151,7 +151,7 @@ pub const WORKER: &[Group] = &[
         ],
     },
     Group {
-        why: "passthrough: file data (READ, WRITE, FSYNC, FALLOCATE, COPY_FILE_RANGE, LSEEK)",
+        why: "passthrough: file data (READ, WRITE, FSYNC, SYNCFS, FALLOCATE, COPY_FILE_RANGE, LSEEK)",
         calls: &[
             libc::SYS_pread64,
             libc::SYS_pwrite64,
@@ -161,6 +161,7 @@ pub const WORKER: &[Group] = &[
             libc::SYS_pwritev2,
             libc::SYS_fsync,
             libc::SYS_fdatasync,
+            libc::SYS_syncfs,
             libc::SYS_fallocate,
             libc::SYS_copy_file_range,
         ],

@@ -73,12 +73,6 @@ impl Rng {
     }
 }
 
-/// `PHOENIXFS_FUZZ_KNOWN_BUGS=1`: also send the inputs of known, still open daemon bugs (each
-/// campaign skips them otherwise, so that it looks for new ones), to replay their findings.
-pub fn known_bugs_on() -> bool {
-    std::env::var("PHOENIXFS_FUZZ_KNOWN_BUGS").is_ok_and(|v| v == "1")
-}
-
 /// What one case did: inputs executed, and inputs skipped (never sent, see the campaign).
 #[derive(Default)]
 pub struct CaseStats {

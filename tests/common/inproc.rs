@@ -31,7 +31,12 @@ pub struct Harness {
     pub top: PathBuf,
     /// The fds `new` opened (the state memfd, the share's root): nothing else closes them.
     own_fds: Vec<i32>,
+    /// One harness at a time per process: `own_fds` is told from the fd table before and after
+    /// `new`, which another test's harness must not change meanwhile. Released last.
+    _alone: std::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_HARNESS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// One reply: errno (0 for success) and payload.
 pub type Reply = (i32, Vec<u8>);
@@ -55,6 +60,8 @@ impl Harness {
     /// A share `top/share` with a file, a directory and symlinks pointing outside, next to a
     /// directory `top/outside` that must stay untouched.
     pub fn new() -> Harness {
+        // A test that failed while holding it has dropped its harness all the same.
+        let alone = ONE_HARNESS.lock().unwrap_or_else(|e| e.into_inner());
         let fds_before = self_fds();
         let tmp = tempfile::Builder::new().prefix("phoenixfs-hostile").tempdir().unwrap();
         let top = tmp.path().to_path_buf();
@@ -92,7 +99,7 @@ impl Harness {
         let server = Server::new(fs, state.clone(), policy, true);
         let record = server.thread_record();
         let own_fds = self_fds().into_iter().filter(|fd| !fds_before.contains(fd)).collect();
-        Harness { server, state, out: ReplyBuf::new(), record, unique: 0, _tmp: tmp, top, own_fds }
+        Harness { server, state, out: ReplyBuf::new(), record, unique: 0, _tmp: tmp, top, own_fds, _alone: alone }
     }
 
     pub fn sender(&mut self, nodeid: u64) -> Sender {
