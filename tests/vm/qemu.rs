@@ -136,6 +136,11 @@ pub fn prepare(cache: &Path, guest_bin: &Path, out_dir: &Path) -> Guest {
     Guest { kernel: PathBuf::from(kernel), initrd }
 }
 
+/// No network, no display, the console on stdio, no monitor, and no reboot: a guest that powers
+/// off ends QEMU.
+const HEADLESS: [&str; 11] =
+    ["-nic", "none", "-display", "none", "-vga", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"];
+
 /// The virtio-fs device; `PHOENIXFS_VM_QUEUE_SIZE` sets its queue size (QEMU's default: 128).
 fn device() -> String {
     match std::env::var("PHOENIXFS_VM_QUEUE_SIZE") {
@@ -158,19 +163,7 @@ pub fn command(q: &Qemu, guest: &Guest, accel: &str, socket: &Path, append: &str
         .arg(format!("socket,id=vfs,path={}", socket.display()))
         .args(["-device", &device()])
         .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem"])
-        .args([
-            "-nic",
-            "none",
-            "-display",
-            "none",
-            "-vga",
-            "none",
-            "-serial",
-            "stdio",
-            "-monitor",
-            "none",
-            "-no-reboot",
-        ])
+        .args(HEADLESS)
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     c
@@ -230,19 +223,7 @@ fn probe_kvm(q: &Qemu, guest: &Guest) -> &'static str {
         .arg("-initrd")
         .arg(&guest.initrd)
         .args(["-append", "console=ttyS0 panic=-1 quiet vmg.probe"])
-        .args([
-            "-nic",
-            "none",
-            "-display",
-            "none",
-            "-vga",
-            "none",
-            "-serial",
-            "stdio",
-            "-monitor",
-            "none",
-            "-no-reboot",
-        ])
+        .args(HEADLESS)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
