@@ -19,6 +19,7 @@ use crate::transport::fusedev::FuseDev;
 use crate::transport::vhost_user::{self, ControlChannel};
 use crate::transport::{Connection, Transport, groups};
 use crate::worker::WorkerConfig;
+use crate::zygote::{self, Zygote};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -173,14 +174,26 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             (Box::new(channel), Arc::new(transport))
         }
     };
+    // Made before the fds to keep are recorded: every worker's sweep must leave them open.
+    let zygote_pipes = match cli.recovery {
+        Recovery::On => Some(zygote::Pipes::new().map_err(|e| Error::SupervisorFd("zygote pipes", e))?),
+        Recovery::Off => None,
+    };
     record_keep_fds(&mut region, inside.proc, &transport.fds(), &waits)?;
     let mut cfg = worker_config(&cli, &inside, transport, waits.ended);
     // Start-up is over (mounted or connected, the region and every supervisor fd made): from
     // here on the supervisor keeps only what serving and stopping need (docs/design.md
     // "Security"). Workers are cloned after this and narrow further.
     cfg.confine = crate::security::Policy { seccomp: cli.seccomp, worker_caps: cli.worker_caps()? };
-    crate::security::confine_supervisor(&mut cfg.confine, !cfg.recovery, &region.header().seccomp_violation)?;
-    Ok(crate::supervisor::run(region, conn, cfg, &waits, inside.vmstat)?)
+    let violation = &region.header().seccomp_violation;
+    let effective = crate::security::restrict_supervisor_caps(&mut cfg.confine, !cfg.recovery)?;
+    // The zygote, which clones the workers, before the supervisor's narrower filter.
+    let zygote = zygote_pipes
+        .map(|pipes| Zygote::start(pipes, &region, &cfg))
+        .transpose()
+        .map_err(|e| Error::SupervisorFd("zygote", e))?;
+    crate::security::install_supervisor_filter(&cfg.confine, effective, !cfg.recovery, violation)?;
+    Ok(crate::supervisor::run(region, conn, cfg, &waits, inside.vmstat, zygote)?)
 }
 
 /// Builds the sandbox (security/sandbox.rs) and returns, in the supervisor, what it holds

@@ -20,3 +20,4 @@ pub mod supervisor;
 pub mod sys;
 pub mod transport;
 pub mod worker;
+pub mod zygote;

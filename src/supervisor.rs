@@ -1,5 +1,6 @@
 //! The supervisor: the tiny, single-threaded parent that holds the connection and the state
-//! region, clones workers that share its fd table, and replaces each one that dies. It never
+//! region, has workers that share its fd table cloned as its children (by the zygote, so that
+//! its own seccomp filter can be narrower: zygote.rs), and replaces each one that dies. It never
 //! reads or answers a FUSE request; the connection's own messages (vhost-user's control
 //! channel) it serves itself, so the peer never sees a worker die. With recovery off the same
 //! loop runs with the serving threads in this very process and no workers.
@@ -24,6 +25,7 @@ use crate::state::Region;
 use crate::sys::{self, process};
 use crate::transport::Connection;
 use crate::worker::{self, WorkerConfig};
+use crate::zygote::Zygote;
 
 pub const MAX_FRUITLESS_DEATHS: u32 = 12;
 
@@ -31,6 +33,8 @@ pub const MAX_FRUITLESS_DEATHS: u32 = 12;
 pub enum Error {
     #[error("cannot clone a worker: {0}")]
     Clone(std::io::Error),
+    #[error("the zygote that clones workers {0}: no worker can be started any more")]
+    ZygoteDied(String),
     #[error("{0} workers in a row died before answering any request; giving up")]
     CrashLoop(u32),
     #[error(transparent)]
@@ -45,18 +49,6 @@ pub struct Waits {
     pub ready: i32,
     /// The eventfd a serving thread writes when the connection ends (unmounted).
     pub ended: i32,
-}
-
-/// Clones a worker sharing our fd table (CLONE_FILES, no CLONE_VM: its memory is a copy).
-fn clone_worker(region: &Region, cfg: &WorkerConfig) -> Result<i32, Error> {
-    let me = process::getpid();
-    // SAFETY: the supervisor is single-threaded (it starts no thread; the serving threads of
-    // `--recovery off` never coexist with workers).
-    match unsafe { process::clone_sharing_fds() } {
-        Err(e) => Err(Error::Clone(e)),
-        Ok(0) => worker::run_process(region.alias(), cfg, me),
-        Ok(pid) => Ok(pid),
-    }
 }
 
 /// The kernel's count of OOM kills so far (to tell an OOM kill from an outside SIGKILL), from
@@ -74,7 +66,8 @@ fn oom_kills(vmstat: i32) -> u64 {
 /// The current worker and the crash-loop bookkeeping.
 pub struct Workers {
     region: Region,
-    cfg: WorkerConfig,
+    /// What clones each worker for us (zygote.rs), sharing our fd table.
+    zygote: Zygote,
     pid: i32,
     served_at_start: u64,
     ooms_at_start: u64,
@@ -87,17 +80,20 @@ pub struct Workers {
 }
 
 impl Workers {
-    fn start(region: Region, cfg: WorkerConfig, vmstat: i32) -> Result<Workers, Error> {
+    fn start(region: Region, zygote: Zygote, vmstat: i32) -> Result<Workers, Error> {
         let ooms_at_start = oom_kills(vmstat);
-        let pid = clone_worker(&region, &cfg)?;
+        let pid = zygote.spawn_worker().map_err(Error::Clone)?;
         let served_at_start = region.header().served.load(Ordering::Relaxed);
-        Ok(Workers { region, cfg, pid, served_at_start, ooms_at_start, vmstat, fruitless: 0, ready: false })
+        Ok(Workers { region, zygote, pid, served_at_start, ooms_at_start, vmstat, fruitless: 0, ready: false })
     }
 
     /// Reaps exited children; replaces the worker if it died. Err when giving up.
     fn reap(&mut self) -> Result<(), Error> {
         let header = self.region.header();
         while let Some((pid, status)) = process::reap_any() {
+            if pid == self.zygote.pid {
+                return Err(Error::ZygoteDied(process::describe_status(status)));
+            }
             if pid != self.pid {
                 continue;
             }
@@ -146,7 +142,7 @@ impl Workers {
             std::thread::sleep(Duration::from_millis(backoff_ms));
             self.served_at_start = served;
             self.ooms_at_start = oom_kills(self.vmstat);
-            self.pid = clone_worker(&self.region, &self.cfg)?;
+            self.pid = self.zygote.spawn_worker().map_err(Error::Clone)?;
             self.ready = false;
         }
         Ok(())
@@ -164,18 +160,19 @@ impl Workers {
 type Serving = Rc<RefCell<Option<Workers>>>;
 
 /// Runs until a termination signal, the end of the connection, or a crash loop.
+/// Workers come from `zygote` (recovery on); without one this process serves itself.
 pub fn run(
     region: Region,
     mut conn: Box<dyn Connection>,
     cfg: WorkerConfig,
     waits: &Waits,
     vmstat: i32,
+    zygote: Option<Zygote>,
 ) -> Result<(), Error> {
     let serving: Serving = Rc::new(RefCell::new(None));
-    if cfg.recovery {
-        *serving.borrow_mut() = Some(Workers::start(region, cfg, vmstat)?);
-    } else {
-        worker::start(region, &cfg)?;
+    match zygote {
+        Some(zygote) => *serving.borrow_mut() = Some(Workers::start(region, zygote, vmstat)?),
+        None => worker::start(region, &cfg)?,
     }
     let keep = serving.clone();
     // While the connection waits on a worker (a ring being stopped), a worker that dies is
@@ -188,6 +185,7 @@ pub fn run(
     let result = serve(&serving, conn.as_mut(), waits);
     if let Some(w) = serving.borrow().as_ref() {
         process::kill_and_reap(w.pid);
+        process::kill_and_reap(w.zygote.pid);
     }
     conn.close();
     result

@@ -40,6 +40,8 @@ pub enum Error {
 pub const SUPERVISOR_NAME: &CStr = c"pfs-supervisor";
 /// What `ps` shows for a worker.
 pub const WORKER_NAME: &CStr = c"pfs-worker";
+/// What `ps` shows for the zygote, which clones workers (zygote.rs).
+pub const ZYGOTE_NAME: &CStr = c"pfs-zygote";
 
 /// What the supervisor and its workers use from inside the sandbox.
 pub struct Inside {

@@ -353,6 +353,14 @@ pub fn fchdir(fd: i32) -> io::Result<()> {
     cvt(unsafe { libc::fchdir(fd) }).map(drop)
 }
 
+/// A pipe (close-on-exec): [read end, write end].
+pub fn pipe() -> io::Result<[i32; 2]> {
+    let mut fds = [-1; 2];
+    // SAFETY: a valid out array of two ints.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    Ok(fds)
+}
+
 /// A connected pair of SOCK_SEQPACKET sockets (message boundaries kept; close-on-exec).
 pub fn seqpacket_pair() -> io::Result<[i32; 2]> {
     let mut fds = [-1; 2];

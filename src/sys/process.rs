@@ -45,6 +45,26 @@ pub unsafe fn clone_sharing_fds() -> io::Result<i32> {
     super::cvt_long(pid).map(|p| p as i32)
 }
 
+/// As `clone_sharing_fds`, with CLONE_PARENT: the child's parent is our parent (the zygote
+/// makes the supervisor's workers this way), which gets its SIGCHLD.
+///
+/// # Safety
+/// As `clone_sharing_fds`: the caller must be single-threaded.
+pub unsafe fn clone_sibling_sharing_fds() -> io::Result<i32> {
+    // SAFETY: as in `clone_sharing_fds`.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_FILES | libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    super::cvt_long(pid).map(|p| p as i32)
+}
+
 /// Forks this process (a plain fork: the child gets a copy of the fd table, not a share of it).
 /// Returns the child's pid in the parent, 0 in the child.
 ///

@@ -5,13 +5,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
-/// The live children of `pid` (a supervisor's worker), from /proc: the children its main
-/// thread forked (zombies included until reaped).
+/// The supervisor's other child, which clones its workers (src/zygote.rs): never a worker.
+const ZYGOTE: &str = "pfs-zygote";
+
+/// The live children of `pid` (a supervisor's workers), from /proc: the children its main
+/// thread forked (zombies included until reaped), less the zygote. (A worker is named as the
+/// zygote for the microseconds between its clone and its first instruction: it shows up then.)
 pub fn children_of(pid: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
         .unwrap_or_default()
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
+        .filter(|p| comm(*p) != ZYGOTE)
         .collect()
 }
 
@@ -59,7 +64,8 @@ pub fn alive(pid: i32) -> bool {
     matches!(proc_stat(pid), Some((s, _, _)) if s != 'Z' && s != 'X')
 }
 
-/// The children of `sup` that have not exited, whichever of its threads forked them.
+/// The children of `sup` that have not exited, whichever of its threads forked them, less the
+/// zygote (see `children_of`).
 pub fn live_children(sup: i32) -> Vec<Proc> {
     let mut pids = BTreeSet::new();
     let mut have_children_file = false;
@@ -81,6 +87,7 @@ pub fn live_children(sup: i32) -> Vec<Proc> {
         }
     }
     pids.into_iter()
+        .filter(|pid| comm(*pid as u32) != ZYGOTE)
         .filter_map(|pid| match proc_stat(pid) {
             Some((s, ppid, start)) if ppid == sup && s != 'Z' && s != 'X' => Some(Proc { pid, start }),
             _ => None,
