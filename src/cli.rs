@@ -209,6 +209,12 @@ pub struct Cli {
     #[arg(long)]
     pub flock: bool,
 
+    /// The control socket for `phoenixfsd ctl` (status, metrics, restart-worker), mode 0600.
+    /// Default: <socket-path>.ctl, or /run/phoenixfsd/<mount point, / as ->.ctl over /dev/fuse;
+    /// none with --fd alone.
+    #[arg(long)]
+    pub control_socket: Option<PathBuf>,
+
     /// Crash recovery: a supervisor keeps the connection and restarts the worker.
     #[arg(long, value_enum, default_value_t = Recovery::On)]
     pub recovery: Recovery,

@@ -48,6 +48,8 @@ pub enum Error {
     #[error(transparent)]
     Sandbox(#[from] crate::security::sandbox::Error),
     #[error(transparent)]
+    Control(#[from] crate::control::Error),
+    #[error(transparent)]
     Cli(#[from] crate::cli::CliError),
     #[error("{0} fds are open at start-up (at most {MAX_KEEP_FDS} can be kept across workers); close inherited fds")]
     TooManyFds(usize),
@@ -110,6 +112,7 @@ fn prepare_process(rlimit_nofile: Option<u64>) {
 }
 
 pub fn run(cli: Cli) -> Result<(), Error> {
+    let started = std::time::Instant::now();
     for opt in cli.unenforced() {
         tracing::warn!("accepted but not enforced yet: {opt}");
     }
@@ -149,6 +152,13 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         }
         None => Endpoint::Vhost(vhost_user::listen(cli.socket_path.as_deref(), cli.fd, cli.socket_group.as_deref())?),
     };
+
+    // The control socket (control.rs): bound at a host path, served inside.
+    let control_path = cli
+        .control_socket
+        .clone()
+        .or_else(|| crate::control::default_path(cli.socket_path.as_deref(), mountpoint.as_deref()));
+    let control_listener = control_path.as_deref().map(crate::control::bind).transpose()?;
 
     // The sandbox: from here on the supervisor and its workers see only the share.
     let inside = enter_sandbox(&cli, &shared_dir, &mut endpoint, &waits)?;
@@ -193,7 +203,18 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         .transpose()
         .map_err(|e| Error::SupervisorFd("zygote", e))?;
     crate::security::install_supervisor_filter(&cfg.confine, effective, !cfg.recovery, violation)?;
-    Ok(crate::supervisor::run(region, conn, cfg, &waits, inside.vmstat, zygote)?)
+    let control = control_listener.map(|listener| crate::supervisor::Control {
+        listener,
+        started,
+        transport: match (&mountpoint, &cli.socket_path) {
+            (Some(m), _) => format!("FUSE (/dev/fuse) at {}", m.display()),
+            (None, Some(s)) => format!("vhost-user at {}", s.display()),
+            (None, None) => "vhost-user (--fd)".to_string(),
+        },
+        sandbox: format!("{:?}", cli.sandbox).to_lowercase(),
+        seccomp: format!("{:?}", cli.seccomp).to_lowercase(),
+    });
+    Ok(crate::supervisor::run(region, conn, cfg, &waits, inside.vmstat, zygote, control)?)
 }
 
 /// Builds the sandbox (security/sandbox.rs) and returns, in the supervisor, what it holds

@@ -7,7 +7,9 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod cli;
+pub mod control;
 pub mod crash;
+pub mod ctl;
 pub mod daemon;
 pub mod fs;
 pub mod fuse;

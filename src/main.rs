@@ -5,6 +5,10 @@ use phoenixfsd::cli::Cli;
 use phoenixfsd::daemon;
 
 fn main() -> ExitCode {
+    // `phoenixfsd ctl ...`: the client of a running daemon's control socket.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "ctl") {
+        return phoenixfsd::ctl::main(std::env::args_os().skip(1));
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => e.exit(), // clap prints the message; usage errors exit with 2

@@ -272,8 +272,10 @@ pub const SUPERVISOR: &[Group] = &[
     Group { why: "workers: reap, kill", calls: &[libc::SYS_wait4, libc::SYS_waitid, libc::SYS_kill] },
     Group {
         why: "the vhost-user control channel: messages with fds (SCM_RIGHTS), replies; new \
-              eventfds for a changed vring",
+              eventfds for a changed vring; the control socket (`phoenixfsd ctl`): accept",
         calls: &[
+            libc::SYS_accept4,
+            libc::SYS_accept,
             libc::SYS_recvmsg,
             libc::SYS_sendmsg,
             libc::SYS_recvfrom,
