@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cli::{CachePolicy, Cli, LogLevel, Recovery};
+use crate::cli::{CachePolicy, Cli, Recovery};
 use crate::fs::{self, EntryTimeouts};
 use crate::fuse::abi;
 use crate::server::InitPolicy;
@@ -51,22 +51,11 @@ pub enum Error {
     TooManyFds(usize),
 }
 
-pub fn init_logging(level: LogLevel) {
-    let default = match level {
-        LogLevel::Error => "error",
-        LogLevel::Warn => "warn",
-        LogLevel::Info => "info",
-        LogLevel::Debug => "debug",
-        LogLevel::Trace => "trace",
-        LogLevel::Off => "off",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
-}
-
-/// virtiofsd's {"type": "fs"} capabilities document (QEMU docs/interop/vhost-user.json).
-pub const CAPABILITIES: &str = "{\n  \"type\": \"fs\"\n}";
+/// The vhost-user.json capabilities document (QEMU docs/interop/vhost-user.json), type "fs".
+/// Of virtiofsd's features only "separate-options" (options as separate arguments, not -o) is
+/// claimed: not "migrate-precopy" (no DEVICE_STATE), nor the posix-acl and security-label
+/// negotiation modes (both options are refused but for =never).
+pub const CAPABILITIES: &str = "{\n  \"type\": \"fs\",\n  \"features\": [\n    \"separate-options\"\n  ]\n}";
 
 fn timeouts(cache: CachePolicy) -> (EntryTimeouts, u32) {
     let (secs, open_flags) = match cache {
@@ -107,6 +96,17 @@ fn prepare_process(rlimit_nofile: Option<u64>) {
 pub fn run(cli: Cli) -> Result<(), Error> {
     for opt in cli.unenforced() {
         tracing::warn!("accepted but not enforced yet: {opt}");
+    }
+    // Options (docs/compat.md): what the operator should know about how they combine.
+    if cli.xattrmap.as_ref().is_some_and(|m| !m.is_terminated()) {
+        tracing::warn!(
+            "--xattrmap has no catch-all rule: guest names no rule matches are refused (EPERM), host names no rule matches are hidden"
+        );
+    }
+    if !cli.no_killpriv_v2 && !cli.killpriv_v2() {
+        tracing::info!(
+            "--xattrmap renames security.capability: FUSE_HANDLE_KILLPRIV_V2 is off, the guest kernel clears capabilities itself"
+        );
     }
     let (shared_dir, mountpoint, _demo) = if cli.demo {
         let d = make_demo().map_err(Error::Demo)?;
@@ -173,6 +173,9 @@ fn worker_config(cli: &Cli, shared_dir: &std::path::Path, transport: Arc<dyn Tra
         xattr: cli.xattr,
         allow_direct_io: cli.allow_direct_io,
         readdirplus: !cli.no_readdirplus && cli.cache != CachePolicy::Never,
+        xattrmap: cli.xattrmap.clone(),
+        preserve_noatime: cli.preserve_noatime,
+        readonly: cli.readonly,
     };
     let policy = InitPolicy {
         writeback: cli.writeback,
@@ -181,7 +184,8 @@ fn worker_config(cli: &Cli, shared_dir: &std::path::Path, transport: Arc<dyn Tra
         readdirplus: fs_cfg.readdirplus,
         posix_acl: false,
         auto_inval_data: cli.cache == CachePolicy::Auto,
-        killpriv_v2: !cli.no_killpriv_v2,
+        killpriv_v2: cli.killpriv_v2(),
+        allow_mmap: cli.allow_mmap,
     };
     WorkerConfig {
         shared_dir: CString::new(shared_dir.as_os_str().as_bytes()).expect("paths have no NUL"),

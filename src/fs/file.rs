@@ -22,7 +22,12 @@ impl Fs {
     /// The exec flag is the guest kernel's own and means nothing to a host open.
     fn host_open_flags(&self, guest: u32) -> i32 {
         let guest = guest & !abi::FMODE_EXEC;
-        let mut f = guest as i32 & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOATIME);
+        let mut f = guest as i32 & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
+        // O_NOATIME is refused (EPERM) to a caller who does not own the file, so it is dropped
+        // unless the operator asked to keep it (virtiofsd's --preserve-noatime).
+        if !self.cfg.preserve_noatime {
+            f &= !libc::O_NOATIME;
+        }
         if !self.cfg.allow_direct_io {
             f &= !libc::O_DIRECT;
         }

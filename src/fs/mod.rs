@@ -15,6 +15,7 @@ mod lock;
 mod namespace;
 mod once;
 mod xattr;
+pub mod xattrmap;
 
 use std::ffi::CStr;
 use std::io;
@@ -106,6 +107,12 @@ pub struct Config {
     pub xattr: bool,
     pub allow_direct_io: bool,
     pub readdirplus: bool,
+    /// `--xattrmap`: how xattr names translate between guest and host (None: unchanged).
+    pub xattrmap: Option<xattrmap::XattrMap>,
+    /// `--preserve-noatime`: keep the guest's O_NOATIME on host opens.
+    pub preserve_noatime: bool,
+    /// `--readonly`: every modifying request and every open for writing is refused (EROFS).
+    pub readonly: bool,
 }
 
 /// The passthrough file system over one shared directory.
@@ -163,6 +170,11 @@ impl Fs {
         if handles + inodes > 0 {
             tracing::info!(handles, inodes, "new FUSE session: dropped what the previous one held");
         }
+    }
+
+    /// Whether the share is served read-only (`--readonly`).
+    pub fn readonly(&self) -> bool {
+        self.cfg.readonly
     }
 
     pub fn set_writeback(&self, on: bool) {

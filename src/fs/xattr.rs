@@ -2,11 +2,15 @@
 //! the f*xattr calls, so these go through the fd's /proc/self/fd path (which resolves to the
 //! object itself, never through the share's names). Disabled unless `--xattr`: then ENOSYS, which
 //! makes the kernel stop asking (and spares every write its security.capability probe).
+//! With `--xattrmap` every guest name goes through the map on the way in and every listed host
+//! name on the way out (fs/xattrmap.rs); a replay maps again to the same name, so the
+//! exactly-once brackets below are unchanged.
 
 use std::ffi::CStr;
 
 use super::Payload;
 use super::once::{self, Call, is_errno};
+use super::xattrmap::Mapped;
 use super::{Context, Error, Fs, Result};
 use crate::fuse::abi;
 use crate::sys;
@@ -31,6 +35,15 @@ impl Fs {
         let node = self.state.inodes.pin(nodeid)?;
         let path = sys::proc_fd_path(node.fd());
         Ok((node, path))
+    }
+
+    /// The host's name for the guest's `name`: itself, or what `--xattrmap` makes of it.
+    fn host_xattr_name<'n>(&self, name: &'n CStr) -> Result<std::borrow::Cow<'n, CStr>> {
+        match self.cfg.xattrmap.as_ref().map(|m| m.to_host(name)) {
+            None => Ok(std::borrow::Cow::Borrowed(name)),
+            Some(Mapped::Host(host)) => Ok(std::borrow::Cow::Owned(host)),
+            Some(Mapped::Refuse(errno)) => Err(Error::from_errno(errno)),
+        }
     }
 
     /// Reads into `out` when `size` > 0, or reports the size needed when it is 0.
@@ -61,14 +74,32 @@ impl Fs {
         out: &mut impl Payload,
     ) -> Result<XattrReply> {
         let (_node, path) = self.xattr_path(nodeid)?;
+        let name = self.host_xattr_name(name)?;
         let _as = ctx.become_caller()?;
-        self.xattr_read(size, out, |buf| sys::getxattr(&path, name, buf))
+        self.xattr_read(size, out, |buf| sys::getxattr(&path, &name, buf))
     }
 
     pub fn listxattr(&self, ctx: &Context, nodeid: u64, size: u32, out: &mut impl Payload) -> Result<XattrReply> {
         let (_node, path) = self.xattr_path(nodeid)?;
         let _as = ctx.become_caller()?;
-        self.xattr_read(size, out, |buf| sys::listxattr(&path, buf))
+        let Some(map) = &self.cfg.xattrmap else {
+            return self.xattr_read(size, out, |buf| sys::listxattr(&path, buf));
+        };
+        // Mapped: the whole host list (at most 64 KiB), then the guest's view of it, whose size
+        // is what a probe (size 0) must report.
+        let mut host = vec![0; XATTR_MAX as usize];
+        let n = sys::listxattr(&path, &mut host)?;
+        let guest = map.list_to_guest(&host[..n]);
+        self.xattr_read(size, out, |buf| {
+            if buf.is_empty() {
+                Ok(guest.len())
+            } else if buf.len() < guest.len() {
+                Err(std::io::Error::from_raw_os_error(libc::ERANGE))
+            } else {
+                buf[..guest.len()].copy_from_slice(&guest);
+                Ok(guest.len())
+            }
+        })
     }
 
     /// SETXATTR. Setting a value twice is idempotent, except with XATTR_CREATE, whose second
@@ -76,6 +107,7 @@ impl Fs {
     /// replay's EEXIST is its own earlier success.
     pub fn setxattr(&self, ctx: &Context, nodeid: u64, name: &CStr, value: &[u8], flags: u32) -> Result<()> {
         let (_node, path) = self.xattr_path(nodeid)?;
+        let name = &*self.host_xattr_name(name)?;
         let _as = ctx.become_caller()?;
         let intent = ctx.intent;
         let create = flags as i32 & libc::XATTR_CREATE != 0;
@@ -98,7 +130,10 @@ impl Fs {
     /// check as the caller would refuse both where natively the first never fails.
     pub fn removexattr(&self, ctx: &Context, nodeid: u64, name: &CStr) -> Result<()> {
         let (_node, path) = self.xattr_path(nodeid)?;
+        // The guest's name decides whose credentials: the kernel's killpriv removes the guest's
+        // security.capability, whatever name the map stores it under.
         let _as = if name == SECURITY_CAPABILITY { None } else { Some(ctx.become_caller()?) };
+        let name = &*self.host_xattr_name(name)?;
         let intent = ctx.intent;
         if intent.must_check_world_before() {
             sys::getxattr(&path, name, &mut [])?;

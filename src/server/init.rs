@@ -20,6 +20,9 @@ pub struct InitPolicy {
     /// FUSE_HANDLE_KILLPRIV_V2: the daemon, not the kernel, clears set-id bits on write,
     /// truncate and chown (fs/file.rs `write`; docs/design.md, "Set-id bits").
     pub killpriv_v2: bool,
+    /// FUSE_DIRECT_IO_ALLOW_MMAP (`--allow-mmap`): shared mmap of files opened with
+    /// FOPEN_DIRECT_IO (--cache=never, metadata).
+    pub allow_mmap: bool,
 }
 
 /// What an INIT request comes to.
@@ -49,6 +52,7 @@ impl InitPolicy {
             (self.auto_inval_data, abi::AUTO_INVAL_DATA),
             (self.posix_acl, abi::POSIX_ACL),
             (self.killpriv_v2, abi::HANDLE_KILLPRIV_V2),
+            (self.allow_mmap, abi::DIRECT_IO_ALLOW_MMAP),
         ];
         optional.iter().filter(|(on, _)| *on).fold(
             abi::ASYNC_READ | abi::BIG_WRITES | abi::PARALLEL_DIROPS | abi::MAX_PAGES | abi::ASYNC_DIO | abi::INIT_EXT,
@@ -145,6 +149,7 @@ mod tests {
             posix_acl: false,
             auto_inval_data: true,
             killpriv_v2: true,
+            allow_mmap: false,
         }
     }
 
@@ -209,6 +214,14 @@ mod tests {
         let off = InitPolicy { killpriv_v2: false, ..policy() };
         assert_eq!(agreed_flags(off.negotiate(&init_in(45, offered), 0)), 0);
         assert_eq!(agreed_flags(policy().negotiate(&init_in(45, 0), 0)), 0, "not offered, not agreed");
+    }
+
+    #[test]
+    fn test_init_allow_mmap_only_when_asked() {
+        let offered = abi::DIRECT_IO_ALLOW_MMAP;
+        assert_eq!(agreed_flags(policy().negotiate(&init_in(45, 0), (offered >> 32) as u32)), 0);
+        let on = InitPolicy { allow_mmap: true, ..policy() };
+        assert_eq!(agreed_flags(on.negotiate(&init_in(45, 0), (offered >> 32) as u32)), offered);
     }
 
     fn agreed_flags(n: Negotiation) -> u64 {

@@ -103,6 +103,11 @@ impl Server {
             tracing::warn!(unique, opcode = h.opcode, "request before INIT");
             return (Some(out.finish_err(unique, libc::EIO)), untracked);
         }
+        // --readonly: refused before anything is recorded or touched, so there is nothing to
+        // replay and no state to keep exact.
+        if self.fs.readonly() && modifies(&req.op) {
+            return (Some(out.finish_err(unique, libc::EROFS)), untracked);
+        }
         let in_flight = record::InFlight::start(self, &h, delivery.key, thread);
         let intent = in_flight.intent();
         if in_flight.is_poisoned() {
@@ -182,6 +187,33 @@ impl Server {
             }
         };
         (Some(reply), in_flight)
+    }
+}
+
+/// Whether a request would change the share (refused with EROFS under `--readonly`, as
+/// virtiofsd does): every namespace, data, attribute and xattr change, an open for writing or
+/// with O_TRUNC (O_RDONLY|O_TRUNC truncates on the host), and ACCESS for W_OK. Locks, fsync and
+/// syncfs change nothing and pass.
+fn modifies(op: &Op<'_>) -> bool {
+    match op {
+        Op::Setattr(_)
+        | Op::Symlink { .. }
+        | Op::Mknod { .. }
+        | Op::Mkdir { .. }
+        | Op::Unlink { .. }
+        | Op::Rmdir { .. }
+        | Op::Rename { .. }
+        | Op::Link { .. }
+        | Op::Create { .. }
+        | Op::Tmpfile { .. }
+        | Op::Write { .. }
+        | Op::Setxattr { .. }
+        | Op::Removexattr { .. }
+        | Op::Fallocate(_)
+        | Op::CopyFileRange(_) => true,
+        Op::Open(a) => a.flags as i32 & (libc::O_ACCMODE | libc::O_TRUNC) != libc::O_RDONLY,
+        Op::Access(a) => a.mask as i32 & libc::W_OK != 0,
+        _ => false,
     }
 }
 

@@ -84,6 +84,9 @@ impl Harness {
             xattr: true,
             allow_direct_io: false,
             readdirplus: true,
+            xattrmap: None,
+            preserve_noatime: false,
+            readonly: false,
         };
         let dir = CString::new(share.as_os_str().as_bytes()).unwrap();
         let fs = Fs::new(&dir, state.clone(), cfg).unwrap();
@@ -95,6 +98,7 @@ impl Harness {
             posix_acl: false,
             auto_inval_data: true,
             killpriv_v2: true,
+            allow_mmap: false,
         };
         let server = Server::new(fs, state.clone(), policy, true);
         let record = server.thread_record();
