@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum, ValueHint};
 
+pub use crate::fs::idmap::{IdMap, IdMapError};
 pub use crate::fs::xattrmap::{XattrMap, XattrMapError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -248,12 +249,13 @@ pub struct Cli {
     #[arg(long)]
     pub gid_map: Vec<String>,
 
-    /// Translate UIDs between guest and host, '<type>:<source base>:<target base>:<count>'
-    /// (refused: not implemented yet).
+    /// Translate UIDs between guest and host, '<type>:<source base>:<target base>:<count>' with
+    /// type guest, host, squash-guest, squash-host, map, or 'forbid-guest:<base>:<count>'
+    /// (virtiofsd's syntax and meaning). Give it once per range.
     #[arg(long)]
     pub translate_uid: Vec<String>,
 
-    /// Same as --translate-uid, for GIDs (refused: not implemented yet).
+    /// Same as --translate-uid, for GIDs.
     #[arg(long)]
     pub translate_gid: Vec<String>,
 
@@ -324,6 +326,8 @@ pub enum CliError {
     TooManyThreads(usize),
     #[error("{option} is not supported by phoenixfsd: {why}")]
     NotHonoured { option: String, why: &'static str },
+    #[error("{0}: {1}")]
+    Translate(&'static str, IdMapError),
     #[error("--xattrmap: {0}")]
     Xattrmap(#[from] XattrMapError),
     #[error(transparent)]
@@ -333,7 +337,6 @@ pub enum CliError {
 /// Why each refused option is refused (docs/compat.md has the whole table).
 const NO_MIGRATION: &str = "VM live migration (vhost-user DEVICE_STATE) is not implemented";
 const NO_USERNS: &str = "it maps ids through a user namespace, and the user-namespace sandbox is not built yet";
-const NO_TRANSLATE: &str = "in-daemon uid/gid translation is not implemented yet";
 const NO_ACL: &str = "FUSE_POSIX_ACL is not implemented yet (only --posix-acl=never)";
 const NO_SECCTX: &str = "FUSE_SECURITY_CTX is not implemented yet (only --security-label=never)";
 const NO_TAG: &str = "the vhost-user CONFIG feature is not offered (QEMU takes the tag from its own \
@@ -377,6 +380,7 @@ impl Cli {
             self.xattr = true;
         }
         self.refuse_unhonoured()?;
+        self.id_maps()?;
         if self.thread_pool_size > 1024 {
             return Err(CliError::TooManyThreads(self.thread_pool_size));
         }
@@ -474,12 +478,6 @@ impl Cli {
         if !self.gid_map.is_empty() {
             return refuse("--gid-map", NO_USERNS);
         }
-        if !self.translate_uid.is_empty() {
-            return refuse("--translate-uid", NO_TRANSLATE);
-        }
-        if !self.translate_gid.is_empty() {
-            return refuse("--translate-gid", NO_TRANSLATE);
-        }
         if self.posix_acl != Negotiation::Never {
             return refuse(&format!("--posix-acl={}", self.posix_acl.name()), NO_ACL);
         }
@@ -490,6 +488,13 @@ impl Cli {
             return refuse("--tag", NO_TAG);
         }
         Ok(())
+    }
+
+    /// `--translate-uid` and `--translate-gid` as maps (identity when not given).
+    pub fn id_maps(&self) -> Result<(IdMap, IdMap), CliError> {
+        let uids = IdMap::parse(&self.translate_uid).map_err(|e| CliError::Translate("--translate-uid", e))?;
+        let gids = IdMap::parse(&self.translate_gid).map_err(|e| CliError::Translate("--translate-gid", e))?;
+        Ok((uids, gids))
     }
 
     /// A worker's capabilities: virtiofsd's default set changed by `--modcaps`.
@@ -559,7 +564,6 @@ mod tests {
             (&["--migration-mode=find-paths"][..], "--migration-mode"),
             (&["--migration-confirm-paths"], "--migration-confirm-paths"),
             (&["--uid-map=:0:1000:1:"], "--uid-map"),
-            (&["--translate-gid=map:0:1000:1"], "--translate-gid"),
             (&["--posix-acl"], "--posix-acl=always"),
             (&["-o", "posix_acl"], "--posix-acl=always"),
             (&["--security-label=auto"], "--security-label=auto"),
@@ -571,6 +575,8 @@ mod tests {
             assert!(e.contains(named) && e.contains("not supported"), "{args:?}: {e}");
         }
         parse(&["--shared-dir=/tmp", "--fd=3", "--posix-acl=never", "-o", "no_security_label"]).unwrap();
+        let e = parse(&["--shared-dir=/tmp", "--fd=3", "--translate-gid=map:0:1000"]).unwrap_err();
+        assert!(e.contains("--translate-gid") && e.contains("3 numbers"), "{e}");
     }
 
     #[test]

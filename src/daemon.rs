@@ -167,6 +167,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
 
 fn worker_config(cli: &Cli, shared_dir: &std::path::Path, transport: Arc<dyn Transport>, ended: i32) -> WorkerConfig {
     let (timeouts, open_reply_flags) = timeouts(cli.cache);
+    let (uids, gids) = cli.id_maps().expect("checked by normalize");
     let fs_cfg = fs::Config {
         timeouts,
         open_reply_flags,
@@ -176,6 +177,8 @@ fn worker_config(cli: &Cli, shared_dir: &std::path::Path, transport: Arc<dyn Tra
         xattrmap: cli.xattrmap.clone(),
         preserve_noatime: cli.preserve_noatime,
         readonly: cli.readonly,
+        uids,
+        gids,
     };
     let policy = InitPolicy {
         writeback: cli.writeback,

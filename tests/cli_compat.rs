@@ -121,9 +121,9 @@ const LINES: &[Line] = &[
     line(
         "virtiofsd README (translate ids)",
         "--socket-path={sock} --shared-dir {share} --translate-uid=squash-guest:0:1001:4294967295 --translate-gid=squash-guest:0:100:4294967295",
-        Refuse,
         Accept,
-        "--translate-uid",
+        Accept,
+        "",
     ),
     line(
         "virtiofsd README (ACLs)",

@@ -1,6 +1,7 @@
 //! What the honoured virtiofsd options do, seen through real mounts (/dev/fuse, and over
 //! vhost-user through the test bridge where the option reaches the engine): --readonly,
-//! --xattrmap (with crash points on its paths), --preserve-noatime, --allow-mmap, -o source=,
+//! --xattrmap and --translate-uid/gid (each with a crash on its path), --preserve-noatime,
+//! --allow-mmap, -o source=,
 //! and the operator's side of logging: --log-level, --syslog (and its fallback), no ANSI colour
 //! when stderr is not a terminal. docs/compat.md points here.
 
@@ -299,4 +300,78 @@ fn test_syslog_without_a_socket_says_so_and_logs_to_stderr() {
     let stderr = with_daemon(&["--syslog"], &env, true, |_, _| {});
     assert!(stderr.contains("cannot reach the syslog socket /nonexistent/phoenixfs-log.sock"), "{stderr}");
     assert!(stderr.contains("serving"), "the log goes on on stderr: {stderr}");
+}
+
+// ---- --translate-uid / --translate-gid ----
+
+const MAP_ROOT_TO_1001: [&str; 2] = ["--translate-uid=map:0:1001:1", "--translate-gid=map:0:1001:1"];
+
+fn owner(p: &Path) -> (u32, u32) {
+    let st = s::lstat(p).unwrap();
+    (st.st_uid, st.st_gid)
+}
+
+fn chown(p: &Path, uid: u32) -> R<()> {
+    let c = s::cs(p);
+    // SAFETY: a NUL-terminated path.
+    s::chk(unsafe { libc::chown(c.as_ptr(), uid, u32::MAX) } as i64).map(drop)
+}
+
+#[test]
+fn test_translate_ids_creates_as_the_host_id_and_shows_the_guest_id() {
+    for t in BOTH {
+        let m = Mount::new_on(t, &MAP_ROOT_TO_1001);
+        // The host id 1001 must be able to create in the share's root.
+        std::fs::set_permissions(&m.share, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        let fd = s::open(&m.path("f"), libc::O_CREAT | libc::O_WRONLY, 0o644).unwrap();
+        s::close(fd).unwrap();
+        s::mkdir(&m.path("d"), 0o755).unwrap();
+        for name in ["f", "d"] {
+            assert_eq!(owner(&m.share.join(name)), (1001, 1001), "{t:?}: {name} is the host's 1001");
+            assert_eq!(owner(&m.path(name)), (0, 0), "{t:?}: {name} shows as the guest's root");
+        }
+        // The guest's root acts as the host's 1001, which may not give files away.
+        assert_eq!(chown(&m.path("f"), 5), Err(libc::EPERM), "{t:?}");
+        // A host file owned by an id no entry covers shows as itself.
+        std::fs::write(m.share.join("h"), b"").unwrap();
+        std::os::unix::fs::chown(m.share.join("h"), Some(42), Some(43)).unwrap();
+        assert_eq!(owner(&m.path("h")), (42, 43), "{t:?}");
+    }
+}
+
+#[test]
+fn test_translate_ids_setattr_maps_and_forbids_the_new_owner() {
+    for t in BOTH {
+        let m = Mount::new_on(t, &["--translate-uid=forbid-guest:2000:10", "--translate-uid=guest:7:1007:1"]);
+        std::fs::write(m.share.join("f"), b"").unwrap();
+        assert_eq!(chown(&m.path("f"), 2005), Err(libc::EPERM), "{t:?}: forbid-guest refuses the owner");
+        chown(&m.path("f"), 7).unwrap();
+        assert_eq!(owner(&m.share.join("f")).0, 1007, "{t:?}: guest 7 is host 1007");
+        assert_eq!(owner(&m.path("f")).0, 1007, "{t:?}: guest: is one-way, the host's 1007 shows unchanged");
+    }
+}
+
+/// A crash right after the host mkdir made as the translated id: the replay knows the mkdir
+/// was its own, the guest sees one success, the host one directory owned by the host id.
+#[test]
+fn test_translate_ids_crash_after_mkdir_replays_exactly_once() {
+    for t in BOTH {
+        let tmp = tempfile::tempdir().unwrap();
+        let (share, mnt, arm) = (tmp.path().join("share"), tmp.path().join("mnt"), tmp.path().join("arm"));
+        std::fs::create_dir(&share).unwrap();
+        std::fs::create_dir(&mnt).unwrap();
+        // The crash point removes its arm file as the thread's current (host 1001) identity.
+        for d in [tmp.path(), &share] {
+            std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        }
+        let env = [("PHOENIXFS_CRASH_AT", "mkdir.after_syscall"), ("PHOENIXFS_CRASH_ARM", arm.to_str().unwrap())];
+        let m = Mount::start_on(t, &share, &mnt, &MAP_ROOT_TO_1001, &env);
+        std::fs::write(&arm, b"").unwrap();
+        assert_eq!(s::mkdir(&m.path("d"), 0o755), Ok(()), "{t:?}");
+        assert!(!arm.exists(), "{t:?}: the worker did not crash there");
+        assert_eq!(s::mkdir(&m.path("d"), 0o755), Err(libc::EEXIST), "{t:?}");
+        assert_eq!(owner(&share.join("d")), (1001, 1001), "{t:?}");
+        assert_eq!(owner(&m.path("d")), (0, 0), "{t:?}");
+        assert_eq!(std::fs::read_dir(&share).unwrap().count(), 1, "{t:?}");
+    }
 }

@@ -11,6 +11,7 @@ mod attr;
 mod creds;
 mod dir;
 mod file;
+pub mod idmap;
 mod lock;
 mod namespace;
 mod once;
@@ -113,6 +114,9 @@ pub struct Config {
     pub preserve_noatime: bool,
     /// `--readonly`: every modifying request and every open for writing is refused (EROFS).
     pub readonly: bool,
+    /// `--translate-uid`, `--translate-gid` (identity when not given).
+    pub uids: idmap::IdMap,
+    pub gids: idmap::IdMap,
 }
 
 /// The passthrough file system over one shared directory.
@@ -170,6 +174,15 @@ impl Fs {
         if handles + inodes > 0 {
             tracing::info!(handles, inodes, "new FUSE session: dropped what the previous one held");
         }
+    }
+
+    /// The caller as the host sees it (`--translate-uid/gid`): the transport's uid, gid and
+    /// supplementary groups mapped guest → host; None where `forbid-guest` refuses one of them.
+    pub fn host_caller(&self, uid: u32, gid: u32, groups: &mut [u32]) -> Option<(u32, u32)> {
+        for g in groups.iter_mut() {
+            *g = self.cfg.gids.to_host(*g)?;
+        }
+        Some((self.cfg.uids.to_host(uid)?, self.cfg.gids.to_host(gid)?))
     }
 
     /// Whether the share is served read-only (`--readonly`).

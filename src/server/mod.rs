@@ -114,8 +114,13 @@ impl Server {
             self.abandon(intent);
             return (Some(out.finish_err(unique, libc::EIO)), in_flight);
         }
-        let groups = if h.uid != 0 { (delivery.groups)(h.pid) } else { Vec::new() };
-        let ctx = Context { uid: h.uid, gid: h.gid, pid: h.pid, groups, intent };
+        let mut groups = if h.uid != 0 { (delivery.groups)(h.pid) } else { Vec::new() };
+        // The host's view of the caller (--translate-uid/gid; unchanged without them).
+        let (uid, gid, forbidden) = match self.fs.host_caller(h.uid, h.gid, &mut groups) {
+            Some((uid, gid)) => (uid, gid, false),
+            None => (h.uid, h.gid, true),
+        };
+        let ctx = Context { uid, gid, pid: h.pid, groups, intent, forbidden };
         let node = h.nodeid;
         let fs = &self.fs;
         let r: fs::Result<()> = match req.op {

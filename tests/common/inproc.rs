@@ -87,6 +87,8 @@ impl Harness {
             xattrmap: None,
             preserve_noatime: false,
             readonly: false,
+            uids: Default::default(),
+            gids: Default::default(),
         };
         let dir = CString::new(share.as_os_str().as_bytes()).unwrap();
         let fs = Fs::new(&dir, state.clone(), cfg).unwrap();
