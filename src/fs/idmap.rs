@@ -41,7 +41,7 @@ enum Target {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
     start: u32,
-    /// Exclusive; u64 so that a range may end at 2^32.
+    /// Exclusive (at most u32::MAX).
     end: u64,
     to: Target,
 }
@@ -99,8 +99,9 @@ impl IdMap {
             .map(|v| v.parse().map_err(|_| IdMapError::BadNumber(spec.to_string(), v.to_string())))
             .collect::<Result<_, _>>()?;
         let range = |start: u32, count: u32| -> Result<(u32, u64), IdMapError> {
+            // As virtiofsd: the end must itself be an id (so u32::MAX is never in a range).
             let end = u64::from(start) + u64::from(count);
-            if end > 1 << 32 {
+            if end > u64::from(u32::MAX) {
                 return Err(IdMapError::Overflow(spec.to_string()));
             }
             Ok((start, end))
@@ -171,7 +172,7 @@ mod tests {
 
     #[test]
     fn test_idmap_each_type() {
-        let m = map(&["guest:100:1100:10", "host:5000:50:2", "forbid-guest:300:5", "map:7/70/2"]);
+        let m = map(&["guest:100:1100:10", "host:5000:50:2", "forbid-guest:300:5", "map/7/70/2"]);
         assert_eq!(m.to_host(105), Some(1105));
         assert_eq!(m.to_host(110), Some(110), "past the range: itself");
         assert_eq!(m.to_guest(1105), 1105, "guest: is one-way");
