@@ -103,3 +103,10 @@ fn test_cli_manpage_and_completions_come_from_the_options() {
         assert!(script.contains("xattrmap") && script.contains("socket-path"), "{shell} completes the options");
     }
 }
+
+#[test]
+fn test_cli_packaged_manpage_is_current() {
+    let (_, man, _) = run(&["--print-manpage"]);
+    let packaged = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/phoenixfsd.1")).unwrap();
+    assert!(man == packaged, "packaging/phoenixfsd.1 is stale: phoenixfsd --print-manpage > packaging/phoenixfsd.1");
+}

@@ -375,3 +375,43 @@ fn test_translate_ids_crash_after_mkdir_replays_exactly_once() {
         assert_eq!(std::fs::read_dir(&share).unwrap().count(), 1, "{t:?}");
     }
 }
+
+// ---- packaging: the systemd unit's own command line, socket-activated ----
+
+/// systemd-socket-activate plays systemd: it listens on the socket, and at the first connection
+/// starts the unit's ExecStart line with the listening socket as fd 3. The bridge then mounts
+/// through it and a file of the share is read over vhost-user.
+#[test]
+fn test_systemd_unit_socket_activation_serves() {
+    common::require_fuse();
+    let Some(activate) = ["/usr/bin/systemd-socket-activate", "/bin/systemd-socket-activate"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+    else {
+        eprintln!("systemd-socket-activate is not installed: skipped");
+        return;
+    };
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/phoenixfsd@.service")).unwrap();
+    let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("the unit has an ExecStart line");
+    let tmp = tempfile::tempdir().unwrap();
+    let (share, mnt, sock) = (tmp.path().join("share"), tmp.path().join("mnt"), tmp.path().join("fs.sock"));
+    std::fs::create_dir(&share).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    std::fs::write(share.join("hello"), b"activated").unwrap();
+    let mut argv = exec.split_whitespace().map(|a| a.replace("/srv/virtiofs/%i", share.to_str().unwrap()));
+    assert_eq!(argv.next().as_deref(), Some("/usr/bin/phoenixfsd"));
+    let mut child =
+        Command::new(activate).arg("-l").arg(&sock).arg(common::BIN).args(argv).stdin(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "systemd-socket-activate did not listen");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let bridge = common::bridge::Bridge::mount(&sock, &mnt, 2, Default::default()).expect("bridge through the unit");
+    assert_eq!(std::fs::read(mnt.join("hello")).unwrap(), b"activated");
+    assert_eq!(bridge.unmount(), 0);
+    // The daemon exits by itself when its frontend goes, as virtiofsd does.
+    let status = common::proc::wait_for_exit(&mut child, Duration::from_secs(20)).expect("phoenixfsd exits");
+    assert!(status.success(), "{status}");
+}
