@@ -415,3 +415,96 @@ fn test_systemd_unit_socket_activation_serves() {
     let status = common::proc::wait_for_exit(&mut child, Duration::from_secs(20)).expect("phoenixfsd exits");
     assert!(status.success(), "{status}");
 }
+
+// ---- options that shape the FUSE session: what INIT agreed to ----
+
+const WRITEBACK_CACHE: u64 = 1 << 16;
+const DO_READDIRPLUS: u64 = 1 << 13;
+const AUTO_INVAL_DATA: u64 = 1 << 12;
+const POSIX_LOCKS: u64 = 1 << 1;
+const FLOCK_LOCKS: u64 = 1 << 10;
+const HANDLE_KILLPRIV_V2: u64 = 1 << 28;
+const DIRECT_IO_ALLOW_MMAP: u64 = 1 << 36;
+
+/// The flags INIT agreed to, from the daemon's "FUSE session initialised" log line.
+fn negotiated(args: &[&str]) -> u64 {
+    let log = with_daemon(args, &[], true, |_, mnt| {
+        let _ = std::fs::read_dir(mnt).unwrap().count();
+    });
+    let line = log.lines().find(|l| l.contains("FUSE session initialised")).unwrap_or_else(|| panic!("{log}"));
+    let hex = line.split("flags=\"0x").nth(1).and_then(|r| r.split('"').next()).unwrap();
+    u64::from_str_radix(hex, 16).unwrap()
+}
+
+#[test]
+fn test_session_flags_follow_the_options() {
+    let default = negotiated(&[]);
+    assert_eq!(default & WRITEBACK_CACHE, 0);
+    assert_ne!(default & DO_READDIRPLUS, 0, "readdirplus by default");
+    assert_ne!(default & AUTO_INVAL_DATA, 0, "--cache=auto");
+    assert_ne!(default & HANDLE_KILLPRIV_V2, 0, "killpriv_v2 by default (unlike virtiofsd)");
+    assert_eq!(default & (POSIX_LOCKS | FLOCK_LOCKS | DIRECT_IO_ALLOW_MMAP), 0);
+    assert_ne!(negotiated(&["--writeback"]) & WRITEBACK_CACHE, 0, "--writeback");
+    assert_eq!(negotiated(&["--no-readdirplus"]) & DO_READDIRPLUS, 0, "--no-readdirplus");
+    let never = negotiated(&["--cache=never"]);
+    assert_eq!(never & (DO_READDIRPLUS | AUTO_INVAL_DATA), 0, "--cache=never: no readdirplus, no auto-inval");
+    let locks = negotiated(&["-o", "posix_lock,flock"]);
+    assert_eq!(locks & (POSIX_LOCKS | FLOCK_LOCKS), POSIX_LOCKS | FLOCK_LOCKS, "-o posix_lock,flock");
+    assert_eq!(negotiated(&["--no-killpriv-v2"]) & HANDLE_KILLPRIV_V2, 0, "--no-killpriv-v2");
+    assert_eq!(negotiated(&["--xattr", MAP]) & HANDLE_KILLPRIV_V2, 0, "a map that renames security.capability");
+    assert_ne!(negotiated(&["--cache=metadata", "--allow-mmap"]) & DIRECT_IO_ALLOW_MMAP, 0, "--allow-mmap");
+}
+
+/// The open flags of the host fd the daemon holds for `path` (from the supervisor's fdinfo: it
+/// shares the worker's fd table).
+fn host_open_flags(daemon: u32, path: &Path) -> Option<u32> {
+    for e in std::fs::read_dir(format!("/proc/{daemon}/fd")).ok()? {
+        let e = e.ok()?;
+        if std::fs::read_link(e.path()).ok()? == path {
+            let info = std::fs::read_to_string(format!("/proc/{daemon}/fdinfo/{}", e.file_name().to_str()?)).ok()?;
+            let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?.trim();
+            let flags = u32::from_str_radix(flags, 8).ok()?;
+            if flags & libc::O_PATH as u32 == 0 {
+                return Some(flags);
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn test_allow_direct_io_passes_o_direct_to_the_host() {
+    for (args, direct) in [(&[][..], false), (&["--allow-direct-io"][..], true)] {
+        let m = Mount::new(args);
+        std::fs::write(m.share.join("f"), vec![7u8; 4096]).unwrap();
+        let fd = s::open(&m.path("f"), libc::O_RDONLY | libc::O_DIRECT, 0).unwrap();
+        let flags = host_open_flags(m.child.id(), &m.share.join("f").canonicalize().unwrap()).expect("the host fd");
+        assert_eq!(flags & libc::O_DIRECT as u32 != 0, direct, "{args:?}: host flags {flags:o}");
+        s::close(fd).unwrap();
+    }
+}
+
+#[test]
+fn test_socket_group_owns_the_socket() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("vfs.sock");
+    let mut child = Command::new(common::BIN)
+        .arg("--shared-dir")
+        .arg(tmp.path())
+        .arg("--socket-path")
+        .arg(&sock)
+        .args(["--socket-group", "daemon", "--log-level=error"])
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline && child.try_wait().unwrap().is_none(), "no socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let meta = std::fs::metadata(&sock).unwrap();
+    // SAFETY: kill(2) of our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+    assert_eq!(meta.gid(), 1, "the group named by --socket-group (daemon, gid 1)");
+}
