@@ -136,8 +136,8 @@ pub struct Cli {
     #[arg(long)]
     pub xattr: bool,
 
-    /// Enable support for POSIX ACLs (implies --xattr): never, auto or always (refused but for
-    /// never: FUSE_POSIX_ACL is not implemented yet).
+    /// Enable support for POSIX ACLs (implies --xattr): never, auto (if the kernel offers
+    /// FUSE_POSIX_ACL) or always (refuse a kernel that does not); alone it means always.
     #[arg(long, value_enum, require_equals = true, num_args = 0..=1, default_value_t = Negotiation::Never,
           default_missing_value = "always", value_name = "never|auto|always")]
     pub posix_acl: Negotiation,
@@ -337,7 +337,8 @@ pub enum CliError {
 /// Why each refused option is refused (docs/compat.md has the whole table).
 const NO_MIGRATION: &str = "VM live migration (vhost-user DEVICE_STATE) is not implemented";
 const NO_USERNS: &str = "it maps ids through a user namespace, and the user-namespace sandbox is not built yet";
-const NO_ACL: &str = "FUSE_POSIX_ACL is not implemented yet (only --posix-acl=never)";
+const NO_ACL_TRANSLATE: &str = "an ACL names host ids the translation would not map (virtiofsd refuses this \
+                                too)";
 const NO_SECCTX: &str = "FUSE_SECURITY_CTX is not implemented yet (only --security-label=never)";
 const NO_TAG: &str = "the vhost-user CONFIG feature is not offered (QEMU takes the tag from its own \
                       vhost-user-fs-pci tag= option)";
@@ -478,8 +479,11 @@ impl Cli {
         if !self.gid_map.is_empty() {
             return refuse("--gid-map", NO_USERNS);
         }
-        if self.posix_acl != Negotiation::Never {
-            return refuse(&format!("--posix-acl={}", self.posix_acl.name()), NO_ACL);
+        if self.posix_acl != Negotiation::Never && !(self.translate_uid.is_empty() && self.translate_gid.is_empty()) {
+            return refuse(
+                &format!("--posix-acl={} with --translate-uid/gid", self.posix_acl.name()),
+                NO_ACL_TRANSLATE,
+            );
         }
         if self.security_label != Negotiation::Never {
             return refuse(&format!("--security-label={}", self.security_label.name()), NO_SECCTX);
@@ -564,8 +568,8 @@ mod tests {
             (&["--migration-mode=find-paths"][..], "--migration-mode"),
             (&["--migration-confirm-paths"], "--migration-confirm-paths"),
             (&["--uid-map=:0:1000:1:"], "--uid-map"),
-            (&["--posix-acl"], "--posix-acl=always"),
-            (&["-o", "posix_acl"], "--posix-acl=always"),
+            (&["--posix-acl", "--translate-uid=map:0:1:1"], "--posix-acl=always with --translate-uid/gid"),
+            (&["-o", "posix_acl", "--translate-gid=map:0:1:1"], "--posix-acl=always with"),
             (&["--security-label=auto"], "--security-label=auto"),
             (&["--tag=fs0"], "--tag"),
         ] {
@@ -575,6 +579,8 @@ mod tests {
             assert!(e.contains(named) && e.contains("not supported"), "{args:?}: {e}");
         }
         parse(&["--shared-dir=/tmp", "--fd=3", "--posix-acl=never", "-o", "no_security_label"]).unwrap();
+        let acl = parse(&["--shared-dir=/tmp", "--fd=3", "--posix-acl"]).unwrap();
+        assert!(acl.posix_acl == Negotiation::Always && acl.xattr, "--posix-acl alone is always, and implies --xattr");
         let e = parse(&["--shared-dir=/tmp", "--fd=3", "--translate-gid=map:0:1000"]).unwrap_err();
         assert!(e.contains("--translate-gid") && e.contains("3 numbers"), "{e}");
     }

@@ -38,9 +38,9 @@ fn test_cli_print_capabilities_is_the_vhost_user_json() {
     let (code, out, _) = run(&["--print-capabilities"]);
     assert_eq!(code, 0);
     let compact: String = out.split_whitespace().collect();
-    // "separate-options" only: not "migrate-precopy" (no DEVICE_STATE), nor the posix-acl and
-    // security-label negotiation modes (refused but for =never).
-    assert_eq!(compact, r#"{"type":"fs","features":["separate-options"]}"#);
+    // Not "migrate-precopy" (no DEVICE_STATE), nor "security-label-negotiation-mode" (refused
+    // but for =never).
+    assert_eq!(compact, r#"{"type":"fs","features":["posix-acl-negotiation-mode","separate-options"]}"#);
 }
 
 #[test]

@@ -148,6 +148,7 @@ impl Fs {
         }
         let flags = self.host_open_flags(a.flags) | libc::O_NOFOLLOW;
         let _kill = without_fsetid_if(kills_suidgid(flags, a.open_flags))?;
+        let _umask = self.caller_umask(a.umask)?;
         let mut fd = -1;
         let opened = once::once(
             intent,
@@ -200,7 +201,10 @@ impl Fs {
         let (fd, entry) = {
             let _as = ctx.become_caller()?;
             let flags = (self.host_open_flags(a.flags) & !libc::O_DIRECTORY) | libc::O_TMPFILE;
-            let fd = sys::openat(dir.fd(), c".", flags, a.mode)?;
+            let fd = {
+                let _umask = self.caller_umask(a.umask)?;
+                sys::openat(dir.fd(), c".", flags, a.mode)?
+            };
             crate::crash_point!("tmpfile.after_open");
             // The unnamed file has no name to look up: its node is made from the fd itself.
             let name = FdName::new(fd);

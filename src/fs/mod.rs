@@ -15,6 +15,7 @@ pub mod idmap;
 mod lock;
 mod namespace;
 mod once;
+mod umask;
 mod xattr;
 pub mod xattrmap;
 
@@ -129,6 +130,9 @@ pub struct Fs {
     dir_locks: Vec<Mutex<()>>,
     /// Set at INIT when the kernel agreed to writeback caching.
     writeback: AtomicBool,
+    /// Set at INIT when the kernel agreed to FUSE_DONT_MASK (with POSIX ACLs): creations run
+    /// with the request's umask (fs/umask.rs).
+    dont_mask: AtomicBool,
     locks: lock::LockOwners,
 }
 
@@ -154,6 +158,7 @@ impl Fs {
             proc_self_fd,
             dir_locks: (0..DIR_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             writeback: AtomicBool::new(false),
+            dont_mask: AtomicBool::new(false),
             locks: lock::LockOwners::default(),
         })
     }
@@ -192,6 +197,15 @@ impl Fs {
 
     pub fn set_writeback(&self, on: bool) {
         self.writeback.store(on, Ordering::Relaxed);
+    }
+
+    pub fn set_dont_mask(&self, on: bool) {
+        self.dont_mask.store(on, Ordering::Relaxed);
+    }
+
+    /// The request's umask for the creating call, when the kernel left it to us.
+    fn caller_umask(&self, umask: u32) -> Result<umask::UmaskGuard> {
+        umask::caller_umask(self.dont_mask.load(Ordering::Relaxed), umask)
     }
 
     /// Reopens node `fd` (an `O_PATH` fd) with real access `flags`, via /proc/self/fd.

@@ -50,12 +50,14 @@ impl Fs {
     }
 
     pub fn mknod(&self, ctx: &Context, parent: u64, name: &CStr, a: &abi::MknodIn) -> Result<abi::EntryOut> {
+        let _umask = self.caller_umask(a.umask)?;
         self.make_then_lookup(ctx, parent, name, Call::Mknod, |dirfd, name| {
             sys::mknodat(dirfd, name, a.mode, u64::from(a.rdev))
         })
     }
 
     pub fn mkdir(&self, ctx: &Context, parent: u64, name: &CStr, a: &abi::MkdirIn) -> Result<abi::EntryOut> {
+        let _umask = self.caller_umask(a.umask)?;
         self.make_then_lookup(ctx, parent, name, Call::Mkdir, |dirfd, name| sys::mkdirat(dirfd, name, a.mode))
     }
 

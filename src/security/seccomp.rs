@@ -118,6 +118,12 @@ pub const WORKER: &[Group] = &[
         calls: &[libc::SYS_setresuid, libc::SYS_setresgid, libc::SYS_setgroups, libc::SYS_capget, libc::SYS_capset],
     },
     Group {
+        why: "the caller's umask for a creation under FUSE_DONT_MASK (--posix-acl): a serving \
+              thread unshares its fs struct once (unshare(CLONE_FS)), then sets and restores its \
+              own umask around the creating call",
+        calls: &[libc::SYS_unshare, libc::SYS_umask],
+    },
+    Group {
         why: "passthrough: resolving and opening beneath the share, /proc/self/fd reopens",
         calls: &[libc::SYS_openat, libc::SYS_openat2, libc::SYS_readlinkat, libc::SYS_faccessat, libc::SYS_faccessat2],
     },

@@ -15,7 +15,11 @@ pub struct InitPolicy {
     pub posix_locks: bool,
     pub flock_locks: bool,
     pub readdirplus: bool,
+    /// FUSE_POSIX_ACL (with FUSE_DONT_MASK: creations take the request's umask): `--posix-acl`
+    /// auto or always.
     pub posix_acl: bool,
+    /// `--posix-acl=always`: a kernel that does not offer POSIX_ACL is refused at INIT.
+    pub require_posix_acl: bool,
     pub auto_inval_data: bool,
     /// FUSE_HANDLE_KILLPRIV_V2: the daemon, not the kernel, clears set-id bits on write,
     /// truncate and chown (fs/file.rs `write`; docs/design.md, "Set-id bits").
@@ -30,6 +34,8 @@ pub struct InitPolicy {
 enum Negotiation {
     /// The kernel speaks a protocol older than we decode (7.31).
     TooOld,
+    /// The kernel does not offer what the operator requires (`--posix-acl=always`).
+    Missing(&'static str),
     /// The kernel's major is newer: answer with ours alone, and it sends INIT again at ours.
     OurMajor(abi::InitOut),
     /// A session: the flags the kernel offered, those we agreed to, and the reply.
@@ -50,7 +56,7 @@ impl InitPolicy {
             (self.readdirplus, abi::DO_READDIRPLUS | abi::READDIRPLUS_AUTO),
             (self.writeback, abi::WRITEBACK_CACHE),
             (self.auto_inval_data, abi::AUTO_INVAL_DATA),
-            (self.posix_acl, abi::POSIX_ACL),
+            (self.posix_acl, abi::POSIX_ACL | abi::DONT_MASK),
             (self.killpriv_v2, abi::HANDLE_KILLPRIV_V2),
             (self.allow_mmap, abi::DIRECT_IO_ALLOW_MMAP),
         ];
@@ -72,6 +78,9 @@ impl InitPolicy {
             return Negotiation::OurMajor(reply);
         }
         let offered = u64::from(arg.flags) | (u64::from(flags2) << 32);
+        if self.require_posix_acl && offered & abi::POSIX_ACL == 0 {
+            return Negotiation::Missing("POSIX_ACL (--posix-acl=always)");
+        }
         let agreed = offered & self.wanted();
         reply.max_readahead = arg.max_readahead;
         reply.flags = agreed as u32;
@@ -96,6 +105,7 @@ impl Server {
         if self.initialized() {
             let negotiated = self.state.region.header().negotiated.load(Ordering::Acquire);
             self.fs.set_writeback(negotiated & abi::WRITEBACK_CACHE != 0);
+            self.fs.set_dont_mask(negotiated & abi::DONT_MASK != 0);
         }
     }
 
@@ -105,6 +115,10 @@ impl Server {
                 tracing::error!(major = arg.major, minor = arg.minor, "kernel FUSE protocol too old (need 7.31+)");
                 return out.finish_err(unique, libc::EPROTO);
             }
+            Negotiation::Missing(what) => {
+                tracing::error!("the kernel does not offer FUSE {what}: refusing the session");
+                return out.finish_err(unique, libc::EPROTO);
+            }
             Negotiation::OurMajor(reply) => {
                 out.push_obj(&reply);
                 return out.finish_ok(unique);
@@ -112,6 +126,7 @@ impl Server {
             Negotiation::Session { offered, agreed, reply } => (offered, agreed, reply),
         };
         self.fs.set_writeback(agreed & abi::WRITEBACK_CACHE != 0);
+        self.fs.set_dont_mask(agreed & abi::DONT_MASK != 0);
         let header = self.state.region.header();
         // A second INIT starts a new session (a virtio guest that rebooted; the kernel sends one
         // INIT per /dev/fuse connection): the old session's nodes and handles go. Crash inside:
@@ -147,6 +162,7 @@ mod tests {
             flock_locks: false,
             readdirplus: true,
             posix_acl: false,
+            require_posix_acl: false,
             auto_inval_data: true,
             killpriv_v2: true,
             allow_mmap: false,
@@ -214,6 +230,18 @@ mod tests {
         let off = InitPolicy { killpriv_v2: false, ..policy() };
         assert_eq!(agreed_flags(off.negotiate(&init_in(45, offered), 0)), 0);
         assert_eq!(agreed_flags(policy().negotiate(&init_in(45, 0), 0)), 0, "not offered, not agreed");
+    }
+
+    #[test]
+    fn test_init_posix_acl_brings_dont_mask_and_always_requires_it() {
+        let offered = abi::POSIX_ACL | abi::DONT_MASK;
+        assert_eq!(agreed_flags(policy().negotiate(&init_in(45, offered), 0)), 0);
+        let auto = InitPolicy { posix_acl: true, ..policy() };
+        assert_eq!(agreed_flags(auto.negotiate(&init_in(45, offered), 0)), offered);
+        assert_eq!(agreed_flags(auto.negotiate(&init_in(45, 0), 0)), 0, "auto: without it if not offered");
+        let always = InitPolicy { require_posix_acl: true, ..auto };
+        assert!(matches!(always.negotiate(&init_in(45, 0), 0), Negotiation::Missing(_)));
+        assert_eq!(agreed_flags(always.negotiate(&init_in(45, offered), 0)), offered);
     }
 
     #[test]

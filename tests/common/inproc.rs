@@ -98,6 +98,7 @@ impl Harness {
             flock_locks: true,
             readdirplus: true,
             posix_acl: false,
+            require_posix_acl: false,
             auto_inval_data: true,
             killpriv_v2: true,
             allow_mmap: false,
