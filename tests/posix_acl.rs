@@ -57,12 +57,11 @@ fn in_child(ids: Option<u32>, umask: u32, f: impl FnOnce() -> i32) -> i32 {
         // SAFETY: plain syscalls in the child.
         unsafe {
             libc::umask(umask);
-            if let Some(id) = ids {
-                if libc::syscall(libc::SYS_setresgid, id, id, id) != 0
-                    || libc::syscall(libc::SYS_setresuid, id, id, id) != 0
-                {
-                    libc::_exit(100);
-                }
+            if let Some(id) = ids
+                && (libc::syscall(libc::SYS_setresgid, id, id, id) != 0
+                    || libc::syscall(libc::SYS_setresuid, id, id, id) != 0)
+            {
+                libc::_exit(100);
             }
             libc::_exit(f());
         }
