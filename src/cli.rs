@@ -415,12 +415,14 @@ impl Cli {
                     _ => return Err(bad_value()),
                 }
             }
-            Some(("loglevel" | "log_level", v)) => {
+            // virtiofsd's values; the C virtiofsd's `log_level=` also takes --log-level's names.
+            Some((key @ ("loglevel" | "log_level"), v)) => {
                 self.log_level = match v {
                     "debug" => LogLevel::Debug,
                     "info" => LogLevel::Info,
                     "warn" => LogLevel::Warn,
                     "err" => LogLevel::Error,
+                    _ if key == "log_level" => LogLevel::from_str(v, true).map_err(|_| bad_value())?,
                     _ => return Err(bad_value()),
                 }
             }
@@ -560,6 +562,9 @@ mod tests {
         let c = parse(&["-o", "source=/srv", "-o", "loglevel=err", "-o", "xattrmap=:map::user.v.:", "--fd=3"]).unwrap();
         assert_eq!(c.log_level, LogLevel::Error);
         assert!(c.xattr, "--xattrmap implies --xattr");
+        let c = parse(&["-o", "source=/srv,log_level=error", "--fd=3"]).unwrap();
+        assert_eq!(c.log_level, LogLevel::Error, "log_level= also takes --log-level's names");
+        assert!(parse(&["-o", "source=/srv,loglevel=error", "--fd=3"]).is_err(), "loglevel= is virtiofsd's: err");
     }
 
     #[test]
