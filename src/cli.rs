@@ -106,9 +106,10 @@ pub struct Cli {
     #[arg(long, conflicts_with_all = ["shared_dir", "mountpoint", "socket_path", "socket", "fd"])]
     pub demo: bool,
 
-    /// The tag that the virtio device advertises (refused: this daemon does not offer the
-    /// vhost-user CONFIG feature; QEMU takes the tag from its own device option).
-    #[arg(long)]
+    /// The tag that the virtio device advertises (1 to 36 bytes): offered in the device's config
+    /// space with the vhost-user CONFIG protocol feature. A frontend may ignore it (QEMU keeps
+    /// the tag of its own vhost-user-fs-pci device).
+    #[arg(long, value_parser = parse_tag)]
     pub tag: Option<String>,
 
     /// vhost-user socket path [deprecated: use --socket-path].
@@ -340,8 +341,6 @@ const NO_USERNS: &str = "it maps ids through a user namespace, and the user-name
 const NO_ACL_TRANSLATE: &str = "an ACL names host ids the translation would not map (virtiofsd refuses this \
                                 too)";
 const NO_SECCTX: &str = "FUSE_SECURITY_CTX is not implemented yet (only --security-label=never)";
-const NO_TAG: &str = "the vhost-user CONFIG feature is not offered (QEMU takes the tag from its own \
-                      vhost-user-fs-pci tag= option)";
 
 /// Splits one `-o` argument at commas; a doubled comma is a comma inside a value (libvirt
 /// escapes commas in a source path that way; virtiofsd would split the path there).
@@ -490,9 +489,6 @@ impl Cli {
         if self.security_label != Negotiation::Never {
             return refuse(&format!("--security-label={}", self.security_label.name()), NO_SECCTX);
         }
-        if self.tag.is_some() {
-            return refuse("--tag", NO_TAG);
-        }
         Ok(())
     }
 
@@ -531,6 +527,14 @@ impl Cli {
         }
         v
     }
+}
+
+fn parse_tag(s: &str) -> Result<String, String> {
+    let max = crate::transport::vhost_user::MAX_TAG_LEN;
+    if s.is_empty() || s.len() > max {
+        return Err(format!("a tag has 1 to {max} bytes"));
+    }
+    Ok(s.to_string())
 }
 
 fn parse_xattrmap(s: &str) -> Result<XattrMap, XattrMapError> {
@@ -576,7 +580,6 @@ mod tests {
             (&["--posix-acl", "--translate-uid=map:0:1:1"], "--posix-acl=always with --translate-uid/gid"),
             (&["-o", "posix_acl", "--translate-gid=map:0:1:1"], "--posix-acl=always with"),
             (&["--security-label=auto"], "--security-label=auto"),
-            (&["--tag=fs0"], "--tag"),
         ] {
             let mut all = vec!["--shared-dir=/tmp", "--fd=3"];
             all.extend_from_slice(args);

@@ -153,7 +153,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 tracing::info!("stopping before a frontend connected");
                 return Ok(());
             };
-            let (channel, transport) = ControlChannel::new(stream, &region, threads)?;
+            let (channel, transport) = ControlChannel::new(stream, &region, threads, cli.tag.clone())?;
             (Box::new(channel), Arc::new(transport))
         }
     };

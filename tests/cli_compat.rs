@@ -154,7 +154,14 @@ const LINES: &[Line] = &[
         Accept,
         "--migration-mode",
     ),
-    line("virtiofsd --help (tag)", "--socket-path={sock} --shared-dir {share} --tag=myfs", Refuse, Accept, "--tag"),
+    line("virtiofsd --help (tag)", "--socket-path={sock} --shared-dir {share} --tag=myfs", Accept, Accept, ""),
+    line(
+        "tag too long",
+        "--socket-path={sock} --shared-dir {share} --tag=0123456789012345678901234567890123456",
+        Refuse,
+        Refuse,
+        "--tag",
+    ),
     line(
         "virtiofsd --help (killpriv, last wins)",
         "--socket-path={sock} --shared-dir {share} --killpriv-v2 --no-killpriv-v2 --log-level=warn --writeback",

@@ -502,9 +502,46 @@ fn test_socket_group_owns_the_socket() {
         assert!(Instant::now() < deadline && child.try_wait().unwrap().is_none(), "no socket");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let meta = std::fs::metadata(&sock).unwrap();
+    // The group is given just after the socket is made.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut gid = std::fs::metadata(&sock).unwrap().gid();
+    while gid != 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        gid = std::fs::metadata(&sock).unwrap().gid();
+    }
     // SAFETY: kill(2) of our child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait().unwrap();
-    assert_eq!(meta.gid(), 1, "the group named by --socket-group (daemon, gid 1)");
+    assert_eq!(gid, 1, "the group named by --socket-group (daemon, gid 1)");
+}
+
+// ---- --tag: the config space over vhost-user ----
+
+/// The protocol features offered, and with `--tag` the config space a frontend reads.
+fn config_space(args: &[&str]) -> (bool, Option<Vec<u8>>) {
+    use vhost::VhostBackend;
+    use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures as P};
+    use vhost::vhost_user::{Frontend as VuFrontend, VhostUserFrontend};
+    let b = common::backend::Backend::start(args);
+    let mut vu = VuFrontend::connect(b.socket(), 2).unwrap();
+    vu.set_owner().unwrap();
+    vu.get_features().unwrap();
+    let offered = vu.get_protocol_features().unwrap();
+    let config = offered.contains(P::CONFIG);
+    vu.set_protocol_features(offered & (P::MQ | P::CONFIG)).unwrap();
+    let space = config.then(|| vu.get_config(0, 40, VhostUserConfigFlags::empty(), &[0; 40]).unwrap().1);
+    (config, space)
+}
+
+#[test]
+fn test_tag_is_offered_in_the_config_space() {
+    let (offered, space) = config_space(&["--tag=myfs", "--thread-pool-size=3"]);
+    assert!(offered, "--tag offers VHOST_USER_PROTOCOL_F_CONFIG");
+    let space = space.unwrap();
+    let mut tag = [0u8; 36];
+    tag[..4].copy_from_slice(b"myfs");
+    assert_eq!(&space[..36], &tag, "the tag, NUL-padded");
+    assert_eq!(u32::from_le_bytes(space[36..40].try_into().unwrap()), 3, "num_request_queues");
+    let (offered, _) = config_space(&[]);
+    assert!(!offered, "no tag, no CONFIG: the frontend keeps the config space");
 }
