@@ -234,8 +234,9 @@ pub struct Cli {
     #[arg(short = 'f')]
     pub foreground: bool,
 
-    /// Enable security label support (FUSE_SECURITY_CTX; implies --xattr): never, auto or
-    /// always (refused but for never: not implemented yet).
+    /// Enable security label support (FUSE_SECURITY_CTX; implies --xattr): a new file gets the
+    /// label the guest's LSM chose as its xattr (through --xattrmap). never, auto (if the kernel
+    /// offers it) or always (refuse a kernel that does not); alone it means always.
     #[arg(long, value_enum, require_equals = true, num_args = 0..=1, default_value_t = Negotiation::Never,
           default_missing_value = "always", value_name = "never|auto|always")]
     pub security_label: Negotiation,
@@ -340,7 +341,6 @@ const NO_MIGRATION: &str = "VM live migration (vhost-user DEVICE_STATE) is not i
 const NO_USERNS: &str = "it maps ids through a user namespace, and the user-namespace sandbox is not built yet";
 const NO_ACL_TRANSLATE: &str = "an ACL names host ids the translation would not map (virtiofsd refuses this \
                                 too)";
-const NO_SECCTX: &str = "FUSE_SECURITY_CTX is not implemented yet (only --security-label=never)";
 
 /// Splits one `-o` argument at commas; a doubled comma is a comma inside a value (libvirt
 /// escapes commas in a source path that way; virtiofsd would split the path there).
@@ -486,9 +486,6 @@ impl Cli {
                 NO_ACL_TRANSLATE,
             );
         }
-        if self.security_label != Negotiation::Never {
-            return refuse(&format!("--security-label={}", self.security_label.name()), NO_SECCTX);
-        }
         Ok(())
     }
 
@@ -579,7 +576,6 @@ mod tests {
             (&["--uid-map=:0:1000:1:"], "--uid-map"),
             (&["--posix-acl", "--translate-uid=map:0:1:1"], "--posix-acl=always with --translate-uid/gid"),
             (&["-o", "posix_acl", "--translate-gid=map:0:1:1"], "--posix-acl=always with"),
-            (&["--security-label=auto"], "--security-label=auto"),
         ] {
             let mut all = vec!["--shared-dir=/tmp", "--fd=3"];
             all.extend_from_slice(args);

@@ -52,12 +52,10 @@ pub enum Error {
 }
 
 /// The vhost-user.json capabilities document (QEMU docs/interop/vhost-user.json), type "fs".
-/// Of virtiofsd's features: "separate-options" (options as separate arguments, not -o) and
-/// "posix-acl-negotiation-mode" (--posix-acl=never|auto|always); not "migrate-precopy" (no
-/// DEVICE_STATE) nor "security-label-negotiation-mode" (--security-label is refused but for
-/// =never).
-pub const CAPABILITIES: &str =
-    "{\n  \"type\": \"fs\",\n  \"features\": [\n    \"posix-acl-negotiation-mode\",\n    \"separate-options\"\n  ]\n}";
+/// Of virtiofsd's features: "separate-options" (options as separate arguments, not -o) and the
+/// negotiation modes of --posix-acl and --security-label (=never|auto|always); not
+/// "migrate-precopy" (no DEVICE_STATE).
+pub const CAPABILITIES: &str = "{\n  \"type\": \"fs\",\n  \"features\": [\n    \"posix-acl-negotiation-mode\",\n    \"security-label-negotiation-mode\",\n    \"separate-options\"\n  ]\n}";
 
 fn timeouts(cache: CachePolicy) -> (EntryTimeouts, u32) {
     let (secs, open_flags) = match cache {
@@ -189,6 +187,8 @@ fn worker_config(cli: &Cli, shared_dir: &std::path::Path, transport: Arc<dyn Tra
         readdirplus: fs_cfg.readdirplus,
         posix_acl: cli.posix_acl != crate::cli::Negotiation::Never,
         require_posix_acl: cli.posix_acl == crate::cli::Negotiation::Always,
+        security_ctx: cli.security_label != crate::cli::Negotiation::Never,
+        require_security_ctx: cli.security_label == crate::cli::Negotiation::Always,
         auto_inval_data: cli.cache == CachePolicy::Auto,
         killpriv_v2: cli.killpriv_v2(),
         allow_mmap: cli.allow_mmap,

@@ -38,9 +38,11 @@ fn test_cli_print_capabilities_is_the_vhost_user_json() {
     let (code, out, _) = run(&["--print-capabilities"]);
     assert_eq!(code, 0);
     let compact: String = out.split_whitespace().collect();
-    // Not "migrate-precopy" (no DEVICE_STATE), nor "security-label-negotiation-mode" (refused
-    // but for =never).
-    assert_eq!(compact, r#"{"type":"fs","features":["posix-acl-negotiation-mode","separate-options"]}"#);
+    // Not "migrate-precopy" (no DEVICE_STATE).
+    assert_eq!(
+        compact,
+        r#"{"type":"fs","features":["posix-acl-negotiation-mode","security-label-negotiation-mode","separate-options"]}"#
+    );
 }
 
 #[test]

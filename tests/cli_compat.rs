@@ -143,9 +143,9 @@ const LINES: &[Line] = &[
     line(
         "virtiofsd README (SELinux labels)",
         "--socket-path={sock} --shared-dir {share} --security-label=auto",
-        Refuse,
         Accept,
-        "--security-label",
+        Accept,
+        "",
     ),
     line(
         "virtiofsd --help (migration)",

@@ -425,6 +425,7 @@ const POSIX_LOCKS: u64 = 1 << 1;
 const FLOCK_LOCKS: u64 = 1 << 10;
 const HANDLE_KILLPRIV_V2: u64 = 1 << 28;
 const DIRECT_IO_ALLOW_MMAP: u64 = 1 << 36;
+const SECURITY_CTX: u64 = 1 << 32;
 
 /// The flags INIT agreed to, from the daemon's "FUSE session initialised" log line.
 fn negotiated(args: &[&str]) -> u64 {
@@ -453,6 +454,10 @@ fn test_session_flags_follow_the_options() {
     assert_eq!(negotiated(&["--no-killpriv-v2"]) & HANDLE_KILLPRIV_V2, 0, "--no-killpriv-v2");
     assert_eq!(negotiated(&["--xattr", MAP]) & HANDLE_KILLPRIV_V2, 0, "a map that renames security.capability");
     assert_ne!(negotiated(&["--cache=metadata", "--allow-mmap"]) & DIRECT_IO_ALLOW_MMAP, 0, "--allow-mmap");
+    assert_eq!(default & SECURITY_CTX, 0);
+    // This kernel offers SECURITY_CTX (it has no LSM that labels, so no label ever comes:
+    // tests/security_label.rs plays such a kernel).
+    assert_ne!(negotiated(&["--security-label=auto"]) & SECURITY_CTX, 0, "--security-label");
 }
 
 /// The open flags of the host fd the daemon holds for `path` (from the supervisor's fdinfo: it

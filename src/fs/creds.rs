@@ -24,6 +24,9 @@ pub struct Context {
     pub intent: Intent,
     /// `--translate-uid/gid` forbids the caller's ids (`forbid-guest`): nothing runs as them.
     pub forbidden: bool,
+    /// A creation's security context (FUSE_SECURITY_CTX): the xattr name and value the guest's
+    /// LSM chose for the new object.
+    pub secctx: Option<(std::ffi::CString, Vec<u8>)>,
 }
 
 /// Restores the daemon's own credentials when dropped.

@@ -137,14 +137,18 @@ impl Fs {
             return self.finish_create(ctx, nodeid, a);
         }
         let dir = self.state.inodes.pin(parent)?;
-        let _as = ctx.become_caller()?;
+        let mut as_caller = Some(ctx.become_caller()?);
         let excl = a.flags as i32 & libc::O_EXCL;
+        let mut existed = intent.fact(facts::CREATE_EXISTED);
         if intent.must_check_world_before() {
-            let existed = sys::fstatat(dir.fd(), name, libc::AT_SYMLINK_NOFOLLOW).is_ok();
+            existed = sys::fstatat(dir.fd(), name, libc::AT_SYMLINK_NOFOLLOW).is_ok();
             if existed && excl != 0 {
                 return Err(Error::from_errno(libc::EEXIST));
             }
             intent.set_fact(facts::CREATE_EXISTED, existed);
+        } else if intent.step() == 0 && ctx.secctx.is_some() {
+            // No record (recovery off): whether this CREATE makes the file, for its label.
+            existed = sys::fstatat(dir.fd(), name, libc::AT_SYMLINK_NOFOLLOW).is_ok();
         }
         let flags = self.host_open_flags(a.flags) | libc::O_NOFOLLOW;
         let _kill = without_fsetid_if(kills_suidgid(flags, a.open_flags))?;
@@ -164,6 +168,15 @@ impl Fs {
             // A replay: the file exists (made by the dead attempt); open it as it stands.
             fd = sys::openat(dir.fd(), name, flags & !libc::O_TRUNC, 0)?;
         }
+        if ctx.secctx.is_some() && !existed {
+            // A new file's label (FUSE_SECURITY_CTX), with the daemon's credentials, before the
+            // lookup raise (see `make_then_lookup`).
+            as_caller = None;
+            if let Err(e) = self.label_new_object(dir.fd(), name, fd, false, ctx) {
+                sys::close(fd);
+                return Err(e);
+            }
+        }
         let entry = match self.lookup_at(dir.fd(), name, intent) {
             Ok(entry) => entry,
             Err(e) => {
@@ -171,7 +184,7 @@ impl Fs {
                 return Err(e);
             }
         };
-        drop(_as);
+        drop(as_caller);
         let fh = self.publish_file(fd, entry.nodeid, a.flags, intent)?;
         Ok((entry, self.open_out(fh, a.flags)))
     }

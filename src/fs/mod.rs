@@ -133,6 +133,8 @@ pub struct Fs {
     /// Set at INIT when the kernel agreed to FUSE_DONT_MASK (with POSIX ACLs): creations run
     /// with the request's umask (fs/umask.rs).
     dont_mask: AtomicBool,
+    /// Set at INIT when the kernel agreed to FUSE_SECURITY_CTX (`--security-label`).
+    security_ctx: AtomicBool,
     locks: lock::LockOwners,
 }
 
@@ -159,6 +161,7 @@ impl Fs {
             dir_locks: (0..DIR_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             writeback: AtomicBool::new(false),
             dont_mask: AtomicBool::new(false),
+            security_ctx: AtomicBool::new(false),
             locks: lock::LockOwners::default(),
         })
     }
@@ -201,6 +204,15 @@ impl Fs {
 
     pub fn set_dont_mask(&self, on: bool) {
         self.dont_mask.store(on, Ordering::Relaxed);
+    }
+
+    pub fn set_security_ctx(&self, on: bool) {
+        self.security_ctx.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether creations carry a security context (FUSE_SECURITY_CTX was agreed).
+    pub fn security_ctx(&self) -> bool {
+        self.security_ctx.load(Ordering::Relaxed)
     }
 
     /// The request's umask for the creating call, when the kernel left it to us.

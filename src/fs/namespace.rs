@@ -46,6 +46,17 @@ impl Fs {
             return Err(Error::from_errno(libc::EEXIST));
         }
         once::once(intent, what, || make(dir.fd(), name), |e| is_errno(e, libc::EEXIST))?;
+        if ctx.secctx.is_some() {
+            // The label, with the daemon's credentials, before the lookup raise: a replay that
+            // finds its own object (EEXIST above) labels it again, one past the raise finds both
+            // done. (A label refused, the object removed, then a crash before the reply: the
+            // replay's answer is ENOENT instead of the refusal; either way nothing is left.)
+            drop(_as);
+            let fd = sys::openat_beneath(dir.fd(), name, libc::O_PATH | libc::O_NOFOLLOW)?;
+            let labelled = self.label_new_object(dir.fd(), name, fd, what == Call::Mkdir, ctx);
+            sys::close(fd);
+            labelled?;
+        }
         self.lookup_at(dir.fd(), name, intent)
     }
 

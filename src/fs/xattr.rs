@@ -46,6 +46,24 @@ impl Fs {
         }
     }
 
+    /// Stores a creation's security context (FUSE_SECURITY_CTX) on the new object `fd` (any fd
+    /// of it, O_PATH included), under the name `--xattrmap` gives it. With the daemon's own
+    /// credentials, as virtiofsd: the label is the guest LSM's choice, not an act of the caller.
+    /// Setting the same value again is harmless, so a replay just does it again.
+    pub(super) fn set_security_context(&self, fd: i32, sec: &(std::ffi::CString, Vec<u8>)) -> Result<()> {
+        let name = self.host_xattr_name(&sec.0)?;
+        Ok(sys::setxattr(&sys::proc_fd_path(fd), &name, &sec.1, 0)?)
+    }
+
+    /// A new object whose label could not be stored is removed again (virtiofsd does the same):
+    /// the guest must not see an object its LSM did not label.
+    pub(super) fn label_new_object(&self, dirfd: i32, name: &CStr, fd: i32, dir: bool, ctx: &Context) -> Result<()> {
+        let Some(sec) = &ctx.secctx else { return Ok(()) };
+        self.set_security_context(fd, sec).inspect_err(|_| {
+            let _ = sys::unlinkat(dirfd, name, if dir { libc::AT_REMOVEDIR } else { 0 });
+        })
+    }
+
     /// Reads into `out` when `size` > 0, or reports the size needed when it is 0.
     fn xattr_read(
         &self,

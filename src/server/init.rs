@@ -20,6 +20,11 @@ pub struct InitPolicy {
     pub posix_acl: bool,
     /// `--posix-acl=always`: a kernel that does not offer POSIX_ACL is refused at INIT.
     pub require_posix_acl: bool,
+    /// FUSE_SECURITY_CTX (`--security-label` auto or always): creations carry the guest LSM's
+    /// label for the new object, which is stored as its xattr.
+    pub security_ctx: bool,
+    /// `--security-label=always`: a kernel that does not offer SECURITY_CTX is refused at INIT.
+    pub require_security_ctx: bool,
     pub auto_inval_data: bool,
     /// FUSE_HANDLE_KILLPRIV_V2: the daemon, not the kernel, clears set-id bits on write,
     /// truncate and chown (fs/file.rs `write`; docs/design.md, "Set-id bits").
@@ -57,6 +62,7 @@ impl InitPolicy {
             (self.writeback, abi::WRITEBACK_CACHE),
             (self.auto_inval_data, abi::AUTO_INVAL_DATA),
             (self.posix_acl, abi::POSIX_ACL | abi::DONT_MASK),
+            (self.security_ctx, abi::SECURITY_CTX),
             (self.killpriv_v2, abi::HANDLE_KILLPRIV_V2),
             (self.allow_mmap, abi::DIRECT_IO_ALLOW_MMAP),
         ];
@@ -80,6 +86,9 @@ impl InitPolicy {
         let offered = u64::from(arg.flags) | (u64::from(flags2) << 32);
         if self.require_posix_acl && offered & abi::POSIX_ACL == 0 {
             return Negotiation::Missing("POSIX_ACL (--posix-acl=always)");
+        }
+        if self.require_security_ctx && offered & abi::SECURITY_CTX == 0 {
+            return Negotiation::Missing("SECURITY_CTX (--security-label=always)");
         }
         let agreed = offered & self.wanted();
         reply.max_readahead = arg.max_readahead;
@@ -106,6 +115,7 @@ impl Server {
             let negotiated = self.state.region.header().negotiated.load(Ordering::Acquire);
             self.fs.set_writeback(negotiated & abi::WRITEBACK_CACHE != 0);
             self.fs.set_dont_mask(negotiated & abi::DONT_MASK != 0);
+            self.fs.set_security_ctx(negotiated & abi::SECURITY_CTX != 0);
         }
     }
 
@@ -127,6 +137,7 @@ impl Server {
         };
         self.fs.set_writeback(agreed & abi::WRITEBACK_CACHE != 0);
         self.fs.set_dont_mask(agreed & abi::DONT_MASK != 0);
+        self.fs.set_security_ctx(agreed & abi::SECURITY_CTX != 0);
         let header = self.state.region.header();
         // A second INIT starts a new session (a virtio guest that rebooted; the kernel sends one
         // INIT per /dev/fuse connection): the old session's nodes and handles go. Crash inside:
@@ -163,6 +174,8 @@ mod tests {
             readdirplus: true,
             posix_acl: false,
             require_posix_acl: false,
+            security_ctx: false,
+            require_security_ctx: false,
             auto_inval_data: true,
             killpriv_v2: true,
             allow_mmap: false,
@@ -242,6 +255,16 @@ mod tests {
         let always = InitPolicy { require_posix_acl: true, ..auto };
         assert!(matches!(always.negotiate(&init_in(45, 0), 0), Negotiation::Missing(_)));
         assert_eq!(agreed_flags(always.negotiate(&init_in(45, offered), 0)), offered);
+    }
+
+    #[test]
+    fn test_init_security_ctx_when_asked_and_always_requires_it() {
+        let flags2 = (abi::SECURITY_CTX >> 32) as u32;
+        assert_eq!(agreed_flags(policy().negotiate(&init_in(45, 0), flags2)), 0);
+        let auto = InitPolicy { security_ctx: true, ..policy() };
+        assert_eq!(agreed_flags(auto.negotiate(&init_in(45, 0), flags2)), abi::SECURITY_CTX);
+        let always = InitPolicy { require_security_ctx: true, ..auto };
+        assert!(matches!(always.negotiate(&init_in(45, 0), 0), Negotiation::Missing(_)));
     }
 
     #[test]

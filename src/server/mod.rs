@@ -120,7 +120,17 @@ impl Server {
             Some((uid, gid)) => (uid, gid, false),
             None => (h.uid, h.gid, true),
         };
-        let ctx = Context { uid, gid, pid: h.pid, groups, intent, forbidden };
+        // FUSE_SECURITY_CTX: a creation's label, from the request's extensions.
+        let secctx = match &req.op {
+            Op::Mknod { .. } | Op::Mkdir { .. } | Op::Symlink { .. } | Op::Create { .. } if self.fs.security_ctx() => {
+                match crate::fuse::ext::security_context(crate::fuse::ext::extensions(msg)) {
+                    Ok(c) => c.map(|c| (c.name.to_owned(), c.value.to_vec())),
+                    Err(e) => return (Some(out.finish_err(unique, e.errno())), in_flight),
+                }
+            }
+            _ => None,
+        };
+        let ctx = Context { uid, gid, pid: h.pid, groups, intent, forbidden, secctx };
         let node = h.nodeid;
         let fs = &self.fs;
         let r: fs::Result<()> = match req.op {

@@ -99,6 +99,8 @@ impl Harness {
             readdirplus: true,
             posix_acl: false,
             require_posix_acl: false,
+            security_ctx: false,
+            require_security_ctx: false,
             auto_inval_data: true,
             killpriv_v2: true,
             allow_mmap: false,
