@@ -77,6 +77,23 @@ fn test_security_label_is_stored_under_the_mapped_name_for_every_creation() {
         assert_eq!(s::getxattr(&host, None, "user.virtiofs.security.selinux").unwrap(), LABEL, "{name}: mapped");
         assert!(s::getxattr(&host, None, "security.selinux").is_err(), "{name}: not under the host's own name");
     }
+    // TMPFILE: the unnamed file, found through the daemon's fd table, carries it too.
+    let tmpfile =
+        Op::Tmpfile { arg: abi::CreateIn { flags: libc::O_RDWR as u32, mode: 0o600, umask: 0, open_flags: 0 } };
+    assert_eq!(with_label(&mut fe, 15, &tmpfile, sel, LABEL).0, 0, "tmpfile");
+    let unnamed = std::fs::read_dir(format!("/proc/{}/fd", b.pid()))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|t| {
+                let t = t.to_string_lossy().into_owned();
+                t.starts_with(b.share.to_str().unwrap()) && t.ends_with("(deleted)")
+            })
+        })
+        .expect("the daemon holds the unnamed file");
+    let f = std::fs::File::open(unnamed.path()).unwrap();
+    use std::os::fd::AsRawFd;
+    assert_eq!(s::getxattr(&b.share, Some(f.as_raw_fd()), "user.virtiofs.security.selinux").unwrap(), LABEL);
     // Without a context the creation is as before.
     let (err, _) = call(&mut fe, 1, 20, abi::ROOT_ID, &mkdir(c"plain"));
     assert_eq!(err, 0);

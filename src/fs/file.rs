@@ -219,6 +219,15 @@ impl Fs {
                 sys::openat(dir.fd(), c".", flags, a.mode)?
             };
             crate::crash_point!("tmpfile.after_open");
+            // Its label (FUSE_SECURITY_CTX), set as the caller on the caller's new file: it has no
+            // name to remove if that fails, and a replay before the lookup raise starts over
+            // with a new file.
+            if let Some(sec) = &ctx.secctx
+                && let Err(e) = self.set_security_context(fd, sec)
+            {
+                sys::close(fd);
+                return Err(e);
+            }
             // The unnamed file has no name to look up: its node is made from the fd itself.
             let name = FdName::new(fd);
             match self.lookup_at_magic(name.as_cstr(), ctx.intent) {

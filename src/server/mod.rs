@@ -122,7 +122,9 @@ impl Server {
         };
         // FUSE_SECURITY_CTX: a creation's label, from the request's extensions.
         let secctx = match &req.op {
-            Op::Mknod { .. } | Op::Mkdir { .. } | Op::Symlink { .. } | Op::Create { .. } if self.fs.security_ctx() => {
+            Op::Mknod { .. } | Op::Mkdir { .. } | Op::Symlink { .. } | Op::Create { .. } | Op::Tmpfile { .. }
+                if self.fs.security_ctx() =>
+            {
                 match crate::fuse::ext::security_context(crate::fuse::ext::extensions(msg)) {
                     Ok(c) => c.map(|c| (c.name.to_owned(), c.value.to_vec())),
                     Err(e) => return (Some(out.finish_err(unique, e.errno())), in_flight),
