@@ -41,7 +41,7 @@ fn main() {
             state.handles.recover();
             state.records.recover(dead);
             let t1 = Instant::now();
-            phoenixfsd::recovery::sweep_fds(state.referenced_fds());
+            phoenixfsd::sys::close_all_except(state.referenced_fds());
             let t2 = Instant::now();
             assert_eq!(live_inodes, n as usize);
             let (r, s) = ((t1 - t0).as_secs_f64() * 1e3, (t2 - t1).as_secs_f64() * 1e3);

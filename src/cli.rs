@@ -5,7 +5,7 @@
 //! start-up with a message naming it (exit code 2), never accepted and ignored. The legacy `-o`
 //! forms libvirt and Kata pass are folded into the modern fields. docs/compat.md lists every
 //! virtiofsd option with its status here and the test that shows it. (`Cli::unenforced` still
-//! names two options other work is taking on: `--sandbox`, `--inode-file-handles`.)
+//! names `--inode-file-handles`, which other work is taking on.)
 
 use std::path::PathBuf;
 
@@ -242,12 +242,12 @@ pub struct Cli {
     pub security_label: Negotiation,
 
     /// Map a range of UIDs from the host into a user namespace, :namespace_uid:host_uid:count:
-    /// (refused: needs the user-namespace sandbox, not built yet).
+    /// (refused: needs an unprivileged user-namespace sandbox, which is not built).
     #[arg(long)]
     pub uid_map: Vec<String>,
 
     /// Map a range of GIDs from the host into a user namespace, :namespace_gid:host_gid:count:
-    /// (refused: needs the user-namespace sandbox, not built yet).
+    /// (refused: needs an unprivileged user-namespace sandbox, which is not built).
     #[arg(long)]
     pub gid_map: Vec<String>,
 
@@ -338,7 +338,9 @@ pub enum CliError {
 
 /// Why each refused option is refused (docs/compat.md has the whole table).
 const NO_MIGRATION: &str = "VM live migration (vhost-user DEVICE_STATE) is not implemented";
-const NO_USERNS: &str = "it maps ids through a user namespace, and the user-namespace sandbox is not built yet";
+const NO_USERNS: &str = "it maps ids through the user namespace of an unprivileged --sandbox=namespace, which \
+                         this daemon does not set up (it runs as root; --translate-uid/gid translate \
+                         ids without one)";
 const NO_ACL_TRANSLATE: &str = "an ACL names host ids the translation would not map (virtiofsd refuses this \
                                 too)";
 
@@ -516,9 +518,6 @@ impl Cli {
     /// Options given a non-default value that this build accepts but does not enforce yet.
     pub fn unenforced(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
-        if self.sandbox != SandboxMode::None {
-            v.push("--sandbox (no sandbox is set up yet; runs as --sandbox=none)");
-        }
         if self.inode_file_handles != InodeFileHandles::Never {
             v.push("--inode-file-handles (O_PATH fds are used)");
         }

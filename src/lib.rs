@@ -11,6 +11,7 @@ pub mod crash;
 pub mod daemon;
 pub mod fs;
 pub mod fuse;
+pub mod holder;
 pub mod logging;
 pub mod recovery;
 pub mod security;

@@ -59,10 +59,13 @@ fn clone_worker(region: &Region, cfg: &WorkerConfig) -> Result<i32, Error> {
     }
 }
 
-/// The kernel's count of OOM kills so far (to tell an OOM kill from an outside SIGKILL). Opens
-/// a file: call it only while no worker is alive (the fd table is shared; see `Workers::start`).
-fn oom_kills() -> u64 {
-    std::fs::read_to_string("/proc/vmstat")
+/// The kernel's count of OOM kills so far (to tell an OOM kill from an outside SIGKILL), from
+/// the host's /proc/vmstat, which start-up opened (`vmstat`): inside the sandbox there is no
+/// such path, and a read of an open fd takes no fd in the table the workers share.
+fn oom_kills(vmstat: i32) -> u64 {
+    let mut buf = [0u8; 8192];
+    let n = sys::pread(vmstat, &mut buf, 0).unwrap_or(0);
+    std::str::from_utf8(&buf[..n])
         .ok()
         .and_then(|s| s.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok()))
         .unwrap_or(0)
@@ -75,6 +78,8 @@ pub struct Workers {
     pid: i32,
     served_at_start: u64,
     ooms_at_start: u64,
+    /// The host's /proc/vmstat (see `oom_kills`).
+    vmstat: i32,
     fruitless: u32,
     /// False from a clone until the worker says its fd sweep is done (the `ready` eventfd):
     /// meanwhile no control message is read, so no fd arrives that the sweep could close.
@@ -82,14 +87,11 @@ pub struct Workers {
 }
 
 impl Workers {
-    fn start(region: Region, cfg: WorkerConfig) -> Result<Workers, Error> {
-        // Before the clone: reading /proc/vmstat opens and closes an fd in the table we share
-        // with the worker, and a worker sweeping its fds at start could close that number and
-        // open its own under it, which our close would then take away.
-        let ooms_at_start = oom_kills();
+    fn start(region: Region, cfg: WorkerConfig, vmstat: i32) -> Result<Workers, Error> {
+        let ooms_at_start = oom_kills(vmstat);
         let pid = clone_worker(&region, &cfg)?;
         let served_at_start = region.header().served.load(Ordering::Relaxed);
-        Ok(Workers { region, cfg, pid, served_at_start, ooms_at_start, fruitless: 0, ready: false })
+        Ok(Workers { region, cfg, pid, served_at_start, ooms_at_start, vmstat, fruitless: 0, ready: false })
     }
 
     /// Reaps exited children; replaces the worker if it died. Err when giving up.
@@ -110,7 +112,7 @@ impl Workers {
             let served = header.served.load(Ordering::Relaxed);
             let killed_from_outside = libc::WIFSIGNALED(status)
                 && libc::WTERMSIG(status) == libc::SIGKILL
-                && oom_kills() == self.ooms_at_start;
+                && oom_kills(self.vmstat) == self.ooms_at_start;
             header.death_counts.store(u32::from(!killed_from_outside), Ordering::Release);
             if libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS {
                 let nr = header.seccomp_violation.swap(0, Ordering::AcqRel);
@@ -124,27 +126,26 @@ impl Workers {
                     name.as_deref().unwrap_or("(not recorded)")
                 );
             }
+            self.fruitless =
+                if served == self.served_at_start && !killed_from_outside { self.fruitless + 1 } else { 0 };
+            let backoff_ms = if self.fruitless == 0 { 0 } else { 1u64 << self.fruitless.min(10) };
             tracing::warn!(
                 pid,
                 deaths,
                 answered = served - self.served_at_start,
                 in_flight = ?in_flight,
                 counts = !killed_from_outside,
+                backoff_ms,
                 "worker {}; starting a new one",
                 process::describe_status(status)
             );
-            if served == self.served_at_start && !killed_from_outside {
-                self.fruitless += 1;
-                if self.fruitless >= MAX_FRUITLESS_DEATHS {
-                    tracing::error!("{} workers in a row died before answering any request; giving up", self.fruitless);
-                    return Err(Error::CrashLoop(self.fruitless));
-                }
-                std::thread::sleep(Duration::from_millis(1 << self.fruitless.min(10)));
-            } else {
-                self.fruitless = 0;
+            if self.fruitless >= MAX_FRUITLESS_DEATHS {
+                // The one line that says why: main logs this error as the daemon ends.
+                return Err(Error::CrashLoop(self.fruitless));
             }
+            std::thread::sleep(Duration::from_millis(backoff_ms));
             self.served_at_start = served;
-            self.ooms_at_start = oom_kills();
+            self.ooms_at_start = oom_kills(self.vmstat);
             self.pid = clone_worker(&self.region, &self.cfg)?;
             self.ready = false;
         }
@@ -163,10 +164,16 @@ impl Workers {
 type Serving = Rc<RefCell<Option<Workers>>>;
 
 /// Runs until a termination signal, the end of the connection, or a crash loop.
-pub fn run(region: Region, mut conn: Box<dyn Connection>, cfg: WorkerConfig, waits: &Waits) -> Result<(), Error> {
+pub fn run(
+    region: Region,
+    mut conn: Box<dyn Connection>,
+    cfg: WorkerConfig,
+    waits: &Waits,
+    vmstat: i32,
+) -> Result<(), Error> {
     let serving: Serving = Rc::new(RefCell::new(None));
     if cfg.recovery {
-        *serving.borrow_mut() = Some(Workers::start(region, cfg)?);
+        *serving.borrow_mut() = Some(Workers::start(region, cfg, vmstat)?);
     } else {
         worker::start(region, &cfg)?;
     }

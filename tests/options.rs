@@ -460,13 +460,17 @@ fn test_session_flags_follow_the_options() {
     assert_ne!(negotiated(&["--security-label=auto"]) & SECURITY_CTX, 0, "--security-label");
 }
 
-/// The open flags of the host fd the daemon holds for `path` (from the supervisor's fdinfo: it
-/// shares the worker's fd table).
-fn host_open_flags(daemon: u32, path: &Path) -> Option<u32> {
-    for e in std::fs::read_dir(format!("/proc/{daemon}/fd")).ok()? {
+/// The open flags of the (non-O_PATH) fd the daemon holds for the file `path` (from the
+/// supervisor's fdinfo: it shares the worker's fd table). Matched by inode: in a sandbox the
+/// daemon's paths are not the host's.
+fn host_open_flags(supervisor: u32, path: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let want = std::fs::metadata(path).ok()?;
+    for e in std::fs::read_dir(format!("/proc/{supervisor}/fd")).ok()? {
         let e = e.ok()?;
-        if std::fs::read_link(e.path()).ok()? == path {
-            let info = std::fs::read_to_string(format!("/proc/{daemon}/fdinfo/{}", e.file_name().to_str()?)).ok()?;
+        if std::fs::metadata(e.path()).is_ok_and(|m| (m.dev(), m.ino()) == (want.dev(), want.ino())) {
+            let info =
+                std::fs::read_to_string(format!("/proc/{supervisor}/fdinfo/{}", e.file_name().to_str()?)).ok()?;
             let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?.trim();
             let flags = u32::from_str_radix(flags, 8).ok()?;
             if flags & libc::O_PATH as u32 == 0 {
@@ -483,7 +487,7 @@ fn test_allow_direct_io_passes_o_direct_to_the_host() {
         let m = Mount::new(args);
         std::fs::write(m.share.join("f"), vec![7u8; 4096]).unwrap();
         let fd = s::open(&m.path("f"), libc::O_RDONLY | libc::O_DIRECT, 0).unwrap();
-        let flags = host_open_flags(m.child.id(), &m.share.join("f").canonicalize().unwrap()).expect("the host fd");
+        let flags = host_open_flags(m.supervisor(), &m.share.join("f")).expect("the host fd");
         assert_eq!(flags & libc::O_DIRECT as u32 != 0, direct, "{args:?}: host flags {flags:o}");
         s::close(fd).unwrap();
     }

@@ -81,14 +81,15 @@ fn test_security_label_is_stored_under_the_mapped_name_for_every_creation() {
     let tmpfile =
         Op::Tmpfile { arg: abi::CreateIn { flags: libc::O_RDWR as u32, mode: 0o600, umask: 0, open_flags: 0 } };
     assert_eq!(with_label(&mut fe, 15, &tmpfile, sel, LABEL).0, 0, "tmpfile");
-    let unnamed = std::fs::read_dir(format!("/proc/{}/fd", b.pid()))
+    use std::os::unix::fs::MetadataExt;
+    let share_dev = std::fs::metadata(&b.share).unwrap().dev();
+    let supervisor = common::proc::supervisor_of(b.pid());
+    let unnamed = std::fs::read_dir(format!("/proc/{supervisor}/fd"))
         .unwrap()
         .filter_map(|e| e.ok())
         .find(|e| {
-            std::fs::read_link(e.path()).is_ok_and(|t| {
-                let t = t.to_string_lossy().into_owned();
-                t.starts_with(b.share.to_str().unwrap()) && t.ends_with("(deleted)")
-            })
+            let deleted = std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().ends_with("(deleted)"));
+            deleted && std::fs::metadata(e.path()).is_ok_and(|m| m.is_file() && m.nlink() == 0 && m.dev() == share_dev)
         })
         .expect("the daemon holds the unnamed file");
     let f = std::fs::File::open(unnamed.path()).unwrap();

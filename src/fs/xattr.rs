@@ -28,12 +28,13 @@ pub enum XattrReply {
 }
 
 impl Fs {
-    fn xattr_path(&self, nodeid: u64) -> Result<(crate::state::InodePin, std::ffi::CString)> {
+    fn xattr_path(&self, nodeid: u64) -> Result<(crate::state::InodePin, sys::FdName)> {
         if !self.cfg.xattr {
             return Err(Error::NotSupported);
         }
         let node = self.state.inodes.pin(nodeid)?;
-        let path = sys::proc_fd_path(node.fd());
+        // Relative to the worker's working directory, its /proc/self/fd (see `Fs::new`).
+        let path = sys::FdName::new(node.fd());
         Ok((node, path))
     }
 
@@ -52,7 +53,8 @@ impl Fs {
     /// Setting the same value again is harmless, so a replay just does it again.
     pub(super) fn set_security_context(&self, fd: i32, sec: &(std::ffi::CString, Vec<u8>)) -> Result<()> {
         let name = self.host_xattr_name(&sec.0)?;
-        Ok(sys::setxattr(&sys::proc_fd_path(fd), &name, &sec.1, 0)?)
+        // By fd number: the working directory is this worker's /proc/self/fd.
+        Ok(sys::setxattr(sys::FdName::new(fd).as_cstr(), &name, &sec.1, 0)?)
     }
 
     /// A new object whose label could not be stored is removed again (virtiofsd does the same):
@@ -94,19 +96,19 @@ impl Fs {
         let (_node, path) = self.xattr_path(nodeid)?;
         let name = self.host_xattr_name(name)?;
         let _as = ctx.become_caller()?;
-        self.xattr_read(size, out, |buf| sys::getxattr(&path, &name, buf))
+        self.xattr_read(size, out, |buf| sys::getxattr(path.as_cstr(), &name, buf))
     }
 
     pub fn listxattr(&self, ctx: &Context, nodeid: u64, size: u32, out: &mut impl Payload) -> Result<XattrReply> {
         let (_node, path) = self.xattr_path(nodeid)?;
         let _as = ctx.become_caller()?;
         let Some(map) = &self.cfg.xattrmap else {
-            return self.xattr_read(size, out, |buf| sys::listxattr(&path, buf));
+            return self.xattr_read(size, out, |buf| sys::listxattr(path.as_cstr(), buf));
         };
         // Mapped: the whole host list (at most 64 KiB), then the guest's view of it, whose size
         // is what a probe (size 0) must report.
         let mut host = vec![0; XATTR_MAX as usize];
-        let n = sys::listxattr(&path, &mut host)?;
+        let n = sys::listxattr(path.as_cstr(), &mut host)?;
         let guest = map.list_to_guest(&host[..n]);
         self.xattr_read(size, out, |buf| {
             if buf.is_empty() {
@@ -129,13 +131,13 @@ impl Fs {
         let _as = ctx.become_caller()?;
         let intent = ctx.intent;
         let create = flags as i32 & libc::XATTR_CREATE != 0;
-        if create && intent.must_check_world_before() && sys::getxattr(&path, name, &mut []).is_ok() {
+        if create && intent.must_check_world_before() && sys::getxattr(path.as_cstr(), name, &mut []).is_ok() {
             return Err(Error::from_errno(libc::EEXIST));
         }
         once::once(
             intent,
             Call::Setxattr,
-            || sys::setxattr(&path, name, value, flags as i32),
+            || sys::setxattr(path.as_cstr(), name, value, flags as i32),
             |e| create && is_errno(e, libc::EEXIST),
         )
     }
@@ -154,8 +156,8 @@ impl Fs {
         let name = &*self.host_xattr_name(name)?;
         let intent = ctx.intent;
         if intent.must_check_world_before() {
-            sys::getxattr(&path, name, &mut [])?;
+            sys::getxattr(path.as_cstr(), name, &mut [])?;
         }
-        once::once(intent, Call::Removexattr, || sys::removexattr(&path, name), |e| is_errno(e, libc::ENODATA))
+        once::once(intent, Call::Removexattr, || sys::removexattr(path.as_cstr(), name), |e| is_errno(e, libc::ENODATA))
     }
 }

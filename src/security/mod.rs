@@ -1,8 +1,10 @@
-//! Confinement: seccomp filters and capabilities (DESIGN §8; docs/design.md "Security"). The
-//! supervisor confines itself after start-up (the mount, the socket and the region exist),
-//! before serving; each worker narrows further first thing, before recovery.
+//! Confinement: the sandbox, seccomp filters and capabilities (DESIGN §8; docs/design.md
+//! "Security"). The supervisor enters the sandbox and confines itself after start-up (the
+//! mount, the socket and the region exist), before serving; each worker narrows further first
+//! thing, before recovery; the holder (holder.rs) keeps only what its three duties need.
 
 pub mod caps;
+pub mod sandbox;
 pub mod seccomp;
 #[cfg(target_arch = "x86_64")]
 mod syscall_names_x86_64;
@@ -46,5 +48,13 @@ pub fn confine_supervisor(
 pub fn confine_worker(policy: &Policy, violation: &'static AtomicU32) -> Result<(), Error> {
     caps::restrict_worker(policy.worker_caps)?;
     seccomp::install(seccomp::Role::Worker, policy.seccomp, violation)?;
+    Ok(())
+}
+
+/// The holder, after its fd sweep: the supervisor's capability (sys_admin, for the unmount)
+/// and nothing else, and its own short list of system calls.
+pub fn confine_holder(mode: SeccompAction, violation: &'static AtomicU32) -> Result<(), Error> {
+    caps::restrict_holder()?;
+    seccomp::install(seccomp::Role::Holder, mode, violation)?;
     Ok(())
 }

@@ -119,13 +119,21 @@ pub const WORKER: &[Group] = &[
     },
     Group {
         why: "the caller's umask for a creation under FUSE_DONT_MASK (--posix-acl): a serving \
-              thread unshares its fs struct once (unshare(CLONE_FS)), then sets and restores its \
-              own umask around the creating call",
+              thread unshares its fs struct once (unshare(CLONE_FS), which keeps its working \
+              directory), then sets and restores its own umask around the creating call",
         calls: &[libc::SYS_unshare, libc::SYS_umask],
     },
     Group {
-        why: "passthrough: resolving and opening beneath the share, /proc/self/fd reopens",
-        calls: &[libc::SYS_openat, libc::SYS_openat2, libc::SYS_readlinkat, libc::SYS_faccessat, libc::SYS_faccessat2],
+        why: "passthrough: resolving and opening beneath the share, /proc/self/fd reopens (the \
+              working directory is /proc/self/fd: fchdir once at start)",
+        calls: &[
+            libc::SYS_openat,
+            libc::SYS_openat2,
+            libc::SYS_readlinkat,
+            libc::SYS_faccessat,
+            libc::SYS_faccessat2,
+            libc::SYS_fchdir,
+        ],
     },
     Group {
         why: "passthrough: attributes (GETATTR, SETATTR, STATFS)",
@@ -225,6 +233,59 @@ pub const SUPERVISOR_ONLY: &[Group] = &[
     },
 ];
 
+/// What the holder (holder.rs) may call: its wait loop, passing signals on, reading a caller's
+/// /proc/PID/status and answering on a socket, the unmount at the end.
+pub const HOLDER: &[Group] = &[
+    Group {
+        why: "memory and the process: the allocator, futexes of the standard library, exit",
+        calls: &[
+            libc::SYS_brk,
+            libc::SYS_mmap,
+            libc::SYS_munmap,
+            libc::SYS_mremap,
+            libc::SYS_madvise,
+            libc::SYS_futex,
+            libc::SYS_getpid,
+            libc::SYS_gettid,
+            libc::SYS_clock_gettime,
+            libc::SYS_exit,
+            libc::SYS_exit_group,
+        ],
+    },
+    Group {
+        why: "the wait loop: poll the signalfd and the groups socket, read and answer, reap the \
+              supervisor, pass signals on to it, a poll restarted after SIGSTOP/SIGCONT, the SIGSYS \
+              handler",
+        calls: &[
+            libc::SYS_read,
+            libc::SYS_write,
+            libc::SYS_ppoll,
+            #[cfg(target_arch = "x86_64")]
+            libc::SYS_poll,
+            libc::SYS_wait4,
+            libc::SYS_kill,
+            libc::SYS_rt_sigaction,
+            libc::SYS_rt_sigprocmask,
+            libc::SYS_rt_sigreturn,
+            libc::SYS_restart_syscall,
+            libc::SYS_tgkill,
+        ],
+    },
+    Group {
+        why: "a caller's /proc/PID/status; mountinfo before the unmount",
+        calls: &[
+            libc::SYS_openat,
+            libc::SYS_close,
+            libc::SYS_fstat,
+            libc::SYS_newfstatat,
+            libc::SYS_statx,
+            libc::SYS_lseek,
+            libc::SYS_fcntl,
+        ],
+    },
+    Group { why: "stopping: unmount the FUSE mount in the host's mount namespace", calls: &[libc::SYS_umount2] },
+];
+
 /// The region header's word the SIGSYS handler writes the refused call into (number + 1).
 static VIOLATION: AtomicPtr<AtomicU32> = AtomicPtr::new(std::ptr::null_mut());
 
@@ -256,6 +317,8 @@ pub enum Role {
     Worker,
     /// `--recovery off`: one process does both.
     Alone,
+    /// The holder (holder.rs): `HOLDER` only.
+    Holder,
 }
 
 /// Installs the filter for `role` on every thread of this process (TSYNC), after setting
@@ -267,6 +330,7 @@ pub fn install(role: Role, mode: Mode, violation: &'static AtomicU32) -> Result<
     let lists: &[&[Group]] = match role {
         Role::Worker => &[WORKER],
         Role::Supervisor | Role::Alone => &[WORKER, SUPERVISOR_ONLY],
+        Role::Holder => &[HOLDER],
     };
     let prog = program(lists, mode)?;
     if mode == Mode::Kill {
