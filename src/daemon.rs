@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cli::{CachePolicy, Cli, LogLevel, Recovery, SandboxMode};
+use crate::cli::{CachePolicy, Cli, Recovery, SandboxMode};
 use crate::fs::{self, EntryTimeouts};
 use crate::fuse::abi;
 use crate::security::sandbox::{self, Entered, Inside};
@@ -55,22 +55,11 @@ pub enum Error {
     TooManyFds(usize),
 }
 
-pub fn init_logging(level: LogLevel) {
-    let default = match level {
-        LogLevel::Error => "error",
-        LogLevel::Warn => "warn",
-        LogLevel::Info => "info",
-        LogLevel::Debug => "debug",
-        LogLevel::Trace => "trace",
-        LogLevel::Off => "off",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
-}
-
-/// virtiofsd's {"type": "fs"} capabilities document (QEMU docs/interop/vhost-user.json).
-pub const CAPABILITIES: &str = "{\n  \"type\": \"fs\"\n}";
+/// The vhost-user.json capabilities document (QEMU docs/interop/vhost-user.json), type "fs".
+/// Of virtiofsd's features: "separate-options" (options as separate arguments, not -o) and the
+/// negotiation modes of --posix-acl and --security-label (=never|auto|always); not
+/// "migrate-precopy" (no DEVICE_STATE).
+pub const CAPABILITIES: &str = "{\n  \"type\": \"fs\",\n  \"features\": [\n    \"posix-acl-negotiation-mode\",\n    \"security-label-negotiation-mode\",\n    \"separate-options\"\n  ]\n}";
 
 fn timeouts(cache: CachePolicy) -> (EntryTimeouts, u32) {
     let (secs, open_flags) = match cache {
@@ -115,6 +104,17 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     let started = std::time::Instant::now();
     for opt in cli.unenforced() {
         tracing::warn!("accepted but not enforced yet: {opt}");
+    }
+    // Options (docs/compat.md): what the operator should know about how they combine.
+    if cli.xattrmap.as_ref().is_some_and(|m| !m.is_terminated()) {
+        tracing::warn!(
+            "--xattrmap has no catch-all rule: guest names no rule matches are refused (EPERM), host names no rule matches are hidden"
+        );
+    }
+    if !cli.no_killpriv_v2 && !cli.killpriv_v2() {
+        tracing::info!(
+            "--xattrmap renames security.capability: FUSE_HANDLE_KILLPRIV_V2 is off, the guest kernel clears capabilities itself"
+        );
     }
     let (shared_dir, mountpoint, _demo) = if cli.demo {
         let d = make_demo().map_err(Error::Demo)?;
@@ -180,7 +180,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 tracing::info!("stopping before a frontend connected");
                 return Ok(());
             };
-            let (channel, transport) = ControlChannel::new(stream, &region, threads)?;
+            let (channel, transport) = ControlChannel::new(stream, &region, threads, cli.tag.clone())?;
             (Box::new(channel), Arc::new(transport))
         }
     };
@@ -263,21 +263,31 @@ enum Endpoint {
 
 fn worker_config(cli: &Cli, inside: &Inside, transport: Arc<dyn Transport>, ended: i32) -> WorkerConfig {
     let (timeouts, open_reply_flags) = timeouts(cli.cache);
+    let (uids, gids) = cli.id_maps().expect("checked by normalize");
     let fs_cfg = fs::Config {
         timeouts,
         open_reply_flags,
         xattr: cli.xattr,
         allow_direct_io: cli.allow_direct_io,
         readdirplus: !cli.no_readdirplus && cli.cache != CachePolicy::Never,
+        xattrmap: cli.xattrmap.clone(),
+        preserve_noatime: cli.preserve_noatime,
+        readonly: cli.readonly,
+        uids,
+        gids,
     };
     let policy = InitPolicy {
         writeback: cli.writeback,
         posix_locks: cli.posix_lock,
         flock_locks: cli.flock,
         readdirplus: fs_cfg.readdirplus,
-        posix_acl: false,
+        posix_acl: cli.posix_acl != crate::cli::Negotiation::Never,
+        require_posix_acl: cli.posix_acl == crate::cli::Negotiation::Always,
+        security_ctx: cli.security_label != crate::cli::Negotiation::Never,
+        require_security_ctx: cli.security_label == crate::cli::Negotiation::Always,
         auto_inval_data: cli.cache == CachePolicy::Auto,
-        killpriv_v2: !cli.no_killpriv_v2,
+        killpriv_v2: cli.killpriv_v2(),
+        allow_mmap: cli.allow_mmap,
     };
     WorkerConfig {
         shared_dir: inside.shared_dir.clone(),

@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod fs;
 pub mod fuse;
 pub mod holder;
+pub mod logging;
 pub mod recovery;
 pub mod security;
 pub mod server;

@@ -11,10 +11,13 @@ mod attr;
 mod creds;
 mod dir;
 mod file;
+pub mod idmap;
 mod lock;
 mod namespace;
 mod once;
+mod umask;
 mod xattr;
+pub mod xattrmap;
 
 use std::ffi::CStr;
 use std::io;
@@ -106,6 +109,15 @@ pub struct Config {
     pub xattr: bool,
     pub allow_direct_io: bool,
     pub readdirplus: bool,
+    /// `--xattrmap`: how xattr names translate between guest and host (None: unchanged).
+    pub xattrmap: Option<xattrmap::XattrMap>,
+    /// `--preserve-noatime`: keep the guest's O_NOATIME on host opens.
+    pub preserve_noatime: bool,
+    /// `--readonly`: every modifying request and every open for writing is refused (EROFS).
+    pub readonly: bool,
+    /// `--translate-uid`, `--translate-gid` (identity when not given).
+    pub uids: idmap::IdMap,
+    pub gids: idmap::IdMap,
 }
 
 /// The passthrough file system over one shared directory.
@@ -118,6 +130,11 @@ pub struct Fs {
     dir_locks: Vec<Mutex<()>>,
     /// Set at INIT when the kernel agreed to writeback caching.
     writeback: AtomicBool,
+    /// Set at INIT when the kernel agreed to FUSE_DONT_MASK (with POSIX ACLs): creations run
+    /// with the request's umask (fs/umask.rs).
+    dont_mask: AtomicBool,
+    /// Set at INIT when the kernel agreed to FUSE_SECURITY_CTX (`--security-label`).
+    security_ctx: AtomicBool,
     locks: lock::LockOwners,
 }
 
@@ -147,6 +164,8 @@ impl Fs {
             proc_self_fd,
             dir_locks: (0..DIR_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             writeback: AtomicBool::new(false),
+            dont_mask: AtomicBool::new(false),
+            security_ctx: AtomicBool::new(false),
             locks: lock::LockOwners::default(),
         })
     }
@@ -169,8 +188,40 @@ impl Fs {
         }
     }
 
+    /// The caller as the host sees it (`--translate-uid/gid`): the transport's uid, gid and
+    /// supplementary groups mapped guest → host; None where `forbid-guest` refuses one of them.
+    pub fn host_caller(&self, uid: u32, gid: u32, groups: &mut [u32]) -> Option<(u32, u32)> {
+        for g in groups.iter_mut() {
+            *g = self.cfg.gids.to_host(*g)?;
+        }
+        Some((self.cfg.uids.to_host(uid)?, self.cfg.gids.to_host(gid)?))
+    }
+
+    /// Whether the share is served read-only (`--readonly`).
+    pub fn readonly(&self) -> bool {
+        self.cfg.readonly
+    }
+
     pub fn set_writeback(&self, on: bool) {
         self.writeback.store(on, Ordering::Relaxed);
+    }
+
+    pub fn set_dont_mask(&self, on: bool) {
+        self.dont_mask.store(on, Ordering::Relaxed);
+    }
+
+    pub fn set_security_ctx(&self, on: bool) {
+        self.security_ctx.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether creations carry a security context (FUSE_SECURITY_CTX was agreed).
+    pub fn security_ctx(&self) -> bool {
+        self.security_ctx.load(Ordering::Relaxed)
+    }
+
+    /// The request's umask for the creating call, when the kernel left it to us.
+    fn caller_umask(&self, umask: u32) -> Result<umask::UmaskGuard> {
+        umask::caller_umask(self.dont_mask.load(Ordering::Relaxed), umask)
     }
 
     /// Reopens node `fd` (an `O_PATH` fd) with real access `flags`, via /proc/self/fd.

@@ -84,6 +84,11 @@ impl Harness {
             xattr: true,
             allow_direct_io: false,
             readdirplus: true,
+            xattrmap: None,
+            preserve_noatime: false,
+            readonly: false,
+            uids: Default::default(),
+            gids: Default::default(),
         };
         let dir = CString::new(share.as_os_str().as_bytes()).unwrap();
         let proc = phoenixfsd::sys::open(c"/proc", libc::O_PATH | libc::O_DIRECTORY).unwrap();
@@ -94,8 +99,12 @@ impl Harness {
             flock_locks: true,
             readdirplus: true,
             posix_acl: false,
+            require_posix_acl: false,
+            security_ctx: false,
+            require_security_ctx: false,
             auto_inval_data: true,
             killpriv_v2: true,
+            allow_mmap: false,
         };
         let server = Server::new(fs, state.clone(), policy, true);
         let record = server.thread_record();
