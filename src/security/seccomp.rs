@@ -277,7 +277,10 @@ pub const SUPERVISOR: &[Group] = &[
             libc::SYS_lseek,
         ],
     },
-    Group { why: "workers: reap, kill", calls: &[libc::SYS_wait4, libc::SYS_waitid, libc::SYS_kill] },
+    Group {
+        why: "workers: reap, kill; whether the zygote has died (waitid)",
+        calls: &[libc::SYS_wait4, libc::SYS_waitid, libc::SYS_kill],
+    },
     Group {
         why: "the vhost-user control channel: messages with fds (SCM_RIGHTS), replies; new \
               eventfds for a changed vring; the control socket (`phoenixfsd ctl`): accept",
