@@ -183,3 +183,43 @@ fn test_sandbox_namespace_unprivileged_fails_at_start_with_a_clear_message() {
     );
     assert!(!socket.exists() || std::os::unix::net::UnixStream::connect(&socket).is_err(), "nothing serves");
 }
+
+/// A symlink in the share that points at a host file outside it, operated on through the mount
+/// with calls that do not follow it (lchown, lsetxattr, utimensat with AT_SYMLINK_NOFOLLOW):
+/// the daemon reaches the symlink through its /proc/self/fd magic link, which must land on the
+/// symlink itself, never on its target. The file outside stays as it was; the symlink changes
+/// as a native one would.
+#[test]
+fn test_sandbox_symlink_to_outside_is_operated_on_as_itself() {
+    let m = common::Mount::new(&["--xattr"]);
+    let outside = m.share.parent().unwrap().join("outside-file");
+    std::fs::write(&outside, "host").unwrap();
+    let before = std::fs::metadata(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, m.share.join("link")).unwrap();
+    let link = common::sys::cs(&m.path("link"));
+    let times = [libc::timespec { tv_sec: 1_000_000, tv_nsec: 0 }; 2];
+    // SAFETY: valid C strings and buffers.
+    unsafe {
+        assert_eq!(libc::lchown(link.as_ptr(), 4242, 4242), 0, "lchown through the mount");
+        assert_eq!(
+            libc::utimensat(libc::AT_FDCWD, link.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW),
+            0,
+            "utimensat(AT_SYMLINK_NOFOLLOW) through the mount"
+        );
+        // user.* xattrs are not allowed on symlinks (EPERM natively): refused, and not applied
+        // to the target either.
+        let r = libc::lsetxattr(link.as_ptr(), c"user.x".as_ptr(), b"1".as_ptr().cast(), 1, 0);
+        assert_ne!(r, 0, "user.* xattr on a symlink");
+    }
+    let after = std::fs::metadata(&outside).unwrap();
+    assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()), "the outside file's owner");
+    assert_eq!(after.mtime(), before.mtime(), "the outside file's times");
+    let mut buf = [0u8; 8];
+    // SAFETY: valid C strings and buffer.
+    let n = unsafe {
+        libc::getxattr(common::sys::cs(&outside).as_ptr(), c"user.x".as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+    };
+    assert!(n < 0, "no xattr landed on the outside file");
+    let l = std::fs::symlink_metadata(m.share.join("link")).unwrap();
+    assert_eq!((l.uid(), l.gid(), l.mtime()), (4242, 4242, 1_000_000), "the symlink itself changed");
+}
