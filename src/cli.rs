@@ -122,8 +122,9 @@ pub struct Cli {
     #[arg(long)]
     pub posix_acl: bool,
 
-    /// Use file handles to reference inodes instead of O_PATH file descriptors.
-    #[arg(long, value_enum, default_value_t = InodeFileHandles::Never, num_args = 0..=1,
+    /// Keep inodes by file handle instead of an O_PATH fd each: never, prefer (where the file
+    /// system makes handles, else an fd), mandatory (a lookup without a handle fails).
+    #[arg(long, value_enum, default_value_t = InodeFileHandles::Prefer, num_args = 0..=1,
           default_missing_value = "prefer")]
     pub inode_file_handles: InodeFileHandles,
 
@@ -321,9 +322,6 @@ impl Cli {
         }
         if self.security_label {
             v.push("--security-label");
-        }
-        if self.inode_file_handles != InodeFileHandles::Never {
-            v.push("--inode-file-handles (O_PATH fds are used)");
         }
         if self.syslog {
             v.push("--syslog (logs go to stderr)");

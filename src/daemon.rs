@@ -167,12 +167,22 @@ pub fn run(cli: Cli) -> Result<(), Error> {
 
 fn worker_config(cli: &Cli, shared_dir: &std::path::Path, transport: Arc<dyn Transport>, ended: i32) -> WorkerConfig {
     let (timeouts, open_reply_flags) = timeouts(cli.cache);
+    let file_handles = match cli.inode_file_handles {
+        crate::cli::InodeFileHandles::Never => fs::FileHandles::Never,
+        crate::cli::InodeFileHandles::Prefer => fs::FileHandles::Prefer,
+        crate::cli::InodeFileHandles::Mandatory => fs::FileHandles::Mandatory,
+    };
+    // After prepare_process set the limit: workers share the supervisor's.
+    let (fd_budget, fd_cache) = fs::Config::fd_budget_for(process::nofile_limit().0, file_handles);
     let fs_cfg = fs::Config {
         timeouts,
         open_reply_flags,
         xattr: cli.xattr,
         allow_direct_io: cli.allow_direct_io,
         readdirplus: !cli.no_readdirplus && cli.cache != CachePolicy::Never,
+        file_handles,
+        fd_budget,
+        fd_cache,
     };
     let policy = InitPolicy {
         writeback: cli.writeback,

@@ -740,7 +740,8 @@ fn crash_every_marker_of_every_operation() {
     let tried: BTreeSet<&str> = scenarios.iter().flat_map(|s| s.markers.iter().copied()).collect();
     // INIT and worker start-up have tests of their own below; a second INIT (a new session)
     // only comes over virtio (tests/vhost_control_crash.rs).
-    let own_tests = ["init.after_record", "worker.start", "init.reset_session", "resend.taken_in"];
+    let own_tests =
+        ["init.after_record", "worker.start", "init.reset_session", "resend.taken_in", "mount.before_publish"];
     // The vhost-user transport's markers are enumerated over that transport (below).
     let all: BTreeSet<&str> = phoenixfsd::crash::MARKERS
         .iter()
@@ -829,6 +830,36 @@ fn crash_during_init() {
     let mut m = Mount::start_with_env(&d.share, &d.mnt, &[], &d.env("init.after_record", None));
     assert_eq!(std::fs::read_to_string(d.mnt.join("f")).unwrap(), "after init");
     assert!(!d.arm.exists(), "the INIT crash point was never reached (built without --features crash-points?)");
+    assert!(m.stop().success());
+}
+
+/// The share's fds: the supervisor's fd table entries that name the share itself (the root's
+/// O_PATH fd and, with file handles, the root mount's fd).
+fn share_fds(sup: u32, share: &Path) -> usize {
+    let share = share.canonicalize().unwrap();
+    common::table_fds(sup).iter().filter(|(_, t)| Path::new(t) == share).count()
+}
+
+/// The first worker killed while registering the root's mount fd (file handles, at its start):
+/// the next one frees the half-made entry, closing its fd, registers again and serves; the
+/// share is held by exactly as many fds as without the crash.
+#[test]
+fn crash_while_registering_a_mount() {
+    common::require_fuse();
+    let clean = Dirs::new();
+    file(&clean.share, "f", "served");
+    let mut m = Mount::start(&clean.share, &clean.mnt, &[]);
+    assert_eq!(std::fs::read_to_string(clean.mnt.join("f")).unwrap(), "served");
+    let expected = share_fds(m.child.id(), &clean.share);
+    assert!(m.stop().success());
+
+    let d = Dirs::new();
+    file(&d.share, "f", "served");
+    std::fs::write(&d.arm, "armed").unwrap();
+    let mut m = Mount::start_with_env(&d.share, &d.mnt, &[], &d.env("mount.before_publish", None));
+    assert_eq!(std::fs::read_to_string(d.mnt.join("f")).unwrap(), "served");
+    assert!(!d.arm.exists(), "mount.before_publish was never reached (built without --features crash-points?)");
+    assert_eq!(share_fds(m.child.id(), &d.share), expected, "fds on the share after the crash");
     assert!(m.stop().success());
 }
 

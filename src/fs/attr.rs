@@ -91,7 +91,10 @@ impl Fs {
                 return Err(e);
             }
         };
-        let looked = self.state.inodes.lookup(fd, key_of(&stx), st.st_mode & libc::S_IFMT, intent)?;
+        let looked = self
+            .state
+            .inodes
+            .lookup(fd, key_of(&stx), st.st_mode & libc::S_IFMT, intent, || self.handle_for(fd, &stx))?;
         Ok(self.entry_out(looked.nodeid, st))
     }
 

@@ -122,6 +122,11 @@ pub const WORKER: &[Group] = &[
         calls: &[libc::SYS_openat, libc::SYS_openat2, libc::SYS_readlinkat, libc::SYS_faccessat, libc::SYS_faccessat2],
     },
     Group {
+        why: "passthrough: inodes kept as file handles (--inode-file-handles): a handle taken at \
+              LOOKUP, the object opened again by it (O_PATH) when a request needs an fd",
+        calls: &[libc::SYS_name_to_handle_at, libc::SYS_open_by_handle_at],
+    },
+    Group {
         why: "passthrough: attributes (GETATTR, SETATTR, STATFS)",
         calls: &[
             libc::SYS_newfstatat,

@@ -1,9 +1,11 @@
 //! The state that must outlive a worker: the inode and handle tables, in a shared-memory region
 //! (DESIGN §5). Heap indexes beside it are rebuilt from the region.
 
+pub mod fdcache;
 pub mod handles;
 pub mod inodes;
 pub mod intent;
+pub mod mounts;
 pub mod region;
 pub mod slots;
 pub mod vhost;
@@ -35,6 +37,18 @@ pub enum Error {
     Mmap(std::sync::Arc<std::io::Error>),
     #[error("state region refused: {0}")]
     Corrupt(String),
+    #[error("the inode fd budget ({0} fds) is spent; use --inode-file-handles=prefer or raise --rlimit-nofile")]
+    FdBudget(usize),
+    #[error("cannot open the object by its file handle: {0}")]
+    HandleOpen(std::sync::Arc<std::io::Error>),
+    #[error("no fd for mount {0}, where a file handle was taken")]
+    NoMountFd(u64),
+    #[error("the mount table is full ({0} file systems)")]
+    MountsFull(usize),
+    #[error("cannot open a mount's fd for file handles: {0}")]
+    MountFd(std::sync::Arc<std::io::Error>),
+    #[error("the file system refuses file handles (--inode-file-handles=mandatory): {0}")]
+    NoFileHandle(std::sync::Arc<std::io::Error>),
 }
 
 /// The tables of one region, as a worker uses them.
@@ -75,7 +89,7 @@ impl State {
 
     pub fn new(region: Region) -> State {
         let h = region.header();
-        let inodes = Inodes::new(region.inode_slots(), &h.inode_high_water);
+        let inodes = Inodes::new(region.inode_slots(), &h.inode_high_water, mounts::Mounts::new(&h.mounts));
         let handles = Handles::new(region.handle_slots(), &h.handle_high_water);
         let records = intent::Records::new(region.records());
         State { region, inodes, handles, records }
@@ -105,6 +119,7 @@ impl State {
     pub fn referenced_fds(&self) -> Vec<i32> {
         let h = self.region.header();
         let mut fds: Vec<i32> = h.keep_fds[..h.keep_count as usize].to_vec();
+        fds.extend(self.inodes.mounts.fds());
         let hw = h.inode_high_water.load(Ordering::SeqCst) as usize;
         for s in &self.region.inode_slots()[..hw.min(h.inode_capacity as usize)] {
             if s.hdr.state.load(Ordering::SeqCst) == slots::LIVE {

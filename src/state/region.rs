@@ -13,7 +13,7 @@ use super::intent::Record;
 use super::vhost::VhostArea;
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PHXFSST\0");
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 const HEADER_SIZE: usize = 4096;
 /// Connection buffers a region holds: one per /dev/fuse serving thread.
 pub const MAX_CONN_BUFFERS: usize = 256;
@@ -72,6 +72,8 @@ pub struct Header {
     /// The system call a seccomp filter refused, + 1 (0: none): written by the dying process's
     /// SIGSYS handler (`--seccomp kill`), read and cleared by the supervisor to name it.
     pub seccomp_violation: AtomicU32,
+    /// One fd per file system the share spans, for `open_by_handle_at` (state/mounts.rs).
+    pub mounts: [super::mounts::MountSlot; super::mounts::MAX_MOUNTS],
 }
 
 const _: () = assert!(size_of::<Header>() <= HEADER_SIZE);

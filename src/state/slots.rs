@@ -150,8 +150,9 @@ impl<S: Slot> SlotTable<S> {
         self.slot(index).header().state.store(RETIRING, Ordering::SeqCst);
     }
 
-    /// Waits for the slot's users to drop their pins, closes its fd and frees it.
-    pub fn finish_retire(&self, index: u32) {
+    /// Waits for the slot's users to drop their pins, closes its fd and frees it. Returns
+    /// whether it held an fd.
+    pub fn finish_retire(&self, index: u32) -> bool {
         let h = self.slot(index).header();
         let mut spins = 0u32;
         while h.users.load(Ordering::SeqCst) != 0 {
@@ -172,6 +173,7 @@ impl<S: Slot> SlotTable<S> {
         // Crash after freeing: a FREE slot; nothing to repair.
         h.state.store(FREE, Ordering::SeqCst);
         self.free.lock().unwrap().push(index);
+        fd >= 0
     }
 
     /// Recovery, single-threaded before serving: resets every pin (their holders are dead),

@@ -46,13 +46,13 @@ fn lookups(s: &State, nodeid: u64) -> u64 {
 #[test]
 fn test_state_lookup_twice_is_one_slot_two_lookups_and_forget_frees_it() {
     let s = state();
-    let a = s.inodes.lookup(fd(), key(7), libc::S_IFREG, Intent::none()).unwrap();
-    let b = s.inodes.lookup(fd(), key(7), libc::S_IFREG, Intent::none()).unwrap();
+    let a = s.inodes.lookup(fd(), key(7), libc::S_IFREG, Intent::none(), || Ok(None)).unwrap();
+    let b = s.inodes.lookup(fd(), key(7), libc::S_IFREG, Intent::none(), || Ok(None)).unwrap();
     assert_eq!(a.nodeid, b.nodeid);
     assert_eq!(lookups(&s, a.nodeid), 2);
     s.inodes.forget(a.nodeid, 2, Intent::none());
     assert!(s.inodes.pin(a.nodeid).is_err(), "forgotten to zero: freed");
-    let c = s.inodes.lookup(fd(), key(7), libc::S_IFREG, Intent::none()).unwrap();
+    let c = s.inodes.lookup(fd(), key(7), libc::S_IFREG, Intent::none(), || Ok(None)).unwrap();
     assert_eq!(slots::split_id(c.nodeid).0, slots::split_id(a.nodeid).0, "the slot is reused");
     assert_ne!(c.nodeid, a.nodeid, "with a new generation: the old id stays stale");
     assert!(s.inodes.pin(a.nodeid).is_err());
@@ -61,7 +61,7 @@ fn test_state_lookup_twice_is_one_slot_two_lookups_and_forget_frees_it() {
 #[test]
 fn test_state_pending_raise_counts_only_if_the_count_moved() {
     let s = state();
-    let n = s.inodes.lookup(fd(), key(1), libc::S_IFREG, Intent::none()).unwrap().nodeid;
+    let n = s.inodes.lookup(fd(), key(1), libc::S_IFREG, Intent::none(), || Ok(None)).unwrap().nodeid;
     let rec = &s.region.records()[0];
     // Dead before the store: pending from 1, count still 1 -> not raised.
     rec.start(10, 1, 1, 1);
@@ -82,7 +82,7 @@ fn test_state_pending_raise_counts_only_if_the_count_moved() {
 fn test_state_new_slot_setting_up_is_freed_and_its_fd_closed() {
     let s = state();
     let f = fd();
-    s.inodes.lookup(f, key(1), libc::S_IFREG, Intent::none()).unwrap();
+    s.inodes.lookup(f, key(1), libc::S_IFREG, Intent::none(), || Ok(None)).unwrap();
     // A second object whose slot a dead worker had only begun to fill.
     let slot = &s.region.inode_slots()[3];
     let g = fd();
@@ -99,7 +99,7 @@ fn test_state_new_slot_setting_up_is_freed_and_its_fd_closed() {
 #[test]
 fn test_state_retiring_slot_is_finished_by_recovery() {
     let s = state();
-    let n = s.inodes.lookup(fd(), key(3), libc::S_IFREG, Intent::none()).unwrap().nodeid;
+    let n = s.inodes.lookup(fd(), key(3), libc::S_IFREG, Intent::none(), || Ok(None)).unwrap().nodeid;
     let (i, generation) = slots::split_id(n);
     let slot = &s.region.inode_slots()[i as usize];
     slot.lookups.store(0, Ordering::SeqCst);
@@ -114,9 +114,9 @@ fn test_state_retiring_slot_is_finished_by_recovery() {
 #[test]
 fn test_state_pending_forget_entry_sets_the_target_and_moves_the_step() {
     let s = state();
-    let n = s.inodes.lookup(fd(), key(4), libc::S_IFREG, Intent::none()).unwrap().nodeid;
-    s.inodes.lookup(fd(), key(4), libc::S_IFREG, Intent::none()).unwrap();
-    s.inodes.lookup(fd(), key(4), libc::S_IFREG, Intent::none()).unwrap();
+    let n = s.inodes.lookup(fd(), key(4), libc::S_IFREG, Intent::none(), || Ok(None)).unwrap().nodeid;
+    s.inodes.lookup(fd(), key(4), libc::S_IFREG, Intent::none(), || Ok(None)).unwrap();
+    s.inodes.lookup(fd(), key(4), libc::S_IFREG, Intent::none(), || Ok(None)).unwrap();
     assert_eq!(lookups(&s, n), 3);
     let rec = &s.region.records()[0];
     rec.start(20, 42, 0, 1); // a BATCH_FORGET

@@ -10,6 +10,7 @@
 //! fds are plain `i32` here because the tables keep them as numbers in the state region (they
 //! must survive the worker that opened them); ownership is tracked by the tables, not by types.
 
+pub mod fhandle;
 pub mod process;
 
 use std::ffi::CStr;

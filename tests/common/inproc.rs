@@ -84,6 +84,9 @@ impl Harness {
             xattr: true,
             allow_direct_io: false,
             readdirplus: true,
+            file_handles: fs::FileHandles::Prefer,
+            fd_budget: 1 << 16,
+            fd_cache: 1024,
         };
         let dir = CString::new(share.as_os_str().as_bytes()).unwrap();
         let fs = Fs::new(&dir, state.clone(), cfg).unwrap();
