@@ -94,10 +94,13 @@ impl FdCache {
         self.evict(&mut s);
     }
 
-    /// Drops slot `index`'s entry (its slot is being freed, no pin is left), closing its fd.
-    pub fn remove(&self, index: u32) {
+    /// Drops the entry of slot `index` at `generation` (that incarnation is retired: no pin on
+    /// it is left), closing its fd. An entry of a later occupant of the slot is left alone.
+    pub fn remove(&self, index: u32, generation: u32) {
         let mut s = self.shard(index);
-        if let Some(e) = s.entries.remove(&index) {
+        if s.entries.get(&index).is_some_and(|e| e.generation == generation && e.users == 0)
+            && let Some(e) = s.entries.remove(&index)
+        {
             crate::sys::close(e.fd);
         }
     }
@@ -166,7 +169,7 @@ mod tests {
         assert_eq!(c.take(5, 2), None);
         assert_eq!(c.take(5, 1), Some(f));
         c.put(5);
-        c.remove(5);
+        c.remove(5, 1);
         assert!(c.is_empty());
         assert!(!crate::sys::is_open(f));
     }

@@ -6,13 +6,13 @@
 //! one gets it from the bounded fd cache (state/fdcache.rs), opened with `open_by_handle_at`
 //! through the mount's fd (state/mounts.rs).
 
-use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::Error;
 use super::fdcache::FdCache;
 use super::intent::{Intent, Pending, Record, facts};
+use super::keyindex::KeyIndex;
 use super::mounts::Mounts;
 use super::slots::{self, Pin, Slot, SlotHeader, SlotTable};
 use crate::sys::fhandle::FileHandle;
@@ -134,9 +134,11 @@ struct FdBudget {
 
 pub struct Inodes {
     table: SlotTable<InodeSlot>,
-    /// Key → index of the LIVE slot for that object. Held while lookup counts change, so that a
-    /// count reaching zero and a concurrent lookup of the same object cannot interleave.
-    index: Mutex<HashMap<InodeKey, u32>>,
+    /// Held while lookup counts and the key index change, so that a count reaching zero and a
+    /// concurrent lookup of the same object cannot interleave (and the index has one writer).
+    index: Mutex<()>,
+    /// Key → index of the LIVE slot for that object, in the region (state/keyindex.rs).
+    keys: KeyIndex,
     cache: Arc<FdCache>,
     pub mounts: Mounts,
     budget: FdBudget,
@@ -160,10 +162,11 @@ pub struct Looked {
 }
 
 impl Inodes {
-    pub fn new(slots: &'static [InodeSlot], high_water: &'static AtomicU32, mounts: Mounts) -> Self {
+    pub fn new(slots: &'static [InodeSlot], high_water: &'static AtomicU32, mounts: Mounts, keys: KeyIndex) -> Self {
         Inodes {
             table: SlotTable::new(slots, high_water, Error::BadNodeId),
-            index: Mutex::new(HashMap::default()),
+            index: Mutex::new(()),
+            keys,
             cache: Arc::new(FdCache::default()),
             mounts,
             budget: FdBudget {
@@ -199,9 +202,13 @@ impl Inodes {
             return Err(Error::RootNotFirst(index));
         }
         self.fill(index, fd, None, key, file_type);
+        let _one = self.index.lock().unwrap();
+        // Crash between these: the journal names the root; recovery makes its entry agree.
+        self.keys.begin(index);
         let id = self.table.publish(index);
         debug_assert_eq!(id, ROOT_ID);
-        self.index.lock().unwrap().insert(key, index);
+        self.keys.insert(&key, index);
+        self.keys.end();
         Ok(())
     }
 
@@ -226,7 +233,8 @@ impl Inodes {
 
     /// Records one lookup of the object `key`, whose freshly opened `O_PATH` fd is `fd`: raises
     /// the count of its existing slot or publishes a new slot. A new slot keeps the object's
-    /// file handle if `handle` gives one (called only for a new slot, under the index lock), or
+    /// file handle if `handle` gives one (called at most once, under the index lock: for a new
+    /// slot, or to tell an existing handle slot's object from a new one with its key), or
     /// else takes `fd` over, within the fd budget. `fd` is consumed: kept by the slot, lent to
     /// the fd cache, or closed. The raise is two-phase in `intent` (see state/intent.rs).
     pub fn lookup(
@@ -238,9 +246,34 @@ impl Inodes {
         handle: impl FnOnce() -> Result<Option<FileHandle>, Error>,
     ) -> Result<Looked, Error> {
         let rec = intent.record();
-        let mut index = self.index.lock().unwrap();
-        if let Some(&i) = index.get(&key) {
+        let index = self.index.lock().unwrap();
+        let mut handle = Some(handle);
+        let mut ours: Option<Option<FileHandle>> = None;
+        while let Some(i) = self.keys.get(&key) {
             let s = self.table.slot(i);
+            // A slot kept by handle holds nothing open, so its object may be gone and its inode
+            // number reused by the object looked up now: same key, another object. The handles
+            // tell (they carry the inode's generation). A slot kept by fd holds its object.
+            if let Some(theirs) = s.file_handle() {
+                if ours.is_none() {
+                    match (handle.take().expect("called once"))() {
+                        Ok(h) => ours = Some(h),
+                        Err(e) => {
+                            crate::sys::close(fd);
+                            return Err(e);
+                        }
+                    }
+                }
+                if ours.as_ref().is_some_and(|h| h.as_ref().is_some_and(|h| *h != theirs)) {
+                    // The old slot stays LIVE (the guest still holds its node id; using it gets
+                    // ESTALE), but the index now leads to the new object. Under the journal: a
+                    // crash here gives the old entry back, and the next lookup removes it again.
+                    self.keys.begin(i);
+                    self.keys.remove(&key, i);
+                    self.keys.end();
+                    continue;
+                }
+            }
             let generation = s.hdr.generation.load(Ordering::Relaxed);
             let nodeid = slots::make_id(i, generation);
             let before = s.lookups.load(Ordering::SeqCst);
@@ -260,7 +293,11 @@ impl Inodes {
             self.lend_or_close(i, generation, fd);
             return Ok(Looked { nodeid, generation });
         }
-        let handle = match handle() {
+        let got = match ours {
+            Some(h) => Ok(h),
+            None => (handle.take().expect("called once"))(),
+        };
+        let handle = match got {
             Ok(h) => h,
             Err(e) => {
                 crate::sys::close(fd);
@@ -287,12 +324,16 @@ impl Inodes {
             r.begin_pending(Pending::Raise, slots::make_id(i, generation), 0);
         }
         crate::crash_point!("raise.new_pending");
+        // The slot's publication and its index entry, under the journal: a crash between them
+        // leaves a LIVE slot the index lacks (or the reverse), which recovery puts right.
+        self.keys.begin(i);
         let nodeid = self.table.publish(i);
         crate::crash_point!("raise.new_published");
+        self.keys.insert(&key, i);
+        self.keys.end();
         if let Some(r) = rec {
             r.push_raised(nodeid);
         }
-        index.insert(key, i);
         drop(index);
         if handle.is_some() {
             self.lend_or_close(i, generation, fd);
@@ -344,8 +385,10 @@ impl Inodes {
         let handle = s.file_handle().ok_or(Error::BadNodeId)?;
         let mnt_id = s.mnt_id.load(Ordering::Relaxed);
         let mount = self.mounts.fd(mnt_id).ok_or(Error::NoMountFd(mnt_id))?;
-        let fresh = crate::sys::fhandle::open_by_handle(mount, &handle, libc::O_PATH)
-            .map_err(|e| Error::HandleOpen(Arc::new(e)))?;
+        let fresh = crate::sys::fhandle::open_by_handle(mount, &handle, libc::O_PATH).map_err(|e| {
+            tracing::debug!(nodeid, mnt_id, "open_by_handle_at: {e}");
+            Error::HandleOpen(Arc::new(e))
+        })?;
         // Crash here: the fd is named by nothing in the region; the next fd sweep closes it.
         let fd = self.cache.insert(i, generation, fresh, true);
         Ok(InodePin { pin, fd, lent_by: Some(self.cache.clone()) })
@@ -374,7 +417,7 @@ impl Inodes {
         let valid = i > 1 && (i as usize) < self.table.capacity(); // the root is never forgotten
         let s = valid.then(|| self.table.slot(i));
         {
-            let mut index = self.index.lock().unwrap();
+            let _one = self.index.lock().unwrap();
             let live = s.filter(|s| {
                 s.hdr.state.load(Ordering::SeqCst) == slots::LIVE
                     && s.hdr.generation.load(Ordering::SeqCst) == generation
@@ -399,8 +442,12 @@ impl Inodes {
             // Crash after this store (or before it): recovery sets the count to the target again.
             s.lookups.store(target, Ordering::SeqCst);
             if target == 0 {
-                index.remove(&s.key());
+                // Under the journal: a crash between the two leaves a LIVE slot without an
+                // entry, which recovery gives back (and the pending forget then retires).
+                self.keys.begin(i);
+                self.keys.remove(&s.key(), i);
                 self.table.begin_retire(i);
+                self.keys.end();
             }
             crate::crash_point!("forget.applied");
             if let Some(r) = rec {
@@ -413,12 +460,14 @@ impl Inodes {
         self.retire(i);
     }
 
-    /// Finishes retiring slot `i` (waiting out its pins) and drops its cached fd.
+    /// Finishes retiring slot `i` (waiting out its pins) and drops its cached fd: by
+    /// generation, since the slot may have a new occupant (with its own entry) by then.
     fn retire(&self, i: u32) {
+        let generation = self.table.slot(i).hdr.generation.load(Ordering::SeqCst);
         if self.table.finish_retire(i) {
             self.budget.held.fetch_sub(1, Ordering::Relaxed);
         }
-        self.cache.remove(i);
+        self.cache.remove(i, generation);
     }
 
     /// A new FUSE session (a second INIT: the guest rebooted without forgetting its nodes):
@@ -474,7 +523,10 @@ impl Inodes {
                     s.lookups.store(value, Ordering::SeqCst);
                     if value == 0 && i > 1 {
                         // The scan that follows finishes the retirement.
+                        self.keys.begin(i);
+                        self.keys.remove(&s.key(), i);
                         self.table.begin_retire(i);
+                        self.keys.end();
                     }
                 }
                 r.end_pending();
@@ -484,19 +536,27 @@ impl Inodes {
         }
     }
 
-    /// Recovery: repairs half-done slots and mount entries, resets pins, and rebuilds the key
-    /// index, the free list and the count of fds the slots hold.
-    pub fn recover(&self) -> usize {
+    /// Recovery, before settling records: the one index entry a crash may have left out of
+    /// step with its slot (the journal names it) is put right. The index itself is in the
+    /// region: nothing is rebuilt.
+    pub fn repair_index(&self) {
+        self.keys.repair();
+    }
+
+    /// Recovery: repairs half-done slots and mount entries, resets pins, rebuilds the free
+    /// list and counts the fds the slots hold; returns the live slots and those fds (for the
+    /// fd sweep). One read-mostly pass over the slot headers.
+    pub fn recover(&self) -> (usize, Vec<i32>) {
         self.mounts.recover();
-        let mut index = self.index.lock().unwrap();
-        index.clear();
-        index.reserve(self.table.high_water());
-        let mut held = 0;
-        let live = self.table.recover(|i, s| {
-            index.insert(s.key(), i);
-            held += usize::from(s.hdr.fd.load(Ordering::Relaxed) >= 0);
+        let _one = self.index.lock().unwrap();
+        let mut fds = Vec::new();
+        let live = self.table.recover(|_, s| {
+            let fd = s.hdr.fd.load(Ordering::Relaxed);
+            if fd >= 0 {
+                fds.push(fd);
+            }
         });
-        self.budget.held.store(held, Ordering::Relaxed);
-        live
+        self.budget.held.store(fds.len(), Ordering::Relaxed);
+        (live, fds)
     }
 }

@@ -5,6 +5,7 @@ pub mod fdcache;
 pub mod handles;
 pub mod inodes;
 pub mod intent;
+pub mod keyindex;
 pub mod mounts;
 pub mod region;
 pub mod slots;
@@ -89,7 +90,8 @@ impl State {
 
     pub fn new(region: Region) -> State {
         let h = region.header();
-        let inodes = Inodes::new(region.inode_slots(), &h.inode_high_water, mounts::Mounts::new(&h.mounts));
+        let index = keyindex::KeyIndex::new(region.index_cells(), region.inode_slots(), &h.index_journal);
+        let inodes = Inodes::new(region.inode_slots(), &h.inode_high_water, mounts::Mounts::new(&h.mounts), index);
         let handles = Handles::new(region.handle_slots(), &h.handle_high_water);
         let records = intent::Records::new(region.records());
         State { region, inodes, handles, records }
@@ -107,25 +109,23 @@ impl State {
     /// Recovery step 2: settles the one table change each in-flight record may have left
     /// pending, from what the tables show.
     pub fn settle_pending(&self) {
+        self.inodes.repair_index();
         for r in self.region.records().iter().filter(|r| r.unique.load(Ordering::Acquire) != 0) {
             self.inodes.settle_pending(r);
             self.handles.settle_pending(r);
         }
     }
 
-    /// Every fd the tables and the header name: the supervisor's kept fds and the fds of LIVE
-    /// slots (in no particular order, possibly repeated). After recovery, any other open fd
-    /// that the transport does not hold was left by a request in flight at the crash.
-    pub fn referenced_fds(&self) -> Vec<i32> {
+    /// Every fd the tables and the header name: the supervisor's kept fds, the mount fds and the
+    /// fds of LIVE handle slots, plus `inode_fds` (those the inode table's recovery pass found:
+    /// the inode slots are not read a second time), in no particular order. After recovery, any
+    /// other open fd that the transport does not hold was left by a request in flight at the
+    /// crash (or was in the dead worker's fd cache).
+    pub fn referenced_fds(&self, inode_fds: Vec<i32>) -> Vec<i32> {
         let h = self.region.header();
-        let mut fds: Vec<i32> = h.keep_fds[..h.keep_count as usize].to_vec();
+        let mut fds = inode_fds;
+        fds.extend_from_slice(&h.keep_fds[..h.keep_count as usize]);
         fds.extend(self.inodes.mounts.fds());
-        let hw = h.inode_high_water.load(Ordering::SeqCst) as usize;
-        for s in &self.region.inode_slots()[..hw.min(h.inode_capacity as usize)] {
-            if s.hdr.state.load(Ordering::SeqCst) == slots::LIVE {
-                fds.push(s.hdr.fd.load(Ordering::SeqCst));
-            }
-        }
         let hw = h.handle_high_water.load(Ordering::SeqCst) as usize;
         for s in &self.region.handle_slots()[..hw.min(h.handle_capacity as usize)] {
             if s.hdr.state.load(Ordering::SeqCst) == slots::LIVE {

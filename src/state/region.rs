@@ -72,6 +72,10 @@ pub struct Header {
     /// The system call a seccomp filter refused, + 1 (0: none): written by the dying process's
     /// SIGSYS handler (`--seccomp kill`), read and cleared by the supervisor to name it.
     pub seccomp_violation: AtomicU32,
+    /// The key index (state/keyindex.rs): its cells, and the slot whose entry is changing.
+    pub index_offset: u64,
+    pub index_cells: u64,
+    pub index_journal: AtomicU64,
     /// One fd per file system the share spans, for `open_by_handle_at` (state/mounts.rs).
     pub mounts: [super::mounts::MountSlot; super::mounts::MAX_MOUNTS],
 }
@@ -100,6 +104,7 @@ struct Layout {
     records: u64,
     buffers: u64,
     vhost: u64,
+    index: u64,
     size: u64,
 }
 
@@ -111,8 +116,9 @@ fn layout(inode_capacity: u32, handle_capacity: u32, record_capacity: u32) -> La
     let records = handles + round(handle_capacity as u64 * size_of::<HandleSlot>() as u64);
     let buffers = records + round(record_capacity as u64 * size_of::<Record>() as u64);
     let vhost = buffers + MAX_CONN_BUFFERS as u64 * BUFFER_SIZE;
-    let size = vhost + round(size_of::<VhostArea>() as u64);
-    Layout { inodes, handles, records, buffers, vhost, size }
+    let index = vhost + round(size_of::<VhostArea>() as u64);
+    let size = index + round(super::keyindex::cells_for(inode_capacity) * 4);
+    Layout { inodes, handles, records, buffers, vhost, index, size }
 }
 
 impl Region {
@@ -141,6 +147,8 @@ impl Region {
         h.record_capacity = RECORD_CAPACITY;
         h.buffer_offset = l.buffers;
         h.vhost_offset = l.vhost;
+        h.index_offset = l.index;
+        h.index_cells = super::keyindex::cells_for(inode_capacity);
         h.ready_fd = -1;
         region.vhost().init_fds();
         Ok(region)
@@ -192,10 +200,12 @@ impl Region {
             records: h.record_offset,
             buffers: h.buffer_offset,
             vhost: h.vhost_offset,
+            index: h.index_offset,
             size: h.region_size,
         };
         let fits = h.header_size as usize == HEADER_SIZE
             && found == l
+            && h.index_cells == super::keyindex::cells_for(h.inode_capacity)
             && l.size as usize <= self.size
             && h.inode_capacity >= 2
             && h.handle_capacity >= 2
@@ -242,6 +252,14 @@ impl Region {
         let h = self.header();
         // SAFETY: as for `inode_slots`.
         unsafe { self.slots(h.handle_offset, h.handle_capacity) }
+    }
+
+    /// The key index's cells.
+    pub fn index_cells(&self) -> &'static [AtomicU32] {
+        let h = self.header();
+        // SAFETY: `layout` sized the area for `cells_for(inode_capacity)` cells (checked equal to
+        // `index_cells`), 4-byte aligned (page-aligned start); zero bytes are valid atomics.
+        unsafe { self.slots(h.index_offset, h.index_cells as u32) }
     }
 
     pub fn records(&self) -> &'static [Record] {

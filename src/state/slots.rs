@@ -188,7 +188,10 @@ impl<S: Slot> SlotTable<S> {
         for i in (1..hw as u32).rev() {
             let s = self.slot(i);
             let h = s.header();
-            h.users.store(0, Ordering::SeqCst);
+            // Read first: most slots have no pin, and not writing them keeps the pass read-only.
+            if h.users.load(Ordering::Relaxed) != 0 {
+                h.users.store(0, Ordering::SeqCst);
+            }
             match h.state.load(Ordering::SeqCst) {
                 LIVE => {
                     on_live(i, s);

@@ -29,6 +29,14 @@ impl FileHandle {
     }
 }
 
+impl PartialEq for FileHandle {
+    fn eq(&self, other: &FileHandle) -> bool {
+        self.handle_type == other.handle_type && self.bytes() == other.bytes()
+    }
+}
+
+impl Eq for FileHandle {}
+
 impl std::fmt::Debug for FileHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "FileHandle(type {}, {} bytes)", self.handle_type, self.handle_bytes)
