@@ -192,6 +192,7 @@ fn worker_config(cli: &Cli, shared_dir: &std::path::Path, transport: Arc<dyn Tra
         posix_acl: false,
         auto_inval_data: cli.cache == CachePolicy::Auto,
         killpriv_v2: !cli.no_killpriv_v2,
+        announce_submounts: cli.announce_submounts,
     };
     WorkerConfig {
         shared_dir: CString::new(shared_dir.as_os_str().as_bytes()).expect("paths have no NUL"),

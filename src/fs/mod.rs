@@ -142,6 +142,8 @@ pub struct Fs {
     dir_locks: Vec<Mutex<()>>,
     /// Set at INIT when the kernel agreed to writeback caching.
     writeback: AtomicBool,
+    /// Set at INIT when the kernel agreed to FUSE_SUBMOUNTS (`--announce-submounts`).
+    announce_submounts: AtomicBool,
     locks: lock::LockOwners,
     /// `--inode-file-handles` as this worker applies it (`prefer` becomes `never` when the
     /// start-up probe finds handles unusable).
@@ -172,6 +174,7 @@ impl Fs {
             proc_self_fd,
             dir_locks: (0..DIR_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             writeback: AtomicBool::new(false),
+            announce_submounts: AtomicBool::new(false),
             locks: lock::LockOwners::default(),
             handles,
         };
@@ -199,6 +202,10 @@ impl Fs {
 
     pub fn set_writeback(&self, on: bool) {
         self.writeback.store(on, Ordering::Relaxed);
+    }
+
+    pub fn set_announce_submounts(&self, on: bool) {
+        self.announce_submounts.store(on, Ordering::Relaxed);
     }
 
     /// Reopens node `fd` (an `O_PATH` fd) with real access `flags`, via /proc/self/fd.

@@ -20,6 +20,9 @@ pub struct InitPolicy {
     /// FUSE_HANDLE_KILLPRIV_V2: the daemon, not the kernel, clears set-id bits on write,
     /// truncate and chown (fs/file.rs `write`; docs/design.md, "Set-id bits").
     pub killpriv_v2: bool,
+    /// FUSE_SUBMOUNTS (`--announce-submounts`): entries on another file system than their
+    /// parent carry FUSE_ATTR_SUBMOUNT (a virtio-fs guest then mounts them separately).
+    pub announce_submounts: bool,
 }
 
 /// What an INIT request comes to.
@@ -49,6 +52,7 @@ impl InitPolicy {
             (self.auto_inval_data, abi::AUTO_INVAL_DATA),
             (self.posix_acl, abi::POSIX_ACL),
             (self.killpriv_v2, abi::HANDLE_KILLPRIV_V2),
+            (self.announce_submounts, abi::SUBMOUNTS),
         ];
         optional.iter().filter(|(on, _)| *on).fold(
             abi::ASYNC_READ | abi::BIG_WRITES | abi::PARALLEL_DIROPS | abi::MAX_PAGES | abi::ASYNC_DIO | abi::INIT_EXT,
@@ -92,6 +96,7 @@ impl Server {
         if self.initialized() {
             let negotiated = self.state.region.header().negotiated.load(Ordering::Acquire);
             self.fs.set_writeback(negotiated & abi::WRITEBACK_CACHE != 0);
+            self.fs.set_announce_submounts(negotiated & abi::SUBMOUNTS != 0);
         }
     }
 
@@ -108,6 +113,7 @@ impl Server {
             Negotiation::Session { offered, agreed, reply } => (offered, agreed, reply),
         };
         self.fs.set_writeback(agreed & abi::WRITEBACK_CACHE != 0);
+        self.fs.set_announce_submounts(agreed & abi::SUBMOUNTS != 0);
         let header = self.state.region.header();
         // A second INIT starts a new session (a virtio guest that rebooted; the kernel sends one
         // INIT per /dev/fuse connection): the old session's nodes and handles go. Crash inside:
@@ -145,6 +151,7 @@ mod tests {
             posix_acl: false,
             auto_inval_data: true,
             killpriv_v2: true,
+            announce_submounts: false,
         }
     }
 
@@ -209,6 +216,15 @@ mod tests {
         let off = InitPolicy { killpriv_v2: false, ..policy() };
         assert_eq!(agreed_flags(off.negotiate(&init_in(45, offered), 0)), 0);
         assert_eq!(agreed_flags(policy().negotiate(&init_in(45, 0), 0)), 0, "not offered, not agreed");
+    }
+
+    #[test]
+    fn test_init_submounts_only_with_announce_submounts() {
+        let offered = abi::SUBMOUNTS;
+        assert_eq!(agreed_flags(policy().negotiate(&init_in(45, offered), 0)), 0);
+        let on = InitPolicy { announce_submounts: true, ..policy() };
+        assert_eq!(agreed_flags(on.negotiate(&init_in(45, offered), 0)), abi::SUBMOUNTS);
+        assert_eq!(agreed_flags(on.negotiate(&init_in(45, 0), 0)), 0, "a /dev/fuse kernel does not offer it");
     }
 
     fn agreed_flags(n: Negotiation) -> u64 {

@@ -182,6 +182,8 @@ impl<S: Slot> SlotTable<S> {
     pub fn recover(&self, mut on_live: impl FnMut(u32, &'static S)) -> usize {
         let hw = (self.high_water.load(Ordering::SeqCst) as usize).min(self.slots.len()).max(1);
         self.high_water.store(hw as u32, Ordering::SeqCst);
+        // The pass reads every slot below the high-water mark: fault them in at once.
+        crate::sys::populate_read(self.slots.as_ptr().cast(), hw * size_of::<S>());
         let mut free = self.free.lock().unwrap();
         free.clear();
         let mut live = 0;

@@ -98,6 +98,7 @@ impl Harness {
             posix_acl: false,
             auto_inval_data: true,
             killpriv_v2: true,
+            announce_submounts: true,
         };
         let server = Server::new(fs, state.clone(), policy, true);
         let record = server.thread_record();
