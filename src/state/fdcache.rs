@@ -140,6 +140,17 @@ impl FdCache {
     }
 }
 
+impl Drop for FdCache {
+    /// A worker's cache lives as long as the worker; a dropped one (a test's) closes its fds.
+    fn drop(&mut self) {
+        for s in &self.shards {
+            for e in s.lock().unwrap_or_else(|e| e.into_inner()).entries.values() {
+                crate::sys::close(e.fd);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
