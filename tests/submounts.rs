@@ -98,3 +98,36 @@ fn test_submounts_served_apart_with_file_handles() {
 fn test_submounts_served_apart_with_inode_fds() {
     run(&["--inode-file-handles=never"]);
 }
+
+/// A file system that makes no file handles (ramfs) inside the share: with `prefer` its objects
+/// are kept by O_PATH fds and served; with `mandatory` their lookup fails with EOPNOTSUPP (and
+/// the rest of the share is served).
+#[test]
+fn test_submount_without_handles_prefer_falls_back_mandatory_refuses() {
+    for (mode, works) in [("prefer", true), ("mandatory", false)] {
+        let tmp = tempfile::Builder::new().prefix("phoenixfs-nohandles").tempdir().unwrap();
+        let share = tmp.path().join("share");
+        let mnt = tmp.path().join("mnt");
+        std::fs::create_dir(&share).unwrap();
+        std::fs::create_dir(&mnt).unwrap();
+        let r = share.join("r");
+        std::fs::create_dir(&r).unwrap();
+        let c = common::sys::cs(&r);
+        // SAFETY: valid C strings; a fresh ramfs on a directory of our own.
+        let rc = unsafe { libc::mount(c"none".as_ptr(), c.as_ptr(), c"ramfs".as_ptr(), 0, std::ptr::null()) };
+        assert_eq!(rc, 0, "mount ramfs: {}", std::io::Error::last_os_error());
+        let _umount = Tmpfs(r.clone());
+        std::fs::write(r.join("f"), "in ramfs").unwrap();
+        std::fs::write(share.join("g"), "in the share").unwrap();
+        let arg = format!("--inode-file-handles={mode}");
+        let mut m = Mount::start(&share, &mnt, &[&arg]);
+        assert_eq!(std::fs::read_to_string(mnt.join("g")).unwrap(), "in the share", "{mode}");
+        let got = std::fs::read_to_string(mnt.join("r/f"));
+        if works {
+            assert_eq!(got.unwrap(), "in ramfs");
+        } else {
+            assert_eq!(got.unwrap_err().raw_os_error(), Some(libc::EOPNOTSUPP), "{mode}");
+        }
+        assert!(m.stop().success());
+    }
+}
