@@ -392,15 +392,15 @@ fn check_state(state: &State) -> (usize, usize) {
     let (ihw, hhw) =
         (h.inode_high_water.load(Ordering::SeqCst) as usize, h.handle_high_water.load(Ordering::SeqCst) as usize);
     assert!(ihw <= h.inode_capacity as usize && hhw <= h.handle_capacity as usize, "high water past capacity");
-    let inodes = check_table("inode", r.inode_slots()[..ihw].iter().map(|s| &s.hdr));
-    let handles = check_table("handle", r.handle_slots()[..hhw].iter().map(|s| &s.hdr));
-    for (i, s) in r.inode_slots()[..ihw].iter().enumerate() {
-        if s.hdr.state.load(Ordering::SeqCst) == LIVE && s.hdr.fd.load(Ordering::SeqCst) < 0 {
+    let inodes = check_table("inode", r.inode_headers()[..ihw].iter());
+    let handles = check_table("handle", r.handle_headers()[..hhw].iter());
+    for (i, (h, s)) in r.inode_headers()[..ihw].iter().zip(r.inode_slots()).enumerate() {
+        if h.state.load(Ordering::SeqCst) == LIVE && h.fd.load(Ordering::SeqCst) < 0 {
             assert!(s.file_handle().is_some(), "inode slot {i}: LIVE with neither an fd nor a file handle");
         }
     }
-    for (i, s) in r.handle_slots()[..hhw].iter().enumerate() {
-        if s.hdr.state.load(Ordering::SeqCst) == LIVE {
+    for (i, (h, s)) in r.handle_headers()[..hhw].iter().zip(r.handle_slots()).enumerate() {
+        if h.state.load(Ordering::SeqCst) == LIVE {
             assert!(s.kind().is_some(), "handle slot {i}: LIVE with a bad kind");
         }
     }

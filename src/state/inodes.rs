@@ -29,12 +29,11 @@ pub struct InodeKey {
     pub mnt_id: u64,
 }
 
-/// A LIVE slot names its object by `hdr.fd` (>= 0: an O_PATH fd it owns) or by its file handle
-/// (`handle_len` > 0, `hdr.fd` == -1); both are written before the slot is published.
+/// A LIVE slot names its object by its header's fd (>= 0: an O_PATH fd it owns) or by its file
+/// handle (`handle_len` > 0, fd == -1); both are written before the slot is published.
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct InodeSlot {
-    pub hdr: SlotHeader,
     /// S_IFMT bits of the object.
     pub file_type: AtomicU32,
     /// The file handle's type (`struct file_handle`'s handle_type).
@@ -49,13 +48,9 @@ pub struct InodeSlot {
     pub handle: [AtomicU64; INLINE_HANDLE / 8],
 }
 
-const _: () = assert!(size_of::<InodeSlot>() == 128);
+const _: () = assert!(size_of::<InodeSlot>() == 112);
 
-impl Slot for InodeSlot {
-    fn header(&self) -> &SlotHeader {
-        &self.hdr
-    }
-}
+impl Slot for InodeSlot {}
 
 impl InodeSlot {
     pub fn key(&self) -> InodeKey {
@@ -162,9 +157,15 @@ pub struct Looked {
 }
 
 impl Inodes {
-    pub fn new(slots: &'static [InodeSlot], high_water: &'static AtomicU32, mounts: Mounts, keys: KeyIndex) -> Self {
+    pub fn new(
+        headers: &'static [SlotHeader],
+        slots: &'static [InodeSlot],
+        high_water: &'static AtomicU32,
+        mounts: Mounts,
+        keys: KeyIndex,
+    ) -> Self {
         Inodes {
-            table: SlotTable::new(slots, high_water, Error::BadNodeId),
+            table: SlotTable::new(headers, slots, high_water, Error::BadNodeId),
             index: Mutex::new(()),
             keys,
             cache: Arc::new(FdCache::default()),
@@ -223,7 +224,7 @@ impl Inodes {
         if fd >= 0 {
             self.budget.held.fetch_add(1, Ordering::Relaxed);
         }
-        s.hdr.fd.store(fd, Ordering::Relaxed);
+        self.table.header(index).fd.store(fd, Ordering::Relaxed);
         s.file_type.store(file_type, Ordering::Relaxed);
         s.dev.store(key.dev, Ordering::Relaxed);
         s.ino.store(key.ino, Ordering::Relaxed);
@@ -274,7 +275,7 @@ impl Inodes {
                     continue;
                 }
             }
-            let generation = s.hdr.generation.load(Ordering::Relaxed);
+            let generation = self.table.header(i).generation.load(Ordering::Relaxed);
             let nodeid = slots::make_id(i, generation);
             let before = s.lookups.load(Ordering::SeqCst);
             if let Some(r) = rec {
@@ -319,7 +320,7 @@ impl Inodes {
         // (a crash before that leaves it named nowhere, and the fd sweep closes it).
         let slot_fd = if handle.is_some() { -1 } else { fd };
         self.fill(i, slot_fd, handle.as_ref(), key, file_type);
-        let generation = self.table.slot(i).hdr.generation.load(Ordering::Relaxed);
+        let generation = self.table.header(i).generation.load(Ordering::Relaxed);
         if let Some(r) = rec {
             r.begin_pending(Pending::Raise, slots::make_id(i, generation), 0);
         }
@@ -361,7 +362,7 @@ impl Inodes {
     /// A fresh O_PATH fd of the object in slot `i` that the slot does not keep: into the fd
     /// cache if the slot has a handle (the next request on it will likely need it), else closed.
     fn lend_or_close(&self, i: u32, generation: u32, fd: i32) {
-        if self.table.slot(i).hdr.fd.load(Ordering::Relaxed) < 0 {
+        if self.table.header(i).fd.load(Ordering::Relaxed) < 0 {
             self.cache.insert(i, generation, fd, false);
         } else {
             crate::sys::close(fd);
@@ -415,14 +416,13 @@ impl Inodes {
             r.end_pending();
         };
         let valid = i > 1 && (i as usize) < self.table.capacity(); // the root is never forgotten
-        let s = valid.then(|| self.table.slot(i));
+        let s = valid.then(|| (self.table.header(i), self.table.slot(i)));
         {
             let _one = self.index.lock().unwrap();
-            let live = s.filter(|s| {
-                s.hdr.state.load(Ordering::SeqCst) == slots::LIVE
-                    && s.hdr.generation.load(Ordering::SeqCst) == generation
+            let live = s.filter(|(h, _)| {
+                h.state.load(Ordering::SeqCst) == slots::LIVE && h.generation.load(Ordering::SeqCst) == generation
             });
-            let Some(s) = live else {
+            let Some((_, s)) = live else {
                 if let Some(r) = rec {
                     finish_entry(r);
                 }
@@ -463,7 +463,7 @@ impl Inodes {
     /// Finishes retiring slot `i` (waiting out its pins) and drops its cached fd: by
     /// generation, since the slot may have a new occupant (with its own entry) by then.
     fn retire(&self, i: u32) {
-        let generation = self.table.slot(i).hdr.generation.load(Ordering::SeqCst);
+        let generation = self.table.header(i).generation.load(Ordering::SeqCst);
         if self.table.finish_retire(i) {
             self.budget.held.fetch_sub(1, Ordering::Relaxed);
         }
@@ -476,9 +476,9 @@ impl Inodes {
     pub fn forget_all(&self) -> usize {
         let mut forgotten = 0;
         for i in 2..self.table.high_water() as u32 {
-            let s = self.table.slot(i);
-            if s.hdr.state.load(Ordering::SeqCst) == slots::LIVE {
-                self.forget(slots::make_id(i, s.hdr.generation.load(Ordering::SeqCst)), u64::MAX, Intent::none());
+            let h = self.table.header(i);
+            if h.state.load(Ordering::SeqCst) == slots::LIVE {
+                self.forget(slots::make_id(i, h.generation.load(Ordering::SeqCst)), u64::MAX, Intent::none());
                 forgotten += 1;
             }
         }
@@ -506,10 +506,12 @@ impl Inodes {
         let id = r.pending_id.load(Ordering::Acquire);
         let value = r.pending_value.load(Ordering::Acquire);
         let (i, generation) = slots::split_id(id);
-        let slot = (i > 0 && (i as usize) < self.table.capacity()).then(|| self.table.slot(i));
-        let live = slot.filter(|s| {
-            s.hdr.state.load(Ordering::SeqCst) == slots::LIVE && s.hdr.generation.load(Ordering::SeqCst) == generation
-        });
+        let slot = (i > 0 && (i as usize) < self.table.capacity()).then(|| (self.table.header(i), self.table.slot(i)));
+        let live = slot
+            .filter(|(h, _)| {
+                h.state.load(Ordering::SeqCst) == slots::LIVE && h.generation.load(Ordering::SeqCst) == generation
+            })
+            .map(|(_, s)| s);
         match r.pending() {
             Pending::Raise => match live {
                 Some(s) if s.lookups.load(Ordering::SeqCst) == value + 1 => r.push_raised(id),
@@ -550,8 +552,8 @@ impl Inodes {
         self.mounts.recover();
         let _one = self.index.lock().unwrap();
         let mut fds = Vec::new();
-        let live = self.table.recover(|_, s| {
-            let fd = s.hdr.fd.load(Ordering::Relaxed);
+        let live = self.table.recover(|_, h, _| {
+            let fd = h.fd.load(Ordering::Relaxed);
             if fd >= 0 {
                 fds.push(fd);
             }

@@ -16,6 +16,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::inodes::{InodeKey, InodeSlot};
+use super::slots::SlotHeader;
 
 const EMPTY: u32 = 0;
 const TOMB: u32 = u32::MAX;
@@ -29,6 +30,7 @@ pub fn cells_for(capacity: u32) -> u64 {
 /// The index over one region's inode slots.
 pub struct KeyIndex {
     cells: &'static [AtomicU32],
+    headers: &'static [SlotHeader],
     slots: &'static [InodeSlot],
     /// Slot index + 1 whose entry is being changed together with its slot (0: none).
     journal: &'static AtomicU64,
@@ -43,9 +45,14 @@ fn hash(k: &InodeKey) -> u64 {
 }
 
 impl KeyIndex {
-    pub fn new(cells: &'static [AtomicU32], slots: &'static [InodeSlot], journal: &'static AtomicU64) -> KeyIndex {
+    pub fn new(
+        cells: &'static [AtomicU32],
+        headers: &'static [SlotHeader],
+        slots: &'static [InodeSlot],
+        journal: &'static AtomicU64,
+    ) -> KeyIndex {
         debug_assert!(cells.len().is_power_of_two());
-        KeyIndex { cells, slots, journal }
+        KeyIndex { cells, headers, slots, journal }
     }
 
     fn probe(&self, key: &InodeKey) -> impl Iterator<Item = usize> + '_ {
@@ -59,7 +66,7 @@ impl KeyIndex {
             && cell != TOMB
             && (cell as usize) < self.slots.len()
             && self.slots[cell as usize].key() == *key
-            && self.slots[cell as usize].hdr.state.load(Ordering::SeqCst) == super::slots::LIVE
+            && self.headers[cell as usize].state.load(Ordering::SeqCst) == super::slots::LIVE
     }
 
     /// The LIVE slot whose key is `key`.
@@ -137,7 +144,7 @@ impl KeyIndex {
             .map(|p| self.cells[p].load(Ordering::Relaxed))
             .take_while(|c| *c != EMPTY)
             .any(|c| c == index);
-        let live = s.hdr.state.load(Ordering::SeqCst) == super::slots::LIVE;
+        let live = self.headers[index as usize].state.load(Ordering::SeqCst) == super::slots::LIVE;
         if live && !present {
             self.insert(&key, index);
         } else if !live && present {

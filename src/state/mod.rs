@@ -90,9 +90,20 @@ impl State {
 
     pub fn new(region: Region) -> State {
         let h = region.header();
-        let index = keyindex::KeyIndex::new(region.index_cells(), region.inode_slots(), &h.index_journal);
-        let inodes = Inodes::new(region.inode_slots(), &h.inode_high_water, mounts::Mounts::new(&h.mounts), index);
-        let handles = Handles::new(region.handle_slots(), &h.handle_high_water);
+        let index = keyindex::KeyIndex::new(
+            region.index_cells(),
+            region.inode_headers(),
+            region.inode_slots(),
+            &h.index_journal,
+        );
+        let inodes = Inodes::new(
+            region.inode_headers(),
+            region.inode_slots(),
+            &h.inode_high_water,
+            mounts::Mounts::new(&h.mounts),
+            index,
+        );
+        let handles = Handles::new(region.handle_headers(), region.handle_slots(), &h.handle_high_water);
         let records = intent::Records::new(region.records());
         State { region, inodes, handles, records }
     }
@@ -127,9 +138,9 @@ impl State {
         fds.extend_from_slice(&h.keep_fds[..h.keep_count as usize]);
         fds.extend(self.inodes.mounts.fds());
         let hw = h.handle_high_water.load(Ordering::SeqCst) as usize;
-        for s in &self.region.handle_slots()[..hw.min(h.handle_capacity as usize)] {
-            if s.hdr.state.load(Ordering::SeqCst) == slots::LIVE {
-                fds.push(s.hdr.fd.load(Ordering::SeqCst));
+        for s in &self.region.handle_headers()[..hw.min(h.handle_capacity as usize)] {
+            if s.state.load(Ordering::SeqCst) == slots::LIVE {
+                fds.push(s.fd.load(Ordering::SeqCst));
             }
         }
         fds

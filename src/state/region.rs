@@ -38,6 +38,9 @@ pub struct Header {
     pub handle_capacity: u32,
     pub inode_offset: u64,
     pub handle_offset: u64,
+    /// The slots' headers, one dense array per table (what recovery's pass reads).
+    pub inode_header_offset: u64,
+    pub handle_header_offset: u64,
     /// Bumped by every worker that takes the region over.
     pub generation: AtomicU64,
     /// One past the highest slot index ever used: recovery scans only below it.
@@ -99,7 +102,9 @@ unsafe impl Sync for Region {}
 /// Where each part starts, and the region's size.
 #[derive(Debug, PartialEq, Eq)]
 struct Layout {
+    inode_headers: u64,
     inodes: u64,
+    handle_headers: u64,
     handles: u64,
     records: u64,
     buffers: u64,
@@ -111,14 +116,17 @@ struct Layout {
 fn layout(inode_capacity: u32, handle_capacity: u32, record_capacity: u32) -> Layout {
     let page = 4096u64;
     let round = |n: u64| n.div_ceil(page) * page;
-    let inodes = HEADER_SIZE as u64;
-    let handles = inodes + round(inode_capacity as u64 * size_of::<InodeSlot>() as u64);
+    let header = size_of::<super::slots::SlotHeader>() as u64;
+    let inode_headers = HEADER_SIZE as u64;
+    let inodes = inode_headers + round(inode_capacity as u64 * header);
+    let handle_headers = inodes + round(inode_capacity as u64 * size_of::<InodeSlot>() as u64);
+    let handles = handle_headers + round(handle_capacity as u64 * header);
     let records = handles + round(handle_capacity as u64 * size_of::<HandleSlot>() as u64);
     let buffers = records + round(record_capacity as u64 * size_of::<Record>() as u64);
     let vhost = buffers + MAX_CONN_BUFFERS as u64 * BUFFER_SIZE;
     let index = vhost + round(size_of::<VhostArea>() as u64);
     let size = index + round(super::keyindex::cells_for(inode_capacity) * 4);
-    Layout { inodes, handles, records, buffers, vhost, index, size }
+    Layout { inode_headers, inodes, handle_headers, handles, records, buffers, vhost, index, size }
 }
 
 impl Region {
@@ -143,6 +151,8 @@ impl Region {
         h.handle_capacity = handle_capacity;
         h.inode_offset = l.inodes;
         h.handle_offset = l.handles;
+        h.inode_header_offset = l.inode_headers;
+        h.handle_header_offset = l.handle_headers;
         h.record_offset = l.records;
         h.record_capacity = RECORD_CAPACITY;
         h.buffer_offset = l.buffers;
@@ -195,7 +205,9 @@ impl Region {
         }
         let l = layout(h.inode_capacity, h.handle_capacity, h.record_capacity);
         let found = Layout {
+            inode_headers: h.inode_header_offset,
             inodes: h.inode_offset,
+            handle_headers: h.handle_header_offset,
             handles: h.handle_offset,
             records: h.record_offset,
             buffers: h.buffer_offset,
@@ -246,6 +258,19 @@ impl Region {
         let h = self.header();
         // SAFETY: offsets and capacities come from `layout`, which sized the region for them.
         unsafe { self.slots(h.inode_offset, h.inode_capacity) }
+    }
+
+    /// The inode slots' headers (state, generation, pins, fd), one per slot.
+    pub fn inode_headers(&self) -> &'static [super::slots::SlotHeader] {
+        let h = self.header();
+        // SAFETY: as for `inode_slots`.
+        unsafe { self.slots(h.inode_header_offset, h.inode_capacity) }
+    }
+
+    pub fn handle_headers(&self) -> &'static [super::slots::SlotHeader] {
+        let h = self.header();
+        // SAFETY: as for `inode_slots`.
+        unsafe { self.slots(h.handle_header_offset, h.handle_capacity) }
     }
 
     pub fn handle_slots(&self) -> &'static [HandleSlot] {

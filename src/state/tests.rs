@@ -84,14 +84,14 @@ fn test_state_new_slot_setting_up_is_freed_and_its_fd_closed() {
     let f = fd();
     s.inodes.lookup(f, key(1), libc::S_IFREG, Intent::none(), || Ok(None)).unwrap();
     // A second object whose slot a dead worker had only begun to fill.
-    let slot = &s.region.inode_slots()[3];
+    let hdr = &s.region.inode_headers()[3];
     let g = fd();
-    slot.hdr.fd.store(g, Ordering::SeqCst);
-    slot.hdr.state.store(SETTING_UP, Ordering::SeqCst);
+    hdr.fd.store(g, Ordering::SeqCst);
+    hdr.state.store(SETTING_UP, Ordering::SeqCst);
     s.region.header().inode_high_water.store(4, Ordering::SeqCst);
     let report = recover(&s);
     assert_eq!(report.live_inodes, 2, "the root and the first object");
-    assert_eq!(slot.hdr.state.load(Ordering::SeqCst), slots::FREE);
+    assert_eq!(hdr.state.load(Ordering::SeqCst), slots::FREE);
     // SAFETY: F_GETFD only queries.
     assert_eq!(unsafe { libc::fcntl(g, libc::F_GETFD) }, -1, "the half-set-up slot's fd is closed");
 }
@@ -102,13 +102,14 @@ fn test_state_retiring_slot_is_finished_by_recovery() {
     let n = s.inodes.lookup(fd(), key(3), libc::S_IFREG, Intent::none(), || Ok(None)).unwrap().nodeid;
     let (i, generation) = slots::split_id(n);
     let slot = &s.region.inode_slots()[i as usize];
+    let hdr = &s.region.inode_headers()[i as usize];
     slot.lookups.store(0, Ordering::SeqCst);
-    slot.hdr.state.store(RETIRING, Ordering::SeqCst);
-    slot.hdr.users.store(3, Ordering::SeqCst); // pins of dead threads
+    hdr.state.store(RETIRING, Ordering::SeqCst);
+    hdr.users.store(3, Ordering::SeqCst); // pins of dead threads
     recover(&s);
-    assert_eq!(slot.hdr.state.load(Ordering::SeqCst), slots::FREE);
-    assert_eq!(slot.hdr.generation.load(Ordering::SeqCst), generation + 1);
-    assert_eq!(slot.hdr.users.load(Ordering::SeqCst), 0);
+    assert_eq!(hdr.state.load(Ordering::SeqCst), slots::FREE);
+    assert_eq!(hdr.generation.load(Ordering::SeqCst), generation + 1);
+    assert_eq!(hdr.users.load(Ordering::SeqCst), 0);
 }
 
 #[test]
@@ -206,6 +207,7 @@ fn test_state_key_index_journal_repairs_a_publication_cut_short() {
     // Dead between publishing the slot and adding its entry: the journal names it.
     let keys = super::keyindex::KeyIndex::new(
         s.region.index_cells(),
+        s.region.inode_headers(),
         s.region.inode_slots(),
         &s.region.header().index_journal,
     );
@@ -222,7 +224,7 @@ fn test_state_key_index_journal_repairs_a_publication_cut_short() {
     assert_eq!(keys.get(&key(6)), Some(i));
     // A retiring slot's entry is dropped.
     keys.begin(i);
-    s.region.inode_slots()[i as usize].hdr.state.store(RETIRING, Ordering::SeqCst);
+    s.region.inode_headers()[i as usize].state.store(RETIRING, Ordering::SeqCst);
     recover(&s);
     assert_eq!(keys.get(&key(6)), None);
 }
