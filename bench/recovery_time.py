@@ -240,6 +240,15 @@ def measure_size(binary, extra, n, args):
                     raise SystemExit(f"the supervisor died; log: {daemon.logpath}")
                 min_fds = min(min_fds, fd_count(sup))
                 log(f"L={fmt_size(n)} run {r + 1}/{args.repeats}: kill -> reply {ms(dt)} (new worker {worker[0]})")
+            # With --log-level info the daemon logs what each new worker took over: check that the
+            # kernel held every lookup (another process's drop_caches makes it forget).
+            with open(daemon.logpath, errors="replace") as f:
+                ansi = r"(?:\x1b\[[0-9;]*m)*"
+                took = [int(m) for m in re.findall(rf"live_inodes{ansi}={ansi}(\d+)", f.read())]
+            if took:
+                log(f"live inodes at each takeover: min {min(took)}, max {max(took)}")
+                if min(took) < n:
+                    log(f"warning: a worker took over {min(took)} live inodes, fewer than L={n}")
             if uses_fds(extra) and min_fds < n:
                 log(f"warning: the daemon held only {min_fds} fds at some point, fewer than L={n}: "
                     "the kernel dropped lookups (memory pressure?) and L is not what it claims")
