@@ -65,7 +65,9 @@ impl FdCache {
     }
 
     /// Adds `fd` (fresh, ours) for slot `index`; `used` takes it for use at once. Returns the
-    /// fd to use: `fd`, or the one another thread cached first (then `fd` is closed).
+    /// fd to use: `fd`, or the one another thread cached first (then `fd` is closed); -1 (and
+    /// `fd` closed) if the slot's entry belongs to another incarnation of it that is in use,
+    /// which happens only for `used == false` (a pin holds its slot's generation).
     pub fn insert(&self, index: u32, generation: u32, fd: i32, used: bool) -> i32 {
         let mut s = self.shard(index);
         if let Some(e) = s.entries.get_mut(&index) {
@@ -74,10 +76,13 @@ impl FdCache {
                 crate::sys::close(fd);
                 return e.fd;
             }
-            // An entry of an earlier occupant of the slot, never used again: replace it.
-            if e.users == 0 {
-                crate::sys::close(e.fd);
+            // Another incarnation of the slot. In use (a later occupant's pin): keep it, and ours
+            // is not needed. Unused: replace it (a stale one is never used again).
+            if e.users > 0 {
+                crate::sys::close(fd);
+                return -1;
             }
+            crate::sys::close(e.fd);
         }
         s.entries.insert(index, Entry { fd, generation, users: u32::from(used), recent: false });
         s.clock.push_back(index);
