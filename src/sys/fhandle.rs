@@ -1,6 +1,6 @@
-//! File handles: `name_to_handle_at` and `open_by_handle_at`, raw (the libc crate has the
-//! syscall numbers but no wrapper or `struct file_handle`, and no maintained crate offers more
-//! than that; see docs/design.md "File handles").
+//! File handles: `name_to_handle_at` and `open_by_handle_at` as raw syscalls, with a
+//! `struct file_handle` that has room for the largest handle (libc's has a zero-length
+//! `f_handle`; no well-kept crate offers more than libc: see docs/design.md "File handles").
 
 use std::io;
 
