@@ -53,7 +53,7 @@ fn bench(n: u32, handles: bool) {
         state.handles.recover();
         state.records.recover(dead);
         let t1 = Instant::now();
-        phoenixfsd::recovery::sweep_fds(state.referenced_fds(inode_fds));
+        phoenixfsd::sys::close_all_except(state.referenced_fds(inode_fds));
         let t2 = Instant::now();
         assert_eq!(live_inodes, n as usize);
         rec.push((t1 - t0).as_secs_f64() * 1e3);

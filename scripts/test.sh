@@ -42,9 +42,13 @@ cargo build --release --features crash-points
 # counted against the test timeout).
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target x86_64-unknown-linux-gnu --example vm_guest
 
-# Daemons run with the default --seccomp kill unless PHOENIXFS_TEST_SECCOMP names another mode.
+# Daemons run with the default --seccomp kill and --sandbox namespace unless PHOENIXFS_TEST_SECCOMP
+# or PHOENIXFS_TEST_SANDBOX names another mode.
 seccomp_mode="kill (the default)"
 [ -n "${PHOENIXFS_TEST_SECCOMP:-}" ] && seccomp_mode="$PHOENIXFS_TEST_SECCOMP (PHOENIXFS_TEST_SECCOMP)"
+sandbox_mode="namespace (the default)"
+[ -n "${PHOENIXFS_TEST_SANDBOX:-}" ] && sandbox_mode="$PHOENIXFS_TEST_SANDBOX (PHOENIXFS_TEST_SANDBOX)"
+seccomp_mode="$seccomp_mode, --sandbox $sandbox_mode"
 step "cargo test --release (timeout ${TEST_TIMEOUT}s; phoenixfsd runs with --seccomp $seccomp_mode)"
 rc=0
 timeout --kill-after=30 "$TEST_TIMEOUT" cargo test --release --features crash-points --no-fail-fast -- --show-output \

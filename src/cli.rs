@@ -311,9 +311,6 @@ impl Cli {
     /// Options given a non-default value that this build accepts but does not enforce yet.
     pub fn unenforced(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
-        if self.sandbox != SandboxMode::None {
-            v.push("--sandbox (no sandbox is set up yet; runs as --sandbox=none)");
-        }
         if self.xattrmap.is_some() {
             v.push("--xattrmap");
         }

@@ -18,7 +18,12 @@
 //!
 //! With PHOENIXFS_CRASH_MODE=forbidden-syscall the worker instead makes a system call its
 //! seccomp filter refuses (syslog(SYSLOG_ACTION_SIZE_BUFFER), a harmless query), once: the test
-//! of `--seccomp kill` (the worker dies of it, the log names it, a new worker replays).
+//! of `--seccomp kill` (the worker dies of it, the log names it, a new worker replays). With
+//! `forbidden-syscall-always` it makes it every time, as `abort-always` aborts.
+//!
+//! With PHOENIXFS_CRASH_MODE=try-escape the worker instead plays an attacker who has taken it
+//! over, once: it tries to open host files outside the share (`escape_attempts`) and logs what
+//! each attempt got, then serves on. The test of `--sandbox`.
 
 #[macro_export]
 macro_rules! crash_point {
@@ -54,44 +59,103 @@ pub fn reached_step(op: &str, step: &str) {
     reached_if(is, format_args!("{op}.{step}"), None);
 }
 
+/// The armed crash point, read from the environment once.
 #[cfg(feature = "crash-points")]
-fn reached_if(is: impl Fn(&str) -> bool, name: std::fmt::Arguments, opcode: Option<u32>) {
-    use std::sync::OnceLock;
-    struct Target {
-        at: String,
-        arm: std::path::PathBuf,
-        always: bool,
-        forbidden: bool,
-        opcode: Option<u32>,
-    }
-    static TARGET: OnceLock<Option<Target>> = OnceLock::new();
-    let target = TARGET.get_or_init(|| {
+struct Target {
+    at: String,
+    /// The arm file's directory, opened before the sandbox hides the path (kept open for good:
+    /// start-up records it among the fds every worker's sweep keeps), and its name in it.
+    arm_dir: i32,
+    arm_name: std::ffi::CString,
+    always: bool,
+    forbidden: bool,
+    escape: bool,
+    opcode: Option<u32>,
+}
+
+#[cfg(feature = "crash-points")]
+fn target() -> &'static Option<Target> {
+    use std::os::unix::ffi::OsStrExt;
+    static TARGET: std::sync::OnceLock<Option<Target>> = std::sync::OnceLock::new();
+    TARGET.get_or_init(|| {
+        let arm = std::path::PathBuf::from(std::env::var_os("PHOENIXFS_CRASH_ARM")?);
+        let dir = std::ffi::CString::new(arm.parent()?.as_os_str().as_bytes()).ok()?;
         Some(Target {
             at: std::env::var("PHOENIXFS_CRASH_AT").ok()?,
-            arm: std::env::var_os("PHOENIXFS_CRASH_ARM")?.into(),
-            always: std::env::var("PHOENIXFS_CRASH_MODE").is_ok_and(|m| m == "abort-always"),
-            forbidden: std::env::var("PHOENIXFS_CRASH_MODE").is_ok_and(|m| m == "forbidden-syscall"),
+            arm_dir: crate::sys::open(&dir, libc::O_PATH | libc::O_DIRECTORY).ok()?,
+            arm_name: std::ffi::CString::new(arm.file_name()?.as_bytes()).ok()?,
+            always: std::env::var("PHOENIXFS_CRASH_MODE").is_ok_and(|m| m.ends_with("-always")),
+            forbidden: std::env::var("PHOENIXFS_CRASH_MODE").is_ok_and(|m| m.starts_with("forbidden-syscall")),
+            escape: std::env::var("PHOENIXFS_CRASH_MODE").is_ok_and(|m| m == "try-escape"),
             opcode: std::env::var("PHOENIXFS_CRASH_OPCODE").ok().and_then(|o| o.parse().ok()),
         })
-    });
-    let Some(Target { at, arm, always, forbidden, opcode: only }) = target else { return };
+    })
+}
+
+/// Reads the armed crash point, if any, and opens its arm file's directory: at start-up, before
+/// the sandbox (where the path would not exist) and before the fds to keep are recorded.
+pub fn prepare() {
+    #[cfg(feature = "crash-points")]
+    let _ = target();
+}
+
+#[cfg(feature = "crash-points")]
+fn reached_if(is: impl Fn(&str) -> bool, name: std::fmt::Arguments, opcode: Option<u32>) {
+    let Some(Target { at, arm_dir, arm_name, always, forbidden, escape, opcode: only }) = target() else { return };
     if !is(at) || opcode.is_some() && only.is_some() && opcode != *only {
         return;
     }
-    if *always && arm.exists() {
-        tracing::warn!("crash point {name}: aborting this worker");
-        std::process::abort();
-    }
+    let armed = || crate::sys::faccessat(*arm_dir, arm_name, libc::F_OK, 0).is_ok();
     // The unlink succeeds for exactly one caller.
-    if *forbidden && std::fs::remove_file(arm).is_ok() {
+    let disarm = || crate::sys::unlinkat(*arm_dir, arm_name, 0).is_ok();
+    let forbidden_call = || {
         tracing::warn!("crash point {name}: making a forbidden system call");
         // SAFETY: syslog(2) action 10 only reports the size of the kernel's log buffer.
         unsafe { libc::syscall(libc::SYS_syslog, 10, 0usize, 0) };
+    };
+    if *always && armed() {
+        if *forbidden {
+            return forbidden_call();
+        }
+        tracing::warn!("crash point {name}: aborting this worker");
+        std::process::abort();
+    }
+    if *forbidden && disarm() {
+        return forbidden_call();
+    }
+    if *escape && disarm() {
+        escape_attempts();
         return;
     }
-    if !*always && std::fs::remove_file(arm).is_ok() {
+    if !*always && disarm() {
         tracing::warn!("crash point {name}: killing this worker");
         crate::sys::process::kill_self();
+    }
+}
+
+/// What an attacker running code in a worker would try first, each logged as "escape attempt
+/// NAME: opened" or "escape attempt NAME: refused (errno)". Paths are absolute (the host's
+/// root), or relative to the worker's working directory, its /proc/self/fd, from where `../..`
+/// is the procfs root: process 1's root there, and the status of the host process
+/// PHOENIXFS_ESCAPE_PID (the test's own).
+#[cfg(feature = "crash-points")]
+fn escape_attempts() {
+    let host_pid = std::env::var("PHOENIXFS_ESCAPE_PID").unwrap_or_default();
+    let attempts = [
+        ("host-path", "/etc/hostname".to_string()),
+        ("proc-pid1-root", "../../1/root/etc/hostname".to_string()),
+        ("proc-host-process", format!("../../{host_pid}/status")),
+        ("host-proc-path", "/proc/1/root/etc/hostname".to_string()),
+    ];
+    for (what, path) in attempts {
+        let c = std::ffi::CString::new(path).expect("no NUL");
+        match crate::sys::open(&c, libc::O_RDONLY) {
+            Ok(fd) => {
+                crate::sys::close(fd);
+                tracing::warn!("escape attempt {what}: opened");
+            }
+            Err(e) => tracing::warn!("escape attempt {what}: refused ({})", e.raw_os_error().unwrap_or(0)),
+        }
     }
 }
 

@@ -2,24 +2,24 @@
 //! (umask, groups, fd limit), builds the state region, the file system and the server, then
 //! runs the chosen transport until a signal or the end of the connection.
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cli::{CachePolicy, Cli, LogLevel, Recovery};
+use crate::cli::{CachePolicy, Cli, LogLevel, Recovery, SandboxMode};
 use crate::fs::{self, EntryTimeouts};
 use crate::fuse::abi;
+use crate::security::sandbox::{self, Entered, Inside};
 use crate::server::InitPolicy;
 use crate::state::Region;
 use crate::state::region::MAX_KEEP_FDS;
 use crate::supervisor::Waits;
-use crate::sys::process;
+use crate::sys::{self, process};
 use crate::transport::fusedev::FuseDev;
 use crate::transport::vhost_user::{self, ControlChannel};
-use crate::transport::{Connection, Transport};
+use crate::transport::{Connection, Transport, groups};
 use crate::worker::WorkerConfig;
+use crate::zygote::{self, Zygote};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -37,7 +37,7 @@ pub enum Error {
     SupervisorFd(&'static str, std::io::Error),
     #[error("demo setup: {0}")]
     Demo(std::io::Error),
-    #[error("cannot list this process's open fds (/proc/self/fd; is /proc mounted?): {0}")]
+    #[error("cannot list this process's open fds (/proc/self/fd): {0}")]
     ListFds(std::io::Error),
     #[error(transparent)]
     Worker(#[from] crate::worker::Error),
@@ -45,6 +45,8 @@ pub enum Error {
     Supervisor(#[from] crate::supervisor::Error),
     #[error("confining the daemon: {0}")]
     Confine(#[from] crate::security::Error),
+    #[error(transparent)]
+    Sandbox(#[from] crate::security::sandbox::Error),
     #[error(transparent)]
     Cli(#[from] crate::cli::CliError),
     #[error("{0} fds are open at start-up (at most {MAX_KEEP_FDS} can be kept across workers); close inherited fds")]
@@ -90,9 +92,12 @@ fn prepare_process(rlimit_nofile: Option<u64>) {
     let want = match rlimit_nofile {
         Some(0) => return,
         Some(n) => n,
-        None => {
-            std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(hard)
-        }
+        // virtiofsd's default: min(1,000,000, /proc/sys/fs/nr_open).
+        None => std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(hard)
+            .min(1_000_000),
     };
     // Raising the hard limit needs CAP_SYS_RESOURCE, which a container may withhold: then take
     // what the hard limit allows.
@@ -119,6 +124,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         return Err(Error::SharedDir(shared_dir, std::io::Error::from_raw_os_error(libc::ENOTDIR)));
     }
     prepare_process(cli.rlimit_nofile);
+    crate::crash::prepare();
     // Blocked in every thread (all start after this) and taken from a signalfd by the
     // supervisor's loop.
     let sigset = process::block_signals(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD]);
@@ -132,21 +138,34 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     };
     let mut region = Region::create(cli.max_inodes, cli.max_handles)?;
 
-    // The one place the transport is chosen: from here on it is a value.
-    let (conn, transport): (Box<dyn Connection>, Arc<dyn Transport>) = match mountpoint {
+    // The host's side of the transport, the one place it is chosen: a FUSE mount and its
+    // clones (opened by path, /dev/fuse), or the vhost-user socket to listen on. Both need the
+    // host's namespaces, so they come first.
+    let mut endpoint = match &mountpoint {
         Some(mountpoint) => {
-            let dev = FuseDev::mount(&mountpoint, &shared_dir)?;
+            let dev = FuseDev::mount(mountpoint, &shared_dir)?;
             let transport = dev.transport(threads, &region)?;
-            tracing::info!(share = %shared_dir.display(), mountpoint = %mountpoint.display(), threads = transport.fds().len(), recovery = ?cli.recovery, "serving");
+            Endpoint::Fuse(dev, transport)
+        }
+        None => Endpoint::Vhost(vhost_user::listen(cli.socket_path.as_deref(), cli.fd, cli.socket_group.as_deref())?),
+    };
+
+    // The sandbox: from here on the supervisor and its workers see only the share.
+    let inside = enter_sandbox(&cli, &shared_dir, &mut endpoint, &waits)?;
+
+    // The supervisor's and the workers' side of the transport, from now on a value.
+    let (conn, transport): (Box<dyn Connection>, Arc<dyn Transport>) = match endpoint {
+        Endpoint::Fuse(dev, transport) => {
+            let mountpoint = mountpoint.as_deref().unwrap_or(Path::new("?"));
+            tracing::info!(share = %shared_dir.display(), mountpoint = %mountpoint.display(), threads = transport.fds().len(), recovery = ?cli.recovery, sandbox = ?cli.sandbox, "serving");
             if cli.demo {
                 println!("phoenixfsd demo: serving {} at {}", shared_dir.display(), mountpoint.display());
                 println!("try: ls -l {0}; cat {0}/hello.txt   (Ctrl-C to stop)", mountpoint.display());
             }
             (Box::new(dev), Arc::new(transport))
         }
-        None => {
-            let listener = vhost_user::listen(cli.socket_path.as_deref(), cli.fd, cli.socket_group.as_deref())?;
-            tracing::info!(share = %shared_dir.display(), socket = ?cli.socket_path, request_queues = threads, recovery = ?cli.recovery, "waiting for the vhost-user frontend");
+        Endpoint::Vhost(listener) => {
+            tracing::info!(share = %shared_dir.display(), socket = ?cli.socket_path, request_queues = threads, recovery = ?cli.recovery, sandbox = ?cli.sandbox, "waiting for the vhost-user frontend");
             let Some(stream) = vhost_user::accept(listener, waits.signals)? else {
                 tracing::info!("stopping before a frontend connected");
                 return Ok(());
@@ -155,17 +174,73 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             (Box::new(channel), Arc::new(transport))
         }
     };
-    record_keep_fds(&mut region, &transport.fds(), &waits)?;
-    let mut cfg = worker_config(&cli, &shared_dir, transport, waits.ended);
+    // Made before the fds to keep are recorded: every worker's sweep must leave them open.
+    let zygote_pipes = match cli.recovery {
+        Recovery::On => Some(zygote::Pipes::new().map_err(|e| Error::SupervisorFd("zygote pipes", e))?),
+        Recovery::Off => None,
+    };
+    record_keep_fds(&mut region, inside.proc, &transport.fds(), &waits)?;
+    let mut cfg = worker_config(&cli, &inside, transport, waits.ended);
     // Start-up is over (mounted or connected, the region and every supervisor fd made): from
     // here on the supervisor keeps only what serving and stopping need (docs/design.md
     // "Security"). Workers are cloned after this and narrow further.
     cfg.confine = crate::security::Policy { seccomp: cli.seccomp, worker_caps: cli.worker_caps()? };
-    crate::security::confine_supervisor(&mut cfg.confine, !cfg.recovery, &region.header().seccomp_violation)?;
-    Ok(crate::supervisor::run(region, conn, cfg, &waits)?)
+    let violation = &region.header().seccomp_violation;
+    let effective = crate::security::restrict_supervisor_caps(&mut cfg.confine, !cfg.recovery)?;
+    // The zygote, which clones the workers, before the supervisor's narrower filter.
+    let zygote = zygote_pipes
+        .map(|pipes| Zygote::start(pipes, &region, &cfg))
+        .transpose()
+        .map_err(|e| Error::SupervisorFd("zygote", e))?;
+    crate::security::install_supervisor_filter(&cfg.confine, effective, !cfg.recovery, violation)?;
+    Ok(crate::supervisor::run(region, conn, cfg, &waits, inside.vmstat, zygote)?)
 }
 
-fn worker_config(cli: &Cli, shared_dir: &std::path::Path, transport: Arc<dyn Transport>, ended: i32) -> WorkerConfig {
+/// Builds the sandbox (security/sandbox.rs) and returns, in the supervisor, what it holds
+/// inside. In a sandbox the daemon's first process stays outside as the holder (holder.rs,
+/// never returning from here): it takes the FUSE unmount over and, in a pid namespace, answers
+/// for FUSE callers' groups over a socket pair made here.
+fn enter_sandbox(cli: &Cli, shared_dir: &Path, endpoint: &mut Endpoint, waits: &Waits) -> Result<Inside, Error> {
+    let serves_fuse = matches!(endpoint, Endpoint::Fuse(..));
+    let groups_pair = (cli.sandbox == SandboxMode::Namespace && serves_fuse)
+        .then(sys::seqpacket_pair)
+        .transpose()
+        .map_err(|e| Error::SupervisorFd("groups socket pair", e))?;
+    let teardown = match endpoint {
+        Endpoint::Fuse(dev, _) if cli.sandbox != SandboxMode::None => dev.take_host_teardown(),
+        _ => None,
+    };
+    let inside = match sandbox::enter(cli.sandbox, shared_dir)? {
+        Entered::Holder { supervisor } => crate::holder::run(crate::holder::Holder {
+            supervisor,
+            signals: waits.signals,
+            groups: groups_pair.map(|[holder, _]| holder),
+            teardown,
+            seccomp: cli.seccomp,
+        }),
+        Entered::Supervisor(inside) => inside,
+    };
+    // The supervisor's copy of the unmount is not its to do.
+    drop(teardown);
+    if serves_fuse {
+        groups::set_source(match groups_pair {
+            Some([holder, worker]) => {
+                sys::close(holder);
+                groups::Source::Holder(worker)
+            }
+            None => groups::Source::Proc(inside.proc),
+        });
+    }
+    Ok(inside)
+}
+
+/// The host's side of the transport, made before the sandbox.
+enum Endpoint {
+    Fuse(FuseDev, crate::transport::fusedev::FuseTransport),
+    Vhost(std::os::unix::net::UnixListener),
+}
+
+fn worker_config(cli: &Cli, inside: &Inside, transport: Arc<dyn Transport>, ended: i32) -> WorkerConfig {
     let (timeouts, open_reply_flags) = timeouts(cli.cache);
     let file_handles = match cli.inode_file_handles {
         crate::cli::InodeFileHandles::Never => fs::FileHandles::Never,
@@ -195,7 +270,8 @@ fn worker_config(cli: &Cli, shared_dir: &std::path::Path, transport: Arc<dyn Tra
         announce_submounts: cli.announce_submounts,
     };
     WorkerConfig {
-        shared_dir: CString::new(shared_dir.as_os_str().as_bytes()).expect("paths have no NUL"),
+        shared_dir: inside.shared_dir.clone(),
+        proc: inside.proc,
         fs: fs_cfg,
         policy,
         recovery: cli.recovery == Recovery::On,
@@ -211,14 +287,9 @@ fn worker_config(cli: &Cli, shared_dir: &std::path::Path, transport: Arc<dyn Tra
 /// Writes every fd open now that the transport does not hold (stdio, the memfd, the
 /// supervisor's own, inherited ones) into the region header, with the ready eventfd: a worker's
 /// fd sweep must leave them all open.
-fn record_keep_fds(region: &mut Region, transport: &[i32], waits: &Waits) -> Result<(), Error> {
-    let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")
-        .map_err(Error::ListFds)?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|fd| !transport.contains(fd))
-        .collect();
-    // The listing's own fd was among them and is closed now: keep only those still open.
-    let keep: Vec<i32> = open.into_iter().filter(|fd| crate::sys::is_open(*fd)).collect();
+fn record_keep_fds(region: &mut Region, proc: i32, transport: &[i32], waits: &Waits) -> Result<(), Error> {
+    let keep: Vec<i32> =
+        sys::open_fds(proc).map_err(Error::ListFds)?.into_iter().filter(|fd| !transport.contains(fd)).collect();
     if keep.len() > MAX_KEEP_FDS {
         return Err(Error::TooManyFds(keep.len()));
     }

@@ -1,5 +1,6 @@
 //! The supervisor: the tiny, single-threaded parent that holds the connection and the state
-//! region, clones workers that share its fd table, and replaces each one that dies. It never
+//! region, has workers that share its fd table cloned as its children (by the zygote, so that
+//! its own seccomp filter can be narrower: zygote.rs), and replaces each one that dies. It never
 //! reads or answers a FUSE request; the connection's own messages (vhost-user's control
 //! channel) it serves itself, so the peer never sees a worker die. With recovery off the same
 //! loop runs with the serving threads in this very process and no workers.
@@ -24,6 +25,7 @@ use crate::state::Region;
 use crate::sys::{self, process};
 use crate::transport::Connection;
 use crate::worker::{self, WorkerConfig};
+use crate::zygote::Zygote;
 
 pub const MAX_FRUITLESS_DEATHS: u32 = 12;
 
@@ -31,6 +33,8 @@ pub const MAX_FRUITLESS_DEATHS: u32 = 12;
 pub enum Error {
     #[error("cannot clone a worker: {0}")]
     Clone(std::io::Error),
+    #[error("the zygote that clones workers {0}: no worker can be started any more")]
+    ZygoteDied(String),
     #[error("{0} workers in a row died before answering any request; giving up")]
     CrashLoop(u32),
     #[error(transparent)]
@@ -47,22 +51,13 @@ pub struct Waits {
     pub ended: i32,
 }
 
-/// Clones a worker sharing our fd table (CLONE_FILES, no CLONE_VM: its memory is a copy).
-fn clone_worker(region: &Region, cfg: &WorkerConfig) -> Result<i32, Error> {
-    let me = process::getpid();
-    // SAFETY: the supervisor is single-threaded (it starts no thread; the serving threads of
-    // `--recovery off` never coexist with workers).
-    match unsafe { process::clone_sharing_fds() } {
-        Err(e) => Err(Error::Clone(e)),
-        Ok(0) => worker::run_process(region.alias(), cfg, me),
-        Ok(pid) => Ok(pid),
-    }
-}
-
-/// The kernel's count of OOM kills so far (to tell an OOM kill from an outside SIGKILL). Opens
-/// a file: call it only while no worker is alive (the fd table is shared; see `Workers::start`).
-fn oom_kills() -> u64 {
-    std::fs::read_to_string("/proc/vmstat")
+/// The kernel's count of OOM kills so far (to tell an OOM kill from an outside SIGKILL), from
+/// the host's /proc/vmstat, which start-up opened (`vmstat`): inside the sandbox there is no
+/// such path, and a read of an open fd takes no fd in the table the workers share.
+fn oom_kills(vmstat: i32) -> u64 {
+    let mut buf = [0u8; 8192];
+    let n = sys::pread(vmstat, &mut buf, 0).unwrap_or(0);
+    std::str::from_utf8(&buf[..n])
         .ok()
         .and_then(|s| s.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok()))
         .unwrap_or(0)
@@ -71,10 +66,13 @@ fn oom_kills() -> u64 {
 /// The current worker and the crash-loop bookkeeping.
 pub struct Workers {
     region: Region,
-    cfg: WorkerConfig,
+    /// What clones each worker for us (zygote.rs), sharing our fd table.
+    zygote: Zygote,
     pid: i32,
     served_at_start: u64,
     ooms_at_start: u64,
+    /// The host's /proc/vmstat (see `oom_kills`).
+    vmstat: i32,
     fruitless: u32,
     /// False from a clone until the worker says its fd sweep is done (the `ready` eventfd):
     /// meanwhile no control message is read, so no fd arrives that the sweep could close.
@@ -82,20 +80,20 @@ pub struct Workers {
 }
 
 impl Workers {
-    fn start(region: Region, cfg: WorkerConfig) -> Result<Workers, Error> {
-        // Before the clone: reading /proc/vmstat opens and closes an fd in the table we share
-        // with the worker, and a worker sweeping its fds at start could close that number and
-        // open its own under it, which our close would then take away.
-        let ooms_at_start = oom_kills();
-        let pid = clone_worker(&region, &cfg)?;
+    fn start(region: Region, zygote: Zygote, vmstat: i32) -> Result<Workers, Error> {
+        let ooms_at_start = oom_kills(vmstat);
+        let pid = zygote.spawn_worker().map_err(Error::Clone)?;
         let served_at_start = region.header().served.load(Ordering::Relaxed);
-        Ok(Workers { region, cfg, pid, served_at_start, ooms_at_start, fruitless: 0, ready: false })
+        Ok(Workers { region, zygote, pid, served_at_start, ooms_at_start, vmstat, fruitless: 0, ready: false })
     }
 
     /// Reaps exited children; replaces the worker if it died. Err when giving up.
     fn reap(&mut self) -> Result<(), Error> {
         let header = self.region.header();
         while let Some((pid, status)) = process::reap_any() {
+            if pid == self.zygote.pid {
+                return Err(Error::ZygoteDied(process::describe_status(status)));
+            }
             if pid != self.pid {
                 continue;
             }
@@ -110,7 +108,7 @@ impl Workers {
             let served = header.served.load(Ordering::Relaxed);
             let killed_from_outside = libc::WIFSIGNALED(status)
                 && libc::WTERMSIG(status) == libc::SIGKILL
-                && oom_kills() == self.ooms_at_start;
+                && oom_kills(self.vmstat) == self.ooms_at_start;
             header.death_counts.store(u32::from(!killed_from_outside), Ordering::Release);
             if libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS {
                 let nr = header.seccomp_violation.swap(0, Ordering::AcqRel);
@@ -124,28 +122,27 @@ impl Workers {
                     name.as_deref().unwrap_or("(not recorded)")
                 );
             }
+            self.fruitless =
+                if served == self.served_at_start && !killed_from_outside { self.fruitless + 1 } else { 0 };
+            let backoff_ms = if self.fruitless == 0 { 0 } else { 1u64 << self.fruitless.min(10) };
             tracing::warn!(
                 pid,
                 deaths,
                 answered = served - self.served_at_start,
                 in_flight = ?in_flight,
                 counts = !killed_from_outside,
+                backoff_ms,
                 "worker {}; starting a new one",
                 process::describe_status(status)
             );
-            if served == self.served_at_start && !killed_from_outside {
-                self.fruitless += 1;
-                if self.fruitless >= MAX_FRUITLESS_DEATHS {
-                    tracing::error!("{} workers in a row died before answering any request; giving up", self.fruitless);
-                    return Err(Error::CrashLoop(self.fruitless));
-                }
-                std::thread::sleep(Duration::from_millis(1 << self.fruitless.min(10)));
-            } else {
-                self.fruitless = 0;
+            if self.fruitless >= MAX_FRUITLESS_DEATHS {
+                // The one line that says why: main logs this error as the daemon ends.
+                return Err(Error::CrashLoop(self.fruitless));
             }
+            std::thread::sleep(Duration::from_millis(backoff_ms));
             self.served_at_start = served;
-            self.ooms_at_start = oom_kills();
-            self.pid = clone_worker(&self.region, &self.cfg)?;
+            self.ooms_at_start = oom_kills(self.vmstat);
+            self.pid = self.zygote.spawn_worker().map_err(Error::Clone)?;
             self.ready = false;
         }
         Ok(())
@@ -163,12 +160,19 @@ impl Workers {
 type Serving = Rc<RefCell<Option<Workers>>>;
 
 /// Runs until a termination signal, the end of the connection, or a crash loop.
-pub fn run(region: Region, mut conn: Box<dyn Connection>, cfg: WorkerConfig, waits: &Waits) -> Result<(), Error> {
+/// Workers come from `zygote` (recovery on); without one this process serves itself.
+pub fn run(
+    region: Region,
+    mut conn: Box<dyn Connection>,
+    cfg: WorkerConfig,
+    waits: &Waits,
+    vmstat: i32,
+    zygote: Option<Zygote>,
+) -> Result<(), Error> {
     let serving: Serving = Rc::new(RefCell::new(None));
-    if cfg.recovery {
-        *serving.borrow_mut() = Some(Workers::start(region, cfg)?);
-    } else {
-        worker::start(region, &cfg)?;
+    match zygote {
+        Some(zygote) => *serving.borrow_mut() = Some(Workers::start(region, zygote, vmstat)?),
+        None => worker::start(region, &cfg)?,
     }
     let keep = serving.clone();
     // While the connection waits on a worker (a ring being stopped), a worker that dies is
@@ -181,6 +185,7 @@ pub fn run(region: Region, mut conn: Box<dyn Connection>, cfg: WorkerConfig, wai
     let result = serve(&serving, conn.as_mut(), waits);
     if let Some(w) = serving.borrow().as_ref() {
         process::kill_and_reap(w.pid);
+        process::kill_and_reap(w.zygote.pid);
     }
     conn.close();
     result

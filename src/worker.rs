@@ -17,7 +17,10 @@ use crate::transport::Transport;
 /// copy of the supervisor's memory.
 #[derive(Clone)]
 pub struct WorkerConfig {
+    /// The share as the worker names it ("/" inside a sandbox).
     pub shared_dir: CString,
+    /// A procfs dirfd: the worker opens its own /proc/self/fd beneath it.
+    pub proc: i32,
     pub fs: fs::Config,
     pub policy: InitPolicy,
     pub recovery: bool,
@@ -47,7 +50,7 @@ pub enum Error {
 pub fn start(region: Region, cfg: &WorkerConfig) -> Result<(), Error> {
     let t0 = std::time::Instant::now();
     let Recovered { state, live_handles } = recovery::take_over(region, &*cfg.transport)?;
-    let fs = Fs::new(&cfg.shared_dir, state.clone(), cfg.fs.clone())?;
+    let fs = Fs::new(&cfg.shared_dir, cfg.proc, state.clone(), cfg.fs.clone())?;
     fs.rebuild_locks(&live_handles);
     let server = Arc::new(Server::new(fs, state.clone(), cfg.policy, cfg.recovery));
     cfg.transport.resume(&state);
@@ -65,8 +68,10 @@ pub fn run_process(region: Region, cfg: &WorkerConfig, supervisor: i32) -> ! {
     if process::set_parent_death_signal(libc::SIGKILL).is_err() || process::getppid() != supervisor {
         process::exit_now(3);
     }
-    // Before anything else, recovery included: only the worker's capabilities and system calls.
-    if let Err(e) = crate::security::confine_worker(&cfg.confine, &region.header().seccomp_violation) {
+    process::set_name(crate::security::sandbox::WORKER_NAME);
+    // Before anything else, recovery included: only the worker's capabilities (its system calls
+    // are already only the worker's: the zygote's filter).
+    if let Err(e) = crate::security::confine_worker(&cfg.confine) {
         tracing::error!("worker: {e}");
         process::exit_now(2);
     }

@@ -36,7 +36,7 @@ fn test_confine_live_worker_is_filtered_and_has_the_documented_capabilities() {
     let m = Mount::new(&[]);
     // As below: a worker that has answered has confined itself.
     std::fs::write(m.path("f"), "x").unwrap();
-    let sup = m.child.id() as i32;
+    let sup = m.supervisor() as i32;
     let worker = proc::wait_worker(sup, None, Duration::from_secs(10)).unwrap();
     let mode = common::seccomp_mode_override().unwrap_or_else(|| "kill".into());
     let filtered = if mode == "none" { "0" } else { "2" };
@@ -49,6 +49,21 @@ fn test_confine_live_worker_is_filtered_and_has_the_documented_capabilities() {
     }
     assert_eq!(hex(&status_field(worker.pid, "CapPrm")), WORKER_CAPS, "worker: CapPrm");
     assert_eq!(hex(&status_field(sup, "CapPrm")), WORKER_CAPS | SUPERVISOR_CAPS, "supervisor: CapPrm");
+    // The worker's filter is its own (the zygote's), not stacked under the supervisor's; the
+    // zygote that clones workers is the supervisor's other child, under the same filter.
+    if filtered == "2" {
+        assert_eq!(status_field(worker.pid, "Seccomp_filters"), "1", "worker: one filter");
+        assert_eq!(status_field(sup, "Seccomp_filters"), "1", "supervisor: one filter");
+        let kids = std::fs::read_to_string(format!("/proc/{sup}/task/{sup}/children")).unwrap();
+        let zygote: Vec<i32> = kids
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .filter(|p| proc::comm(*p as u32) == "pfs-zygote")
+            .collect();
+        assert_eq!(zygote.len(), 1, "one zygote among the supervisor's children {kids:?}");
+        assert_eq!(status_field(zygote[0], "Seccomp"), "2", "zygote: filtered");
+        assert_eq!(status_field(zygote[0], "Seccomp_filters"), "1", "zygote: the worker's filter only");
+    }
     // Every serving thread, not only the main one, is under the filter (TSYNC, or inherited).
     for t in std::fs::read_dir(format!("/proc/{}/task", worker.pid)).unwrap() {
         let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
@@ -62,7 +77,7 @@ fn test_modcaps_changes_the_workers_capabilities() {
     // A worker that has answered has confined itself (a fresh clone has not yet: it still runs
     // the supervisor's code, with the supervisor's capabilities, for a few microseconds).
     std::fs::write(m.path("f"), "x").unwrap();
-    let sup = m.child.id() as i32;
+    let sup = m.supervisor() as i32;
     let worker = proc::wait_worker(sup, None, Duration::from_secs(10)).unwrap();
     let want = (WORKER_CAPS & !(1 << 27)) | 1 << 21;
     assert_eq!(hex(&status_field(worker.pid, "CapEff")), want);
@@ -99,7 +114,7 @@ fn test_seccomp_kill_names_the_call_and_the_worker_is_replaced() {
         assert!(child.try_wait().unwrap().is_none() && Instant::now() < deadline, "phoenixfsd did not mount");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let sup = child.id() as i32;
+    let sup = proc::supervisor_of(child.id()) as i32;
     let first = proc::wait_worker(sup, None, Duration::from_secs(10)).unwrap();
     std::fs::write(&arm, "").unwrap();
 
@@ -111,19 +126,43 @@ fn test_seccomp_kill_names_the_call_and_the_worker_is_replaced() {
     std::fs::write(mnt.join("d/f"), "still serving").unwrap();
     assert_eq!(std::fs::read_to_string(share.join("d/f")).unwrap(), "still serving");
 
-    unsafe { libc::kill(sup, libc::SIGTERM) };
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = proc::wait_for_exit(&mut child, Duration::from_secs(20)).expect("stops");
     assert!(status.success(), "{status}");
-    let log = std::fs::read_to_string(&log).unwrap();
+    let log = common::read_log(&log);
     eprintln!("{log}");
-    // Without the terminal colours tracing puts around field names.
-    let mut pieces = log.split('\x1b');
-    let first = pieces.next().unwrap_or("").to_string();
-    let log = first + &pieces.map(|piece| piece.split_once('m').map_or(piece, |(_, rest)| rest)).collect::<String>();
     assert!(
         log.contains("worker killed by the seccomp filter: forbidden system call syslog"),
         "the supervisor's log names the call"
     );
     assert!(log.contains("killed by signal 31"), "the worker died of SIGSYS");
     assert!(log.contains("counts=true"), "a seccomp kill counts toward the crash-loop guard");
+}
+
+/// The soft and hard "Max open files" of process `pid`.
+fn nofile_limits(pid: i32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let mut nums = line["Max open files".len()..].split_whitespace().map(|n| n.parse().unwrap());
+    (nums.next().unwrap(), nums.next().unwrap())
+}
+
+/// `--rlimit-nofile` as virtiofsd: by default the fd limit is raised to min(1,000,000,
+/// /proc/sys/fs/nr_open); `--rlimit-nofile N` sets N; the workers inherit it.
+#[test]
+fn test_rlimit_nofile_default_and_explicit() {
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open").unwrap().trim().parse().unwrap();
+    // Beyond the hard limit it inherits only with CAP_SYS_RESOURCE (a container may withhold it).
+    let me = std::process::id() as i32;
+    let can_raise = hex(&status_field(me, "CapEff")) & (1 << 24) != 0;
+    let default = if can_raise { nr_open.min(1_000_000) } else { nr_open.min(1_000_000).min(nofile_limits(me).1) };
+    for (args, want) in [(&[][..], default), (&["--rlimit-nofile", "4096"][..], 4096)] {
+        let m = Mount::new(args);
+        std::fs::write(m.path("f"), "x").unwrap();
+        let sup = m.supervisor() as i32;
+        let worker = proc::wait_worker(sup, None, Duration::from_secs(10)).unwrap();
+        for (who, pid) in [("supervisor", sup), ("worker", worker.pid)] {
+            assert_eq!(nofile_limits(pid).0, want, "{who}: soft RLIMIT_NOFILE with {args:?}");
+        }
+    }
 }

@@ -611,7 +611,7 @@ fn run_case(sc: &Scenario, at: CrashAt, transport: Transport, extra: &[&str]) ->
     let mut env = dirs.env(marker, None);
     env.extend(opcode.as_deref().map(|o| ("PHOENIXFS_CRASH_OPCODE", o)));
     let mut m = Mount::start_on(transport, share, mnt, &args, &env);
-    let sup = m.child.id();
+    let sup = m.supervisor();
     // STATFS: a request the daemon must answer (so a worker is serving) that leaves no state.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid C string and out-buffer.
@@ -845,11 +845,10 @@ fn crash_during_init() {
     assert!(m.stop().success());
 }
 
-/// The share's fds: the supervisor's fd table entries that name the share itself (the root's
-/// O_PATH fd and, with file handles, the root mount's fd).
-fn share_fds(sup: u32, share: &Path) -> usize {
-    let share = share.canonicalize().unwrap();
-    common::table_fds(sup).iter().filter(|(_, t)| Path::new(t) == share).count()
+/// The supervisor's fd table once settled, counted (the root's O_PATH fd and, with file
+/// handles, the root mount's fd among them; a mount fd left by the crash would be one more).
+fn settled_fd_count(sup: u32) -> usize {
+    common::settled_fds(sup).len()
 }
 
 /// The first worker killed while registering the root's mount fd (file handles, at its start):
@@ -860,9 +859,11 @@ fn crash_while_registering_a_mount() {
     common::require_fuse();
     let clean = Dirs::new();
     file(&clean.share, "f", "served");
-    let mut m = Mount::start(&clean.share, &clean.mnt, &[]);
+    // Armed at a marker never reached, so that it holds what an armed daemon holds (the arm
+    // file's directory).
+    let mut m = Mount::start_with_env(&clean.share, &clean.mnt, &[], &clean.env("mount.never_reached", None));
     assert_eq!(std::fs::read_to_string(clean.mnt.join("f")).unwrap(), "served");
-    let expected = share_fds(m.child.id(), &clean.share);
+    let expected = settled_fd_count(m.supervisor());
     assert!(m.stop().success());
 
     let d = Dirs::new();
@@ -871,7 +872,7 @@ fn crash_while_registering_a_mount() {
     let mut m = Mount::start_with_env(&d.share, &d.mnt, &[], &d.env("mount.before_publish", None));
     assert_eq!(std::fs::read_to_string(d.mnt.join("f")).unwrap(), "served");
     assert!(!d.arm.exists(), "mount.before_publish was never reached (built without --features crash-points?)");
-    assert_eq!(share_fds(m.child.id(), &d.share), expected, "fds on the share after the crash");
+    assert_eq!(settled_fd_count(m.supervisor()), expected, "the supervisor's fds after the crash");
     assert!(m.stop().success());
 }
 
@@ -884,7 +885,7 @@ fn crash_while_taking_resent_requests_in() {
     file(&d.share, "f", "served");
     let mut m = Mount::start_with_env(&d.share, &d.mnt, &[], &d.env("resend.taken_in", None));
     assert_eq!(std::fs::read_to_string(d.mnt.join("f")).unwrap(), "served");
-    let first_worker = children_of(m.child.id());
+    let first_worker = children_of(m.supervisor());
     std::fs::write(&d.arm, "armed").unwrap();
     for pid in &first_worker {
         // SAFETY: SIGKILL to the supervisor's worker.
@@ -900,28 +901,61 @@ fn crash_while_taking_resent_requests_in() {
     assert_eq!(std::fs::read_to_string(d.mnt.join("f")).unwrap(), "served");
     std::fs::create_dir(d.mnt.join("after")).expect("the daemon serves on");
     assert!(d.share.join("after").is_dir());
-    assert_ne!(children_of(m.child.id()), first_worker, "workers were replaced");
+    assert_ne!(children_of(m.supervisor()), first_worker, "workers were replaced");
     assert!(m.stop().success());
 }
 
-/// A request that crashes every worker that runs it: the first two attempts die (the deaths
-/// count: the workers abort), the third answers EIO and the daemon serves on.
+/// A request that crashes every worker that runs it (a panic's abort, or a system call the
+/// seccomp filter refuses): the first two attempts die (the deaths count), the third answers EIO
+/// and the daemon serves on. Other requests flow meanwhile: a reader on another thread sees no
+/// error while the poison request kills workers.
 #[test]
 fn crash_loop_request_is_answered_eio() {
     common::require_fuse();
-    let d = Dirs::new();
-    let mut m = Mount::start_with_env(&d.share, &d.mnt, &[], &d.env("mkdir.before_syscall", Some("abort-always")));
-    std::fs::metadata(&d.mnt).unwrap();
-    let first_worker = children_of(m.child.id());
-    std::fs::write(&d.arm, "armed").unwrap();
-    let err = std::fs::create_dir(d.mnt.join("poison")).expect_err("the poison mkdir must fail");
-    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
-    std::fs::remove_file(&d.arm).unwrap();
-    assert!(!d.share.join("poison").exists(), "the poison mkdir never reached the host");
-    std::fs::create_dir(d.mnt.join("fine")).expect("the daemon serves on after the poison request");
-    assert!(d.share.join("fine").is_dir());
-    assert_ne!(children_of(m.child.id()), first_worker, "workers were replaced");
-    assert!(m.stop().success());
+    let seccomp_kills = common::seccomp_mode_override().is_none_or(|m| m == "kill");
+    for mode in ["abort-always", "forbidden-syscall-always"] {
+        if mode.starts_with("forbidden") && !seccomp_kills {
+            eprintln!("{mode}: skipped, the filter kills only with --seccomp kill");
+            continue;
+        }
+        let d = Dirs::new();
+        file(&d.share, "f", "served");
+        let log = d.share.with_extension("log");
+        let env = d.env("mkdir.before_syscall", Some(mode));
+        let mut m = Mount::start_logged(Transport::Fuse, &d.share, &d.mnt, &[], &env, Some(&log));
+        std::fs::metadata(&d.mnt).unwrap();
+        let first_worker = children_of(m.supervisor());
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (f, done) = (d.mnt.join("f"), done.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0u64;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    assert_eq!(std::fs::read_to_string(&f).expect("a read while workers die"), "served");
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&d.arm, "armed").unwrap();
+        let err = std::fs::create_dir(d.mnt.join("poison")).expect_err("the poison mkdir must fail");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{mode}: {err}");
+        std::fs::remove_file(&d.arm).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let reads = reader.join().expect("the reader saw no error");
+        assert!(reads > 0, "{mode}: the reader ran");
+        assert!(!d.share.join("poison").exists(), "{mode}: the poison mkdir never reached the host");
+        std::fs::create_dir(d.mnt.join("fine")).expect("the daemon serves on after the poison request");
+        assert!(d.share.join("fine").is_dir());
+        assert_ne!(children_of(m.supervisor()), first_worker, "{mode}: workers were replaced");
+        assert!(m.stop().success());
+        let log = common::read_log(&log);
+        let counted = log.matches("counts=true").count();
+        assert_eq!(counted, 2, "{mode}: two counted deaths, then EIO:\n{log}");
+        eprintln!("{mode}: EIO after {counted} deaths; {reads} reads by another thread meanwhile");
+    }
 }
 
 /// Workers that die before answering anything: the supervisor backs off, then gives up with
@@ -931,9 +965,17 @@ fn crash_loop_at_start_gives_up() {
     common::require_fuse();
     let d = Dirs::new();
     std::fs::write(&d.arm, "armed").unwrap();
-    let mut m = Mount::start_with_env(&d.share, &d.mnt, &[], &d.env("worker.start", Some("abort-always")));
+    let log = d.share.with_extension("log");
+    let env = d.env("worker.start", Some("abort-always"));
+    let mut m = Mount::start_logged(Transport::Fuse, &d.share, &d.mnt, &[], &env, Some(&log));
     let status = common::proc::wait_for_exit(&mut m.child, Duration::from_secs(30))
         .expect("the supervisor did not give up within 30 s");
     assert_eq!(status.code(), Some(1), "gives up with exit code 1");
     assert!(!common::is_mounted(&d.mnt), "and unmounts");
+    // The back-off doubles with each fruitless death, and one line says why it gave up.
+    let log = common::read_log(&log);
+    let backoffs: Vec<u64> =
+        log.lines().filter_map(|l| l.split("backoff_ms=").nth(1)?.split_whitespace().next()?.parse().ok()).collect();
+    assert_eq!(backoffs, [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 1024, 1024], "back-off in the log:\n{log}");
+    assert!(log.contains("12 workers in a row died before answering any request; giving up"), "{log}");
 }

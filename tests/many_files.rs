@@ -93,7 +93,7 @@ fn run(transport: Transport, extra: &[&str]) -> (usize, BTreeMap<i32, usize>, us
     let t0 = Instant::now();
     let (listed, errors) = list_and_stat(&mnt.join("big"));
     eprintln!("{transport:?} {extra:?}: listed {listed}, errors {errors:?} in {:?}", t0.elapsed());
-    let fds = common::open_fds(m.child.id()).len();
+    let fds = common::open_fds(m.supervisor()).len();
     eprintln!("daemon fds after the listing: {fds}");
     // The daemon serves on: a file read through the mount.
     let mut s = String::new();

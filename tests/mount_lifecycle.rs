@@ -18,7 +18,8 @@ fn test_regression_stopping_leaves_a_newer_mount_at_the_same_path_alone() {
     }
     let mut first = Mount::start(&share_a, &mnt, &[]);
     let pid = first.child.id() as i32;
-    // The first instance's supervisor is held still while its mount goes and a second instance
+    // The first instance's process that unmounts at the end (the daemon itself: the holder in a
+    // sandbox, else the supervisor) is held still while its mount goes and a second instance
     // mounts at the same path; then it is let go to see its connection end.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     let c = sys::cs(&mnt);

@@ -144,7 +144,7 @@ fn parse_u64(v: &str) -> Option<u64> {
 /// Fails the test: prints what the daemon was doing, kills it (so threads blocked on the mount
 /// get ENOTCONN instead of hanging the test binary) and panics with every message.
 fn fail_now(m: &mut Mount, msgs: &[String]) -> ! {
-    let sup = m.child.id() as i32;
+    let sup = m.supervisor() as i32;
     let mut diag = String::new();
     for p in std::iter::once(sup).chain(live_children(sup).iter().map(|p| p.pid)) {
         for t in std::fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten() {
@@ -203,7 +203,7 @@ fn run_soak(case: &str, transport: Transport, daemon_args: &[&str], kills: u64, 
     );
 
     let mut m = Mount::new_on(transport, &args);
-    let sup = m.child.id() as i32;
+    let sup = m.supervisor() as i32;
     let baseline = settle_fds(sup, &m.mnt);
     eprintln!("soak[{case}]: supervisor {sup}: {} fds before the workload", baseline.len());
 

@@ -72,7 +72,7 @@ fn run(extra: &[&str]) {
     assert!(!share.join("t1/new").exists());
 
     // A new worker opens the same nodes again by handle through each mount's fd.
-    let sup = m.child.id();
+    let sup = m.supervisor();
     let before = children_of(sup);
     for pid in &before {
         // SAFETY: SIGKILL to the supervisor's worker.

@@ -210,7 +210,7 @@ fn test_inherited_listening_socket_and_recovery_off() {
     let (err, _) = call(&mut fe, 1, 2, abi::ROOT_ID, &Op::Lookup { name: c"hello.txt" });
     assert_eq!(err, 0);
     // Recovery off: the daemon is one process, no worker to replace.
-    assert!(children_of(child.id()).is_empty(), "--recovery off runs without a worker process");
+    assert!(children_of(common::supervisor_of(child.id())).is_empty(), "--recovery off runs without a worker process");
     drop(fe);
     // The frontend went away: the daemon stops, as virtiofsd does.
     let status = wait_exit(&mut child);

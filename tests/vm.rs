@@ -339,7 +339,7 @@ fn run(q: qemu::Qemu, daemon_args: &str) {
             .arg(&socket)
             .args(["--xattr", "--log-level", "warn"])
             .args(daemon_args.split_whitespace())
-            .args(common::seccomp_mode_override().map(|m| vec!["--seccomp".to_string(), m]).unwrap_or_default())
+            .args(common::confinement_args())
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -347,7 +347,7 @@ fn run(q: qemu::Qemu, daemon_args: &str) {
     );
     let replaced = daemon_log(&mut daemon);
     qemu::wait_socket(&socket);
-    let sup = daemon.id() as i32;
+    let sup = common::proc::supervisor_of(daemon.id()) as i32;
 
     // 3. QEMU; the killer starts once the workload does.
     let append = format!("vmg.threads={threads} vmg.seed={seed:x}");

@@ -166,7 +166,8 @@ impl Fs {
             let _kill = without_fsetid_if(a.valid & abi::FATTR_KILL_SUIDGID != 0)?;
             match file_fd {
                 Some(fd) => sys::ftruncate(fd, a.size)?,
-                None => sys::truncate(&sys::proc_fd_path(node.fd()), a.size)?,
+                // Relative: the worker's working directory is its /proc/self/fd.
+                None => sys::truncate(FdName::new(node.fd()).as_cstr(), a.size)?,
             }
         }
         if a.valid & (abi::FATTR_ATIME | abi::FATTR_MTIME) != 0 {

@@ -155,9 +155,13 @@ const DIR_LOCK_STRIPES: usize = 64;
 impl Fs {
     /// The file system over `state`: installs the shared directory as the root node unless the
     /// region already has it (a worker taking over from a dead one). Opens this process's own
-    /// /proc/self/fd (another process's would need ptrace access once credentials switch).
-    pub fn new(shared_dir: &CStr, state: Arc<State>, cfg: Config) -> Result<Fs> {
-        let proc_self_fd = crate::sys::open(c"/proc/self/fd", libc::O_PATH | libc::O_DIRECTORY)?;
+    /// /proc/self/fd beneath `proc` (the daemon's procfs dirfd: inside the sandbox no /proc path
+    /// exists; another process's fd directory would need ptrace access once credentials switch)
+    /// and makes it the working directory, so path-only calls (xattrs, truncate) name an fd by
+    /// its number alone.
+    pub fn new(shared_dir: &CStr, proc: i32, state: Arc<State>, cfg: Config) -> Result<Fs> {
+        let proc_self_fd = crate::sys::openat(proc, c"self/fd", libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        crate::sys::fchdir(proc_self_fd)?;
         if !state.inodes.has_root() {
             let root = crate::sys::open(shared_dir, libc::O_PATH | libc::O_DIRECTORY)?;
             let st = crate::sys::statx(root, c"", libc::AT_EMPTY_PATH)?;

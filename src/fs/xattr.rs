@@ -24,12 +24,13 @@ pub enum XattrReply {
 }
 
 impl Fs {
-    fn xattr_path(&self, nodeid: u64) -> Result<(crate::state::InodePin, std::ffi::CString)> {
+    fn xattr_path(&self, nodeid: u64) -> Result<(crate::state::InodePin, sys::FdName)> {
         if !self.cfg.xattr {
             return Err(Error::NotSupported);
         }
         let node = self.state.inodes.pin(nodeid)?;
-        let path = sys::proc_fd_path(node.fd());
+        // Relative to the worker's working directory, its /proc/self/fd (see `Fs::new`).
+        let path = sys::FdName::new(node.fd());
         Ok((node, path))
     }
 
@@ -62,13 +63,13 @@ impl Fs {
     ) -> Result<XattrReply> {
         let (_node, path) = self.xattr_path(nodeid)?;
         let _as = ctx.become_caller()?;
-        self.xattr_read(size, out, |buf| sys::getxattr(&path, name, buf))
+        self.xattr_read(size, out, |buf| sys::getxattr(path.as_cstr(), name, buf))
     }
 
     pub fn listxattr(&self, ctx: &Context, nodeid: u64, size: u32, out: &mut impl Payload) -> Result<XattrReply> {
         let (_node, path) = self.xattr_path(nodeid)?;
         let _as = ctx.become_caller()?;
-        self.xattr_read(size, out, |buf| sys::listxattr(&path, buf))
+        self.xattr_read(size, out, |buf| sys::listxattr(path.as_cstr(), buf))
     }
 
     /// SETXATTR. Setting a value twice is idempotent, except with XATTR_CREATE, whose second
@@ -79,13 +80,13 @@ impl Fs {
         let _as = ctx.become_caller()?;
         let intent = ctx.intent;
         let create = flags as i32 & libc::XATTR_CREATE != 0;
-        if create && intent.must_check_world_before() && sys::getxattr(&path, name, &mut []).is_ok() {
+        if create && intent.must_check_world_before() && sys::getxattr(path.as_cstr(), name, &mut []).is_ok() {
             return Err(Error::from_errno(libc::EEXIST));
         }
         once::once(
             intent,
             Call::Setxattr,
-            || sys::setxattr(&path, name, value, flags as i32),
+            || sys::setxattr(path.as_cstr(), name, value, flags as i32),
             |e| create && is_errno(e, libc::EEXIST),
         )
     }
@@ -101,8 +102,8 @@ impl Fs {
         let _as = if name == SECURITY_CAPABILITY { None } else { Some(ctx.become_caller()?) };
         let intent = ctx.intent;
         if intent.must_check_world_before() {
-            sys::getxattr(&path, name, &mut [])?;
+            sys::getxattr(path.as_cstr(), name, &mut [])?;
         }
-        once::once(intent, Call::Removexattr, || sys::removexattr(&path, name), |e| is_errno(e, libc::ENODATA))
+        once::once(intent, Call::Removexattr, || sys::removexattr(path.as_cstr(), name), |e| is_errno(e, libc::ENODATA))
     }
 }

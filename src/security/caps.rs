@@ -184,6 +184,20 @@ pub fn restrict_worker(worker: Caps) -> Result<(), Error> {
     sys::set(worker.0, worker.0).map_err(Error::Set)
 }
 
+/// The holder (holder.rs): bounding, permitted and effective = `SUPERVISOR` (the unmount at
+/// the end), as far as this process has it.
+pub fn restrict_holder() -> Result<(), Error> {
+    let (_, permitted) = sys::get().map_err(Error::Set)?;
+    let keep = SUPERVISOR.0 & permitted;
+    for n in 0..64 {
+        if keep & (1 << n) == 0 && sys::in_bounding_set(n) {
+            sys::drop_from_bounding_set(n).map_err(Error::Set)?;
+        }
+    }
+    sys::clear_ambient().map_err(Error::Set)?;
+    sys::set(keep, keep).map_err(Error::Set)
+}
+
 /// This thread's effective set.
 pub fn effective() -> Caps {
     Caps(sys::get().map_or(0, |(e, _)| e))

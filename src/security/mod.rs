@@ -1,8 +1,10 @@
-//! Confinement: seccomp filters and capabilities (DESIGN §8; docs/design.md "Security"). The
-//! supervisor confines itself after start-up (the mount, the socket and the region exist),
-//! before serving; each worker narrows further first thing, before recovery.
+//! Confinement: the sandbox, seccomp filters and capabilities (DESIGN §8; docs/design.md
+//! "Security"). The supervisor enters the sandbox and confines itself after start-up (the
+//! mount, the socket and the region exist), before serving; each worker narrows further first
+//! thing, before recovery; the holder (holder.rs) keeps only what its three duties need.
 
 pub mod caps;
+pub mod sandbox;
 pub mod seccomp;
 #[cfg(target_arch = "x86_64")]
 mod syscall_names_x86_64;
@@ -27,24 +29,49 @@ pub struct Policy {
     pub worker_caps: caps::Caps,
 }
 
-/// The supervisor, after start-up and before serving (`serves_itself`: `--recovery off`).
-/// `policy.worker_caps` becomes what the workers can really have (what this process had).
-pub fn confine_supervisor(
-    policy: &mut Policy,
+/// The supervisor, after start-up and before serving (`serves_itself`: `--recovery off`), in
+/// two steps around the zygote's clone (zygote.rs): its capabilities first (`policy.worker_caps`
+/// becomes what the workers can really have: what this process had); then, once the zygote
+/// exists, `install_supervisor_filter`.
+pub fn restrict_supervisor_caps(policy: &mut Policy, serves_itself: bool) -> Result<caps::Caps, Error> {
+    let (effective, worker) = caps::restrict_supervisor(policy.worker_caps, serves_itself)?;
+    policy.worker_caps = worker;
+    Ok(effective)
+}
+
+/// The supervisor's own filter (`SUPERVISOR`; with `--recovery off`, `WORKER ∪ SUPERVISOR`).
+pub fn install_supervisor_filter(
+    policy: &Policy,
+    effective: caps::Caps,
     serves_itself: bool,
     violation: &'static AtomicU32,
 ) -> Result<(), Error> {
-    let (effective, worker) = caps::restrict_supervisor(policy.worker_caps, serves_itself)?;
-    policy.worker_caps = worker;
     let role = if serves_itself { seccomp::Role::Alone } else { seccomp::Role::Supervisor };
     seccomp::install(role, policy.seccomp, violation)?;
     tracing::info!(seccomp = ?policy.seccomp, capabilities = ?effective.names(), "confined");
     Ok(())
 }
 
-/// A worker, first thing after its clone (single-threaded).
-pub fn confine_worker(policy: &Policy, violation: &'static AtomicU32) -> Result<(), Error> {
+/// A worker, first thing after its clone (single-threaded): its capabilities. Its filter,
+/// `WORKER`, is the zygote's, inherited (it could not install another: `WORKER` refuses
+/// seccomp).
+pub fn confine_worker(policy: &Policy) -> Result<(), Error> {
     caps::restrict_worker(policy.worker_caps)?;
+    Ok(())
+}
+
+/// The zygote (zygote.rs), first thing: the worker's filter, which every worker it clones
+/// inherits. Its capabilities stay as the supervisor left them (permitted: the worker's set),
+/// so each worker can take the worker's set as its own.
+pub fn confine_zygote(policy: &Policy, violation: &'static AtomicU32) -> Result<(), Error> {
     seccomp::install(seccomp::Role::Worker, policy.seccomp, violation)?;
+    Ok(())
+}
+
+/// The holder, after its fd sweep: the supervisor's capability (sys_admin, for the unmount)
+/// and nothing else, and its own short list of system calls.
+pub fn confine_holder(mode: SeccompAction, violation: &'static AtomicU32) -> Result<(), Error> {
+    caps::restrict_holder()?;
+    seccomp::install(seccomp::Role::Holder, mode, violation)?;
     Ok(())
 }

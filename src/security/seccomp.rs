@@ -1,11 +1,12 @@
 //! seccomp-bpf allow-lists (virtiofsd's `--seccomp kill|log|trap|none`).
 //!
-//! Two lists, grouped by what needs them: `WORKER` (what serves requests) and `SUPERVISOR_ONLY`
-//! (what holds the connection and replaces workers). Workers are clones of the supervisor made
-//! after its filter is installed, and a filter is inherited and can only be narrowed: so the
-//! supervisor's filter allows both lists, and each worker installs `WORKER` on top of it before
-//! it does anything else (recovery included). A worker's syscalls are the intersection: exactly
-//! `WORKER`. With `--recovery off` the one process serves and supervises and keeps both.
+//! Three lists, one per process: `WORKER` (what serves requests), `SUPERVISOR` (what holds the
+//! connection and has workers replaced) and `HOLDER` (holder.rs). A filter is inherited and can
+//! only be narrowed, so workers are not cloned by the supervisor but by the zygote (zygote.rs),
+//! cloned before the supervisor's filter, which installs `WORKER` itself: the supervisor's list
+//! is its own, without the file-system calls and without clone. Each worker installs `WORKER`
+//! again first thing (recovery included). With `--recovery off` the one process serves and
+//! supervises and keeps `WORKER ∪ SUPERVISOR`.
 //!
 //! Modes (the action for a call not on the list): `kill` traps it (SECCOMP_RET_TRAP) into our
 //! SIGSYS handler, which names the call (on stderr and in the region header, where the
@@ -118,8 +119,16 @@ pub const WORKER: &[Group] = &[
         calls: &[libc::SYS_setresuid, libc::SYS_setresgid, libc::SYS_setgroups, libc::SYS_capget, libc::SYS_capset],
     },
     Group {
-        why: "passthrough: resolving and opening beneath the share, /proc/self/fd reopens",
-        calls: &[libc::SYS_openat, libc::SYS_openat2, libc::SYS_readlinkat, libc::SYS_faccessat, libc::SYS_faccessat2],
+        why: "passthrough: resolving and opening beneath the share, /proc/self/fd reopens (the \
+              working directory is /proc/self/fd: fchdir once at start)",
+        calls: &[
+            libc::SYS_openat,
+            libc::SYS_openat2,
+            libc::SYS_readlinkat,
+            libc::SYS_faccessat,
+            libc::SYS_faccessat2,
+            libc::SYS_fchdir,
+        ],
     },
     Group {
         why: "passthrough: inodes kept as file handles (--inode-file-handles): a handle taken at \
@@ -201,27 +210,142 @@ pub const WORKER: &[Group] = &[
     },
 ];
 
-/// What the supervisor needs beyond `WORKER`: cloning and reaping workers, the vhost-user
-/// control channel, its wait loop, the OOM count and mountinfo, the unmount at the end.
-pub const SUPERVISOR_ONLY: &[Group] = &[
+/// What the supervisor may call once serving: its wait loop, asking the zygote for workers and
+/// reaping and killing them, the vhost-user control channel (guest memory and the inflight area
+/// it maps), the OOM count, the unmount at the end (`--sandbox none`: mountinfo first). No
+/// clone, exec, open of anything but mountinfo, or file-system call.
+pub const SUPERVISOR: &[Group] = &[
     Group {
-        why: "workers: clone (CLONE_FILES), reap, kill",
-        calls: &[libc::SYS_wait4, libc::SYS_waitid, libc::SYS_kill],
+        why: "memory: the allocator; guest memory and the inflight area the control channel maps",
+        calls: &[
+            libc::SYS_brk,
+            libc::SYS_mmap,
+            libc::SYS_munmap,
+            libc::SYS_mremap,
+            libc::SYS_mprotect,
+            libc::SYS_madvise,
+            libc::SYS_memfd_create,
+            libc::SYS_ftruncate,
+        ],
     },
     Group {
-        why: "the vhost-user control channel: messages with fds (SCM_RIGHTS), replies",
-        calls: &[libc::SYS_recvmsg, libc::SYS_sendmsg, libc::SYS_recvfrom, libc::SYS_sendto],
+        why: "the process: futexes of the standard library, ids, time, the back-off sleep, exit \
+              (the standard library frees the main thread's signal stack)",
+        calls: &[
+            libc::SYS_futex,
+            libc::SYS_sigaltstack,
+            libc::SYS_getpid,
+            libc::SYS_gettid,
+            libc::SYS_getrandom,
+            libc::SYS_clock_gettime,
+            libc::SYS_clock_nanosleep,
+            libc::SYS_nanosleep,
+            libc::SYS_sched_yield,
+            libc::SYS_exit,
+            libc::SYS_exit_group,
+        ],
     },
     Group {
-        why: "a new worker confines itself: its capabilities (capset, in the worker list too), then \
-              its own filter (seccomp), which refuses seccomp",
-        calls: &[libc::SYS_seccomp],
+        why: "signals: the signalfd's mask, the SIGSYS handler, an abort",
+        calls: &[
+            libc::SYS_rt_sigaction,
+            libc::SYS_rt_sigprocmask,
+            libc::SYS_rt_sigreturn,
+            libc::SYS_restart_syscall,
+            libc::SYS_tgkill,
+        ],
     },
-    Group { why: "stopping: unmount the FUSE mount (only ours: mountinfo is read first)", calls: &[libc::SYS_umount2] },
     Group {
-        why: "new eventfds for a changed vring, the FUSE connection's clone ioctl",
-        calls: &[libc::SYS_eventfd2, libc::SYS_ioctl],
+        why: "the wait loop and its fds: signalfd, eventfds, the zygote's pipes, the OOM count \
+              (pread of a kept /proc/vmstat fd)",
+        calls: &[
+            libc::SYS_read,
+            libc::SYS_write,
+            libc::SYS_readv,
+            libc::SYS_writev,
+            libc::SYS_pread64,
+            libc::SYS_ppoll,
+            #[cfg(target_arch = "x86_64")]
+            libc::SYS_poll,
+            libc::SYS_close,
+            libc::SYS_fcntl,
+            libc::SYS_dup,
+            libc::SYS_dup3,
+            libc::SYS_lseek,
+        ],
     },
+    Group { why: "workers: reap, kill", calls: &[libc::SYS_wait4, libc::SYS_waitid, libc::SYS_kill] },
+    Group {
+        why: "the vhost-user control channel: messages with fds (SCM_RIGHTS), replies; new \
+              eventfds for a changed vring",
+        calls: &[
+            libc::SYS_recvmsg,
+            libc::SYS_sendmsg,
+            libc::SYS_recvfrom,
+            libc::SYS_sendto,
+            libc::SYS_eventfd2,
+            libc::SYS_ioctl,
+        ],
+    },
+    Group {
+        why: "stopping: unmount the FUSE mount (`--sandbox none`: only ours, mountinfo is read first)",
+        calls: &[libc::SYS_umount2, libc::SYS_openat, libc::SYS_fstat, libc::SYS_newfstatat, libc::SYS_statx],
+    },
+];
+
+/// What the holder (holder.rs) may call: its wait loop, passing signals on, reading a caller's
+/// /proc/PID/status and answering on a socket, the unmount at the end.
+pub const HOLDER: &[Group] = &[
+    Group {
+        why: "memory and the process: the allocator, futexes of the standard library, exit (the \
+              standard library frees the main thread's signal stack)",
+        calls: &[
+            libc::SYS_sigaltstack,
+            libc::SYS_brk,
+            libc::SYS_mmap,
+            libc::SYS_munmap,
+            libc::SYS_mremap,
+            libc::SYS_madvise,
+            libc::SYS_futex,
+            libc::SYS_getpid,
+            libc::SYS_gettid,
+            libc::SYS_clock_gettime,
+            libc::SYS_exit,
+            libc::SYS_exit_group,
+        ],
+    },
+    Group {
+        why: "the wait loop: poll the signalfd and the groups socket, read and answer, reap the \
+              supervisor, pass signals on to it, a poll restarted after SIGSTOP/SIGCONT, the SIGSYS \
+              handler",
+        calls: &[
+            libc::SYS_read,
+            libc::SYS_write,
+            libc::SYS_ppoll,
+            #[cfg(target_arch = "x86_64")]
+            libc::SYS_poll,
+            libc::SYS_wait4,
+            libc::SYS_kill,
+            libc::SYS_rt_sigaction,
+            libc::SYS_rt_sigprocmask,
+            libc::SYS_rt_sigreturn,
+            libc::SYS_restart_syscall,
+            libc::SYS_tgkill,
+        ],
+    },
+    Group {
+        why: "a caller's /proc/PID/status; mountinfo before the unmount",
+        calls: &[
+            libc::SYS_openat,
+            libc::SYS_close,
+            libc::SYS_fstat,
+            libc::SYS_newfstatat,
+            libc::SYS_statx,
+            libc::SYS_lseek,
+            libc::SYS_fcntl,
+        ],
+    },
+    Group { why: "stopping: unmount the FUSE mount in the host's mount namespace", calls: &[libc::SYS_umount2] },
 ];
 
 /// The region header's word the SIGSYS handler writes the refused call into (number + 1).
@@ -249,12 +373,14 @@ fn program(lists: &[&[Group]], mode: Mode) -> Result<BpfProgram, Error> {
 /// Who installs a filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// The supervisor (recovery on): both lists, since workers are cloned after it.
+    /// The supervisor (recovery on): `SUPERVISOR`.
     Supervisor,
-    /// A worker: `WORKER` only, on top of the supervisor's.
+    /// A worker, and the zygote that clones workers: `WORKER`.
     Worker,
     /// `--recovery off`: one process does both.
     Alone,
+    /// The holder (holder.rs): `HOLDER` only.
+    Holder,
 }
 
 /// Installs the filter for `role` on every thread of this process (TSYNC), after setting
@@ -265,7 +391,9 @@ pub fn install(role: Role, mode: Mode, violation: &'static AtomicU32) -> Result<
     }
     let lists: &[&[Group]] = match role {
         Role::Worker => &[WORKER],
-        Role::Supervisor | Role::Alone => &[WORKER, SUPERVISOR_ONLY],
+        Role::Supervisor => &[SUPERVISOR],
+        Role::Alone => &[WORKER, SUPERVISOR],
+        Role::Holder => &[HOLDER],
     };
     let prog = program(lists, mode)?;
     if mode == Mode::Kill {
@@ -335,8 +463,34 @@ mod tests {
     fn test_seccomp_filters_build() {
         for mode in [Mode::Kill, Mode::Trap, Mode::Log] {
             assert!(!program(&[WORKER], mode).unwrap().is_empty());
-            assert!(!program(&[WORKER, SUPERVISOR_ONLY], mode).unwrap().is_empty());
+            assert!(!program(&[WORKER, SUPERVISOR], mode).unwrap().is_empty());
         }
+    }
+
+    /// The supervisor's list is its own, not the worker's plus more: it makes no process (the
+    /// zygote clones workers), runs nothing, changes no file, opens nothing beneath the share.
+    #[test]
+    fn test_seccomp_supervisor_list_is_narrow() {
+        let has = |list: &[Group], nr| list.iter().any(|g| g.calls.contains(&nr));
+        for nr in [
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_execve,
+            libc::SYS_openat2,
+            libc::SYS_mkdirat,
+            libc::SYS_unlinkat,
+            libc::SYS_renameat2,
+            libc::SYS_linkat,
+            libc::SYS_fchownat,
+            libc::SYS_setxattr,
+            libc::SYS_setresuid,
+            libc::SYS_capset,
+            libc::SYS_seccomp,
+        ] {
+            assert!(!has(SUPERVISOR, nr), "the supervisor may call {:?}", syscall_name(nr));
+            assert!(!has(HOLDER, nr), "the holder may call {:?}", syscall_name(nr));
+        }
+        assert!(has(WORKER, libc::SYS_clone) && !has(WORKER, libc::SYS_seccomp));
     }
 
     #[test]

@@ -45,6 +45,68 @@ pub unsafe fn clone_sharing_fds() -> io::Result<i32> {
     super::cvt_long(pid).map(|p| p as i32)
 }
 
+/// As `clone_sharing_fds`, with CLONE_PARENT: the child's parent is our parent (the zygote
+/// makes the supervisor's workers this way), which gets its SIGCHLD.
+///
+/// # Safety
+/// As `clone_sharing_fds`: the caller must be single-threaded.
+pub unsafe fn clone_sibling_sharing_fds() -> io::Result<i32> {
+    // SAFETY: as in `clone_sharing_fds`.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_FILES | libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    super::cvt_long(pid).map(|p| p as i32)
+}
+
+/// Forks this process (a plain fork: the child gets a copy of the fd table, not a share of it).
+/// Returns the child's pid in the parent, 0 in the child.
+///
+/// # Safety
+/// As `clone_sharing_fds`: the caller must be single-threaded.
+pub unsafe fn fork() -> io::Result<i32> {
+    // SAFETY: single-threaded by the caller's promise.
+    cvt(unsafe { libc::fork() })
+}
+
+/// Moves this process into new namespaces of the kinds in `flags` (CLONE_NEW*); a new pid
+/// namespace takes only the children made after this.
+pub fn unshare(flags: i32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::unshare(flags) }).map(drop)
+}
+
+/// Names this thread (what `ps` and /proc/PID/comm show; at most 15 bytes).
+pub fn set_name(name: &std::ffi::CStr) {
+    // SAFETY: a valid C string; the kernel copies at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+}
+
+/// Waits for our child `pid` to end; returns its wait status.
+pub fn wait_child(pid: i32) -> io::Result<i32> {
+    let mut status = 0;
+    loop {
+        // SAFETY: a valid out pointer.
+        match cvt(unsafe { libc::waitpid(pid, &mut status, 0) }) {
+            Ok(_) => return Ok(status),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Sends `sig` to process `pid`.
+pub fn send_signal(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
 /// Ends this process at once, without running destructors or atexit handlers (a clone must
 /// not flush or free what is the parent's).
 pub fn exit_now(code: i32) -> ! {

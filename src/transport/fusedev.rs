@@ -15,7 +15,7 @@ use crate::state::region::{BUFFER_SIZE, ConnBuffer, MAX_CONN_BUFFERS};
 use crate::state::{Forget, Region, State};
 use crate::sys;
 
-use super::{Connection, Transport};
+use super::{Connection, Teardown, Transport};
 
 // Every request the wire format admits fits a connection buffer.
 const _: () = assert!(MAX_REQUEST as u64 <= BUFFER_SIZE);
@@ -36,6 +36,14 @@ pub enum Error {
 
 /// A mounted FUSE connection.
 pub struct FuseDev {
+    fd: i32,
+    /// Our mount, until the daemon stops (or the holder process takes over its unmount).
+    mount: Option<HostMount>,
+}
+
+/// Our FUSE mount as the host's mount namespace shows it: what unmounting needs.
+struct HostMount {
+    /// The connection (the mounted fd): hung up once the mount is gone.
     fd: i32,
     /// The mount point, absolute and free of symlinks, as /proc/self/mountinfo shows it.
     mountpoint: CString,
@@ -63,35 +71,13 @@ impl FuseDev {
         }
         // Which mount is ours, so that we never unmount another one made at the same path later.
         let mount_id = top_mount_at(mountpoint);
-        Ok(FuseDev { fd, mountpoint: mnt, mount_id })
+        Ok(FuseDev { fd, mount: Some(HostMount { fd, mountpoint: mnt, mount_id }) })
     }
 
-    /// Unmounts our mount, and only ours; a busy one is detached so the daemon can still exit.
-    /// A connection that already ended (unmounted, or aborted) is left as it is: whatever is
-    /// mounted at the path now is someone else's (a restart, a test harness, systemd). While
-    /// ours lives its mount id cannot be reused, so a mount stacked on ours is told apart too.
-    /// (Call it with no worker alive: reading mountinfo takes an fd in the table workers share.)
-    pub fn unmount(&self) {
-        let path = Path::new(std::ffi::OsStr::from_bytes(self.mountpoint.as_bytes()));
-        if sys::process::has_hung_up(self.fd) {
-            tracing::info!("the connection has ended: nothing of ours is mounted at {}", path.display());
-            return;
-        }
-        let top = top_mount_at(path);
-        if top.is_none() || top != self.mount_id {
-            tracing::warn!(ours = ?self.mount_id, found = ?top, "our mount is not the one on top at {}; leaving it", path.display());
-            return;
-        }
-        match sys::umount(&self.mountpoint, 0) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => tracing::debug!("already unmounted"),
-            Err(e) => {
-                tracing::warn!("unmount: {e}; detaching the mount lazily");
-                if let Err(e) = sys::umount(&self.mountpoint, libc::MNT_DETACH) {
-                    tracing::error!("lazy unmount failed: {e}");
-                }
-            }
-        }
+    /// Hands the unmount at the end to the holder process (it stays in the host's mount
+    /// namespace; the supervisor will not be): `close` then leaves the mount alone.
+    pub fn take_host_teardown(&mut self) -> Option<Box<dyn Teardown>> {
+        self.mount.take().map(|m| Box::new(m) as Box<dyn Teardown>)
     }
 
     /// The workers' side of this connection: `threads` serving threads, on this fd and
@@ -120,7 +106,43 @@ impl Connection for FuseDev {
     }
 
     fn close(&mut self) {
-        self.unmount();
+        if let Some(mount) = self.mount.take() {
+            mount.run();
+        }
+    }
+}
+
+impl Teardown for HostMount {
+    fn fds(&self) -> Vec<i32> {
+        vec![self.fd]
+    }
+
+    /// Unmounts our mount, and only ours; a busy one is detached so the daemon can still exit.
+    /// A connection that already ended (unmounted, or aborted) is left as it is: whatever is
+    /// mounted at the path now is someone else's (a restart, a test harness, systemd). While
+    /// ours lives its mount id cannot be reused, so a mount stacked on ours is told apart too.
+    /// (Call it with no worker alive: reading mountinfo takes an fd in the table workers share.)
+    fn run(&self) {
+        let path = Path::new(std::ffi::OsStr::from_bytes(self.mountpoint.as_bytes()));
+        if sys::process::has_hung_up(self.fd) {
+            tracing::info!("the connection has ended: nothing of ours is mounted at {}", path.display());
+            return;
+        }
+        let top = top_mount_at(path);
+        if top.is_none() || top != self.mount_id {
+            tracing::warn!(ours = ?self.mount_id, found = ?top, "our mount is not the one on top at {}; leaving it", path.display());
+            return;
+        }
+        match sys::umount(&self.mountpoint, 0) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => tracing::debug!("already unmounted"),
+            Err(e) => {
+                tracing::warn!("unmount: {e}; detaching the mount lazily");
+                if let Err(e) = sys::umount(&self.mountpoint, libc::MNT_DETACH) {
+                    tracing::error!("lazy unmount failed: {e}");
+                }
+            }
+        }
     }
 }
 
@@ -466,7 +488,7 @@ impl Exchange for Copied {
 /// How the server sees a /dev/fuse request: keyed by its unique, with the caller's groups.
 fn delivery(msg: &[u8]) -> Delivery {
     let unique = Request::header_of(msg).map_or(0, |h| h.unique);
-    Delivery { key: RecordKey::fuse(unique), groups: caller_groups }
+    Delivery { key: RecordKey::fuse(unique), groups: super::groups::of_caller }
 }
 
 fn send_reply(fd: i32, reply: Option<&[u8]>) {
@@ -480,22 +502,6 @@ fn send_reply(fd: i32, reply: Option<&[u8]>) {
             }
         }
     }
-}
-
-/// The supplementary groups of the calling thread `pid` (from /proc), so that permission checks
-/// on the host see the same groups the caller has. Empty if the caller is gone.
-fn caller_groups(pid: u32) -> Vec<u32> {
-    if pid == 0 {
-        return Vec::new();
-    }
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return Vec::new();
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| g.split_whitespace().filter_map(|n| n.parse().ok()).collect())
-        .unwrap_or_default()
 }
 
 /// Touches (and, best effort, locks) every page of `buf`, so the kernel never has to fault one

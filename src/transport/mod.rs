@@ -7,6 +7,7 @@
 //! else branches on which transport it is.
 
 pub mod fusedev;
+pub mod groups;
 pub mod vhost_user;
 
 use std::sync::Arc;
@@ -55,6 +56,16 @@ pub trait Connection {
     /// Serves what arrived on `control_fd`. False once the peer has gone.
     fn handle_control(&mut self) -> bool;
 
-    /// Ends the connection as the daemon stops (FUSE: unmount).
+    /// Ends the connection as the daemon stops (FUSE: unmount, unless handed to the holder).
     fn close(&mut self);
+}
+
+/// What must be done in the host's mount namespace when serving ends (FUSE: the unmount),
+/// left to the holder process, which stays there while the supervisor enters the sandbox
+/// (security/sandbox.rs, holder.rs).
+pub trait Teardown {
+    /// The fds it needs kept open until then.
+    fn fds(&self) -> Vec<i32>;
+
+    fn run(&self);
 }

@@ -89,7 +89,8 @@ impl Harness {
             fd_cache: 1024,
         };
         let dir = CString::new(share.as_os_str().as_bytes()).unwrap();
-        let fs = Fs::new(&dir, state.clone(), cfg).unwrap();
+        let proc = phoenixfsd::sys::open(c"/proc", libc::O_PATH | libc::O_DIRECTORY).unwrap();
+        let fs = Fs::new(&dir, proc, state.clone(), cfg).unwrap();
         let policy = InitPolicy {
             writeback: false,
             posix_locks: true,

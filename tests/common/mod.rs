@@ -28,7 +28,7 @@ pub mod proc;
 pub mod sys;
 
 #[allow(unused_imports)] // each test uses some
-pub use proc::{children_of, drop_caches, open_fds, settled_fds, table_fds};
+pub use proc::{children_of, drop_caches, open_fds, settled_fds, supervisor_of, table_fds};
 
 /// How the test reaches the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +87,11 @@ pub struct Mount {
 }
 
 impl Mount {
+    /// The supervisor's pid (the daemon's own with `--sandbox none`, else its child's).
+    pub fn supervisor(&self) -> u32 {
+        proc::supervisor_of(self.child.id())
+    }
+
     /// A fresh share and mount point in a new temporary directory, over the transport the
     /// environment names (`Transport::from_env`).
     pub fn new(extra_args: &[&str]) -> Mount {
@@ -122,6 +127,18 @@ impl Mount {
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> Mount {
+        Mount::start_logged(transport, share, mnt, extra_args, env, None)
+    }
+
+    /// As `start_on`, with the daemon's stderr (its log) written to `log` if given.
+    pub fn start_logged(
+        transport: Transport,
+        share: &Path,
+        mnt: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> Mount {
         require_fuse();
         let socket = mnt.with_extension("vhost.sock");
         let mut cmd = Command::new(BIN);
@@ -130,8 +147,9 @@ impl Mount {
             Transport::Fuse => cmd.arg("--mountpoint").arg(mnt),
             Transport::VhostUser => cmd.arg("--socket-path").arg(&socket),
         };
-        if let Some(mode) = seccomp_mode_override() {
-            cmd.args(["--seccomp", &mode]);
+        cmd.args(confinement_args());
+        if let Some(log) = log {
+            cmd.stderr(std::fs::File::create(log).expect("create the daemon's log file"));
         }
         let child =
             cmd.args(["--log-level", "warn"]).args(extra_args).stdin(Stdio::null()).spawn().expect("spawn phoenixfsd");
@@ -206,10 +224,43 @@ impl Drop for Mount {
 /// which mode ran.
 pub fn seccomp_mode_override() -> Option<String> {
     static SAID: std::sync::Once = std::sync::Once::new();
-    let mode = std::env::var("PHOENIXFS_TEST_SECCOMP").ok().filter(|m| !m.is_empty());
-    SAID.call_once(|| match &mode {
-        Some(m) => eprintln!("phoenixfsd runs with --seccomp {m} (PHOENIXFS_TEST_SECCOMP)"),
-        None => eprintln!("phoenixfsd runs with --seccomp kill (the default)"),
+    mode_override("PHOENIXFS_TEST_SECCOMP", "--seccomp", "kill", &SAID)
+}
+
+/// PHOENIXFS_TEST_SANDBOX=namespace|chroot|none runs every daemon with that `--sandbox` mode;
+/// unset, daemons run with the default (namespace). Said once, as above.
+pub fn sandbox_mode_override() -> Option<String> {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    mode_override("PHOENIXFS_TEST_SANDBOX", "--sandbox", "namespace", &SAID)
+}
+
+/// The mode environment variable `var` names for `option`, if any; says which ran, once.
+fn mode_override(var: &str, option: &str, default: &str, said: &std::sync::Once) -> Option<String> {
+    let mode = std::env::var(var).ok().filter(|m| !m.is_empty());
+    said.call_once(|| match &mode {
+        Some(m) => eprintln!("phoenixfsd runs with {option} {m} ({var})"),
+        None => eprintln!("phoenixfsd runs with {option} {default} (the default)"),
     });
     mode
+}
+
+/// A daemon's log file, without the terminal colours tracing puts around field names.
+pub fn read_log(path: &Path) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let mut pieces = log.split('\x1b');
+    let first = pieces.next().unwrap_or("").to_string();
+    first + &pieces.map(|piece| piece.split_once('m').map_or(piece, |(_, rest)| rest)).collect::<String>()
+}
+
+/// The confinement options every test daemon gets: the modes PHOENIXFS_TEST_SECCOMP and
+/// PHOENIXFS_TEST_SANDBOX name, if set (else the defaults run).
+pub fn confinement_args() -> Vec<String> {
+    let mut args = Vec::new();
+    if let Some(mode) = seccomp_mode_override() {
+        args.extend(["--seccomp".to_string(), mode]);
+    }
+    if let Some(mode) = sandbox_mode_override() {
+        args.extend(["--sandbox".to_string(), mode]);
+    }
+    args
 }

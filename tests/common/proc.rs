@@ -5,14 +5,43 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
-/// The live children of `pid` (a supervisor's worker), from /proc: the children its main
-/// thread forked (zombies included until reaped).
+/// The supervisor's other child, which clones its workers (src/zygote.rs): never a worker.
+const ZYGOTE: &str = "pfs-zygote";
+
+/// The live children of `pid` (a supervisor's workers), from /proc: the children its main
+/// thread forked (zombies included until reaped), less the zygote. (A worker is named as the
+/// zygote for the microseconds between its clone and its first instruction: it shows up then.)
 pub fn children_of(pid: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
         .unwrap_or_default()
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
+        .filter(|p| comm(*p) != ZYGOTE)
         .collect()
+}
+
+/// What /proc/PID/comm says (empty if the process is gone).
+pub fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim_end().to_string()
+}
+
+/// The supervisor of the daemon started as process `daemon`: the daemon itself with `--sandbox
+/// none`; in a sandbox its child, the daemon staying outside as the holder. Both are recognised
+/// by the name the supervisor gives itself at start-up (waits for it, up to 10 s).
+pub fn supervisor_of(daemon: u32) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if comm(daemon) == "pfs-supervisor" {
+            return daemon;
+        }
+        if let Some(sup) = children_of(daemon).into_iter().find(|c| comm(*c) == "pfs-supervisor") {
+            return sup;
+        }
+        if Instant::now() > deadline || !alive(daemon as i32) {
+            return daemon;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// (pid, start time) of a process: the start time tells a reused pid apart.
@@ -35,7 +64,8 @@ pub fn alive(pid: i32) -> bool {
     matches!(proc_stat(pid), Some((s, _, _)) if s != 'Z' && s != 'X')
 }
 
-/// The children of `sup` that have not exited, whichever of its threads forked them.
+/// The children of `sup` that have not exited, whichever of its threads forked them, less the
+/// zygote (see `children_of`).
 pub fn live_children(sup: i32) -> Vec<Proc> {
     let mut pids = BTreeSet::new();
     let mut have_children_file = false;
@@ -57,6 +87,7 @@ pub fn live_children(sup: i32) -> Vec<Proc> {
         }
     }
     pids.into_iter()
+        .filter(|pid| comm(*pid as u32) != ZYGOTE)
         .filter_map(|pid| match proc_stat(pid) {
             Some((s, ppid, start)) if ppid == sup && s != 'Z' && s != 'X' => Some(Proc { pid, start }),
             _ => None,
@@ -150,9 +181,15 @@ pub fn settled_fds(pid: u32) -> Vec<(i32, String)> {
     }
 }
 
-/// `open_fds` less the worker's /proc/self/fd dirfd (see `settled_fds`).
+/// `open_fds` less the worker's /proc/self/fd dirfd (see `settled_fds`): `/proc/PID/fd`, or,
+/// inside the namespace sandbox, `/PID/fd` (its procfs is not reachable from our root, so the
+/// link shows the path below that procfs's root).
 pub fn table_fds(pid: u32) -> Vec<(i32, String)> {
-    open_fds(pid).into_iter().filter(|(_, t)| !(t.starts_with("/proc/") && t.ends_with("/fd"))).collect()
+    let is_proc_fd_dir = |t: &str| {
+        let pid = t.strip_prefix("/proc").unwrap_or(t).strip_prefix('/').and_then(|r| r.strip_suffix("/fd"));
+        pid.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    open_fds(pid).into_iter().filter(|(_, t)| !is_proc_fd_dir(t)).collect()
 }
 
 /// This process's resident set in KiB, from /proc/self/status.

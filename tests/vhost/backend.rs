@@ -34,10 +34,9 @@ impl Backend {
         std::fs::create_dir(&share).unwrap();
         let socket = tmp.path().join("vhost.sock");
         let mut cmd = Command::new(BIN);
-        // As tests/common's mounts: PHOENIXFS_TEST_SECCOMP picks the mode (default: kill).
-        if let Some(mode) = std::env::var("PHOENIXFS_TEST_SECCOMP").ok().filter(|m| !m.is_empty()) {
-            cmd.args(["--seccomp", &mode]);
-        }
+        // As tests/common's mounts: PHOENIXFS_TEST_SECCOMP and PHOENIXFS_TEST_SANDBOX pick the
+        // modes (default: kill, namespace).
+        cmd.args(super::confinement_args());
         let child = cmd
             .envs(env.iter().copied())
             .arg("--shared-dir")
@@ -61,8 +60,9 @@ impl Backend {
         &self.socket
     }
 
+    /// The supervisor's pid (the daemon's own with `--sandbox none`, else its child's).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        super::proc::supervisor_of(self.child.id())
     }
 
     /// A backend whose share holds hello.txt ("hello"), and a frontend past FUSE INIT with
