@@ -25,7 +25,8 @@ fi
 
 # ---- Debian packages --------------------------------------------------------------------
 PKGS=(fuse3 libfuse3-dev fio attr acl libacl1-dev pkg-config libseccomp-dev libcap-ng-dev
-      python3 psmisc util-linux gcc qemu-system-x86 busybox-static cpio)
+      python3 psmisc util-linux gcc qemu-system-x86 busybox-static cpio
+      systemd)  # systemd-socket-activate: the packaged unit's socket activation (tests/options.rs)
 missing=()
 for p in "${PKGS[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

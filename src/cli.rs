@@ -1,13 +1,18 @@
 //! The command line: virtiofsd's options with the same meanings (DESIGN §9), plus `--mountpoint`
 //! to serve the same engine over /dev/fuse instead of vhost-user.
 //!
-//! Options that the engine does not act on yet are still accepted (so libvirt and Kata command
-//! lines work unchanged); `Cli::unenforced` names the ones that were given a non-default value so
-//! that start-up can say so in the log rather than silently pretend.
+//! An option we accept is an option we honour: what this build cannot act on is refused at
+//! start-up with a message naming it (exit code 2), never accepted and ignored. The legacy `-o`
+//! forms libvirt and Kata pass are folded into the modern fields. docs/compat.md lists every
+//! virtiofsd option with its status here and the test that shows it. (`Cli::unenforced` still
+//! names `--inode-file-handles`, which other work is taking on.)
 
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, ValueEnum, ValueHint};
+
+pub use crate::fs::idmap::{IdMap, IdMapError};
+pub use crate::fs::xattrmap::{XattrMap, XattrMapError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CachePolicy {
@@ -49,6 +54,24 @@ pub enum LogLevel {
     Off,
 }
 
+/// virtiofsd's three-way switch for a FUSE capability the guest may or may not support.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Negotiation {
+    Never,
+    Auto,
+    Always,
+}
+
+impl Negotiation {
+    fn name(self) -> &'static str {
+        match self {
+            Negotiation::Never => "never",
+            Negotiation::Auto => "auto",
+            Negotiation::Always => "always",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Recovery {
     /// Supervisor + intent records: a killed worker is replaced transparently.
@@ -61,66 +84,87 @@ pub enum Recovery {
 #[command(
     name = "phoenixfsd",
     version,
-    about = "Crash-proof virtio-fs / FUSE passthrough daemon (virtiofsd-compatible command line)"
+    about = "Crash-proof virtio-fs / FUSE passthrough daemon (virtiofsd-compatible command line)",
+    long_about = "Crash-proof virtio-fs / FUSE passthrough daemon.\n\nServes --shared-dir to a VMM over a \
+                  vhost-user socket (--socket-path or --fd), as virtiofsd does, or to the host over /dev/fuse \
+                  (--mountpoint). A supervisor process keeps the connection and replaces a worker that dies, \
+                  and requests in flight are replayed exactly once. The command line is virtiofsd's; an option \
+                  this build cannot honour is refused at start-up with a message naming it (exit code 2).",
+    args_override_self = true
 )]
 pub struct Cli {
     /// Shared directory path.
-    #[arg(long)]
+    #[arg(long, value_hint = ValueHint::DirPath)]
     pub shared_dir: Option<PathBuf>,
 
     /// Serve over /dev/fuse by mounting the shared directory here (instead of vhost-user).
-    #[arg(long)]
+    #[arg(long, value_hint = ValueHint::DirPath)]
     pub mountpoint: Option<PathBuf>,
 
     /// Serve a demo share: make a temporary directory with a few files, mount it at a temporary
     /// mount point, print where, and serve until interrupted.
-    #[arg(long, conflicts_with_all = ["shared_dir", "mountpoint", "socket_path", "fd"])]
+    #[arg(long, conflicts_with_all = ["shared_dir", "mountpoint", "socket_path", "socket", "fd"])]
     pub demo: bool,
 
+    /// The tag that the virtio device advertises (1 to 36 bytes): offered in the device's config
+    /// space with the vhost-user CONFIG protocol feature. A frontend may ignore it (QEMU keeps
+    /// the tag of its own vhost-user-fs-pci device).
+    #[arg(long, value_parser = parse_tag)]
+    pub tag: Option<String>,
+
+    /// vhost-user socket path [deprecated: use --socket-path].
+    #[arg(long, conflicts_with = "socket_path", value_hint = ValueHint::FilePath)]
+    pub socket: Option<PathBuf>,
+
     /// vhost-user socket path.
-    #[arg(long)]
+    #[arg(long, value_hint = ValueHint::FilePath)]
     pub socket_path: Option<PathBuf>,
 
-    /// File descriptor for the listening vhost-user socket.
-    #[arg(long, conflicts_with = "socket_path")]
-    pub fd: Option<i32>,
-
     /// Name of group for the vhost-user socket.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "fd")]
     pub socket_group: Option<String>,
 
-    /// Maximum thread pool size (0 = serve on the queue/device thread only).
+    /// File descriptor for the listening (not yet connected) vhost-user socket.
+    #[arg(long, conflicts_with_all = ["socket_path", "socket"])]
+    pub fd: Option<i32>,
+
+    /// Serving threads (FUSE) or request queues (vhost-user); 0 = 2 x CPUs, at least 4. Unlike
+    /// virtiofsd, 0 does not mean "no pool": every queue has its own thread.
     #[arg(long, default_value_t = 0)]
     pub thread_pool_size: usize,
 
-    /// Disable/debug: accepted for compatibility.
+    /// Enable support for extended attributes.
     #[arg(long)]
-    pub tag: Option<String>,
+    pub xattr: bool,
 
-    /// Caching policy the file system should use.
-    #[arg(long, value_enum, default_value_t = CachePolicy::Auto)]
-    pub cache: CachePolicy,
+    /// Enable support for POSIX ACLs (implies --xattr): never, auto (if the kernel offers
+    /// FUSE_POSIX_ACL) or always (refuse a kernel that does not); alone it means always.
+    #[arg(long, value_enum, require_equals = true, num_args = 0..=1, default_value_t = Negotiation::Never,
+          default_missing_value = "always", value_name = "never|auto|always")]
+    pub posix_acl: Negotiation,
+
+    /// Add custom rules for translating extended attributes between host and guest
+    /// (e.g. :map::user.virtiofs.:); implies --xattr. See virtiofsd's doc/xattr-mapping.md.
+    #[arg(long, value_parser = parse_xattrmap)]
+    pub xattrmap: Option<XattrMap>,
 
     /// Sandbox mechanism to isolate the daemon process.
     #[arg(long, value_enum, default_value_t = SandboxMode::Namespace)]
     pub sandbox: SandboxMode,
+
+    /// Prevent the guest from making modifications to the file system: every modifying request
+    /// and every open for writing is answered EROFS.
+    #[arg(long)]
+    pub readonly: bool,
 
     /// Action to take when seccomp finds a not allowed syscall: kill (the process, naming the
     /// call in the log), log (allow it; the kernel logs it), trap (SIGSYS), none (no filter).
     #[arg(long, value_enum, default_value_t = SeccompAction::Kill)]
     pub seccomp: SeccompAction,
 
-    /// Enable support for extended attributes.
+    /// Tell the guest which directories are mount points.
     #[arg(long)]
-    pub xattr: bool,
-
-    /// Add custom rules for translating extended attributes between host and guest.
-    #[arg(long)]
-    pub xattrmap: Option<String>,
-
-    /// Enable support for POSIX ACLs (implies --xattr).
-    #[arg(long)]
-    pub posix_acl: bool,
+    pub announce_submounts: bool,
 
     /// Keep inodes by file handle instead of an O_PATH fd each: never, prefer (where the file
     /// system makes handles, else an fd), mandatory (a lookup without a handle fails).
@@ -128,9 +172,18 @@ pub struct Cli {
           default_missing_value = "prefer")]
     pub inode_file_handles: InodeFileHandles,
 
-    /// Tell the guest which directories are mount points.
+    /// Caching policy the file system should use.
+    #[arg(long, value_enum, default_value_t = CachePolicy::Auto)]
+    pub cache: CachePolicy,
+
+    /// With --cache=never or metadata, let the guest mmap(MAP_SHARED) files all the same
+    /// (FUSE_DIRECT_IO_ALLOW_MMAP). Only when the guest has the directory to itself.
     #[arg(long)]
-    pub announce_submounts: bool,
+    pub allow_mmap: bool,
+
+    /// Disable support for READDIRPLUS operations.
+    #[arg(long)]
+    pub no_readdirplus: bool,
 
     /// Enable writeback cache.
     #[arg(long)]
@@ -140,66 +193,95 @@ pub struct Cli {
     #[arg(long)]
     pub allow_direct_io: bool,
 
-    /// Enable FUSE_HANDLE_KILLPRIV_V2 support (the default here, unlike virtiofsd).
+    /// Print vhost-user.json backend program capabilities and exit.
     #[arg(long)]
-    pub killpriv_v2: bool,
-
-    /// Disable FUSE_HANDLE_KILLPRIV_V2: the kernel then clears set-id bits with a chmod from the
-    /// writer, which the host refuses to a writer who does not own the file.
-    #[arg(long, conflicts_with = "killpriv_v2")]
-    pub no_killpriv_v2: bool,
-
-    /// Enable support for security label (SELinux).
-    #[arg(long)]
-    pub security_label: bool,
-
-    /// Set maximum number of file descriptors (0 leaves rlimit unchanged).
-    #[arg(long)]
-    pub rlimit_nofile: Option<u64>,
-
-    /// Log level.
-    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
-    pub log_level: LogLevel,
-
-    /// Log to syslog instead of stderr.
-    #[arg(long)]
-    pub syslog: bool,
+    pub print_capabilities: bool,
 
     /// Modify the list of capabilities, e.g. --modcaps=+sys_admin:-chown.
     #[arg(long)]
     pub modcaps: Option<String>,
 
-    /// Map a range of UIDs from the host into the namespace.
+    /// Log level (RUST_LOG, when set, takes precedence).
+    #[arg(long, value_enum, ignore_case = true, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+
+    /// Log to syslog (the /dev/log socket) instead of stderr; if there is no syslog socket, say
+    /// so on stderr and log there.
     #[arg(long)]
-    pub translate_uid: Vec<String>,
+    pub syslog: bool,
 
-    /// Map a range of GIDs from the host into the namespace.
+    /// Set maximum number of file descriptors (0 leaves rlimit unchanged).
     #[arg(long)]
-    pub translate_gid: Vec<String>,
+    pub rlimit_nofile: Option<u64>,
 
-    /// Preserve O_NOATIME behavior, otherwise automatically clean up O_NOATIME flag.
-    #[arg(long)]
-    pub preserve_noatime: bool,
+    /// Options in the legacy form: -o source=PATH,cache=auto,xattr,... [deprecated]
+    #[arg(short = 'o', value_name = "COMPAT_OPTIONS")]
+    pub legacy_options: Vec<String>,
 
-    /// Disable support for READDIRPLUS operations.
-    #[arg(long)]
-    pub no_readdirplus: bool,
-
-    /// Print vhost-user.json backend program capabilities and exit.
-    #[arg(long)]
-    pub print_capabilities: bool,
-
-    /// Compatibility: foreground (always the case).
-    #[arg(short = 'f')]
-    pub foreground: bool,
-
-    /// Compatibility: debug logging (same as --log-level=debug).
+    /// Set log level to "debug" [deprecated: use --log-level].
     #[arg(short = 'd')]
     pub debug: bool,
 
-    /// Legacy options: -o source=PATH,cache=...,xattr,no_xattr,allow_direct_io,...
-    #[arg(short = 'o', value_delimiter = ',')]
-    pub legacy_options: Vec<String>,
+    /// Disable FUSE_HANDLE_KILLPRIV_V2: the kernel then clears set-id bits with a chmod from the
+    /// writer, which the host refuses to a writer who does not own the file.
+    #[arg(long)]
+    pub no_killpriv_v2: bool,
+
+    /// Enable FUSE_HANDLE_KILLPRIV_V2 support (the default here, unlike virtiofsd).
+    #[arg(long, overrides_with = "no_killpriv_v2")]
+    pub killpriv_v2: bool,
+
+    /// Compatibility option that has no effect: the daemon always runs in the foreground.
+    #[arg(short = 'f')]
+    pub foreground: bool,
+
+    /// Enable security label support (FUSE_SECURITY_CTX; implies --xattr): a new file gets the
+    /// label the guest's LSM chose as its xattr (through --xattrmap). never, auto (if the kernel
+    /// offers it) or always (refuse a kernel that does not); alone it means always.
+    #[arg(long, value_enum, require_equals = true, num_args = 0..=1, default_value_t = Negotiation::Never,
+          default_missing_value = "always", value_name = "never|auto|always")]
+    pub security_label: Negotiation,
+
+    /// Map a range of UIDs from the host into a user namespace, :namespace_uid:host_uid:count:
+    /// (refused: needs an unprivileged user-namespace sandbox, which is not built).
+    #[arg(long)]
+    pub uid_map: Vec<String>,
+
+    /// Map a range of GIDs from the host into a user namespace, :namespace_gid:host_gid:count:
+    /// (refused: needs an unprivileged user-namespace sandbox, which is not built).
+    #[arg(long)]
+    pub gid_map: Vec<String>,
+
+    /// Translate UIDs between guest and host, '<type>:<source base>:<target base>:<count>' with
+    /// type guest, host, squash-guest, squash-host, map, or 'forbid-guest:<base>:<count>'
+    /// (virtiofsd's syntax and meaning). Give it once per range.
+    #[arg(long)]
+    pub translate_uid: Vec<String>,
+
+    /// Same as --translate-uid, for GIDs.
+    #[arg(long)]
+    pub translate_gid: Vec<String>,
+
+    /// Keep the guest's O_NOATIME on host opens (by default it is dropped, so that an open by a
+    /// caller who does not own the file does not fail with EPERM).
+    #[arg(long)]
+    pub preserve_noatime: bool,
+
+    /// VM live migration (refused: vhost-user DEVICE_STATE is not implemented).
+    #[arg(long, value_name = "find-paths|file-handles")]
+    pub migration_mode: Option<String>,
+
+    /// VM live migration (refused: vhost-user DEVICE_STATE is not implemented).
+    #[arg(long, value_name = "abort|guest-error")]
+    pub migration_on_error: Option<String>,
+
+    /// VM live migration (refused: vhost-user DEVICE_STATE is not implemented).
+    #[arg(long)]
+    pub migration_verify_handles: bool,
+
+    /// VM live migration (refused: vhost-user DEVICE_STATE is not implemented).
+    #[arg(long)]
+    pub migration_confirm_paths: bool,
 
     /// Serve POSIX/OFD record locks in the daemon (FUSE_POSIX_LOCKS), as `-o posix_lock` does;
     /// by default, as with virtiofsd, the kernel keeps them itself (exact for one client).
@@ -209,6 +291,12 @@ pub struct Cli {
     /// Serve flock(2) locks in the daemon (FUSE_FLOCK_LOCKS), as `-o flock` does.
     #[arg(long)]
     pub flock: bool,
+
+    /// The control socket for `phoenixfsd ctl` (status, metrics, restart-worker), mode 0600.
+    /// Default: <socket-path>.ctl, or /run/phoenixfsd/<mount point, / as ->.ctl over /dev/fuse;
+    /// none with --fd alone.
+    #[arg(long)]
+    pub control_socket: Option<PathBuf>,
 
     /// Crash recovery: a supervisor keeps the connection and restarts the worker.
     #[arg(long, value_enum, default_value_t = Recovery::On)]
@@ -221,72 +309,92 @@ pub struct Cli {
     /// Capacity of the handle table in the state region (open files and directories).
     #[arg(long, default_value_t = 1 << 20)]
     pub max_handles: u32,
+
+    /// Print the manual page (roff) generated from these options and exit.
+    #[arg(long)]
+    pub print_manpage: bool,
+
+    /// Print a completion script for this shell and exit.
+    #[arg(long, value_name = "SHELL")]
+    pub print_completions: Option<clap_complete::Shell>,
 }
 
-/// A command line that parsed but makes no sense; reported with exit code 2 like clap's errors.
+/// A command line that parsed but makes no sense, or asks for what this build does not do;
+/// reported with exit code 2 like clap's errors.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error("unknown legacy option -o {0}")]
     UnknownLegacyOption(String),
+    #[error("invalid value in legacy option -o {0}")]
+    BadLegacyValue(String),
     #[error("--shared-dir (or -o source=) is required")]
     MissingSharedDir,
     #[error("give exactly one of --mountpoint, --socket-path or --fd")]
     NoTransport,
     #[error("--thread-pool-size {0} is too large (at most 1024)")]
     TooManyThreads(usize),
+    #[error("{option} is not supported by phoenixfsd: {why}")]
+    NotHonoured { option: String, why: &'static str },
+    #[error("{0}: {1}")]
+    Translate(&'static str, IdMapError),
+    #[error("--xattrmap: {0}")]
+    Xattrmap(#[from] XattrMapError),
     #[error(transparent)]
     Modcaps(#[from] crate::security::caps::Error),
 }
 
-impl Cli {
-    /// Folds the legacy `-o` forms into the modern fields, then checks what clap cannot.
-    pub fn normalize(mut self) -> Result<Self, CliError> {
-        for opt in std::mem::take(&mut self.legacy_options) {
-            let (key, value) = match opt.split_once('=') {
-                Some((k, v)) => (k, Some(v)),
-                None => (opt.as_str(), None),
-            };
-            match (key, value) {
-                ("source", Some(v)) => self.shared_dir = Some(v.into()),
-                ("cache", Some("auto")) => self.cache = CachePolicy::Auto,
-                ("cache", Some("always")) => self.cache = CachePolicy::Always,
-                ("cache", Some("none" | "never")) => self.cache = CachePolicy::Never,
-                ("xattr", None) => self.xattr = true,
-                ("no_xattr", None) => self.xattr = false,
-                ("allow_direct_io", None) => self.allow_direct_io = true,
-                ("no_allow_direct_io", None) => self.allow_direct_io = false,
-                ("writeback", None) => self.writeback = true,
-                ("no_writeback", None) => self.writeback = false,
-                ("posix_acl", None) => self.posix_acl = true,
-                ("no_posix_acl", None) => self.posix_acl = false,
-                ("killpriv_v2", None) => (self.killpriv_v2, self.no_killpriv_v2) = (true, false),
-                ("no_killpriv_v2", None) => (self.killpriv_v2, self.no_killpriv_v2) = (false, true),
-                ("announce_submounts", None) => self.announce_submounts = true,
-                ("readdirplus", None) => self.no_readdirplus = false,
-                ("no_readdirplus", None) => self.no_readdirplus = true,
-                ("posix_lock", None) => self.posix_lock = true,
-                ("no_posix_lock", None) => self.posix_lock = false,
-                ("flock", None) => self.flock = true,
-                ("no_flock", None) => self.flock = false,
-                ("timestamp" | "no_timestamp", None) => {}
-                ("log_level", Some(v)) => {
-                    self.log_level =
-                        LogLevel::from_str(v, true).map_err(|_| CliError::UnknownLegacyOption(opt.clone()))?
-                }
-                _ => return Err(CliError::UnknownLegacyOption(opt.clone())),
+/// Why each refused option is refused (docs/compat.md has the whole table).
+const NO_MIGRATION: &str = "VM live migration (vhost-user DEVICE_STATE) is not implemented";
+const NO_USERNS: &str = "it maps ids through the user namespace of an unprivileged --sandbox=namespace, which \
+                         this daemon does not set up (it runs as root; --translate-uid/gid translate \
+                         ids without one)";
+const NO_ACL_TRANSLATE: &str = "an ACL names host ids the translation would not map (virtiofsd refuses this \
+                                too)";
+
+/// Splits one `-o` argument at commas; a doubled comma is a comma inside a value (libvirt
+/// escapes commas in a source path that way; virtiofsd would split the path there).
+fn split_legacy(arg: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = arg.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            ',' if chars.peek() == Some(&',') => {
+                chars.next();
+                out.last_mut().expect("never empty").push(',');
             }
+            ',' => out.push(String::new()),
+            c => out.last_mut().expect("never empty").push(c),
+        }
+    }
+    out
+}
+
+impl Cli {
+    /// Folds the legacy `-o` forms into the modern fields, refuses what this build cannot
+    /// honour, then checks what clap cannot.
+    pub fn normalize(mut self) -> Result<Self, CliError> {
+        for arg in std::mem::take(&mut self.legacy_options) {
+            for opt in split_legacy(&arg) {
+                self.fold_legacy(&opt)?;
+            }
+        }
+        if let Some(socket) = self.socket.take() {
+            self.socket_path = Some(socket);
         }
         if self.debug {
             self.log_level = LogLevel::Debug;
         }
-        if self.posix_acl {
+        if self.posix_acl != Negotiation::Never || self.security_label != Negotiation::Never || self.xattrmap.is_some()
+        {
             self.xattr = true;
         }
+        self.refuse_unhonoured()?;
+        self.id_maps()?;
         if self.thread_pool_size > 1024 {
             return Err(CliError::TooManyThreads(self.thread_pool_size));
         }
         self.worker_caps()?;
-        if self.print_capabilities || self.demo {
+        if self.print_capabilities || self.demo || self.print_manpage || self.print_completions.is_some() {
             return Ok(self);
         }
         if self.shared_dir.is_none() {
@@ -299,6 +407,104 @@ impl Cli {
         Ok(self)
     }
 
+    /// One legacy option: virtiofsd 1.14's compat list (its `parse_compat`), plus `flock` and
+    /// `posix_lock` (served by this daemon; older libvirt passes them) and the C virtiofsd's
+    /// `log_level=`.
+    fn fold_legacy(&mut self, opt: &str) -> Result<(), CliError> {
+        let bad_value = || CliError::BadLegacyValue(opt.to_string());
+        match opt.split_once('=') {
+            Some(("source", v)) => self.shared_dir = Some(v.into()),
+            Some(("cache", v)) => {
+                self.cache = match v {
+                    "auto" => CachePolicy::Auto,
+                    "always" => CachePolicy::Always,
+                    "none" => CachePolicy::Never,
+                    "metadata" => CachePolicy::Metadata,
+                    _ => return Err(bad_value()),
+                }
+            }
+            // virtiofsd's values; the C virtiofsd's `log_level=` also takes --log-level's names.
+            Some((key @ ("loglevel" | "log_level"), v)) => {
+                self.log_level = match v {
+                    "debug" => LogLevel::Debug,
+                    "info" => LogLevel::Info,
+                    "warn" => LogLevel::Warn,
+                    "err" => LogLevel::Error,
+                    _ if key == "log_level" => LogLevel::from_str(v, true).map_err(|_| bad_value())?,
+                    _ => return Err(bad_value()),
+                }
+            }
+            Some(("sandbox", v)) => {
+                self.sandbox = match v {
+                    "namespace" => SandboxMode::Namespace,
+                    "chroot" => SandboxMode::Chroot,
+                    _ => return Err(bad_value()),
+                }
+            }
+            Some(("modcaps", v)) => self.modcaps = Some(v.to_string()),
+            Some(("xattrmap", v)) => self.xattrmap = Some(v.parse()?),
+            Some(_) => return Err(CliError::UnknownLegacyOption(opt.to_string())),
+            None => match opt {
+                "xattr" => self.xattr = true,
+                "no_xattr" => self.xattr = false,
+                "readdirplus" => self.no_readdirplus = false,
+                "no_readdirplus" => self.no_readdirplus = true,
+                "writeback" => self.writeback = true,
+                "no_writeback" => self.writeback = false,
+                "allow_direct_io" => self.allow_direct_io = true,
+                "no_allow_direct_io" => self.allow_direct_io = false,
+                "announce_submounts" => self.announce_submounts = true,
+                "killpriv_v2" => (self.killpriv_v2, self.no_killpriv_v2) = (true, false),
+                "no_killpriv_v2" => (self.killpriv_v2, self.no_killpriv_v2) = (false, true),
+                "posix_acl" => self.posix_acl = Negotiation::Always,
+                "no_posix_acl" => self.posix_acl = Negotiation::Never,
+                "security_label" => self.security_label = Negotiation::Always,
+                "no_security_label" => self.security_label = Negotiation::Never,
+                "posix_lock" => self.posix_lock = true,
+                "no_posix_lock" => self.posix_lock = false,
+                "flock" => self.flock = true,
+                "no_flock" => self.flock = false,
+                _ => return Err(CliError::UnknownLegacyOption(opt.to_string())),
+            },
+        }
+        Ok(())
+    }
+
+    /// "An option we accept is an option we honour": every virtiofsd option this build does not
+    /// act on is refused here, by name (docs/compat.md).
+    fn refuse_unhonoured(&self) -> Result<(), CliError> {
+        let refuse = |option: &str, why| Err(CliError::NotHonoured { option: option.to_string(), why });
+        let migration = [
+            ("--migration-mode", self.migration_mode.is_some()),
+            ("--migration-on-error", self.migration_on_error.is_some()),
+            ("--migration-verify-handles", self.migration_verify_handles),
+            ("--migration-confirm-paths", self.migration_confirm_paths),
+        ];
+        if let Some((name, _)) = migration.iter().find(|(_, given)| *given) {
+            return refuse(name, NO_MIGRATION);
+        }
+        if !self.uid_map.is_empty() {
+            return refuse("--uid-map", NO_USERNS);
+        }
+        if !self.gid_map.is_empty() {
+            return refuse("--gid-map", NO_USERNS);
+        }
+        if self.posix_acl != Negotiation::Never && !(self.translate_uid.is_empty() && self.translate_gid.is_empty()) {
+            return refuse(
+                &format!("--posix-acl={} with --translate-uid/gid", self.posix_acl.name()),
+                NO_ACL_TRANSLATE,
+            );
+        }
+        Ok(())
+    }
+
+    /// `--translate-uid` and `--translate-gid` as maps (identity when not given).
+    pub fn id_maps(&self) -> Result<(IdMap, IdMap), CliError> {
+        let uids = IdMap::parse(&self.translate_uid).map_err(|e| CliError::Translate("--translate-uid", e))?;
+        let gids = IdMap::parse(&self.translate_gid).map_err(|e| CliError::Translate("--translate-gid", e))?;
+        Ok((uids, gids))
+    }
+
     /// A worker's capabilities: virtiofsd's default set changed by `--modcaps`.
     pub fn worker_caps(&self) -> Result<crate::security::caps::Caps, CliError> {
         let base = crate::security::caps::WORKER;
@@ -308,24 +514,91 @@ impl Cli {
         })
     }
 
+    /// FUSE_HANDLE_KILLPRIV_V2 is on unless turned off, or unless `--xattrmap` renames
+    /// security.capability: then the host kernel no longer sees the guest's capability under
+    /// its own name and cannot clear it on a write, so the guest kernel must (without v2 it
+    /// removes the capability itself, through the map, with a REMOVEXATTR).
+    pub fn killpriv_v2(&self) -> bool {
+        !self.no_killpriv_v2 && self.xattrmap.as_ref().is_none_or(|m| !m.renames_security_capability())
+    }
+
     /// Options given a non-default value that this build accepts but does not enforce yet.
     pub fn unenforced(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        if self.xattrmap.is_some() {
-            v.push("--xattrmap");
+        // None left: --inode-file-handles, the last one, is honoured (issue 13).
+        Vec::new()
+    }
+}
+
+fn parse_tag(s: &str) -> Result<String, String> {
+    let max = crate::transport::vhost_user::MAX_TAG_LEN;
+    if s.is_empty() || s.len() > max {
+        return Err(format!("a tag has 1 to {max} bytes"));
+    }
+    Ok(s.to_string())
+}
+
+fn parse_xattrmap(s: &str) -> Result<XattrMap, XattrMapError> {
+    s.parse()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, String> {
+        let cli = Cli::try_parse_from(std::iter::once("phoenixfsd").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        cli.normalize().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn test_split_legacy_keeps_escaped_commas() {
+        assert_eq!(split_legacy("source=/a,,b,cache=auto"), ["source=/a,b", "cache=auto"]);
+        assert_eq!(split_legacy("xattr"), ["xattr"]);
+    }
+
+    #[test]
+    fn test_legacy_forms_fold_into_the_modern_fields() {
+        let c = parse(&["-o", "source=/srv,cache=none,xattr,no_posix_lock,flock", "--fd=3"]).unwrap();
+        assert_eq!(c.shared_dir.as_deref(), Some(std::path::Path::new("/srv")));
+        assert_eq!(c.cache, CachePolicy::Never);
+        assert!(c.xattr && c.flock && !c.posix_lock);
+        let c = parse(&["-o", "source=/srv", "-o", "loglevel=err", "-o", "xattrmap=:map::user.v.:", "--fd=3"]).unwrap();
+        assert_eq!(c.log_level, LogLevel::Error);
+        assert!(c.xattr, "--xattrmap implies --xattr");
+        let c = parse(&["-o", "source=/srv,log_level=error", "--fd=3"]).unwrap();
+        assert_eq!(c.log_level, LogLevel::Error, "log_level= also takes --log-level's names");
+        assert!(parse(&["-o", "source=/srv,loglevel=error", "--fd=3"]).is_err(), "loglevel= is virtiofsd's: err");
+    }
+
+    #[test]
+    fn test_unhonoured_options_are_refused_by_name() {
+        for (args, named) in [
+            (&["--migration-mode=find-paths"][..], "--migration-mode"),
+            (&["--migration-confirm-paths"], "--migration-confirm-paths"),
+            (&["--uid-map=:0:1000:1:"], "--uid-map"),
+            (&["--posix-acl", "--translate-uid=map:0:1:1"], "--posix-acl=always with --translate-uid/gid"),
+            (&["-o", "posix_acl", "--translate-gid=map:0:1:1"], "--posix-acl=always with"),
+        ] {
+            let mut all = vec!["--shared-dir=/tmp", "--fd=3"];
+            all.extend_from_slice(args);
+            let e = parse(&all).unwrap_err();
+            assert!(e.contains(named) && e.contains("not supported"), "{args:?}: {e}");
         }
-        if !self.translate_uid.is_empty() || !self.translate_gid.is_empty() {
-            v.push("--translate-uid/--translate-gid");
-        }
-        if self.security_label {
-            v.push("--security-label");
-        }
-        if self.syslog {
-            v.push("--syslog (logs go to stderr)");
-        }
-        if self.posix_acl {
-            v.push("--posix-acl (ACL xattrs pass through as xattrs; FUSE_POSIX_ACL is not negotiated)");
-        }
-        v
+        parse(&["--shared-dir=/tmp", "--fd=3", "--posix-acl=never", "-o", "no_security_label"]).unwrap();
+        let acl = parse(&["--shared-dir=/tmp", "--fd=3", "--posix-acl"]).unwrap();
+        assert!(acl.posix_acl == Negotiation::Always && acl.xattr, "--posix-acl alone is always, and implies --xattr");
+        let e = parse(&["--shared-dir=/tmp", "--fd=3", "--translate-gid=map:0:1000"]).unwrap_err();
+        assert!(e.contains("--translate-gid") && e.contains("3 numbers"), "{e}");
+    }
+
+    #[test]
+    fn test_killpriv_v2_is_off_when_the_map_renames_security_capability() {
+        let on = parse(&["--shared-dir=/tmp", "--fd=3", "--xattrmap=:prefix:all:user.:user.:/ok/all///"]).unwrap();
+        assert!(on.killpriv_v2());
+        let off = parse(&["--shared-dir=/tmp", "--fd=3", "--xattrmap=:map::user.virtiofs.:"]).unwrap();
+        assert!(!off.killpriv_v2());
+        let last_wins = parse(&["--shared-dir=/tmp", "--fd=3", "--killpriv-v2", "--no-killpriv-v2"]).unwrap();
+        assert!(!last_wins.killpriv_v2());
     }
 }

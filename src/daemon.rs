@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cli::{CachePolicy, Cli, LogLevel, Recovery, SandboxMode};
+use crate::cli::{CachePolicy, Cli, Recovery, SandboxMode};
 use crate::fs::{self, EntryTimeouts};
 use crate::fuse::abi;
 use crate::security::sandbox::{self, Entered, Inside};
@@ -48,27 +48,18 @@ pub enum Error {
     #[error(transparent)]
     Sandbox(#[from] crate::security::sandbox::Error),
     #[error(transparent)]
+    Control(#[from] crate::control::Error),
+    #[error(transparent)]
     Cli(#[from] crate::cli::CliError),
     #[error("{0} fds are open at start-up (at most {MAX_KEEP_FDS} can be kept across workers); close inherited fds")]
     TooManyFds(usize),
 }
 
-pub fn init_logging(level: LogLevel) {
-    let default = match level {
-        LogLevel::Error => "error",
-        LogLevel::Warn => "warn",
-        LogLevel::Info => "info",
-        LogLevel::Debug => "debug",
-        LogLevel::Trace => "trace",
-        LogLevel::Off => "off",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
-}
-
-/// virtiofsd's {"type": "fs"} capabilities document (QEMU docs/interop/vhost-user.json).
-pub const CAPABILITIES: &str = "{\n  \"type\": \"fs\"\n}";
+/// The vhost-user.json capabilities document (QEMU docs/interop/vhost-user.json), type "fs".
+/// Of virtiofsd's features: "separate-options" (options as separate arguments, not -o) and the
+/// negotiation modes of --posix-acl and --security-label (=never|auto|always); not
+/// "migrate-precopy" (no DEVICE_STATE).
+pub const CAPABILITIES: &str = "{\n  \"type\": \"fs\",\n  \"features\": [\n    \"posix-acl-negotiation-mode\",\n    \"security-label-negotiation-mode\",\n    \"separate-options\"\n  ]\n}";
 
 fn timeouts(cache: CachePolicy) -> (EntryTimeouts, u32) {
     let (secs, open_flags) = match cache {
@@ -110,8 +101,20 @@ fn prepare_process(rlimit_nofile: Option<u64>) {
 }
 
 pub fn run(cli: Cli) -> Result<(), Error> {
+    let started = std::time::Instant::now();
     for opt in cli.unenforced() {
         tracing::warn!("accepted but not enforced yet: {opt}");
+    }
+    // Options (docs/compat.md): what the operator should know about how they combine.
+    if cli.xattrmap.as_ref().is_some_and(|m| !m.is_terminated()) {
+        tracing::warn!(
+            "--xattrmap has no catch-all rule: guest names no rule matches are refused (EPERM), host names no rule matches are hidden"
+        );
+    }
+    if !cli.no_killpriv_v2 && !cli.killpriv_v2() {
+        tracing::info!(
+            "--xattrmap renames security.capability: FUSE_HANDLE_KILLPRIV_V2 is off, the guest kernel clears capabilities itself"
+        );
     }
     let (shared_dir, mountpoint, _demo) = if cli.demo {
         let d = make_demo().map_err(Error::Demo)?;
@@ -150,6 +153,13 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         None => Endpoint::Vhost(vhost_user::listen(cli.socket_path.as_deref(), cli.fd, cli.socket_group.as_deref())?),
     };
 
+    // The control socket (control.rs): bound at a host path, served inside.
+    let control_path = cli
+        .control_socket
+        .clone()
+        .or_else(|| crate::control::default_path(cli.socket_path.as_deref(), mountpoint.as_deref()));
+    let control_listener = control_path.as_deref().map(crate::control::bind).transpose()?;
+
     // The sandbox: from here on the supervisor and its workers see only the share.
     let inside = enter_sandbox(&cli, &shared_dir, &mut endpoint, &waits)?;
 
@@ -170,7 +180,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 tracing::info!("stopping before a frontend connected");
                 return Ok(());
             };
-            let (channel, transport) = ControlChannel::new(stream, &region, threads)?;
+            let (channel, transport) = ControlChannel::new(stream, &region, threads, cli.tag.clone())?;
             (Box::new(channel), Arc::new(transport))
         }
     };
@@ -193,7 +203,18 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         .transpose()
         .map_err(|e| Error::SupervisorFd("zygote", e))?;
     crate::security::install_supervisor_filter(&cfg.confine, effective, !cfg.recovery, violation)?;
-    Ok(crate::supervisor::run(region, conn, cfg, &waits, inside.vmstat, zygote)?)
+    let control = control_listener.map(|listener| crate::supervisor::Control {
+        listener,
+        started,
+        transport: match (&mountpoint, &cli.socket_path) {
+            (Some(m), _) => format!("FUSE (/dev/fuse) at {}", m.display()),
+            (None, Some(s)) => format!("vhost-user at {}", s.display()),
+            (None, None) => "vhost-user (--fd)".to_string(),
+        },
+        sandbox: format!("{:?}", cli.sandbox).to_lowercase(),
+        seccomp: format!("{:?}", cli.seccomp).to_lowercase(),
+    });
+    Ok(crate::supervisor::run(region, conn, cfg, &waits, inside.vmstat, zygote, control)?)
 }
 
 /// Builds the sandbox (security/sandbox.rs) and returns, in the supervisor, what it holds
@@ -249,6 +270,7 @@ fn worker_config(cli: &Cli, inside: &Inside, transport: Arc<dyn Transport>, ende
     };
     // After prepare_process set the limit: workers share the supervisor's.
     let (fd_budget, fd_cache) = fs::Config::fd_budget_for(process::nofile_limit().0, file_handles);
+    let (uids, gids) = cli.id_maps().expect("checked by normalize");
     let fs_cfg = fs::Config {
         timeouts,
         open_reply_flags,
@@ -258,16 +280,25 @@ fn worker_config(cli: &Cli, inside: &Inside, transport: Arc<dyn Transport>, ende
         file_handles,
         fd_budget,
         fd_cache,
+        xattrmap: cli.xattrmap.clone(),
+        preserve_noatime: cli.preserve_noatime,
+        readonly: cli.readonly,
+        uids,
+        gids,
     };
     let policy = InitPolicy {
         writeback: cli.writeback,
         posix_locks: cli.posix_lock,
         flock_locks: cli.flock,
         readdirplus: fs_cfg.readdirplus,
-        posix_acl: false,
+        posix_acl: cli.posix_acl != crate::cli::Negotiation::Never,
+        require_posix_acl: cli.posix_acl == crate::cli::Negotiation::Always,
+        security_ctx: cli.security_label != crate::cli::Negotiation::Never,
+        require_security_ctx: cli.security_label == crate::cli::Negotiation::Always,
         auto_inval_data: cli.cache == CachePolicy::Auto,
-        killpriv_v2: !cli.no_killpriv_v2,
         announce_submounts: cli.announce_submounts,
+        killpriv_v2: cli.killpriv_v2(),
+        allow_mmap: cli.allow_mmap,
     };
     WorkerConfig {
         shared_dir: inside.shared_dir.clone(),

@@ -7,11 +7,14 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod cli;
+pub mod control;
 pub mod crash;
+pub mod ctl;
 pub mod daemon;
 pub mod fs;
 pub mod fuse;
 pub mod holder;
+pub mod logging;
 pub mod recovery;
 pub mod security;
 pub mod server;

@@ -21,6 +21,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::control;
 use crate::state::Region;
 use crate::sys::{self, process};
 use crate::transport::Connection;
@@ -63,8 +64,13 @@ fn oom_kills(vmstat: i32) -> u64 {
         .unwrap_or(0)
 }
 
+/// How many worker deaths `ctl status` shows.
+const RECENT_DEATHS: usize = 8;
+
 /// The current worker and the crash-loop bookkeeping.
 pub struct Workers {
+    /// The last `RECENT_DEATHS` deaths, oldest first (for `ctl status`).
+    recent: std::collections::VecDeque<control::Death>,
     region: Region,
     /// What clones each worker for us (zygote.rs), sharing our fd table.
     zygote: Zygote,
@@ -84,7 +90,17 @@ impl Workers {
         let ooms_at_start = oom_kills(vmstat);
         let pid = zygote.spawn_worker().map_err(Error::Clone)?;
         let served_at_start = region.header().served.load(Ordering::Relaxed);
-        Ok(Workers { region, zygote, pid, served_at_start, ooms_at_start, vmstat, fruitless: 0, ready: false })
+        Ok(Workers {
+            recent: Default::default(),
+            region,
+            zygote,
+            pid,
+            served_at_start,
+            ooms_at_start,
+            vmstat,
+            fruitless: 0,
+            ready: false,
+        })
     }
 
     /// Reaps exited children; replaces the worker if it died. Err when giving up.
@@ -122,6 +138,15 @@ impl Workers {
                     name.as_deref().unwrap_or("(not recorded)")
                 );
             }
+            if self.recent.len() == RECENT_DEATHS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(control::Death {
+                at: std::time::Instant::now(),
+                pid,
+                cause: process::describe_status(status),
+                counted: !killed_from_outside,
+            });
             self.fruitless =
                 if served == self.served_at_start && !killed_from_outside { self.fruitless + 1 } else { 0 };
             let backoff_ms = if self.fruitless == 0 { 0 } else { 1u64 << self.fruitless.min(10) };
@@ -160,6 +185,15 @@ impl Workers {
 type Serving = Rc<RefCell<Option<Workers>>>;
 
 /// Runs until a termination signal, the end of the connection, or a crash loop.
+/// The control socket and what `ctl status` says about this daemon beyond the region.
+pub struct Control {
+    pub listener: std::os::unix::net::UnixListener,
+    pub started: std::time::Instant,
+    pub transport: String,
+    pub sandbox: String,
+    pub seccomp: String,
+}
+
 /// Workers come from `zygote` (recovery on); without one this process serves itself.
 pub fn run(
     region: Region,
@@ -168,8 +202,11 @@ pub fn run(
     waits: &Waits,
     vmstat: i32,
     zygote: Option<Zygote>,
+    control: Option<Control>,
 ) -> Result<(), Error> {
     let serving: Serving = Rc::new(RefCell::new(None));
+    // For the control socket: the region stays readable whoever serves.
+    let view = region.alias();
     match zygote {
         Some(zygote) => *serving.borrow_mut() = Some(Workers::start(region, zygote, vmstat)?),
         None => worker::start(region, &cfg)?,
@@ -182,7 +219,7 @@ pub fn run(
             let _ = w.reap();
         }
     }));
-    let result = serve(&serving, conn.as_mut(), waits);
+    let result = serve(&serving, conn.as_mut(), waits, &view, control.as_ref());
     if let Some(w) = serving.borrow().as_ref() {
         process::kill_and_reap(w.pid);
         process::kill_and_reap(w.zygote.pid);
@@ -191,12 +228,22 @@ pub fn run(
     result
 }
 
-fn serve(serving: &Serving, conn: &mut dyn Connection, waits: &Waits) -> Result<(), Error> {
+fn serve(
+    serving: &Serving,
+    conn: &mut dyn Connection,
+    waits: &Waits,
+    region: &Region,
+    ctl: Option<&Control>,
+) -> Result<(), Error> {
     loop {
         let ready = serving.borrow().as_ref().is_none_or(|w| w.ready);
         let control = conn.control_fd().filter(|_| ready).unwrap_or(-1);
-        let [signal, worker_ready, ended, message] =
-            process::poll_readable([waits.signals, waits.ready, waits.ended, control], -1);
+        let ctl_fd = ctl.map_or(-1, |c| std::os::fd::AsRawFd::as_raw_fd(&c.listener));
+        let [signal, worker_ready, ended, message, asked] =
+            process::poll_readable([waits.signals, waits.ready, waits.ended, control, ctl_fd], -1);
+        if asked && let Some(ctl) = ctl {
+            answer_control(serving, region, ctl);
+        }
         if signal {
             match process::read_signal(waits.signals) {
                 Some(sig) if sig == libc::SIGCHLD as u32 => {
@@ -225,5 +272,28 @@ fn serve(serving: &Serving, conn: &mut dyn Connection, waits: &Waits) -> Result<
             tracing::info!("the connection's peer has gone; stopping");
             return Ok(());
         }
+    }
+}
+
+/// Answers one request on the control socket (control.rs).
+fn answer_control(serving: &Serving, region: &Region, ctl: &Control) {
+    let workers = serving.borrow();
+    let recent: Vec<control::Death> = workers.as_ref().map(|w| w.recent.iter().cloned().collect()).unwrap_or_default();
+    let snap = control::Snapshot {
+        started: ctl.started,
+        supervisor_pid: process::getpid(),
+        worker_pid: workers.as_ref().map(|w| w.pid),
+        recent_deaths: &recent,
+        transport: &ctl.transport,
+        sandbox: &ctl.sandbox,
+        seccomp: &ctl.seccomp,
+    };
+    let action = control::serve_one(&ctl.listener, region, &snap);
+    if action == control::Action::RestartWorker
+        && let Some(w) = workers.as_ref()
+    {
+        tracing::info!(pid = w.pid, "restarting the worker, as asked on the control socket");
+        // Replaced like any killed worker once its SIGCHLD is read.
+        let _ = process::send_signal(w.pid, libc::SIGKILL);
     }
 }

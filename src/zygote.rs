@@ -43,19 +43,32 @@ impl Zygote {
     /// supervisor's seccomp filter (the zygote needs the worker's calls, clone among them).
     pub fn start(pipes: Pipes, region: &Region, cfg: &WorkerConfig) -> io::Result<Zygote> {
         let supervisor = process::getpid();
+        // The clone is born with our name: give it its own from its first instant (`ps`, and
+        // whoever kills workers by name, must never take it for the supervisor or a worker).
+        process::set_name(crate::security::sandbox::ZYGOTE_NAME);
         // SAFETY: the supervisor is single-threaded at start-up.
-        match unsafe { process::clone_sharing_fds() }? {
-            0 => run(region.alias(), cfg, supervisor, pipes.request[0], pipes.reply[1]),
-            pid => Ok(Zygote { pid, request: pipes.request[1], reply: pipes.reply[0] }),
+        let cloned = unsafe { process::clone_sharing_fds() };
+        if let Ok(0) = cloned {
+            run(region.alias(), cfg, supervisor, pipes.request[0], pipes.reply[1]);
         }
+        process::set_name(crate::security::sandbox::SUPERVISOR_NAME);
+        Ok(Zygote { pid: cloned?, request: pipes.request[1], reply: pipes.reply[0] })
     }
 
-    /// A new worker, cloned by the zygote as our child; returns its pid.
+    /// A new worker, cloned by the zygote as our child; returns its pid. Fails if the zygote
+    /// has died (the pipes are in the shared fd table, so no end ever reads EOF: its death is
+    /// checked while waiting).
     pub fn spawn_worker(&self) -> io::Result<i32> {
         sys::write(self.request, &[1])?;
         let mut pid = [0u8; 4];
         let mut got = 0;
         while got < pid.len() {
+            if !process::poll_readable([self.reply], 100)[0] {
+                if process::child_has_ended(self.pid) {
+                    return Err(io::Error::other("the zygote has died"));
+                }
+                continue;
+            }
             match sys::read(self.reply, &mut pid[got..]) {
                 Ok(0) => return Err(io::Error::from_raw_os_error(libc::EPIPE)),
                 Ok(n) => got += n,

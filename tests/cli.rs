@@ -38,7 +38,11 @@ fn test_cli_print_capabilities_is_the_vhost_user_json() {
     let (code, out, _) = run(&["--print-capabilities"]);
     assert_eq!(code, 0);
     let compact: String = out.split_whitespace().collect();
-    assert_eq!(compact, r#"{"type":"fs"}"#);
+    // Not "migrate-precopy" (no DEVICE_STATE).
+    assert_eq!(
+        compact,
+        r#"{"type":"fs","features":["posix-acl-negotiation-mode","security-label-negotiation-mode","separate-options"]}"#
+    );
 }
 
 #[test]
@@ -85,4 +89,26 @@ fn test_cli_vhost_user_socket_errors_are_clear() {
         run(&["--shared-dir", share, "--socket-path", sock.to_str().unwrap(), "--socket-group", "no-such-group-x"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no-such-group-x"), "the message names the group: {err}");
+}
+
+#[test]
+fn test_cli_manpage_and_completions_come_from_the_options() {
+    let (code, man, _) = run(&["--print-manpage"]);
+    assert_eq!(code, 0);
+    assert!(man.starts_with(".ie") && man.contains(".TH phoenixfsd 1"), "roff: {}", &man[..man.len().min(200)]);
+    for opt in ["shared\\-dir", "xattrmap", "readonly", "syslog", "migration\\-mode"] {
+        assert!(man.contains(opt), "the man page lists --{opt}");
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, script, err) = run(&["--print-completions", shell]);
+        assert_eq!(code, 0, "{shell}: {err}");
+        assert!(script.contains("xattrmap") && script.contains("socket-path"), "{shell} completes the options");
+    }
+}
+
+#[test]
+fn test_cli_packaged_manpage_is_current() {
+    let (_, man, _) = run(&["--print-manpage"]);
+    let packaged = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/phoenixfsd.1")).unwrap();
+    assert!(man == packaged, "packaging/phoenixfsd.1 is stale: phoenixfsd --print-manpage > packaging/phoenixfsd.1");
 }

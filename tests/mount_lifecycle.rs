@@ -36,3 +36,52 @@ fn test_regression_stopping_leaves_a_newer_mount_at_the_same_path_alone() {
     drop(second);
     assert!(!is_mounted(&mnt), "the second instance unmounts its own mount when it stops");
 }
+
+/// The supervisor is the one process whose death is not survived (docs/operations.md): SIGKILL
+/// it under load and, as documented, its workers die with it, the holder unmounts the share and
+/// exits 1 naming the signal, and the workload gets errors rather than hanging.
+#[test]
+fn test_supervisor_sigkill_is_the_documented_failure() {
+    if common::sandbox_mode_override().is_some_and(|m| m == "none") {
+        eprintln!("skipped: without a sandbox there is no holder (the supervisor is the daemon)");
+        return;
+    }
+    let tmp = tempfile::Builder::new().prefix("phoenixfs-test").tempdir().unwrap();
+    let (share, mnt, log) = (tmp.path().join("share"), tmp.path().join("mnt"), tmp.path().join("log"));
+    std::fs::create_dir(&share).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    let mut m = Mount::start_logged(common::Transport::Fuse, &share, &mnt, &[], &[], Some(&log));
+    let sup = m.supervisor() as i32;
+    let worker = proc::wait_worker(sup, None, Duration::from_secs(10)).unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (mnt, done) = (mnt.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut errors = 0u64;
+            for i in 0u64.. {
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                if std::fs::write(mnt.join(format!("f{}", i % 50)), "x").is_err() {
+                    errors += 1;
+                }
+            }
+            errors
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    unsafe { libc::kill(sup, libc::SIGKILL) };
+    let status = proc::wait_for_exit(&mut m.child, Duration::from_secs(20)).expect("the holder exits");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let errors = load.join().unwrap();
+    assert_eq!(status.code(), Some(1), "the holder exits 1");
+    let t0 = std::time::Instant::now();
+    while proc::alive(worker.pid) && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!proc::alive(worker.pid), "the worker died with its supervisor");
+    assert!(!is_mounted(&mnt), "the holder unmounted the share");
+    assert!(errors > 0, "the workload saw the failure");
+    let log = common::read_log(&log);
+    assert!(log.contains("the supervisor killed by signal 9"), "{log}");
+}

@@ -4,7 +4,7 @@ use std::ffi::CStr;
 use std::time::Duration;
 
 use super::creds::without_fsetid_if;
-use super::{Context, Fs, Result, check_name};
+use super::{Context, Error, Fs, Result, check_name};
 use crate::fuse::abi;
 use crate::state::InodeKey;
 use crate::state::intent::Intent;
@@ -51,7 +51,15 @@ pub(super) fn stat_fd(fd: i32) -> Result<libc::stat64> {
 impl Fs {
     fn attr_out(&self, st: &libc::stat64) -> abi::AttrOut {
         let t = self.cfg.timeouts.attr;
-        abi::AttrOut { attr_valid: t.as_secs(), attr_valid_nsec: t.subsec_nanos(), dummy: 0, attr: attr_of(st) }
+        abi::AttrOut { attr_valid: t.as_secs(), attr_valid_nsec: t.subsec_nanos(), dummy: 0, attr: self.guest_attr(st) }
+    }
+
+    /// The reply's attributes with the owner as the guest sees it (`--translate-uid/gid`).
+    fn guest_attr(&self, st: &libc::stat64) -> abi::Attr {
+        let mut a = attr_of(st);
+        a.uid = self.cfg.uids.to_guest(a.uid);
+        a.gid = self.cfg.gids.to_guest(a.gid);
+        a
     }
 
     /// Opens `name` under the directory fd `dirfd` and records one lookup of it.
@@ -83,7 +91,7 @@ impl Fs {
             attr_valid: t.attr.as_secs(),
             entry_valid_nsec: t.entry.subsec_nanos(),
             attr_valid_nsec: t.attr.subsec_nanos(),
-            attr: attr_of(&st),
+            attr: self.guest_attr(&st),
         }
     }
 
@@ -155,8 +163,19 @@ impl Fs {
             }
         }
         if a.valid & (abi::FATTR_UID | abi::FATTR_GID) != 0 {
-            let uid = if a.valid & abi::FATTR_UID != 0 { a.uid } else { u32::MAX };
-            let gid = if a.valid & abi::FATTR_GID != 0 { a.gid } else { u32::MAX };
+            // The new owner as the host has it (--translate-uid/gid); a forbidden id is refused.
+            // Mapping is a pure function of the request, so a replay chowns to the same ids.
+            let forbidden = || Error::from_errno(libc::EPERM);
+            let uid = if a.valid & abi::FATTR_UID != 0 {
+                self.cfg.uids.to_host(a.uid).ok_or_else(forbidden)?
+            } else {
+                u32::MAX
+            };
+            let gid = if a.valid & abi::FATTR_GID != 0 {
+                self.cfg.gids.to_host(a.gid).ok_or_else(forbidden)?
+            } else {
+                u32::MAX
+            };
             sys::fchownat(node.fd(), c"", uid, gid, libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)?;
         }
         if a.valid & abi::FATTR_SIZE != 0 {

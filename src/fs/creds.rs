@@ -22,6 +22,11 @@ pub struct Context {
     pub groups: Vec<u32>,
     /// The request's intent record (none when recovery is off).
     pub intent: Intent,
+    /// `--translate-uid/gid` forbids the caller's ids (`forbid-guest`): nothing runs as them.
+    pub forbidden: bool,
+    /// A creation's security context (FUSE_SECURITY_CTX): the xattr name and value the guest's
+    /// LSM chose for the new object.
+    pub secctx: Option<(std::ffi::CString, Vec<u8>)>,
 }
 
 /// Restores the daemon's own credentials when dropped.
@@ -33,6 +38,9 @@ impl Context {
     /// Switches this thread to the caller's credentials. Root callers need no switch: the
     /// daemon already is root, and skipping it keeps the hot path at zero extra syscalls.
     pub fn become_caller(&self) -> Result<CredGuard> {
+        if self.forbidden {
+            return Err(Error::Credentials(std::io::Error::from_raw_os_error(libc::EPERM)));
+        }
         if self.uid == 0 && self.gid == 0 {
             return Ok(CredGuard { switched: false });
         }

@@ -22,7 +22,12 @@ impl Fs {
     /// The exec flag is the guest kernel's own and means nothing to a host open.
     fn host_open_flags(&self, guest: u32) -> i32 {
         let guest = guest & !abi::FMODE_EXEC;
-        let mut f = guest as i32 & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOATIME);
+        let mut f = guest as i32 & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
+        // O_NOATIME is refused (EPERM) to a caller who does not own the file, so it is dropped
+        // unless the operator asked to keep it (virtiofsd's --preserve-noatime).
+        if !self.cfg.preserve_noatime {
+            f &= !libc::O_NOATIME;
+        }
         if !self.cfg.allow_direct_io {
             f &= !libc::O_DIRECT;
         }
@@ -132,17 +137,22 @@ impl Fs {
             return self.finish_create(ctx, nodeid, a);
         }
         let dir = self.state.inodes.pin(parent)?;
-        let _as = ctx.become_caller()?;
+        let mut as_caller = Some(ctx.become_caller()?);
         let excl = a.flags as i32 & libc::O_EXCL;
+        let mut existed = intent.fact(facts::CREATE_EXISTED);
         if intent.must_check_world_before() {
-            let existed = sys::fstatat(dir.fd(), name, libc::AT_SYMLINK_NOFOLLOW).is_ok();
+            existed = sys::fstatat(dir.fd(), name, libc::AT_SYMLINK_NOFOLLOW).is_ok();
             if existed && excl != 0 {
                 return Err(Error::from_errno(libc::EEXIST));
             }
             intent.set_fact(facts::CREATE_EXISTED, existed);
+        } else if intent.step() == 0 && ctx.secctx.is_some() {
+            // No record (recovery off): whether this CREATE makes the file, for its label.
+            existed = sys::fstatat(dir.fd(), name, libc::AT_SYMLINK_NOFOLLOW).is_ok();
         }
         let flags = self.host_open_flags(a.flags) | libc::O_NOFOLLOW;
         let _kill = without_fsetid_if(kills_suidgid(flags, a.open_flags))?;
+        let _umask = self.caller_umask(a.umask)?;
         let mut fd = -1;
         let opened = once::once(
             intent,
@@ -158,6 +168,15 @@ impl Fs {
             // A replay: the file exists (made by the dead attempt); open it as it stands.
             fd = sys::openat(dir.fd(), name, flags & !libc::O_TRUNC, 0)?;
         }
+        if ctx.secctx.is_some() && !existed {
+            // A new file's label (FUSE_SECURITY_CTX), with the daemon's credentials, before the
+            // lookup raise (see `make_then_lookup`).
+            as_caller = None;
+            if let Err(e) = self.label_new_object(dir.fd(), name, fd, false, ctx) {
+                sys::close(fd);
+                return Err(e);
+            }
+        }
         let entry = match self.lookup_at(dir.fd(), name, intent) {
             Ok(entry) => entry,
             Err(e) => {
@@ -165,7 +184,7 @@ impl Fs {
                 return Err(e);
             }
         };
-        drop(_as);
+        drop(as_caller);
         let fh = self.publish_file(fd, entry.nodeid, a.flags, intent)?;
         Ok((entry, self.open_out(fh, a.flags)))
     }
@@ -195,8 +214,20 @@ impl Fs {
         let (fd, entry) = {
             let _as = ctx.become_caller()?;
             let flags = (self.host_open_flags(a.flags) & !libc::O_DIRECTORY) | libc::O_TMPFILE;
-            let fd = sys::openat(dir.fd(), c".", flags, a.mode)?;
+            let fd = {
+                let _umask = self.caller_umask(a.umask)?;
+                sys::openat(dir.fd(), c".", flags, a.mode)?
+            };
             crate::crash_point!("tmpfile.after_open");
+            // Its label (FUSE_SECURITY_CTX), set as the caller on the caller's new file: it has no
+            // name to remove if that fails, and a replay before the lookup raise starts over
+            // with a new file.
+            if let Some(sec) = &ctx.secctx
+                && let Err(e) = self.set_security_context(fd, sec)
+            {
+                sys::close(fd);
+                return Err(e);
+            }
             // The unnamed file has no name to look up: its node is made from the fd itself.
             let name = FdName::new(fd);
             match self.lookup_at_magic(name.as_cstr(), ctx.intent) {

@@ -12,10 +12,13 @@ mod creds;
 mod dir;
 mod fhandle;
 mod file;
+pub mod idmap;
 mod lock;
 mod namespace;
 mod once;
+mod umask;
 mod xattr;
+pub mod xattrmap;
 
 use std::ffi::CStr;
 use std::io;
@@ -118,6 +121,15 @@ pub struct Config {
     /// fd cache (objects with one): both from RLIMIT_NOFILE (`fd_budget_for`).
     pub fd_budget: usize,
     pub fd_cache: usize,
+    /// `--xattrmap`: how xattr names translate between guest and host (None: unchanged).
+    pub xattrmap: Option<xattrmap::XattrMap>,
+    /// `--preserve-noatime`: keep the guest's O_NOATIME on host opens.
+    pub preserve_noatime: bool,
+    /// `--readonly`: every modifying request and every open for writing is refused (EROFS).
+    pub readonly: bool,
+    /// `--translate-uid`, `--translate-gid` (identity when not given).
+    pub uids: idmap::IdMap,
+    pub gids: idmap::IdMap,
 }
 
 impl Config {
@@ -144,6 +156,11 @@ pub struct Fs {
     writeback: AtomicBool,
     /// Set at INIT when the kernel agreed to FUSE_SUBMOUNTS (`--announce-submounts`).
     announce_submounts: AtomicBool,
+    /// Set at INIT when the kernel agreed to FUSE_DONT_MASK (with POSIX ACLs): creations run
+    /// with the request's umask (fs/umask.rs).
+    dont_mask: AtomicBool,
+    /// Set at INIT when the kernel agreed to FUSE_SECURITY_CTX (`--security-label`).
+    security_ctx: AtomicBool,
     locks: lock::LockOwners,
     /// `--inode-file-handles` as this worker applies it (`prefer` becomes `never` when the
     /// start-up probe finds handles unusable).
@@ -179,6 +196,8 @@ impl Fs {
             dir_locks: (0..DIR_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             writeback: AtomicBool::new(false),
             announce_submounts: AtomicBool::new(false),
+            dont_mask: AtomicBool::new(false),
+            security_ctx: AtomicBool::new(false),
             locks: lock::LockOwners::default(),
             handles,
         };
@@ -204,12 +223,44 @@ impl Fs {
         }
     }
 
+    /// The caller as the host sees it (`--translate-uid/gid`): the transport's uid, gid and
+    /// supplementary groups mapped guest → host; None where `forbid-guest` refuses one of them.
+    pub fn host_caller(&self, uid: u32, gid: u32, groups: &mut [u32]) -> Option<(u32, u32)> {
+        for g in groups.iter_mut() {
+            *g = self.cfg.gids.to_host(*g)?;
+        }
+        Some((self.cfg.uids.to_host(uid)?, self.cfg.gids.to_host(gid)?))
+    }
+
+    /// Whether the share is served read-only (`--readonly`).
+    pub fn readonly(&self) -> bool {
+        self.cfg.readonly
+    }
+
     pub fn set_writeback(&self, on: bool) {
         self.writeback.store(on, Ordering::Relaxed);
     }
 
     pub fn set_announce_submounts(&self, on: bool) {
         self.announce_submounts.store(on, Ordering::Relaxed);
+    }
+
+    pub fn set_dont_mask(&self, on: bool) {
+        self.dont_mask.store(on, Ordering::Relaxed);
+    }
+
+    pub fn set_security_ctx(&self, on: bool) {
+        self.security_ctx.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether creations carry a security context (FUSE_SECURITY_CTX was agreed).
+    pub fn security_ctx(&self) -> bool {
+        self.security_ctx.load(Ordering::Relaxed)
+    }
+
+    /// The request's umask for the creating call, when the kernel left it to us.
+    fn caller_umask(&self, umask: u32) -> Result<umask::UmaskGuard> {
+        umask::caller_umask(self.dont_mask.load(Ordering::Relaxed), umask)
     }
 
     /// Reopens node `fd` (an `O_PATH` fd) with real access `flags`, via /proc/self/fd.

@@ -46,16 +46,29 @@ impl Fs {
             return Err(Error::from_errno(libc::EEXIST));
         }
         once::once(intent, what, || make(dir.fd(), name), |e| is_errno(e, libc::EEXIST))?;
+        if ctx.secctx.is_some() {
+            // The label, with the daemon's credentials, before the lookup raise: a replay that
+            // finds its own object (EEXIST above) labels it again, one past the raise finds both
+            // done. (A label refused, the object removed, then a crash before the reply: the
+            // replay's answer is ENOENT instead of the refusal; either way nothing is left.)
+            drop(_as);
+            let fd = sys::openat_beneath(dir.fd(), name, libc::O_PATH | libc::O_NOFOLLOW)?;
+            let labelled = self.label_new_object(dir.fd(), name, fd, what == Call::Mkdir, ctx);
+            sys::close(fd);
+            labelled?;
+        }
         self.lookup_at(dir.fd(), name, intent)
     }
 
     pub fn mknod(&self, ctx: &Context, parent: u64, name: &CStr, a: &abi::MknodIn) -> Result<abi::EntryOut> {
+        let _umask = self.caller_umask(a.umask)?;
         self.make_then_lookup(ctx, parent, name, Call::Mknod, |dirfd, name| {
             sys::mknodat(dirfd, name, a.mode, u64::from(a.rdev))
         })
     }
 
     pub fn mkdir(&self, ctx: &Context, parent: u64, name: &CStr, a: &abi::MkdirIn) -> Result<abi::EntryOut> {
+        let _umask = self.caller_umask(a.umask)?;
         self.make_then_lookup(ctx, parent, name, Call::Mkdir, |dirfd, name| sys::mkdirat(dirfd, name, a.mode))
     }
 

@@ -2,11 +2,15 @@
 //! the f*xattr calls, so these go through the fd's /proc/self/fd path (which resolves to the
 //! object itself, never through the share's names). Disabled unless `--xattr`: then ENOSYS, which
 //! makes the kernel stop asking (and spares every write its security.capability probe).
+//! With `--xattrmap` every guest name goes through the map on the way in and every listed host
+//! name on the way out (fs/xattrmap.rs); a replay maps again to the same name, so the
+//! exactly-once brackets below are unchanged.
 
 use std::ffi::CStr;
 
 use super::Payload;
 use super::once::{self, Call, is_errno};
+use super::xattrmap::Mapped;
 use super::{Context, Error, Fs, Result};
 use crate::fuse::abi;
 use crate::sys;
@@ -32,6 +36,34 @@ impl Fs {
         // Relative to the worker's working directory, its /proc/self/fd (see `Fs::new`).
         let path = sys::FdName::new(node.fd());
         Ok((node, path))
+    }
+
+    /// The host's name for the guest's `name`: itself, or what `--xattrmap` makes of it.
+    fn host_xattr_name<'n>(&self, name: &'n CStr) -> Result<std::borrow::Cow<'n, CStr>> {
+        match self.cfg.xattrmap.as_ref().map(|m| m.to_host(name)) {
+            None => Ok(std::borrow::Cow::Borrowed(name)),
+            Some(Mapped::Host(host)) => Ok(std::borrow::Cow::Owned(host)),
+            Some(Mapped::Refuse(errno)) => Err(Error::from_errno(errno)),
+        }
+    }
+
+    /// Stores a creation's security context (FUSE_SECURITY_CTX) on the new object `fd` (any fd
+    /// of it, O_PATH included), under the name `--xattrmap` gives it. With the daemon's own
+    /// credentials, as virtiofsd: the label is the guest LSM's choice, not an act of the caller.
+    /// Setting the same value again is harmless, so a replay just does it again.
+    pub(super) fn set_security_context(&self, fd: i32, sec: &(std::ffi::CString, Vec<u8>)) -> Result<()> {
+        let name = self.host_xattr_name(&sec.0)?;
+        // By fd number: the working directory is this worker's /proc/self/fd.
+        Ok(sys::setxattr(sys::FdName::new(fd).as_cstr(), &name, &sec.1, 0)?)
+    }
+
+    /// A new object whose label could not be stored is removed again (virtiofsd does the same):
+    /// the guest must not see an object its LSM did not label.
+    pub(super) fn label_new_object(&self, dirfd: i32, name: &CStr, fd: i32, dir: bool, ctx: &Context) -> Result<()> {
+        let Some(sec) = &ctx.secctx else { return Ok(()) };
+        self.set_security_context(fd, sec).inspect_err(|_| {
+            let _ = sys::unlinkat(dirfd, name, if dir { libc::AT_REMOVEDIR } else { 0 });
+        })
     }
 
     /// Reads into `out` when `size` > 0, or reports the size needed when it is 0.
@@ -62,14 +94,32 @@ impl Fs {
         out: &mut impl Payload,
     ) -> Result<XattrReply> {
         let (_node, path) = self.xattr_path(nodeid)?;
+        let name = self.host_xattr_name(name)?;
         let _as = ctx.become_caller()?;
-        self.xattr_read(size, out, |buf| sys::getxattr(path.as_cstr(), name, buf))
+        self.xattr_read(size, out, |buf| sys::getxattr(path.as_cstr(), &name, buf))
     }
 
     pub fn listxattr(&self, ctx: &Context, nodeid: u64, size: u32, out: &mut impl Payload) -> Result<XattrReply> {
         let (_node, path) = self.xattr_path(nodeid)?;
         let _as = ctx.become_caller()?;
-        self.xattr_read(size, out, |buf| sys::listxattr(path.as_cstr(), buf))
+        let Some(map) = &self.cfg.xattrmap else {
+            return self.xattr_read(size, out, |buf| sys::listxattr(path.as_cstr(), buf));
+        };
+        // Mapped: the whole host list (at most 64 KiB), then the guest's view of it, whose size
+        // is what a probe (size 0) must report.
+        let mut host = vec![0; XATTR_MAX as usize];
+        let n = sys::listxattr(path.as_cstr(), &mut host)?;
+        let guest = map.list_to_guest(&host[..n]);
+        self.xattr_read(size, out, |buf| {
+            if buf.is_empty() {
+                Ok(guest.len())
+            } else if buf.len() < guest.len() {
+                Err(std::io::Error::from_raw_os_error(libc::ERANGE))
+            } else {
+                buf[..guest.len()].copy_from_slice(&guest);
+                Ok(guest.len())
+            }
+        })
     }
 
     /// SETXATTR. Setting a value twice is idempotent, except with XATTR_CREATE, whose second
@@ -77,6 +127,7 @@ impl Fs {
     /// replay's EEXIST is its own earlier success.
     pub fn setxattr(&self, ctx: &Context, nodeid: u64, name: &CStr, value: &[u8], flags: u32) -> Result<()> {
         let (_node, path) = self.xattr_path(nodeid)?;
+        let name = &*self.host_xattr_name(name)?;
         let _as = ctx.become_caller()?;
         let intent = ctx.intent;
         let create = flags as i32 & libc::XATTR_CREATE != 0;
@@ -99,7 +150,10 @@ impl Fs {
     /// check as the caller would refuse both where natively the first never fails.
     pub fn removexattr(&self, ctx: &Context, nodeid: u64, name: &CStr) -> Result<()> {
         let (_node, path) = self.xattr_path(nodeid)?;
+        // The guest's name decides whose credentials: the kernel's killpriv removes the guest's
+        // security.capability, whatever name the map stores it under.
         let _as = if name == SECURITY_CAPABILITY { None } else { Some(ctx.become_caller()?) };
+        let name = &*self.host_xattr_name(name)?;
         let intent = ctx.intent;
         if intent.must_check_world_before() {
             sys::getxattr(path.as_cstr(), name, &mut [])?;

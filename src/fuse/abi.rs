@@ -72,6 +72,8 @@ pub const ATTR_SUBMOUNT: u32 = 1 << 0;
 pub const HANDLE_KILLPRIV_V2: u64 = 1 << 28;
 pub const SETXATTR_EXT: u64 = 1 << 29;
 pub const INIT_EXT: u64 = 1 << 30;
+pub const SECURITY_CTX: u64 = 1 << 32;
+pub const DIRECT_IO_ALLOW_MMAP: u64 = 1 << 36;
 pub const HAS_RESEND: u64 = 1 << 39;
 
 // SETATTR `valid` bits.

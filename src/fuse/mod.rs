@@ -4,6 +4,7 @@
 pub mod abi;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod encode;
+pub mod ext;
 pub mod reply;
 pub mod request;
 

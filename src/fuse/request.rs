@@ -210,8 +210,8 @@ impl<'a> Request<'a> {
     pub fn decode(buf: &'a [u8]) -> Result<Request<'a>, DecodeError> {
         let header = Self::header_of(buf)?;
         let body = &buf[size_of::<InHeader>()..];
-        // Extensions (security context, supplementary group) trail the arguments; we do not
-        // negotiate them, so they are only cut off here, never interpreted.
+        // Extensions (security context, supplementary group) trail the arguments: cut off here;
+        // a security context is read from them by fuse::ext when FUSE_SECURITY_CTX was agreed.
         let ext = header.total_extlen as usize * 8;
         let body = body.len().checked_sub(ext).map(|n| &body[..n]).ok_or(DecodeError::BadExtensions(ext))?;
         let opcode = Opcode::try_from(header.opcode).map_err(DecodeError::UnknownOpcode)?;

@@ -18,7 +18,9 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
+};
 
 use crate::cli::SeccompAction as Mode;
 
@@ -117,6 +119,12 @@ pub const WORKER: &[Group] = &[
               that must clear set-id bits runs without CAP_FSETID (capget, then capset of this \
               thread's effective set: it can only drop, or take back what is still permitted)",
         calls: &[libc::SYS_setresuid, libc::SYS_setresgid, libc::SYS_setgroups, libc::SYS_capget, libc::SYS_capset],
+    },
+    Group {
+        why: "the caller's umask for a creation under FUSE_DONT_MASK (--posix-acl): a serving \
+              thread unshares its fs struct once (unshare(CLONE_FS), which keeps its working \
+              directory), then sets and restores its own umask around the creating call",
+        calls: &[libc::SYS_unshare, libc::SYS_umask],
     },
     Group {
         why: "passthrough: resolving and opening beneath the share, /proc/self/fd reopens (the \
@@ -274,11 +282,16 @@ pub const SUPERVISOR: &[Group] = &[
             libc::SYS_lseek,
         ],
     },
-    Group { why: "workers: reap, kill", calls: &[libc::SYS_wait4, libc::SYS_waitid, libc::SYS_kill] },
+    Group {
+        why: "workers: reap, kill; whether the zygote has died (waitid)",
+        calls: &[libc::SYS_wait4, libc::SYS_waitid, libc::SYS_kill],
+    },
     Group {
         why: "the vhost-user control channel: messages with fds (SCM_RIGHTS), replies; new \
-              eventfds for a changed vring",
+              eventfds for a changed vring; the control socket (`phoenixfsd ctl`): accept",
         calls: &[
+            libc::SYS_accept4,
+            libc::SYS_accept,
             libc::SYS_recvmsg,
             libc::SYS_sendmsg,
             libc::SYS_recvfrom,
@@ -364,8 +377,15 @@ fn program(lists: &[&[Group]], mode: Mode) -> Result<BpfProgram, Error> {
         Mode::Log => SeccompAction::Log,
         Mode::None => unreachable!("no filter for --seccomp none"),
     };
-    let rules: BTreeMap<i64, Vec<_>> =
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         lists.iter().flat_map(|l| l.iter()).flat_map(|g| g.calls.iter()).map(|&nr| (nr, vec![])).collect();
+    // The one call allowed with a chosen argument only: unshare(CLONE_FS) gives a serving thread
+    // its own umask; any other unshare (a new user or mount namespace) stays refused.
+    if let Some(unshare) = rules.get_mut(&libc::SYS_unshare) {
+        let fs_only = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::CLONE_FS as u64)
+            .map_err(Error::Build)?;
+        unshare.push(SeccompRule::new(vec![fs_only]).map_err(Error::Build)?);
+    }
     let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch()).map_err(Error::Build)?;
     filter.try_into().map_err(Error::Build)
 }
@@ -491,6 +511,50 @@ mod tests {
             assert!(!has(HOLDER, nr), "the holder may call {:?}", syscall_name(nr));
         }
         assert!(has(WORKER, libc::SYS_clone) && !has(WORKER, libc::SYS_seccomp));
+    }
+
+    /// In a child: the worker's filter (trap mode) allows unshare(CLONE_FS) and kills on any
+    /// other unshare.
+    #[test]
+    fn test_seccomp_unshare_only_clone_fs() {
+        static VIOLATION: AtomicU32 = AtomicU32::new(0);
+        let mut pipe = [0; 2];
+        // SAFETY: a two-int array for pipe(2).
+        assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+        // SAFETY: the child makes syscalls and leaves with _exit; it never returns into the test
+        // harness's state.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: plain syscalls in the child.
+            unsafe {
+                if install(Role::Worker, Mode::Trap, &VIOLATION).is_err() {
+                    libc::_exit(10);
+                }
+                if libc::syscall(libc::SYS_unshare, libc::CLONE_FS) != 0 {
+                    libc::_exit(11);
+                }
+                // Reached only if unshare(CLONE_FS) was allowed.
+                libc::write(pipe[1], b"y".as_ptr().cast(), 1);
+                libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER);
+                libc::_exit(12);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child made above; reads one byte into a one-byte buffer.
+        let got = unsafe {
+            libc::waitpid(pid, &mut status, 0);
+            libc::close(pipe[1]);
+            let mut b = [0u8; 1];
+            let n = libc::read(pipe[0], b.as_mut_ptr().cast(), 1);
+            libc::close(pipe[0]);
+            n == 1
+        };
+        assert!(got, "unshare(CLONE_FS) is allowed (status {status:#x})");
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+            "unshare(CLONE_NEWUSER) is trapped: status {status:#x}"
+        );
     }
 
     #[test]

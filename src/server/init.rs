@@ -15,7 +15,16 @@ pub struct InitPolicy {
     pub posix_locks: bool,
     pub flock_locks: bool,
     pub readdirplus: bool,
+    /// FUSE_POSIX_ACL (with FUSE_DONT_MASK: creations take the request's umask): `--posix-acl`
+    /// auto or always.
     pub posix_acl: bool,
+    /// `--posix-acl=always`: a kernel that does not offer POSIX_ACL is refused at INIT.
+    pub require_posix_acl: bool,
+    /// FUSE_SECURITY_CTX (`--security-label` auto or always): creations carry the guest LSM's
+    /// label for the new object, which is stored as its xattr.
+    pub security_ctx: bool,
+    /// `--security-label=always`: a kernel that does not offer SECURITY_CTX is refused at INIT.
+    pub require_security_ctx: bool,
     pub auto_inval_data: bool,
     /// FUSE_HANDLE_KILLPRIV_V2: the daemon, not the kernel, clears set-id bits on write,
     /// truncate and chown (fs/file.rs `write`; docs/design.md, "Set-id bits").
@@ -23,6 +32,9 @@ pub struct InitPolicy {
     /// FUSE_SUBMOUNTS (`--announce-submounts`): entries on another file system than their
     /// parent carry FUSE_ATTR_SUBMOUNT (a virtio-fs guest then mounts them separately).
     pub announce_submounts: bool,
+    /// FUSE_DIRECT_IO_ALLOW_MMAP (`--allow-mmap`): shared mmap of files opened with
+    /// FOPEN_DIRECT_IO (--cache=never, metadata).
+    pub allow_mmap: bool,
 }
 
 /// What an INIT request comes to.
@@ -30,6 +42,8 @@ pub struct InitPolicy {
 enum Negotiation {
     /// The kernel speaks a protocol older than we decode (7.31).
     TooOld,
+    /// The kernel does not offer what the operator requires (`--posix-acl=always`).
+    Missing(&'static str),
     /// The kernel's major is newer: answer with ours alone, and it sends INIT again at ours.
     OurMajor(abi::InitOut),
     /// A session: the flags the kernel offered, those we agreed to, and the reply.
@@ -50,9 +64,11 @@ impl InitPolicy {
             (self.readdirplus, abi::DO_READDIRPLUS | abi::READDIRPLUS_AUTO),
             (self.writeback, abi::WRITEBACK_CACHE),
             (self.auto_inval_data, abi::AUTO_INVAL_DATA),
-            (self.posix_acl, abi::POSIX_ACL),
+            (self.posix_acl, abi::POSIX_ACL | abi::DONT_MASK),
+            (self.security_ctx, abi::SECURITY_CTX),
             (self.killpriv_v2, abi::HANDLE_KILLPRIV_V2),
             (self.announce_submounts, abi::SUBMOUNTS),
+            (self.allow_mmap, abi::DIRECT_IO_ALLOW_MMAP),
         ];
         optional.iter().filter(|(on, _)| *on).fold(
             abi::ASYNC_READ | abi::BIG_WRITES | abi::PARALLEL_DIROPS | abi::MAX_PAGES | abi::ASYNC_DIO | abi::INIT_EXT,
@@ -72,6 +88,12 @@ impl InitPolicy {
             return Negotiation::OurMajor(reply);
         }
         let offered = u64::from(arg.flags) | (u64::from(flags2) << 32);
+        if self.require_posix_acl && offered & abi::POSIX_ACL == 0 {
+            return Negotiation::Missing("POSIX_ACL (--posix-acl=always)");
+        }
+        if self.require_security_ctx && offered & abi::SECURITY_CTX == 0 {
+            return Negotiation::Missing("SECURITY_CTX (--security-label=always)");
+        }
         let agreed = offered & self.wanted();
         reply.max_readahead = arg.max_readahead;
         reply.flags = agreed as u32;
@@ -97,6 +119,8 @@ impl Server {
             let negotiated = self.state.region.header().negotiated.load(Ordering::Acquire);
             self.fs.set_writeback(negotiated & abi::WRITEBACK_CACHE != 0);
             self.fs.set_announce_submounts(negotiated & abi::SUBMOUNTS != 0);
+            self.fs.set_dont_mask(negotiated & abi::DONT_MASK != 0);
+            self.fs.set_security_ctx(negotiated & abi::SECURITY_CTX != 0);
         }
     }
 
@@ -104,6 +128,10 @@ impl Server {
         let (offered, agreed, reply) = match self.policy.negotiate(arg, flags2) {
             Negotiation::TooOld => {
                 tracing::error!(major = arg.major, minor = arg.minor, "kernel FUSE protocol too old (need 7.31+)");
+                return out.finish_err(unique, libc::EPROTO);
+            }
+            Negotiation::Missing(what) => {
+                tracing::error!("the kernel does not offer FUSE {what}: refusing the session");
                 return out.finish_err(unique, libc::EPROTO);
             }
             Negotiation::OurMajor(reply) => {
@@ -114,6 +142,8 @@ impl Server {
         };
         self.fs.set_writeback(agreed & abi::WRITEBACK_CACHE != 0);
         self.fs.set_announce_submounts(agreed & abi::SUBMOUNTS != 0);
+        self.fs.set_dont_mask(agreed & abi::DONT_MASK != 0);
+        self.fs.set_security_ctx(agreed & abi::SECURITY_CTX != 0);
         let header = self.state.region.header();
         // A second INIT starts a new session (a virtio guest that rebooted; the kernel sends one
         // INIT per /dev/fuse connection): the old session's nodes and handles go. Crash inside:
@@ -149,9 +179,13 @@ mod tests {
             flock_locks: false,
             readdirplus: true,
             posix_acl: false,
+            require_posix_acl: false,
+            security_ctx: false,
+            require_security_ctx: false,
             auto_inval_data: true,
             killpriv_v2: true,
             announce_submounts: false,
+            allow_mmap: false,
         }
     }
 
@@ -225,6 +259,36 @@ mod tests {
         let on = InitPolicy { announce_submounts: true, ..policy() };
         assert_eq!(agreed_flags(on.negotiate(&init_in(45, offered), 0)), abi::SUBMOUNTS);
         assert_eq!(agreed_flags(on.negotiate(&init_in(45, 0), 0)), 0, "a /dev/fuse kernel does not offer it");
+    }
+
+    #[test]
+    fn test_init_posix_acl_brings_dont_mask_and_always_requires_it() {
+        let offered = abi::POSIX_ACL | abi::DONT_MASK;
+        assert_eq!(agreed_flags(policy().negotiate(&init_in(45, offered), 0)), 0);
+        let auto = InitPolicy { posix_acl: true, ..policy() };
+        assert_eq!(agreed_flags(auto.negotiate(&init_in(45, offered), 0)), offered);
+        assert_eq!(agreed_flags(auto.negotiate(&init_in(45, 0), 0)), 0, "auto: without it if not offered");
+        let always = InitPolicy { require_posix_acl: true, ..auto };
+        assert!(matches!(always.negotiate(&init_in(45, 0), 0), Negotiation::Missing(_)));
+        assert_eq!(agreed_flags(always.negotiate(&init_in(45, offered), 0)), offered);
+    }
+
+    #[test]
+    fn test_init_security_ctx_when_asked_and_always_requires_it() {
+        let flags2 = (abi::SECURITY_CTX >> 32) as u32;
+        assert_eq!(agreed_flags(policy().negotiate(&init_in(45, 0), flags2)), 0);
+        let auto = InitPolicy { security_ctx: true, ..policy() };
+        assert_eq!(agreed_flags(auto.negotiate(&init_in(45, 0), flags2)), abi::SECURITY_CTX);
+        let always = InitPolicy { require_security_ctx: true, ..auto };
+        assert!(matches!(always.negotiate(&init_in(45, 0), 0), Negotiation::Missing(_)));
+    }
+
+    #[test]
+    fn test_init_allow_mmap_only_when_asked() {
+        let offered = abi::DIRECT_IO_ALLOW_MMAP;
+        assert_eq!(agreed_flags(policy().negotiate(&init_in(45, 0), (offered >> 32) as u32)), 0);
+        let on = InitPolicy { allow_mmap: true, ..policy() };
+        assert_eq!(agreed_flags(on.negotiate(&init_in(45, 0), (offered >> 32) as u32)), offered);
     }
 
     fn agreed_flags(n: Negotiation) -> u64 {

@@ -103,14 +103,36 @@ impl Server {
             tracing::warn!(unique, opcode = h.opcode, "request before INIT");
             return (Some(out.finish_err(unique, libc::EIO)), untracked);
         }
+        // --readonly: refused before anything is recorded or touched, so there is nothing to
+        // replay and no state to keep exact.
+        if self.fs.readonly() && modifies(&req.op) {
+            return (Some(out.finish_err(unique, libc::EROFS)), untracked);
+        }
         let in_flight = record::InFlight::start(self, &h, delivery.key, thread);
         let intent = in_flight.intent();
         if in_flight.is_poisoned() {
             self.abandon(intent);
             return (Some(out.finish_err(unique, libc::EIO)), in_flight);
         }
-        let groups = if h.uid != 0 { (delivery.groups)(h.pid) } else { Vec::new() };
-        let ctx = Context { uid: h.uid, gid: h.gid, pid: h.pid, groups, intent };
+        let mut groups = if h.uid != 0 { (delivery.groups)(h.pid) } else { Vec::new() };
+        // The host's view of the caller (--translate-uid/gid; unchanged without them).
+        let (uid, gid, forbidden) = match self.fs.host_caller(h.uid, h.gid, &mut groups) {
+            Some((uid, gid)) => (uid, gid, false),
+            None => (h.uid, h.gid, true),
+        };
+        // FUSE_SECURITY_CTX: a creation's label, from the request's extensions.
+        let secctx = match &req.op {
+            Op::Mknod { .. } | Op::Mkdir { .. } | Op::Symlink { .. } | Op::Create { .. } | Op::Tmpfile { .. }
+                if self.fs.security_ctx() =>
+            {
+                match crate::fuse::ext::security_context(crate::fuse::ext::extensions(msg)) {
+                    Ok(c) => c.map(|c| (c.name.to_owned(), c.value.to_vec())),
+                    Err(e) => return (Some(out.finish_err(unique, e.errno())), in_flight),
+                }
+            }
+            _ => None,
+        };
+        let ctx = Context { uid, gid, pid: h.pid, groups, intent, forbidden, secctx };
         let node = h.nodeid;
         let fs = &self.fs;
         let r: fs::Result<()> = match req.op {
@@ -182,6 +204,33 @@ impl Server {
             }
         };
         (Some(reply), in_flight)
+    }
+}
+
+/// Whether a request would change the share (refused with EROFS under `--readonly`, as
+/// virtiofsd does): every namespace, data, attribute and xattr change, an open for writing or
+/// with O_TRUNC (O_RDONLY|O_TRUNC truncates on the host), and ACCESS for W_OK. Locks, fsync and
+/// syncfs change nothing and pass.
+fn modifies(op: &Op<'_>) -> bool {
+    match op {
+        Op::Setattr(_)
+        | Op::Symlink { .. }
+        | Op::Mknod { .. }
+        | Op::Mkdir { .. }
+        | Op::Unlink { .. }
+        | Op::Rmdir { .. }
+        | Op::Rename { .. }
+        | Op::Link { .. }
+        | Op::Create { .. }
+        | Op::Tmpfile { .. }
+        | Op::Write { .. }
+        | Op::Setxattr { .. }
+        | Op::Removexattr { .. }
+        | Op::Fallocate(_)
+        | Op::CopyFileRange(_) => true,
+        Op::Open(a) => a.flags as i32 & (libc::O_ACCMODE | libc::O_TRUNC) != libc::O_RDONLY,
+        Op::Access(a) => a.mask as i32 & libc::W_OK != 0,
+        _ => false,
     }
 }
 

@@ -403,6 +403,12 @@ pub mod thread_creds {
     }
 }
 
+/// Gives this thread its own fs struct (umask, cwd, root), so that its umask is its own.
+pub fn unshare_fs() -> io::Result<()> {
+    // SAFETY: plain syscall; CLONE_FS alone may be unshared by one thread of many.
+    cvt(unsafe { libc::unshare(libc::CLONE_FS) }).map(drop)
+}
+
 pub fn umask(mask: u32) -> u32 {
     // SAFETY: plain syscall.
     unsafe { libc::umask(mask) }

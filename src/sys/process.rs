@@ -128,6 +128,18 @@ pub fn reap_any() -> Option<(i32, i32)> {
     (pid > 0).then_some((pid, status))
 }
 
+/// Whether our child `pid` has ended (without reaping it: its SIGCHLD is still read as usual).
+pub fn child_has_ended(pid: i32) -> bool {
+    // SAFETY: an all-zero siginfo is a valid out buffer.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out pointer; WNOWAIT leaves the child waitable.
+    let r = unsafe {
+        libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
+    };
+    // SAFETY: waitid filled `info` (si_pid 0 if the child has not ended).
+    r != 0 || unsafe { info.si_pid() } != 0
+}
+
 /// SIGKILLs our child `pid` and reaps it.
 pub fn kill_and_reap(pid: i32) {
     // SAFETY: signals and reaps our own child.

@@ -87,6 +87,11 @@ impl Harness {
             file_handles: fs::FileHandles::Prefer,
             fd_budget: 1 << 16,
             fd_cache: 1024,
+            xattrmap: None,
+            preserve_noatime: false,
+            readonly: false,
+            uids: Default::default(),
+            gids: Default::default(),
         };
         let dir = CString::new(share.as_os_str().as_bytes()).unwrap();
         let proc = phoenixfsd::sys::open(c"/proc", libc::O_PATH | libc::O_DIRECTORY).unwrap();
@@ -97,9 +102,13 @@ impl Harness {
             flock_locks: true,
             readdirplus: true,
             posix_acl: false,
+            require_posix_acl: false,
+            security_ctx: false,
+            require_security_ctx: false,
             auto_inval_data: true,
             killpriv_v2: true,
             announce_submounts: true,
+            allow_mmap: false,
         };
         let server = Server::new(fs, state.clone(), policy, true);
         let record = server.thread_record();

@@ -36,10 +36,24 @@ pub fn offered_features() -> u64 {
 }
 
 /// Protocol features we offer. No BACKEND_REQ (only DAX needs the backend-request channel),
-/// no INFLIGHT_SHMFD (our in-flight state lives in our own region), no CONFIG (QEMU owns
-/// vhost-user-fs's config space).
-pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
-    VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
+/// no INFLIGHT_SHMFD (our in-flight state lives in our own region), CONFIG only with `--tag`
+/// (as virtiofsd: the device's config space then carries our tag; QEMU up to 10.0 keeps its
+/// own config space for vhost-user-fs and does not ask).
+pub fn offered_protocol_features(tag: bool) -> VhostUserProtocolFeatures {
+    let base = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
+    if tag { base | VhostUserProtocolFeatures::CONFIG } else { base }
+}
+
+/// The longest tag virtio-fs's config space holds (virtio 1.2, 5.11.4).
+pub const MAX_TAG_LEN: usize = 36;
+
+/// virtio-fs's config space: the tag, NUL-padded (not terminated when it fills the field), then
+/// the number of request queues (little-endian).
+fn fs_config(tag: &str, request_queues: u32) -> [u8; MAX_TAG_LEN + 4] {
+    let mut config = [0; MAX_TAG_LEN + 4];
+    config[..tag.len()].copy_from_slice(tag.as_bytes());
+    config[MAX_TAG_LEN..].copy_from_slice(&request_queues.to_le_bytes());
+    config
 }
 
 /// How long GET_VRING_BASE waits for the worker to finish the queue's chain in flight.
@@ -47,6 +61,8 @@ const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub struct Control {
     area: &'static VhostArea,
+    /// `--tag`: offered in the config space (CONFIG protocol feature).
+    tag: Option<String>,
     /// Called while waiting on a worker (GET_VRING_BASE): the supervisor replaces a worker that
     /// died meanwhile, so the wait can end.
     keep_workers: Box<dyn FnMut()>,
@@ -58,8 +74,8 @@ fn bad(what: &'static str) -> VuError {
 }
 
 impl Control {
-    pub fn new(area: &'static VhostArea, keep_workers: Box<dyn FnMut()>) -> Control {
-        Control { area, keep_workers }
+    pub fn new(area: &'static VhostArea, tag: Option<String>, keep_workers: Box<dyn FnMut()>) -> Control {
+        Control { area, tag, keep_workers }
     }
 
     fn queue(&self, index: u32) -> Result<&'static QueueState> {
@@ -145,11 +161,11 @@ impl VhostUserBackendReqHandlerMut for Control {
     }
 
     fn get_protocol_features(&mut self) -> Result<VhostUserProtocolFeatures> {
-        Ok(offered_protocol_features())
+        Ok(offered_protocol_features(self.tag.is_some()))
     }
 
     fn set_protocol_features(&mut self, features: u64) -> Result<()> {
-        if features & !offered_protocol_features().bits() != 0 {
+        if features & !offered_protocol_features(self.tag.is_some()).bits() != 0 {
             return Err(bad("protocol features acked that were not offered"));
         }
         Ok(())
@@ -290,8 +306,17 @@ impl VhostUserBackendReqHandlerMut for Control {
         Ok(())
     }
 
-    fn get_config(&mut self, _: u32, _: u32, _: VhostUserConfigFlags) -> Result<Vec<u8>> {
-        Err(bad("GET_CONFIG (the frontend owns virtio-fs's config space)"))
+    /// GET_CONFIG (only offered with `--tag`): the bytes asked for of the config space, padded
+    /// with zeros past its end.
+    fn get_config(&mut self, offset: u32, size: u32, _: VhostUserConfigFlags) -> Result<Vec<u8>> {
+        let Some(tag) = &self.tag else {
+            return Err(bad("GET_CONFIG (no --tag: the frontend owns virtio-fs's config space)"));
+        };
+        let request_queues = self.area.queue_count().saturating_sub(1) as u32;
+        let config = fs_config(tag, request_queues);
+        let mut out: Vec<u8> = config.iter().skip(offset as usize).take(size as usize).copied().collect();
+        out.resize(size as usize, 0);
+        Ok(out)
     }
 
     fn set_config(&mut self, _: u32, _: &[u8], _: VhostUserConfigFlags) -> Result<()> {

@@ -13,6 +13,8 @@ pub mod memory;
 pub mod queue;
 pub mod ring;
 
+pub use control::MAX_TAG_LEN;
+
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -108,19 +110,23 @@ pub struct ControlChannel {
     fd: i32,
     area: &'static VhostArea,
     handler: Option<BackendReqHandler<Mutex<Control>>>,
+    /// `--tag`, for the config space.
+    tag: Option<String>,
 }
 
 impl ControlChannel {
     /// The control channel over `stream`, and the workers' side of the connection: both use
-    /// the region's vhost-user area, prepared here for `request_queues` request queues.
+    /// the region's vhost-user area, prepared here for `request_queues` request queues. `tag`
+    /// (`--tag`) is offered in the device's config space.
     pub fn new(
         stream: UnixStream,
         region: &Region,
         request_queues: usize,
+        tag: Option<String>,
     ) -> Result<(ControlChannel, VhostTransport), Error> {
         let area = region.vhost();
         prepare_area(area, request_queues)?;
-        let channel = ControlChannel { fd: stream.as_raw_fd(), stream: Some(stream), area, handler: None };
+        let channel = ControlChannel { fd: stream.as_raw_fd(), stream: Some(stream), area, handler: None, tag };
         Ok((channel, VhostTransport { area }))
     }
 }
@@ -133,7 +139,7 @@ impl Connection for ControlChannel {
             // The vhost crate takes its handler in an Arc; ours never leaves this one thread
             // (it holds the supervisor's non-Send worker bookkeeping).
             #[allow(clippy::arc_with_non_send_sync)]
-            let control = Arc::new(Mutex::new(Control::new(self.area, keep_workers)));
+            let control = Arc::new(Mutex::new(Control::new(self.area, self.tag.clone(), keep_workers)));
             self.handler = Some(BackendReqHandler::from_stream(stream, control));
         }
     }
