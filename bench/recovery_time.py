@@ -129,6 +129,20 @@ def sysctl_at_least(name, want):
         log(f"restored {name} = {old}")
 
 
+def uses_fds(extra):
+    """Whether the daemon keeps an O_PATH fd per live inode (--inode-file-handles=never)."""
+    return any(a in ("--inode-file-handles=never",) for a in extra) or \
+        any(a == "--inode-file-handles" and b == "never" for a, b in zip(extra, extra[1:]))
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 def fd_room(n):
     """None if a daemon started from here can hold n + 1024 fds (raising our own RLIMIT_NOFILE,
     which it inherits, when we may), else why not."""
@@ -192,9 +206,10 @@ def measure_size(binary, extra, n, args):
         if n + n // 4 + 1024 > DEFAULT_MAX_INODES:
             dargs += ["--max-inodes", str(n + n // 4 + 1024)]
         dargs += extra
-        need_fds = n + n // 4 + 65536
+        # With file handles (the default) a live inode holds no fd: no limit to raise.
+        need_fds = (n + n // 4 + 65536) if uses_fds(extra) else 0
         with sysctl_at_least("fs.nr_open", need_fds), sysctl_at_least("fs.file-max", need_fds + 262144), \
-                Daemon(binary, share, mnt, dargs, os.path.join(top, "daemon.log")) as daemon:
+                Daemon.fuse(binary, share, mnt, dargs, os.path.join(top, "daemon.log")) as daemon:
             sup = daemon.proc.pid
             worker = None if args.no_kill else wait_worker(sup)
             fds0 = fd_count(sup)
@@ -202,7 +217,9 @@ def measure_size(binary, extra, n, args):
             if looked != n:
                 raise SystemExit(f"looked up {looked} files, laid out {n}")
             fds = fd_count(sup)
-            log(f"supervisor {sup}: {fds0} fds before the lookups, {fds} after")
+            rss = (rss_kib(sup), rss_kib(worker[0]) if worker else 0)
+            log(f"supervisor {sup}: {fds0} fds before the lookups, {fds} after; RSS supervisor "
+                f"{rss[0]} KiB, worker {rss[1]} KiB")
             # The floor: the same request with no kill.
             floor = []
             for i in range(200):
@@ -223,11 +240,20 @@ def measure_size(binary, extra, n, args):
                     raise SystemExit(f"the supervisor died; log: {daemon.logpath}")
                 min_fds = min(min_fds, fd_count(sup))
                 log(f"L={fmt_size(n)} run {r + 1}/{args.repeats}: kill -> reply {ms(dt)} (new worker {worker[0]})")
-            if min_fds < n:
+            # With --log-level info the daemon logs what each new worker took over: check that the
+            # kernel held every lookup (another process's drop_caches makes it forget).
+            with open(daemon.logpath, errors="replace") as f:
+                ansi = r"(?:\x1b\[[0-9;]*m)*"
+                took = [int(m) for m in re.findall(rf"live_inodes{ansi}={ansi}(\d+)", f.read())]
+            if took:
+                log(f"live inodes at each takeover: min {min(took)}, max {max(took)}")
+                if min(took) < n:
+                    log(f"warning: a worker took over {min(took)} live inodes, fewer than L={n}")
+            if uses_fds(extra) and min_fds < n:
                 log(f"warning: the daemon held only {min_fds} fds at some point, fewer than L={n}: "
                     "the kernel dropped lookups (memory pressure?) and L is not what it claims")
         ok = True
-        return {"n": n, "fds": fds, "floor": statistics.median(floor), "times": times}
+        return {"n": n, "fds": fds, "rss": rss, "floor": statistics.median(floor), "times": times}
     finally:
         if ok or not args.keep:
             t = time.monotonic()
@@ -238,16 +264,18 @@ def measure_size(binary, extra, n, args):
 
 
 def table(results):
-    rows = ["| live inodes | daemon fds | runs | median | p90 | max | same request, no kill |",
-            "|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| live inodes | daemon fds | runs | median | p90 | max | same request, no kill "
+            "| RSS supervisor | RSS worker |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         if "skipped" in r:
-            rows.append(f"| {r['n']:,} | skipped: {r['skipped']} | | | | | |")
+            rows.append(f"| {r['n']:,} | skipped: {r['skipped']} | | | | | | | |")
             continue
         t = r["times"]
         cells = [f"{r['n']:,}", f"{r['fds']:,}", str(len(t))]
         cells += [ms(statistics.median(t)), ms(pct(t, 0.9)), ms(max(t))] if t else ["n/a"] * 3
         cells.append(ms(r["floor"]))
+        cells += [f"{r['rss'][0] / 1024:,.1f} MiB", f"{r['rss'][1] / 1024:,.1f} MiB"]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -279,7 +307,7 @@ def main():
     results = []
     for n in sizes:
         log(f"=== L = {n:,} live inodes")
-        why = fd_room(n)
+        why = fd_room(n) if uses_fds(extra) else None
         if why:
             log(f"skipping L = {n:,}: {why}")
             results.append({"n": n, "skipped": why})
@@ -300,7 +328,8 @@ def main():
         cmd = args.command or "scripts/bench-recovery.sh --write"
         body = (
             "How long an application waits when the worker is killed, by the number of live inodes "
-            "(files the kernel holds a lookup on, each an O_PATH fd and an inode-table slot in the daemon). "
+            "(files the kernel holds a lookup on: each an inode-table slot in the daemon, kept by file handle "
+            "by default, by an O_PATH fd with --inode-file-handles=never). "
             "Measured from `SIGKILL` of the worker to the reply to one request (a LOOKUP of an absent name) "
             "issued right after the kill: worker restart, recovery of the state region, closing of leaked fds, "
             "FUSE_NOTIFY_RESEND, and the request itself. The last column is the same request without a kill.\n\n"

@@ -166,8 +166,9 @@ pub struct Cli {
     #[arg(long)]
     pub announce_submounts: bool,
 
-    /// Use file handles to reference inodes instead of O_PATH file descriptors.
-    #[arg(long, value_enum, default_value_t = InodeFileHandles::Never, num_args = 0..=1,
+    /// Keep inodes by file handle instead of an O_PATH fd each: never, prefer (where the file
+    /// system makes handles, else an fd), mandatory (a lookup without a handle fails).
+    #[arg(long, value_enum, default_value_t = InodeFileHandles::Prefer, num_args = 0..=1,
           default_missing_value = "prefer")]
     pub inode_file_handles: InodeFileHandles,
 
@@ -523,11 +524,8 @@ impl Cli {
 
     /// Options given a non-default value that this build accepts but does not enforce yet.
     pub fn unenforced(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        if self.inode_file_handles != InodeFileHandles::Never {
-            v.push("--inode-file-handles (O_PATH fds are used)");
-        }
-        v
+        // None left: --inode-file-handles, the last one, is honoured (issue 13).
+        Vec::new()
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::state::Region;
-use crate::state::slots::{LIVE, Slot};
+use crate::state::slots::LIVE;
 use crate::sys::{self, process};
 
 #[derive(Debug, thiserror::Error)]
@@ -136,14 +136,14 @@ fn numbers(region: &Region, snap: &Snapshot) -> Numbers {
         served: h.served.load(Ordering::Acquire),
         in_flight: region.records_in_use(),
         live_inodes: live(
-            &mut region.inode_slots()[..inodes_high.min(region.inode_slots().len())]
+            &mut region.inode_headers()[..inodes_high.min(region.inode_headers().len())]
                 .iter()
-                .map(|s| s.header().state.load(Ordering::Acquire)),
+                .map(|h| h.state.load(Ordering::Acquire)),
         ),
         open_handles: live(
-            &mut region.handle_slots()[..handles_high.min(region.handle_slots().len())]
+            &mut region.handle_headers()[..handles_high.min(region.handle_headers().len())]
                 .iter()
-                .map(|s| s.header().state.load(Ordering::Acquire)),
+                .map(|h| h.state.load(Ordering::Acquire)),
         ),
         region_bytes: h.region_size,
         layout_version: h.layout_version,

@@ -179,6 +179,7 @@ pub const MARKERS: &[&str] = &[
     "mkdir.before_syscall",
     "mknod.after_syscall",
     "mknod.before_syscall",
+    "mount.before_publish",
     "open.after_open",
     "opendir.after_open",
     "raise.applied",

@@ -263,6 +263,13 @@ enum Endpoint {
 
 fn worker_config(cli: &Cli, inside: &Inside, transport: Arc<dyn Transport>, ended: i32) -> WorkerConfig {
     let (timeouts, open_reply_flags) = timeouts(cli.cache);
+    let file_handles = match cli.inode_file_handles {
+        crate::cli::InodeFileHandles::Never => fs::FileHandles::Never,
+        crate::cli::InodeFileHandles::Prefer => fs::FileHandles::Prefer,
+        crate::cli::InodeFileHandles::Mandatory => fs::FileHandles::Mandatory,
+    };
+    // After prepare_process set the limit: workers share the supervisor's.
+    let (fd_budget, fd_cache) = fs::Config::fd_budget_for(process::nofile_limit().0, file_handles);
     let (uids, gids) = cli.id_maps().expect("checked by normalize");
     let fs_cfg = fs::Config {
         timeouts,
@@ -270,6 +277,9 @@ fn worker_config(cli: &Cli, inside: &Inside, transport: Arc<dyn Transport>, ende
         xattr: cli.xattr,
         allow_direct_io: cli.allow_direct_io,
         readdirplus: !cli.no_readdirplus && cli.cache != CachePolicy::Never,
+        file_handles,
+        fd_budget,
+        fd_cache,
         xattrmap: cli.xattrmap.clone(),
         preserve_noatime: cli.preserve_noatime,
         readonly: cli.readonly,
@@ -286,6 +296,7 @@ fn worker_config(cli: &Cli, inside: &Inside, transport: Arc<dyn Transport>, ende
         security_ctx: cli.security_label != crate::cli::Negotiation::Never,
         require_security_ctx: cli.security_label == crate::cli::Negotiation::Always,
         auto_inval_data: cli.cache == CachePolicy::Auto,
+        announce_submounts: cli.announce_submounts,
         killpriv_v2: cli.killpriv_v2(),
         allow_mmap: cli.allow_mmap,
     };

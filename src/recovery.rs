@@ -32,8 +32,8 @@ pub fn take_over(region: Region, transport: &dyn Transport) -> Result<Recovered,
     // 2. Settle the one table change each in-flight record may have left pending.
     state.settle_pending();
     // 3. Scan both tables: reset pins, free half-made slots, finish retiring ones, rebuild the
-    //    key index and free lists.
-    let live_inodes = state.inodes.recover();
+    //    free lists (the key index is in the region: step 2 repaired its one journaled entry).
+    let (live_inodes, inode_fds) = state.inodes.recover();
     let live_handles = state.handles.recover();
     // 4. Finish what the dead worker had read that the transport will not deliver again.
     let finished = transport.finish_undelivered(&state);
@@ -50,7 +50,7 @@ pub fn take_over(region: Region, transport: &dyn Transport) -> Result<Recovered,
     let t_recover = t0.elapsed();
     // 6. Close every fd that neither the state nor the transport names: those a request in
     //    flight had opened but not yet handed to a table, and the dead worker's own.
-    let mut keep = state.referenced_fds();
+    let mut keep = state.referenced_fds(inode_fds);
     keep.extend(transport.fds());
     sys::close_all_except(keep);
     let t_sweep = t0.elapsed();

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use common::{BIN, Mount, is_mounted, proc, require_fuse};
 
 /// docs/design.md "Security": a worker's effective (and permitted) set, virtiofsd's default:
-/// chown, dac_override, fowner, fsetid, setgid, setuid, mknod, setfcap.
-const WORKER_CAPS: u64 = 1 << 0 | 1 << 1 | 1 << 3 | 1 << 4 | 1 << 6 | 1 << 7 | 1 << 27 | 1 << 31;
+/// chown, dac_override, fowner, fsetid, setgid, setuid, mknod, setfcap, and dac_read_search
+/// (open_by_handle_at, for --inode-file-handles).
+const WORKER_CAPS: u64 = 1 << 0 | 1 << 1 | 1 << 2 | 1 << 3 | 1 << 4 | 1 << 6 | 1 << 7 | 1 << 27 | 1 << 31;
 /// The supervisor's effective set: sys_admin (the unmount at the end).
 const SUPERVISOR_CAPS: u64 = 1 << 21;
 

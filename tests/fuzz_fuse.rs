@@ -375,8 +375,9 @@ fn check_table<'a>(what: &str, slots: impl Iterator<Item = &'a SlotHeader>) -> u
             live += 1;
             let fd = s.fd.load(Ordering::SeqCst);
             // SAFETY: F_GETFD only asks whether the number is open.
+            // An inode kept by file handle holds no fd (checked by the caller).
             assert!(
-                fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0,
+                (fd == -1 && what == "inode") || fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0,
                 "{what} slot {i}: LIVE with fd {fd} not open"
             );
         }
@@ -391,10 +392,15 @@ fn check_state(state: &State) -> (usize, usize) {
     let (ihw, hhw) =
         (h.inode_high_water.load(Ordering::SeqCst) as usize, h.handle_high_water.load(Ordering::SeqCst) as usize);
     assert!(ihw <= h.inode_capacity as usize && hhw <= h.handle_capacity as usize, "high water past capacity");
-    let inodes = check_table("inode", r.inode_slots()[..ihw].iter().map(|s| &s.hdr));
-    let handles = check_table("handle", r.handle_slots()[..hhw].iter().map(|s| &s.hdr));
-    for (i, s) in r.handle_slots()[..hhw].iter().enumerate() {
-        if s.hdr.state.load(Ordering::SeqCst) == LIVE {
+    let inodes = check_table("inode", r.inode_headers()[..ihw].iter());
+    let handles = check_table("handle", r.handle_headers()[..hhw].iter());
+    for (i, (h, s)) in r.inode_headers()[..ihw].iter().zip(r.inode_slots()).enumerate() {
+        if h.state.load(Ordering::SeqCst) == LIVE && h.fd.load(Ordering::SeqCst) < 0 {
+            assert!(s.file_handle().is_some(), "inode slot {i}: LIVE with neither an fd nor a file handle");
+        }
+    }
+    for (i, (h, s)) in r.handle_headers()[..hhw].iter().zip(r.handle_slots()).enumerate() {
+        if h.state.load(Ordering::SeqCst) == LIVE {
             assert!(s.kind().is_some(), "handle slot {i}: LIVE with a bad kind");
         }
     }

@@ -99,6 +99,20 @@ fn test_soak_random_kills_vhost_user() {
     run_soak("random_kills_vhost_user", Transport::VhostUser, &["--recovery", "on", "--xattr"], kills, 10);
 }
 
+/// The soak with an O_PATH fd per inode (`--inode-file-handles=never`; the two above keep
+/// inodes as file handles, the default): fewer kills, over /dev/fuse.
+#[test]
+fn test_soak_random_kills_inode_fds() {
+    let kills = env_u64("PHOENIXFS_SOAK_KILLS", 500) / 3;
+    run_soak(
+        "random_kills_inode_fds",
+        Transport::Fuse,
+        &["--recovery", "on", "--xattr", "--inode-file-handles=never"],
+        kills,
+        10,
+    );
+}
+
 /// The same workload on the bare engine with no killer: a failure here is a workload or engine
 /// bug, not a recovery bug. Also proves the fd baseline check holds without any crash.
 #[test]

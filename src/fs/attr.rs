@@ -63,9 +63,16 @@ impl Fs {
     }
 
     /// Opens `name` under the directory fd `dirfd` and records one lookup of it.
+    /// With FUSE_SUBMOUNTS agreed, an entry on another mount than `dirfd` is marked as a
+    /// submount (one statx of the directory more per lookup).
     pub(super) fn lookup_at(&self, dirfd: i32, name: &CStr, intent: Intent) -> Result<abi::EntryOut> {
+        let parent_mnt = if self.announce_submounts.load(std::sync::atomic::Ordering::Relaxed) {
+            Some(sys::statx(dirfd, c"", libc::AT_EMPTY_PATH)?.stx_mnt_id)
+        } else {
+            None
+        };
         let fd = sys::openat_beneath(dirfd, name, libc::O_PATH | libc::O_NOFOLLOW)?;
-        self.lookup_fd(fd, intent)
+        self.lookup_fd_in(fd, intent, parent_mnt)
     }
 
     /// The entry of a node whose lookup this request already took (a replay after the raise).
@@ -91,6 +98,11 @@ impl Fs {
     /// Records one lookup of the object that the fresh `O_PATH` fd `fd` names; the fd is
     /// consumed (kept by a new slot, or closed as a duplicate or on error).
     pub(super) fn lookup_fd(&self, fd: i32, intent: Intent) -> Result<abi::EntryOut> {
+        self.lookup_fd_in(fd, intent, None)
+    }
+
+    /// `lookup_fd`, marking the entry FUSE_ATTR_SUBMOUNT if its mount is not `parent_mnt`.
+    fn lookup_fd_in(&self, fd: i32, intent: Intent, parent_mnt: Option<u64>) -> Result<abi::EntryOut> {
         let stats = stat_fd(fd).and_then(|st| Ok((st, sys::statx(fd, c"", libc::AT_EMPTY_PATH)?)));
         let (st, stx) = match stats {
             Ok(v) => v,
@@ -99,8 +111,15 @@ impl Fs {
                 return Err(e);
             }
         };
-        let looked = self.state.inodes.lookup(fd, key_of(&stx), st.st_mode & libc::S_IFMT, intent)?;
-        Ok(self.entry_out(looked.nodeid, st))
+        let looked = self
+            .state
+            .inodes
+            .lookup(fd, key_of(&stx), st.st_mode & libc::S_IFMT, intent, || self.handle_for(fd, &stx))?;
+        let mut entry = self.entry_out(looked.nodeid, st);
+        if parent_mnt.is_some_and(|m| m != stx.stx_mnt_id) && st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            entry.attr.flags |= abi::ATTR_SUBMOUNT;
+        }
+        Ok(entry)
     }
 
     pub fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> Result<abi::EntryOut> {

@@ -10,6 +10,7 @@
 mod attr;
 mod creds;
 mod dir;
+mod fhandle;
 mod file;
 pub mod idmap;
 mod lock;
@@ -30,6 +31,7 @@ use crate::state::{self, State};
 
 pub use attr::EntryTimeouts;
 pub use creds::Context;
+pub use fhandle::FileHandles;
 /// For crash.rs's check that `crash::MARKERS` names every crash point in the source.
 #[cfg(test)]
 pub(crate) use once::Call as OnceCall;
@@ -64,7 +66,11 @@ impl Error {
             Error::State(s) => match s {
                 state::Error::BadNodeId => libc::ESTALE,
                 state::Error::BadHandle => libc::EBADF,
-                state::Error::TableFull(_) => libc::ENFILE,
+                state::Error::TableFull(_) | state::Error::FdBudget(_) => libc::ENFILE,
+                state::Error::HandleOpen(e) | state::Error::NoFileHandle(e) => e.raw_os_error().unwrap_or(libc::EIO),
+                state::Error::NoMountFd(_) => libc::ESTALE,
+                state::Error::MountsFull(_) => libc::EOPNOTSUPP,
+                state::Error::MountFd(e) => e.raw_os_error().unwrap_or(libc::EIO),
                 state::Error::RootNotFirst(_)
                 | state::Error::BadCapacity
                 | state::Error::Memfd(_)
@@ -109,6 +115,12 @@ pub struct Config {
     pub xattr: bool,
     pub allow_direct_io: bool,
     pub readdirplus: bool,
+    /// `--inode-file-handles`.
+    pub file_handles: FileHandles,
+    /// O_PATH fds the inode table may hold (objects without a handle), and the capacity of the
+    /// fd cache (objects with one): both from RLIMIT_NOFILE (`fd_budget_for`).
+    pub fd_budget: usize,
+    pub fd_cache: usize,
     /// `--xattrmap`: how xattr names translate between guest and host (None: unchanged).
     pub xattrmap: Option<xattrmap::XattrMap>,
     /// `--preserve-noatime`: keep the guest's O_NOATIME on host opens.
@@ -118,6 +130,18 @@ pub struct Config {
     /// `--translate-uid`, `--translate-gid` (identity when not given).
     pub uids: idmap::IdMap,
     pub gids: idmap::IdMap,
+}
+
+impl Config {
+    /// The inode fd budget and fd cache capacity for a RLIMIT_NOFILE of `nofile`: a quarter
+    /// (at least 64) is left for open files, connections and requests in flight; with file
+    /// handles the cache gets a quarter (at most 4096) and fallback fds the rest.
+    pub fn fd_budget_for(nofile: u64, handles: FileHandles) -> (usize, usize) {
+        let total = usize::try_from(nofile).unwrap_or(usize::MAX).min(1 << 30);
+        let reserve = (total / 4).max(64);
+        let cache = if handles == FileHandles::Never { 0 } else { (total / 4).min(4096) };
+        (total.saturating_sub(reserve + cache).max(16), cache.max(16))
+    }
 }
 
 /// The passthrough file system over one shared directory.
@@ -130,12 +154,17 @@ pub struct Fs {
     dir_locks: Vec<Mutex<()>>,
     /// Set at INIT when the kernel agreed to writeback caching.
     writeback: AtomicBool,
+    /// Set at INIT when the kernel agreed to FUSE_SUBMOUNTS (`--announce-submounts`).
+    announce_submounts: AtomicBool,
     /// Set at INIT when the kernel agreed to FUSE_DONT_MASK (with POSIX ACLs): creations run
     /// with the request's umask (fs/umask.rs).
     dont_mask: AtomicBool,
     /// Set at INIT when the kernel agreed to FUSE_SECURITY_CTX (`--security-label`).
     security_ctx: AtomicBool,
     locks: lock::LockOwners,
+    /// `--inode-file-handles` as this worker applies it (`prefer` becomes `never` when the
+    /// start-up probe finds handles unusable).
+    handles: FileHandles,
 }
 
 const DIR_LOCK_STRIPES: usize = 64;
@@ -158,16 +187,22 @@ impl Fs {
             // next worker installs it again.
             state.inodes.install_root(root, key, libc::S_IFDIR)?;
         }
-        Ok(Fs {
+        state.inodes.configure(cfg.fd_budget, cfg.fd_cache);
+        let handles = cfg.file_handles;
+        let mut fs = Fs {
             state,
             cfg,
             proc_self_fd,
             dir_locks: (0..DIR_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             writeback: AtomicBool::new(false),
+            announce_submounts: AtomicBool::new(false),
             dont_mask: AtomicBool::new(false),
             security_ctx: AtomicBool::new(false),
             locks: lock::LockOwners::default(),
-        })
+            handles,
+        };
+        fs.start_file_handles()?;
+        Ok(fs)
     }
 
     /// Rebuilds the lock-owner index from the handle table's LIVE handles (after recovery).
@@ -204,6 +239,10 @@ impl Fs {
 
     pub fn set_writeback(&self, on: bool) {
         self.writeback.store(on, Ordering::Relaxed);
+    }
+
+    pub fn set_announce_submounts(&self, on: bool) {
+        self.announce_submounts.store(on, Ordering::Relaxed);
     }
 
     pub fn set_dont_mask(&self, on: bool) {

@@ -67,6 +67,8 @@ pub const HANDLE_KILLPRIV: u64 = 1 << 19;
 pub const POSIX_ACL: u64 = 1 << 20;
 pub const MAX_PAGES: u64 = 1 << 22;
 pub const SUBMOUNTS: u64 = 1 << 27;
+/// `fuse_attr.flags`: the entry is the root of another file system (with SUBMOUNTS).
+pub const ATTR_SUBMOUNT: u32 = 1 << 0;
 pub const HANDLE_KILLPRIV_V2: u64 = 1 << 28;
 pub const SETXATTR_EXT: u64 = 1 << 29;
 pub const INIT_EXT: u64 = 1 << 30;

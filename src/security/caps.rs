@@ -71,7 +71,6 @@ const NAMES: &[&str] = &[
 // The numbers of linux/capability.h (libc does not define them).
 const CAP_CHOWN: u32 = 0;
 const CAP_DAC_OVERRIDE: u32 = 1;
-#[cfg(test)]
 const CAP_DAC_READ_SEARCH: u32 = 2;
 const CAP_FOWNER: u32 = 3;
 const CAP_FSETID: u32 = 4;
@@ -95,12 +94,14 @@ const fn bit(n: u32) -> u64 {
 /// and gid, new files of root callers), dac_override (root callers pass permission checks),
 /// fowner (chmod, utimes, xattrs of files root does not own), fsetid (keep set-id bits on
 /// chmod/chown), setgid and setuid (each request switches to its caller's ids, fs/creds.rs;
-/// setgroups needs setgid), mknod (device nodes), setfcap (security.capability xattrs).
-/// Not dac_read_search: links go through /proc/self/fd (not AT_EMPTY_PATH) and file handles
-/// are not used; not sys_admin (trusted.* xattrs): as virtiofsd, `--modcaps=+sys_admin`.
+/// setgroups needs setgid), mknod (device nodes), setfcap (security.capability xattrs), and
+/// dac_read_search: open_by_handle_at requires it (`--inode-file-handles`, default `prefer`;
+/// as virtiofsd adds it for file handles). Links still go through /proc/self/fd, not
+/// AT_EMPTY_PATH. Not sys_admin (trusted.* xattrs): as virtiofsd, `--modcaps=+sys_admin`.
 pub const WORKER: Caps = Caps(
     bit(CAP_CHOWN)
         | bit(CAP_DAC_OVERRIDE)
+        | bit(CAP_DAC_READ_SEARCH)
         | bit(CAP_FOWNER)
         | bit(CAP_FSETID)
         | bit(CAP_SETGID)

@@ -139,6 +139,11 @@ pub const WORKER: &[Group] = &[
         ],
     },
     Group {
+        why: "passthrough: inodes kept as file handles (--inode-file-handles): a handle taken at \
+              LOOKUP, the object opened again by it (O_PATH) when a request needs an fd",
+        calls: &[libc::SYS_name_to_handle_at, libc::SYS_open_by_handle_at],
+    },
+    Group {
         why: "passthrough: attributes (GETATTR, SETATTR, STATFS)",
         calls: &[
             libc::SYS_newfstatat,

@@ -29,6 +29,9 @@ pub struct InitPolicy {
     /// FUSE_HANDLE_KILLPRIV_V2: the daemon, not the kernel, clears set-id bits on write,
     /// truncate and chown (fs/file.rs `write`; docs/design.md, "Set-id bits").
     pub killpriv_v2: bool,
+    /// FUSE_SUBMOUNTS (`--announce-submounts`): entries on another file system than their
+    /// parent carry FUSE_ATTR_SUBMOUNT (a virtio-fs guest then mounts them separately).
+    pub announce_submounts: bool,
     /// FUSE_DIRECT_IO_ALLOW_MMAP (`--allow-mmap`): shared mmap of files opened with
     /// FOPEN_DIRECT_IO (--cache=never, metadata).
     pub allow_mmap: bool,
@@ -64,6 +67,7 @@ impl InitPolicy {
             (self.posix_acl, abi::POSIX_ACL | abi::DONT_MASK),
             (self.security_ctx, abi::SECURITY_CTX),
             (self.killpriv_v2, abi::HANDLE_KILLPRIV_V2),
+            (self.announce_submounts, abi::SUBMOUNTS),
             (self.allow_mmap, abi::DIRECT_IO_ALLOW_MMAP),
         ];
         optional.iter().filter(|(on, _)| *on).fold(
@@ -114,6 +118,7 @@ impl Server {
         if self.initialized() {
             let negotiated = self.state.region.header().negotiated.load(Ordering::Acquire);
             self.fs.set_writeback(negotiated & abi::WRITEBACK_CACHE != 0);
+            self.fs.set_announce_submounts(negotiated & abi::SUBMOUNTS != 0);
             self.fs.set_dont_mask(negotiated & abi::DONT_MASK != 0);
             self.fs.set_security_ctx(negotiated & abi::SECURITY_CTX != 0);
         }
@@ -136,6 +141,7 @@ impl Server {
             Negotiation::Session { offered, agreed, reply } => (offered, agreed, reply),
         };
         self.fs.set_writeback(agreed & abi::WRITEBACK_CACHE != 0);
+        self.fs.set_announce_submounts(agreed & abi::SUBMOUNTS != 0);
         self.fs.set_dont_mask(agreed & abi::DONT_MASK != 0);
         self.fs.set_security_ctx(agreed & abi::SECURITY_CTX != 0);
         let header = self.state.region.header();
@@ -178,6 +184,7 @@ mod tests {
             require_security_ctx: false,
             auto_inval_data: true,
             killpriv_v2: true,
+            announce_submounts: false,
             allow_mmap: false,
         }
     }
@@ -243,6 +250,15 @@ mod tests {
         let off = InitPolicy { killpriv_v2: false, ..policy() };
         assert_eq!(agreed_flags(off.negotiate(&init_in(45, offered), 0)), 0);
         assert_eq!(agreed_flags(policy().negotiate(&init_in(45, 0), 0)), 0, "not offered, not agreed");
+    }
+
+    #[test]
+    fn test_init_submounts_only_with_announce_submounts() {
+        let offered = abi::SUBMOUNTS;
+        assert_eq!(agreed_flags(policy().negotiate(&init_in(45, offered), 0)), 0);
+        let on = InitPolicy { announce_submounts: true, ..policy() };
+        assert_eq!(agreed_flags(on.negotiate(&init_in(45, offered), 0)), abi::SUBMOUNTS);
+        assert_eq!(agreed_flags(on.negotiate(&init_in(45, 0), 0)), 0, "a /dev/fuse kernel does not offer it");
     }
 
     #[test]

@@ -20,7 +20,6 @@ pub enum HandleKind {
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct HandleSlot {
-    pub hdr: SlotHeader,
     pub kind: AtomicU32,
     pub open_flags: AtomicU32,
     pub nodeid: AtomicU64,
@@ -33,13 +32,9 @@ pub struct HandleSlot {
     pub via: AtomicU64,
 }
 
-const _: () = assert!(size_of::<HandleSlot>() == 56);
+const _: () = assert!(size_of::<HandleSlot>() == 40);
 
-impl Slot for HandleSlot {
-    fn header(&self) -> &SlotHeader {
-        &self.hdr
-    }
-}
+impl Slot for HandleSlot {}
 
 impl HandleSlot {
     pub fn kind(&self) -> Option<HandleKind> {
@@ -59,8 +54,8 @@ pub struct Handles {
 }
 
 impl Handles {
-    pub fn new(slots: &'static [HandleSlot], high_water: &'static AtomicU32) -> Self {
-        Handles { table: SlotTable::new(slots, high_water, Error::BadHandle) }
+    pub fn new(headers: &'static [SlotHeader], slots: &'static [HandleSlot], high_water: &'static AtomicU32) -> Self {
+        Handles { table: SlotTable::new(headers, slots, high_water, Error::BadHandle) }
     }
 
     /// Publishes a new handle owning `fd`, noting it in `intent` two-phase so that a crash can
@@ -99,14 +94,14 @@ impl Handles {
             }
         };
         let s = self.table.slot(i);
-        s.hdr.fd.store(fd, Ordering::Relaxed);
+        self.table.header(i).fd.store(fd, Ordering::Relaxed);
         s.kind.store(kind as u32, Ordering::Relaxed);
         s.open_flags.store(open_flags, Ordering::Relaxed);
         s.nodeid.store(nodeid, Ordering::Relaxed);
         s.owner.store(owner, Ordering::Relaxed);
         s.pid.store(0, Ordering::Relaxed);
         s.via.store(via, Ordering::Relaxed);
-        let id = slots::make_id(i, s.hdr.generation.load(Ordering::Relaxed));
+        let id = slots::make_id(i, self.table.header(i).generation.load(Ordering::Relaxed));
         if let Some(r) = intent.record() {
             r.begin_pending(Pending::Handle, id, 0);
         }
@@ -137,7 +132,7 @@ impl Handles {
         let nodeid = p.slot().nodeid.load(Ordering::Relaxed);
         let (i, _) = super::slots::split_id(p.id());
         // Two RELEASEs of one fh race here; only the one that moves LIVE → RETIRING proceeds.
-        let won = p.slot().hdr.state.compare_exchange(
+        let won = p.header().state.compare_exchange(
             super::slots::LIVE,
             super::slots::RETIRING,
             Ordering::SeqCst,
@@ -156,9 +151,9 @@ impl Handles {
     pub fn release_all(&self) -> usize {
         let mut released = 0;
         for i in 1..self.table.high_water() as u32 {
-            let s = self.table.slot(i);
-            if let Some(kind) = s.kind().filter(|_| s.hdr.state.load(Ordering::SeqCst) == super::slots::LIVE) {
-                let fh = super::slots::make_id(i, s.hdr.generation.load(Ordering::SeqCst));
+            let (h, s) = (self.table.header(i), self.table.slot(i));
+            if let Some(kind) = s.kind().filter(|_| h.state.load(Ordering::SeqCst) == super::slots::LIVE) {
+                let fh = super::slots::make_id(i, h.generation.load(Ordering::SeqCst));
                 released += usize::from(self.release(fh, kind).is_ok());
             }
         }
@@ -180,10 +175,10 @@ impl Handles {
     /// Recovery: see `SlotTable::recover`. Returns every LIVE handle.
     pub fn recover(&self) -> Vec<LiveHandle> {
         let mut live = Vec::new();
-        self.table.recover(|i, s| {
+        self.table.recover(|i, h, s| {
             if let Some(kind) = s.kind() {
                 live.push(LiveHandle {
-                    fh: slots::make_id(i, s.hdr.generation.load(Ordering::Relaxed)),
+                    fh: slots::make_id(i, h.generation.load(Ordering::Relaxed)),
                     kind,
                     nodeid: s.nodeid.load(Ordering::Relaxed),
                     owner: s.owner.load(Ordering::Relaxed),

@@ -1,9 +1,12 @@
 //! The state that must outlive a worker: the inode and handle tables, in a shared-memory region
 //! (DESIGN §5). Heap indexes beside it are rebuilt from the region.
 
+pub mod fdcache;
 pub mod handles;
 pub mod inodes;
 pub mod intent;
+pub mod keyindex;
+pub mod mounts;
 pub mod region;
 pub mod slots;
 pub mod vhost;
@@ -35,6 +38,18 @@ pub enum Error {
     Mmap(std::sync::Arc<std::io::Error>),
     #[error("state region refused: {0}")]
     Corrupt(String),
+    #[error("the inode fd budget ({0} fds) is spent; use --inode-file-handles=prefer or raise --rlimit-nofile")]
+    FdBudget(usize),
+    #[error("cannot open the object by its file handle: {0}")]
+    HandleOpen(std::sync::Arc<std::io::Error>),
+    #[error("no fd for mount {0}, where a file handle was taken")]
+    NoMountFd(u64),
+    #[error("the mount table is full ({0} file systems)")]
+    MountsFull(usize),
+    #[error("cannot open a mount's fd for file handles: {0}")]
+    MountFd(std::sync::Arc<std::io::Error>),
+    #[error("the file system refuses file handles (--inode-file-handles=mandatory): {0}")]
+    NoFileHandle(std::sync::Arc<std::io::Error>),
 }
 
 /// The tables of one region, as a worker uses them.
@@ -75,8 +90,20 @@ impl State {
 
     pub fn new(region: Region) -> State {
         let h = region.header();
-        let inodes = Inodes::new(region.inode_slots(), &h.inode_high_water);
-        let handles = Handles::new(region.handle_slots(), &h.handle_high_water);
+        let index = keyindex::KeyIndex::new(
+            region.index_cells(),
+            region.inode_headers(),
+            region.inode_slots(),
+            &h.index_journal,
+        );
+        let inodes = Inodes::new(
+            region.inode_headers(),
+            region.inode_slots(),
+            &h.inode_high_water,
+            mounts::Mounts::new(&h.mounts),
+            index,
+        );
+        let handles = Handles::new(region.handle_headers(), region.handle_slots(), &h.handle_high_water);
         let records = intent::Records::new(region.records());
         State { region, inodes, handles, records }
     }
@@ -93,28 +120,27 @@ impl State {
     /// Recovery step 2: settles the one table change each in-flight record may have left
     /// pending, from what the tables show.
     pub fn settle_pending(&self) {
+        self.inodes.repair_index();
         for r in self.region.records().iter().filter(|r| r.unique.load(Ordering::Acquire) != 0) {
             self.inodes.settle_pending(r);
             self.handles.settle_pending(r);
         }
     }
 
-    /// Every fd the tables and the header name: the supervisor's kept fds and the fds of LIVE
-    /// slots (in no particular order, possibly repeated). After recovery, any other open fd
-    /// that the transport does not hold was left by a request in flight at the crash.
-    pub fn referenced_fds(&self) -> Vec<i32> {
+    /// Every fd the tables and the header name: the supervisor's kept fds, the mount fds and the
+    /// fds of LIVE handle slots, plus `inode_fds` (those the inode table's recovery pass found:
+    /// the inode slots are not read a second time), in no particular order. After recovery, any
+    /// other open fd that the transport does not hold was left by a request in flight at the
+    /// crash (or was in the dead worker's fd cache).
+    pub fn referenced_fds(&self, inode_fds: Vec<i32>) -> Vec<i32> {
         let h = self.region.header();
-        let mut fds: Vec<i32> = h.keep_fds[..h.keep_count as usize].to_vec();
-        let hw = h.inode_high_water.load(Ordering::SeqCst) as usize;
-        for s in &self.region.inode_slots()[..hw.min(h.inode_capacity as usize)] {
-            if s.hdr.state.load(Ordering::SeqCst) == slots::LIVE {
-                fds.push(s.hdr.fd.load(Ordering::SeqCst));
-            }
-        }
+        let mut fds = inode_fds;
+        fds.extend_from_slice(&h.keep_fds[..h.keep_count as usize]);
+        fds.extend(self.inodes.mounts.fds());
         let hw = h.handle_high_water.load(Ordering::SeqCst) as usize;
-        for s in &self.region.handle_slots()[..hw.min(h.handle_capacity as usize)] {
-            if s.hdr.state.load(Ordering::SeqCst) == slots::LIVE {
-                fds.push(s.hdr.fd.load(Ordering::SeqCst));
+        for s in &self.region.handle_headers()[..hw.min(h.handle_capacity as usize)] {
+            if s.state.load(Ordering::SeqCst) == slots::LIVE {
+                fds.push(s.fd.load(Ordering::SeqCst));
             }
         }
         fds

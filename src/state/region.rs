@@ -13,7 +13,7 @@ use super::intent::Record;
 use super::vhost::VhostArea;
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PHXFSST\0");
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 const HEADER_SIZE: usize = 4096;
 /// Connection buffers a region holds: one per /dev/fuse serving thread.
 pub const MAX_CONN_BUFFERS: usize = 256;
@@ -38,6 +38,9 @@ pub struct Header {
     pub handle_capacity: u32,
     pub inode_offset: u64,
     pub handle_offset: u64,
+    /// The slots' headers, one dense array per table (what recovery's pass reads).
+    pub inode_header_offset: u64,
+    pub handle_header_offset: u64,
     /// Bumped by every worker that takes the region over.
     pub generation: AtomicU64,
     /// One past the highest slot index ever used: recovery scans only below it.
@@ -72,6 +75,12 @@ pub struct Header {
     /// The system call a seccomp filter refused, + 1 (0: none): written by the dying process's
     /// SIGSYS handler (`--seccomp kill`), read and cleared by the supervisor to name it.
     pub seccomp_violation: AtomicU32,
+    /// The key index (state/keyindex.rs): its cells, and the slot whose entry is changing.
+    pub index_offset: u64,
+    pub index_cells: u64,
+    pub index_journal: AtomicU64,
+    /// One fd per file system the share spans, for `open_by_handle_at` (state/mounts.rs).
+    pub mounts: [super::mounts::MountSlot; super::mounts::MAX_MOUNTS],
 }
 
 const _: () = assert!(size_of::<Header>() <= HEADER_SIZE);
@@ -93,24 +102,31 @@ unsafe impl Sync for Region {}
 /// Where each part starts, and the region's size.
 #[derive(Debug, PartialEq, Eq)]
 struct Layout {
+    inode_headers: u64,
     inodes: u64,
+    handle_headers: u64,
     handles: u64,
     records: u64,
     buffers: u64,
     vhost: u64,
+    index: u64,
     size: u64,
 }
 
 fn layout(inode_capacity: u32, handle_capacity: u32, record_capacity: u32) -> Layout {
     let page = 4096u64;
     let round = |n: u64| n.div_ceil(page) * page;
-    let inodes = HEADER_SIZE as u64;
-    let handles = inodes + round(inode_capacity as u64 * size_of::<InodeSlot>() as u64);
+    let header = size_of::<super::slots::SlotHeader>() as u64;
+    let inode_headers = HEADER_SIZE as u64;
+    let inodes = inode_headers + round(inode_capacity as u64 * header);
+    let handle_headers = inodes + round(inode_capacity as u64 * size_of::<InodeSlot>() as u64);
+    let handles = handle_headers + round(handle_capacity as u64 * header);
     let records = handles + round(handle_capacity as u64 * size_of::<HandleSlot>() as u64);
     let buffers = records + round(record_capacity as u64 * size_of::<Record>() as u64);
     let vhost = buffers + MAX_CONN_BUFFERS as u64 * BUFFER_SIZE;
-    let size = vhost + round(size_of::<VhostArea>() as u64);
-    Layout { inodes, handles, records, buffers, vhost, size }
+    let index = vhost + round(size_of::<VhostArea>() as u64);
+    let size = index + round(super::keyindex::cells_for(inode_capacity) * 4);
+    Layout { inode_headers, inodes, handle_headers, handles, records, buffers, vhost, index, size }
 }
 
 impl Region {
@@ -135,10 +151,14 @@ impl Region {
         h.handle_capacity = handle_capacity;
         h.inode_offset = l.inodes;
         h.handle_offset = l.handles;
+        h.inode_header_offset = l.inode_headers;
+        h.handle_header_offset = l.handle_headers;
         h.record_offset = l.records;
         h.record_capacity = RECORD_CAPACITY;
         h.buffer_offset = l.buffers;
         h.vhost_offset = l.vhost;
+        h.index_offset = l.index;
+        h.index_cells = super::keyindex::cells_for(inode_capacity);
         h.ready_fd = -1;
         region.vhost().init_fds();
         Ok(region)
@@ -185,15 +205,19 @@ impl Region {
         }
         let l = layout(h.inode_capacity, h.handle_capacity, h.record_capacity);
         let found = Layout {
+            inode_headers: h.inode_header_offset,
             inodes: h.inode_offset,
+            handle_headers: h.handle_header_offset,
             handles: h.handle_offset,
             records: h.record_offset,
             buffers: h.buffer_offset,
             vhost: h.vhost_offset,
+            index: h.index_offset,
             size: h.region_size,
         };
         let fits = h.header_size as usize == HEADER_SIZE
             && found == l
+            && h.index_cells == super::keyindex::cells_for(h.inode_capacity)
             && l.size as usize <= self.size
             && h.inode_capacity >= 2
             && h.handle_capacity >= 2
@@ -236,10 +260,31 @@ impl Region {
         unsafe { self.slots(h.inode_offset, h.inode_capacity) }
     }
 
+    /// The inode slots' headers (state, generation, pins, fd), one per slot.
+    pub fn inode_headers(&self) -> &'static [super::slots::SlotHeader] {
+        let h = self.header();
+        // SAFETY: as for `inode_slots`.
+        unsafe { self.slots(h.inode_header_offset, h.inode_capacity) }
+    }
+
+    pub fn handle_headers(&self) -> &'static [super::slots::SlotHeader] {
+        let h = self.header();
+        // SAFETY: as for `inode_slots`.
+        unsafe { self.slots(h.handle_header_offset, h.handle_capacity) }
+    }
+
     pub fn handle_slots(&self) -> &'static [HandleSlot] {
         let h = self.header();
         // SAFETY: as for `inode_slots`.
         unsafe { self.slots(h.handle_offset, h.handle_capacity) }
+    }
+
+    /// The key index's cells.
+    pub fn index_cells(&self) -> &'static [AtomicU32] {
+        let h = self.header();
+        // SAFETY: `layout` sized the area for `cells_for(inode_capacity)` cells (checked equal to
+        // `index_cells`), 4-byte aligned (page-aligned start); zero bytes are valid atomics.
+        unsafe { self.slots(h.index_offset, h.index_cells as u32) }
     }
 
     pub fn records(&self) -> &'static [Record] {

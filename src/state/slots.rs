@@ -28,9 +28,9 @@ pub struct SlotHeader {
     pub fd: AtomicI32,
 }
 
-pub trait Slot: Sync + 'static {
-    fn header(&self) -> &SlotHeader;
-}
+/// A slot's body (its header lives in the table's dense header array: recovery's pass reads
+/// only headers, 16 bytes a slot, whatever the size of the bodies).
+pub trait Slot: Sync + 'static {}
 
 pub fn make_id(index: u32, generation: u32) -> u64 {
     (u64::from(generation) << 32) | u64::from(index)
@@ -42,6 +42,7 @@ pub fn split_id(id: u64) -> (u32, u32) {
 
 /// A table of slots in the region plus its heap free list.
 pub struct SlotTable<S: Slot> {
+    headers: &'static [SlotHeader],
     slots: &'static [S],
     high_water: &'static AtomicU32,
     free: Mutex<Vec<u32>>,
@@ -50,6 +51,7 @@ pub struct SlotTable<S: Slot> {
 
 /// A pinned LIVE slot: its fd stays open until the pin is dropped.
 pub struct Pin<S: Slot> {
+    header: &'static SlotHeader,
     slot: &'static S,
     id: u64,
 }
@@ -61,22 +63,31 @@ impl<S: Slot> Pin<S> {
     pub fn id(&self) -> u64 {
         self.id
     }
+    pub fn header(&self) -> &'static SlotHeader {
+        self.header
+    }
     pub fn fd(&self) -> i32 {
-        self.slot.header().fd.load(Ordering::Relaxed)
+        self.header.fd.load(Ordering::Relaxed)
     }
 }
 
 impl<S: Slot> Drop for Pin<S> {
     fn drop(&mut self) {
-        self.slot.header().users.fetch_sub(1, Ordering::SeqCst);
+        self.header.users.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 impl<S: Slot> SlotTable<S> {
-    pub fn new(slots: &'static [S], high_water: &'static AtomicU32, bad_id: Error) -> Self {
+    pub fn new(
+        headers: &'static [SlotHeader],
+        slots: &'static [S],
+        high_water: &'static AtomicU32,
+        bad_id: Error,
+    ) -> Self {
+        assert_eq!(headers.len(), slots.len(), "a header per slot");
         // Index 0 is reserved so that id 0 never names a slot.
         high_water.fetch_max(1, Ordering::SeqCst);
-        SlotTable { slots, high_water, free: Mutex::new(Vec::new()), bad_id }
+        SlotTable { headers, slots, high_water, free: Mutex::new(Vec::new()), bad_id }
     }
 
     /// One past the highest index ever used.
@@ -90,6 +101,10 @@ impl<S: Slot> SlotTable<S> {
 
     pub fn slot(&self, index: u32) -> &'static S {
         &self.slots[index as usize]
+    }
+
+    pub fn header(&self, index: u32) -> &'static SlotHeader {
+        &self.headers[index as usize]
     }
 
     /// Takes a FREE slot and marks it SETTING_UP.
@@ -106,7 +121,7 @@ impl<S: Slot> SlotTable<S> {
                 i
             }
         };
-        let h = self.slot(index).header();
+        let h = self.header(index);
         // A fresh slot's fd field reads 0 (zeroed memory): mark it empty before the slot can
         // be found SETTING_UP, so recovery never closes an fd the slot did not own.
         h.fd.store(-1, Ordering::SeqCst);
@@ -118,7 +133,7 @@ impl<S: Slot> SlotTable<S> {
 
     /// Makes a SETTING_UP slot LIVE, after its contents are written; returns its id.
     pub fn publish(&self, index: u32) -> u64 {
-        let h = self.slot(index).header();
+        let h = self.header(index);
         let generation = h.generation.load(Ordering::Relaxed);
         // Crash after this store: the slot is LIVE with complete contents; if its id was not
         // replied yet, replay of the request (intent record) finds and reuses it.
@@ -133,26 +148,27 @@ impl<S: Slot> SlotTable<S> {
             return Err(self.bad_id.clone());
         }
         let slot = self.slot(index);
-        let h = slot.header();
+        let h = self.header(index);
         // SeqCst pairs with `retire`: either it sees our user, or we see RETIRING.
         h.users.fetch_add(1, Ordering::SeqCst);
         if h.state.load(Ordering::SeqCst) != LIVE || h.generation.load(Ordering::SeqCst) != generation {
             h.users.fetch_sub(1, Ordering::SeqCst);
             return Err(self.bad_id.clone());
         }
-        Ok(Pin { slot, id })
+        Ok(Pin { header: h, slot, id })
     }
 
     /// Marks a LIVE slot RETIRING so no new pin succeeds. The caller then calls `finish_retire`.
     pub fn begin_retire(&self, index: u32) {
         // Crash after this store: RETIRING slot, not yet freed; recovery completes retirement
         // (closes the fd, bumps the generation, frees the slot).
-        self.slot(index).header().state.store(RETIRING, Ordering::SeqCst);
+        self.header(index).state.store(RETIRING, Ordering::SeqCst);
     }
 
-    /// Waits for the slot's users to drop their pins, closes its fd and frees it.
-    pub fn finish_retire(&self, index: u32) {
-        let h = self.slot(index).header();
+    /// Waits for the slot's users to drop their pins, closes its fd and frees it. Returns
+    /// whether it held an fd.
+    pub fn finish_retire(&self, index: u32) -> bool {
+        let h = self.header(index);
         let mut spins = 0u32;
         while h.users.load(Ordering::SeqCst) != 0 {
             spins += 1;
@@ -172,24 +188,29 @@ impl<S: Slot> SlotTable<S> {
         // Crash after freeing: a FREE slot; nothing to repair.
         h.state.store(FREE, Ordering::SeqCst);
         self.free.lock().unwrap().push(index);
+        fd >= 0
     }
 
     /// Recovery, single-threaded before serving: resets every pin (their holders are dead),
     /// frees SETTING_UP slots and finishes RETIRING ones (closing the fd each still holds), calls
     /// `on_live` for each LIVE slot, and rebuilds the free list. Returns the number of LIVE slots.
-    pub fn recover(&self, mut on_live: impl FnMut(u32, &'static S)) -> usize {
+    pub fn recover(&self, mut on_live: impl FnMut(u32, &'static SlotHeader, &'static S)) -> usize {
         let hw = (self.high_water.load(Ordering::SeqCst) as usize).min(self.slots.len()).max(1);
         self.high_water.store(hw as u32, Ordering::SeqCst);
+        // The pass reads every header below the high-water mark: fault them in at once.
+        crate::sys::populate_read(self.headers.as_ptr().cast(), hw * size_of::<SlotHeader>());
         let mut free = self.free.lock().unwrap();
         free.clear();
         let mut live = 0;
         for i in (1..hw as u32).rev() {
-            let s = self.slot(i);
-            let h = s.header();
-            h.users.store(0, Ordering::SeqCst);
+            let h = self.header(i);
+            // Read first: most slots have no pin, and not writing them keeps the pass read-only.
+            if h.users.load(Ordering::Relaxed) != 0 {
+                h.users.store(0, Ordering::SeqCst);
+            }
             match h.state.load(Ordering::SeqCst) {
                 LIVE => {
-                    on_live(i, s);
+                    on_live(i, h, self.slot(i));
                     live += 1;
                 }
                 FREE => free.push(i),
@@ -215,7 +236,7 @@ impl<S: Slot> SlotTable<S> {
         if index == 0 || index as usize >= self.slots.len() {
             return false;
         }
-        let h = self.slot(index).header();
+        let h = self.header(index);
         h.state.load(Ordering::SeqCst) == LIVE && h.generation.load(Ordering::SeqCst) == generation
     }
 }

@@ -34,7 +34,7 @@ struct Recovered {
 fn recover(s: &State) -> Recovered {
     let dead = s.take_over().unwrap();
     s.settle_pending();
-    let live_inodes = s.inodes.recover();
+    let (live_inodes, _) = s.inodes.recover();
     s.handles.recover();
     Recovered { live_inodes, orphans: s.records.recover(dead) }
 }
@@ -46,13 +46,13 @@ fn lookups(s: &State, nodeid: u64) -> u64 {
 #[test]
 fn test_state_lookup_twice_is_one_slot_two_lookups_and_forget_frees_it() {
     let s = state();
-    let a = s.inodes.lookup(fd(), key(7), libc::S_IFREG, Intent::none()).unwrap();
-    let b = s.inodes.lookup(fd(), key(7), libc::S_IFREG, Intent::none()).unwrap();
+    let a = s.inodes.lookup(fd(), key(7), libc::S_IFREG, Intent::none(), || Ok(None)).unwrap();
+    let b = s.inodes.lookup(fd(), key(7), libc::S_IFREG, Intent::none(), || Ok(None)).unwrap();
     assert_eq!(a.nodeid, b.nodeid);
     assert_eq!(lookups(&s, a.nodeid), 2);
     s.inodes.forget(a.nodeid, 2, Intent::none());
     assert!(s.inodes.pin(a.nodeid).is_err(), "forgotten to zero: freed");
-    let c = s.inodes.lookup(fd(), key(7), libc::S_IFREG, Intent::none()).unwrap();
+    let c = s.inodes.lookup(fd(), key(7), libc::S_IFREG, Intent::none(), || Ok(None)).unwrap();
     assert_eq!(slots::split_id(c.nodeid).0, slots::split_id(a.nodeid).0, "the slot is reused");
     assert_ne!(c.nodeid, a.nodeid, "with a new generation: the old id stays stale");
     assert!(s.inodes.pin(a.nodeid).is_err());
@@ -61,7 +61,7 @@ fn test_state_lookup_twice_is_one_slot_two_lookups_and_forget_frees_it() {
 #[test]
 fn test_state_pending_raise_counts_only_if_the_count_moved() {
     let s = state();
-    let n = s.inodes.lookup(fd(), key(1), libc::S_IFREG, Intent::none()).unwrap().nodeid;
+    let n = s.inodes.lookup(fd(), key(1), libc::S_IFREG, Intent::none(), || Ok(None)).unwrap().nodeid;
     let rec = &s.region.records()[0];
     // Dead before the store: pending from 1, count still 1 -> not raised.
     rec.start(10, 1, 1, 1);
@@ -82,16 +82,16 @@ fn test_state_pending_raise_counts_only_if_the_count_moved() {
 fn test_state_new_slot_setting_up_is_freed_and_its_fd_closed() {
     let s = state();
     let f = fd();
-    s.inodes.lookup(f, key(1), libc::S_IFREG, Intent::none()).unwrap();
+    s.inodes.lookup(f, key(1), libc::S_IFREG, Intent::none(), || Ok(None)).unwrap();
     // A second object whose slot a dead worker had only begun to fill.
-    let slot = &s.region.inode_slots()[3];
+    let hdr = &s.region.inode_headers()[3];
     let g = fd();
-    slot.hdr.fd.store(g, Ordering::SeqCst);
-    slot.hdr.state.store(SETTING_UP, Ordering::SeqCst);
+    hdr.fd.store(g, Ordering::SeqCst);
+    hdr.state.store(SETTING_UP, Ordering::SeqCst);
     s.region.header().inode_high_water.store(4, Ordering::SeqCst);
     let report = recover(&s);
     assert_eq!(report.live_inodes, 2, "the root and the first object");
-    assert_eq!(slot.hdr.state.load(Ordering::SeqCst), slots::FREE);
+    assert_eq!(hdr.state.load(Ordering::SeqCst), slots::FREE);
     // SAFETY: F_GETFD only queries.
     assert_eq!(unsafe { libc::fcntl(g, libc::F_GETFD) }, -1, "the half-set-up slot's fd is closed");
 }
@@ -99,24 +99,25 @@ fn test_state_new_slot_setting_up_is_freed_and_its_fd_closed() {
 #[test]
 fn test_state_retiring_slot_is_finished_by_recovery() {
     let s = state();
-    let n = s.inodes.lookup(fd(), key(3), libc::S_IFREG, Intent::none()).unwrap().nodeid;
+    let n = s.inodes.lookup(fd(), key(3), libc::S_IFREG, Intent::none(), || Ok(None)).unwrap().nodeid;
     let (i, generation) = slots::split_id(n);
     let slot = &s.region.inode_slots()[i as usize];
+    let hdr = &s.region.inode_headers()[i as usize];
     slot.lookups.store(0, Ordering::SeqCst);
-    slot.hdr.state.store(RETIRING, Ordering::SeqCst);
-    slot.hdr.users.store(3, Ordering::SeqCst); // pins of dead threads
+    hdr.state.store(RETIRING, Ordering::SeqCst);
+    hdr.users.store(3, Ordering::SeqCst); // pins of dead threads
     recover(&s);
-    assert_eq!(slot.hdr.state.load(Ordering::SeqCst), slots::FREE);
-    assert_eq!(slot.hdr.generation.load(Ordering::SeqCst), generation + 1);
-    assert_eq!(slot.hdr.users.load(Ordering::SeqCst), 0);
+    assert_eq!(hdr.state.load(Ordering::SeqCst), slots::FREE);
+    assert_eq!(hdr.generation.load(Ordering::SeqCst), generation + 1);
+    assert_eq!(hdr.users.load(Ordering::SeqCst), 0);
 }
 
 #[test]
 fn test_state_pending_forget_entry_sets_the_target_and_moves_the_step() {
     let s = state();
-    let n = s.inodes.lookup(fd(), key(4), libc::S_IFREG, Intent::none()).unwrap().nodeid;
-    s.inodes.lookup(fd(), key(4), libc::S_IFREG, Intent::none()).unwrap();
-    s.inodes.lookup(fd(), key(4), libc::S_IFREG, Intent::none()).unwrap();
+    let n = s.inodes.lookup(fd(), key(4), libc::S_IFREG, Intent::none(), || Ok(None)).unwrap().nodeid;
+    s.inodes.lookup(fd(), key(4), libc::S_IFREG, Intent::none(), || Ok(None)).unwrap();
+    s.inodes.lookup(fd(), key(4), libc::S_IFREG, Intent::none(), || Ok(None)).unwrap();
     assert_eq!(lookups(&s, n), 3);
     let rec = &s.region.records()[0];
     rec.start(20, 42, 0, 1); // a BATCH_FORGET
@@ -180,4 +181,66 @@ mod vhost_control {
         assert_eq!(size, 128);
         assert_eq!(seq1, seq0 + 2, "one change: the sequence moves by two and is even");
     }
+}
+
+fn handle(gen_byte: u8) -> crate::sys::fhandle::FileHandle {
+    crate::sys::fhandle::FileHandle::new(1, &[gen_byte; 8])
+}
+
+#[test]
+fn test_state_key_index_is_found_by_a_new_worker_without_a_rebuild() {
+    let s = state();
+    let a = s.inodes.lookup(-1, key(5), libc::S_IFREG, Intent::none(), || Ok(Some(handle(1)))).unwrap();
+    // A new worker: a fresh State over the same region (no heap index to rebuild).
+    let again = State::new(s.region.alias());
+    recover(&again);
+    let b = again.inodes.lookup(-1, key(5), libc::S_IFREG, Intent::none(), || Ok(Some(handle(1)))).unwrap();
+    assert_eq!(a.nodeid, b.nodeid);
+    assert_eq!(lookups(&again, a.nodeid), 2);
+}
+
+#[test]
+fn test_state_key_index_journal_repairs_a_publication_cut_short() {
+    let s = state();
+    let a = s.inodes.lookup(-1, key(6), libc::S_IFREG, Intent::none(), || Ok(Some(handle(1)))).unwrap();
+    let (i, _) = slots::split_id(a.nodeid);
+    // Dead between publishing the slot and adding its entry: the journal names it.
+    let keys = super::keyindex::KeyIndex::new(
+        s.region.index_cells(),
+        s.region.inode_headers(),
+        s.region.inode_slots(),
+        &s.region.header().index_journal,
+    );
+    keys.begin(i);
+    keys.remove(&key(6), i);
+    assert_eq!(keys.get(&key(6)), None);
+    recover(&s);
+    assert_eq!(keys.get(&key(6)), Some(i), "the LIVE slot got its entry back");
+    // Dead between removing the entry and retiring the slot at a forget to zero: the entry
+    // comes back with the LIVE slot, as the count does.
+    keys.begin(i);
+    keys.remove(&key(6), i);
+    recover(&s);
+    assert_eq!(keys.get(&key(6)), Some(i));
+    // A retiring slot's entry is dropped.
+    keys.begin(i);
+    s.region.inode_headers()[i as usize].state.store(RETIRING, Ordering::SeqCst);
+    recover(&s);
+    assert_eq!(keys.get(&key(6)), None);
+}
+
+#[test]
+fn test_regression_reused_inode_number_is_a_new_node_not_the_dead_one() {
+    let s = state();
+    // The guest holds a node kept by handle; on the host the object is gone and its inode
+    // number now names another object (another generation: another handle).
+    let old = s.inodes.lookup(-1, key(9), libc::S_IFREG, Intent::none(), || Ok(Some(handle(1)))).unwrap();
+    let new = s.inodes.lookup(-1, key(9), libc::S_IFREG, Intent::none(), || Ok(Some(handle(2)))).unwrap();
+    assert_ne!(old.nodeid, new.nodeid, "the new object got its own node");
+    assert_eq!(lookups(&s, old.nodeid), 1, "the old node is left as it was");
+    let again = s.inodes.lookup(-1, key(9), libc::S_IFREG, Intent::none(), || Ok(Some(handle(2)))).unwrap();
+    assert_eq!(again.nodeid, new.nodeid, "and the index leads to the new one");
+    s.inodes.forget(old.nodeid, 1, Intent::none());
+    let still = s.inodes.lookup(-1, key(9), libc::S_IFREG, Intent::none(), || Ok(Some(handle(2)))).unwrap();
+    assert_eq!(still.nodeid, new.nodeid, "forgetting the old node leaves the new one's entry");
 }

@@ -10,6 +10,7 @@
 //! fds are plain `i32` here because the tables keep them as numbers in the state region (they
 //! must survive the worker that opened them); ownership is tracked by the tables, not by types.
 
+pub mod fhandle;
 pub mod process;
 
 use std::ffi::CStr;
@@ -77,6 +78,18 @@ pub fn memfd_create(name: &CStr) -> io::Result<OwnedFd> {
 pub fn ftruncate(fd: i32, size: u64) -> io::Result<()> {
     // SAFETY: plain syscall on an fd number.
     cvt(unsafe { libc::ftruncate64(fd, size as i64) }).map(drop)
+}
+
+/// Faults in the pages of `[addr, addr + len)` of a mapping in one call (MADV_POPULATE_READ,
+/// Linux 5.14): a new worker inherits the region's mapping but not its page tables, and one
+/// call is much cheaper than a fault per page. Best effort: an older kernel's EINVAL is ignored.
+pub fn populate_read(addr: *const u8, len: usize) {
+    const MADV_POPULATE_READ: i32 = 22;
+    let page = 4096usize;
+    let start = (addr as usize) & !(page - 1);
+    let end = (addr as usize).saturating_add(len).div_ceil(page) * page;
+    // SAFETY: advice only (no memory is changed); the range lies in one of our mappings.
+    unsafe { libc::madvise(start as *mut libc::c_void, end - start, MADV_POPULATE_READ) };
 }
 
 pub fn mmap_shared(fd: i32, size: usize) -> io::Result<*mut u8> {

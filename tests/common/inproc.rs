@@ -84,6 +84,9 @@ impl Harness {
             xattr: true,
             allow_direct_io: false,
             readdirplus: true,
+            file_handles: fs::FileHandles::Prefer,
+            fd_budget: 1 << 16,
+            fd_cache: 1024,
             xattrmap: None,
             preserve_noatime: false,
             readonly: false,
@@ -104,6 +107,7 @@ impl Harness {
             require_security_ctx: false,
             auto_inval_data: true,
             killpriv_v2: true,
+            announce_submounts: true,
             allow_mmap: false,
         };
         let server = Server::new(fs, state.clone(), policy, true);
