@@ -162,9 +162,13 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = SeccompAction::Kill)]
     pub seccomp: SeccompAction,
 
-    /// Tell the guest which directories are mount points.
-    #[arg(long)]
+    /// Tell the guest which directories are mount points [default].
+    #[arg(long, overrides_with = "no_announce_submounts")]
     pub announce_submounts: bool,
+
+    /// Do not tell the guest which directories are mount points.
+    #[arg(long, overrides_with = "announce_submounts")]
+    pub no_announce_submounts: bool,
 
     /// Keep inodes by file handle instead of an O_PATH fd each: never, prefer (where the file
     /// system makes handles, else an fd), mandatory (a lookup without a handle fails).

@@ -296,7 +296,8 @@ fn worker_config(cli: &Cli, inside: &Inside, transport: Arc<dyn Transport>, ende
         security_ctx: cli.security_label != crate::cli::Negotiation::Never,
         require_security_ctx: cli.security_label == crate::cli::Negotiation::Always,
         auto_inval_data: cli.cache == CachePolicy::Auto,
-        announce_submounts: cli.announce_submounts,
+        // On unless --no-announce-submounts, as virtiofsd.
+        announce_submounts: !cli.no_announce_submounts,
         killpriv_v2: cli.killpriv_v2(),
         allow_mmap: cli.allow_mmap,
     };

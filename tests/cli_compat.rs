@@ -204,13 +204,12 @@ const LINES: &[Line] = &[
         Refuse,
         "--socket-group",
     ),
-    // Left to other work on the tree (docs/compat.md).
     line(
         "virtiofsd --help (no submounts)",
         "--socket-path={sock} --shared-dir {share} --no-announce-submounts",
-        Refuse,
         Accept,
-        "--no-announce-submounts",
+        Accept,
+        "",
     ),
 ];
 
