@@ -69,7 +69,29 @@ def proc_stat(pid):
     return f[0], int(f[1]), int(f[19])
 
 
+def comm(pid):
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/comm") as f:
+        return f.read().strip()
+    return ""
+
+
+def supervisor_of(daemon, timeout=10.0):
+    """The supervisor of the daemon process `daemon`: itself with --sandbox none, else its child
+    (the daemon stays outside the sandbox as the holder); both named pfs-supervisor."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if comm(daemon) == "pfs-supervisor":
+            return daemon
+        with contextlib.suppress(OSError), open(f"/proc/{daemon}/task/{daemon}/children") as f:
+            for p in f.read().split():
+                if comm(int(p)) == "pfs-supervisor":
+                    return int(p)
+        time.sleep(0.002)
+    raise SystemExit(f"no pfs-supervisor process under the daemon {daemon}")
+
+
 def live_children(sup):
+    """The supervisor's live workers (its children less the zygote, which clones them)."""
     pids = set()
     try:
         for t in os.listdir(f"/proc/{sup}/task"):
@@ -80,7 +102,7 @@ def live_children(sup):
     out = []
     for pid in sorted(pids):
         st = proc_stat(pid)
-        if st and st[1] == sup and st[0] not in "ZX":
+        if st and st[1] == sup and st[0] not in "ZX" and comm(pid) != "pfs-zygote":
             out.append((pid, st[2]))
     return out
 
@@ -210,7 +232,7 @@ def measure_size(binary, extra, n, args):
         need_fds = (n + n // 4 + 65536) if uses_fds(extra) else 0
         with sysctl_at_least("fs.nr_open", need_fds), sysctl_at_least("fs.file-max", need_fds + 262144), \
                 Daemon.fuse(binary, share, mnt, dargs, os.path.join(top, "daemon.log")) as daemon:
-            sup = daemon.proc.pid
+            sup = supervisor_of(daemon.proc.pid)
             worker = None if args.no_kill else wait_worker(sup)
             fds0 = fd_count(sup)
             looked = look_up_all(mnt)
