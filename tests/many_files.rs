@@ -51,35 +51,15 @@ fn list_and_stat(dir: &Path) -> (usize, BTreeMap<i32, usize>) {
     (listed, errors)
 }
 
-/// A tmpfs mounted at a path for the life of the value (creating 100,000 files there takes a
-/// second, whatever the host's file system and load).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path) -> Tmpfs {
-        let c = common::sys::cs(at);
-        // SAFETY: valid C strings; a fresh tmpfs on a directory of our own.
-        let r = unsafe { libc::mount(c"none".as_ptr(), c.as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null()) };
-        assert_eq!(r, 0, "mount tmpfs at {at:?}: {}", std::io::Error::last_os_error());
-        Tmpfs(at.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let c = common::sys::cs(&self.0);
-        // SAFETY: valid C string; our own mount.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
 fn run(transport: Transport, extra: &[&str]) -> (usize, BTreeMap<i32, usize>, usize) {
     let tmp = tempfile::Builder::new().prefix("phoenixfs-many").tempdir().unwrap();
     let share = tmp.path().join("share");
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&share).unwrap();
     std::fs::create_dir(&mnt).unwrap();
-    let _tmpfs = Tmpfs::mount(&share);
+    // A tmpfs: creating 100,000 files there takes a second, whatever the host's file system and
+    // load.
+    let _tmpfs = common::sys::Tmpfs::mount(&share);
     let t0 = Instant::now();
     make_files(&share.join("big"));
     std::fs::write(share.join("small"), "still served").unwrap();

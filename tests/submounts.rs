@@ -8,31 +8,11 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use common::sys::Tmpfs;
 use common::{Mount, children_of, drop_caches};
-
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path) -> Tmpfs {
-        std::fs::create_dir(at).unwrap();
-        let c = common::sys::cs(at);
-        // SAFETY: valid C strings; a fresh tmpfs on a directory of our own.
-        let r = unsafe { libc::mount(c"none".as_ptr(), c.as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null()) };
-        assert_eq!(r, 0, "mount tmpfs at {at:?}: {}", std::io::Error::last_os_error());
-        Tmpfs(at.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let c = common::sys::cs(&self.0);
-        // SAFETY: valid C string; our own mount.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
-}
 
 fn check(mnt: &Path) {
     for (d, want) in [("t1", "one"), ("t2", "two"), ("top", "top")] {
@@ -112,11 +92,7 @@ fn test_submount_without_handles_prefer_falls_back_mandatory_refuses() {
         std::fs::create_dir(&mnt).unwrap();
         let r = share.join("r");
         std::fs::create_dir(&r).unwrap();
-        let c = common::sys::cs(&r);
-        // SAFETY: valid C strings; a fresh ramfs on a directory of our own.
-        let rc = unsafe { libc::mount(c"none".as_ptr(), c.as_ptr(), c"ramfs".as_ptr(), 0, std::ptr::null()) };
-        assert_eq!(rc, 0, "mount ramfs: {}", std::io::Error::last_os_error());
-        let _umount = Tmpfs(r.clone());
+        let _ramfs = Tmpfs::mount_fs(&r, c"ramfs");
         std::fs::write(r.join("f"), "in ramfs").unwrap();
         std::fs::write(share.join("g"), "in the share").unwrap();
         let arg = format!("--inode-file-handles={mode}");

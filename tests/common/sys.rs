@@ -199,3 +199,33 @@ pub fn ofd(fd: RawFd, cmd: i32, typ: i32) -> R<i32> {
     chk(unsafe { libc::fcntl(fd, cmd, &mut fl) } as i64)?;
     Ok(fl.l_type as i32)
 }
+
+/// A fresh tmpfs (or another memory file system) mounted at `at` (made if missing) for a test's
+/// lifetime; lazily unmounted when dropped.
+pub struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    pub fn mount(at: &Path) -> Tmpfs {
+        Tmpfs::mount_fs(at, c"tmpfs")
+    }
+
+    /// A file system of type `fstype` that needs no device (tmpfs, ramfs).
+    pub fn mount_fs(at: &Path, fstype: &std::ffi::CStr) -> Tmpfs {
+        if !at.exists() {
+            std::fs::create_dir(at).unwrap();
+        }
+        let c = cs(at);
+        // SAFETY: valid C strings; a fresh file system on a directory of our own.
+        let r = unsafe { libc::mount(c"none".as_ptr(), c.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+        assert_eq!(r, 0, "mount {fstype:?} at {at:?}: {}", std::io::Error::last_os_error());
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let c = cs(&self.0);
+        // SAFETY: valid C string; our own mount.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
