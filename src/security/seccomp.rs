@@ -459,18 +459,9 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
         None => put(b"?"),
     }
     put(b" (");
-    let mut digits = [0u8; 12];
-    let mut i = digits.len();
-    let mut v = nr.unsigned_abs();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    put(&digits[i..]);
+    // The number in decimal, on the stack (FdName formats any non-negative i32 without
+    // allocating, as a signal handler must).
+    put(crate::sys::FdName::new(nr).as_cstr().to_bytes());
     put(b"); ending this process\n");
     crate::sys::process::die_of_sigsys(&line[..len]);
 }
