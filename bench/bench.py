@@ -15,7 +15,7 @@ Workloads (fio, ioengine=psync, direct=0, numjobs=2, time-based):
 and a metadata workload (bench/metadata.py): create N small files, stat each, list the
 directory (several passes), unlink each; operations per second.
 
-Environment: PHOENIXFSD (daemon binary, default target/release/phoenixfsd), PHOENIXFSD_ARGS
+Environment: PHOENIXFSD (daemon binary, default target/<host tuple>/release/phoenixfsd), PHOENIXFSD_ARGS
 (extra daemon arguments for both FUSE runs, e.g. "--thread-pool-size 2").
 """
 import argparse
@@ -32,6 +32,13 @@ import subprocess
 import sys
 import tempfile
 import time
+
+def host_tuple():
+    """The target tuple cargo builds for (.cargo/config.toml names the host's: outputs are under
+    target/<tuple>/)."""
+    out = subprocess.run(["rustc", "-vV"], capture_output=True, text=True, check=True).stdout
+    return next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("host: "))
+
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -251,7 +258,7 @@ def main():
 
     if os.geteuid() != 0:
         raise SystemExit("run as root: the benchmark mounts FUSE")
-    binary = os.environ.get("PHOENIXFSD") or os.path.join(ROOT, "target/release/phoenixfsd")
+    binary = os.environ.get("PHOENIXFSD") or os.path.join(ROOT, "target", host_tuple(), "release/phoenixfsd")
     if not os.access(binary, os.X_OK):
         raise SystemExit(f"{binary} is not an executable (build it, or set PHOENIXFSD=path)")
     extra = shlex.split(os.environ.get("PHOENIXFSD_ARGS", ""))
@@ -266,7 +273,7 @@ def main():
         virtiofsd = shutil.which("virtiofsd") or os.path.expanduser("~/.cargo/bin/virtiofsd")
         if not os.access(virtiofsd, os.X_OK):
             raise SystemExit("virtiofsd is missing: run scripts/setup.sh (cargo install virtiofsd)")
-        bridge_bin = os.environ.get("VHOST_BRIDGE") or os.path.join(ROOT, "target/release/examples/vhost_bridge")
+        bridge_bin = os.environ.get("VHOST_BRIDGE") or os.path.join(ROOT, "target", host_tuple(), "release/examples/vhost_bridge")
         targets = [
             ("native", None),
             ("virtiofsd", [virtiofsd, "--sandbox", "none", "--seccomp", "none", "--log-level", "error"]),

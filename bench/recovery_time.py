@@ -15,7 +15,7 @@ Run it through scripts/bench-recovery.sh (which builds phoenixfsd). Must run as 
 inodes it raises fs.nr_open (the daemon sets RLIMIT_NOFILE to it) and fs.file-max if they are
 too small, and restores them afterwards; the kernel needs ~1.5 GB for 1M cached FUSE inodes.
 
-Environment: PHOENIXFSD (daemon binary, default target/release/phoenixfsd), PHOENIXFSD_ARGS
+Environment: PHOENIXFSD (daemon binary, default target/<host tuple>/release/phoenixfsd), PHOENIXFSD_ARGS
 (extra daemon arguments, e.g. "--thread-pool-size 2").
 """
 import argparse
@@ -30,9 +30,17 @@ import shutil
 import signal
 import statistics
 import stat
+import subprocess
 import sys
 import tempfile
 import time
+
+def host_tuple():
+    """The target tuple cargo builds for (.cargo/config.toml names the host's: outputs are under
+    target/<tuple>/)."""
+    out = subprocess.run(["rustc", "-vV"], capture_output=True, text=True, check=True).stdout
+    return next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("host: "))
+
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -321,7 +329,7 @@ def main():
 
     if os.geteuid() != 0:
         raise SystemExit("run as root: the benchmark mounts FUSE")
-    binary = os.environ.get("PHOENIXFSD") or os.path.join(ROOT, "target/release/phoenixfsd")
+    binary = os.environ.get("PHOENIXFSD") or os.path.join(ROOT, "target", host_tuple(), "release/phoenixfsd")
     if not os.access(binary, os.X_OK):
         raise SystemExit(f"{binary} is not an executable (build it, or set PHOENIXFSD=path)")
     extra = shlex.split(os.environ.get("PHOENIXFSD_ARGS", ""))

@@ -10,7 +10,7 @@
 #                (that section only; the rest of the file is kept), with this command line
 #     --no-kill  set up and measure the no-kill floor only
 #
-# Environment: PHOENIXFSD=path (default target/release/phoenixfsd, built with
+# Environment: PHOENIXFSD=path (default target/<host tuple>/release/phoenixfsd, built with
 # `cargo build --release` when it is the default), PHOENIXFSD_ARGS="extra daemon args".
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -19,7 +19,7 @@ export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
 if [ -z "${PHOENIXFSD:-}" ]; then
     echo "[bench-recovery] cargo build --release" >&2
     nice -n 10 cargo build --release >&2
-    export PHOENIXFSD="$PWD/target/release/phoenixfsd"
+    export PHOENIXFSD="$PWD/target/$(rustc -vV | sed -n "s/^host: //p")/release/phoenixfsd"
 fi
 cmd="scripts/bench-recovery.sh${*:+ $*}"
 [ -n "${PHOENIXFSD_ARGS:-}" ] && cmd="PHOENIXFSD_ARGS=\"$PHOENIXFSD_ARGS\" $cmd"

@@ -11,7 +11,7 @@
 #     --transport vhost-user   the daemons serve virtio-fs, mounted through the test bridge
 #                   (examples/vhost_bridge.rs), with virtiofsd from crates.io measured beside
 #
-# Environment: PHOENIXFSD=path (default target/release/phoenixfsd, built with
+# Environment: PHOENIXFSD=path (default target/<host tuple>/release/phoenixfsd, built with
 # `cargo build --release` when it is the default), PHOENIXFSD_ARGS="extra daemon args".
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -24,7 +24,7 @@ fi
 if [ -z "${PHOENIXFSD:-}" ]; then
     echo "[bench] cargo build --release (daemon and the vhost-user bridge)" >&2
     nice -n 10 cargo build --release --bins --example vhost_bridge >&2
-    export PHOENIXFSD="$PWD/target/release/phoenixfsd"
+    export PHOENIXFSD="$PWD/target/$(rustc -vV | sed -n "s/^host: //p")/release/phoenixfsd"
 fi
 cmd="scripts/bench.sh${*:+ $*}"
 [ -n "${PHOENIXFSD_ARGS:-}" ] && cmd="PHOENIXFSD_ARGS=\"$PHOENIXFSD_ARGS\" $cmd"

@@ -66,13 +66,37 @@ pub struct Snapshot<'a> {
     pub transport: &'a str,
     pub sandbox: &'a str,
     pub seccomp: &'a str,
+    /// Live upgrades done so far (`ctl upgrade`).
+    pub upgrades: u32,
 }
 
 /// What a request asks of the supervisor beyond a reply.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Action {
     None,
     RestartWorker,
+    /// `upgrade PATH` with the binary's fd attached: the supervisor answers on `client` when
+    /// the upgrade is done or refused.
+    Upgrade(Upgrade),
+}
+
+/// An upgrade asked for (ctl.rs opens the binary and sends its fd: the daemon, in its sandbox,
+/// could not open a host path).
+#[derive(Debug)]
+pub struct Upgrade {
+    pub client: std::os::unix::net::UnixStream,
+    /// The new binary, open for reading (close-on-exec).
+    pub binary: std::os::fd::OwnedFd,
+    /// Its path as the client named it (for the log and the reply).
+    pub path: String,
+}
+
+impl Upgrade {
+    /// Sends the outcome to the client.
+    pub fn answer(&self, reply: &str) {
+        let _ = sys::set_nonblocking(self.client.as_raw_fd(), true);
+        let _ = sys::write(self.client.as_raw_fd(), reply.as_bytes());
+    }
 }
 
 /// Takes one connection off `listener` (if any is waiting) and answers it.
@@ -80,17 +104,34 @@ pub fn serve_one(listener: &UnixListener, region: &Region, snap: &Snapshot) -> A
     let Ok((stream, _)) = listener.accept() else { return Action::None };
     let fd = stream.as_raw_fd();
     let mut line = Vec::new();
+    let mut attached = None;
     let mut buf = [0u8; 256];
-    while !line.contains(&b'\n') && line.len() < 1024 {
+    while !line.contains(&b'\n') && line.len() < 4096 {
         if !process::poll_readable([fd], 200)[0] {
             return Action::None;
         }
-        match sys::read(fd, &mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => line.extend_from_slice(&buf[..n]),
+        match sys::recv_with_fd(fd, &mut buf) {
+            Ok((0, _)) | Err(_) => break,
+            Ok((n, got)) => {
+                line.extend_from_slice(&buf[..n]);
+                if let Some(fd) = got {
+                    // SAFETY: received just now; ours alone (a second one replaces and closes it).
+                    attached = Some(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+                }
+            }
         }
     }
     let request = String::from_utf8_lossy(&line).trim().to_string();
+    if let Some(path) = request.strip_prefix("upgrade ") {
+        let reply = match (attached, snap.worker_pid) {
+            (_, None) => "error: a live upgrade needs workers (--recovery on)\n".to_string(),
+            (None, _) => "error: upgrade: no binary attached (use phoenixfsd ctl upgrade)\n".to_string(),
+            (Some(binary), Some(_)) => return Action::Upgrade(Upgrade { client: stream, binary, path: path.into() }),
+        };
+        let _ = sys::set_nonblocking(fd, true);
+        let _ = sys::write(fd, reply.as_bytes());
+        return Action::None;
+    }
     let (reply, action) = match request.as_str() {
         "status" => (status_text(region, snap), Action::None),
         "status --json" => (status_json(region, snap), Action::None),
@@ -100,7 +141,7 @@ pub fn serve_one(listener: &UnixListener, region: &Region, snap: &Snapshot) -> A
             None => ("error: no worker process (--recovery off)\n".to_string(), Action::None),
         },
         other => (
-            format!("error: unknown request {other:?} (status, status --json, metrics, restart-worker)\n"),
+            format!("error: unknown request {other:?} (status, status --json, metrics, restart-worker, upgrade)\n"),
             Action::None,
         ),
     };
@@ -161,6 +202,7 @@ fn status_text(region: &Region, snap: &Snapshot) -> String {
          supervisor pid:  {sup} (in its pid namespace)\n\
          worker pid:      {worker}\n\
          worker restarts: {restarts} (recovery generation {generation})\n\
+         live upgrades:   {upgrades}\n\
          served:          {served} requests\n\
          in flight:       {in_flight}\n\
          live inodes:     {inodes}\n\
@@ -177,6 +219,7 @@ fn status_text(region: &Region, snap: &Snapshot) -> String {
         worker = snap.worker_pid.map_or("none (--recovery off)".to_string(), |p| p.to_string()),
         restarts = n.restarts,
         generation = n.generation,
+        upgrades = snap.upgrades,
         served = n.served,
         in_flight = n.in_flight,
         inodes = n.live_inodes,
@@ -220,7 +263,7 @@ fn status_json(region: &Region, snap: &Snapshot) -> String {
     format!(
         "{{\"version\":{},\"layout_version\":{},\"uptime_seconds\":{:.3},\"transport\":{},\"sandbox\":{},\
          \"seccomp\":{},\"supervisor_pid\":{},\"worker_pid\":{},\"worker_restarts\":{},\
-         \"recovery_generation\":{},\"requests_served\":{},\"requests_in_flight\":{},\"live_inodes\":{},\
+         \"recovery_generation\":{},\"live_upgrades\":{},\"requests_served\":{},\"requests_in_flight\":{},\"live_inodes\":{},\
          \"open_handles\":{},\"state_region_bytes\":{},\"fuse_initialised\":{},\"recent_deaths\":[{}]}}\n",
         json_str(env!("CARGO_PKG_VERSION")),
         n.layout_version,
@@ -232,6 +275,7 @@ fn status_json(region: &Region, snap: &Snapshot) -> String {
         snap.worker_pid.map_or("null".to_string(), |p| p.to_string()),
         n.restarts,
         n.generation,
+        snap.upgrades,
         n.served,
         n.in_flight,
         n.live_inodes,
@@ -246,7 +290,7 @@ fn status_json(region: &Region, snap: &Snapshot) -> String {
 fn metrics(region: &Region, snap: &Snapshot) -> String {
     let n = numbers(region, snap);
     let counted = snap.recent_deaths.iter().filter(|d| d.counted).count();
-    let rows: [(&str, &str, &str, String); 9] = [
+    let rows: [(&str, &str, &str, String); 10] = [
         ("phoenixfs_uptime_seconds", "gauge", "Seconds since the daemon started.", format!("{:.3}", n.uptime_s)),
         (
             "phoenixfs_worker_restarts_total",
@@ -260,6 +304,7 @@ fn metrics(region: &Region, snap: &Snapshot) -> String {
             "Of the recent deaths kept for status, those that count toward the crash-loop guard.",
             counted.to_string(),
         ),
+        ("phoenixfs_live_upgrades_total", "counter", "Live upgrades done (ctl upgrade).", snap.upgrades.to_string()),
         ("phoenixfs_requests_served_total", "counter", "Requests answered.", n.served.to_string()),
         ("phoenixfs_requests_in_flight", "gauge", "Requests read and not yet answered.", n.in_flight.to_string()),
         ("phoenixfs_live_inodes", "gauge", "Node ids the client holds.", n.live_inodes.to_string()),

@@ -99,6 +99,15 @@ pub fn prepare() {
     let _ = target();
 }
 
+/// The fd `prepare` opened, if any: a live upgrade's new binary, which opens its own, adds it to
+/// the fds every worker keeps.
+pub fn arm_fd() -> Option<i32> {
+    #[cfg(feature = "crash-points")]
+    return target().as_ref().map(|t| t.arm_dir);
+    #[cfg(not(feature = "crash-points"))]
+    None
+}
+
 #[cfg(feature = "crash-points")]
 fn reached_if(is: impl Fn(&str) -> bool, name: std::fmt::Arguments, opcode: Option<u32>) {
     let Some(Target { at, arm_dir, arm_name, always, forbidden, escape, opcode: only }) = target() else { return };
@@ -205,6 +214,7 @@ pub const MARKERS: &[&str] = &[
     "tmpfile.after_open",
     "unlink.after_syscall",
     "unlink.before_syscall",
+    "upgrade.before_ready",
     "vhost.after_pop",
     "vhost.after_used_elem",
     "vhost.after_used_idx",

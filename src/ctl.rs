@@ -4,6 +4,7 @@
 //! phoenixfsd ctl --socket /run/vfs.sock.ctl status [--json]
 //! phoenixfsd ctl --socket PATH metrics          # Prometheus text format
 //! phoenixfsd ctl --socket PATH restart-worker   # the worker is killed and replaced
+//! phoenixfsd ctl --socket PATH upgrade [--binary PATH]   # live upgrade (upgrade.rs)
 //! ```
 //!
 //! Exit codes: 0 done; 1 the daemon could not be asked or refused (the message says why);
@@ -40,6 +41,14 @@ enum Request {
     Metrics,
     /// Kill the worker; the supervisor replaces it, as after any crash.
     RestartWorker,
+    /// Replace the running daemon's binary without stopping it: the new binary takes the
+    /// connection, the state and every open file over; clients see a pause. Refused (and the
+    /// running daemon serves on) if the binary cannot run here or cannot read the daemon's state.
+    Upgrade {
+        /// The new binary (default: this `phoenixfsd`, e.g. the one a package update installed).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+    },
 }
 
 /// Runs `phoenixfsd ctl ARGS` (`args` starts with "ctl").
@@ -48,13 +57,31 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    let line = match ctl.request {
-        Request::Status { json: false } => "status",
-        Request::Status { json: true } => "status --json",
-        Request::Metrics => "metrics",
-        Request::RestartWorker => "restart-worker",
+    let (line, binary) = match ctl.request {
+        Request::Status { json: false } => ("status".to_string(), None),
+        Request::Status { json: true } => ("status --json".to_string(), None),
+        Request::Metrics => ("metrics".to_string(), None),
+        Request::RestartWorker => ("restart-worker".to_string(), None),
+        Request::Upgrade { binary } => {
+            let path = match binary.map_or_else(std::env::current_exe, Ok) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("phoenixfsd ctl: cannot find this program's path: {e}; name one with --binary");
+                    return ExitCode::FAILURE;
+                }
+            };
+            // Opened here, with the operator's rights and view of the file system: the daemon
+            // in its sandbox could not open a host path.
+            match std::fs::File::open(&path) {
+                Ok(f) => (format!("upgrade {}", path.display()), Some(f)),
+                Err(e) => {
+                    eprintln!("phoenixfsd ctl: cannot open the new binary {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
     };
-    match ask(&ctl.socket, line) {
+    match ask(&ctl.socket, &line, binary.as_ref()) {
         Ok(reply) if reply.starts_with("error: ") => {
             eprint!("phoenixfsd ctl: {}", &reply["error: ".len()..]);
             ExitCode::FAILURE
@@ -70,17 +97,26 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     }
 }
 
-fn ask(socket: &std::path::Path, line: &str) -> Result<String, String> {
+fn ask(socket: &std::path::Path, line: &str, attach: Option<&std::fs::File>) -> Result<String, String> {
     let shown = socket.display();
     let mut stream = UnixStream::connect(socket).map_err(|e| {
         format!("cannot connect to {shown}: {e} (is a phoenixfsd running with --control-socket {shown}?)")
     })?;
-    let timeout = Some(Duration::from_secs(5));
+    // An upgrade waits for the new binary to be ready (up to 20 s) after its own checks.
+    let timeout = Some(Duration::from_secs(if attach.is_some() { 60 } else { 5 }));
     stream.set_read_timeout(timeout).and_then(|()| stream.set_write_timeout(timeout)).map_err(|e| e.to_string())?;
     // A peer that closes before reading a request is not one of ours either.
     let not_ours =
         |what: &str, e: std::io::Error| format!("{shown} did not answer as a phoenixfsd control socket ({what}: {e})");
-    stream.write_all(format!("{line}\n").as_bytes()).map_err(|e| not_ours("sending the request", e))?;
+    let request = format!("{line}\n");
+    match attach {
+        Some(file) => {
+            use std::os::fd::AsRawFd;
+            let sent = send_attached(stream.as_raw_fd(), request.as_bytes(), file.as_raw_fd());
+            sent.map_err(|e| not_ours("sending the request", e))?;
+        }
+        None => stream.write_all(request.as_bytes()).map_err(|e| not_ours("sending the request", e))?,
+    }
     let mut reply = String::new();
     stream.read_to_string(&mut reply).map_err(|e| not_ours("reading the reply", e))?;
     // Every reply of ours is text ending in a newline; anything else is not a phoenixfsd.
@@ -88,4 +124,15 @@ fn ask(socket: &std::path::Path, line: &str) -> Result<String, String> {
         return Err(format!("{shown} did not answer as a phoenixfsd control socket"));
     }
     Ok(reply)
+}
+
+/// Sends the whole request with the fd attached to its first part.
+fn send_attached(sock: i32, data: &[u8], fd: i32) -> std::io::Result<()> {
+    let n = crate::sys::send_with_fd(sock, data, fd)?;
+    let mut rest = &data[n..];
+    while !rest.is_empty() {
+        let n = crate::sys::write(sock, rest)?;
+        rest = &rest[n..];
+    }
+    Ok(())
 }

@@ -146,7 +146,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     // host's namespaces, so they come first.
     let mut endpoint = match &mountpoint {
         Some(mountpoint) => {
-            let dev = FuseDev::mount(mountpoint, &shared_dir)?;
+            let mut dev = FuseDev::mount(mountpoint, &shared_dir)?;
             let transport = dev.transport(threads, &region)?;
             Endpoint::Fuse(dev, transport)
         }
@@ -185,12 +185,67 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         }
     };
     // Made before the fds to keep are recorded: every worker's sweep must leave them open.
-    let zygote_pipes = match cli.recovery {
-        Recovery::On => Some(zygote::Pipes::new().map_err(|e| Error::SupervisorFd("zygote pipes", e))?),
+    let pipes = match cli.recovery {
+        Recovery::On => Some((
+            zygote::Pipes::new().map_err(|e| Error::SupervisorFd("zygote pipes", e))?,
+            crate::upgrade::Pipes::new().map_err(|e| Error::SupervisorFd("upgrade pipes", e))?,
+        )),
         Recovery::Off => None,
     };
     record_keep_fds(&mut region, inside.proc, &transport.fds(), &waits)?;
-    let mut cfg = worker_config(&cli, &inside, transport, waits.ended);
+    let control_listener = control_listener;
+    let upgrades = pipes.as_ref().map(|(zygote_pipes, upgrade_pipes)| crate::supervisor::Upgrades {
+        first: true,
+        handover: crate::upgrade::Handover {
+            memfd: region.memfd(),
+            signals: waits.signals,
+            ready: waits.ready,
+            ended: waits.ended,
+            vmstat: inside.vmstat,
+            proc: inside.proc,
+            control: control_listener.as_ref().map_or(-1, std::os::fd::AsRawFd::as_raw_fd),
+            groups: groups::holder_fd().unwrap_or(-1),
+            syslog: crate::logging::syslog_fd().unwrap_or(-1),
+            pipes: *upgrade_pipes,
+            zygote: zygote_pipes.fds(),
+            started_ms: crate::upgrade::now_ms() - started.elapsed().as_millis() as u64,
+            upgrades: 0,
+            shared_dir: inside.shared_dir.clone(),
+            link: conn.link(),
+        },
+    });
+    if upgrades.is_some()
+        && let Err(e) = process::set_child_subreaper()
+    {
+        tracing::warn!("cannot become a child subreaper (a live upgrade's supervisor may be orphaned): {e}");
+    }
+    let sup = Supervise { started, control_listener, zygote_pipes: pipes.map(|(z, _)| z), upgrades };
+    supervise(&cli, region, conn, transport, &inside, &waits, sup, mountpoint.as_deref())
+}
+
+/// What the end of start-up hands the supervisor, fresh or adopted.
+struct Supervise {
+    started: std::time::Instant,
+    control_listener: Option<std::os::unix::net::UnixListener>,
+    zygote_pipes: Option<zygote::Pipes>,
+    upgrades: Option<crate::supervisor::Upgrades>,
+}
+
+/// The end of start-up, the same for a fresh daemon and a live upgrade's new binary (the fds
+/// every worker keeps are recorded): the supervisor's capabilities, the zygote, the
+/// supervisor's filter, then its loop.
+#[allow(clippy::too_many_arguments)]
+fn supervise(
+    cli: &Cli,
+    region: Region,
+    conn: Box<dyn Connection>,
+    transport: Arc<dyn Transport>,
+    inside: &Inside,
+    waits: &Waits,
+    sup: Supervise,
+    mountpoint: Option<&Path>,
+) -> Result<(), Error> {
+    let mut cfg = worker_config(cli, inside, transport, waits.ended);
     // Start-up is over (mounted or connected, the region and every supervisor fd made): from
     // here on the supervisor keeps only what serving and stopping need (docs/design.md
     // "Security"). Workers are cloned after this and narrow further.
@@ -198,15 +253,16 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     let violation = &region.header().seccomp_violation;
     let effective = crate::security::restrict_supervisor_caps(&mut cfg.confine, !cfg.recovery)?;
     // The zygote, which clones the workers, before the supervisor's narrower filter.
-    let zygote = zygote_pipes
+    let zygote = sup
+        .zygote_pipes
         .map(|pipes| Zygote::start(pipes, &region, &cfg))
         .transpose()
         .map_err(|e| Error::SupervisorFd("zygote", e))?;
     crate::security::install_supervisor_filter(&cfg.confine, effective, !cfg.recovery, violation)?;
-    let control = control_listener.map(|listener| crate::supervisor::Control {
+    let control = sup.control_listener.map(|listener| crate::supervisor::Control {
         listener,
-        started,
-        transport: match (&mountpoint, &cli.socket_path) {
+        started: sup.started,
+        transport: match (mountpoint, &cli.socket_path) {
             (Some(m), _) => format!("FUSE (/dev/fuse) at {}", m.display()),
             (None, Some(s)) => format!("vhost-user at {}", s.display()),
             (None, None) => "vhost-user (--fd)".to_string(),
@@ -214,7 +270,76 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         sandbox: format!("{:?}", cli.sandbox).to_lowercase(),
         seccomp: format!("{:?}", cli.seccomp).to_lowercase(),
     });
-    Ok(crate::supervisor::run(region, conn, cfg, &waits, inside.vmstat, zygote, control)?)
+    Ok(crate::supervisor::run(region, conn, cfg, waits, inside.vmstat, zygote, control, sup.upgrades)?)
+}
+
+/// A live upgrade's new binary (upgrade.rs, steps 3 and 4): takes the daemon over from the
+/// fds `h` names. Everything up to the go is checked without writing the region, and a refusal
+/// goes back to the old supervisor, which serves on.
+pub fn adopt(cli: Cli, h: crate::upgrade::Handover) -> Result<(), Error> {
+    let refuse = |why: String| -> ! { crate::upgrade::refuse(&h.pipes, &why) };
+    process::set_name(crate::security::sandbox::SUPERVISOR_NAME);
+    let region = Region::attach(h.memfd).unwrap_or_else(|e| refuse(format!("the state region: {e}")));
+    let inside = Inside { proc: h.proc, vmstat: h.vmstat, shared_dir: h.shared_dir.clone() };
+    let waits = Waits { signals: h.signals, ready: h.ready, ended: h.ended };
+    let (conn, transport): (Box<dyn Connection>, Arc<dyn Transport>) = match &h.link {
+        crate::transport::Link::Fuse { fds, mount_id } => {
+            let mountpoint = cli.mountpoint.clone().unwrap_or_default();
+            let (dev, transport) = FuseDev::adopt(fds, *mount_id, &mountpoint, &region);
+            groups::set_source(match h.groups {
+                -1 => groups::Source::Proc(inside.proc),
+                fd => groups::Source::Holder(fd),
+            });
+            (Box::new(dev), Arc::new(transport))
+        }
+        crate::transport::Link::Vhost { stream, protocol_features } => {
+            let (channel, transport) = ControlChannel::adopt(*stream, *protocol_features, &region, cli.tag.clone())
+                .unwrap_or_else(|e| refuse(format!("the vhost-user connection: {e}")));
+            (Box::new(channel), Arc::new(transport))
+        }
+    };
+    crate::crash::prepare();
+    tracing::info!(upgrade = h.upgrades, layout = region.header().layout_version, "live upgrade: ready to take over");
+    // Crash here: the old supervisor sees the new binary gone before `R` and serves on.
+    crate::crash_point!("upgrade.before_ready");
+    if let Err(why) = crate::upgrade::ready_and_wait_go(&h.pipes) {
+        refuse(why);
+    }
+    // From here the daemon is ours. Crash here: like a supervisor's death (docs/operations.md).
+    let mut region = region;
+    let mut keep: Vec<i32> = {
+        let hd = region.header();
+        hd.keep_fds[..hd.keep_count as usize].iter().copied().filter(|fd| sys::is_open(*fd)).collect()
+    };
+    keep.extend(crate::crash::arm_fd().filter(|fd| !keep.contains(fd)));
+    // The vhost-user channel has moved to another number (ControlChannel::adopt).
+    if let crate::transport::Link::Vhost { stream, .. } = conn.link()
+        && !keep.contains(&stream)
+    {
+        keep.push(stream);
+    }
+    if keep.len() > MAX_KEEP_FDS {
+        return Err(Error::TooManyFds(keep.len()));
+    }
+    let hd = region.header_mut_before_workers();
+    hd.keep_fds = [0; MAX_KEEP_FDS];
+    hd.keep_fds[..keep.len()].copy_from_slice(&keep);
+    hd.keep_count = keep.len() as u32;
+    let started = std::time::Instant::now()
+        .checked_sub(Duration::from_millis(crate::upgrade::now_ms().saturating_sub(h.started_ms)))
+        .unwrap_or_else(std::time::Instant::now);
+    let control_listener = (h.control >= 0).then(|| {
+        // SAFETY: the handover names this fd as the control socket's listener.
+        unsafe { <std::os::unix::net::UnixListener as std::os::fd::FromRawFd>::from_raw_fd(h.control) }
+    });
+    let mountpoint = cli.mountpoint.clone();
+    let sup = Supervise {
+        started,
+        control_listener,
+        zygote_pipes: Some(zygote::Pipes::from_fds(h.zygote)),
+        upgrades: Some(crate::supervisor::Upgrades { handover: h.clone(), first: false }),
+    };
+    supervise(&cli, region, conn, transport, &inside, &waits, sup, mountpoint.as_deref())
 }
 
 /// Builds the sandbox (security/sandbox.rs) and returns, in the supervisor, what it holds

@@ -22,5 +22,6 @@ pub mod state;
 pub mod supervisor;
 pub mod sys;
 pub mod transport;
+pub mod upgrade;
 pub mod worker;
 pub mod zygote;

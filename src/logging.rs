@@ -37,6 +37,50 @@ fn filter_name(level: LogLevel) -> &'static str {
     }
 }
 
+/// The connected syslog socket's fd, once `init` made one (a live upgrade hands it on).
+static SYSLOG_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// The syslog socket's fd, if logs go to syslog.
+pub fn syslog_fd() -> Option<i32> {
+    Some(SYSLOG_FD.load(std::sync::atomic::Ordering::Relaxed)).filter(|fd| *fd >= 0)
+}
+
+/// A live upgrade's new binary: the same logger as its predecessor's, on the syslog socket it
+/// handed on (`syslog`), or on stderr.
+pub fn init_adopted(level: LogLevel, syslog: Option<i32>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter_name(level)));
+    match syslog {
+        Some(fd) => {
+            SYSLOG_FD.store(fd, std::sync::atomic::Ordering::Relaxed);
+            // SAFETY: the handover names this fd as the connected syslog socket.
+            let socket = Arc::new(File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }));
+            let _ = tracing::subscriber::set_global_default(syslog_subscriber(filter, Syslog { socket }));
+        }
+        None => {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+    }
+}
+
+fn syslog_subscriber(
+    filter: tracing_subscriber::EnvFilter,
+    writer: Syslog,
+) -> impl tracing::Subscriber + Send + Sync + 'static {
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .without_time()
+        .with_level(false)
+        .with_target(false)
+        .with_writer(writer)
+        .finish()
+}
+
 /// Installs the process's logger (inherited by every worker, which is a clone). With `syslog`
 /// and no reachable syslog socket, logs go to stderr and the first line says why.
 pub fn init(level: LogLevel, syslog: bool) {
@@ -49,14 +93,8 @@ pub fn init(level: LogLevel, syslog: bool) {
         let path = std::env::var("PHOENIXFS_SYSLOG_SOCKET").unwrap_or_else(|_| DEV_LOG.to_string());
         match Syslog::connect(&path) {
             Ok(writer) => {
-                let _ = tracing_subscriber::fmt()
-                    .with_env_filter(filter())
-                    .with_ansi(false)
-                    .without_time()
-                    .with_level(false)
-                    .with_target(false)
-                    .with_writer(writer)
-                    .try_init();
+                SYSLOG_FD.store(std::os::fd::AsRawFd::as_raw_fd(&*writer.socket), std::sync::atomic::Ordering::Relaxed);
+                let _ = tracing::subscriber::set_global_default(syslog_subscriber(filter(), writer));
                 return;
             }
             Err(e) => {

@@ -25,6 +25,7 @@ use crate::control;
 use crate::state::Region;
 use crate::sys::{self, process};
 use crate::transport::Connection;
+use crate::upgrade::Handover;
 use crate::worker::{self, WorkerConfig};
 use crate::zygote::Zygote;
 
@@ -194,7 +195,23 @@ pub struct Control {
     pub seccomp: String,
 }
 
+/// What a live upgrade needs (upgrade.rs): the handover as this supervisor would pass it on,
+/// and whether this is the daemon's first supervisor (which stays as the keeper).
+pub struct Upgrades {
+    pub handover: Handover,
+    pub first: bool,
+}
+
+/// How serving ended.
+enum Stop {
+    /// A signal, the end of the connection, or its peer gone.
+    Done,
+    /// A new binary serves now, as supervisor `pid`.
+    Upgraded(i32),
+}
+
 /// Workers come from `zygote` (recovery on); without one this process serves itself.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     region: Region,
     mut conn: Box<dyn Connection>,
@@ -203,6 +220,7 @@ pub fn run(
     vmstat: i32,
     zygote: Option<Zygote>,
     control: Option<Control>,
+    mut upgrades: Option<Upgrades>,
 ) -> Result<(), Error> {
     let serving: Serving = Rc::new(RefCell::new(None));
     // For the control socket: the region stays readable whoever serves.
@@ -219,13 +237,25 @@ pub fn run(
             let _ = w.reap();
         }
     }));
-    let result = serve(&serving, conn.as_mut(), waits, &view, control.as_ref());
+    let result = serve(&serving, conn.as_mut(), waits, &view, control.as_ref(), upgrades.as_mut());
+    if let Ok(Stop::Upgraded(pid)) = result {
+        let u = upgrades.expect("upgraded");
+        // The connection is the new supervisor's now: neither closed nor unmounted here.
+        std::mem::forget(conn);
+        if u.first {
+            crate::upgrade::keep(waits.signals, u.handover.pipes.keeper, pid);
+        }
+        // Crash here: the keeper has not heard of `pid`; when we end it takes our exit for
+        // the current supervisor's and stops the daemon (a supervisor death, documented).
+        crate::upgrade::announce_to_keeper(&u.handover.pipes, pid);
+        process::exit_now(0);
+    }
     if let Some(w) = serving.borrow().as_ref() {
         process::kill_and_reap(w.pid);
         process::kill_and_reap(w.zygote.pid);
     }
     conn.close();
-    result
+    result.map(drop)
 }
 
 fn serve(
@@ -234,15 +264,28 @@ fn serve(
     waits: &Waits,
     region: &Region,
     ctl: Option<&Control>,
-) -> Result<(), Error> {
+    mut upgrades: Option<&mut Upgrades>,
+) -> Result<Stop, Error> {
     loop {
         let ready = serving.borrow().as_ref().is_none_or(|w| w.ready);
         let control = conn.control_fd().filter(|_| ready).unwrap_or(-1);
         let ctl_fd = ctl.map_or(-1, |c| std::os::fd::AsRawFd::as_raw_fd(&c.listener));
         let [signal, worker_ready, ended, message, asked] =
             process::poll_readable([waits.signals, waits.ready, waits.ended, control, ctl_fd], -1);
-        if asked && let Some(ctl) = ctl {
-            answer_control(serving, region, ctl);
+        if asked
+            && let Some(ctl) = ctl
+            && let Some(asked) =
+                answer_control(serving, region, ctl, upgrades.as_deref().map_or(0, |u| u.handover.upgrades))
+        {
+            let mut workers = serving.borrow_mut();
+            match (workers.as_mut(), upgrades.as_deref_mut()) {
+                (Some(w), Some(u)) => {
+                    if let Some(pid) = upgrade(w, conn, &mut u.handover, asked) {
+                        return Ok(Stop::Upgraded(pid));
+                    }
+                }
+                _ => asked.answer("error: a live upgrade needs workers (--recovery on)\n"),
+            }
         }
         if signal {
             match process::read_signal(waits.signals) {
@@ -253,7 +296,7 @@ fn serve(
                 }
                 Some(sig) => {
                     tracing::info!(signal = sig, "stopping");
-                    return Ok(());
+                    return Ok(Stop::Done);
                 }
                 None => {}
             }
@@ -266,17 +309,17 @@ fn serve(
         }
         if ended {
             tracing::info!("the connection ended (unmounted); stopping");
-            return Ok(());
+            return Ok(Stop::Done);
         }
         if message && !conn.handle_control() {
             tracing::info!("the connection's peer has gone; stopping");
-            return Ok(());
+            return Ok(Stop::Done);
         }
     }
 }
 
-/// Answers one request on the control socket (control.rs).
-fn answer_control(serving: &Serving, region: &Region, ctl: &Control) {
+/// Answers one request on the control socket (control.rs); an upgrade it returns, to be done.
+fn answer_control(serving: &Serving, region: &Region, ctl: &Control, upgrades: u32) -> Option<control::Upgrade> {
     let workers = serving.borrow();
     let recent: Vec<control::Death> = workers.as_ref().map(|w| w.recent.iter().cloned().collect()).unwrap_or_default();
     let snap = control::Snapshot {
@@ -287,13 +330,87 @@ fn answer_control(serving: &Serving, region: &Region, ctl: &Control) {
         transport: &ctl.transport,
         sandbox: &ctl.sandbox,
         seccomp: &ctl.seccomp,
+        upgrades,
     };
-    let action = control::serve_one(&ctl.listener, region, &snap);
-    if action == control::Action::RestartWorker
-        && let Some(w) = workers.as_ref()
-    {
-        tracing::info!(pid = w.pid, "restarting the worker, as asked on the control socket");
-        // Replaced like any killed worker once its SIGCHLD is read.
-        let _ = process::send_signal(w.pid, libc::SIGKILL);
+    match control::serve_one(&ctl.listener, region, &snap) {
+        control::Action::RestartWorker => {
+            if let Some(w) = workers.as_ref() {
+                tracing::info!(pid = w.pid, "restarting the worker, as asked on the control socket");
+                // Replaced like any killed worker once its SIGCHLD is read.
+                let _ = process::send_signal(w.pid, libc::SIGKILL);
+            }
+            None
+        }
+        control::Action::Upgrade(u) => Some(u),
+        control::Action::None => None,
+    }
+}
+
+/// A live upgrade (upgrade.rs, steps 1 to 4): the new supervisor's pid once it has taken over,
+/// or None when the upgrade was refused or failed (then the client is told why and this
+/// supervisor serves on with a new worker).
+fn upgrade(w: &mut Workers, conn: &dyn Connection, handover: &mut Handover, asked: control::Upgrade) -> Option<i32> {
+    let refuse = |why: String, asked: control::Upgrade| {
+        tracing::error!(binary = %asked.path, "upgrade refused: {why}; serving on");
+        asked.answer(&format!("error: upgrade to {} refused: {why}; the running daemon serves on\n", asked.path));
+        None
+    };
+    let binary = std::os::fd::AsRawFd::as_raw_fd(&asked.binary);
+    if let Err(why) = crate::upgrade::check_binary(binary) {
+        return refuse(why, asked);
+    }
+    // The new binary checks the region first, while the worker serves on.
+    let checked = w
+        .zygote
+        .spawn_upgrader(binary, &handover.encode(), true)
+        .map_err(|e| format!("the zygote cannot start the new binary: {e}"))
+        .and_then(|pid| crate::upgrade::wait_ready(pid, handover.pipes.up[0]).map(|()| pid));
+    match checked {
+        Ok(pid) => {
+            let _ = process::wait_child(pid);
+        }
+        Err(why) => return refuse(why, asked),
+    }
+    tracing::info!(binary = %asked.path, worker = w.pid, "live upgrade: stopping the worker");
+    // Crash here (or after the kill): the worker dies as in any crash; recovery, ours or the
+    // new binary's, finishes what it had in flight. Not a death of its own doing.
+    w.region.header().death_counts.store(0, Ordering::Release);
+    process::kill_and_reap(w.pid);
+    let mut next = handover.clone();
+    next.upgrades += 1;
+    next.link = conn.link();
+    let result = w
+        .zygote
+        .spawn_upgrader(binary, &next.encode(), false)
+        .map_err(|e| format!("the zygote cannot start the upgrader: {e}"))
+        .and_then(|pid| crate::upgrade::wait_ready(pid, handover.pipes.up[0]).map(|()| pid));
+    match result {
+        Ok(pid) => {
+            // The old zygote goes before the go: the new one reads the same request pipe.
+            process::kill_and_reap(w.zygote.pid);
+            // Crash here: the new binary sees its parent gone and takes over (upgrade.rs).
+            if let Err(e) = sys::write(handover.pipes.down[1], b"G") {
+                tracing::error!("live upgrade: cannot tell the new binary to go: {e}");
+            }
+            tracing::info!(supervisor = pid, binary = %asked.path, upgrades = next.upgrades, "live upgrade: the new binary serves");
+            asked
+                .answer(&format!("ok: upgraded to {} (supervisor pid {pid}, upgrade {})\n", asked.path, next.upgrades));
+            *handover = next;
+            Some(pid)
+        }
+        Err(why) => {
+            // Answered and closed first: the new worker's fd sweep would close the client's
+            // socket and the binary's fd under us (and a number closed twice may be another's).
+            refuse(why, asked);
+            // As after any worker death: a new one recovers from the region.
+            match w.zygote.spawn_worker() {
+                Ok(pid) => {
+                    w.pid = pid;
+                    w.ready = false;
+                }
+                Err(e) => tracing::error!("no worker after a refused upgrade: {e}"),
+            }
+            None
+        }
     }
 }

@@ -69,9 +69,9 @@ pub fn run_process(region: Region, cfg: &WorkerConfig, supervisor: i32) -> ! {
         process::exit_now(3);
     }
     process::set_name(crate::security::sandbox::WORKER_NAME);
-    // Before anything else, recovery included: only the worker's capabilities (its system calls
-    // are already only the worker's: the zygote's filter).
-    if let Err(e) = crate::security::confine_worker(&cfg.confine) {
+    // Before anything else, recovery included: only the worker's capabilities and system calls
+    // (`WORKER` over the zygote's wider filter).
+    if let Err(e) = crate::security::confine_worker(&cfg.confine, &region.header().seccomp_violation) {
         tracing::error!("worker: {e}");
         process::exit_now(2);
     }

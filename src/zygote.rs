@@ -24,7 +24,16 @@ pub struct Zygote {
     request: i32,
     /// Read by the supervisor: the new worker's pid (i32), or a negative errno.
     reply: i32,
+    /// All four ends, for a live upgrade's handover.
+    pub fds: [i32; 4],
 }
+
+/// A request's first byte: a worker, or an upgrader (then the binary's fd, the handover's
+/// length and the handover follow).
+const REQUEST_WORKER: u8 = 1;
+const REQUEST_UPGRADER: u8 = 2;
+/// As an upgrader, but the new binary only checks that it can take the region over.
+const REQUEST_CHECKER: u8 = 3;
 
 /// The pipes, made before the fds every worker's sweep keeps are recorded (they are among them).
 pub struct Pipes {
@@ -35,6 +44,17 @@ pub struct Pipes {
 impl Pipes {
     pub fn new() -> io::Result<Pipes> {
         Ok(Pipes { request: sys::pipe()?, reply: sys::pipe()? })
+    }
+
+    /// The four fds (request read and write ends, reply read and write ends), as a live upgrade
+    /// hands them on.
+    pub fn fds(&self) -> [i32; 4] {
+        [self.request[0], self.request[1], self.reply[0], self.reply[1]]
+    }
+
+    /// The pipes a live upgrade handed on (`fds`); the zygote that used them is gone.
+    pub fn from_fds(fds: [i32; 4]) -> Pipes {
+        Pipes { request: [fds[0], fds[1]], reply: [fds[2], fds[3]] }
     }
 }
 
@@ -52,14 +72,30 @@ impl Zygote {
             run(region.alias(), cfg, supervisor, pipes.request[0], pipes.reply[1]);
         }
         process::set_name(crate::security::sandbox::SUPERVISOR_NAME);
-        Ok(Zygote { pid: cloned?, request: pipes.request[1], reply: pipes.reply[0] })
+        Ok(Zygote { pid: cloned?, request: pipes.request[1], reply: pipes.reply[0], fds: pipes.fds() })
     }
 
     /// A new worker, cloned by the zygote as our child; returns its pid. Fails if the zygote
     /// has died (the pipes are in the shared fd table, so no end ever reads EOF: its death is
     /// checked while waiting).
     pub fn spawn_worker(&self) -> io::Result<i32> {
-        sys::write(self.request, &[1])?;
+        sys::write(self.request, &[REQUEST_WORKER])?;
+        self.read_pid()
+    }
+
+    /// A live upgrade's upgrader (upgrade.rs), cloned by the zygote as our child with a copy of
+    /// the fd table: it runs the program of `binary` with `handover`. Returns its pid.
+    pub fn spawn_upgrader(&self, binary: i32, handover: &str, check_only: bool) -> io::Result<i32> {
+        let mut request = vec![if check_only { REQUEST_CHECKER } else { REQUEST_UPGRADER }];
+        request.extend_from_slice(&binary.to_ne_bytes());
+        request.extend_from_slice(&(handover.len() as u32).to_ne_bytes());
+        request.extend_from_slice(handover.as_bytes());
+        // One write: within a pipe's capacity, and the zygote reads it whole.
+        sys::write(self.request, &request)?;
+        self.read_pid()
+    }
+
+    fn read_pid(&self) -> io::Result<i32> {
         let mut pid = [0u8; 4];
         let mut got = 0;
         while got < pid.len() {
@@ -104,14 +140,66 @@ fn run(region: Region, cfg: &WorkerConfig, supervisor: i32, requests: i32, repli
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
             Err(_) => process::exit_now(2),
         }
-        // SAFETY: the zygote is single-threaded.
-        let answer = match unsafe { process::clone_sibling_sharing_fds() } {
-            Ok(0) => worker::run_process(region.alias(), cfg, supervisor),
-            Ok(pid) => pid,
-            Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+        let answer = match byte[0] {
+            REQUEST_UPGRADER | REQUEST_CHECKER => {
+                let Some((binary, handover)) = read_upgrade(requests) else { process::exit_now(2) };
+                // SAFETY: the zygote is single-threaded.
+                match unsafe { process::clone_sibling_copying_fds() } {
+                    Ok(0) => upgrader(&region, cfg, binary, &handover, byte[0] == REQUEST_CHECKER),
+                    Ok(pid) => pid,
+                    Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+                }
+            }
+            // SAFETY: the zygote is single-threaded.
+            _ => match unsafe { process::clone_sibling_sharing_fds() } {
+                Ok(0) => worker::run_process(region.alias(), cfg, supervisor),
+                Ok(pid) => pid,
+                Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+            },
         };
         if sys::write(replies, &answer.to_ne_bytes()).is_err() {
             process::exit_now(2);
         }
     }
+}
+
+/// Reads the rest of an upgrader request: the binary's fd and the handover.
+fn read_upgrade(requests: i32) -> Option<(i32, String)> {
+    let mut head = [0u8; 8];
+    read_exact(requests, &mut head)?;
+    let binary = i32::from_ne_bytes(head[..4].try_into().ok()?);
+    let len = u32::from_ne_bytes(head[4..].try_into().ok()?) as usize;
+    let mut handover = vec![0u8; len.min(1 << 16)];
+    read_exact(requests, &mut handover)?;
+    Some((binary, String::from_utf8(handover).ok()?))
+}
+
+fn read_exact(fd: i32, buf: &mut [u8]) -> Option<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        match sys::read(fd, &mut buf[got..]) {
+            Ok(0) => return None,
+            Ok(n) => got += n,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(_) => return None,
+        }
+    }
+    Some(())
+}
+
+/// The upgrader's body (a copy of the fd table, taken while no worker runs): keeps open exactly
+/// what the region, the transport and the handover name, and runs the new binary. A checker
+/// (`check_only`) keeps only the region's memfd and the pipe it answers on.
+fn upgrader(region: &Region, cfg: &WorkerConfig, binary: i32, handover: &str, check_only: bool) -> ! {
+    let Ok(h) = crate::upgrade::Handover::decode(handover) else { process::exit_now(2) };
+    let up = h.pipes.up[1];
+    let mut keep = if check_only { vec![h.memfd, up] } else { region.named_fds() };
+    if !check_only {
+        keep.extend(cfg.transport.fds());
+        keep.extend(h.fds());
+    }
+    keep.sort_unstable();
+    keep.dedup();
+    let mode = if check_only { crate::upgrade::CHECK_ARG } else { crate::upgrade::ADOPT_ARG };
+    crate::upgrade::exec_new_binary(binary, mode, handover, up, &keep)
 }

@@ -741,8 +741,15 @@ fn crash_every_marker_of_every_operation() {
     let tried: BTreeSet<&str> = scenarios.iter().flat_map(|s| s.markers.iter().copied()).collect();
     // INIT and worker start-up have tests of their own below; a second INIT (a new session)
     // only comes over virtio (tests/vhost_control_crash.rs).
-    let own_tests =
-        ["init.after_record", "worker.start", "init.reset_session", "resend.taken_in", "mount.before_publish"];
+    // A live upgrade's new binary has its own (tests/upgrade.rs).
+    let own_tests = [
+        "init.after_record",
+        "worker.start",
+        "init.reset_session",
+        "resend.taken_in",
+        "mount.before_publish",
+        "upgrade.before_ready",
+    ];
     // The vhost-user transport's markers are enumerated over that transport (below).
     let all: BTreeSet<&str> = phoenixfsd::crash::MARKERS
         .iter()

@@ -68,6 +68,7 @@ mod namespace;
 mod xattrs_locks;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -170,6 +171,26 @@ fn fail_now(m: &mut Mount, msgs: &[String]) -> ! {
 }
 
 fn run_soak(case: &str, transport: Transport, daemon_args: &[&str], kills: u64, default_secs: u64) {
+    run_soak_with(case, transport, daemon_args, kills, default_secs, 0)
+}
+
+/// Live upgrades under the workload (issue 17): `ctl upgrade` 20 times, alternating between two
+/// binaries on disk, each upgrade followed by a worker kill; the same checks as the kill soak
+/// (no error, tree == model, the fd count back to its baseline in the supervisor that serves at
+/// the end). Over /dev/fuse and over vhost-user.
+#[test]
+fn test_soak_live_upgrades() {
+    let upgrades = env_u64("PHOENIXFS_SOAK_UPGRADES", 20);
+    run_soak_with("live_upgrades", Transport::Fuse, &["--recovery", "on", "--xattr"], 0, 10, upgrades);
+}
+
+#[test]
+fn test_soak_live_upgrades_vhost_user() {
+    let upgrades = env_u64("PHOENIXFS_SOAK_UPGRADES", 20);
+    run_soak_with("live_upgrades_vhost_user", Transport::VhostUser, &["--recovery", "on", "--xattr"], 0, 10, upgrades);
+}
+
+fn run_soak_with(case: &str, transport: Transport, daemon_args: &[&str], kills: u64, default_secs: u64, upgrades: u64) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let seed = match std::env::var("PHOENIXFS_SOAK_SEED") {
         Ok(v) => parse_u64(&v).unwrap_or_else(|| panic!("PHOENIXFS_SOAK_SEED={v:?} is not a number")),
@@ -193,9 +214,25 @@ fn run_soak(case: &str, transport: Transport, daemon_args: &[&str], kills: u64, 
     let extra = std::env::var("PHOENIXFS_SOAK_ARGS").unwrap_or_default();
     let mut args: Vec<&str> = daemon_args.to_vec();
     args.extend(extra.split_whitespace());
+    // Live upgrades: a control socket, and two binaries on disk to upgrade to in turn.
+    let upgrade_dir = tempfile::Builder::new().prefix("phoenixfs-soak-upgrade").tempdir().unwrap();
+    let ctl = upgrade_dir.path().join("ctl");
+    let ctl_arg = ctl.to_str().unwrap().to_string();
+    if upgrades > 0 {
+        args.extend(["--control-socket", &ctl_arg]);
+    }
+    let binaries: Vec<PathBuf> = (0..2)
+        .map(|i| {
+            let to = upgrade_dir.path().join(format!("phoenixfsd-{i}"));
+            std::fs::copy(common::BIN, &to).unwrap();
+            to
+        })
+        .collect();
     eprintln!(
         "soak[{case}]: seed {seed:#x} (rerun with PHOENIXFS_SOAK_SEED={seed:#x}), {}, {threads} threads, daemon args {args:?}",
-        if kills > 0 {
+        if upgrades > 0 {
+            format!("{upgrades} live upgrades every {}-{} ms, each with a worker kill", kill_ms.0 * 10, kill_ms.1 * 10)
+        } else if kills > 0 {
             format!("{kills} kills every {}-{} ms", kill_ms.0, kill_ms.1)
         } else {
             format!("no kills, {secs} s")
@@ -235,13 +272,24 @@ fn run_soak(case: &str, transport: Transport, daemon_args: &[&str], kills: u64, 
                 .unwrap()
         })
         .collect();
-    let killer_h = (kills > 0).then(|| {
+    let killer_h = if upgrades > 0 {
         let (shared, mnt) = (shared.clone(), m.mnt.clone());
-        std::thread::Builder::new()
-            .name("soak-killer".into())
-            .spawn(move || killer(sup, mnt, kills, kill_ms, seed, shared))
-            .unwrap()
-    });
+        let u = killer::Upgrades { daemon: m.child.id(), ctl: ctl.clone(), binaries: binaries.clone() };
+        Some(
+            std::thread::Builder::new()
+                .name("soak-upgrader".into())
+                .spawn(move || killer::upgrader(u, mnt, upgrades, kill_ms, seed, shared))
+                .unwrap(),
+        )
+    } else {
+        (kills > 0).then(|| {
+            let (shared, mnt) = (shared.clone(), m.mnt.clone());
+            std::thread::Builder::new()
+                .name("soak-killer".into())
+                .spawn(move || killer(sup, mnt, kills, kill_ms, seed, shared))
+                .unwrap()
+        })
+    };
 
     // Watch: errors, a stalled workload, the supervisor's death, the end.
     let t0 = Instant::now();
@@ -303,6 +351,11 @@ fn run_soak(case: &str, transport: Transport, daemon_args: &[&str], kills: u64, 
     if kills > 0 && stats.kills < kills {
         fail_now(&mut m, &[format!("only {} of {kills} kills done", stats.kills)]);
     }
+    if upgrades > 0 && stats.kills < upgrades {
+        fail_now(&mut m, &[format!("only {} of {upgrades} upgrades done", stats.kills)]);
+    }
+    // After live upgrades another supervisor serves: its fd table is the one to compare.
+    let sup = m.supervisor() as i32;
     let ops = shared.ops.load(Ordering::Relaxed);
 
     // The whole tree, through the mount and in the share, against the models.
@@ -381,15 +434,17 @@ fn run_soak(case: &str, transport: Transport, daemon_args: &[&str], kills: u64, 
     let status = m.stop();
     assert!(status.success(), "soak[{case}]: phoenixfsd did not exit 0 on SIGTERM: {status}");
     eprintln!(
-        "soak: {} kills, {ops} ops, 0 errors, tree == model ({names} names in {threads} dirs), fds == baseline ({}), \
+        "soak: {} {}, {ops} ops, 0 errors, tree == model ({names} names in {threads} dirs), fds == baseline ({}), \
          records in use {records}{}",
         stats.kills,
+        if upgrades > 0 { "live upgrades (each followed by a worker kill)" } else { "kills" },
         baseline.len(),
         if stats.recovery.is_empty() {
             String::new()
         } else {
             format!(
-                ", kill->reply median {} p99 {} max {}",
+                ", {}->reply median {} p99 {} max {}",
+                if upgrades > 0 { "upgrade" } else { "kill" },
                 ms(pct(&stats.recovery, 0.5)),
                 ms(pct(&stats.recovery, 0.99)),
                 ms(pct(&stats.recovery, 1.0))

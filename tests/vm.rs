@@ -112,6 +112,50 @@ fn killer(sup: i32, (lo, hi): (u64, u64), target: u64, seed: u64, stop: &Path, d
     k
 }
 
+/// Live upgrades (`phoenixfsd ctl upgrade`, alternating between `binaries`) every `lo..=hi` ms
+/// until `done`; after `target` upgrades creates `stop`. `respawn` holds each upgrade's time
+/// (the command: check, handover, the new worker started).
+fn upgrader(
+    ctl: &Path,
+    binaries: &[std::path::PathBuf],
+    (lo, hi): (u64, u64),
+    target: u64,
+    seed: u64,
+    stop: &Path,
+    done: &AtomicBool,
+) -> Kills {
+    let mut rng = Rng::new(seed ^ 0x7570_6772);
+    let mut k = Kills::default();
+    while !done.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(rng.range(lo, hi)));
+        if done.load(Ordering::SeqCst) {
+            break;
+        }
+        let binary = &binaries[k.kills as usize % binaries.len()];
+        let t = Instant::now();
+        let out = Command::new(common::BIN)
+            .arg("ctl")
+            .arg("--socket")
+            .arg(ctl)
+            .args(["upgrade", "--binary"])
+            .arg(binary)
+            .output()
+            .expect("run phoenixfsd ctl");
+        let reply = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() || !reply.starts_with("ok: upgraded") {
+            k.error = Some(format!("upgrade #{} to {}: {reply}", k.kills + 1, binary.display()));
+            return k;
+        }
+        k.kills += 1;
+        k.respawn.push(t.elapsed());
+        if k.kills == target {
+            eprintln!("vm: {target} live upgrades: telling the guest to stop (STOP in the share)");
+            std::fs::write(stop, b"").expect("create STOP in the share");
+        }
+    }
+    k
+}
+
 /// Echoes phoenixfsd's log, except the line each kill causes, which it counts (the result).
 fn daemon_log(daemon: &mut std::process::Child) -> JoinHandle<u64> {
     let err = daemon.stderr.take().expect("stderr is piped");
@@ -178,6 +222,15 @@ fn test_vm_qemu_10_survives_worker_kills() {
     let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
     // Here the daemon serves the guest's locks (OFD and flock), so they too live through kills.
     run(qemu::Qemu::backports(&qemu::target_dir().join("vm-cache")), "-o posix_lock,flock");
+}
+
+/// The same guest while phoenixfsd is upgraded live again and again (`ctl upgrade`, between
+/// two binaries on disk): no guest error, the tree equal to the guest's model, the guest's worst
+/// stall printed and bounded like the kill loop's.
+#[test]
+fn test_vm_qemu_10_survives_live_upgrades() {
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    run_disturbed(qemu::Qemu::backports(&qemu::target_dir().join("vm-cache")), "-o posix_lock,flock", true);
 }
 
 /// The ops count of a `VM-PROGRESS` line.
@@ -303,11 +356,18 @@ fn virtiofsd_one_kill(q: qemu::Qemu) {
 
 /// Boots a guest on `q` and runs the workload while the worker is killed; panics on any check.
 fn run(q: qemu::Qemu, daemon_args: &str) {
-    let target_kills = env_u64("PHOENIXFS_VM_KILLS", 150);
-    let (lo, hi) = std::env::var("PHOENIXFS_VM_KILL_MS")
+    run_disturbed(q, daemon_args, false)
+}
+
+/// As `run`, with live upgrades instead of kills if `upgrades` (PHOENIXFS_VM_UPGRADES, 20, every
+/// PHOENIXFS_VM_UPGRADE_MS=lo-hi, 200-600 ms).
+fn run_disturbed(q: qemu::Qemu, daemon_args: &str, upgrades: bool) {
+    let what = if upgrades { "live upgrades" } else { "kills" };
+    let target_kills = if upgrades { env_u64("PHOENIXFS_VM_UPGRADES", 20) } else { env_u64("PHOENIXFS_VM_KILLS", 150) };
+    let (lo, hi) = std::env::var(if upgrades { "PHOENIXFS_VM_UPGRADE_MS" } else { "PHOENIXFS_VM_KILL_MS" })
         .ok()
         .and_then(|v| v.split_once('-').and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?))))
-        .unwrap_or((50, 300));
+        .unwrap_or(if upgrades { (200, 600) } else { (50, 300) });
     let threads = env_u64("PHOENIXFS_VM_THREADS", 2);
     let daemon_args = format!("{daemon_args} {}", std::env::var("PHOENIXFS_VM_ARGS").unwrap_or_default());
     let max_stall_ms = env_u64("PHOENIXFS_VM_MAX_STALL_MS", 1000) as f64;
@@ -321,7 +381,7 @@ fn run(q: qemu::Qemu, daemon_args: &str) {
     // 1. The guest: workload binary, kernel, initramfs; QEMU and its accelerator.
     let (guest, accel, tmp) = qemu::prepare_vm(&q);
     eprintln!(
-        "vm: {} ({}), {accel}, seed {seed:#x}, {target_kills} kills every {lo}-{hi} ms, phoenixfsd --xattr {}",
+        "vm: {} ({}), {accel}, seed {seed:#x}, {target_kills} {what} every {lo}-{hi} ms, phoenixfsd --xattr {}",
         q.version,
         q.bin.display(),
         daemon_args.trim()
@@ -348,8 +408,16 @@ fn run(q: qemu::Qemu, daemon_args: &str) {
     let replaced = daemon_log(&mut daemon);
     qemu::wait_socket(&socket);
     let sup = common::proc::supervisor_of(daemon.id()) as i32;
+    let binaries: Vec<std::path::PathBuf> = (0..2)
+        .map(|i| {
+            let to = tmp.path().join(format!("phoenixfsd-{i}"));
+            std::fs::copy(common::BIN, &to).expect("copy phoenixfsd");
+            to
+        })
+        .collect();
+    let ctl = socket.with_extension("sock.ctl");
 
-    // 3. QEMU; the killer starts once the workload does.
+    // 3. QEMU; the killer (or upgrader) starts once the workload does.
     let append = format!("vmg.threads={threads} vmg.seed={seed:x}");
     let mut cmd = qemu::command(&q, &guest, accel, &socket, &append);
     eprintln!("vm: {cmd:?}");
@@ -358,7 +426,7 @@ fn run(q: qemu::Qemu, daemon_args: &str) {
     let console = qemu::console(&mut vm);
     let done = Arc::new(AtomicBool::new(false));
     let mut killer_thread: Option<JoinHandle<Kills>> = None;
-    let limit = Duration::from_secs(180 + target_kills);
+    let limit = Duration::from_secs(180 + target_kills * if upgrades { 2 } else { 1 });
     let mut lines = Vec::new();
     let mut timed_out = false;
     loop {
@@ -370,8 +438,14 @@ fn run(q: qemu::Qemu, daemon_args: &str) {
                 if line.starts_with("VM-START") && killer_thread.is_none() {
                     eprintln!("vm: guest booted and started its workload in {:.1} s", t_boot.elapsed().as_secs_f64());
                     let (done, stop) = (done.clone(), share.join("STOP"));
-                    killer_thread =
-                        Some(std::thread::spawn(move || killer(sup, (lo, hi), target_kills, seed, &stop, &done)));
+                    let (ctl, binaries) = (ctl.clone(), binaries.clone());
+                    killer_thread = Some(std::thread::spawn(move || {
+                        if upgrades {
+                            upgrader(&ctl, &binaries, (lo, hi), target_kills, seed, &stop, &done)
+                        } else {
+                            killer(sup, (lo, hi), target_kills, seed, &stop, &done)
+                        }
+                    }));
                 }
                 if line.starts_with("VM-SUMMARY") {
                     done.store(true, Ordering::SeqCst);
@@ -415,8 +489,8 @@ fn run(q: qemu::Qemu, daemon_args: &str) {
     let median = respawn.get(respawn.len() / 2).copied().unwrap_or_default();
     let max = respawn.last().copied().unwrap_or_default();
     eprintln!(
-        "vm: {} ({accel}): {} kills, {} guest ops, {} errors, worst stall {} ms ({}), p99 {} ms, ops over 100 ms: {}, \
-         kill->new worker median {} max {}, {} entries in the tree, {secs:.1} s from boot to power-off",
+        "vm: {} ({accel}): {} {what}, {} guest ops, {} errors, worst stall {} ms ({}), p99 {} ms, ops over 100 ms: {}, \
+         {}->new worker median {} max {}, {} entries in the tree, {secs:.1} s from boot to power-off",
         q.version,
         kills.kills,
         get("ops"),
@@ -425,6 +499,7 @@ fn run(q: qemu::Qemu, daemon_args: &str) {
         get("worst_op"),
         get("p99_ms"),
         get("over_100ms"),
+        if upgrades { "upgrade" } else { "kill" },
         ms(median),
         ms(max),
         model.len(),
@@ -446,7 +521,11 @@ fn run(q: qemu::Qemu, daemon_args: &str) {
             "the host tree differs from the guest's model:\nonly on the host: {only_host:#?}\nonly in the model: {only_model:#?}"
         );
     }
-    assert_eq!(replaced, kills.kills, "the supervisor replaced a worker per kill, and only then");
-    assert!(kills.kills >= target_kills, "only {} kills, {target_kills} wanted", kills.kills);
+    if upgrades {
+        assert_eq!(replaced, 0, "no worker died of a kill: an upgrade stops its worker itself");
+    } else {
+        assert_eq!(replaced, kills.kills, "the supervisor replaced a worker per kill, and only then");
+    }
+    assert!(kills.kills >= target_kills, "only {} {what}, {target_kills} wanted", kills.kills);
     assert!(worst_ms < max_stall_ms, "a guest syscall took {worst_ms} ms (limit {max_stall_ms} ms)");
 }

@@ -52,19 +52,27 @@ pub fn install_supervisor_filter(
     Ok(())
 }
 
-/// A worker, first thing after its clone (single-threaded): its capabilities. Its filter,
-/// `WORKER`, is the zygote's, inherited (it could not install another: `WORKER` refuses
+/// A worker, first thing after its clone (single-threaded): its capabilities, and `WORKER`
+/// over the zygote's wider filter (after this it can install no other: `WORKER` refuses
 /// seccomp).
-pub fn confine_worker(policy: &Policy) -> Result<(), Error> {
+pub fn confine_worker(policy: &Policy, violation: &'static AtomicU32) -> Result<(), Error> {
     caps::restrict_worker(policy.worker_caps)?;
+    seccomp::install(seccomp::Role::Worker, policy.seccomp, violation)?;
     Ok(())
 }
 
-/// The zygote (zygote.rs), first thing: the worker's filter, which every worker it clones
-/// inherits. Its capabilities stay as the supervisor left them (permitted: the worker's set),
-/// so each worker can take the worker's set as its own.
+/// The zygote (zygote.rs), first thing: its filter (`WORKER ∪ SUPERVISOR ∪ UPGRADE`: what every
+/// process a live upgrade's new binary makes needs), which every worker it clones inherits and
+/// narrows. A zygote of a binary that a live upgrade started is under that filter already
+/// (inherited through the exec) and installs none again, so filters do not pile up upgrade
+/// after upgrade. Its capabilities stay as the supervisor left them (permitted: the worker's
+/// set), so each worker can take the worker's set as its own.
 pub fn confine_zygote(policy: &Policy, violation: &'static AtomicU32) -> Result<(), Error> {
-    seccomp::install(seccomp::Role::Worker, policy.seccomp, violation)?;
+    if crate::sys::process::has_seccomp_filter() {
+        seccomp::install_handler(policy.seccomp, violation)?;
+        return Ok(());
+    }
+    seccomp::install(seccomp::Role::Zygote, policy.seccomp, violation)?;
     Ok(())
 }
 

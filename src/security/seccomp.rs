@@ -287,6 +287,11 @@ pub const SUPERVISOR: &[Group] = &[
         calls: &[libc::SYS_wait4, libc::SYS_waitid, libc::SYS_kill],
     },
     Group {
+        why: "after a live upgrade, the first supervisor as the keeper: close every fd, take its \
+              name (prctl, PR_SET_NAME only)",
+        calls: &[libc::SYS_close_range, libc::SYS_prctl],
+    },
+    Group {
         why: "the vhost-user control channel: messages with fds (SCM_RIGHTS), replies; new \
               eventfds for a changed vring; the control socket (`phoenixfsd ctl`): accept",
         calls: &[
@@ -361,6 +366,36 @@ pub const HOLDER: &[Group] = &[
     Group { why: "stopping: unmount the FUSE mount in the host's mount namespace", calls: &[libc::SYS_umount2] },
 ];
 
+/// What the zygote may call beyond `WORKER ∪ SUPERVISOR`, for a live upgrade (upgrade.rs): its
+/// upgrader runs the new binary, which starts under this very filter (a filter survives an
+/// exec) and must be able to be a supervisor, clone a zygote, and have workers narrow to
+/// `WORKER` and itself to `SUPERVISOR` (seccomp). No worker keeps any of it: each installs
+/// `WORKER` first thing.
+pub const UPGRADE: &[Group] = &[Group {
+    why: "a live upgrade: run the new binary from its fd; filters narrowed by the processes it makes",
+    calls: &[
+        libc::SYS_execveat,
+        libc::SYS_seccomp,
+        libc::SYS_pipe2,
+        // The vhost-user channel's negotiation replayed into the new binary's handler.
+        libc::SYS_socketpair,
+        // The new program's first steps: the C library's start-up and the Rust runtime's
+        // (thread pointer, robust futex list, restartable sequences, the stack's limit).
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_arch_prctl,
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_access,
+        libc::SYS_faccessat,
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_readlink,
+        libc::SYS_readlinkat,
+        libc::SYS_set_tid_address,
+        libc::SYS_set_robust_list,
+        libc::SYS_rseq,
+        libc::SYS_prlimit64,
+    ],
+}];
+
 /// The region header's word the SIGSYS handler writes the refused call into (number + 1).
 static VIOLATION: AtomicPtr<AtomicU32> = AtomicPtr::new(std::ptr::null_mut());
 
@@ -386,6 +421,14 @@ fn program(lists: &[&[Group]], mode: Mode) -> Result<BpfProgram, Error> {
             .map_err(Error::Build)?;
         unshare.push(SeccompRule::new(vec![fs_only]).map_err(Error::Build)?);
     }
+    // prctl: the supervisor's list has it for PR_SET_NAME alone; a list with `WORKER` has it whole.
+    if !lists.iter().any(|l| std::ptr::eq(*l, WORKER))
+        && let Some(prctl) = rules.get_mut(&libc::SYS_prctl)
+    {
+        let name_only = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::PR_SET_NAME as u64)
+            .map_err(Error::Build)?;
+        prctl.push(SeccompRule::new(vec![name_only]).map_err(Error::Build)?);
+    }
     let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch()).map_err(Error::Build)?;
     filter.try_into().map_err(Error::Build)
 }
@@ -395,8 +438,11 @@ fn program(lists: &[&[Group]], mode: Mode) -> Result<BpfProgram, Error> {
 pub enum Role {
     /// The supervisor (recovery on): `SUPERVISOR`.
     Supervisor,
-    /// A worker, and the zygote that clones workers: `WORKER`.
+    /// A worker: `WORKER`.
     Worker,
+    /// The zygote, which clones workers and a live upgrade's upgrader: `WORKER ∪ SUPERVISOR ∪
+    /// UPGRADE`.
+    Zygote,
     /// `--recovery off`: one process does both.
     Alone,
     /// The holder (holder.rs): `HOLDER` only.
@@ -411,17 +457,25 @@ pub fn install(role: Role, mode: Mode, violation: &'static AtomicU32) -> Result<
     }
     let lists: &[&[Group]] = match role {
         Role::Worker => &[WORKER],
+        Role::Zygote => &[WORKER, SUPERVISOR, UPGRADE],
         Role::Supervisor => &[SUPERVISOR],
         Role::Alone => &[WORKER, SUPERVISOR],
         Role::Holder => &[HOLDER],
     };
     let prog = program(lists, mode)?;
+    install_handler(mode, violation)?;
+    // Sets PR_SET_NO_NEW_PRIVS first (needed without CAP_SYS_ADMIN, and what virtiofsd does).
+    seccompiler::apply_filter_all_threads(&prog).map_err(Error::Install)
+}
+
+/// In `kill` mode, the SIGSYS handler that names a refused call (an exec resets it: a live
+/// upgrade's new binary, already under a filter, installs it again).
+pub fn install_handler(mode: Mode, violation: &'static AtomicU32) -> Result<(), Error> {
     if mode == Mode::Kill {
         VIOLATION.store(std::ptr::from_ref(violation).cast_mut(), Ordering::Release);
         crate::sys::process::set_sigsys_handler(on_sigsys).map_err(Error::Handler)?;
     }
-    // Sets PR_SET_NO_NEW_PRIVS first (needed without CAP_SYS_ADMIN, and what virtiofsd does).
-    seccompiler::apply_filter_all_threads(&prog).map_err(Error::Install)
+    Ok(())
 }
 
 /// The name of system call `nr` on this architecture.
@@ -500,6 +554,10 @@ mod tests {
         ] {
             assert!(!has(SUPERVISOR, nr), "the supervisor may call {:?}", syscall_name(nr));
             assert!(!has(HOLDER, nr), "the holder may call {:?}", syscall_name(nr));
+        }
+        // Only the zygote's list runs programs.
+        for list in [WORKER, SUPERVISOR, HOLDER] {
+            assert!(!has(list, libc::SYS_execveat) && !has(list, libc::SYS_execve));
         }
         assert!(has(WORKER, libc::SYS_clone) && !has(WORKER, libc::SYS_seccomp));
     }

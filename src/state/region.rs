@@ -91,6 +91,8 @@ const _: () = assert!(size_of::<Header>() <= HEADER_SIZE);
 pub struct Region {
     base: *mut u8,
     size: usize,
+    /// The memfd behind the mapping (a live upgrade's new binary maps it again).
+    memfd: i32,
 }
 
 // SAFETY: the region is plain shared memory; every field other threads may change concurrently
@@ -181,12 +183,35 @@ impl Region {
 
     fn map(memfd: i32, size: usize) -> Result<Region, Error> {
         let base = crate::sys::mmap_shared(memfd, size).map_err(|e| Error::Mmap(Arc::new(e)))?;
-        Ok(Region { base, size })
+        Ok(Region { base, size, memfd })
     }
 
     /// The same region, for a worker process that inherited the mapping and the memfd.
     pub fn alias(&self) -> Region {
-        Region { base: self.base, size: self.size }
+        Region { base: self.base, size: self.size, memfd: self.memfd }
+    }
+
+    /// The memfd behind the mapping.
+    pub fn memfd(&self) -> i32 {
+        self.memfd
+    }
+
+    /// Every fd the region names, whatever the state of the slot naming it: the kept fds, the
+    /// mount table's, and each inode and handle slot's up to the high-water marks. A superset of
+    /// what recovery will keep (it closes the rest), so a live upgrade that carries exactly
+    /// these across its exec loses none that the new binary's first worker needs.
+    pub fn named_fds(&self) -> Vec<i32> {
+        use std::sync::atomic::Ordering::Acquire;
+        let h = self.header();
+        let mut fds: Vec<i32> = h.keep_fds[..(h.keep_count as usize).min(MAX_KEEP_FDS)].to_vec();
+        fds.extend(h.mounts.iter().map(|m| m.fd.load(Acquire)));
+        let inodes = (h.inode_high_water.load(Acquire) as usize).min(h.inode_capacity as usize);
+        fds.extend(self.inode_headers()[..inodes].iter().map(|s| s.fd.load(Acquire)));
+        let handles = (h.handle_high_water.load(Acquire) as usize).min(h.handle_capacity as usize);
+        fds.extend(self.handle_headers()[..handles].iter().map(|s| s.fd.load(Acquire)));
+        fds.extend(self.vhost().fds());
+        fds.retain(|fd| *fd >= 0);
+        fds
     }
 
     /// Checks a region a worker is about to trust after a crash: magic, layout version, and

@@ -13,7 +13,7 @@
 pub mod fhandle;
 pub mod process;
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 
@@ -577,5 +577,78 @@ pub mod caps {
             libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0)
         })
         .map(drop)
+    }
+}
+
+/// Clears close-on-exec on `fd`: it survives an exec (a live upgrade's new binary takes it over).
+pub fn clear_cloexec(fd: i32) -> io::Result<()> {
+    // SAFETY: F_SETFD on a number the caller owns.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }).map(drop)
+}
+
+/// Runs the program of the open file `fd` (execveat with AT_EMPTY_PATH). Returns only on failure.
+pub fn exec_fd(fd: i32, argv: &[CString]) -> io::Error {
+    let mut args: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    args.push(std::ptr::null());
+    unsafe extern "C" {
+        static environ: *const *const libc::c_char;
+    }
+    // SAFETY: NULL-terminated arrays of valid C strings that outlive the call; the process's
+    // own environment.
+    unsafe {
+        libc::syscall(libc::SYS_execveat, fd, c"".as_ptr(), args.as_ptr(), environ, libc::AT_EMPTY_PATH);
+    }
+    io::Error::last_os_error()
+}
+
+/// Sends `data` on the connected Unix socket `sock` with `fd` attached (SCM_RIGHTS).
+pub fn send_with_fd(sock: i32, data: &[u8], fd: i32) -> io::Result<usize> {
+    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    // A u64 array keeps the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 4];
+    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call, and the
+    // CMSG macros stay within `control`, which is large enough for one fd.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(size_of::<i32>() as u32) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<i32>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), fd);
+        cvt_long(libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) as libc::c_long).map(|n| n as usize)
+    }
+}
+
+/// Receives into `buf` from the Unix socket `sock`, with at most one attached fd, which arrives
+/// close-on-exec. Extra fds a peer attached are closed.
+pub fn recv_with_fd(sock: i32, buf: &mut [u8]) -> io::Result<(usize, Option<i32>)> {
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut control = [0u64; 16];
+    // SAFETY: as in `send_with_fd`; the kernel fills at most msg_controllen bytes and the CMSG
+    // macros walk only what it filled.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of_val(&control);
+        let n = cvt_long(libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) as libc::c_long)? as usize;
+        let mut got = None;
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let count = ((*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize) / size_of::<i32>();
+                for i in 0..count {
+                    let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>().add(i));
+                    if got.is_none() { got = Some(fd) } else { close(fd) }
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        Ok((n, got))
     }
 }

@@ -65,6 +65,26 @@ pub unsafe fn clone_sibling_sharing_fds() -> io::Result<i32> {
     super::cvt_long(pid).map(|p| p as i32)
 }
 
+/// As `clone_sibling_sharing_fds`, with a copy of the fd table instead of a share of it (a live
+/// upgrade's upgrader: its exec must not close anything in the table the supervisor keeps).
+///
+/// # Safety
+/// As `clone_sharing_fds`: the caller must be single-threaded.
+pub unsafe fn clone_sibling_copying_fds() -> io::Result<i32> {
+    // SAFETY: as in `clone_sharing_fds`.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    super::cvt_long(pid).map(|p| p as i32)
+}
+
 /// Forks this process (a plain fork: the child gets a copy of the fd table, not a share of it).
 /// Returns the child's pid in the parent, 0 in the child.
 ///
@@ -251,13 +271,20 @@ pub fn set_nofile_limit(soft: u64, hard: u64) -> io::Result<()> {
     cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }).map(drop)
 }
 
-/// The gid of group `name`, if there is one.
+/// The gid of group `name` (a name in /etc/group, or a number), if there is one.
 pub fn group_id(name: &str) -> Option<u32> {
-    let name = std::ffi::CString::new(name).ok()?;
-    // SAFETY: a valid C string; the result is read at once, before another getgr* call.
-    let gr = unsafe { libc::getgrnam(name.as_ptr()) };
-    // SAFETY: non-null result of getgrnam.
-    (!gr.is_null()).then(|| unsafe { (*gr).gr_gid })
+    if let Ok(gid) = name.parse() {
+        return Some(gid);
+    }
+    // /etc/group, read directly: the binary is static (a live upgrade needs it: docs/design.md),
+    // and glibc's getgrnam in a static binary loads NSS modules at run time, which crashes when
+    // they do not match; groups from other NSS sources (LDAP, sssd) are given by number.
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name).then_some(())?;
+        fields.nth(1)?.parse().ok()
+    })
 }
 
 /// Locks `buf`'s pages in memory, best effort (RLIMIT_MEMLOCK may refuse).
@@ -287,4 +314,17 @@ pub fn die_of_sigsys(line: &[u8]) -> ! {
     }
     // SIGSYS is not blocked here (SA_NODEFER) and its action is the default by now.
     exit_now(128 + libc::SIGSYS)
+}
+
+/// Makes this process the reaper of its orphaned descendants (a live upgrade's new supervisor
+/// outlives its parent, an older supervisor, and must be reparented to the first one).
+pub fn set_child_subreaper() -> io::Result<()> {
+    // SAFETY: plain prctl.
+    cvt(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }).map(drop)
+}
+
+/// Whether a seccomp filter already confines this process (one inherited through an exec).
+pub fn has_seccomp_filter() -> bool {
+    // SAFETY: plain prctl; 2 is SECCOMP_MODE_FILTER.
+    unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) == 2 }
 }

@@ -37,6 +37,8 @@ pub enum Error {
 /// A mounted FUSE connection.
 pub struct FuseDev {
     fd: i32,
+    /// The clones the workers' transport serves on too (made by `transport`).
+    clones: Vec<i32>,
     /// Our mount, until the daemon stops (or the holder process takes over its unmount).
     mount: Option<HostMount>,
 }
@@ -71,7 +73,21 @@ impl FuseDev {
         }
         // Which mount is ours, so that we never unmount another one made at the same path later.
         let mount_id = top_mount_at(mountpoint);
-        Ok(FuseDev { fd, mount: Some(HostMount { fd, mountpoint: mnt, mount_id }) })
+        Ok(FuseDev { fd, clones: Vec::new(), mount: Some(HostMount { fd, mountpoint: mnt, mount_id }) })
+    }
+
+    /// A live upgrade's new binary (upgrade.rs): the connection and its clones as the old one
+    /// held them (`fds`, the mounted fd first), and the unmount at the end if it was ours to do
+    /// (`mount_id`, with the mount point from the command line).
+    pub fn adopt(fds: &[i32], mount_id: Option<u64>, mountpoint: &Path, region: &Region) -> (FuseDev, FuseTransport) {
+        let fd = fds[0];
+        let mount = mount_id.map(|id| HostMount {
+            fd,
+            mountpoint: CString::new(mountpoint.as_os_str().as_bytes()).unwrap_or_default(),
+            mount_id: Some(id),
+        });
+        let dev = FuseDev { fd, clones: fds[1..].to_vec(), mount };
+        (dev, FuseTransport { fds: fds.to_vec(), region: region.alias(), resent: AtomicBool::new(false) })
     }
 
     /// Hands the unmount at the end to the holder process (it stays in the host's mount
@@ -84,11 +100,12 @@ impl FuseDev {
     /// `threads - 1` clones of it, each reading into its own buffer in `region`. Made once by
     /// the supervisor; every worker serves on the same fds, so requests a dead worker read stay
     /// in their processing queues until FUSE_NOTIFY_RESEND re-queues them.
-    pub fn transport(&self, threads: usize, region: &Region) -> Result<FuseTransport, Error> {
+    pub fn transport(&mut self, threads: usize, region: &Region) -> Result<FuseTransport, Error> {
         let mut fds = vec![self.fd];
         for _ in 1..threads.clamp(1, MAX_CONN_BUFFERS) {
             fds.push(clone_connection(self.fd)?);
         }
+        self.clones = fds[1..].to_vec();
         Ok(FuseTransport { fds, region: region.alias(), resent: AtomicBool::new(false) })
     }
 }
@@ -109,6 +126,12 @@ impl Connection for FuseDev {
         if let Some(mount) = self.mount.take() {
             mount.run();
         }
+    }
+
+    fn link(&self) -> super::Link {
+        let mut fds = vec![self.fd];
+        fds.extend(&self.clones);
+        super::Link::Fuse { fds, mount_id: self.mount.as_ref().and_then(|m| m.mount_id) }
     }
 }
 

@@ -35,6 +35,14 @@ static SOURCE: OnceLock<Source> = OnceLock::new();
 /// counter part of its tags.
 static ASKING: Mutex<u32> = Mutex::new(0);
 
+/// The holder's socket, if that is where groups come from (a live upgrade hands it on).
+pub fn holder_fd() -> Option<i32> {
+    match SOURCE.get()? {
+        Source::Holder(fd) => Some(*fd),
+        Source::Proc(_) => None,
+    }
+}
+
 /// Set once at start-up, before the first worker (which inherits it).
 pub fn set_source(source: Source) {
     let _ = SOURCE.set(source);

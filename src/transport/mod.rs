@@ -58,6 +58,21 @@ pub trait Connection {
 
     /// Ends the connection as the daemon stops (FUSE: unmount, unless handed to the holder).
     fn close(&mut self);
+
+    /// What a live upgrade's new binary needs to take this connection over (upgrade.rs).
+    fn link(&self) -> Link;
+}
+
+/// A connection as a live upgrade hands it to the new binary: the fds and the little state
+/// that lives outside the region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Link {
+    /// The mounted /dev/fuse fd first, then its clones; our mount's id if this process unmounts
+    /// at the end (`--sandbox none`; otherwise the holder does).
+    Fuse { fds: Vec<i32>, mount_id: Option<u64> },
+    /// The connected vhost-user socket and the protocol features the frontend acked (the vhost
+    /// crate's handler keeps them, not the region).
+    Vhost { stream: i32, protocol_features: u64 },
 }
 
 /// What must be done in the host's mount namespace when serving ends (FUSE: the unmount),

@@ -31,10 +31,7 @@ pub fn comm(pid: u32) -> String {
 pub fn supervisor_of(daemon: u32) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if comm(daemon) == "pfs-supervisor" {
-            return daemon;
-        }
-        if let Some(sup) = children_of(daemon).into_iter().find(|c| comm(*c) == "pfs-supervisor") {
+        if let Some(sup) = settled_supervisor(daemon) {
             return sup;
         }
         if Instant::now() > deadline || !alive(daemon as i32) {
@@ -42,6 +39,31 @@ pub fn supervisor_of(daemon: u32) -> u32 {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// The supervisor that serves, looking through the keeper a live upgrade leaves (upgrade.rs):
+/// daemon → [holder →] keeper → supervisor. None while an upgrade is between two supervisors
+/// (one supervisor is the other's parent, or an old one is a zombie beside the new one).
+fn settled_supervisor(daemon: u32) -> Option<u32> {
+    let living = |p: u32| matches!(proc_stat(p as i32), Some((s, _, _)) if s != 'Z' && s != 'X');
+    let mut at = daemon;
+    for _ in 0..3 {
+        match comm(at).as_str() {
+            "pfs-supervisor" => {
+                let busy = children_of(at).into_iter().any(|c| comm(c) == "pfs-supervisor");
+                return (!busy && living(at)).then_some(at);
+            }
+            _ => {
+                let kids: Vec<u32> = children_of(at)
+                    .into_iter()
+                    .filter(|c| matches!(comm(*c).as_str(), "pfs-supervisor" | "pfs-keeper"))
+                    .collect();
+                let [only] = kids[..] else { return None };
+                at = only;
+            }
+        }
+    }
+    None
 }
 
 /// (pid, start time) of a process: the start time tells a reused pid apart.
@@ -197,4 +219,42 @@ pub fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS in /proc/self/status");
     line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("VmRSS value")
+}
+
+/// Through live upgrades: the supervisor that serves (see `supervisor_of`) and its worker, once
+/// it has exactly one (named pfs-worker) other than `old`; waits up to `timeout`.
+pub fn wait_serving(daemon: u32, old: Option<Proc>, timeout: Duration) -> Result<(i32, Proc), String> {
+    let t0 = Instant::now();
+    loop {
+        let sup = settled_supervisor(daemon);
+        if let Some(sup) = sup {
+            let workers: Vec<Proc> = live_children(sup as i32)
+                .into_iter()
+                .filter(|p| Some(*p) != old && comm(p.pid as u32) == "pfs-worker")
+                .collect();
+            if let [w] = workers[..] {
+                return Ok((sup as i32, w));
+            }
+        }
+        if t0.elapsed() > timeout {
+            let tree: Vec<String> = descendants(daemon).iter().map(|p| format!("{p} {}", comm(*p))).collect();
+            return Err(format!(
+                "no serving supervisor with one new worker within {} s (settled supervisor: {sup:?}; the daemon's processes: {tree:?})",
+                timeout.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// `pid` and all its descendants.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", all[i])).unwrap_or_default();
+        all.extend(kids.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        i += 1;
+    }
+    all
 }

@@ -90,3 +90,75 @@ pub fn killer(sup: i32, mnt: PathBuf, kills: u64, (lo, hi): (u64, u64), seed: u6
     }
     st
 }
+
+/// How a live-upgrade soak disturbs the daemon: `ctl upgrade` to each of `binaries` in turn.
+pub struct Upgrades {
+    pub daemon: u32,
+    pub ctl: PathBuf,
+    pub binaries: Vec<PathBuf>,
+}
+
+/// The upgrader thread: `count` live upgrades at random moments, each followed by a worker
+/// kill (upgrades and crashes compose), and after each the new worker's first answer before
+/// the next. `recovery` holds upgrade → first answer.
+pub fn upgrader(
+    u: Upgrades,
+    mnt: PathBuf,
+    count: u64,
+    (lo, hi): (u64, u64),
+    seed: u64,
+    shared: Arc<Shared>,
+) -> KillStats {
+    let mut rng = Rng::new(seed ^ 0x7570_6772);
+    let mut st = KillStats::default();
+    let t_start = Instant::now();
+    for k in 1..=count {
+        std::thread::sleep(Duration::from_millis(rng.range(lo, hi) * 10));
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let binary = &u.binaries[k as usize % u.binaries.len()];
+        let t0 = Instant::now();
+        let out = std::process::Command::new(crate::common::BIN)
+            .arg("ctl")
+            .arg("--socket")
+            .arg(&u.ctl)
+            .args(["upgrade", "--binary"])
+            .arg(binary)
+            .output()
+            .unwrap();
+        let reply = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() || !reply.starts_with("ok: upgraded") {
+            shared.fail(format!("upgrade #{k} to {binary:?}: {reply}"));
+            return st;
+        }
+        let serving = || crate::common::proc::wait_serving(u.daemon, None, Duration::from_secs(10));
+        let result = serving()
+            .and_then(|_| probe(&mnt, 2 * k))
+            .map(|()| st.recovery.push(t0.elapsed()))
+            .and_then(|()| serving())
+            .and_then(|(sup, w)| {
+                // SAFETY: a signal to the worker process found just now.
+                if unsafe { libc::kill(w.pid, libc::SIGKILL) } != 0 {
+                    return Err(format!("kill({}, SIGKILL): {}", w.pid, ename(errno())));
+                }
+                wait_worker(sup, Some(w), Duration::from_secs(5))
+            })
+            .and_then(|_| probe(&mnt, 2 * k + 1));
+        if let Err(e) = result {
+            shared.fail(format!("upgrade #{k}: {e}"));
+            return st;
+        }
+        st.kills = k;
+        if k % 5 == 0 || k == count {
+            eprintln!(
+                "soak: {k}/{count} upgrades (each with a worker kill after it) in {:.1} s, {} ops, upgrade->reply median {} max {}",
+                t_start.elapsed().as_secs_f64(),
+                shared.ops.load(Ordering::Relaxed),
+                ms(pct(&st.recovery, 0.5)),
+                ms(pct(&st.recovery, 1.0)),
+            );
+        }
+    }
+    st
+}

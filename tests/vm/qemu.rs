@@ -96,10 +96,15 @@ pub struct Guest {
     pub initrd: PathBuf,
 }
 
-/// The cargo target directory this test was built in (…/target/release/deps/vm-… → …/target).
+/// The cargo target directory this test was built in (…/target/<tuple>/release/deps/vm-… →
+/// …/target; .cargo/config.toml names the target, so outputs are under its tuple).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    exe.ancestors().nth(3).expect("the test binary lives in <target>/<profile>/deps").to_path_buf()
+    let dir = exe.ancestors().nth(3).expect("the test binary lives in <target>/<profile>/deps");
+    if dir.file_name().is_some_and(|n| n == "x86_64-unknown-linux-gnu") {
+        return dir.parent().expect("a target directory").to_path_buf();
+    }
+    dir.to_path_buf()
 }
 
 /// Builds examples/vm_guest static (glibc's static build: crt-static) and returns its path.

@@ -65,7 +65,13 @@ pub struct Control {
     tag: Option<String>,
     /// Called while waiting on a worker (GET_VRING_BASE): the supervisor replaces a worker that
     /// died meanwhile, so the wait can end.
-    keep_workers: Box<dyn FnMut()>,
+    pub keep_workers: Box<dyn FnMut()>,
+    /// The protocol features the frontend acked (a live upgrade hands them on: the vhost
+    /// crate's handler, which acts on them, is not in the region).
+    pub acked_protocol: u64,
+    /// While a live upgrade's new binary replays the negotiation into a fresh handler
+    /// (`ControlChannel::start`): feature messages are taken as already applied.
+    pub priming: bool,
 }
 
 fn bad(what: &'static str) -> VuError {
@@ -75,7 +81,7 @@ fn bad(what: &'static str) -> VuError {
 
 impl Control {
     pub fn new(area: &'static VhostArea, tag: Option<String>, keep_workers: Box<dyn FnMut()>) -> Control {
-        Control { area, tag, keep_workers }
+        Control { area, tag, keep_workers, acked_protocol: 0, priming: false }
     }
 
     fn queue(&self, index: u32) -> Result<&'static QueueState> {
@@ -147,6 +153,9 @@ impl VhostUserBackendReqHandlerMut for Control {
         if features & !offered_features() != 0 {
             return Err(bad("features acked that were not offered"));
         }
+        if self.priming {
+            return Ok(());
+        }
         let protocol = features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
         self.change(|| {
             self.area.acked_features.store(features, Ordering::Relaxed);
@@ -168,6 +177,7 @@ impl VhostUserBackendReqHandlerMut for Control {
         if features & !offered_protocol_features(self.tag.is_some()).bits() != 0 {
             return Err(bad("protocol features acked that were not offered"));
         }
+        self.acked_protocol = features;
         Ok(())
     }
 

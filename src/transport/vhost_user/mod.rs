@@ -15,7 +15,7 @@ pub mod ring;
 
 pub use control::MAX_TAG_LEN;
 
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -110,6 +110,7 @@ pub struct ControlChannel {
     fd: i32,
     area: &'static VhostArea,
     handler: Option<BackendReqHandler<Mutex<Control>>>,
+    control: Option<Arc<Mutex<Control>>>,
     /// `--tag`, for the config space.
     tag: Option<String>,
 }
@@ -126,21 +127,100 @@ impl ControlChannel {
     ) -> Result<(ControlChannel, VhostTransport), Error> {
         let area = region.vhost();
         prepare_area(area, request_queues)?;
-        let channel = ControlChannel { fd: stream.as_raw_fd(), stream: Some(stream), area, handler: None, tag };
+        let channel =
+            ControlChannel { fd: stream.as_raw_fd(), stream: Some(stream), area, handler: None, control: None, tag };
         Ok((channel, VhostTransport { area }))
     }
+
+    /// A live upgrade's new binary (upgrade.rs): the connected socket `stream` and the region's
+    /// area as the old supervisor left them (queues prepared, every fd in place), with the
+    /// negotiation replayed into a fresh handler. Writes nothing to the region.
+    pub fn adopt(
+        stream: i32,
+        protocol_features: u64,
+        region: &Region,
+        tag: Option<String>,
+    ) -> std::io::Result<(ControlChannel, VhostTransport)> {
+        let area = region.vhost();
+        // SAFETY: the handover names this fd as the connection; nothing else owns it.
+        let stream = unsafe { UnixStream::from_raw_fd(stream) };
+        // Until `start` gives the real one, there is no worker to keep.
+        #[allow(clippy::arc_with_non_send_sync)]
+        let control = Arc::new(Mutex::new(Control::new(area, tag.clone(), Box::new(|| {}))));
+        control.lock().expect("single-threaded").acked_protocol = protocol_features;
+        let acked = area.acked_features.load(Ordering::Acquire);
+        let (handler, fd) = primed_handler(stream, &control, acked, protocol_features)?;
+        let channel = ControlChannel { fd, stream: None, area, handler: Some(handler), control: Some(control), tag };
+        Ok((channel, VhostTransport { area }))
+    }
+}
+
+/// Replays a finished negotiation into a fresh handler (the vhost crate keeps the acked
+/// features, and whether to send REPLY_ACKs, in the handler, with no way to set them): the
+/// handler is made on one end of a socket pair, is fed GET_FEATURES, SET_FEATURES and
+/// SET_PROTOCOL_FEATURES with the acked values on the other, and then the real connection is
+/// moved onto its fd number (dup3), so it serves the frontend as the old handler did.
+fn primed_handler(
+    real: UnixStream,
+    control: &Arc<Mutex<Control>>,
+    acked_features: u64,
+    protocol_features: u64,
+) -> std::io::Result<(BackendReqHandler<Mutex<Control>>, i32)> {
+    use std::io::Write;
+    let (ours, mut peer) = UnixStream::pair()?;
+    let fd = ours.as_raw_fd();
+    let mut handler = BackendReqHandler::from_stream(ours, control.clone());
+    // vhost-user messages: request code, flags (version 1), payload size, payload.
+    let message = |code: u32, payload: Option<u64>| {
+        let mut m = Vec::with_capacity(20);
+        m.extend_from_slice(&code.to_le_bytes());
+        m.extend_from_slice(&1u32.to_le_bytes());
+        m.extend_from_slice(&(if payload.is_some() { 8u32 } else { 0 }).to_le_bytes());
+        if let Some(p) = payload {
+            m.extend_from_slice(&p.to_le_bytes());
+        }
+        m
+    };
+    const GET_FEATURES: u32 = 1;
+    const SET_FEATURES: u32 = 2;
+    const SET_PROTOCOL_FEATURES: u32 = 16;
+    let mut replay = vec![message(GET_FEATURES, None)];
+    if acked_features != 0 {
+        replay.push(message(SET_FEATURES, Some(acked_features)));
+    }
+    if protocol_features != 0 {
+        replay.push(message(SET_PROTOCOL_FEATURES, Some(protocol_features)));
+    }
+    control.lock().expect("single-threaded").priming = true;
+    for m in replay {
+        peer.write_all(&m)?;
+        handler.handle_request().map_err(|e| std::io::Error::other(format!("replaying the negotiation: {e}")))?;
+    }
+    control.lock().expect("single-threaded").priming = false;
+    let real_fd = real.into_raw_fd();
+    // The handler's fd now reads the frontend's socket; the socket pair's end is closed.
+    let moved = crate::sys::dup3(real_fd, fd);
+    crate::sys::close(real_fd);
+    moved?;
+    Ok((handler, fd))
 }
 
 impl Connection for ControlChannel {
     /// Starts serving control messages into the region; `keep_workers` is called while a
     /// message waits on a worker (GET_VRING_BASE stopping a ring).
     fn start(&mut self, keep_workers: Box<dyn FnMut()>) {
+        if let Some(control) = &self.control {
+            // Adopted (`adopt`): the handler exists already.
+            control.lock().expect("single-threaded").keep_workers = keep_workers;
+            return;
+        }
         if let Some(stream) = self.stream.take() {
             // The vhost crate takes its handler in an Arc; ours never leaves this one thread
             // (it holds the supervisor's non-Send worker bookkeeping).
             #[allow(clippy::arc_with_non_send_sync)]
             let control = Arc::new(Mutex::new(Control::new(self.area, self.tag.clone(), keep_workers)));
-            self.handler = Some(BackendReqHandler::from_stream(stream, control));
+            self.handler = Some(BackendReqHandler::from_stream(stream, control.clone()));
+            self.control = Some(control);
         }
     }
 
@@ -174,6 +254,11 @@ impl Connection for ControlChannel {
 
     /// One connection per run, as virtiofsd: nothing to do but let it close with the process.
     fn close(&mut self) {}
+
+    fn link(&self) -> super::Link {
+        let protocol_features = self.control.as_ref().map_or(0, |c| c.lock().expect("single-threaded").acked_protocol);
+        super::Link::Vhost { stream: self.fd, protocol_features }
+    }
 }
 
 /// The virtqueues as workers serve them, from the region's vhost-user area.

@@ -1,0 +1,271 @@
+//! Live upgrade (`phoenixfsd ctl upgrade`, src/upgrade.rs): a new binary takes a running daemon
+//! over — over /dev/fuse and vhost-user, under the default sandbox and seccomp (or what
+//! PHOENIXFS_TEST_SANDBOX/SECCOMP pick) — and every refusal leaves the old one serving,
+//! untouched: a missing binary, one that is not an ELF, one for another architecture, one that
+//! cannot be executed, a state region with a corrupt header or an unknown layout version.
+//! (The upgrades under the random-kill soak workload are in tests/soak.rs.)
+
+mod common;
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{BIN, Mount, Transport, proc};
+
+fn ctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).arg("ctl").arg("--socket").arg(socket).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A copy of the daemon's binary at `dir/name` (a "new build" on disk: its own file).
+fn copy_binary(dir: &Path, name: &str) -> PathBuf {
+    let to = dir.join(name);
+    std::fs::copy(BIN, &to).unwrap();
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+    to
+}
+
+/// A number after `"key":` in a one-line JSON object.
+fn json_num(json: &str, key: &str) -> u64 {
+    let rest = json.split(&format!("\"{key}\":")).nth(1).unwrap_or_else(|| panic!("no {key} in {json}"));
+    rest.split([',', '}']).next().unwrap().parse().unwrap_or_else(|_| panic!("{key} is not a number in {json}"))
+}
+
+/// The only worker of supervisor `sup` (waits for it).
+fn worker_of(sup: u32) -> u32 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let workers: Vec<u32> = proc::children_of(sup).into_iter().filter(|c| proc::comm(*c) == "pfs-worker").collect();
+        if let [w] = workers[..] {
+            return w;
+        }
+        assert!(std::time::Instant::now() < deadline, "supervisor {sup} has workers {workers:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+struct Daemon {
+    m: Mount,
+    ctl: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+fn start(transport: Transport) -> Daemon {
+    let dir = tempfile::Builder::new().prefix("phoenixfs-upgrade").tempdir().unwrap();
+    let ctl = dir.path().join("ctl");
+    let m = Mount::new_on(transport, &["--xattr", "--control-socket", ctl.to_str().unwrap()]);
+    Daemon { m, ctl, dir }
+}
+
+/// Upgrades twice (to two binaries on disk) while a file stays open and a directory stream is
+/// being read; the open file reads and writes on, the tree is whole, each upgrade brings a new
+/// supervisor and worker with their own filters, and the daemon stops cleanly at the end.
+fn upgrade_keeps_serving(transport: Transport) {
+    let mut d = start(transport);
+    let a = copy_binary(d.dir.path(), "phoenixfsd-a");
+    let b = copy_binary(d.dir.path(), "phoenixfsd-b");
+    for i in 0..50 {
+        std::fs::write(d.m.path(&format!("f{i}")), format!("file {i}")).unwrap();
+    }
+    let mut open =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(d.m.path("open")).unwrap();
+    open.write_all(b"before ").unwrap();
+    let mut supervisors = vec![d.m.supervisor()];
+    for (n, binary) in [&a, &b].into_iter().enumerate() {
+        let (code, out, err) = ctl(&d.ctl, &["upgrade", "--binary", binary.to_str().unwrap()]);
+        assert_eq!(code, 0, "upgrade {}: {out}{err}", n + 1);
+        assert!(out.starts_with("ok: upgraded to"), "upgrade {}: {out}", n + 1);
+        let sup = d.m.supervisor();
+        assert!(!supervisors.contains(&sup), "upgrade {}: the supervisor is still {sup}", n + 1);
+        supervisors.push(sup);
+        // The new worker is confined as any: the zygote's filter and its own on top.
+        let w = worker_of(sup);
+        let status = std::fs::read_to_string(format!("/proc/{w}/status")).unwrap();
+        if common::seccomp_mode_override().is_none() {
+            assert!(status.contains("Seccomp:\t2"), "the new worker {w} has no seccomp filter:\n{status}");
+        }
+        open.write_all(format!("after{} ", n + 1).as_bytes()).unwrap();
+        std::fs::write(d.m.path(&format!("new{n}")), b"made after an upgrade").unwrap();
+    }
+    // The keeper: the first supervisor stays and holds the daemon's place.
+    let keepers = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| *p == supervisors[0] && proc::comm(*p) == "pfs-keeper")
+        .count();
+    assert_eq!(keepers, 1, "the first supervisor {} is not the keeper", supervisors[0]);
+    open.seek(SeekFrom::Start(0)).unwrap();
+    let mut content = String::new();
+    open.read_to_string(&mut content).unwrap();
+    assert_eq!(content, "before after1 after2 ");
+    assert_eq!(std::fs::read(d.m.share.join("open")).unwrap(), b"before after1 after2 ");
+    for i in 0..50 {
+        assert_eq!(std::fs::read_to_string(d.m.path(&format!("f{i}"))).unwrap(), format!("file {i}"));
+    }
+    assert_eq!(std::fs::read(d.m.share.join("new1")).unwrap(), b"made after an upgrade");
+    let (code, json, err) = ctl(&d.ctl, &["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json_num(&json, "live_upgrades"), 2, "{json}");
+    assert_eq!(json_num(&json, "worker_restarts"), 0, "an upgrade is not a worker death: {json}");
+    drop(open);
+    let status = d.m.stop();
+    assert!(status.success(), "phoenixfsd after two upgrades did not exit 0 on SIGTERM: {status}");
+    assert!(!common::is_mounted(&d.m.mnt) || transport == Transport::VhostUser);
+}
+
+#[test]
+fn test_upgrade_keeps_serving_fuse() {
+    upgrade_keeps_serving(Transport::Fuse);
+}
+
+#[test]
+fn test_upgrade_keeps_serving_vhost_user() {
+    upgrade_keeps_serving(Transport::VhostUser);
+}
+
+/// The state region's memfd as the supervisor holds it (writable: to corrupt its header).
+fn region_memfd(sup: u32) -> std::fs::File {
+    for e in std::fs::read_dir(format!("/proc/{sup}/fd")).unwrap().flatten() {
+        if std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().contains("memfd:phoenixfs-state")) {
+            return std::fs::OpenOptions::new().read(true).write(true).open(e.path()).unwrap();
+        }
+    }
+    panic!("supervisor {sup} holds no state memfd");
+}
+
+/// Each refusal: the message says why, the daemon serves on with the same supervisor and the
+/// same worker (nothing was stopped), and counts no upgrade.
+#[test]
+fn test_upgrade_refusals_leave_the_daemon_serving() {
+    let mut d = start(Transport::Fuse);
+    std::fs::write(d.m.path("f"), b"data").unwrap();
+    let sup = d.m.supervisor();
+    let worker = worker_of(sup);
+    let dir = d.dir.path().to_path_buf();
+
+    let text = dir.join("not-elf");
+    std::fs::write(&text, "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(&text, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let arm = copy_binary(&dir, "phoenixfsd-aarch64");
+    // e_machine (offset 18): EM_AARCH64.
+    std::fs::OpenOptions::new().write(true).open(&arm).unwrap().write_all_at(&183u16.to_le_bytes(), 18).unwrap();
+    let noexec = copy_binary(&dir, "phoenixfsd-noexec");
+    std::fs::set_permissions(&noexec, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let good = copy_binary(&dir, "phoenixfsd-good");
+
+    let region = region_memfd(sup);
+    let mut magic = [0u8; 8];
+    region.read_exact_at(&mut magic, 0).unwrap();
+    let mut layout = [0u8; 4];
+    region.read_exact_at(&mut layout, 8).unwrap();
+
+    // What, the binary, bytes written into the region's header at an offset first, the reason.
+    type Case = (&'static str, PathBuf, Option<(u64, Vec<u8>)>, &'static str);
+    let cases: Vec<Case> = vec![
+        ("missing binary", dir.join("no-such-binary"), None, "cannot open the new binary"),
+        ("not an ELF", text.clone(), None, "not an ELF executable"),
+        ("another architecture", arm.clone(), None, "another architecture"),
+        ("not executable", noexec.clone(), None, "cannot run the new binary"),
+        ("corrupt header", good.clone(), Some((0, b"garbage!".to_vec())), "bad magic"),
+        ("unknown layout version", good.clone(), Some((8, 99u32.to_le_bytes().to_vec())), "layout version 99"),
+    ];
+    for (what, binary, corrupt, why) in cases {
+        if let Some((offset, bytes)) = &corrupt {
+            region.write_all_at(bytes, *offset).unwrap();
+        }
+        let (code, out, err) = ctl(&d.ctl, &["upgrade", "--binary", binary.to_str().unwrap()]);
+        if corrupt.is_some() {
+            region.write_all_at(&magic, 0).unwrap();
+            region.write_all_at(&layout, 8).unwrap();
+        }
+        assert_eq!(code, 1, "{what}: ctl exit code (stdout {out:?}, stderr {err:?})");
+        assert!(err.contains(why), "{what}: the message does not say {why:?}: {err}");
+        assert!(what == "missing binary" || err.contains("serves on"), "{what}: {err}");
+        assert_eq!(d.m.supervisor(), sup, "{what}: the supervisor changed");
+        assert_eq!(worker_of(sup), worker, "{what}: the worker was stopped");
+        assert_eq!(std::fs::read(d.m.path("f")).unwrap(), b"data", "{what}: the mount does not serve");
+        std::fs::write(d.m.path(&format!("after {what}")), what).unwrap();
+    }
+    let (_, json, _) = ctl(&d.ctl, &["status", "--json"]);
+    assert_eq!(json_num(&json, "live_upgrades"), 0, "{json}");
+    // And a good binary still upgrades after all that.
+    let (code, out, err) = ctl(&d.ctl, &["upgrade", "--binary", good.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(std::fs::read(d.m.path("after corrupt header")).unwrap(), b"corrupt header");
+    assert!(d.m.stop().success());
+}
+
+/// `ctl upgrade` against a daemon with `--recovery off` (no zygote, no worker to hand over):
+/// refused by name.
+#[test]
+fn test_upgrade_needs_recovery() {
+    let dir = tempfile::Builder::new().prefix("phoenixfs-upgrade").tempdir().unwrap();
+    let ctl_path = dir.path().join("ctl");
+    let mut m = Mount::new_on(Transport::Fuse, &["--recovery", "off", "--control-socket", ctl_path.to_str().unwrap()]);
+    let binary = copy_binary(dir.path(), "phoenixfsd-new");
+    let (code, _, err) = ctl(&ctl_path, &["upgrade", "--binary", binary.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--recovery on"), "{err}");
+    assert!(m.stop().success());
+}
+
+/// The new binary dies (SIGKILL, crash point `upgrade.before_ready`) while it takes over: the
+/// upgrade is refused, a new worker of the old binary serves on (with everything the killed
+/// worker had), and the next upgrade succeeds. `--sandbox none`: the crash point's arm file must
+/// be reachable by path from the new binary, which starts inside the sandbox otherwise.
+#[test]
+fn test_upgrade_new_binary_crash_is_survived() {
+    common::require_fuse();
+    let tmp = tempfile::Builder::new().prefix("phoenixfs-upgrade").tempdir().unwrap();
+    let (share, mnt, ctl_path, arm) =
+        (tmp.path().join("share"), tmp.path().join("mnt"), tmp.path().join("ctl"), tmp.path().join("arm"));
+    std::fs::create_dir(&share).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--shared-dir".as_ref(), share.as_os_str(), "--mountpoint".as_ref(), mnt.as_os_str()])
+        .args(["--control-socket".as_ref(), ctl_path.as_os_str()])
+        .args(["--log-level", "warn", "--sandbox", "none"])
+        .args(common::seccomp_mode_override().map(|m| vec!["--seccomp".to_string(), m]).unwrap_or_default())
+        .env("PHOENIXFS_CRASH_AT", "upgrade.before_ready")
+        .env("PHOENIXFS_CRASH_ARM", &arm)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !common::is_mounted(&mnt) {
+        assert!(child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline, "not mounted");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut open =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(mnt.join("f")).unwrap();
+    open.write_all(b"one ").unwrap();
+    let sup = proc::supervisor_of(child.id());
+    let binary = copy_binary(tmp.path(), "phoenixfsd-new");
+    std::fs::write(&arm, b"").unwrap();
+    let (code, out, err) = ctl(&ctl_path, &["upgrade", "--binary", binary.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("killed by signal 9"), "{err}");
+    assert!(!arm.exists(), "the crash point did not fire");
+    assert_eq!(proc::supervisor_of(child.id()), sup);
+    open.write_all(b"two ").unwrap();
+    let (code, out, err) = ctl(&ctl_path, &["upgrade", "--binary", binary.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    open.write_all(b"three").unwrap();
+    open.seek(SeekFrom::Start(0)).unwrap();
+    let mut content = String::new();
+    open.read_to_string(&mut content).unwrap();
+    assert_eq!(content, "one two three");
+    drop(open);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = proc::wait_for_exit(&mut child, Duration::from_secs(20)).expect("stops");
+    assert!(status.success(), "{status}");
+    assert!(!common::is_mounted(&mnt), "unmounted at the end (by the upgraded supervisor)");
+}
