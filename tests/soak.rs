@@ -184,6 +184,20 @@ fn test_soak_live_upgrades() {
     run_soak_with("live_upgrades", Transport::Fuse, &["--recovery", "on", "--xattr"], 0, 10, upgrades);
 }
 
+/// With an O_PATH fd per inode (`--inode-file-handles=never`): every one must cross the exec.
+#[test]
+fn test_soak_live_upgrades_inode_fds() {
+    let upgrades = env_u64("PHOENIXFS_SOAK_UPGRADES", 20) / 2;
+    run_soak_with(
+        "live_upgrades_inode_fds",
+        Transport::Fuse,
+        &["--recovery", "on", "--xattr", "--inode-file-handles=never"],
+        0,
+        10,
+        upgrades,
+    );
+}
+
 #[test]
 fn test_soak_live_upgrades_vhost_user() {
     let upgrades = env_u64("PHOENIXFS_SOAK_UPGRADES", 20);
