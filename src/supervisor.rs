@@ -269,7 +269,9 @@ fn serve(
     loop {
         let ready = serving.borrow().as_ref().is_none_or(|w| w.ready);
         let control = conn.control_fd().filter(|_| ready).unwrap_or(-1);
-        let ctl_fd = ctl.map_or(-1, |c| std::os::fd::AsRawFd::as_raw_fd(&c.listener));
+        // Also the control socket only while the worker is ready: an accepted connection (and
+        // an upgrade's binary fd) would be closed under us by a starting worker's fd sweep.
+        let ctl_fd = ctl.filter(|_| ready).map_or(-1, |c| std::os::fd::AsRawFd::as_raw_fd(&c.listener));
         let [signal, worker_ready, ended, message, asked] =
             process::poll_readable([waits.signals, waits.ready, waits.ended, control, ctl_fd], -1);
         if asked
@@ -388,13 +390,18 @@ fn upgrade(w: &mut Workers, conn: &dyn Connection, handover: &mut Handover, aske
         Ok(pid) => {
             // The old zygote goes before the go: the new one reads the same request pipe.
             process::kill_and_reap(w.zygote.pid);
-            // Crash here: the new binary sees its parent gone and takes over (upgrade.rs).
-            if let Err(e) = sys::write(handover.pipes.down[1], b"G") {
-                tracing::error!("live upgrade: cannot tell the new binary to go: {e}");
-            }
             tracing::info!(supervisor = pid, binary = %asked.path, upgrades = next.upgrades, "live upgrade: the new binary serves");
             asked
                 .answer(&format!("ok: upgraded to {} (supervisor pid {pid}, upgrade {})\n", asked.path, next.upgrades));
+            // Our copy of the table goes before the go, but for what the go and the keeper
+            // need: an fd left open here would keep its open file description alive, and with
+            // it an OFD lock the new worker releases, or a file the guest deleted.
+            let p = &handover.pipes;
+            sys::close_all_except(vec![0, 1, 2, handover.signals, p.down[1], p.keeper[0], p.keeper[1]]);
+            // Crash here: the new binary sees its parent gone and takes over (upgrade.rs).
+            if let Err(e) = sys::write(p.down[1], b"G") {
+                tracing::error!("live upgrade: cannot tell the new binary to go: {e}");
+            }
             *handover = next;
             Some(pid)
         }
