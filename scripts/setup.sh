@@ -71,7 +71,9 @@ cargo_install() {
     say "cargo install $name --version $version --locked (takes a few minutes on 2 cores)"
     local start
     start=$(date +%s)
-    nice -n 10 cargo install "$name" --version "$version" --locked --force
+    # From / : cargo reads .cargo/config.toml from the current directory, and ours (static
+    # builds for phoenixfsd) is not for these tools.
+    (cd / && nice -n 10 cargo install "$name" --version "$version" --locked --force)
     say "$name installed in $(( $(date +%s) - start )) s: $(command -v "$name")"
 }
 cargo_install pjdfstest "$PJDFSTEST_VERSION"
