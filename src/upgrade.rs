@@ -111,6 +111,21 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl Handover {
+    /// The fds named one by one, with their keys (-1: none).
+    fn single_fds(&self) -> [(&'static str, i32); 9] {
+        [
+            ("memfd", self.memfd),
+            ("signals", self.signals),
+            ("ready", self.ready),
+            ("ended", self.ended),
+            ("vmstat", self.vmstat),
+            ("proc", self.proc),
+            ("control", self.control),
+            ("groups", self.groups),
+            ("syslog", self.syslog),
+        ]
+    }
+
     pub fn encode(&self) -> String {
         let link = match &self.link {
             Link::Fuse { fds, mount_id } => {
@@ -118,20 +133,11 @@ impl Handover {
             }
             Link::Vhost { stream, protocol_features } => format!("vhost:{stream}/{protocol_features}"),
         };
-        let p = &self.pipes;
+        let singles: Vec<String> = self.single_fds().iter().map(|(k, fd)| format!("{k}={fd}")).collect();
         format!(
-            "memfd={} signals={} ready={} ended={} vmstat={} proc={} control={} groups={} syslog={} \
-             pipes={} zygote={} started={} upgrades={} link={link} dir={}",
-            self.memfd,
-            self.signals,
-            self.ready,
-            self.ended,
-            self.vmstat,
-            self.proc,
-            self.control,
-            self.groups,
-            self.syslog,
-            join(&p.all()),
+            "{} pipes={} zygote={} started={} upgrades={} link={link} dir={}",
+            singles.join(" "),
+            join(&self.pipes.all()),
             join(&self.zygote),
             self.started_ms,
             self.upgrades,
@@ -203,17 +209,7 @@ impl Handover {
 
     /// Every fd this handover names.
     pub fn fds(&self) -> Vec<i32> {
-        let mut fds = vec![
-            self.memfd,
-            self.signals,
-            self.ready,
-            self.ended,
-            self.vmstat,
-            self.proc,
-            self.control,
-            self.groups,
-            self.syslog,
-        ];
+        let mut fds: Vec<i32> = self.single_fds().iter().map(|(_, fd)| *fd).collect();
         fds.extend(self.pipes.all());
         fds.extend(self.zygote);
         match &self.link {
@@ -398,4 +394,59 @@ pub fn keep(signals: i32, keeper: [i32; 2], mut current: i32) -> ! {
 /// Tells the keeper which supervisor serves now.
 pub fn announce_to_keeper(pipes: &Pipes, pid: i32) {
     let _ = sys::write(pipes.keeper[1], &pid.to_ne_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(link: Link) -> Handover {
+        Handover {
+            memfd: 5,
+            signals: 3,
+            ready: 6,
+            ended: 7,
+            vmstat: 8,
+            proc: 9,
+            control: -1,
+            groups: 12,
+            syslog: -1,
+            pipes: Pipes { up: [13, 14], down: [15, 16], keeper: [17, 18] },
+            zygote: [19, 20, 21, 22],
+            started_ms: 1_764_000_000_000,
+            upgrades: 3,
+            shared_dir: c"/srv/a share".to_owned(),
+            link,
+        }
+    }
+
+    #[test]
+    fn test_handover_round_trips() {
+        for link in [
+            Link::Fuse { fds: vec![4, 23, 24], mount_id: Some(417) },
+            Link::Fuse { fds: vec![4], mount_id: None },
+            Link::Vhost { stream: 10, protocol_features: 0x8203 },
+        ] {
+            let h = sample(link);
+            assert_eq!(Handover::decode(&h.encode()), Ok(h.clone()));
+            let fds = h.fds();
+            assert!(!fds.contains(&-1) && fds.contains(&22) && fds.contains(&13));
+        }
+    }
+
+    #[test]
+    fn test_handover_refuses_malformed_text() {
+        let good = sample(Link::Vhost { stream: 10, protocol_features: 1 }).encode();
+        for bad in [
+            String::new(),
+            good.replace("memfd=5", "memfd=x"),
+            good.replace("memfd=5", "memfd=-7"),
+            good.replace(" pipes=13,14,15,16,17,18", " pipes=13,14"),
+            good.replace("link=vhost:10/1", "link=tcp:10/1"),
+            good.replace("zygote=19,20,21,22", "zygote=19"),
+            good.replace("dir=", "dir=zz"),
+        ] {
+            assert!(Handover::decode(&bad).is_err(), "taken: {bad}");
+        }
+    }
 }

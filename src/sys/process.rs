@@ -30,19 +30,8 @@ pub fn set_parent_death_signal(sig: i32) -> io::Result<()> {
 /// The caller must be single-threaded: the child gets only the calling thread, so a lock held
 /// by any other thread would stay held in the child for good.
 pub unsafe fn clone_sharing_fds() -> io::Result<i32> {
-    // SAFETY: no new stack (the child runs on a copy of ours); single-threaded by the caller's
-    // promise.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (libc::CLONE_FILES | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
-    super::cvt_long(pid).map(|p| p as i32)
+    // SAFETY: single-threaded by the caller's promise.
+    unsafe { clone_with(libc::CLONE_FILES | libc::SIGCHLD) }
 }
 
 /// As `clone_sharing_fds`, with CLONE_PARENT: the child's parent is our parent (the zygote
@@ -51,18 +40,8 @@ pub unsafe fn clone_sharing_fds() -> io::Result<i32> {
 /// # Safety
 /// As `clone_sharing_fds`: the caller must be single-threaded.
 pub unsafe fn clone_sibling_sharing_fds() -> io::Result<i32> {
-    // SAFETY: as in `clone_sharing_fds`.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (libc::CLONE_FILES | libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
-    super::cvt_long(pid).map(|p| p as i32)
+    // SAFETY: single-threaded by the caller's promise.
+    unsafe { clone_with(libc::CLONE_FILES | libc::CLONE_PARENT | libc::SIGCHLD) }
 }
 
 /// As `clone_sibling_sharing_fds`, with a copy of the fd table instead of a share of it (a live
@@ -71,17 +50,17 @@ pub unsafe fn clone_sibling_sharing_fds() -> io::Result<i32> {
 /// # Safety
 /// As `clone_sharing_fds`: the caller must be single-threaded.
 pub unsafe fn clone_sibling_copying_fds() -> io::Result<i32> {
-    // SAFETY: as in `clone_sharing_fds`.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
+    // SAFETY: single-threaded by the caller's promise.
+    unsafe { clone_with(libc::CLONE_PARENT | libc::SIGCHLD) }
+}
+
+/// A raw clone(2) with `flags`, no new stack (the child runs on a copy of ours, like a fork).
+///
+/// # Safety
+/// As `clone_sharing_fds`: the caller must be single-threaded.
+unsafe fn clone_with(flags: i32) -> io::Result<i32> {
+    // SAFETY: no new stack, no tid pointers; single-threaded by the caller's promise.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, flags as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
     super::cvt_long(pid).map(|p| p as i32)
 }
 
