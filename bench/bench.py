@@ -29,7 +29,8 @@ else runs on it; the interleaving keeps the ratios meaningful under outside load
 
 Environment: PHOENIXFSD (daemon binary, default target/release/phoenixfsd), PHOENIXFSD_ARGS
 (extra arguments for every phoenixfsd, e.g. "--writeback"), PASSTHROUGH_LL (its binary),
-VHOST_BRIDGE (the bridge binary).
+VHOST_BRIDGE (the bridge binary), PHOENIXFSD_BASELINE (another phoenixfsd build, measured as one
+more column "baseline" with a ratio pfs/baseline: a change's before/after in one run; /dev/fuse).
 """
 import argparse
 import contextlib
@@ -325,12 +326,19 @@ def targets_for(args, binary, extra):
         pll = os.environ.get("PASSTHROUGH_LL") or ""
         if not os.access(pll, os.X_OK):
             raise SystemExit("passthrough_ll is missing: run it through scripts/bench.sh, or set PASSTHROUGH_LL=path")
-        return [
+        targets = [
             ("native", None),
             ("passthrough_ll", lambda s, m, l: Daemon.passthrough_ll(pll, s, m, l)),
             ("phoenixfsd", lambda s, m, l: Daemon.phoenixfsd(binary, s, m, extra, l)),
             ("phoenixfsd off", lambda s, m, l: Daemon.phoenixfsd(binary, s, m, extra + ["--recovery", "off"], l)),
         ]
+        base = os.environ.get("PHOENIXFSD_BASELINE")
+        if base:
+            # Before/after a change, in the same interleaved run: another build of the daemon.
+            if not os.access(base, os.X_OK):
+                raise SystemExit(f"PHOENIXFSD_BASELINE={base} is not an executable")
+            targets.append(("baseline", lambda s, m, l: Daemon.phoenixfsd(base, s, m, extra, l)))
+        return targets
     virtiofsd = shutil.which("virtiofsd") or os.path.expanduser("~/.cargo/bin/virtiofsd")
     if not os.access(virtiofsd, os.X_OK):
         raise SystemExit("virtiofsd is missing: run scripts/setup.sh (cargo install virtiofsd)")
@@ -450,6 +458,8 @@ def main():
     rows = [r for _, rs, _ in work for r in rs]
     ratios = [("pfs/native", "phoenixfsd", "native"), (f"pfs/{peer}", "phoenixfsd", peer),
               ("on/off", "phoenixfsd", "phoenixfsd off")]
+    if "baseline" in labels:
+        ratios.append(("pfs/baseline", "phoenixfsd", "baseline"))
     fio_ver = subprocess.run(["fio", "--version"], capture_output=True, text=True).stdout.strip()
     per_inode, per_handle = report.slot_sizes(ROOT)
     sections = []

@@ -22,7 +22,8 @@
 # with apt-get when missing).
 # Environment: PHOENIXFSD=path (default target/release/phoenixfsd, built with
 # `cargo build --release` when it is the default), PHOENIXFSD_ARGS="extra daemon args",
-# PASSTHROUGH_LL=path (skips the build).
+# PASSTHROUGH_LL=path (skips the build), PHOENIXFSD_BASELINE=path (another phoenixfsd build as one
+# more column: a change's before/after in one run).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
