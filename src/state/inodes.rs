@@ -234,10 +234,11 @@ impl Inodes {
 
     /// Records one lookup of the object `key`, whose freshly opened `O_PATH` fd is `fd`: raises
     /// the count of its existing slot or publishes a new slot. A new slot keeps the object's
-    /// file handle if `handle` gives one (called at most once, under the index lock: for a new
-    /// slot, or to tell an existing handle slot's object from a new one with its key), or
-    /// else takes `fd` over, within the fd budget. `fd` is consumed: kept by the slot, lent to
-    /// the fd cache, or closed. The raise is two-phase in `intent` (see state/intent.rs).
+    /// file handle if `handle` gives one (it is needed for a new slot, and to tell an existing
+    /// handle slot's object from a new one with its key: called once, before the index lock,
+    /// so that its system call does not hold up every other lookup and forget), or else takes
+    /// `fd` over, within the fd budget. `fd` is consumed: kept by the slot, lent to the fd
+    /// cache, or closed. The raise is two-phase in `intent` (see state/intent.rs).
     pub fn lookup(
         &self,
         fd: i32,
@@ -247,33 +248,30 @@ impl Inodes {
         handle: impl FnOnce() -> Result<Option<FileHandle>, Error>,
     ) -> Result<Looked, Error> {
         let rec = intent.record();
+        // The object's handle, made from our own fd: nothing under the lock changes it.
+        let ours = match handle() {
+            Ok(h) => h,
+            Err(e) => {
+                crate::sys::close(fd);
+                return Err(e);
+            }
+        };
         let index = self.index.lock().unwrap();
-        let mut handle = Some(handle);
-        let mut ours: Option<Option<FileHandle>> = None;
         while let Some(i) = self.keys.get(&key) {
             let s = self.table.slot(i);
             // A slot kept by handle holds nothing open, so its object may be gone and its inode
             // number reused by the object looked up now: same key, another object. The handles
             // tell (they carry the inode's generation). A slot kept by fd holds its object.
-            if let Some(theirs) = s.file_handle() {
-                if ours.is_none() {
-                    match (handle.take().expect("called once"))() {
-                        Ok(h) => ours = Some(h),
-                        Err(e) => {
-                            crate::sys::close(fd);
-                            return Err(e);
-                        }
-                    }
-                }
-                if ours.as_ref().is_some_and(|h| h.as_ref().is_some_and(|h| *h != theirs)) {
-                    // The old slot stays LIVE (the guest still holds its node id; using it gets
-                    // ESTALE), but the index now leads to the new object. Under the journal: a
-                    // crash here gives the old entry back, and the next lookup removes it again.
-                    self.keys.begin(i);
-                    self.keys.remove(&key, i);
-                    self.keys.end();
-                    continue;
-                }
+            if let Some(theirs) = s.file_handle()
+                && ours.as_ref().is_some_and(|h| *h != theirs)
+            {
+                // The old slot stays LIVE (the guest still holds its node id; using it gets
+                // ESTALE), but the index now leads to the new object. Under the journal: a
+                // crash here gives the old entry back, and the next lookup removes it again.
+                self.keys.begin(i);
+                self.keys.remove(&key, i);
+                self.keys.end();
+                continue;
             }
             let generation = self.table.header(i).generation.load(Ordering::Relaxed);
             let nodeid = slots::make_id(i, generation);
@@ -294,17 +292,7 @@ impl Inodes {
             self.lend_or_close(i, generation, fd);
             return Ok(Looked { nodeid, generation });
         }
-        let got = match ours {
-            Some(h) => Ok(h),
-            None => (handle.take().expect("called once"))(),
-        };
-        let handle = match got {
-            Ok(h) => h,
-            Err(e) => {
-                crate::sys::close(fd);
-                return Err(e);
-            }
-        };
+        let handle = ours;
         if handle.is_none() && !self.within_budget() {
             crate::sys::close(fd);
             return Err(Error::FdBudget(self.budget.limit.load(Ordering::Relaxed)));
