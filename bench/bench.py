@@ -5,7 +5,7 @@ medians (min–max over the rounds) and ratios.
 
 Over /dev/fuse (default): native, libfuse's passthrough_ll (built by scripts/bench.sh from the
 examples of Debian's libfuse3-dev), phoenixfsd and phoenixfsd --recovery off.
-With --transport vhost-user the daemons serve virtio-fs instead, each mounted on the host through
+With --transport vhost-user (or fuse,vhost-user: both in one run) the daemons serve virtio-fs instead, each mounted on the host through
 the FUSE-to-virtqueue bridge (examples/vhost_bridge.rs, one request queue), with virtiofsd from
 crates.io as the peer: the peer comparison without a VM.
 
@@ -320,9 +320,9 @@ class Progress:
         log(f"[{self.done}/{self.total}{eta}] {what}")
 
 
-def targets_for(args, binary, extra):
+def targets_for(transport, binary, extra):
     """[(label, how to start it or None for the native directory)]."""
-    if args.transport == "fuse":
+    if transport == "fuse":
         pll = os.environ.get("PASSTHROUGH_LL") or ""
         if not os.access(pll, os.X_OK):
             raise SystemExit("passthrough_ll is missing: run it through scripts/bench.sh, or set PASSTHROUGH_LL=path")
@@ -422,8 +422,9 @@ def main():
     ap.add_argument("--mixed-files", type=int, default=2000, help="files in the mixed workload's tarball (default 2000)")
     ap.add_argument("--only", default=None, help="run only the workloads whose title matches this regex")
     ap.add_argument("--dir", default=None, help="where to make the directories (default /var/tmp)")
-    ap.add_argument("--transport", choices=["fuse", "vhost-user"], default="fuse",
-                    help="serve over /dev/fuse (default) or vhost-user through the bridge, with virtiofsd as the peer")
+    ap.add_argument("--transport", default="fuse",
+                    help="fuse (default: /dev/fuse, passthrough_ll as the peer), vhost-user (through the test "
+                         "bridge, virtiofsd as the peer) or fuse,vhost-user (both, one after the other)")
     ap.add_argument("--command", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -432,29 +433,53 @@ def main():
     backings = args.backing.split(",")
     if any(b not in ("tmpfs", "disk") for b in backings):
         raise SystemExit(f"--backing {args.backing}: say tmpfs, disk or tmpfs,disk")
+    transports = args.transport.split(",")
+    if any(t not in ("fuse", "vhost-user") for t in transports):
+        raise SystemExit(f"--transport {args.transport}: say fuse, vhost-user or fuse,vhost-user")
     binary = os.environ.get("PHOENIXFSD") or os.path.join(ROOT, "target/release/phoenixfsd")
     if not os.access(binary, os.X_OK):
         raise SystemExit(f"{binary} is not an executable (build it, or set PHOENIXFSD=path)")
     extra = shlex.split(os.environ.get("PHOENIXFSD_ARGS", ""))
-    targets = targets_for(args, binary, extra)
-    labels = [label for label, _ in targets]
-    peer = labels[1]
+    targets = {t: targets_for(t, binary, extra) for t in transports}
 
     cache = tempfile.mkdtemp(prefix="phoenixfs-bench.tar.")
     tarball = os.path.join(cache, "tree.tar")
     subprocess.run([sys.executable, os.path.join(HERE, "mixed.py"), "--make", tarball, "--files",
                     str(args.mixed_files)], check=True)
     work = workloads(args, tarball)
-    progress = Progress(len(backings) * args.rounds * len(work) * len(targets))
-    load_before = os.getloadavg()
+    progress = Progress(len(backings) * args.rounds * len(work) * sum(len(ts) for ts in targets.values()))
     results = {}
     try:
-        for b in backings:
-            results[b] = run_backing(b, targets, work, args, binary, tarball, progress)
+        for t in transports:
+            load_before = os.getloadavg()
+            runs = {b: run_backing(b, targets[t], work, args, binary, tarball, progress) for b in backings}
+            results[t] = (runs, load_before, os.getloadavg())
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-    load_after = os.getloadavg()
 
+    for t, (runs, load_before, load_after) in results.items():
+        out = render(t, targets[t], runs, work, args, binary, extra, load_before, load_after)
+        print(out)
+        if args.write:
+            cmd = args.command or "scripts/bench.sh --write"
+            doc = os.path.join(ROOT, "docs", "benchmarks.md")
+            heading = VHOST_SECTION if t == "vhost-user" else THROUGHPUT_SECTION
+            who = ("virtiofsd 1.14 (crates.io), phoenixfsd and phoenixfsd `--recovery off`, each over vhost-user "
+                   "through the same test bridge" if t == "vhost-user" else
+                   "libfuse's passthrough_ll (3.14, built from Debian's libfuse3-dev examples, its defaults: "
+                   "cache=auto, 1 s timeouts, multi-threaded), phoenixfsd and phoenixfsd `--recovery off` (the "
+                   "bare engine: the cost of being crash-proof), each mounted on it")
+            body = (f"The same workloads on the native directory and on {who}.\n\n"
+                    f"Produced by `{cmd}` on {datetime.date.today().isoformat()} at {time.strftime('%H:%M')} UTC.\n\n"
+                    + out)
+            report.write_section(doc, heading, body)
+            log(f"wrote the {t} tables into {doc}")
+
+
+def render(transport, targets, runs, work, args, binary, extra, load_before, load_after):
+    """One transport's tables (one per backing, with memory) and notes, in markdown."""
+    labels = [label for label, _ in targets]
+    peer = labels[1]
     rows = [r for _, rs, _ in work for r in rs]
     ratios = [("pfs/native", "phoenixfsd", "native"), (f"pfs/{peer}", "phoenixfsd", peer),
               ("on/off", "phoenixfsd", "phoenixfsd off")]
@@ -463,16 +488,16 @@ def main():
     fio_ver = subprocess.run(["fio", "--version"], capture_output=True, text=True).stdout.strip()
     per_inode, per_handle = report.slot_sizes(ROOT)
     sections = []
-    for b, (samples, memory, fstype) in results.items():
+    for b, (samples, memory, fstype) in runs.items():
         tbl = report.table(labels, rows, samples, ratios)
         mem = report.memory_table(memory, per_inode, per_handle)
-        sections.append(f"### Backing: {b} ({fstype})\n\n{tbl}\n\nMemory after the last workload:\n\n{mem}\n")
+        sections.append(f"### {transport}, backing: {b} ({fstype})\n\n{tbl}\n\nMemory after the last workload:\n\n{mem}\n")
     conf = (f"fio psync (one request in flight per job), {args.size} MiB per job file, {args.runtime} s per "
             f"workload, invalidate=0, writes end with fsync; buffered and 1 MiB direct with {args.numjobs} jobs; "
             f"metadata: {args.files} files of 128 B (split among the processes), 10 readdir passes; mixed: "
             f"{args.mixed_files} files of 100 B–64 KiB in 100 directories; targets interleaved per workload, "
             f"their order rotated each round; median (min–max) of {args.rounds} round{'s' if args.rounds > 1 else ''}")
-    if args.transport == "vhost-user":
+    if transport == "vhost-user":
         conf += ("; each daemon serves vhost-user and is mounted through the FUSE-to-virtqueue bridge "
                  "(examples/vhost_bridge.rs, 1 request queue, one request in flight per queue: virtiofsd "
                  "offers one request queue), so every column but native pays the same bridge")
@@ -484,23 +509,7 @@ def main():
              f"pfs/{peer} = phoenixfsd / {peer}, on/off = phoenixfsd / phoenixfsd --recovery off "
              "(the cost of being crash-proof). Higher is better for every unit.\n"
              f"- Machine: {machine}.\n")
-    out = "\n".join(sections) + "\n" + notes
-    print(out)
-
-    if args.write:
-        cmd = args.command or "scripts/bench.sh --write"
-        doc = os.path.join(ROOT, "docs", "benchmarks.md")
-        heading = VHOST_SECTION if args.transport == "vhost-user" else THROUGHPUT_SECTION
-        who = ("virtiofsd 1.14 (crates.io), phoenixfsd and phoenixfsd `--recovery off`, each over vhost-user "
-               "through the same test bridge" if args.transport == "vhost-user" else
-               "libfuse's passthrough_ll (3.14, built from Debian's libfuse3-dev examples, its defaults: "
-               "cache=auto, 1 s timeouts, multi-threaded), phoenixfsd and phoenixfsd `--recovery off` (the "
-               "bare engine: the cost of being crash-proof), each mounted on it")
-        body = (f"The same workloads on the native directory and on {who}.\n\n"
-                f"Produced by `{cmd}` on {datetime.date.today().isoformat()} at {time.strftime('%H:%M')} UTC.\n\n"
-                + out)
-        report.write_section(doc, heading, body)
-        log(f"wrote {doc}")
+    return "\n".join(sections) + "\n" + notes
 
 
 THROUGHPUT_SECTION = "## Throughput against the native directory and passthrough_ll"

@@ -8,14 +8,16 @@
 # another, so load elsewhere on the machine hits all alike. The defaults take ~5 minutes (one
 # backing, 3 rounds); bench/bench.py --help says what each option does. Run as root.
 #
-#   scripts/bench.sh [--write] [--transport fuse|vhost-user] [--backing tmpfs|disk|tmpfs,disk]
+#   scripts/bench.sh [--write] [--transport fuse|vhost-user|fuse,vhost-user] [--backing tmpfs|disk|tmpfs,disk]
 #                    [--rounds R] [--runtime S] [--size MiB] [--numjobs N] [--files N]
 #                    [--mixed-files N] [--only REGEX] [--dir DIR]
 #     --write       also write the tables into docs/benchmarks.md, with this command line
 #     --backing     the shared directory on a tmpfs of its own (the FUSE cost alone; default),
 #                   on the disk, or both (one table each)
 #     --transport vhost-user   the daemons serve virtio-fs, mounted through the test bridge
-#                   (examples/vhost_bridge.rs), with virtiofsd from crates.io as the peer
+#                   (examples/vhost_bridge.rs), with virtiofsd from crates.io as the peer;
+#                   fuse,vhost-user runs both, one after the other (one table per transport and
+#                   backing: the full comparison is `--transport fuse,vhost-user --backing tmpfs,disk`)
 #
 # passthrough_ll is built with gcc from /usr/share/doc/libfuse3-dev/examples into
 # ${XDG_CACHE_HOME:-~/.cache}/phoenixfs-bench (libfuse3-dev, fuse3, pkg-config, gcc installed
