@@ -30,7 +30,10 @@ else runs on it; the interleaving keeps the ratios meaningful under outside load
 Environment: PHOENIXFSD (daemon binary, default target/release/phoenixfsd), PHOENIXFSD_ARGS
 (extra arguments for every phoenixfsd, e.g. "--writeback"), PASSTHROUGH_LL (its binary),
 VHOST_BRIDGE (the bridge binary), PHOENIXFSD_BASELINE (another phoenixfsd build, measured as one
-more column "baseline" with a ratio pfs/baseline: a change's before/after in one run; /dev/fuse).
+more column "baseline" with a ratio pfs/baseline: a change's before/after in one run; /dev/fuse),
+PHOENIXFSD_BASELINE_ARGS (the baseline's arguments instead of PHOENIXFSD_ARGS: an option's
+before/after, e.g. PHOENIXFSD_ARGS=--writeback PHOENIXFSD_BASELINE=<same binary>
+PHOENIXFSD_BASELINE_ARGS="").
 """
 import argparse
 import contextlib
@@ -337,7 +340,8 @@ def targets_for(transport, binary, extra):
             # Before/after a change, in the same interleaved run: another build of the daemon.
             if not os.access(base, os.X_OK):
                 raise SystemExit(f"PHOENIXFSD_BASELINE={base} is not an executable")
-            targets.append(("baseline", lambda s, m, l: Daemon.phoenixfsd(base, s, m, extra, l)))
+            base_args = shlex.split(os.environ.get("PHOENIXFSD_BASELINE_ARGS", shlex.join(extra)))
+            targets.append(("baseline", lambda s, m, l: Daemon.phoenixfsd(base, s, m, base_args, l)))
         return targets
     virtiofsd = shutil.which("virtiofsd") or os.path.expanduser("~/.cargo/bin/virtiofsd")
     if not os.access(virtiofsd, os.X_OK):
