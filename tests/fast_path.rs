@@ -125,3 +125,23 @@ fn test_cache_never_sees_host_changes_at_once() {
         m.stop();
     }
 }
+
+/// --cache=metadata: names and attributes cached for a day, but data through direct I/O, so a
+/// host change that keeps the size is read at once through an fd opened before it (with
+/// --cache=auto that fd serves the old bytes from the page cache until the attributes expire).
+#[test]
+fn test_cache_metadata_reads_host_data_at_once() {
+    for t in [Transport::Fuse, Transport::VhostUser] {
+        let mut m = Mount::new_on(t, &["--cache=metadata"]);
+        std::fs::write(m.share.join("f"), b"AAAA").unwrap();
+        let f = std::fs::File::open(m.path("f")).unwrap();
+        let mut buf = [0u8; 4];
+        f.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"AAAA");
+        std::fs::OpenOptions::new().write(true).open(m.share.join("f")).unwrap().write_all_at(b"BBBB", 0).unwrap();
+        f.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"BBBB", "{t:?}: data the host rewrote, read through the same fd");
+        drop(f);
+        m.stop();
+    }
+}
