@@ -512,7 +512,19 @@ def render(transport, targets, runs, work, args, binary, extra, load_before, loa
              "- Ratios from the medians: pfs/native = phoenixfsd / native, "
              f"pfs/{peer} = phoenixfsd / {peer}, on/off = phoenixfsd / phoenixfsd --recovery off "
              "(the cost of being crash-proof). Higher is better for every unit.\n"
-             f"- Machine: {machine}.\n")
+             f"- Machine: {machine}. On a shared machine the min–max ranges show what the load did to "
+             "single rounds; ratios within the overlap of two columns' ranges are not a difference.\n"
+             "- O_DIRECT rows are not like for like: phoenixfsd, as virtiofsd, drops O_DIRECT from the host "
+             "open unless `--allow-direct-io` (the application's direct I/O still reaches the daemon request "
+             "by request, which then uses the host page cache), so on a disk its direct reads can beat "
+             "native; passthrough_ll passes O_DIRECT to the host with unaligned buffers, which ext4 refuses "
+             "(EINVAL: failed).\n"
+             "- Buffered I/O: the host page cache is warm for every target (invalidate=0), and FUSE reads after "
+             "the first pass over a file come from the kernel's FUSE page cache, so read ratios mostly show that "
+             "cache; without `--writeback` every FUSE write is a request to the daemon.\n"
+             "- Memory: the state region's size is its mapped capacity (sparse: only touched pages are resident, "
+             "and counted in the worker's RSS); \"RSS at end\" is after the workloads removed their files, peak "
+             "RSS includes the metadata workload's live inodes and the fio buffers.\n")
     return "\n".join(sections) + "\n" + notes
 
 
