@@ -44,6 +44,30 @@ pub fn attr_of(st: &libc::stat64) -> abi::Attr {
     }
 }
 
+/// The stat of a statx made with STATX_BASIC_STATS (sys::statx), field by field: what fstat
+/// would have said, without a second system call.
+pub fn stat_of(stx: &libc::statx) -> libc::stat64 {
+    // SAFETY: stat64 is plain integers; all-zero is a valid value (its padding stays zero).
+    let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
+    st.st_dev = libc::makedev(stx.stx_dev_major, stx.stx_dev_minor);
+    st.st_ino = stx.stx_ino;
+    st.st_nlink = stx.stx_nlink.into();
+    st.st_mode = stx.stx_mode.into();
+    st.st_uid = stx.stx_uid;
+    st.st_gid = stx.stx_gid;
+    st.st_rdev = libc::makedev(stx.stx_rdev_major, stx.stx_rdev_minor);
+    st.st_size = stx.stx_size as i64;
+    st.st_blksize = stx.stx_blksize.into();
+    st.st_blocks = stx.stx_blocks as i64;
+    st.st_atime = stx.stx_atime.tv_sec;
+    st.st_atime_nsec = stx.stx_atime.tv_nsec.into();
+    st.st_mtime = stx.stx_mtime.tv_sec;
+    st.st_mtime_nsec = stx.stx_mtime.tv_nsec.into();
+    st.st_ctime = stx.stx_ctime.tv_sec;
+    st.st_ctime_nsec = stx.stx_ctime.tv_nsec.into();
+    st
+}
+
 pub(super) fn stat_fd(fd: i32) -> Result<libc::stat64> {
     Ok(sys::fstatat(fd, c"", libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)?)
 }
@@ -103,14 +127,15 @@ impl Fs {
 
     /// `lookup_fd`, marking the entry FUSE_ATTR_SUBMOUNT if its mount is not `parent_mnt`.
     fn lookup_fd_in(&self, fd: i32, intent: Intent, parent_mnt: Option<u64>) -> Result<abi::EntryOut> {
-        let stats = stat_fd(fd).and_then(|st| Ok((st, sys::statx(fd, c"", libc::AT_EMPTY_PATH)?)));
-        let (st, stx) = match stats {
-            Ok(v) => v,
+        // One statx gives both the key (with the mount id) and the reply's attributes.
+        let stx = match sys::statx(fd, c"", libc::AT_EMPTY_PATH) {
+            Ok(stx) => stx,
             Err(e) => {
                 sys::close(fd);
-                return Err(e);
+                return Err(e.into());
             }
         };
+        let st = stat_of(&stx);
         let looked = self
             .state
             .inodes
@@ -215,5 +240,35 @@ impl Fs {
         // values again (SETATTR has no relative change), which is idempotent.
         crate::crash_point!("setattr.after_change");
         Ok(self.attr_out(&stat_fd(node.fd())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `stat_of` says what fstat says, for every kind of object the table keeps (a device for
+    /// its rdev, a symlink itself through an O_PATH|O_NOFOLLOW fd).
+    #[test]
+    fn test_stat_of_statx_equals_fstat() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("f"), vec![1u8; 5000]).unwrap();
+        std::os::unix::fs::symlink("f", tmp.path().join("l")).unwrap();
+        let paths = [tmp.path().join("f"), tmp.path().to_path_buf(), tmp.path().join("l"), "/dev/null".into()];
+        for p in paths {
+            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+            let fd = sys::openat(libc::AT_FDCWD, &c, libc::O_PATH | libc::O_NOFOLLOW, 0).unwrap();
+            let want = stat_fd(fd).unwrap();
+            let got = stat_of(&sys::statx(fd, c"", libc::AT_EMPTY_PATH).unwrap());
+            sys::close(fd);
+            let fields = |s: &libc::stat64| {
+                (s.st_dev, s.st_ino, s.st_nlink, s.st_mode, s.st_uid, s.st_gid, s.st_rdev, s.st_size, s.st_blksize)
+            };
+            let times = |s: &libc::stat64| {
+                (s.st_blocks, s.st_atime, s.st_atime_nsec, s.st_mtime, s.st_mtime_nsec, s.st_ctime, s.st_ctime_nsec)
+            };
+            assert_eq!(fields(&got), fields(&want), "{p:?}");
+            assert_eq!(times(&got), times(&want), "{p:?}");
+        }
     }
 }

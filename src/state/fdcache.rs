@@ -64,6 +64,13 @@ impl FdCache {
         Some(e.fd)
     }
 
+    /// Whether an fd of slot `index` at `generation` is cached: then the slot's object is alive
+    /// (the fd keeps it), so its inode number is its own and no other object's. (A negative
+    /// "fd", the state tests' stand-in for one, keeps nothing alive.)
+    pub fn holds(&self, index: u32, generation: u32) -> bool {
+        self.shard(index).entries.get(&index).is_some_and(|e| e.generation == generation && e.fd >= 0)
+    }
+
     /// Adds `fd` (fresh, ours) for slot `index`; `used` takes it for use at once. Returns the
     /// fd to use: `fd`, or the one another thread cached first (then `fd` is closed); -1 (and
     /// `fd` closed) if the slot's entry belongs to another incarnation of it that is in use,

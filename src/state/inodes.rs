@@ -234,10 +234,14 @@ impl Inodes {
 
     /// Records one lookup of the object `key`, whose freshly opened `O_PATH` fd is `fd`: raises
     /// the count of its existing slot or publishes a new slot. A new slot keeps the object's
-    /// file handle if `handle` gives one (called at most once, under the index lock: for a new
-    /// slot, or to tell an existing handle slot's object from a new one with its key), or
-    /// else takes `fd` over, within the fd budget. `fd` is consumed: kept by the slot, lent to
-    /// the fd cache, or closed. The raise is two-phase in `intent` (see state/intent.rs).
+    /// file handle if `handle` gives one, or else takes `fd` over, within the fd budget. `fd` is
+    /// consumed: kept by the slot, lent to the fd cache, or closed. The raise is two-phase in
+    /// `intent` (see state/intent.rs).
+    ///
+    /// `handle` is called at most once, and never under the index lock (its system call would
+    /// hold up every other lookup and forget): for a new slot, and to tell an existing handle
+    /// slot's object from a new one with its key, unless the fd cache holds an fd of that slot
+    /// (then its object is alive, and an inode number belongs to one live object at a time).
     pub fn lookup(
         &self,
         fd: i32,
@@ -247,33 +251,51 @@ impl Inodes {
         handle: impl FnOnce() -> Result<Option<FileHandle>, Error>,
     ) -> Result<Looked, Error> {
         let rec = intent.record();
-        let index = self.index.lock().unwrap();
-        let mut handle = Some(handle);
+        let mut make_handle = Some(handle);
+        // The object's handle once made (Some(None): the object has none).
         let mut ours: Option<Option<FileHandle>> = None;
+        let mut index = self.index.lock().unwrap();
+        // Is the handle needed? For a new slot, and for a slot kept by handle whose object may
+        // be gone. If so it is made without the lock, from our own fd (nothing under the lock
+        // changes it), and the index is looked at again, since it may have changed meanwhile.
+        loop {
+            let needed = match self.keys.get(&key) {
+                None => true,
+                Some(i) => {
+                    let generation = self.table.header(i).generation.load(Ordering::Relaxed);
+                    self.table.slot(i).file_handle().is_some() && !self.cache.holds(i, generation)
+                }
+            };
+            if !needed || ours.is_some() {
+                break;
+            }
+            drop(index);
+            match (make_handle.take().expect("made once"))() {
+                Ok(h) => ours = Some(h),
+                Err(e) => {
+                    crate::sys::close(fd);
+                    return Err(e);
+                }
+            }
+            index = self.index.lock().unwrap();
+        }
         while let Some(i) = self.keys.get(&key) {
             let s = self.table.slot(i);
             // A slot kept by handle holds nothing open, so its object may be gone and its inode
             // number reused by the object looked up now: same key, another object. The handles
-            // tell (they carry the inode's generation). A slot kept by fd holds its object.
-            if let Some(theirs) = s.file_handle() {
-                if ours.is_none() {
-                    match (handle.take().expect("called once"))() {
-                        Ok(h) => ours = Some(h),
-                        Err(e) => {
-                            crate::sys::close(fd);
-                            return Err(e);
-                        }
-                    }
-                }
-                if ours.as_ref().is_some_and(|h| h.as_ref().is_some_and(|h| *h != theirs)) {
-                    // The old slot stays LIVE (the guest still holds its node id; using it gets
-                    // ESTALE), but the index now leads to the new object. Under the journal: a
-                    // crash here gives the old entry back, and the next lookup removes it again.
-                    self.keys.begin(i);
-                    self.keys.remove(&key, i);
-                    self.keys.end();
-                    continue;
-                }
+            // tell (they carry the inode's generation). A slot kept by fd holds its object, and so
+            // does one whose fd is cached: then no handle was made (`ours` is None) and there is
+            // nothing to compare.
+            if let Some(theirs) = s.file_handle()
+                && ours.as_ref().is_some_and(|h| h.as_ref().is_some_and(|h| *h != theirs))
+            {
+                // The old slot stays LIVE (the guest still holds its node id; using it gets
+                // ESTALE), but the index now leads to the new object. Under the journal: a
+                // crash here gives the old entry back, and the next lookup removes it again.
+                self.keys.begin(i);
+                self.keys.remove(&key, i);
+                self.keys.end();
+                continue;
             }
             let generation = self.table.header(i).generation.load(Ordering::Relaxed);
             let nodeid = slots::make_id(i, generation);
@@ -294,17 +316,8 @@ impl Inodes {
             self.lend_or_close(i, generation, fd);
             return Ok(Looked { nodeid, generation });
         }
-        let got = match ours {
-            Some(h) => Ok(h),
-            None => (handle.take().expect("called once"))(),
-        };
-        let handle = match got {
-            Ok(h) => h,
-            Err(e) => {
-                crate::sys::close(fd);
-                return Err(e);
-            }
-        };
+        // No slot for the key: the loop above made the handle (a missing key needs it).
+        let handle = ours.expect("the handle is made when the key has no slot");
         if handle.is_none() && !self.within_budget() {
             crate::sys::close(fd);
             return Err(Error::FdBudget(self.budget.limit.load(Ordering::Relaxed)));

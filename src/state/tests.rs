@@ -244,3 +244,27 @@ fn test_regression_reused_inode_number_is_a_new_node_not_the_dead_one() {
     let still = s.inodes.lookup(-1, key(9), libc::S_IFREG, Intent::none(), || Ok(Some(handle(2)))).unwrap();
     assert_eq!(still.nodeid, new.nodeid, "forgetting the old node leaves the new one's entry");
 }
+
+#[test]
+fn test_state_lookup_of_a_slot_whose_fd_is_cached_makes_no_handle() {
+    let s = state();
+    let counted = std::cell::Cell::new(0);
+    let made = || {
+        counted.set(counted.get() + 1);
+        Ok(Some(handle(1)))
+    };
+    // A new object: its handle is made (and its fresh fd goes to the cache).
+    let a = s.inodes.lookup(fd(), key(11), libc::S_IFREG, Intent::none(), made).unwrap();
+    assert_eq!(counted.get(), 1);
+    assert_eq!(s.inodes.cached_fds(), 1);
+    // Found again while its fd is cached: the object is alive, so the key is its own.
+    let b = s.inodes.lookup(fd(), key(11), libc::S_IFREG, Intent::none(), || {
+        panic!("no handle is needed while the slot's fd is cached")
+    });
+    assert_eq!(b.unwrap().nodeid, a.nodeid);
+    assert_eq!(lookups(&s, a.nodeid), 2);
+    // Found with nothing cached: the handle is made and compared (another object: a new node).
+    let c = s.inodes.lookup(-1, key(12), libc::S_IFREG, Intent::none(), || Ok(Some(handle(3)))).unwrap();
+    let d = s.inodes.lookup(-1, key(12), libc::S_IFREG, Intent::none(), || Ok(Some(handle(4)))).unwrap();
+    assert_ne!(c.nodeid, d.nodeid, "nothing cached: the handles are compared");
+}

@@ -188,6 +188,12 @@ impl Mount {
         self.bridge.as_ref().map_or(0, |b| b.failures())
     }
 
+    /// Requests with `opcode` the kernel has sent so far, on `Transport::VhostUser` (the bridge
+    /// counts them); None over FUSE, where nothing between the kernel and the daemon sees them.
+    pub fn requests(&self, opcode: phoenixfsd::fuse::abi::Opcode) -> Option<usize> {
+        self.bridge.as_ref().map(|b| b.requests(opcode))
+    }
+
     /// SIGTERM, and wait for a clean exit; returns the exit status. Over vhost-user the bridge
     /// is unmounted first, and a request it failed to carry fails the test here.
     pub fn stop(&mut self) -> std::process::ExitStatus {

@@ -36,6 +36,8 @@ const FUSE_DEV_IOC_CLONE: libc::c_ulong = 0x8004_e500;
 /// How long unmount waits for the threads beyond the queue timeout (a thread may be waiting for
 /// the device when the mount goes away).
 const JOIN_GRACE: Duration = Duration::from_secs(5);
+/// Opcodes counted by `Bridge::requests` (FUSE's are below 64; CUSE_INIT is not carried).
+const COUNTED_OPCODES: usize = 64;
 
 #[derive(Debug, Clone, Copy)]
 pub struct BridgeOptions {
@@ -60,6 +62,8 @@ pub struct Bridge {
     /// lets unmount wait for the threads with a deadline.
     threads_done: mpsc::Receiver<()>,
     failures: Arc<AtomicUsize>,
+    /// Requests the kernel sent, by opcode.
+    requests: Arc<[AtomicUsize; COUNTED_OPCODES]>,
     timeout: Duration,
     /// Dropped after the threads are gone, so the backend sees the disconnect last.
     frontend: Frontend,
@@ -90,6 +94,7 @@ impl Bridge {
             threads: Vec::with_capacity(request_queues),
             threads_done,
             failures: Arc::new(AtomicUsize::new(0)),
+            requests: Arc::new(std::array::from_fn(|_| AtomicUsize::new(0))),
             timeout: opts.timeout,
             frontend,
         };
@@ -113,6 +118,7 @@ impl Bridge {
                 queue,
                 hiprio: Arc::clone(&hiprio),
                 failures: Arc::clone(&self.failures),
+                requests: Arc::clone(&self.requests),
                 _done: done.clone(),
             };
             let thread = std::thread::Builder::new()
@@ -132,6 +138,12 @@ impl Bridge {
     /// stderr and, where the kernel waited for an answer, answered with EIO).
     pub fn failures(&self) -> usize {
         self.failures.load(Ordering::SeqCst)
+    }
+
+    /// How many requests with `opcode` the kernel has sent through the bridge so far: what the
+    /// guest kernel would send over virtio-fs (the host kernel plays it here).
+    pub fn requests(&self, opcode: Opcode) -> usize {
+        self.requests.get(opcode as usize).map_or(0, |n| n.load(Ordering::SeqCst))
     }
 
     /// The frontend, for control messages; its queues belong to the bridge threads.
@@ -188,6 +200,7 @@ struct Worker {
     queue: QueueHandle,
     hiprio: Arc<Mutex<QueueHandle>>,
     failures: Arc<AtomicUsize>,
+    requests: Arc<[AtomicUsize; COUNTED_OPCODES]>,
     /// Dropped when the thread ends, however it ends (see `Bridge::threads_done`).
     _done: mpsc::Sender<()>,
 }
@@ -213,6 +226,9 @@ impl Worker {
         let Ok((header, _)) = InHeader::read_from_prefix(request) else {
             return self.fail(format_args!("{}-byte request from /dev/fuse", request.len()));
         };
+        if let Some(n) = self.requests.get(header.opcode as usize) {
+            n.fetch_add(1, Ordering::SeqCst);
+        }
         if matches!(Opcode::try_from(header.opcode), Ok(Opcode::Forget | Opcode::BatchForget | Opcode::Interrupt)) {
             // The kernel expects no answer to these, so a failure has nobody to be reported to
             // but the test.

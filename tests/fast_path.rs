@@ -1,0 +1,147 @@
+//! The requests the kernel sends on the write path, counted, and the cache options that change
+//! them, checked for correctness: the benchmark (scripts/bench.sh, docs/benchmarks.md) says what
+//! they cost; these tests say what they are.
+//!
+//! Counting goes through the vhost-user test bridge (tests/vhost/bridge.rs), which sees every
+//! request the kernel sends: the host kernel plays the guest's, with the flags phoenixfsd
+//! agreed at INIT, so the counts are those a virtio-fs guest or a /dev/fuse mount would cause.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+
+use common::{Mount, Transport};
+use phoenixfsd::fuse::abi::Opcode;
+
+const WRITES: usize = 200;
+
+/// GETXATTR requests the kernel sends for `WRITES` 4 KiB writes (after one write that lets the
+/// kernel learn what it can), each followed by an fstat if `fstat`.
+fn getxattrs_for_writes(m: &Mount, fstat: bool) -> usize {
+    let f = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(m.path("f")).unwrap();
+    f.write_all_at(&[1; 4096], 0).unwrap();
+    f.metadata().unwrap();
+    let before = m.requests(Opcode::Getxattr).expect("counted over vhost-user");
+    for i in 0..WRITES {
+        f.write_all_at(&[i as u8; 4096], (i % 16) as u64 * 4096).unwrap();
+        if fstat {
+            f.metadata().unwrap();
+        }
+    }
+    drop(f);
+    m.requests(Opcode::Getxattr).unwrap() - before
+}
+
+/// With xattrs on, every write could cost a GETXATTR(security.capability): the kernel must
+/// know whether the write has a capability to remove. With FUSE_HANDLE_KILLPRIV_V2 (our
+/// default) the kernel marks the superblock SB_NOSEC and the inode S_NOSEC after one answer,
+/// and asks again only after an attribute refresh.
+#[test]
+fn test_write_loop_asks_no_getxattr_per_write_with_killpriv_v2() {
+    let mut m = Mount::new_on(Transport::VhostUser, &["--xattr"]);
+    let n = getxattrs_for_writes(&m, false);
+    assert!(n <= 1, "{n} GETXATTR requests for {WRITES} writes with killpriv_v2: the kernel asks on every write");
+    m.stop();
+}
+
+/// The counter sees what it claims: without killpriv_v2 the kernel asks on every write.
+#[test]
+fn test_write_loop_asks_getxattr_on_every_write_without_killpriv_v2() {
+    let mut m = Mount::new_on(Transport::VhostUser, &["--xattr", "--no-killpriv-v2"]);
+    let n = getxattrs_for_writes(&m, false);
+    assert!(n >= WRITES, "{n} GETXATTR requests for {WRITES} writes without killpriv_v2: the count is not counting");
+    m.stop();
+}
+
+/// Without xattrs (the default) the first GETXATTR is answered ENOSYS and the kernel never asks
+/// again, whatever the writes and stats.
+#[test]
+fn test_write_and_fstat_loop_asks_no_getxattr_without_xattr() {
+    let mut m = Mount::new_on(Transport::VhostUser, &[]);
+    let n = getxattrs_for_writes(&m, true);
+    assert_eq!(n, 0, "GETXATTR requests without --xattr");
+    m.stop();
+}
+
+/// Under --writeback the kernel keeps size and times itself, so an fstat after a write needs no
+/// GETATTR, and the inode stays S_NOSEC: a write+fstat loop asks for security.capability at
+/// most once per attribute timeout (a day with --cache=always, so never within the test).
+#[test]
+fn test_writeback_write_and_fstat_loop_asks_getxattr_at_most_once() {
+    let mut m = Mount::new_on(Transport::VhostUser, &["--xattr", "--writeback", "--cache=always"]);
+    let n = getxattrs_for_writes(&m, true);
+    assert!(n <= 1, "{n} GETXATTR requests for {WRITES} writes and fstats under --writeback");
+    m.stop();
+}
+
+/// --writeback: the kernel writes back whole pages at offsets it chooses and handles O_APPEND
+/// itself, so the daemon opens write-only files for reading too and drops O_APPEND. A partial
+/// page written through a write-only fd, and appends through two fds, land on the host as on a
+/// local file.
+#[test]
+fn test_writeback_partial_pages_and_appends_land_on_the_host() {
+    for t in [Transport::Fuse, Transport::VhostUser] {
+        let mut m = Mount::new_on(t, &["--writeback"]);
+        std::fs::write(m.share.join("f"), vec![b'a'; 10000]).unwrap();
+        {
+            let f = std::fs::OpenOptions::new().write(true).open(m.path("f")).unwrap();
+            // Inside the second page: the kernel must read the page around it first.
+            f.write_all_at(b"XYZ", 5000).unwrap();
+            f.sync_all().unwrap();
+        }
+        let mut want = vec![b'a'; 10000];
+        want[5000..5003].copy_from_slice(b"XYZ");
+        assert_eq!(std::fs::read(m.share.join("f")).unwrap(), want, "{t:?}: a partial page through O_WRONLY");
+
+        let open_append = || std::fs::OpenOptions::new().append(true).open(m.path("f")).unwrap();
+        let (mut a, mut b) = (open_append(), open_append());
+        use std::io::Write;
+        a.write_all(b"one").unwrap();
+        b.write_all(b"two").unwrap();
+        a.write_all(b"three").unwrap();
+        a.sync_all().unwrap();
+        b.sync_all().unwrap();
+        drop((a, b));
+        want.extend_from_slice(b"onetwothree");
+        assert_eq!(std::fs::read(m.share.join("f")).unwrap(), want, "{t:?}: appends through two fds");
+        assert_eq!(std::fs::read(m.path("f")).unwrap(), want, "{t:?}: the mount's view");
+        m.stop();
+    }
+}
+
+/// --cache=never: every stat and read goes to the daemon, so a change made on the host is seen
+/// at once (no timeout to wait out).
+#[test]
+fn test_cache_never_sees_host_changes_at_once() {
+    for t in [Transport::Fuse, Transport::VhostUser] {
+        let mut m = Mount::new_on(t, &["--cache=never"]);
+        std::fs::write(m.share.join("f"), b"first").unwrap();
+        assert_eq!(std::fs::read(m.path("f")).unwrap(), b"first");
+        std::fs::write(m.share.join("f"), b"second, longer").unwrap();
+        assert_eq!(std::fs::metadata(m.path("f")).unwrap().len(), 14, "{t:?}: the size after a host write");
+        assert_eq!(std::fs::read(m.path("f")).unwrap(), b"second, longer", "{t:?}: the data after a host write");
+        std::fs::remove_file(m.share.join("f")).unwrap();
+        assert!(!m.path("f").exists(), "{t:?}: a name the host removed");
+        m.stop();
+    }
+}
+
+/// --cache=metadata: names and attributes cached for a day, but data through direct I/O, so a
+/// host change that keeps the size is read at once through an fd opened before it (with
+/// --cache=auto that fd serves the old bytes from the page cache until the attributes expire).
+#[test]
+fn test_cache_metadata_reads_host_data_at_once() {
+    for t in [Transport::Fuse, Transport::VhostUser] {
+        let mut m = Mount::new_on(t, &["--cache=metadata"]);
+        std::fs::write(m.share.join("f"), b"AAAA").unwrap();
+        let f = std::fs::File::open(m.path("f")).unwrap();
+        let mut buf = [0u8; 4];
+        f.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"AAAA");
+        std::fs::OpenOptions::new().write(true).open(m.share.join("f")).unwrap().write_all_at(b"BBBB", 0).unwrap();
+        f.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"BBBB", "{t:?}: data the host rewrote, read through the same fd");
+        drop(f);
+        m.stop();
+    }
+}
