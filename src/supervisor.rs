@@ -361,19 +361,10 @@ fn upgrade(w: &mut Workers, conn: &dyn Connection, handover: &mut Handover, aske
     if let Err(why) = crate::upgrade::check_binary(binary) {
         return refuse(why, asked);
     }
-    // The new binary checks the region first, while the worker serves on.
-    let checked = w
-        .zygote
-        .spawn_upgrader(binary, &handover.encode(), true)
-        .map_err(|e| format!("the zygote cannot start the new binary: {e}"))
-        .and_then(|pid| crate::upgrade::wait_ready(pid, handover.pipes.up[0]).map(|()| pid));
-    match checked {
-        Ok(pid) => {
-            let _ = process::wait_child(pid);
-        }
-        Err(why) => return refuse(why, asked),
-    }
     tracing::info!(binary = %asked.path, worker = w.pid, "live upgrade: stopping the worker");
+    // Before the new binary runs at all, even as a checker: each run starts on a copy of the fd
+    // table, and a copy taken while a worker closes fds would keep those open file
+    // descriptions — and OFD locks on them — alive after the client released them.
     // Crash here (or after the kill): the worker dies as in any crash; recovery, ours or the
     // new binary's, finishes what it had in flight. Not a death of its own doing.
     w.region.header().death_counts.store(0, Ordering::Release);
@@ -381,11 +372,18 @@ fn upgrade(w: &mut Workers, conn: &dyn Connection, handover: &mut Handover, aske
     let mut next = handover.clone();
     next.upgrades += 1;
     next.link = conn.link();
-    let result = w
-        .zygote
-        .spawn_upgrader(binary, &next.encode(), false)
-        .map_err(|e| format!("the zygote cannot start the upgrader: {e}"))
-        .and_then(|pid| crate::upgrade::wait_ready(pid, handover.pipes.up[0]).map(|()| pid));
+    let run = |check_only: bool, text: &str| {
+        w.zygote
+            .spawn_upgrader(binary, text, check_only)
+            .map_err(|e| format!("the zygote cannot start the new binary: {e}"))
+            .and_then(|pid| crate::upgrade::wait_ready(pid, handover.pipes.up[0]).map(|()| pid))
+    };
+    // The new binary checks the region (read only) before it is given anything.
+    let result = run(true, &handover.encode())
+        .map(|checker| {
+            let _ = process::wait_child(checker);
+        })
+        .and_then(|()| run(false, &next.encode()));
     match result {
         Ok(pid) => {
             // The old zygote goes before the go: the new one reads the same request pipe.

@@ -8,9 +8,10 @@
 //! becomes the table the new supervisor and its workers share. The steps (supervisor.rs
 //! `upgrade`):
 //!
-//! 1. The old supervisor checks the binary (an ELF for this machine) and has it check the
-//!    region (`CHECK_ARG`: magic, layout version, offsets) in a throw-away child; only then
-//!    does it kill its worker, as any crash would: from here the table changes no more.
+//! 1. The old supervisor checks the binary (an ELF for this machine) and kills its worker, as
+//!    any crash would: from here the table changes no more (each run of the new binary starts
+//!    on a copy of it). The new binary then checks the region (`CHECK_ARG`: magic, layout
+//!    version, offsets) in a throw-away child.
 //! 2. The zygote clones an *upgrader* (a copy of the table, not a share), which clears
 //!    close-on-exec on exactly the fds that must survive — the ones the region names, the
 //!    transport's, the supervisor's own (`Region::named_fds`) — and execs the new binary with
@@ -330,8 +331,8 @@ pub fn ready_and_wait_go(pipes: &Pipes) -> Result<(), String> {
 }
 
 /// New binary, run with `CHECK_ARG`: answers whether it can take over the region the handover
-/// names (`R`) or why not (`E why`), without writing it. The old supervisor asks this before it
-/// stops anything.
+/// names (`R`) or why not (`E why`), without writing it. The old supervisor asks this before it gives
+/// the new binary anything.
 pub fn check_region(handover: &str) -> ! {
     let h = match Handover::decode(handover) {
         Ok(h) => h,

@@ -42,28 +42,16 @@ pub fn supervisor_of(daemon: u32) -> u32 {
 }
 
 /// The supervisor that serves, looking through the keeper a live upgrade leaves (upgrade.rs):
-/// daemon → [holder →] keeper → supervisor. None while an upgrade is between two supervisors
-/// (one supervisor is the other's parent, or an old one is a zombie beside the new one).
+/// daemon → [holder →] keeper → supervisor. None while an upgrade is between two supervisors:
+/// settled means exactly one living pfs-supervisor among the daemon's processes.
 fn settled_supervisor(daemon: u32) -> Option<u32> {
     let living = |p: u32| matches!(proc_stat(p as i32), Some((s, _, _)) if s != 'Z' && s != 'X');
-    let mut at = daemon;
-    for _ in 0..3 {
-        match comm(at).as_str() {
-            "pfs-supervisor" => {
-                let busy = children_of(at).into_iter().any(|c| comm(c) == "pfs-supervisor");
-                return (!busy && living(at)).then_some(at);
-            }
-            _ => {
-                let kids: Vec<u32> = children_of(at)
-                    .into_iter()
-                    .filter(|c| matches!(comm(*c).as_str(), "pfs-supervisor" | "pfs-keeper"))
-                    .collect();
-                let [only] = kids[..] else { return None };
-                at = only;
-            }
-        }
+    let supervisors: Vec<u32> =
+        descendants(daemon).into_iter().filter(|p| comm(*p) == "pfs-supervisor" && living(*p)).collect();
+    match supervisors[..] {
+        [only] => Some(only),
+        _ => None,
     }
-    None
 }
 
 /// (pid, start time) of a process: the start time tells a reused pid apart.
