@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::os::fd::IntoRawFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use vhost::VhostUserMemoryRegionBase;
 use vhost::vhost_user::message::{
@@ -22,7 +22,10 @@ use vhost::vhost_user::message::{
 use vhost::vhost_user::{Backend, GpuBackend, VhostUserBackendReqHandlerMut};
 
 use super::inflight::InFlight;
-use crate::state::vhost::{MAX_MEM_REGIONS, MAX_QUEUE_SIZE, QueueState, VIRTIO_RING_F_EVENT_IDX, VhostArea};
+use super::transfer;
+use crate::state::vhost::{
+    MAX_MEM_REGIONS, MAX_QUEUE_SIZE, QueueState, TRANSFER_LOAD, TRANSFER_SAVE, VIRTIO_RING_F_EVENT_IDX, VhostArea,
+};
 
 type Result<T> = vhost::vhost_user::Result<T>;
 use vhost::vhost_user::Error as VuError;
@@ -39,9 +42,16 @@ pub fn offered_features() -> u64 {
 /// no INFLIGHT_SHMFD (our in-flight state lives in our own region), CONFIG only with `--tag`
 /// (as virtiofsd: the device's config space then carries our tag; QEMU up to 10.0 keeps its
 /// own config space for vhost-user-fs and does not ask).
-pub fn offered_protocol_features(tag: bool) -> VhostUserProtocolFeatures {
-    let base = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
-    if tag { base | VhostUserProtocolFeatures::CONFIG } else { base }
+/// DEVICE_STATE (VM live migration, QEMU 8.2+) with `migration` (recovery on: transfer.rs).
+pub fn offered_protocol_features(tag: bool, migration: bool) -> VhostUserProtocolFeatures {
+    let mut f = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
+    if tag {
+        f |= VhostUserProtocolFeatures::CONFIG;
+    }
+    if migration {
+        f |= VhostUserProtocolFeatures::DEVICE_STATE;
+    }
+    f
 }
 
 /// The longest tag virtio-fs's config space holds (virtio 1.2, 5.11.4).
@@ -66,6 +76,14 @@ pub struct Control {
     /// Called while waiting on a worker (GET_VRING_BASE): the supervisor replaces a worker that
     /// died meanwhile, so the wait can end.
     keep_workers: Box<dyn FnMut()>,
+    /// Whether DEVICE_STATE is offered (transfer.rs).
+    migration: bool,
+    /// The region header's INIT flag: a device state loads only into a daemon whose guest has
+    /// not begun a session.
+    init_done: &'static AtomicU32,
+    /// The device-state transfer under way (between SET_DEVICE_STATE_FD and
+    /// CHECK_DEVICE_STATE): its direction, and a save's outcome (done at once).
+    transfer: Option<(u32, Option<std::result::Result<transfer::Outcome, String>>)>,
 }
 
 fn bad(what: &'static str) -> VuError {
@@ -74,8 +92,14 @@ fn bad(what: &'static str) -> VuError {
 }
 
 impl Control {
-    pub fn new(area: &'static VhostArea, tag: Option<String>, keep_workers: Box<dyn FnMut()>) -> Control {
-        Control { area, tag, keep_workers }
+    pub fn new(
+        area: &'static VhostArea,
+        tag: Option<String>,
+        migration: bool,
+        init_done: &'static AtomicU32,
+        keep_workers: Box<dyn FnMut()>,
+    ) -> Control {
+        Control { area, tag, keep_workers, migration, init_done, transfer: None }
     }
 
     fn queue(&self, index: u32) -> Result<&'static QueueState> {
@@ -161,11 +185,11 @@ impl VhostUserBackendReqHandlerMut for Control {
     }
 
     fn get_protocol_features(&mut self) -> Result<VhostUserProtocolFeatures> {
-        Ok(offered_protocol_features(self.tag.is_some()))
+        Ok(offered_protocol_features(self.tag.is_some(), self.migration))
     }
 
     fn set_protocol_features(&mut self, features: u64) -> Result<()> {
-        if features & !offered_protocol_features(self.tag.is_some()).bits() != 0 {
+        if features & !offered_protocol_features(self.tag.is_some(), self.migration).bits() != 0 {
             return Err(bad("protocol features acked that were not offered"));
         }
         Ok(())
@@ -360,17 +384,74 @@ impl VhostUserBackendReqHandlerMut for Control {
         Err(bad("REM_MEM_REG (CONFIGURE_MEM_SLOTS not offered)"))
     }
 
+    /// SET_DEVICE_STATE_FD: answered with a memfd of our own (transfer.rs); a save is done at
+    /// once (by the worker), so the frontend reads the whole state from it.
     fn set_device_state_fd(
         &mut self,
-        _: VhostTransferStateDirection,
-        _: VhostTransferStatePhase,
-        _: File,
+        direction: VhostTransferStateDirection,
+        phase: VhostTransferStatePhase,
+        frontends: File,
     ) -> Result<Option<File>> {
-        Err(bad("device state transfer"))
+        // The frontend's pipe end is not used: it reads from, or writes to, ours.
+        drop(frontends);
+        if !self.migration {
+            return Err(bad("SET_DEVICE_STATE_FD (DEVICE_STATE not offered: --recovery off)"));
+        }
+        if phase != VhostTransferStatePhase::STOPPED {
+            return Err(bad("SET_DEVICE_STATE_FD in a phase other than STOPPED"));
+        }
+        if self.area.queues[..self.area.queue_count()].iter().any(|q| q.started.load(Ordering::Acquire) != 0) {
+            return Err(bad("SET_DEVICE_STATE_FD while a ring is running (the device must be stopped)"));
+        }
+        let dir = if direction == VhostTransferStateDirection::SAVE { TRANSFER_SAVE } else { TRANSFER_LOAD };
+        if dir == TRANSFER_LOAD && self.init_done.load(Ordering::Acquire) != 0 {
+            return Err(bad("SET_DEVICE_STATE_FD(LOAD) into a daemon whose guest already began a FUSE session"));
+        }
+        let failed = |e: std::io::Error| {
+            tracing::error!("device state transfer: cannot make its memfd: {e}");
+            VuError::ReqHandlerError(e)
+        };
+        transfer::open(self.area).map_err(failed)?;
+        let outcome = (dir == TRANSFER_SAVE).then(|| {
+            tracing::info!("device state save asked (VM live migration, source)");
+            transfer::run(self.area, TRANSFER_SAVE, &mut *self.keep_workers).map_err(|e| e.to_string())
+        });
+        if dir == TRANSFER_LOAD {
+            tracing::info!("device state load asked (VM live migration, destination)");
+        }
+        self.transfer = Some((dir, outcome));
+        // After the save: no worker is cloned between this and the reply.
+        let file = transfer::reply_file(self.area).map_err(failed)?;
+        Ok(Some(file))
     }
 
+    /// CHECK_DEVICE_STATE: a save's outcome; for a load, the import (by the worker, which is
+    /// then replaced) and its outcome.
     fn check_device_state(&mut self) -> Result<()> {
-        Err(bad("device state transfer"))
+        let Some((dir, outcome)) = self.transfer.take() else {
+            return Err(bad("CHECK_DEVICE_STATE without a transfer"));
+        };
+        let outcome = match outcome {
+            Some(saved) => saved,
+            None => {
+                let loaded = transfer::run(self.area, dir, &mut *self.keep_workers).map_err(|e| e.to_string());
+                // Success or not: the worker's heap may no longer match the tables.
+                transfer::replace_worker(self.area, &mut *self.keep_workers);
+                loaded
+            }
+        };
+        transfer::close(self.area);
+        let what = if dir == TRANSFER_SAVE { "save" } else { "load" };
+        match outcome {
+            Ok(s) => {
+                tracing::info!(nodes = s.nodes, handles = s.handles, unusable = s.invalid, "device state {what} done");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("device state {what} failed: {e}");
+                Err(VuError::ReqHandlerError(std::io::Error::other(e)))
+            }
+        }
     }
 
     fn get_shmem_config(&mut self) -> Result<VhostUserShMemConfig> {
