@@ -308,3 +308,42 @@ fn test_device_state_load_into_a_live_session_is_refused() {
     let loaded = common::frontend::load_into(&mut fe, &state).unwrap();
     assert!(!loaded, "a load into a live session is refused");
 }
+
+/// Dirty-page logging (VHOST_F_LOG_ALL, LOG_SHMFD): QEMU migrates a vhost-user device only if
+/// the backend logs its writes into guest memory while the RAM is copied. Before LOG_ALL is
+/// acked nothing is logged; after it, a request marks its reply's pages and the used ring's.
+#[test]
+fn test_dirty_log_marks_the_pages_the_backend_writes() {
+    use vhost::VhostBackend;
+    let b = Backend::start(&[]);
+    std::fs::write(b.share.join("f"), b"f").unwrap();
+    let mut fe = Frontend::connect_with(b.socket(), OPTS).unwrap();
+    let bytes = common::frontend::GUEST_MEM_SIZE / 4096 / 8;
+    // SAFETY: a plain memfd_create with a valid C string.
+    let fd = unsafe { libc::memfd_create(c"dirty-log".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0);
+    // SAFETY: our fd.
+    assert_eq!(unsafe { libc::ftruncate(fd, bytes as i64) }, 0);
+    let region = vhost::VhostUserDirtyLogRegion { mmap_size: bytes as u64, mmap_offset: 0, mmap_handle: fd };
+    fe.vhost_user().set_log_base(0, Some(region)).expect("SET_LOG_BASE");
+    let log = || {
+        let mut buf = vec![0u8; bytes];
+        // SAFETY: our fd and buffer.
+        assert_eq!(unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), bytes, 0) }, bytes as isize);
+        buf
+    };
+    let dirty = |log: &[u8], gpa: u64| log[(gpa / 4096 / 8) as usize] & (1 << ((gpa / 4096) % 8)) != 0;
+    init(&mut fe);
+    assert!(log().iter().all(|&b| b == 0), "nothing is logged before LOG_ALL");
+    let acked = fe.acked_features | (1 << 26);
+    fe.vhost_user().set_features(acked).expect("SET_FEATURES with VHOST_F_LOG_ALL");
+    lookup(&mut fe, 2, abi::ROOT_ID, c"f");
+    let after = log();
+    let q = fe.queue(1).unwrap();
+    let (used, data, data_len) = (q.used_addr().0, q.data_addr().0, q.data_len());
+    assert!(dirty(&after, used), "the used ring's page is logged");
+    let data_pages = (data..data + data_len).step_by(4096).filter(|&a| dirty(&after, a)).count();
+    assert!(data_pages >= 1, "the reply's page is logged");
+    let total: u32 = after.iter().map(|b| b.count_ones()).sum();
+    assert!(total <= 8, "only the pages written are logged ({total} bits)");
+}

@@ -127,6 +127,24 @@ pub const STATUS_PENDING: u32 = 1;
 pub const STATUS_DONE: u32 = 2;
 pub const STATUS_FAILED: u32 = 3;
 
+/// The dirty-page log (VHOST_F_LOG_ALL, LOG_SHMFD; VM live migration): SET_LOG_BASE's shared
+/// memory, one bit per 4 KiB page of guest-physical memory, which the worker sets after each
+/// write into guest memory while the frontend has LOG_ALL acked. `fd` is held in the shared fd
+/// table like the memory table's.
+#[repr(C)]
+#[derive(Debug)]
+pub struct DirtyLogArea {
+    pub fd: AtomicI32,
+    _pad: u32,
+    pub size: AtomicU64,
+    pub offset: AtomicU64,
+    /// Bumped with every SET_LOG_BASE, so workers map the log again only when it changed.
+    pub generation: AtomicU64,
+}
+
+/// VHOST_F_LOG_ALL: the frontend logs dirty pages (during a migration).
+pub const VHOST_F_LOG_ALL: u64 = 1 << 26;
+
 /// The vhost-user area's header, then `MAX_QUEUES` queues.
 #[repr(C)]
 #[derive(Debug)]
@@ -141,6 +159,7 @@ pub struct VhostArea {
     pub mem_count: AtomicU32,
     pub mem: [MemRegion; MAX_MEM_REGIONS],
     pub transfer: Transfer,
+    pub log: DirtyLogArea,
     pub queues: [QueueState; MAX_QUEUES],
 }
 
@@ -155,6 +174,8 @@ pub struct QueueConfig {
     pub avail_addr: u64,
     pub used_addr: u64,
     pub event_idx: bool,
+    /// VHOST_F_LOG_ALL acked: writes into guest memory are logged.
+    pub log_all: bool,
 }
 
 /// A consistent copy of one memory region's fields.
@@ -201,6 +222,16 @@ impl VhostArea {
         (self.num_queues.load(Ordering::Relaxed) as usize).min(MAX_QUEUES)
     }
 
+    /// The dirty log's fd, size, offset and generation (call inside `read_control`).
+    pub fn log_config(&self) -> (i32, u64, u64, u64) {
+        (
+            self.log.fd.load(Ordering::Relaxed),
+            self.log.size.load(Ordering::Relaxed),
+            self.log.offset.load(Ordering::Relaxed),
+            self.log.generation.load(Ordering::Relaxed),
+        )
+    }
+
     /// The memory table (call inside `read_control`).
     pub fn mem_table(&self) -> Vec<MemRegionConfig> {
         let n = (self.mem_count.load(Ordering::Relaxed) as usize).min(MAX_MEM_REGIONS);
@@ -234,6 +265,7 @@ impl VhostArea {
             avail_addr: s.avail_addr.load(Ordering::Relaxed),
             used_addr: s.used_addr.load(Ordering::Relaxed),
             event_idx: self.acked_features.load(Ordering::Relaxed) & VIRTIO_RING_F_EVENT_IDX != 0,
+            log_all: self.acked_features.load(Ordering::Relaxed) & VHOST_F_LOG_ALL != 0,
         }
     }
 
@@ -242,6 +274,7 @@ impl VhostArea {
         let mut fds: Vec<i32> = self.mem.iter().map(|m| m.fd.load(Ordering::Acquire)).collect();
         fds.push(self.transfer.fd.load(Ordering::Acquire));
         fds.push(self.transfer.wake_fd.load(Ordering::Acquire));
+        fds.push(self.log.fd.load(Ordering::Acquire));
         for q in &self.queues {
             for fd in [&q.kick_fd, &q.call_fd, &q.err_fd, &q.notify_fd] {
                 fds.push(fd.load(Ordering::Acquire));
@@ -258,6 +291,7 @@ impl VhostArea {
         }
         self.transfer.fd.store(-1, Ordering::Relaxed);
         self.transfer.wake_fd.store(-1, Ordering::Relaxed);
+        self.log.fd.store(-1, Ordering::Relaxed);
         for q in &self.queues {
             for fd in [&q.kick_fd, &q.call_fd, &q.err_fd, &q.notify_fd] {
                 fd.store(-1, Ordering::Relaxed);

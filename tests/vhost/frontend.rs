@@ -227,7 +227,8 @@ impl Frontend {
         // rejected message fails here, not as a silent hang at the first request.
         let wanted = VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::DEVICE_STATE;
+            | VhostUserProtocolFeatures::DEVICE_STATE
+            | VhostUserProtocolFeatures::LOG_SHMFD;
         let acked_proto = offered_proto & wanted;
         check("SET_PROTOCOL_FEATURES", vu.set_protocol_features(acked_proto))?;
         if acked_proto.contains(VhostUserProtocolFeatures::REPLY_ACK) {

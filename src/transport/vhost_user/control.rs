@@ -24,7 +24,8 @@ use vhost::vhost_user::{Backend, GpuBackend, VhostUserBackendReqHandlerMut};
 use super::inflight::InFlight;
 use super::transfer;
 use crate::state::vhost::{
-    MAX_MEM_REGIONS, MAX_QUEUE_SIZE, QueueState, TRANSFER_LOAD, TRANSFER_SAVE, VIRTIO_RING_F_EVENT_IDX, VhostArea,
+    MAX_MEM_REGIONS, MAX_QUEUE_SIZE, QueueState, TRANSFER_LOAD, TRANSFER_SAVE, VHOST_F_LOG_ALL,
+    VIRTIO_RING_F_EVENT_IDX, VhostArea,
 };
 
 type Result<T> = vhost::vhost_user::Result<T>;
@@ -32,24 +33,27 @@ use vhost::vhost_user::Error as VuError;
 
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
-/// Virtio features we offer: VERSION_1, EVENT_IDX and vhost-user's PROTOCOL_FEATURES. (No
-/// INDIRECT_DESC: Linux's virtio-fs works without it, and every chain stays in one table.)
-pub fn offered_features() -> u64 {
-    VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+/// Virtio features we offer: VERSION_1, EVENT_IDX and vhost-user's PROTOCOL_FEATURES, and with
+/// `migration` VHOST_F_LOG_ALL (dirty-page logging: QEMU migrates a vhost device only with it).
+/// (No INDIRECT_DESC: Linux's virtio-fs works without it, and every chain stays in one table.)
+pub fn offered_features(migration: bool) -> u64 {
+    let log = if migration { VHOST_F_LOG_ALL } else { 0 };
+    VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() | log
 }
 
 /// Protocol features we offer. No BACKEND_REQ (only DAX needs the backend-request channel),
 /// no INFLIGHT_SHMFD (our in-flight state lives in our own region), CONFIG only with `--tag`
 /// (as virtiofsd: the device's config space then carries our tag; QEMU up to 10.0 keeps its
 /// own config space for vhost-user-fs and does not ask).
-/// DEVICE_STATE (VM live migration, QEMU 8.2+) with `migration` (recovery on: transfer.rs).
+/// DEVICE_STATE (VM live migration, QEMU 8.2+) and LOG_SHMFD (the dirty log as shared memory)
+/// with `migration` (recovery on: transfer.rs).
 pub fn offered_protocol_features(tag: bool, migration: bool) -> VhostUserProtocolFeatures {
     let mut f = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
     if tag {
         f |= VhostUserProtocolFeatures::CONFIG;
     }
     if migration {
-        f |= VhostUserProtocolFeatures::DEVICE_STATE;
+        f |= VhostUserProtocolFeatures::DEVICE_STATE | VhostUserProtocolFeatures::LOG_SHMFD;
     }
     f
 }
@@ -164,11 +168,11 @@ impl VhostUserBackendReqHandlerMut for Control {
     }
 
     fn get_features(&mut self) -> Result<u64> {
-        Ok(offered_features())
+        Ok(offered_features(self.migration))
     }
 
     fn set_features(&mut self, features: u64) -> Result<()> {
-        if features & !offered_features() != 0 {
+        if features & !offered_features(self.migration) != 0 {
             return Err(bad("features acked that were not offered"));
         }
         let protocol = features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
@@ -458,7 +462,29 @@ impl VhostUserBackendReqHandlerMut for Control {
         Err(bad("shared memory regions"))
     }
 
-    fn set_log_base(&mut self, _: &VhostUserLog, _: File) -> Result<()> {
-        Err(bad("dirty logging (LOG_SHMFD not offered)"))
+    /// SET_LOG_BASE (LOG_SHMFD): the dirty-page bitmap, recorded like the memory table (the
+    /// old one's fd closed once the change ended); workers map it and log their writes into
+    /// guest memory while VHOST_F_LOG_ALL is acked.
+    fn set_log_base(&mut self, log: &VhostUserLog, file: File) -> Result<()> {
+        if !self.migration {
+            return Err(bad("SET_LOG_BASE (LOG_SHMFD not offered: --recovery off)"));
+        }
+        if log.mmap_size == 0 || log.mmap_offset.checked_add(log.mmap_size).is_none_or(|end| end > 1 << 40) {
+            return Err(bad("dirty log with a zero or overflowing size"));
+        }
+        let fd = file.into_raw_fd();
+        let l = &self.area.log;
+        let old = self.change(|| {
+            let old = l.fd.swap(fd, Ordering::Relaxed);
+            l.size.store(log.mmap_size, Ordering::Relaxed);
+            l.offset.store(log.mmap_offset, Ordering::Relaxed);
+            l.generation.fetch_add(1, Ordering::Relaxed);
+            old
+        });
+        if old >= 0 {
+            crate::sys::close(old);
+        }
+        tracing::info!(bytes = log.mmap_size, "dirty-page log recorded (VM live migration)");
+        Ok(())
     }
 }
