@@ -212,6 +212,12 @@ impl Inodes {
         if index != 1 {
             return Err(Error::RootNotFirst(index));
         }
+        // The root's id is 1 with generation 0 whatever happened before: a worker killed while
+        // installing it left slot 1 SETTING_UP, which recovery freed with its generation bumped;
+        // no id of it was ever sent. (Without this the next install published id 1<<32|1, the
+        // root looked absent to every later worker, and each one's install took slot 2 and
+        // failed: a crash loop. test_handshake_and_requests_while_workers_are_killed hit it.)
+        self.table.header(index).generation.store(0, Ordering::SeqCst);
         self.fill(index, fd, None, key, file_type);
         let _one = self.index.lock().unwrap();
         // Crash between these: the journal names the root; recovery makes its entry agree.
