@@ -155,6 +155,27 @@ impl Fs {
         Ok(rel.to_vec())
     }
 
+    /// For an object opened by file handle: if it has a name, that name must lead to it from
+    /// the share's root; if its name is gone (nlink 0, or /proc/self/fd says "(deleted)"), there
+    /// is nothing to check.
+    fn beneath_share(
+        &self,
+        fd: i32,
+        stx: &libc::statx,
+        root: i32,
+        root_name: &[u8],
+    ) -> std::result::Result<(), String> {
+        if stx.stx_nlink == 0 {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; stream::MAX_PATH + 64];
+        let n = sys::readlinkat(self.proc_self_fd, FdName::new(fd).as_cstr(), &mut buf).map_err(os)?;
+        if buf[..n].ends_with(b" (deleted)") {
+            return Ok(());
+        }
+        self.path_of(fd, root, root_name, true).map(drop)
+    }
+
     /// The device state of this daemon's session (the source's side of SET_DEVICE_STATE_FD).
     /// The rings are stopped: nothing changes the tables meanwhile.
     pub fn export_state(&self) -> std::result::Result<(Vec<u8>, Summary), Error> {
@@ -243,11 +264,10 @@ impl Fs {
                     }
                 };
                 // A handle can name any object of the file system, the share's or not: one with
-                // a name must be found again beneath the share by that name. One without (an
-                // open file unlinked on the source) cannot be checked so; it is a file the
-                // guest had open, and only a non-directory.
-                let unnamed = stx.stx_nlink == 0 && u32::from(stx.stx_mode) & libc::S_IFMT != libc::S_IFDIR;
-                if !unnamed && let Err(why) = self.path_of(fd, root, root_name, true) {
+                // a name must be found again beneath the share by that name. One whose name is
+                // gone (unlinked while open, a directory removed while the guest holds it) cannot
+                // be checked so, and comes over as the guest knew it.
+                if let Err(why) = self.beneath_share(fd, &stx, root, root_name) {
                     sys::close(fd);
                     return Err(format!("the handle's object is not beneath the share: {why}"));
                 }

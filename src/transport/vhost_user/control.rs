@@ -144,6 +144,24 @@ impl Control {
         Ok(())
     }
 
+    /// Waits until every queue's thread has taken in the control change that ended at `seq`
+    /// (bounded, as GET_VRING_BASE's wait; a worker that dies meanwhile is replaced and its
+    /// threads start from the region). For dirty logging: once the frontend has the ack, every
+    /// write into guest memory must be logged.
+    fn wait_applied(&mut self, seq: u64, what: &str) {
+        let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+        for q in &self.area.queues[..self.area.queue_count()] {
+            while q.applied_seq.load(Ordering::Acquire) < seq {
+                if std::time::Instant::now() > deadline {
+                    tracing::warn!("{what}: the worker did not take the change in within 5 s");
+                    return;
+                }
+                (self.keep_workers)();
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    }
+
     /// Stops every ring (RESET_OWNER, RESET_DEVICE).
     fn stop_all(&mut self) {
         for i in 0..self.area.queue_count() as u32 {
@@ -176,6 +194,7 @@ impl VhostUserBackendReqHandlerMut for Control {
             return Err(bad("features acked that were not offered"));
         }
         let protocol = features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
+        let logging = self.area.acked_features.load(Ordering::Relaxed) & VHOST_F_LOG_ALL;
         self.change(|| {
             self.area.acked_features.store(features, Ordering::Relaxed);
             // Without PROTOCOL_FEATURES a ring is enabled as soon as it starts.
@@ -185,6 +204,10 @@ impl VhostUserBackendReqHandlerMut for Control {
                 }
             }
         });
+        if features & VHOST_F_LOG_ALL != logging {
+            let seq = self.area.control_seq.load(Ordering::Acquire);
+            self.wait_applied(seq, "SET_FEATURES (dirty logging)");
+        }
         Ok(())
     }
 
@@ -481,6 +504,10 @@ impl VhostUserBackendReqHandlerMut for Control {
             l.generation.fetch_add(1, Ordering::Relaxed);
             old
         });
+        // Every queue thread maps the new log before the frontend is answered, and before the
+        // old fd is closed (a thread that was mapping it sees the change and maps again).
+        let seq = self.area.control_seq.load(Ordering::Acquire);
+        self.wait_applied(seq, "SET_LOG_BASE");
         if old >= 0 {
             crate::sys::close(old);
         }

@@ -269,6 +269,11 @@ impl QueueThread {
     /// Pops and serves every chain the driver made available.
     fn drain(&mut self) -> Result<(), String> {
         loop {
+            // A control change is taken in between chains, not after the whole backlog: the
+            // supervisor waits for it when the frontend turns dirty logging on (control.rs).
+            if self.seq != Some(self.area.control_seq.load(Ordering::Acquire)) {
+                return Ok(());
+            }
             let Some(a) = &self.active else { return Ok(()) };
             let (used, next) = (a.used.clone(), a.next_avail);
             let (mem, ring) = (&used.guest.mem, used.ring);
