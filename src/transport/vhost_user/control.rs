@@ -85,9 +85,6 @@ pub struct Control {
     /// The region header's INIT flag: a device state loads only into a daemon whose guest has
     /// not begun a session.
     init_done: &'static AtomicU32,
-    /// The device-state transfer under way (between SET_DEVICE_STATE_FD and
-    /// CHECK_DEVICE_STATE): its direction, and a save's outcome (done at once).
-    transfer: Option<(u32, Option<std::result::Result<transfer::Outcome, String>>)>,
 }
 
 fn bad(what: &'static str) -> VuError {
@@ -103,7 +100,7 @@ impl Control {
         init_done: &'static AtomicU32,
         keep_workers: Box<dyn FnMut()>,
     ) -> Control {
-        Control { area, tag, keep_workers, migration, init_done, transfer: None }
+        Control { area, tag, keep_workers, migration, init_done }
     }
 
     fn queue(&self, index: u32) -> Result<&'static QueueState> {
@@ -438,15 +435,16 @@ impl VhostUserBackendReqHandlerMut for Control {
             tracing::error!("device state transfer: cannot make its memfd: {e}");
             VuError::ReqHandlerError(e)
         };
-        transfer::open(self.area).map_err(failed)?;
-        let outcome = (dir == TRANSFER_SAVE).then(|| {
+        // The transfer lives in the region (its memfd, direction and outcome), not in this
+        // handler: a supervisor that re-executes itself between the two messages finds it.
+        transfer::open(self.area, dir).map_err(failed)?;
+        if dir == TRANSFER_SAVE {
             tracing::info!("device state save asked (VM live migration, source)");
-            transfer::run(self.area, TRANSFER_SAVE, &mut *self.keep_workers).map_err(|e| e.to_string())
-        });
-        if dir == TRANSFER_LOAD {
+            // Its outcome stays in the region for CHECK_DEVICE_STATE.
+            let _ = transfer::run(self.area, TRANSFER_SAVE, &mut *self.keep_workers);
+        } else {
             tracing::info!("device state load asked (VM live migration, destination)");
         }
-        self.transfer = Some((dir, outcome));
         // After the save: no worker is cloned between this and the reply.
         let file = transfer::reply_file(self.area).map_err(failed)?;
         Ok(Some(file))
@@ -455,18 +453,23 @@ impl VhostUserBackendReqHandlerMut for Control {
     /// CHECK_DEVICE_STATE: a save's outcome; for a load, the import (by the worker, which is
     /// then replaced) and its outcome.
     fn check_device_state(&mut self) -> Result<()> {
-        let Some((dir, outcome)) = self.transfer.take() else {
+        let Some(dir) = transfer::open_direction(self.area) else {
             return Err(bad("CHECK_DEVICE_STATE without a transfer"));
         };
-        let outcome = match outcome {
-            Some(saved) => saved,
-            None => {
-                let loaded = transfer::run(self.area, dir, &mut *self.keep_workers).map_err(|e| e.to_string());
-                // Success or not: the worker's heap may no longer match the tables.
-                transfer::replace_worker(self.area, &mut *self.keep_workers);
-                loaded
+        let outcome = match transfer::outcome(self.area) {
+            // A save, done at SET_DEVICE_STATE_FD.
+            Some(done) if dir == TRANSFER_SAVE => done,
+            // A load (or a save whose answer was lost: done now).
+            _ => {
+                let r = transfer::run(self.area, dir, &mut *self.keep_workers);
+                if dir == TRANSFER_LOAD {
+                    // Success or not: the worker's heap may no longer match the tables.
+                    transfer::replace_worker(self.area, &mut *self.keep_workers);
+                }
+                r
             }
-        };
+        }
+        .map_err(|e| e.to_string());
         transfer::close(self.area);
         let what = if dir == TRANSFER_SAVE { "save" } else { "load" };
         match outcome {

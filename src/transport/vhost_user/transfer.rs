@@ -40,9 +40,6 @@ const TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long the supervisor waits for a worker it killed to be reaped.
 const REPLACE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What a finished transfer moved.
-pub type Outcome = Summary;
-
 /// A failed transfer, as the supervisor logs it.
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
@@ -52,13 +49,36 @@ pub enum Failure {
     Timeout(Duration),
 }
 
-/// Supervisor: a new transfer memfd, recorded in the region before anything can use it.
-pub fn open(area: &VhostArea) -> std::io::Result<()> {
+/// Supervisor: a new transfer in `direction`, its memfd recorded in the region before anything
+/// can use it.
+pub fn open(area: &VhostArea, direction: u32) -> std::io::Result<()> {
     close(area);
     let fd = sys::memfd_create(c"phoenixfs-device-state")?.into_raw_fd();
+    area.transfer.direction.store(direction, Ordering::Relaxed);
     // Recorded at once: a worker cloned from now on keeps it in its fd sweep.
     area.transfer.fd.store(fd, Ordering::Release);
     Ok(())
+}
+
+/// Supervisor: the direction of the transfer open now (between SET_DEVICE_STATE_FD and
+/// CHECK_DEVICE_STATE), if one is.
+pub fn open_direction(area: &VhostArea) -> Option<u32> {
+    let t = &area.transfer;
+    (t.fd.load(Ordering::Acquire) >= 0).then(|| t.direction.load(Ordering::Relaxed))
+}
+
+/// Supervisor: the outcome of the last request, if it finished (DONE or FAILED).
+pub fn outcome(area: &VhostArea) -> Option<Result<Summary, Failure>> {
+    let t = &area.transfer;
+    match t.status.load(Ordering::Acquire) {
+        STATUS_DONE => Some(Ok(Summary {
+            nodes: t.nodes.load(Ordering::Relaxed),
+            handles: t.handles.load(Ordering::Relaxed),
+            invalid: t.invalid.load(Ordering::Relaxed),
+        })),
+        STATUS_FAILED => Some(Err(Failure::Worker(std::io::Error::from_raw_os_error(t.error.load(Ordering::Relaxed))))),
+        _ => None,
+    }
 }
 
 /// Supervisor: a duplicate of the transfer memfd for the reply to the frontend. Made last,
@@ -84,7 +104,7 @@ pub fn close(area: &VhostArea) {
 
 /// Supervisor: asks the worker for `direction` on the open transfer and waits for it, keeping
 /// workers alive meanwhile (`keep_workers` replaces one that died, whose successor takes the
-/// request up).
+/// request up). The outcome stays in the region (`outcome`) until the transfer is closed.
 pub fn run(area: &VhostArea, direction: u32, keep_workers: &mut dyn FnMut()) -> Result<Summary, Failure> {
     let t = &area.transfer;
     t.direction.store(direction, Ordering::Relaxed);
@@ -102,23 +122,12 @@ pub fn run(area: &VhostArea, direction: u32, keep_workers: &mut dyn FnMut()) -> 
     }
     let deadline = Instant::now() + TRANSFER_TIMEOUT;
     loop {
-        match t.status.load(Ordering::Acquire) {
-            STATUS_DONE => {
-                t.status.store(STATUS_IDLE, Ordering::Release);
-                return Ok(Summary {
-                    nodes: t.nodes.load(Ordering::Relaxed),
-                    handles: t.handles.load(Ordering::Relaxed),
-                    invalid: t.invalid.load(Ordering::Relaxed),
-                });
-            }
-            STATUS_FAILED => {
-                t.status.store(STATUS_IDLE, Ordering::Release);
-                return Err(Failure::Worker(std::io::Error::from_raw_os_error(t.error.load(Ordering::Relaxed))));
-            }
-            _ => {}
+        if let Some(done) = outcome(area) {
+            return done;
         }
         if Instant::now() > deadline {
-            t.status.store(STATUS_IDLE, Ordering::Release);
+            t.error.store(libc::ETIMEDOUT, Ordering::Relaxed);
+            t.status.store(STATUS_FAILED, Ordering::Release);
             return Err(Failure::Timeout(TRANSFER_TIMEOUT));
         }
         keep_workers();
