@@ -357,3 +357,118 @@ fn test_vm_qemu_10_live_migration_between_two_daemons() {
         );
     }
 }
+
+/// A migration that fails ends cleanly: the destination refuses the device state (its
+/// `--migration-mode` is not the source's), QEMU's return path tells the source, and the guest
+/// runs on on the source, which restarts its rings on the same daemon: no guest error, the
+/// held-open files intact, host tree == model.
+#[test]
+fn test_vm_qemu_10_failed_migration_leaves_the_source_running() {
+    let q = qemu::Qemu::backports(&qemu::target_dir().join("vm-cache"));
+    let (guest, accel, tmp) = qemu::prepare_vm(&q);
+    let share = tmp.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let (src_sock, dst_sock) = (tmp.path().join("src.sock"), tmp.path().join("dst.sock"));
+    let (src_qmp, dst_qmp) = (tmp.path().join("src.qmp"), tmp.path().join("dst.qmp"));
+    let (uri, _) = migrate_uri(tmp.path());
+    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let append = format!("vmg.threads=2 vmg.seed={seed:x} vmg.keep");
+
+    let mut src = daemon(&share, &src_sock, "file-handles", "src-phoenixfsd");
+    let mut cmd = qemu::command(&q, &guest, accel, &src_sock, &append);
+    cmd.arg("-qmp").arg(format!("unix:{},server=on,wait=off", src_qmp.display())).stderr(Stdio::piped());
+    let mut src_vm = qemu::Reap(cmd.spawn().expect("spawn the source QEMU"));
+    let src_err = qemu::collect_stderr(&mut src_vm, "src-qemu");
+    let src_console = qemu::console(&mut src_vm);
+    // The destination cannot take the state: it was made in another mode.
+    let mut dst = daemon(&share, &dst_sock, "find-paths", "dst-phoenixfsd");
+    let mut cmd = qemu::command(&q, &guest, accel, &dst_sock, &append);
+    cmd.arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", dst_qmp.display()))
+        .args(["-incoming", &uri])
+        .stderr(Stdio::piped());
+    let mut dst_vm = qemu::Reap(cmd.spawn().expect("spawn the destination QEMU"));
+    let dst_err = qemu::collect_stderr(&mut dst_vm, "dst-qemu");
+
+    let mut lines = Vec::new();
+    read_console(&src_console, "guest@src", &mut lines, Duration::from_secs(180), |l| l.starts_with("VM-START"));
+    let mut seen = 0;
+    read_console(&src_console, "guest@src", &mut lines, Duration::from_secs(60), |l| {
+        seen += u32::from(progress(l).is_some());
+        seen == 2
+    });
+    let mut qmp = Qmp::connect(&src_qmp);
+    let mut qmp_dst = Qmp::connect(&dst_qmp);
+    let caps = r#"{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"return-path","state":true}]}}"#;
+    for q in [&mut qmp, &mut qmp_dst] {
+        let r = q.execute(caps);
+        assert!(r.contains("\"return\""), "migrate-set-capabilities: {r}");
+    }
+    let t_mig = Instant::now();
+    let r = qmp.execute(&format!(r#"{{"execute":"migrate","arguments":{{"uri":"{uri}"}}}}"#));
+    assert!(r.contains("\"return\""), "migrate: {r}");
+    let status = loop {
+        while let Ok(l) = src_console.try_recv() {
+            eprintln!("guest@src| {l}");
+            lines.push(l);
+        }
+        let s = qmp.execute(r#"{"execute":"query-migrate"}"#);
+        if ["\"completed\"", "\"failed\"", "\"cancelled\""].iter().any(|w| s.contains(w)) {
+            break s;
+        }
+        assert!(t_mig.elapsed() < Duration::from_secs(300), "the migration did not end within 300 s: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("vm-migration: {:.1} s: {}", t_mig.elapsed().as_secs_f64(), status.trim());
+    assert!(status.contains("\"failed\""), "the migration should have failed: {status}");
+    let dst_vm_status = wait_for_exit(&mut dst_vm.0, Duration::from_secs(60)).expect("the destination QEMU exits");
+    let dst_status = wait_for_exit(&mut dst.child.0, Duration::from_secs(30));
+    let at_failure = lines.len();
+
+    // The source runs on (its rings restarted on the same daemon), through worker kills too.
+    let src_sup = common::proc::supervisor_of(src.child.id()) as i32;
+    let kills = kill_workers(src_sup, 10, &mut seed);
+    let mut seen = 0;
+    read_console(&src_console, "guest@src", &mut lines, Duration::from_secs(120), |l| {
+        seen += u32::from(progress(l).is_some());
+        seen == 2
+    });
+    std::fs::write(share.join("STOP"), b"").unwrap();
+    read_console(&src_console, "guest@src", &mut lines, Duration::from_secs(300), |_| false);
+    let src_vm_status = src_vm.wait().expect("wait for the source QEMU");
+    let src_status = wait_for_exit(&mut src.child.0, Duration::from_secs(30));
+    let _ = (src_err.join(), dst_err.join());
+    let (src_log, dst_log) = (src.log.clone(), dst.log.clone());
+    let _ = (src.reader.join(), dst.reader.join());
+
+    let summary = lines.iter().find(|l| l.starts_with("VM-SUMMARY")).expect("the guest printed no VM-SUMMARY");
+    let f = fields(summary);
+    let ops_before = lines[..at_failure].iter().filter_map(|l| progress(l)).next_back().unwrap_or(0);
+    let ops_after = lines[at_failure..].iter().filter_map(|l| progress(l)).next_back().unwrap_or(0);
+    let model: Vec<String> = lines.iter().filter_map(|l| l.strip_prefix("VM-LIST ")).map(str::to_string).collect();
+    let host = host_listing(&share);
+    eprintln!(
+        "vm-migration (failing): {}: {}; guest ops {ops_before} at the failure, {ops_after} later on the source, errors {}",
+        q.version,
+        status.trim(),
+        f.get("errors").unwrap_or(&"?")
+    );
+    assert_eq!(count(&src_log, "device state saved"), 1, "the source saved its device state");
+    assert_eq!(count(&dst_log, "device state load failed"), 1, "the destination refused it");
+    assert!(!dst_vm_status.success(), "the destination QEMU fails its incoming migration");
+    assert!(
+        matches!(dst_status, Some(s) if s.success()),
+        "the destination phoenixfsd stops when QEMU goes: {dst_status:?}"
+    );
+    let failures: Vec<&String> =
+        lines.iter().filter(|l| l.starts_with("VM-FAIL") || l.starts_with("VM-ERROR")).collect();
+    assert!(failures.is_empty(), "the guest reported failures: {failures:#?}");
+    assert_eq!(f.get("errors").copied(), Some("0"), "guest errors");
+    assert!(lines.iter().any(|l| l.starts_with("VM-KEEP ok")), "the files held open across the attempt");
+    assert!(lines.iter().any(|l| l == "VM-EXIT 0"), "the workload did not exit 0");
+    assert!(ops_after > ops_before, "the guest's operations went on on the source");
+    assert!(src_vm_status.success(), "the source QEMU exited with {src_vm_status}");
+    assert!(matches!(src_status, Some(s) if s.success()), "the source phoenixfsd: {src_status:?}");
+    assert_eq!(count(&src_log, "worker killed by signal 9") as u64, kills, "source: one replacement per kill");
+    assert_eq!(host, model, "the host tree equals the guest's model");
+}

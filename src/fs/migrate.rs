@@ -306,7 +306,9 @@ impl Fs {
             // A refused state leaves nothing behind: what was published goes (a crash here: the
             // request is still PENDING, and the next attempt drops it first).
             let dropped = self.state.handles.release_all() + self.state.inodes.forget_all();
-            tracing::info!(dropped, "migration: the refused device state's nodes and handles dropped");
+            if dropped > 0 {
+                tracing::info!(dropped, "migration: the refused device state's nodes and handles dropped");
+            }
         }
         r
     }

@@ -143,7 +143,10 @@ pub fn replace_worker(area: &VhostArea, keep_workers: &mut dyn FnMut()) {
     if pid <= 0 {
         return;
     }
-    tracing::info!(pid, "device state imported: replacing the worker, so the next one recovers the imported tables");
+    tracing::info!(
+        pid,
+        "device state load ended: replacing the worker, so the next one recovers the tables from the region"
+    );
     if process::send_signal(pid, libc::SIGKILL).is_err() {
         return;
     }
