@@ -187,6 +187,8 @@ impl TransferThread {
     }
 
     fn serve(&self, t: &Transfer) {
+        // Crash after this count: the next worker counts itself too, so a request that kills
+        // every worker that takes it up ends FAILED, not in a crash loop.
         let attempt = t.attempts.fetch_add(1, Ordering::AcqRel) + 1;
         let direction = t.direction.load(Ordering::Relaxed);
         let outcome = if attempt > MAX_ATTEMPTS {
@@ -212,6 +214,8 @@ impl TransferThread {
             }
             Err(errno) => {
                 t.error.store(errno, Ordering::Relaxed);
+                // Crash before this store: the next worker tries again (and fails the same way,
+                // or succeeds); the refused import's slots were dropped already.
                 t.status.store(STATUS_FAILED, Ordering::Release);
             }
         }
@@ -228,6 +232,8 @@ impl TransferThread {
             tracing::error!("device state save: writing the transfer memfd: {e}");
             e.raw_os_error().unwrap_or(libc::EIO)
         };
+        // Crash anywhere in the write: the request stays PENDING; the next worker truncates
+        // and writes the whole state again (the frontend reads only after the reply).
         sys::ftruncate(fd, 0).map_err(io)?;
         let mut done = 0;
         while done < bytes.len() {
