@@ -8,8 +8,10 @@
 #      vhost-user protocol and crash tests, and the two fuzz campaigns of about a minute each)
 #   4. the real VM (tests/vm.rs, its own step and timeout): QEMU 7.2 and 10.0 guests run a
 #      checked workload on a phoenixfsd virtio-fs share while the worker is SIGKILLed 150 times
-#      each, and the same guest on virtiofsd killed once; about 2.5 minutes under TCG (the first
-#      run downloads a 27 MB kernel package and 12 MB of QEMU 10)
+#      each, and the same guest on virtiofsd killed once; then tests/vm_migration.rs: the guest
+#      live-migrated between two QEMU 10.0 processes, each with its own phoenixfsd; about 4
+#      minutes under TCG in all (the first run downloads a 27 MB kernel package and 12 MB of
+#      QEMU 10)
 #   5. the real-syscall suites again over vhost-user (PHOENIXFS_TEST_TRANSPORT=vhost-user: the
 #      test's FUSE-to-virtqueue bridge carries every request to phoenixfsd's vhost-user backend)
 # Exits non-zero on any failure.
@@ -54,8 +56,8 @@ rc=0
 timeout --kill-after=30 "$TEST_TIMEOUT" cargo test --release --features crash-points --no-fail-fast -- --show-output \
     --skip test_vm_ "$@" || rc=$?
 
-step "real VM: tests/vm.rs (timeout ${VM_TIMEOUT:=900}s; phoenixfsd runs with --seccomp $seccomp_mode)"
-timeout --kill-after=30 "$VM_TIMEOUT" cargo test --release --features crash-points --test vm -- --show-output "$@" \
+step "real VM: tests/vm.rs, tests/vm_migration.rs (timeout ${VM_TIMEOUT:=900}s; phoenixfsd runs with --seccomp $seccomp_mode)"
+timeout --kill-after=30 "$VM_TIMEOUT" cargo test --release --features crash-points --test vm --test vm_migration -- --show-output "$@" \
     || rc=$((rc ? rc : $?))
 
 step "compare and pjdfstest over vhost-user (--seccomp $seccomp_mode)"

@@ -44,6 +44,20 @@ pub enum InodeFileHandles {
     Mandatory,
 }
 
+/// `--migration-mode` (virtiofsd's names and default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MigrationMode {
+    FindPaths,
+    FileHandles,
+}
+
+/// `--migration-on-error` (virtiofsd's names and default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MigrationOnError {
+    Abort,
+    GuestError,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogLevel {
     Error,
@@ -271,19 +285,26 @@ pub struct Cli {
     #[arg(long)]
     pub preserve_noatime: bool,
 
-    /// VM live migration (refused: vhost-user DEVICE_STATE is not implemented).
-    #[arg(long, value_name = "find-paths|file-handles")]
-    pub migration_mode: Option<String>,
+    /// VM live migration (vhost-user DEVICE_STATE): how the source tells the destination where
+    /// each object the guest holds is. find-paths: a path beneath the share (any destination
+    /// with the same tree); file-handles: its file handle (the same file system on both sides;
+    /// also carries files unlinked while open).
+    #[arg(long, value_enum, value_name = "find-paths|file-handles")]
+    pub migration_mode: Option<MigrationMode>,
 
-    /// VM live migration (refused: vhost-user DEVICE_STATE is not implemented).
-    #[arg(long, value_name = "abort|guest-error")]
-    pub migration_on_error: Option<String>,
+    /// VM live migration: what an object that cannot be found on either side does. abort: the
+    /// migration fails (the source VM runs on); guest-error: it goes on, and the guest gets EIO
+    /// when it uses that object.
+    #[arg(long, value_enum, value_name = "abort|guest-error")]
+    pub migration_on_error: Option<MigrationOnError>,
 
-    /// VM live migration (refused: vhost-user DEVICE_STATE is not implemented).
+    /// VM live migration, destination, find-paths: check that each object found by its path has
+    /// the file handle the source had (same file system on both sides), else it is an error.
     #[arg(long)]
     pub migration_verify_handles: bool,
 
-    /// VM live migration (refused: vhost-user DEVICE_STATE is not implemented).
+    /// VM live migration, source, find-paths: resolve each path again from the share's root
+    /// before sending it, and check it still leads to the same object.
     #[arg(long)]
     pub migration_confirm_paths: bool,
 
@@ -348,7 +369,9 @@ pub enum CliError {
 }
 
 /// Why each refused option is refused (docs/compat.md has the whole table).
-const NO_MIGRATION: &str = "VM live migration (vhost-user DEVICE_STATE) is not implemented";
+const NO_MIGRATION: &str = "VM live migration needs --recovery on (a worker imports the incoming state and \
+                            is replaced, so that the next one serves it; docs/design.md \"Live migration\")";
+const NO_MIGRATION_FUSE: &str = "VM live migration is a vhost-user feature (DEVICE_STATE); a /dev/fuse mount has none";
 const NO_USERNS: &str = "it maps ids through the user namespace of an unprivileged --sandbox=namespace, which \
                          this daemon does not set up (it runs as root; --translate-uid/gid translate \
                          ids without one)";
@@ -484,8 +507,15 @@ impl Cli {
             ("--migration-verify-handles", self.migration_verify_handles),
             ("--migration-confirm-paths", self.migration_confirm_paths),
         ];
-        if let Some((name, _)) = migration.iter().find(|(_, given)| *given) {
-            return refuse(name, NO_MIGRATION);
+        if self.recovery == Recovery::Off
+            && let Some((name, _)) = migration.iter().find(|(_, given)| *given)
+        {
+            return refuse(&format!("{name} with --recovery off"), NO_MIGRATION);
+        }
+        if self.mountpoint.is_some()
+            && let Some((name, _)) = migration.iter().find(|(_, given)| *given)
+        {
+            return refuse(&format!("{name} with --mountpoint"), NO_MIGRATION_FUSE);
         }
         if !self.uid_map.is_empty() {
             return refuse("--uid-map", NO_USERNS);
@@ -578,8 +608,8 @@ mod tests {
     #[test]
     fn test_unhonoured_options_are_refused_by_name() {
         for (args, named) in [
-            (&["--migration-mode=find-paths"][..], "--migration-mode"),
-            (&["--migration-confirm-paths"], "--migration-confirm-paths"),
+            (&["--migration-mode=find-paths", "--recovery=off"][..], "--migration-mode with --recovery off"),
+            (&["--migration-confirm-paths", "--recovery=off"], "--migration-confirm-paths with --recovery off"),
             (&["--uid-map=:0:1000:1:"], "--uid-map"),
             (&["--posix-acl", "--translate-uid=map:0:1:1"], "--posix-acl=always with --translate-uid/gid"),
             (&["-o", "posix_acl", "--translate-gid=map:0:1:1"], "--posix-acl=always with"),

@@ -56,10 +56,10 @@ pub enum Error {
 }
 
 /// The vhost-user.json capabilities document (QEMU docs/interop/vhost-user.json), type "fs".
-/// Of virtiofsd's features: "separate-options" (options as separate arguments, not -o) and the
-/// negotiation modes of --posix-acl and --security-label (=never|auto|always); not
-/// "migrate-precopy" (no DEVICE_STATE).
-pub const CAPABILITIES: &str = "{\n  \"type\": \"fs\",\n  \"features\": [\n    \"posix-acl-negotiation-mode\",\n    \"security-label-negotiation-mode\",\n    \"separate-options\"\n  ]\n}";
+/// virtiofsd's features: "migrate-precopy" (VM live migration through vhost-user DEVICE_STATE,
+/// with recovery on, the default), "separate-options" (options as separate arguments, not -o)
+/// and the negotiation modes of --posix-acl and --security-label (=never|auto|always).
+pub const CAPABILITIES: &str = "{\n  \"type\": \"fs\",\n  \"features\": [\n    \"migrate-precopy\",\n    \"posix-acl-negotiation-mode\",\n    \"security-label-negotiation-mode\",\n    \"separate-options\"\n  ]\n}";
 
 fn timeouts(cache: CachePolicy) -> (EntryTimeouts, u32) {
     let (secs, open_flags) = match cache {
@@ -180,7 +180,10 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 tracing::info!("stopping before a frontend connected");
                 return Ok(());
             };
-            let (channel, transport) = ControlChannel::new(stream, &region, threads, cli.tag.clone())?;
+            // Live migration (DEVICE_STATE) is offered with recovery on: a load is imported by a
+            // worker that is then replaced (transport/vhost_user/transfer.rs).
+            let migration = cli.recovery == Recovery::On;
+            let (channel, transport) = ControlChannel::new(stream, &region, threads, cli.tag.clone(), migration)?;
             (Box::new(channel), Arc::new(transport))
         }
     };
@@ -293,8 +296,10 @@ pub fn adopt(cli: Cli, h: crate::upgrade::Handover) -> Result<(), Error> {
             (Box::new(dev), Arc::new(transport))
         }
         crate::transport::Link::Vhost { stream, protocol_features } => {
-            let (channel, transport) = ControlChannel::adopt(*stream, *protocol_features, &region, cli.tag.clone())
-                .unwrap_or_else(|e| refuse(format!("the vhost-user connection: {e}")));
+            let migration = cli.recovery == Recovery::On;
+            let (channel, transport) =
+                ControlChannel::adopt(*stream, *protocol_features, &region, cli.tag.clone(), migration)
+                    .unwrap_or_else(|e| refuse(format!("the vhost-user connection: {e}")));
             (Box::new(channel), Arc::new(transport))
         }
     };
@@ -410,6 +415,18 @@ fn worker_config(cli: &Cli, inside: &Inside, transport: Arc<dyn Transport>, ende
         readonly: cli.readonly,
         uids,
         gids,
+        migration: fs::migrate::Migration {
+            mode: match cli.migration_mode {
+                None | Some(crate::cli::MigrationMode::FindPaths) => crate::state::stream::Mode::FindPaths,
+                Some(crate::cli::MigrationMode::FileHandles) => crate::state::stream::Mode::FileHandles,
+            },
+            on_error: match cli.migration_on_error {
+                None | Some(crate::cli::MigrationOnError::Abort) => fs::migrate::OnError::Abort,
+                Some(crate::cli::MigrationOnError::GuestError) => fs::migrate::OnError::GuestError,
+            },
+            verify_handles: cli.migration_verify_handles,
+            confirm_paths: cli.migration_confirm_paths,
+        },
     };
     let policy = InitPolicy {
         writeback: cli.writeback,

@@ -38,10 +38,10 @@ fn test_cli_print_capabilities_is_the_vhost_user_json() {
     let (code, out, _) = run(&["--print-capabilities"]);
     assert_eq!(code, 0);
     let compact: String = out.split_whitespace().collect();
-    // Not "migrate-precopy" (no DEVICE_STATE).
+    // "migrate-precopy": VM live migration through vhost-user DEVICE_STATE (tests/vhost_migration.rs).
     assert_eq!(
         compact,
-        r#"{"type":"fs","features":["posix-acl-negotiation-mode","security-label-negotiation-mode","separate-options"]}"#
+        r#"{"type":"fs","features":["migrate-precopy","posix-acl-negotiation-mode","security-label-negotiation-mode","separate-options"]}"#
     );
 }
 

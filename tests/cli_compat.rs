@@ -150,9 +150,30 @@ const LINES: &[Line] = &[
     line(
         "virtiofsd --help (migration)",
         "--socket-path={sock} --shared-dir {share} --migration-mode=file-handles --migration-on-error=guest-error",
-        Refuse,
         Accept,
+        Accept,
+        "",
+    ),
+    line(
+        "virtiofsd --help (migration checks)",
+        "--socket-path={sock} --shared-dir {share} --migration-mode=find-paths --migration-verify-handles --migration-confirm-paths",
+        Accept,
+        Accept,
+        "",
+    ),
+    line(
+        "migration mode misspelt",
+        "--socket-path={sock} --shared-dir {share} --migration-mode=paths",
+        Refuse,
+        Refuse,
         "--migration-mode",
+    ),
+    line(
+        "migration on-error misspelt",
+        "--socket-path={sock} --shared-dir {share} --migration-on-error=ignore",
+        Refuse,
+        Refuse,
+        "--migration-on-error",
     ),
     line("virtiofsd --help (tag)", "--socket-path={sock} --shared-dir {share} --tag=myfs", Accept, Accept, ""),
     line(

@@ -1,10 +1,11 @@
 //! The state region's layout is versioned (issue 17): a binary reads a region an older binary
 //! wrote — migrating it — or refuses it before touching anything. tests/fixtures/ keeps a region
-//! written by a real daemon (`region-layout5.pages`: layout 5, `--max-inodes 64 --max-handles 64
+//! written by a real daemon of the previous layout (`region-layout5.pages`: layout 5, written by
+//! the build before VM live migration brought layout 6; `--max-inodes 64 --max-handles 64
 //! --thread-pool-size 2`, over /dev/fuse, after creating f0..f9 and d, with f3 and d held open;
-//! its non-zero pages). When the layout changes, this test keeps asking the question of that
-//! region: read it (then the kernel's node ids and open handles must all be there) or refuse it
-//! with the bytes unchanged.
+//! its non-zero pages). Layout 6 has no migration from 5, so today the region is refused, its
+//! bytes unchanged; a migration, once written, must read it whole (every node id and open handle
+//! the kernel holds).
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -59,8 +60,8 @@ fn test_region_of_the_previous_layout_is_read_or_refused_untouched() {
     let before = digest(&file);
     match Region::attach(file.as_raw_fd()) {
         Ok(region) => {
-            // Read (today: the same layout; after a change, by a migration): everything the
-            // kernel holds is there.
+            // Read (by a migration from the fixture's layout): everything the kernel holds is
+            // there.
             let h = region.header();
             assert_eq!(h.layout_version, LAYOUT_VERSION);
             let inodes = h.inode_high_water.load(Ordering::Acquire) as usize;

@@ -12,6 +12,8 @@
 //! `VM-SUMMARY ops=N errors=E worst_ms=W worst_op=NAME p99_ms=P over_100ms=A over_1s=B secs=S`
 //!
 //! where ops are timed syscalls (or mmap accesses) and worst_ms is the longest any one took.
+//! With `vmg.keep`, two files stay open for the whole run (tests/vm_migration.rs: they must stay
+//! usable across a live migration), one of them unlinked; see `keeper`.
 //! Every mismatch prints a `VM-ERROR` line (the first 50); every 2 s a `VM-PROGRESS ops=N` line
 //! tells the host whether operations still complete.
 
@@ -124,9 +126,11 @@ fn main() {
         println!("VM-BENCH-DONE");
         return;
     }
+    let keep = std::fs::read_to_string("/proc/cmdline").unwrap_or_default().split_whitespace().any(|w| w == "vmg.keep");
+    let stop = Arc::new(AtomicBool::new(false));
+    let keeper = keep.then(|| keeper(mnt.clone(), stop.clone()));
     println!("VM-START threads={threads} seed={seed:#x}");
     let t0 = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
     let handles: Vec<_> = (0..threads)
         .map(|i| {
             let (mnt, stop) = (mnt.clone(), stop.clone());
@@ -161,6 +165,10 @@ fn main() {
         }
         lines.extend(ctx.m.listing());
     }
+    let kept = keeper.is_none_or(|k| k.join().expect("the keeper thread panicked"));
+    if !kept {
+        all.errors += 1;
+    }
     lines.sort();
     for l in &lines {
         println!("VM-LIST {l}");
@@ -180,6 +188,69 @@ fn main() {
         t0.elapsed().as_secs_f64()
     );
     std::process::exit(if all.errors == 0 { 0 } else { 1 });
+}
+
+/// `vmg.keep`: opens `keep` and `keep-gone` (unlinked at once) before the workload starts and
+/// holds both open to the end: every 100 ms writes record i (its number, 8 bytes) at offset
+/// 8 i of each through its fd; at the end reads every record back through the same fds and
+/// checks size and contents, then removes `keep` (so the share holds only the model's tree).
+/// Prints `VM-KEEP ok writes=N` or `VM-ERROR keep: …`.
+fn keeper(mnt: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<bool> {
+    use std::os::unix::fs::FileExt;
+    let open = |name: &str| std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(mnt.join(name));
+    let (kept, gone) = match (open("keep"), open("keep-gone")) {
+        (Ok(k), Ok(g)) => (k, g),
+        (k, g) => {
+            println!("VM-ERROR keep: open: {:?} {:?}", k.err(), g.err());
+            return std::thread::spawn(|| false);
+        }
+    };
+    if let Err(e) = std::fs::remove_file(mnt.join("keep-gone")) {
+        println!("VM-ERROR keep: unlink keep-gone: {e}");
+    }
+    std::thread::spawn(move || {
+        let mut n = 0u64;
+        let mut ok = true;
+        while !stop.load(Ordering::Relaxed) && ok {
+            for (what, f) in [("keep", &kept), ("keep-gone", &gone)] {
+                if let Err(e) = f.write_all_at(&n.to_le_bytes(), 8 * n) {
+                    println!("VM-ERROR keep: write {what} record {n}: {e}");
+                    ok = false;
+                }
+            }
+            n += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for (what, f) in [("keep", &kept), ("keep-gone", &gone)] {
+            let mut buf = vec![0u8; 8 * n as usize];
+            match (f.read_exact_at(&mut buf, 0), f.metadata()) {
+                (Ok(()), Ok(md)) if md.len() == 8 * n => {
+                    if let Some(i) = (0..n).find(|&i| buf[8 * i as usize..][..8] != i.to_le_bytes()) {
+                        println!("VM-ERROR keep: {what} record {i} differs");
+                        ok = false;
+                    }
+                }
+                (r, md) => {
+                    println!(
+                        "VM-ERROR keep: read back {what}: {:?}, size {:?} (want {})",
+                        r.err(),
+                        md.map(|m| m.len()),
+                        8 * n
+                    );
+                    ok = false;
+                }
+            }
+        }
+        drop(gone);
+        if let Err(e) = std::fs::remove_file(mnt.join("keep")) {
+            println!("VM-ERROR keep: remove keep: {e}");
+            ok = false;
+        }
+        if ok {
+            println!("VM-KEEP ok writes={n}");
+        }
+        ok
+    })
 }
 
 fn run_thread(id: usize, mnt: PathBuf, seed: u64, stop: Arc<AtomicBool>) -> Ctx {

@@ -20,7 +20,7 @@ impl Fs {
     /// before OPEN (or by our own openat for CREATE), and writeback caching needs read access
     /// and no O_APPEND because the guest kernel writes back whole pages at offsets it chose.
     /// The exec flag is the guest kernel's own and means nothing to a host open.
-    fn host_open_flags(&self, guest: u32) -> i32 {
+    pub(super) fn host_open_flags(&self, guest: u32) -> i32 {
         let guest = guest & !abi::FMODE_EXEC;
         let mut f = guest as i32 & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
         // O_NOATIME is refused (EPERM) to a caller who does not own the file, so it is dropped

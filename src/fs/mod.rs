@@ -14,6 +14,7 @@ mod fhandle;
 mod file;
 pub mod idmap;
 mod lock;
+pub mod migrate;
 mod namespace;
 mod once;
 mod umask;
@@ -71,6 +72,7 @@ impl Error {
                 state::Error::NoMountFd(_) => libc::ESTALE,
                 state::Error::MountsFull(_) => libc::EOPNOTSUPP,
                 state::Error::MountFd(e) => e.raw_os_error().unwrap_or(libc::EIO),
+                state::Error::Unmigrated => libc::EIO,
                 state::Error::RootNotFirst(_)
                 | state::Error::BadCapacity
                 | state::Error::Memfd(_)
@@ -130,6 +132,8 @@ pub struct Config {
     /// `--translate-uid`, `--translate-gid` (identity when not given).
     pub uids: idmap::IdMap,
     pub gids: idmap::IdMap,
+    /// The `--migration-*` options (fs/migrate.rs).
+    pub migration: migrate::Migration,
 }
 
 impl Config {

@@ -61,6 +61,16 @@ impl Server {
         server
     }
 
+    /// VM live migration, source: this session's device state (fs/migrate.rs).
+    pub fn export_state(&self) -> Result<(Vec<u8>, crate::fs::migrate::Summary), crate::fs::migrate::Error> {
+        self.fs.export_state()
+    }
+
+    /// VM live migration, destination: loads a device state into the tables (fs/migrate.rs).
+    pub fn import_state(&self, bytes: &[u8]) -> Result<crate::fs::migrate::Summary, crate::fs::migrate::Error> {
+        self.fs.import_state(bytes)
+    }
+
     /// Serves one request: runs it with the thread's record (or the orphan record a dead worker
     /// left for it), sends the reply through the exchange, and only then lets the record go.
     pub fn serve<E: Exchange>(

@@ -116,6 +116,56 @@ impl Handles {
         Ok(fh)
     }
 
+    /// Migration, on the source: every LIVE handle.
+    pub fn exported(&self) -> Vec<LiveHandle> {
+        let mut live = Vec::new();
+        for i in 1..self.table.high_water() as u32 {
+            let (h, s) = (self.table.header(i), self.table.slot(i));
+            if h.state.load(Ordering::SeqCst) != super::slots::LIVE {
+                continue;
+            }
+            if let Some(kind) = s.kind() {
+                live.push(LiveHandle {
+                    fh: slots::make_id(i, h.generation.load(Ordering::SeqCst)),
+                    kind,
+                    nodeid: s.nodeid.load(Ordering::Relaxed),
+                    owner: s.owner.load(Ordering::Relaxed),
+                });
+            }
+        }
+        live
+    }
+
+    /// The guest's open flags of LIVE handle `fh` (for a migration's source).
+    pub fn open_flags(&self, fh: u64) -> Option<u32> {
+        self.table.pin(fh).ok().map(|p| p.slot().open_flags.load(Ordering::Relaxed))
+    }
+
+    /// Migration, on the destination: publishes handle `fh` (the one the guest holds) of `kind`
+    /// on `nodeid`, owning `fd` (-1: a handle the migration could not reopen; using it fails
+    /// with EBADF). A crash before the publication leaves a SETTING_UP slot recovery frees.
+    pub fn import(&self, fh: u64, fd: i32, kind: HandleKind, nodeid: u64, open_flags: u32) -> Result<(), Error> {
+        let i = match self.table.place(fh) {
+            Ok(i) => i,
+            Err(e) => {
+                if fd >= 0 {
+                    crate::sys::close(fd);
+                }
+                return Err(e);
+            }
+        };
+        let s = self.table.slot(i);
+        self.table.header(i).fd.store(fd, Ordering::Relaxed);
+        s.kind.store(kind as u32, Ordering::Relaxed);
+        s.open_flags.store(open_flags, Ordering::Relaxed);
+        s.nodeid.store(nodeid, Ordering::Relaxed);
+        s.owner.store(0, Ordering::Relaxed);
+        s.pid.store(0, Ordering::Relaxed);
+        s.via.store(0, Ordering::Relaxed);
+        self.table.publish(i);
+        Ok(())
+    }
+
     /// Pins handle `fh`, which must be of `kind`.
     pub fn pin(&self, fh: u64, kind: HandleKind) -> Result<HandlePin, Error> {
         let p = self.table.pin(fh)?;

@@ -149,6 +149,16 @@ pub struct Forget {
     pub nlookup: u64,
 }
 
+/// A LIVE node as a migration's source sends it (see `Inodes::exported`).
+#[derive(Debug, Clone)]
+pub struct ExportedNode {
+    pub id: u64,
+    pub lookups: u64,
+    pub file_type: u32,
+    /// The slot's file handle, if it keeps one (else the object is open by the slot's fd).
+    pub handle: Option<FileHandle>,
+}
+
 /// A lookup's outcome: the node id and its generation.
 #[derive(Debug, Clone, Copy)]
 pub struct Looked {
@@ -202,6 +212,12 @@ impl Inodes {
         if index != 1 {
             return Err(Error::RootNotFirst(index));
         }
+        // The root's id is 1 with generation 0 whatever happened before: a worker killed while
+        // installing it left slot 1 SETTING_UP, which recovery freed with its generation bumped;
+        // no id of it was ever sent. (Without this the next install published id 1<<32|1, the
+        // root looked absent to every later worker, and each one's install took slot 2 and
+        // failed: a crash loop. test_handshake_and_requests_while_workers_are_killed hit it.)
+        self.table.header(index).generation.store(0, Ordering::SeqCst);
         self.fill(index, fd, None, key, file_type);
         let _one = self.index.lock().unwrap();
         // Crash between these: the journal names the root; recovery makes its entry agree.
@@ -396,7 +412,9 @@ impl Inodes {
             return Ok(InodePin { pin, fd, lent_by: Some(self.cache.clone()) });
         }
         let s = pin.slot();
-        let handle = s.file_handle().ok_or(Error::BadNodeId)?;
+        // A LIVE slot with neither fd nor handle is a node a migration could not bring over
+        // (`--migration-on-error=guest-error`): the guest holds its id, using it fails.
+        let handle = s.file_handle().ok_or(Error::Unmigrated)?;
         let mnt_id = s.mnt_id.load(Ordering::Relaxed);
         let mount = self.mounts.fd(mnt_id).ok_or(Error::NoMountFd(mnt_id))?;
         let fresh = crate::sys::fhandle::open_by_handle(mount, &handle, libc::O_PATH).map_err(|e| {
@@ -406,6 +424,67 @@ impl Inodes {
         // Crash here: the fd is named by nothing in the region; the next fd sweep closes it.
         let fd = self.cache.insert(i, generation, fresh, true);
         Ok(InodePin { pin, fd, lent_by: Some(self.cache.clone()) })
+    }
+
+    /// Migration, on the source: every LIVE node but the root, as the guest holds it.
+    pub fn exported(&self) -> Vec<ExportedNode> {
+        let mut nodes = Vec::new();
+        for i in 2..self.table.high_water() as u32 {
+            let h = self.table.header(i);
+            if h.state.load(Ordering::SeqCst) != slots::LIVE {
+                continue;
+            }
+            let s = self.table.slot(i);
+            nodes.push(ExportedNode {
+                id: slots::make_id(i, h.generation.load(Ordering::SeqCst)),
+                lookups: s.lookups.load(Ordering::SeqCst),
+                file_type: s.file_type.load(Ordering::Relaxed),
+                handle: s.file_handle(),
+            });
+        }
+        nodes
+    }
+
+    /// Migration, on the destination: publishes node `id` (the id the guest holds, generation
+    /// included) with its lookup count, naming its object by `fd` (an O_PATH fd the slot takes
+    /// over) or by `handle`; with neither (fd -1, no handle) the node is one the migration could
+    /// not bring over, and using it fails (`Error::Unmigrated`). The key index gets the node
+    /// unless another node already has its key.
+    pub fn import(
+        &self,
+        id: u64,
+        lookups: u64,
+        fd: i32,
+        handle: Option<&FileHandle>,
+        key: InodeKey,
+        file_type: u32,
+    ) -> Result<(), Error> {
+        let _one = self.index.lock().unwrap();
+        let i = match self.table.place(id) {
+            Ok(i) => i,
+            Err(e) => {
+                if fd >= 0 {
+                    crate::sys::close(fd);
+                }
+                return Err(e);
+            }
+        };
+        self.fill(i, fd, handle, key, file_type);
+        self.table.slot(i).lookups.store(lookups.max(1), Ordering::Relaxed);
+        let usable = fd >= 0 || handle.is_some();
+        let indexed = usable && self.keys.get(&key).is_none();
+        // The publication and its index entry under the journal, as in `lookup`: a crash
+        // between them is put right by recovery; a crash before the publication leaves a
+        // SETTING_UP slot that recovery frees (the import is done again).
+        if indexed {
+            self.keys.begin(i);
+        }
+        self.table.publish(i);
+        if indexed {
+            self.keys.insert(&key, i);
+            self.keys.end();
+        }
+        Ok(())
     }
 
     /// Drops `n` lookups from `nodeid`; at zero the slot is retired and its fd closed. Unknown

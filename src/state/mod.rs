@@ -9,10 +9,11 @@ pub mod keyindex;
 pub mod mounts;
 pub mod region;
 pub mod slots;
+pub mod stream;
 pub mod vhost;
 
 pub use handles::{HandleKind, HandlePin, Handles};
-pub use inodes::{Forget, InodeKey, InodePin, Inodes, ROOT_ID};
+pub use inodes::{ExportedNode, Forget, InodeKey, InodePin, Inodes, ROOT_ID};
 pub use region::Region;
 
 use std::sync::atomic::Ordering;
@@ -50,6 +51,8 @@ pub enum Error {
     MountFd(std::sync::Arc<std::io::Error>),
     #[error("the file system refuses file handles (--inode-file-handles=mandatory): {0}")]
     NoFileHandle(std::sync::Arc<std::io::Error>),
+    #[error("the node's object was not found again after a migration (--migration-on-error=guest-error)")]
+    Unmigrated,
 }
 
 /// The tables of one region, as a worker uses them.

@@ -131,6 +131,30 @@ impl<S: Slot> SlotTable<S> {
         Ok(index)
     }
 
+    /// Migration (a destination taking the ids the guest already holds): takes the FREE slot
+    /// that `id` names, with `id`'s generation, and marks it SETTING_UP. The heap free list is
+    /// not told: the worker that imports is replaced afterwards (transport/vhost_user/transfer.rs)
+    /// and its successor's recovery rebuilds the list from the table.
+    pub fn place(&self, id: u64) -> Result<u32, Error> {
+        let (index, generation) = split_id(id);
+        if index == 0 || index as usize >= self.slots.len() {
+            return Err(Error::Corrupt(format!("id {id:#x} is beyond this table's {} slots", self.slots.len())));
+        }
+        let h = self.header(index);
+        if h.state.load(Ordering::SeqCst) != FREE {
+            return Err(Error::Corrupt(format!("id {id:#x}: its slot is taken")));
+        }
+        // 1/3 raise the high-water mark first, so recovery's scan covers the slot from now on.
+        self.high_water.fetch_max(index + 1, Ordering::SeqCst);
+        h.fd.store(-1, Ordering::SeqCst);
+        h.generation.store(generation, Ordering::SeqCst);
+        // 2/3 Crash after this store: a SETTING_UP slot; recovery frees it (bumping the
+        // generation), and the import, asked again, starts over.
+        h.state.store(SETTING_UP, Ordering::SeqCst);
+        // 3/3 the caller fills the slot and publishes it.
+        Ok(index)
+    }
+
     /// Makes a SETTING_UP slot LIVE, after its contents are written; returns its id.
     pub fn publish(&self, index: u32) -> u64 {
         let h = self.header(index);

@@ -87,6 +87,64 @@ pub struct QueueState {
     pub desc: [DescState; MAX_QUEUE_SIZE],
 }
 
+/// A device-state transfer (VM live migration: vhost-user SET_DEVICE_STATE_FD and
+/// CHECK_DEVICE_STATE) as the supervisor asks it of the worker. The supervisor serves the
+/// control channel, but the work (reading the tables and the file system on the source, opening
+/// objects and filling the tables on the destination) is the worker's; the request lives here,
+/// so a worker that dies in the middle of it is replaced and the new one does it again.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Transfer {
+    /// What is asked (`TRANSFER_*`); written by the supervisor before `status` goes PENDING.
+    pub direction: AtomicU32,
+    /// `STATUS_*`: the supervisor sets PENDING, the worker DONE or FAILED.
+    pub status: AtomicU32,
+    /// The transfer's memfd (the supervisor's; named here so a worker's fd sweep keeps it).
+    pub fd: AtomicI32,
+    /// An eventfd the supervisor writes after setting PENDING: the worker's transfer thread
+    /// waits on it (made at start-up, like the queues' notify fds).
+    pub wake_fd: AtomicI32,
+    /// Workers that started on this request: a request that two workers died on fails.
+    pub attempts: AtomicU32,
+    /// The errno of a failure (for the supervisor's log line), 0 if none.
+    pub error: AtomicI32,
+    /// The worker that finished the request (the supervisor replaces it after a load).
+    pub worker_pid: AtomicI32,
+    _pad: u32,
+    /// Bytes of state written (save) or read (load).
+    pub len: AtomicU64,
+    /// Nodes and handles transferred, and nodes marked unusable (`--migration-on-error=guest-error`).
+    pub nodes: AtomicU64,
+    pub handles: AtomicU64,
+    pub invalid: AtomicU64,
+}
+
+pub const TRANSFER_NONE: u32 = 0;
+pub const TRANSFER_SAVE: u32 = 1;
+pub const TRANSFER_LOAD: u32 = 2;
+pub const STATUS_IDLE: u32 = 0;
+pub const STATUS_PENDING: u32 = 1;
+pub const STATUS_DONE: u32 = 2;
+pub const STATUS_FAILED: u32 = 3;
+
+/// The dirty-page log (VHOST_F_LOG_ALL, LOG_SHMFD; VM live migration): SET_LOG_BASE's shared
+/// memory, one bit per 4 KiB page of guest-physical memory, which the worker sets after each
+/// write into guest memory while the frontend has LOG_ALL acked. `fd` is held in the shared fd
+/// table like the memory table's.
+#[repr(C)]
+#[derive(Debug)]
+pub struct DirtyLogArea {
+    pub fd: AtomicI32,
+    _pad: u32,
+    pub size: AtomicU64,
+    pub offset: AtomicU64,
+    /// Bumped with every SET_LOG_BASE, so workers map the log again only when it changed.
+    pub generation: AtomicU64,
+}
+
+/// VHOST_F_LOG_ALL: the frontend logs dirty pages (during a migration).
+pub const VHOST_F_LOG_ALL: u64 = 1 << 26;
+
 /// The vhost-user area's header, then `MAX_QUEUES` queues.
 #[repr(C)]
 #[derive(Debug)]
@@ -100,6 +158,8 @@ pub struct VhostArea {
     pub num_queues: AtomicU32,
     pub mem_count: AtomicU32,
     pub mem: [MemRegion; MAX_MEM_REGIONS],
+    pub transfer: Transfer,
+    pub log: DirtyLogArea,
     pub queues: [QueueState; MAX_QUEUES],
 }
 
@@ -114,6 +174,8 @@ pub struct QueueConfig {
     pub avail_addr: u64,
     pub used_addr: u64,
     pub event_idx: bool,
+    /// VHOST_F_LOG_ALL acked: writes into guest memory are logged.
+    pub log_all: bool,
 }
 
 /// A consistent copy of one memory region's fields.
@@ -160,6 +222,16 @@ impl VhostArea {
         (self.num_queues.load(Ordering::Relaxed) as usize).min(MAX_QUEUES)
     }
 
+    /// The dirty log's fd, size, offset and generation (call inside `read_control`).
+    pub fn log_config(&self) -> (i32, u64, u64, u64) {
+        (
+            self.log.fd.load(Ordering::Relaxed),
+            self.log.size.load(Ordering::Relaxed),
+            self.log.offset.load(Ordering::Relaxed),
+            self.log.generation.load(Ordering::Relaxed),
+        )
+    }
+
     /// The memory table (call inside `read_control`).
     pub fn mem_table(&self) -> Vec<MemRegionConfig> {
         let n = (self.mem_count.load(Ordering::Relaxed) as usize).min(MAX_MEM_REGIONS);
@@ -193,12 +265,16 @@ impl VhostArea {
             avail_addr: s.avail_addr.load(Ordering::Relaxed),
             used_addr: s.used_addr.load(Ordering::Relaxed),
             event_idx: self.acked_features.load(Ordering::Relaxed) & VIRTIO_RING_F_EVENT_IDX != 0,
+            log_all: self.acked_features.load(Ordering::Relaxed) & VHOST_F_LOG_ALL != 0,
         }
     }
 
     /// Every fd the area names (for the worker's fd sweep).
     pub fn fds(&self) -> Vec<i32> {
         let mut fds: Vec<i32> = self.mem.iter().map(|m| m.fd.load(Ordering::Acquire)).collect();
+        fds.push(self.transfer.fd.load(Ordering::Acquire));
+        fds.push(self.transfer.wake_fd.load(Ordering::Acquire));
+        fds.push(self.log.fd.load(Ordering::Acquire));
         for q in &self.queues {
             for fd in [&q.kick_fd, &q.call_fd, &q.err_fd, &q.notify_fd] {
                 fds.push(fd.load(Ordering::Acquire));
@@ -213,6 +289,9 @@ impl VhostArea {
         for m in &self.mem {
             m.fd.store(-1, Ordering::Relaxed);
         }
+        self.transfer.fd.store(-1, Ordering::Relaxed);
+        self.transfer.wake_fd.store(-1, Ordering::Relaxed);
+        self.log.fd.store(-1, Ordering::Relaxed);
         for q in &self.queues {
             for fd in [&q.kick_fd, &q.call_fd, &q.err_fd, &q.notify_fd] {
                 fd.store(-1, Ordering::Relaxed);

@@ -92,6 +92,7 @@ impl Harness {
             readonly: false,
             uids: Default::default(),
             gids: Default::default(),
+            migration: Default::default(),
         };
         let dir = CString::new(share.as_os_str().as_bytes()).unwrap();
         let proc = phoenixfsd::sys::open(c"/proc", libc::O_PATH | libc::O_DIRECTORY).unwrap();

@@ -29,9 +29,29 @@ impl Backend {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Backend {
+        Backend::start_in(None, args, env)
+    }
+
+    /// A backend serving `share` (another backend's, say: a migration's destination).
+    pub fn start_on(share: &Path, args: &[&str]) -> Backend {
+        Backend::start_in(Some(share), args, &[])
+    }
+
+    /// `start_on` with `env` added to the daemon's environment.
+    pub fn start_on_with_env(share: &Path, args: &[&str], env: &[(&str, &str)]) -> Backend {
+        Backend::start_in(Some(share), args, env)
+    }
+
+    fn start_in(on: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Backend {
         let tmp = tempfile::Builder::new().prefix("phoenixfs-vhost").tempdir().unwrap();
-        let share = tmp.path().join("share");
-        std::fs::create_dir(&share).unwrap();
+        let share = match on {
+            Some(s) => s.to_path_buf(),
+            None => {
+                let share = tmp.path().join("share");
+                std::fs::create_dir(&share).unwrap();
+                share
+            }
+        };
         let socket = tmp.path().join("vhost.sock");
         let mut cmd = Command::new(BIN);
         // As tests/common's mounts: PHOENIXFS_TEST_SECCOMP and PHOENIXFS_TEST_SANDBOX pick the

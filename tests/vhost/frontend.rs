@@ -15,7 +15,10 @@ use std::path::Path;
 use std::sync::atomic::{Ordering, fence};
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserHeaderFlag, VhostUserProtocolFeatures,
+    VhostUserVirtioFeatures,
+};
 use vhost::vhost_user::{Frontend as VuFrontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -113,6 +116,45 @@ pub struct Frontend {
     pub offered_protocol_features: VhostUserProtocolFeatures,
     pub acked_features: u64,
     pub acked_protocol_features: VhostUserProtocolFeatures,
+    /// CHECK_DEVICE_STATE outcomes of `connect_loading`'s loads.
+    loaded: Vec<bool>,
+}
+
+fn pipe() -> Result<[std::os::fd::OwnedFd; 2]> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two fds pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(Error::Io("pipe2", std::io::Error::last_os_error()));
+    }
+    // SAFETY: both fds were just created and are owned by nothing else.
+    Ok(fds.map(|fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+}
+
+/// One LOAD on a connected frontend (its rings stopped, e.g. by `save_state`).
+pub fn load_into(fe: &mut Frontend, state: &[u8]) -> Result<bool> {
+    load_state(&mut fe.vu, state, &mut || {})
+}
+
+/// One LOAD: SET_DEVICE_STATE_FD, the bytes written (to the backend's own fd if it returned
+/// one), closed, CHECK_DEVICE_STATE; whether the backend reported success.
+fn load_state(vu: &mut VuFrontend, state: &[u8], between: &mut dyn FnMut()) -> Result<bool> {
+    let [read_end, write_end] = pipe()?;
+    // A refused SET_DEVICE_STATE_FD is a failed load, as a failed CHECK is.
+    let Ok(reply) =
+        vu.set_device_state_fd(VhostTransferStateDirection::LOAD, VhostTransferStatePhase::STOPPED, read_end)
+    else {
+        return Ok(false);
+    };
+    between();
+    // A backend that keeps our pipe would have to read while we write (a pipe holds 64 KiB);
+    // phoenixfsd returns a memfd, which takes the whole state.
+    let mut to: File = match reply {
+        Some(f) => f,
+        None => File::from(write_end),
+    };
+    std::io::Write::write_all(&mut to, state).map_err(|e| Error::Io("writing the device state", e))?;
+    drop(to);
+    Ok(vu.check_device_state().is_ok())
 }
 
 impl Frontend {
@@ -124,6 +166,36 @@ impl Frontend {
     /// Connects to a backend listening on `socket_path` and does QEMU 7.2's vhost-user-fs-pci
     /// start-up sequence.
     pub fn connect_with(socket_path: &Path, opts: FrontendOptions) -> Result<Self> {
+        Self::connect_inner(socket_path, opts, &[], &mut || {})
+    }
+
+    /// `connect_with` as a migration's destination: each of `states` is loaded (vhost-user
+    /// SET_DEVICE_STATE_FD(LOAD), the bytes written, CHECK_DEVICE_STATE) after feature
+    /// negotiation and before the rings start, as QEMU does on `-incoming`. Returns the frontend
+    /// and each load's CHECK outcome.
+    pub fn connect_loading(socket_path: &Path, opts: FrontendOptions, states: &[&[u8]]) -> Result<(Self, Vec<bool>)> {
+        Self::connect_loading_with(socket_path, opts, states, &mut || {})
+    }
+
+    /// `connect_loading`, calling `between` after each SET_DEVICE_STATE_FD, before the state is
+    /// written (a test kills the backend's worker there).
+    pub fn connect_loading_with(
+        socket_path: &Path,
+        opts: FrontendOptions,
+        states: &[&[u8]],
+        between: &mut dyn FnMut(),
+    ) -> Result<(Self, Vec<bool>)> {
+        let mut fe = Self::connect_inner(socket_path, opts, states, between)?;
+        let outcomes = std::mem::take(&mut fe.loaded);
+        Ok((fe, outcomes))
+    }
+
+    fn connect_inner(
+        socket_path: &Path,
+        opts: FrontendOptions,
+        states: &[&[u8]],
+        between: &mut dyn FnMut(),
+    ) -> Result<Self> {
         let FrontendOptions { num_queues, queue_size, event_idx } = opts;
         if !queue_size.is_power_of_two() || queue_size < 2 || u64::from(queue_size) * 16 * 2 > RING_STRIDE {
             return Err(Error::Invalid(format!("queue size {queue_size}")));
@@ -153,7 +225,10 @@ impl Frontend {
         let offered_proto = check("GET_PROTOCOL_FEATURES", vu.get_protocol_features())?;
         // MQ: we drive more than one queue. REPLY_ACK: lets every SET_* be acknowledged so a
         // rejected message fails here, not as a silent hang at the first request.
-        let wanted = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
+        let wanted = VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::DEVICE_STATE
+            | VhostUserProtocolFeatures::LOG_SHMFD;
         let acked_proto = offered_proto & wanted;
         check("SET_PROTOCOL_FEATURES", vu.set_protocol_features(acked_proto))?;
         if acked_proto.contains(VhostUserProtocolFeatures::REPLY_ACK) {
@@ -168,6 +243,10 @@ impl Frontend {
         // No INDIRECT_DESC: the driver side below does not implement it.
         let acked = VIRTIO_F_VERSION_1 | proto_bit | if event_idx { VIRTIO_RING_F_EVENT_IDX } else { 0 };
         check("SET_FEATURES", vu.set_features(acked))?;
+        let mut loaded = Vec::new();
+        for state in states {
+            loaded.push(load_state(&mut vu, state, between)?);
+        }
 
         // The backend translates SET_VRING_ADDR through this table, so it must come first.
         let regions: Vec<VhostUserMemoryRegionInfo> = mem
@@ -211,7 +290,31 @@ impl Frontend {
             offered_protocol_features: offered_proto,
             acked_features: acked,
             acked_protocol_features: acked_proto,
+            loaded,
         })
+    }
+
+    /// As QEMU's source at a migration's switch-over: stops every ring (GET_VRING_BASE), then
+    /// SET_DEVICE_STATE_FD(SAVE), reads the state to EOF and asks CHECK_DEVICE_STATE. Err if the
+    /// backend reports failure (or refuses the transfer).
+    pub fn save_state(&mut self) -> Result<Vec<u8>> {
+        for i in 0..self.queues.len() {
+            check("GET_VRING_BASE", self.vu.get_vring_base(i))?;
+        }
+        let [read_end, write_end] = pipe()?;
+        let reply = check(
+            "SET_DEVICE_STATE_FD",
+            self.vu.set_device_state_fd(VhostTransferStateDirection::SAVE, VhostTransferStatePhase::STOPPED, write_end),
+        )?;
+        let mut from: File = match reply {
+            Some(f) => f,
+            None => File::from(read_end),
+        };
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut from, &mut bytes).map_err(|e| Error::Io("reading the device state", e))?;
+        drop(from);
+        check("CHECK_DEVICE_STATE", self.vu.check_device_state())?;
+        Ok(bytes)
     }
 
     /// `QueueHandle::request` on a queue still held by the frontend.

@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::os::fd::IntoRawFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use vhost::VhostUserMemoryRegionBase;
 use vhost::vhost_user::message::{
@@ -22,26 +22,40 @@ use vhost::vhost_user::message::{
 use vhost::vhost_user::{Backend, GpuBackend, VhostUserBackendReqHandlerMut};
 
 use super::inflight::InFlight;
-use crate::state::vhost::{MAX_MEM_REGIONS, MAX_QUEUE_SIZE, QueueState, VIRTIO_RING_F_EVENT_IDX, VhostArea};
+use super::transfer;
+use crate::state::vhost::{
+    MAX_MEM_REGIONS, MAX_QUEUE_SIZE, QueueState, TRANSFER_LOAD, TRANSFER_SAVE, VHOST_F_LOG_ALL,
+    VIRTIO_RING_F_EVENT_IDX, VhostArea,
+};
 
 type Result<T> = vhost::vhost_user::Result<T>;
 use vhost::vhost_user::Error as VuError;
 
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
-/// Virtio features we offer: VERSION_1, EVENT_IDX and vhost-user's PROTOCOL_FEATURES. (No
-/// INDIRECT_DESC: Linux's virtio-fs works without it, and every chain stays in one table.)
-pub fn offered_features() -> u64 {
-    VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+/// Virtio features we offer: VERSION_1, EVENT_IDX and vhost-user's PROTOCOL_FEATURES, and with
+/// `migration` VHOST_F_LOG_ALL (dirty-page logging: QEMU migrates a vhost device only with it).
+/// (No INDIRECT_DESC: Linux's virtio-fs works without it, and every chain stays in one table.)
+pub fn offered_features(migration: bool) -> u64 {
+    let log = if migration { VHOST_F_LOG_ALL } else { 0 };
+    VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() | log
 }
 
 /// Protocol features we offer. No BACKEND_REQ (only DAX needs the backend-request channel),
 /// no INFLIGHT_SHMFD (our in-flight state lives in our own region), CONFIG only with `--tag`
 /// (as virtiofsd: the device's config space then carries our tag; QEMU up to 10.0 keeps its
 /// own config space for vhost-user-fs and does not ask).
-pub fn offered_protocol_features(tag: bool) -> VhostUserProtocolFeatures {
-    let base = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
-    if tag { base | VhostUserProtocolFeatures::CONFIG } else { base }
+/// DEVICE_STATE (VM live migration, QEMU 8.2+) and LOG_SHMFD (the dirty log as shared memory)
+/// with `migration` (recovery on: transfer.rs).
+pub fn offered_protocol_features(tag: bool, migration: bool) -> VhostUserProtocolFeatures {
+    let mut f = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
+    if tag {
+        f |= VhostUserProtocolFeatures::CONFIG;
+    }
+    if migration {
+        f |= VhostUserProtocolFeatures::DEVICE_STATE | VhostUserProtocolFeatures::LOG_SHMFD;
+    }
+    f
 }
 
 /// The longest tag virtio-fs's config space holds (virtio 1.2, 5.11.4).
@@ -66,11 +80,16 @@ pub struct Control {
     /// Called while waiting on a worker (GET_VRING_BASE): the supervisor replaces a worker that
     /// died meanwhile, so the wait can end.
     pub keep_workers: Box<dyn FnMut()>,
+    /// Whether DEVICE_STATE is offered (transfer.rs).
+    migration: bool,
+    /// The region header's INIT flag: a device state loads only into a daemon whose guest has
+    /// not begun a session.
+    init_done: &'static AtomicU32,
     /// The protocol features the frontend acked (a live upgrade hands them on: the vhost
     /// crate's handler, which acts on them, is not in the region).
     pub acked_protocol: u64,
     /// While a live upgrade's new binary replays the negotiation into a fresh handler
-    /// (`ControlChannel::start`): feature messages are taken as already applied.
+    /// (`ControlChannel::adopt`): feature messages are taken as already applied.
     pub priming: bool,
 }
 
@@ -80,8 +99,14 @@ fn bad(what: &'static str) -> VuError {
 }
 
 impl Control {
-    pub fn new(area: &'static VhostArea, tag: Option<String>, keep_workers: Box<dyn FnMut()>) -> Control {
-        Control { area, tag, keep_workers, acked_protocol: 0, priming: false }
+    pub fn new(
+        area: &'static VhostArea,
+        tag: Option<String>,
+        migration: bool,
+        init_done: &'static AtomicU32,
+        keep_workers: Box<dyn FnMut()>,
+    ) -> Control {
+        Control { area, tag, keep_workers, migration, init_done, acked_protocol: 0, priming: false }
     }
 
     fn queue(&self, index: u32) -> Result<&'static QueueState> {
@@ -122,6 +147,24 @@ impl Control {
         Ok(())
     }
 
+    /// Waits until every queue's thread has taken in the control change that ended at `seq`
+    /// (bounded, as GET_VRING_BASE's wait; a worker that dies meanwhile is replaced and its
+    /// threads start from the region). For dirty logging: once the frontend has the ack, every
+    /// write into guest memory must be logged.
+    fn wait_applied(&mut self, seq: u64, what: &str) {
+        let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+        for q in &self.area.queues[..self.area.queue_count()] {
+            while q.applied_seq.load(Ordering::Acquire) < seq {
+                if std::time::Instant::now() > deadline {
+                    tracing::warn!("{what}: the worker did not take the change in within 5 s");
+                    return;
+                }
+                (self.keep_workers)();
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    }
+
     /// Stops every ring (RESET_OWNER, RESET_DEVICE).
     fn stop_all(&mut self) {
         for i in 0..self.area.queue_count() as u32 {
@@ -146,17 +189,18 @@ impl VhostUserBackendReqHandlerMut for Control {
     }
 
     fn get_features(&mut self) -> Result<u64> {
-        Ok(offered_features())
+        Ok(offered_features(self.migration))
     }
 
     fn set_features(&mut self, features: u64) -> Result<()> {
-        if features & !offered_features() != 0 {
+        if features & !offered_features(self.migration) != 0 {
             return Err(bad("features acked that were not offered"));
         }
         if self.priming {
             return Ok(());
         }
         let protocol = features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
+        let logging = self.area.acked_features.load(Ordering::Relaxed) & VHOST_F_LOG_ALL;
         self.change(|| {
             self.area.acked_features.store(features, Ordering::Relaxed);
             // Without PROTOCOL_FEATURES a ring is enabled as soon as it starts.
@@ -166,15 +210,19 @@ impl VhostUserBackendReqHandlerMut for Control {
                 }
             }
         });
+        if features & VHOST_F_LOG_ALL != logging {
+            let seq = self.area.control_seq.load(Ordering::Acquire);
+            self.wait_applied(seq, "SET_FEATURES (dirty logging)");
+        }
         Ok(())
     }
 
     fn get_protocol_features(&mut self) -> Result<VhostUserProtocolFeatures> {
-        Ok(offered_protocol_features(self.tag.is_some()))
+        Ok(offered_protocol_features(self.tag.is_some(), self.migration))
     }
 
     fn set_protocol_features(&mut self, features: u64) -> Result<()> {
-        if features & !offered_protocol_features(self.tag.is_some()).bits() != 0 {
+        if features & !offered_protocol_features(self.tag.is_some(), self.migration).bits() != 0 {
             return Err(bad("protocol features acked that were not offered"));
         }
         self.acked_protocol = features;
@@ -370,24 +418,113 @@ impl VhostUserBackendReqHandlerMut for Control {
         Err(bad("REM_MEM_REG (CONFIGURE_MEM_SLOTS not offered)"))
     }
 
+    /// SET_DEVICE_STATE_FD: answered with a memfd of our own (transfer.rs); a save is done at
+    /// once (by the worker), so the frontend reads the whole state from it.
     fn set_device_state_fd(
         &mut self,
-        _: VhostTransferStateDirection,
-        _: VhostTransferStatePhase,
-        _: File,
+        direction: VhostTransferStateDirection,
+        phase: VhostTransferStatePhase,
+        frontends: File,
     ) -> Result<Option<File>> {
-        Err(bad("device state transfer"))
+        // The frontend's pipe end is not used: it reads from, or writes to, ours.
+        drop(frontends);
+        if !self.migration {
+            return Err(bad("SET_DEVICE_STATE_FD (DEVICE_STATE not offered: --recovery off)"));
+        }
+        if phase != VhostTransferStatePhase::STOPPED {
+            return Err(bad("SET_DEVICE_STATE_FD in a phase other than STOPPED"));
+        }
+        if self.area.queues[..self.area.queue_count()].iter().any(|q| q.started.load(Ordering::Acquire) != 0) {
+            return Err(bad("SET_DEVICE_STATE_FD while a ring is running (the device must be stopped)"));
+        }
+        let dir = if direction == VhostTransferStateDirection::SAVE { TRANSFER_SAVE } else { TRANSFER_LOAD };
+        if dir == TRANSFER_LOAD && self.init_done.load(Ordering::Acquire) != 0 {
+            return Err(bad("SET_DEVICE_STATE_FD(LOAD) into a daemon whose guest already began a FUSE session"));
+        }
+        let failed = |e: std::io::Error| {
+            tracing::error!("device state transfer: cannot make its memfd: {e}");
+            VuError::ReqHandlerError(e)
+        };
+        // The transfer lives in the region (its memfd, direction and outcome), not in this
+        // handler: a supervisor that re-executes itself between the two messages finds it.
+        transfer::open(self.area, dir).map_err(failed)?;
+        if dir == TRANSFER_SAVE {
+            tracing::info!("device state save asked (VM live migration, source)");
+            // Its outcome stays in the region for CHECK_DEVICE_STATE.
+            let _ = transfer::run(self.area, TRANSFER_SAVE, &mut *self.keep_workers);
+        } else {
+            tracing::info!("device state load asked (VM live migration, destination)");
+        }
+        // After the save: no worker is cloned between this and the reply.
+        let file = transfer::reply_file(self.area).map_err(failed)?;
+        Ok(Some(file))
     }
 
+    /// CHECK_DEVICE_STATE: a save's outcome; for a load, the import (by the worker, which is
+    /// then replaced) and its outcome.
     fn check_device_state(&mut self) -> Result<()> {
-        Err(bad("device state transfer"))
+        let Some(dir) = transfer::open_direction(self.area) else {
+            return Err(bad("CHECK_DEVICE_STATE without a transfer"));
+        };
+        let outcome = match transfer::outcome(self.area) {
+            // A save, done at SET_DEVICE_STATE_FD.
+            Some(done) if dir == TRANSFER_SAVE => done,
+            // A load (or a save whose answer was lost: done now).
+            _ => {
+                let r = transfer::run(self.area, dir, &mut *self.keep_workers);
+                if dir == TRANSFER_LOAD {
+                    // Success or not: the worker's heap may no longer match the tables.
+                    transfer::replace_worker(self.area, &mut *self.keep_workers);
+                }
+                r
+            }
+        }
+        .map_err(|e| e.to_string());
+        transfer::close(self.area);
+        let what = if dir == TRANSFER_SAVE { "save" } else { "load" };
+        match outcome {
+            Ok(s) => {
+                tracing::info!(nodes = s.nodes, handles = s.handles, unusable = s.invalid, "device state {what} done");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("device state {what} failed: {e}");
+                Err(VuError::ReqHandlerError(std::io::Error::other(e)))
+            }
+        }
     }
 
     fn get_shmem_config(&mut self) -> Result<VhostUserShMemConfig> {
         Err(bad("shared memory regions"))
     }
 
-    fn set_log_base(&mut self, _: &VhostUserLog, _: File) -> Result<()> {
-        Err(bad("dirty logging (LOG_SHMFD not offered)"))
+    /// SET_LOG_BASE (LOG_SHMFD): the dirty-page bitmap, recorded like the memory table (the
+    /// old one's fd closed once the change ended); workers map it and log their writes into
+    /// guest memory while VHOST_F_LOG_ALL is acked.
+    fn set_log_base(&mut self, log: &VhostUserLog, file: File) -> Result<()> {
+        if !self.migration {
+            return Err(bad("SET_LOG_BASE (LOG_SHMFD not offered: --recovery off)"));
+        }
+        if log.mmap_size == 0 || log.mmap_offset.checked_add(log.mmap_size).is_none_or(|end| end > 1 << 40) {
+            return Err(bad("dirty log with a zero or overflowing size"));
+        }
+        let fd = file.into_raw_fd();
+        let l = &self.area.log;
+        let old = self.change(|| {
+            let old = l.fd.swap(fd, Ordering::Relaxed);
+            l.size.store(log.mmap_size, Ordering::Relaxed);
+            l.offset.store(log.mmap_offset, Ordering::Relaxed);
+            l.generation.fetch_add(1, Ordering::Relaxed);
+            old
+        });
+        // Every queue thread maps the new log before the frontend is answered, and before the
+        // old fd is closed (a thread that was mapping it sees the change and maps again).
+        let seq = self.area.control_seq.load(Ordering::Acquire);
+        self.wait_applied(seq, "SET_LOG_BASE");
+        if old >= 0 {
+            crate::sys::close(old);
+        }
+        tracing::info!(bytes = log.mmap_size, "dirty-page log recorded (VM live migration)");
+        Ok(())
     }
 }

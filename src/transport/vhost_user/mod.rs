@@ -12,6 +12,7 @@ pub mod inflight;
 pub mod memory;
 pub mod queue;
 pub mod ring;
+pub mod transfer;
 
 pub use control::MAX_TAG_LEN;
 
@@ -101,6 +102,8 @@ fn prepare_area(area: &VhostArea, request_queues: usize) -> Result<(), Error> {
         let fd = crate::sys::eventfd().map_err(Error::EventFd)?;
         q.notify_fd.store(fd, std::sync::atomic::Ordering::Relaxed);
     }
+    let wake = crate::sys::eventfd().map_err(Error::EventFd)?;
+    area.transfer.wake_fd.store(wake, std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }
 
@@ -113,22 +116,36 @@ pub struct ControlChannel {
     control: Option<Arc<Mutex<Control>>>,
     /// `--tag`, for the config space.
     tag: Option<String>,
+    /// Whether DEVICE_STATE (VM live migration) is offered.
+    migration: bool,
+    /// The region header's INIT flag (a load is refused once the guest began a session).
+    init_done: &'static std::sync::atomic::AtomicU32,
 }
 
 impl ControlChannel {
     /// The control channel over `stream`, and the workers' side of the connection: both use
     /// the region's vhost-user area, prepared here for `request_queues` request queues. `tag`
-    /// (`--tag`) is offered in the device's config space.
+    /// (`--tag`) is offered in the device's config space; DEVICE_STATE with `migration`.
     pub fn new(
         stream: UnixStream,
         region: &Region,
         request_queues: usize,
         tag: Option<String>,
+        migration: bool,
     ) -> Result<(ControlChannel, VhostTransport), Error> {
         let area = region.vhost();
         prepare_area(area, request_queues)?;
-        let channel =
-            ControlChannel { fd: stream.as_raw_fd(), stream: Some(stream), area, handler: None, control: None, tag };
+        let init_done = &region.header().init_done;
+        let channel = ControlChannel {
+            fd: stream.as_raw_fd(),
+            stream: Some(stream),
+            area,
+            handler: None,
+            control: None,
+            tag,
+            migration,
+            init_done,
+        };
         Ok((channel, VhostTransport { area }))
     }
 
@@ -140,17 +157,28 @@ impl ControlChannel {
         protocol_features: u64,
         region: &Region,
         tag: Option<String>,
+        migration: bool,
     ) -> std::io::Result<(ControlChannel, VhostTransport)> {
         let area = region.vhost();
+        let init_done = &region.header().init_done;
         // SAFETY: the handover names this fd as the connection; nothing else owns it.
         let stream = unsafe { UnixStream::from_raw_fd(stream) };
         // Until `start` gives the real one, there is no worker to keep.
         #[allow(clippy::arc_with_non_send_sync)]
-        let control = Arc::new(Mutex::new(Control::new(area, tag.clone(), Box::new(|| {}))));
+        let control = Arc::new(Mutex::new(Control::new(area, tag.clone(), migration, init_done, Box::new(|| {}))));
         control.lock().expect("single-threaded").acked_protocol = protocol_features;
         let acked = area.acked_features.load(Ordering::Acquire);
         let (handler, fd) = primed_handler(stream, &control, acked, protocol_features)?;
-        let channel = ControlChannel { fd, stream: None, area, handler: Some(handler), control: Some(control), tag };
+        let channel = ControlChannel {
+            fd,
+            stream: None,
+            area,
+            handler: Some(handler),
+            control: Some(control),
+            tag,
+            migration,
+            init_done,
+        };
         Ok((channel, VhostTransport { area }))
     }
 }
@@ -218,7 +246,13 @@ impl Connection for ControlChannel {
             // The vhost crate takes its handler in an Arc; ours never leaves this one thread
             // (it holds the supervisor's non-Send worker bookkeeping).
             #[allow(clippy::arc_with_non_send_sync)]
-            let control = Arc::new(Mutex::new(Control::new(self.area, self.tag.clone(), keep_workers)));
+            let control = Arc::new(Mutex::new(Control::new(
+                self.area,
+                self.tag.clone(),
+                self.migration,
+                self.init_done,
+                keep_workers,
+            )));
             self.handler = Some(BackendReqHandler::from_stream(stream, control.clone()));
             self.control = Some(control);
         }
@@ -299,6 +333,10 @@ impl Transport for VhostTransport {
             let thread = queue::QueueThread::new(server.clone(), self.area, index, guests.clone());
             std::thread::Builder::new().name(format!("vq-{index}")).spawn(move || thread.run())?;
         }
+        // The device-state transfer's worker side (VM live migration), which also takes up a
+        // request a dead worker left.
+        let transfer = transfer::TransferThread { server: server.clone(), area: self.area };
+        std::thread::Builder::new().name("vu-transfer".into()).spawn(move || transfer.run())?;
         Ok(())
     }
 }

@@ -50,9 +50,27 @@ struct UsedRing {
     call_fd: i32,
     /// Our copy of the ring's used index; holding the lock orders whole puts.
     used_idx: Arc<Mutex<u16>>,
+    /// VHOST_F_LOG_ALL was acked (a migration copies guest memory): every write into guest
+    /// memory is logged, after it is made.
+    log_all: bool,
 }
 
 impl UsedRing {
+    /// Logs `[gpa, gpa + len)` dirty if the frontend is logging.
+    fn log(&self, gpa: u64, len: u64) {
+        if self.log_all {
+            self.guest.log_dirty(gpa, len);
+        }
+    }
+
+    /// Logs the whole used ring (its index, elements and avail_event) dirty. A crash between a
+    /// ring write and its log entry is covered by the next worker, which logs the whole ring
+    /// when it activates the queue.
+    fn log_used(&self) {
+        let (gpa, len) = self.ring.used_range();
+        self.log(gpa, len);
+    }
+
     /// Publishes `head`'s used element, in the two steps recovery can tell apart, and signals.
     fn put(&self, head: u16, len: u32, opcode: u32) -> Result<(), ring::RingError> {
         let mem = &self.guest.mem;
@@ -66,6 +84,7 @@ impl UsedRing {
         self.ring.write_used_elem(mem, old, head, len)?;
         crate::crash_point!("vhost.after_used_elem", opcode);
         self.ring.publish_used_idx(mem, new)?;
+        self.log_used();
         // Crash here: the driver has the element; recovery sees the ring one ahead of the
         // region and finishes this put (QueueState::repair_used), so the head is not replayed.
         crate::crash_point!("vhost.after_used_idx", opcode);
@@ -141,10 +160,12 @@ impl QueueThread {
                 self.active = None;
                 continue;
             }
-            if let Some(a) = &self.active
-                && a.used.ring.arm_kick(&a.used.guest.mem, a.next_avail).unwrap_or(false)
-            {
-                continue;
+            if let Some(a) = &self.active {
+                let more = a.used.ring.arm_kick(&a.used.guest.mem, a.next_avail).unwrap_or(false);
+                a.used.log_used();
+                if more {
+                    continue;
+                }
             }
             self.wait(Some(kick));
         }
@@ -223,7 +244,16 @@ impl QueueThread {
         }
         *used_idx = self.state.used_idx.load(Ordering::Acquire);
         drop(used_idx);
-        let used = UsedRing { state: self.state, guest, ring, call_fd: cfg.call_fd, used_idx: self.used_idx.clone() };
+        let used = UsedRing {
+            state: self.state,
+            guest,
+            ring,
+            call_fd: cfg.call_fd,
+            used_idx: self.used_idx.clone(),
+            log_all: cfg.log_all,
+        };
+        // What a dead worker wrote into the used ring may not have reached the log.
+        used.log_used();
         Some(Active { used, kick_fd: cfg.kick_fd, next_avail: self.state.next_avail() })
     }
 
@@ -239,6 +269,11 @@ impl QueueThread {
     /// Pops and serves every chain the driver made available.
     fn drain(&mut self) -> Result<(), String> {
         loop {
+            // A control change is taken in between chains, not after the whole backlog: the
+            // supervisor waits for it when the frontend turns dirty logging on (control.rs).
+            if self.seq != Some(self.area.control_seq.load(Ordering::Acquire)) {
+                return Ok(());
+            }
             let Some(a) = &self.active else { return Ok(()) };
             let (used, next) = (a.used.clone(), a.next_avail);
             let (mem, ring) = (&used.guest.mem, used.ring);
@@ -324,6 +359,17 @@ impl<M: AsRef<[u8]>, U: std::borrow::Borrow<UsedRing>> InChain<M, U> {
             Some(reply) => write_reply(&used.guest.mem, &self.chain, reply, self.queue)?,
             None => 0,
         };
+        // The reply's pages are logged before its used element is: a frontend that sees the
+        // element has the data's pages marked too.
+        let mut left = u64::from(len);
+        for s in &self.chain.writable {
+            if left == 0 {
+                break;
+            }
+            let n = u64::from(s.len).min(left);
+            used.log(s.addr.0, n);
+            left -= n;
+        }
         used.put(self.head, len, self.opcode())
     }
 }

@@ -104,6 +104,11 @@ impl Ring {
         self.size
     }
 
+    /// The used ring's guest-physical range, avail_event included (what the device writes).
+    pub fn used_range(&self) -> (u64, u64) {
+        (self.used.0, 6 + 8 * u64::from(self.size))
+    }
+
     pub fn avail_idx(&self, mem: &GuestMemoryMmap) -> Result<u16, RingError> {
         let v: u16 = mem.load(self.avail.unchecked_add(2), Ordering::Acquire).map_err(mem_err)?;
         Ok(u16::from_le(v))
