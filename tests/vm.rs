@@ -44,7 +44,6 @@ mod rng;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -171,32 +170,6 @@ fn daemon_log(daemon: &mut std::process::Child) -> JoinHandle<u64> {
         }
         replaced
     })
-}
-
-/// The host's tree under `share` (STOP left out), as listing lines.
-fn host_listing(share: &Path) -> Vec<String> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-        for e in std::fs::read_dir(dir).expect("read_dir in the share") {
-            let e = e.expect("read_dir entry");
-            let path = e.path();
-            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            if rel == "STOP" {
-                continue;
-            }
-            let md = std::fs::symlink_metadata(&path).expect("lstat in the share");
-            if md.is_dir() {
-                out.push(listing::dir_line(&rel));
-                walk(root, &path, out);
-            } else {
-                let data = std::fs::read(&path).expect("read a file in the share");
-                out.push(listing::file_line(&rel, md.len(), md.nlink(), listing::hash(&data)));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(share, share, &mut out);
-    out.sort();
-    out
 }
 
 /// `key=value` fields of a summary line.
@@ -483,7 +456,7 @@ fn run_disturbed(q: qemu::Qemu, daemon_args: &str, upgrades: bool) {
     let get = |k: &str| f.get(k).copied().unwrap_or("?");
     let worst_ms: f64 = get("worst_ms").parse().unwrap_or(f64::MAX);
     let model: Vec<String> = lines.iter().filter_map(|l| l.strip_prefix("VM-LIST ")).map(str::to_string).collect();
-    let host = host_listing(&share);
+    let host = listing::host_listing(&share);
     let mut respawn = kills.respawn.clone();
     respawn.sort();
     let median = respawn.get(respawn.len() / 2).copied().unwrap_or_default();

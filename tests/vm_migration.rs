@@ -28,7 +28,6 @@ mod qemu;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -127,33 +126,45 @@ fn fields(line: &str) -> BTreeMap<&str, &str> {
     line.split_whitespace().filter_map(|w| w.split_once('=')).collect()
 }
 
-fn progress(line: &str) -> Option<u64> {
-    line.strip_prefix("VM-PROGRESS ").and_then(|l| fields(l).get("ops")?.parse().ok())
+/// Migrates the source QEMU (QMP socket `src`) to the destination (`dst`) at `uri`, with a
+/// return path (a destination that fails to load tells the source, which then runs on), while
+/// the source's console keeps flowing into `lines`. Returns QEMU's final status, when the
+/// migration began, and the source's QMP connection.
+fn migrate(
+    src: &Path,
+    dst: &Path,
+    uri: &str,
+    src_console: &std::sync::mpsc::Receiver<String>,
+    lines: &mut Vec<String>,
+) -> (String, Instant, Qmp) {
+    let mut qmp = Qmp::connect(src);
+    let mut qmp_dst = Qmp::connect(dst);
+    let caps = r#"{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"return-path","state":true}]}}"#;
+    for q in [&mut qmp, &mut qmp_dst] {
+        let r = q.execute(caps);
+        assert!(r.contains("\"return\""), "migrate-set-capabilities: {r}");
+    }
+    let t_mig = Instant::now();
+    let r = qmp.execute(&format!(r#"{{"execute":"migrate","arguments":{{"uri":"{uri}"}}}}"#));
+    assert!(r.contains("\"return\""), "migrate: {r}");
+    let status = loop {
+        // The source's console keeps flowing until the switch.
+        while let Ok(l) = src_console.try_recv() {
+            eprintln!("guest@src| {l}");
+            lines.push(l);
+        }
+        let s = qmp.execute(r#"{"execute":"query-migrate"}"#);
+        if ["\"completed\"", "\"failed\"", "\"cancelled\""].iter().any(|w| s.contains(w)) {
+            break s;
+        }
+        assert!(t_mig.elapsed() < Duration::from_secs(300), "the migration did not end within 300 s: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    (status, t_mig, qmp)
 }
 
-/// The host's tree under `share` (STOP left out), as listing lines.
-fn host_listing(share: &Path) -> Vec<String> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-        for e in std::fs::read_dir(dir).expect("read_dir in the share") {
-            let path = e.expect("read_dir entry").path();
-            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            if rel == "STOP" {
-                continue;
-            }
-            let md = std::fs::symlink_metadata(&path).expect("lstat in the share");
-            if md.is_dir() {
-                out.push(listing::dir_line(&rel));
-                walk(root, &path, out);
-            } else {
-                let data = std::fs::read(&path).expect("read a file in the share");
-                out.push(listing::file_line(&rel, md.len(), md.nlink(), listing::hash(&data)));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(share, share, &mut out);
-    out.sort();
-    out
+fn progress(line: &str) -> Option<u64> {
+    line.strip_prefix("VM-PROGRESS ").and_then(|l| fields(l).get("ops")?.parse().ok())
 }
 
 /// Reads console lines until `until` says stop (or `limit` passes: a panic), echoing them and
@@ -254,29 +265,7 @@ fn test_vm_qemu_10_live_migration_between_two_daemons() {
     // Migrate.
     // With a return path, a destination that fails to load tells the source, which then runs
     // on (a failed migration ends cleanly).
-    let mut qmp = Qmp::connect(&src_qmp);
-    let mut qmp_dst = Qmp::connect(&dst_qmp);
-    let caps = r#"{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"return-path","state":true}]}}"#;
-    for q in [&mut qmp, &mut qmp_dst] {
-        let r = q.execute(caps);
-        assert!(r.contains("\"return\""), "migrate-set-capabilities: {r}");
-    }
-    let t_mig = Instant::now();
-    let r = qmp.execute(&format!(r#"{{"execute":"migrate","arguments":{{"uri":"{uri}"}}}}"#));
-    assert!(r.contains("\"return\""), "migrate: {r}");
-    let status = loop {
-        // The source's console keeps flowing until the switch.
-        while let Ok(l) = src_console.try_recv() {
-            eprintln!("guest@src| {l}");
-            lines.push(l);
-        }
-        let s = qmp.execute(r#"{"execute":"query-migrate"}"#);
-        if ["\"completed\"", "\"failed\"", "\"cancelled\""].iter().any(|w| s.contains(w)) {
-            break s;
-        }
-        assert!(t_mig.elapsed() < Duration::from_secs(300), "the migration did not end within 300 s: {s}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let (status, t_mig, mut qmp) = migrate(&src_qmp, &dst_qmp, &uri, &src_console, &mut lines);
     let mig_secs = t_mig.elapsed().as_secs_f64();
     eprintln!("vm-migration: {mig_secs:.1} s: {}", status.trim());
     assert!(status.contains("\"completed\""), "the migration did not complete: {status}");
@@ -317,7 +306,7 @@ fn test_vm_qemu_10_live_migration_between_two_daemons() {
     let f = fields(summary);
     let ops_after = lines[at_switch..].iter().filter_map(|l| progress(l)).next_back().unwrap_or(0);
     let model: Vec<String> = lines.iter().filter_map(|l| l.strip_prefix("VM-LIST ")).map(str::to_string).collect();
-    let host = host_listing(&share);
+    let host = listing::host_listing(&share);
     eprintln!(
         "vm-migration: {} ({accel}), --migration-mode={mode}: migrated in {:.1} s; guest ops {ops_before} before, \
          {ops_after} by the last progress line on the destination, {} in all, errors {}, worst {} ms ({}); kills: \
@@ -397,28 +386,7 @@ fn test_vm_qemu_10_failed_migration_leaves_the_source_running() {
         seen += u32::from(progress(l).is_some());
         seen == 2
     });
-    let mut qmp = Qmp::connect(&src_qmp);
-    let mut qmp_dst = Qmp::connect(&dst_qmp);
-    let caps = r#"{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"return-path","state":true}]}}"#;
-    for q in [&mut qmp, &mut qmp_dst] {
-        let r = q.execute(caps);
-        assert!(r.contains("\"return\""), "migrate-set-capabilities: {r}");
-    }
-    let t_mig = Instant::now();
-    let r = qmp.execute(&format!(r#"{{"execute":"migrate","arguments":{{"uri":"{uri}"}}}}"#));
-    assert!(r.contains("\"return\""), "migrate: {r}");
-    let status = loop {
-        while let Ok(l) = src_console.try_recv() {
-            eprintln!("guest@src| {l}");
-            lines.push(l);
-        }
-        let s = qmp.execute(r#"{"execute":"query-migrate"}"#);
-        if ["\"completed\"", "\"failed\"", "\"cancelled\""].iter().any(|w| s.contains(w)) {
-            break s;
-        }
-        assert!(t_mig.elapsed() < Duration::from_secs(300), "the migration did not end within 300 s: {s}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let (status, t_mig, _) = migrate(&src_qmp, &dst_qmp, &uri, &src_console, &mut lines);
     eprintln!("vm-migration: {:.1} s: {}", t_mig.elapsed().as_secs_f64(), status.trim());
     assert!(status.contains("\"failed\""), "the migration should have failed: {status}");
     let dst_vm_status = wait_for_exit(&mut dst_vm.0, Duration::from_secs(60)).expect("the destination QEMU exits");
@@ -446,7 +414,7 @@ fn test_vm_qemu_10_failed_migration_leaves_the_source_running() {
     let ops_before = lines[..at_failure].iter().filter_map(|l| progress(l)).next_back().unwrap_or(0);
     let ops_after = lines[at_failure..].iter().filter_map(|l| progress(l)).next_back().unwrap_or(0);
     let model: Vec<String> = lines.iter().filter_map(|l| l.strip_prefix("VM-LIST ")).map(str::to_string).collect();
-    let host = host_listing(&share);
+    let host = listing::host_listing(&share);
     eprintln!(
         "vm-migration (failing): {}: {}; guest ops {ops_before} at the failure, {ops_after} later on the source, errors {}",
         q.version,

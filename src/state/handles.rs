@@ -93,14 +93,7 @@ impl Handles {
                 return Err(e);
             }
         };
-        let s = self.table.slot(i);
-        self.table.header(i).fd.store(fd, Ordering::Relaxed);
-        s.kind.store(kind as u32, Ordering::Relaxed);
-        s.open_flags.store(open_flags, Ordering::Relaxed);
-        s.nodeid.store(nodeid, Ordering::Relaxed);
-        s.owner.store(owner, Ordering::Relaxed);
-        s.pid.store(0, Ordering::Relaxed);
-        s.via.store(via, Ordering::Relaxed);
+        self.fill(i, fd, kind, nodeid, open_flags, (owner, via));
         let id = slots::make_id(i, self.table.header(i).generation.load(Ordering::Relaxed));
         if let Some(r) = intent.record() {
             r.begin_pending(Pending::Handle, id, 0);
@@ -114,6 +107,18 @@ impl Handles {
             r.set_handle(fh);
         }
         Ok(fh)
+    }
+
+    /// Writes a SETTING_UP slot's fd and body (not yet published: nothing reads it).
+    fn fill(&self, i: u32, fd: i32, kind: HandleKind, nodeid: u64, open_flags: u32, (owner, via): (u64, u64)) {
+        let s = self.table.slot(i);
+        self.table.header(i).fd.store(fd, Ordering::Relaxed);
+        s.kind.store(kind as u32, Ordering::Relaxed);
+        s.open_flags.store(open_flags, Ordering::Relaxed);
+        s.nodeid.store(nodeid, Ordering::Relaxed);
+        s.owner.store(owner, Ordering::Relaxed);
+        s.pid.store(0, Ordering::Relaxed);
+        s.via.store(via, Ordering::Relaxed);
     }
 
     /// Migration, on the source: every LIVE handle.
@@ -154,14 +159,7 @@ impl Handles {
                 return Err(e);
             }
         };
-        let s = self.table.slot(i);
-        self.table.header(i).fd.store(fd, Ordering::Relaxed);
-        s.kind.store(kind as u32, Ordering::Relaxed);
-        s.open_flags.store(open_flags, Ordering::Relaxed);
-        s.nodeid.store(nodeid, Ordering::Relaxed);
-        s.owner.store(0, Ordering::Relaxed);
-        s.pid.store(0, Ordering::Relaxed);
-        s.via.store(0, Ordering::Relaxed);
+        self.fill(i, fd, kind, nodeid, open_flags, (0, 0));
         self.table.publish(i);
         Ok(())
     }
