@@ -243,7 +243,7 @@ pub fn run(
         // The connection is the new supervisor's now: neither closed nor unmounted here.
         std::mem::forget(conn);
         if u.first {
-            crate::upgrade::keep(waits.signals, u.handover.pipes.keeper, pid);
+            crate::upgrade::keep(waits.signals, u.handover.pipes.keeper, u.handover.syslog, pid);
         }
         // Crash here: the keeper has not heard of `pid`; when we end it takes our exit for
         // the current supervisor's and stops the daemon (a supervisor death, documented).
@@ -395,7 +395,16 @@ fn upgrade(w: &mut Workers, conn: &dyn Connection, handover: &mut Handover, aske
             // need: an fd left open here would keep its open file description alive, and with
             // it an OFD lock the new worker releases, or a file the guest deleted.
             let p = &handover.pipes;
-            sys::close_all_except(vec![0, 1, 2, handover.signals, p.down[1], p.keeper[0], p.keeper[1]]);
+            sys::close_all_except(vec![
+                0,
+                1,
+                2,
+                handover.signals,
+                handover.syslog,
+                p.down[1],
+                p.keeper[0],
+                p.keeper[1],
+            ]);
             // Crash here: the new binary sees its parent gone and takes over (upgrade.rs).
             if let Err(e) = sys::write(p.down[1], b"G") {
                 tracing::error!("live upgrade: cannot tell the new binary to go: {e}");

@@ -359,10 +359,11 @@ pub fn refuse(pipes: &Pipes, why: &str) -> ! {
 /// The first supervisor, after its first upgrade: holds the daemon's place (pid 1 of the pid
 /// namespace, the holder's child, the pid systemd watches) for the supervisors after it. Passes
 /// termination signals on to the current one and exits with its status. Never returns.
-pub fn keep(signals: i32, keeper: [i32; 2], mut current: i32) -> ! {
+pub fn keep(signals: i32, keeper: [i32; 2], syslog: i32, mut current: i32) -> ! {
     process::set_name(c"pfs-keeper");
-    // Everything else belongs to the new supervisor's copy of the table.
-    sys::close_all_except(vec![0, 1, 2, signals, keeper[0]]);
+    // Everything else belongs to the new supervisor's copy of the table (the syslog socket, if
+    // logs go there, stays: the keeper's lines go on arriving where the operator looks).
+    sys::close_all_except(vec![0, 1, 2, signals, keeper[0], syslog]);
     tracing::info!(supervisor = current, "the first supervisor now only keeps the daemon's place");
     loop {
         let [signal, pid] = process::poll_readable([signals, keeper[0]], -1);
