@@ -97,7 +97,10 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     }
 }
 
-fn ask(socket: &std::path::Path, line: &str, attach: Option<&std::fs::File>) -> Result<String, String> {
+/// Sends `line` (with `attach`'s fd, if any) to the control socket at `socket` and returns the
+/// reply. Public for tests that must not fork while they hold open files (a forked child holds
+/// copies of every fd until its exec, and with them open file descriptions and their OFD locks).
+pub fn ask(socket: &std::path::Path, line: &str, attach: Option<&std::fs::File>) -> Result<String, String> {
     let shown = socket.display();
     let mut stream = UnixStream::connect(socket).map_err(|e| {
         format!("cannot connect to {shown}: {e} (is a phoenixfsd running with --control-socket {shown}?)")

@@ -119,16 +119,12 @@ pub fn upgrader(
         }
         let binary = &u.binaries[k as usize % u.binaries.len()];
         let t0 = Instant::now();
-        let out = std::process::Command::new(crate::common::BIN)
-            .arg("ctl")
-            .arg("--socket")
-            .arg(&u.ctl)
-            .args(["upgrade", "--binary"])
-            .arg(binary)
-            .output()
-            .unwrap();
-        let reply = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() || !reply.starts_with("ok: upgraded") {
+        // In this process, not by running `phoenixfsd ctl`: a forked child would hold copies of
+        // the workload's fds until its exec, and with them OFD locks the workload released.
+        let file = std::fs::File::open(binary).unwrap();
+        let line = format!("upgrade {}", binary.display());
+        let reply = phoenixfsd::ctl::ask(&u.ctl, &line, Some(&file)).unwrap_or_else(|e| format!("error: {e}"));
+        if !reply.starts_with("ok: upgraded") {
             shared.fail(format!("upgrade #{k} to {binary:?}: {reply}"));
             return st;
         }
