@@ -180,10 +180,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 tracing::info!("stopping before a frontend connected");
                 return Ok(());
             };
-            // Live migration (DEVICE_STATE) is offered with recovery on: a load is imported by a
-            // worker that is then replaced (transport/vhost_user/transfer.rs).
-            let migration = cli.recovery == Recovery::On;
-            let (channel, transport) = ControlChannel::new(stream, &region, threads, cli.tag.clone(), migration)?;
+            let (channel, transport) =
+                ControlChannel::new(stream, &region, threads, cli.tag.clone(), offers_migration(&cli))?;
             (Box::new(channel), Arc::new(transport))
         }
     };
@@ -296,9 +294,8 @@ pub fn adopt(cli: Cli, h: crate::upgrade::Handover) -> Result<(), Error> {
             (Box::new(dev), Arc::new(transport))
         }
         crate::transport::Link::Vhost { stream, protocol_features } => {
-            let migration = cli.recovery == Recovery::On;
             let (channel, transport) =
-                ControlChannel::adopt(*stream, *protocol_features, &region, cli.tag.clone(), migration)
+                ControlChannel::adopt(*stream, *protocol_features, &region, cli.tag.clone(), offers_migration(&cli))
                     .unwrap_or_else(|e| refuse(format!("the vhost-user connection: {e}")));
             (Box::new(channel), Arc::new(transport))
         }
@@ -323,13 +320,7 @@ pub fn adopt(cli: Cli, h: crate::upgrade::Handover) -> Result<(), Error> {
     {
         keep.push(stream);
     }
-    if keep.len() > MAX_KEEP_FDS {
-        return Err(Error::TooManyFds(keep.len()));
-    }
-    let hd = region.header_mut_before_workers();
-    hd.keep_fds = [0; MAX_KEEP_FDS];
-    hd.keep_fds[..keep.len()].copy_from_slice(&keep);
-    hd.keep_count = keep.len() as u32;
+    set_keep_fds(&mut region, &keep)?;
     let started = std::time::Instant::now()
         .checked_sub(Duration::from_millis(crate::upgrade::now_ms().saturating_sub(h.started_ms)))
         .unwrap_or_else(std::time::Instant::now);
@@ -337,14 +328,13 @@ pub fn adopt(cli: Cli, h: crate::upgrade::Handover) -> Result<(), Error> {
         // SAFETY: the handover names this fd as the control socket's listener.
         unsafe { <std::os::unix::net::UnixListener as std::os::fd::FromRawFd>::from_raw_fd(h.control) }
     });
-    let mountpoint = cli.mountpoint.clone();
     let sup = Supervise {
         started,
         control_listener,
         zygote_pipes: Some(zygote::Pipes::from_fds(h.zygote)),
         upgrades: Some(crate::supervisor::Upgrades { handover: h.clone(), first: false }),
     };
-    supervise(&cli, region, conn, transport, &inside, &waits, sup, mountpoint.as_deref())
+    supervise(&cli, region, conn, transport, &inside, &waits, sup, cli.mountpoint.as_deref())
 }
 
 /// Builds the sandbox (security/sandbox.rs) and returns, in the supervisor, what it holds
@@ -383,6 +373,12 @@ fn enter_sandbox(cli: &Cli, shared_dir: &Path, endpoint: &mut Endpoint, waits: &
         });
     }
     Ok(inside)
+}
+
+/// Whether VM live migration (vhost-user DEVICE_STATE) is offered: with recovery on, as a load
+/// is imported by a worker that is then replaced (transport/vhost_user/transfer.rs).
+fn offers_migration(cli: &Cli) -> bool {
+    cli.recovery == Recovery::On
 }
 
 /// The host's side of the transport, made before the sandbox.
@@ -464,13 +460,21 @@ fn worker_config(cli: &Cli, inside: &Inside, transport: Arc<dyn Transport>, ende
 fn record_keep_fds(region: &mut Region, proc: i32, transport: &[i32], waits: &Waits) -> Result<(), Error> {
     let keep: Vec<i32> =
         sys::open_fds(proc).map_err(Error::ListFds)?.into_iter().filter(|fd| !transport.contains(fd)).collect();
+    set_keep_fds(region, &keep)?;
+    region.header_mut_before_workers().ready_fd = waits.ready;
+    Ok(())
+}
+
+/// Writes `keep` as the region header's list of fds every worker's sweep leaves open (no worker
+/// runs while it is written).
+fn set_keep_fds(region: &mut Region, keep: &[i32]) -> Result<(), Error> {
     if keep.len() > MAX_KEEP_FDS {
         return Err(Error::TooManyFds(keep.len()));
     }
     let h = region.header_mut_before_workers();
-    h.keep_fds[..keep.len()].copy_from_slice(&keep);
+    h.keep_fds = [0; MAX_KEEP_FDS];
+    h.keep_fds[..keep.len()].copy_from_slice(keep);
     h.keep_count = keep.len() as u32;
-    h.ready_fd = waits.ready;
     Ok(())
 }
 
