@@ -280,7 +280,9 @@ fn supervise(
 pub fn adopt(cli: Cli, h: crate::upgrade::Handover) -> Result<(), Error> {
     let refuse = |why: String| -> ! { crate::upgrade::refuse(&h.pipes, &why) };
     process::set_name(crate::security::sandbox::SUPERVISOR_NAME);
-    let region = Region::attach(h.memfd).unwrap_or_else(|e| refuse(format!("the state region: {e}")));
+    // An older layout is taken as it is and converted only after the go: until then the old
+    // supervisor may serve on with it.
+    let region = Region::attach_convertible(h.memfd).unwrap_or_else(|e| refuse(format!("the state region: {e}")));
     let inside = Inside { proc: h.proc, vmstat: h.vmstat, shared_dir: h.shared_dir.clone() };
     let waits = Waits { signals: h.signals, ready: h.ready, ended: h.ended };
     let (conn, transport): (Box<dyn Connection>, Arc<dyn Transport>) = match &h.link {
@@ -321,6 +323,10 @@ pub fn adopt(cli: Cli, h: crate::upgrade::Handover) -> Result<(), Error> {
         keep.push(stream);
     }
     set_keep_fds(&mut region, &keep)?;
+    // After the keep list: a conversion may make an fd (layout 6's wake eventfd), which the
+    // region names; on a number the list kept as "open" it would be taken for one of ours, and
+    // a rollback that closes it would leave the list naming a closed fd.
+    region.convert(crate::state::region::LAYOUT_VERSION)?;
     let started = std::time::Instant::now()
         .checked_sub(Duration::from_millis(crate::upgrade::now_ms().saturating_sub(h.started_ms)))
         .unwrap_or_else(std::time::Instant::now);

@@ -55,6 +55,16 @@ const BRIDGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_phoenixfsd");
 
+/// phoenixfsd as built at the last commit of the previous state-region layout (layout 5):
+/// scripts/build-previous.sh builds it once from this repository's history (scripts/test.sh runs
+/// it before the tests, so here it only prints the path).
+pub fn previous_layout_bin() -> PathBuf {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/build-previous.sh");
+    let out = Command::new("bash").arg(script).stderr(Stdio::inherit()).output().expect("run bash");
+    assert!(out.status.success(), "{script} failed ({}): the previous layout's build is needed here", out.status);
+    PathBuf::from(String::from_utf8(out.stdout).expect("a path").trim())
+}
+
 /// Fails the test loudly where FUSE cannot run (never a silent skip).
 pub fn require_fuse() {
     assert!(
@@ -100,12 +110,17 @@ impl Mount {
 
     /// As `new`, over `transport`.
     pub fn new_on(transport: Transport, extra_args: &[&str]) -> Mount {
+        Mount::in_tempdir(|share, mnt| Mount::start_on(transport, share, mnt, extra_args, &[]))
+    }
+
+    /// `start`ed on a share and mount point in a new temporary directory.
+    fn in_tempdir(start: impl FnOnce(&Path, &Path) -> Mount) -> Mount {
         let tmp = tempfile::Builder::new().prefix("phoenixfs-test").tempdir().unwrap();
         let share = tmp.path().join("share");
         let mnt = tmp.path().join("mnt");
         std::fs::create_dir(&share).unwrap();
         std::fs::create_dir(&mnt).unwrap();
-        let mut m = Mount::start_on(transport, &share, &mnt, extra_args, &[]);
+        let mut m = start(&share, &mnt);
         m._tmp = Some(tmp);
         m
     }
@@ -130,6 +145,15 @@ impl Mount {
         Mount::start_logged(transport, share, mnt, extra_args, env, None)
     }
 
+    /// As `new_on(Transport::VhostUser, ..)`, through a bridge that does not ack the VM-migration
+    /// protocol features (DEVICE_STATE, LOG_SHMFD): a frontend without live migration.
+    pub fn new_vhost_without_migration(extra_args: &[&str]) -> Mount {
+        let bridge = bridge::BridgeOptions { timeout: BRIDGE_TIMEOUT, migration: false, ..Default::default() };
+        Mount::in_tempdir(|share, mnt| {
+            Mount::start_bridged(Transport::VhostUser, share, mnt, extra_args, &[], None, bridge)
+        })
+    }
+
     /// As `start_on`, with the daemon's stderr (its log) written to `log` if given.
     pub fn start_logged(
         transport: Transport,
@@ -138,6 +162,20 @@ impl Mount {
         extra_args: &[&str],
         env: &[(&str, &str)],
         log: Option<&Path>,
+    ) -> Mount {
+        let bridge = bridge::BridgeOptions { timeout: BRIDGE_TIMEOUT, ..Default::default() };
+        Mount::start_bridged(transport, share, mnt, extra_args, env, log, bridge)
+    }
+
+    /// As `start_logged`, with `bridge`'s options on `Transport::VhostUser`.
+    fn start_bridged(
+        transport: Transport,
+        share: &Path,
+        mnt: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+        bridge: bridge::BridgeOptions,
     ) -> Mount {
         require_fuse();
         let socket = mnt.with_extension("vhost.sock");
@@ -163,8 +201,7 @@ impl Mount {
                 assert!(Instant::now() < deadline, "phoenixfsd did not create {socket:?} within 20 s");
                 std::thread::sleep(Duration::from_millis(10));
             }
-            let opts = bridge::BridgeOptions { timeout: BRIDGE_TIMEOUT, ..Default::default() };
-            let b = bridge::Bridge::mount(&socket, mnt, BRIDGE_QUEUES, opts)
+            let b = bridge::Bridge::mount(&socket, mnt, BRIDGE_QUEUES, bridge)
                 .unwrap_or_else(|e| panic!("bridging {mnt:?} to phoenixfsd's vhost-user socket: {e}"));
             m.bridge = Some(b);
         }
