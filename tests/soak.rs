@@ -204,7 +204,32 @@ fn test_soak_live_upgrades_vhost_user() {
     run_soak_with("live_upgrades_vhost_user", Transport::VhostUser, &["--recovery", "on", "--xattr"], 0, 10, upgrades);
 }
 
+/// The kill soak with the daemon run unprivileged (tests/userns.rs): its sandbox in a user
+/// namespace with `--uid-map=:0:S:65536:` and `--gid-map=:0:G:65536:` (the test user's
+/// subordinate ranges), over vhost-user (an unprivileged daemon cannot mount /dev/fuse).
+#[test]
+fn test_soak_random_kills_userns() {
+    let kills = env_u64("PHOENIXFS_SOAK_KILLS", 500) / 2;
+    let user = common::userns::test_user();
+    let maps = user.maps();
+    let args = ["--recovery", "on", "--xattr", &maps[0], &maps[1]];
+    let mount = |args: &[&str]| Mount::new_as(&user, (user.subuid, user.subgid), Transport::VhostUser, args, None);
+    run_soak_on("random_kills_userns", &args, kills, 10, 0, &mount);
+}
+
 fn run_soak_with(case: &str, transport: Transport, daemon_args: &[&str], kills: u64, default_secs: u64, upgrades: u64) {
+    run_soak_on(case, daemon_args, kills, default_secs, upgrades, &|args| Mount::new_on(transport, args))
+}
+
+/// The soak on the mount `mount` makes from the daemon's arguments.
+fn run_soak_on(
+    case: &str,
+    daemon_args: &[&str],
+    kills: u64,
+    default_secs: u64,
+    upgrades: u64,
+    mount: &dyn Fn(&[&str]) -> Mount,
+) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let seed = match std::env::var("PHOENIXFS_SOAK_SEED") {
         Ok(v) => parse_u64(&v).unwrap_or_else(|| panic!("PHOENIXFS_SOAK_SEED={v:?} is not a number")),
@@ -253,7 +278,7 @@ fn run_soak_with(case: &str, transport: Transport, daemon_args: &[&str], kills: 
         }
     );
 
-    let mut m = Mount::new_on(transport, &args);
+    let mut m = mount(&args);
     let sup = m.supervisor() as i32;
     let baseline = settle_fds(sup, &m.mnt);
     eprintln!("soak[{case}]: supervisor {sup}: {} fds before the workload", baseline.len());
