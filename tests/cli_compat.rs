@@ -304,7 +304,7 @@ const UNPRIVILEGED_LINES: &[Line] = &[
         "unprivileged, file handles mandatory",
         "--socket-path={sock} --shared-dir {share} --inode-file-handles=mandatory",
         Refuse,
-        Accept,
+        Refuse,
         "--inode-file-handles=mandatory: open_by_handle_at needs CAP_DAC_READ_SEARCH",
     ),
 ];
