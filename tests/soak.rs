@@ -213,7 +213,13 @@ fn test_soak_random_kills_userns() {
     let user = common::userns::test_user();
     let maps = user.maps();
     let args = ["--recovery", "on", "--xattr", &maps[0], &maps[1]];
-    let mount = |args: &[&str]| Mount::new_as(&user, (user.subuid, user.subgid), Transport::VhostUser, args, None);
+    let mount = |args: &[&str]| {
+        let m = Mount::new_as(&user, (user.subuid, user.subgid), Transport::VhostUser, args, None);
+        let map = std::fs::read_to_string(format!("/proc/{}/uid_map", m.supervisor())).unwrap();
+        let want = format!("0 {} 65536", user.subuid);
+        assert_eq!(map.split_whitespace().collect::<Vec<_>>().join(" "), want, "the supervisor's user namespace");
+        m
+    };
     run_soak_on("random_kills_userns", &args, kills, 10, 0, &mount);
 }
 
