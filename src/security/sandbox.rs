@@ -132,6 +132,7 @@ fn become_supervisor() {
 fn enter_user_namespace(maps: &IdMaps, vmstat: i32, share: &CStr) -> Result<Entered, Error> {
     let step = |step, source| Error::Step { mode: "namespace", step, source };
     let [mapped_r, mapped_w] = sys::pipe().map_err(|e| step("make the id-map pipe", e))?;
+    // 1/3 clone. Crash after: the child waits on the pipe; a dead holder gives it end of file.
     let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWPID;
     // SAFETY: start-up is single-threaded (no serving thread or worker exists yet).
     match unsafe { process::fork_into_namespaces(flags) } {
@@ -139,6 +140,8 @@ fn enter_user_namespace(maps: &IdMaps, vmstat: i32, share: &CStr) -> Result<Ente
         Ok(0) => {
             sys::close(mapped_w);
             become_supervisor();
+            // 3/3 (child) wait for the maps, become root inside. Crash after: as a supervisor's
+            // death before its first worker: the holder exits with its status, nothing served.
             userns::enter_mapped(mapped_r)?;
             let proc = enter_namespaces(share).map_err(|(what, e)| step(what, e))?;
             Ok(Entered::Supervisor(Inside { proc, vmstat, shared_dir: c"/".to_owned() }))
@@ -146,6 +149,8 @@ fn enter_user_namespace(maps: &IdMaps, vmstat: i32, share: &CStr) -> Result<Ente
         Ok(supervisor) => {
             sys::close(mapped_r);
             sys::close(vmstat);
+            // 2/3 (holder) write the maps, then one byte. Crash before the byte: the child reads
+            // end of file and exits unmapped; a partial map (uid written, gid not) is never used.
             if let Err(e) = userns::write_maps(supervisor, maps) {
                 // The supervisor waits on the pipe: it must not go on unmapped.
                 let _ = process::send_signal(supervisor, libc::SIGKILL);
