@@ -223,6 +223,17 @@ fn test_soak_random_kills_userns() {
     run_soak_on("random_kills_userns", &args, kills, 10, 0, &mount);
 }
 
+/// Live upgrades of an unprivileged daemon: the new binary is exec'd inside its user namespace.
+#[test]
+fn test_soak_live_upgrades_userns() {
+    let upgrades = env_u64("PHOENIXFS_SOAK_UPGRADES", 20) / 2;
+    let user = common::userns::test_user();
+    let maps = user.maps();
+    let args = ["--recovery", "on", "--xattr", &maps[0], &maps[1]];
+    let mount = |args: &[&str]| Mount::new_as(&user, (user.subuid, user.subgid), Transport::VhostUser, args, None);
+    run_soak_on("live_upgrades_userns", &args, 0, 10, upgrades, &mount);
+}
+
 fn run_soak_with(case: &str, transport: Transport, daemon_args: &[&str], kills: u64, default_secs: u64, upgrades: u64) {
     run_soak_on(case, daemon_args, kills, default_secs, upgrades, &|args| Mount::new_on(transport, args))
 }
@@ -261,6 +272,8 @@ fn run_soak_on(
     args.extend(extra.split_whitespace());
     // Live upgrades: a control socket, and two binaries on disk to upgrade to in turn.
     let upgrade_dir = tempfile::Builder::new().prefix("phoenixfs-soak-upgrade").tempdir().unwrap();
+    // An unprivileged daemon (test_soak_*_userns) binds its control socket here too.
+    std::fs::set_permissions(upgrade_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
     let ctl = upgrade_dir.path().join("ctl");
     let ctl_arg = ctl.to_str().unwrap().to_string();
     if upgrades > 0 {
