@@ -79,7 +79,17 @@ fn start_with(transport: Transport, frontend_migration: bool) -> Daemon {
         Transport::VhostUser if !frontend_migration => Mount::new_vhost_without_migration(&args),
         _ => Mount::new_on(transport, &args),
     };
+    wait_for_socket(&ctl);
     Daemon { m, ctl, dir }
+}
+
+/// Waits for the control socket: the supervisor binds it just after the mount appears.
+fn wait_for_socket(path: &Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(std::time::Instant::now() < deadline, "no control socket at {path:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Upgrades twice (to two binaries on disk: the first `first` — a build and its layout version —
@@ -277,6 +287,7 @@ fn test_upgrade_needs_recovery() {
     let dir = tempfile::Builder::new().prefix("phoenixfs-upgrade").tempdir().unwrap();
     let ctl_path = dir.path().join("ctl");
     let mut m = Mount::new_on(Transport::Fuse, &["--recovery", "off", "--control-socket", ctl_path.to_str().unwrap()]);
+    wait_for_socket(&ctl_path);
     let binary = copy_binary(dir.path(), "phoenixfsd-new");
     let (code, _, err) = ctl(&ctl_path, &["upgrade", "--binary", binary.to_str().unwrap()]);
     assert_eq!(code, 1);

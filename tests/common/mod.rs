@@ -26,6 +26,7 @@ pub mod fuzz;
 pub mod inproc;
 pub mod proc;
 pub mod sys;
+pub mod userns;
 
 #[allow(unused_imports)] // each test uses some
 pub use proc::{children_of, drop_caches, open_fds, settled_fds, supervisor_of, table_fds};
@@ -150,7 +151,7 @@ impl Mount {
     pub fn new_vhost_without_migration(extra_args: &[&str]) -> Mount {
         let bridge = bridge::BridgeOptions { timeout: BRIDGE_TIMEOUT, migration: false, ..Default::default() };
         Mount::in_tempdir(|share, mnt| {
-            Mount::start_bridged(Transport::VhostUser, share, mnt, extra_args, &[], None, bridge)
+            Mount::launch(&mut Command::new(BIN), Transport::VhostUser, share, mnt, extra_args, None, bridge)
         })
     }
 
@@ -164,23 +165,52 @@ impl Mount {
         log: Option<&Path>,
     ) -> Mount {
         let bridge = bridge::BridgeOptions { timeout: BRIDGE_TIMEOUT, ..Default::default() };
-        Mount::start_bridged(transport, share, mnt, extra_args, env, log, bridge)
+        Mount::launch(Command::new(BIN).envs(env.iter().copied()), transport, share, mnt, extra_args, log, bridge)
     }
 
-    /// As `start_logged`, with `bridge`'s options on `Transport::VhostUser`.
-    fn start_bridged(
+    /// A fresh share served by phoenixfsd run as the unprivileged `user` (its sandbox is then
+    /// built in a user namespace, with `extra_args`' maps if any): the temporary directory, where
+    /// the daemon makes its socket, is the user's; the share is `share_owner`'s (host ids: the
+    /// host id that namespace id 0 maps to, for the daemon to write there as root inside).
+    pub fn new_as(
+        user: &userns::TestUser,
+        share_owner: (u32, u32),
+        transport: Transport,
+        extra_args: &[&str],
+        log: Option<&Path>,
+    ) -> Mount {
+        let tmp = tempfile::Builder::new().prefix("phoenixfs-test").tempdir().unwrap();
+        let share = tmp.path().join("share");
+        let mnt = tmp.path().join("mnt");
+        std::fs::create_dir(&share).unwrap();
+        std::fs::create_dir(&mnt).unwrap();
+        user.own(tmp.path());
+        // Searchable by the daemon's root inside, which may be another host id than the user's.
+        std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(&share, Some(share_owner.0), Some(share_owner.1)).unwrap();
+        // The user namespace is namespace mode's (PHOENIXFS_TEST_SANDBOX does not apply).
+        let args: Vec<&str> = ["--sandbox", "namespace"].iter().chain(extra_args).copied().collect();
+        let bridge = bridge::BridgeOptions { timeout: BRIDGE_TIMEOUT, ..Default::default() };
+        let mut m = Mount::launch(&mut user.command(BIN), transport, &share, &mnt, &args, log, bridge);
+        m._tmp = Some(tmp);
+        m
+    }
+
+    /// Starts `cmd` (phoenixfsd, or a command that runs it, with its environment) on `share`
+    /// and makes it reachable at `mnt` over `transport` (through a bridge with `bridge`'s
+    /// options on `Transport::VhostUser`).
+    fn launch(
+        cmd: &mut Command,
         transport: Transport,
         share: &Path,
         mnt: &Path,
         extra_args: &[&str],
-        env: &[(&str, &str)],
         log: Option<&Path>,
         bridge: bridge::BridgeOptions,
     ) -> Mount {
         require_fuse();
         let socket = mnt.with_extension("vhost.sock");
-        let mut cmd = Command::new(BIN);
-        cmd.envs(env.iter().copied()).arg("--shared-dir").arg(share);
+        cmd.arg("--shared-dir").arg(share);
         match transport {
             Transport::Fuse => cmd.arg("--mountpoint").arg(mnt),
             Transport::VhostUser => cmd.arg("--socket-path").arg(&socket),
