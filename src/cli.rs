@@ -207,6 +207,14 @@ pub struct Cli {
     #[arg(long)]
     pub writeback: bool,
 
+    /// FUSE passthrough on a /dev/fuse mount (Linux 6.9+): the kernel reads, writes and maps
+    /// open regular files on the host itself, without a round trip to the daemon. auto (when
+    /// the kernel offers it and no other option rules it out: --writeback, --cache=never or
+    /// metadata), never, or always (refuse such options, and a kernel without it, at INIT).
+    #[arg(long, value_enum, require_equals = true, default_value_t = Negotiation::Auto,
+          value_name = "auto|never|always")]
+    pub fuse_passthrough: Negotiation,
+
     /// Honor the O_DIRECT flag passed down by guest applications.
     #[arg(long)]
     pub allow_direct_io: bool,
@@ -375,6 +383,11 @@ const NO_MIGRATION_FUSE: &str = "VM live migration is a vhost-user feature (DEVI
 const NO_USERNS: &str = "it maps ids through the user namespace of an unprivileged --sandbox=namespace, which \
                          this daemon does not set up (it runs as root; --translate-uid/gid translate \
                          ids without one)";
+const NO_PASSTHROUGH_VHOST: &str = "FUSE passthrough hands the kernel a host file; a virtio-fs guest's kernel \
+                                    cannot use one (give --mountpoint)";
+const NO_PASSTHROUGH_WRITEBACK: &str = "the kernel turns passthrough off beside writeback caching (fs/fuse/inode.c)";
+const NO_PASSTHROUGH_DIRECT: &str = "with --cache=never or metadata every open is direct I/O, which passthrough \
+                                     would not serve (reads and writes would still come to the daemon)";
 const NO_ACL_TRANSLATE: &str = "an ACL names host ids the translation would not map (virtiofsd refuses this \
                                 too)";
 
@@ -517,6 +530,17 @@ impl Cli {
         {
             return refuse(&format!("{name} with --mountpoint"), NO_MIGRATION_FUSE);
         }
+        if self.fuse_passthrough == Negotiation::Always {
+            if self.mountpoint.is_none() {
+                return refuse("--fuse-passthrough=always without --mountpoint", NO_PASSTHROUGH_VHOST);
+            }
+            if self.writeback {
+                return refuse("--fuse-passthrough=always with --writeback", NO_PASSTHROUGH_WRITEBACK);
+            }
+            if matches!(self.cache, CachePolicy::Never | CachePolicy::Metadata) {
+                return refuse("--fuse-passthrough=always with --cache=never or metadata", NO_PASSTHROUGH_DIRECT);
+            }
+        }
         if !self.uid_map.is_empty() {
             return refuse("--uid-map", NO_USERNS);
         }
@@ -530,6 +554,15 @@ impl Cli {
             );
         }
         Ok(())
+    }
+
+    /// Whether FUSE passthrough may be negotiated: over /dev/fuse, not turned off, and no
+    /// option that rules it out (`--fuse-passthrough=auto` then simply goes without).
+    pub fn passthrough_wanted(&self) -> bool {
+        self.mountpoint.is_some()
+            && self.fuse_passthrough != Negotiation::Never
+            && !self.writeback
+            && !matches!(self.cache, CachePolicy::Never | CachePolicy::Metadata)
     }
 
     /// `--translate-uid` and `--translate-gid` as maps (identity when not given).
