@@ -268,14 +268,15 @@ fn records_backing(state: &State) -> Vec<u32> {
         .collect()
 }
 
-/// Whether the file has a set-user-ID bit, or set-group-ID with group execute: such files are
-/// opened without passthrough (if no other open holds the node in passthrough), so that a
-/// write by root keeps them as natively and one by another user clears them through the
-/// daemon's write path (a passthrough write, made with the registration's credentials, which
-/// lack CAP_FSETID, always clears them).
+/// Whether the file has a set-user-ID or set-group-ID bit: such files are opened without
+/// passthrough (if no other open holds the node in passthrough), so that a write by root keeps
+/// them as natively and one by another user clears them through the daemon's write path, which
+/// decides as the writer (set-group-ID without group execute goes only for a writer outside the
+/// file's group). A passthrough write, made with the registration's credentials (root, without
+/// CAP_FSETID), would clear set-user-ID always and such set-group-ID never.
 fn has_setid_bits(fd: i32) -> bool {
     match sys::fstatat(fd, c"", libc::AT_EMPTY_PATH) {
-        Ok(st) => st.st_mode & libc::S_ISUID != 0 || st.st_mode & (libc::S_ISGID | libc::S_IXGRP) == (libc::S_ISGID | libc::S_IXGRP),
+        Ok(st) => st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0,
         Err(_) => true,
     }
 }
