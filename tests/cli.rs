@@ -29,10 +29,7 @@ fn test_cli_bad_command_lines_exit_2() {
         // --fuse-passthrough=always where it cannot work: named, with the reason.
         (&["--shared-dir", "/tmp", "--socket-path", "/b", "--fuse-passthrough=always"], "virtio-fs guest"),
         (&["--shared-dir", "/tmp", "--mountpoint", "/a", "--writeback", "--fuse-passthrough=always"], "writeback"),
-        (
-            &["--shared-dir", "/tmp", "--mountpoint", "/a", "--cache=never", "--fuse-passthrough=always"],
-            "direct I/O",
-        ),
+        (&["--shared-dir", "/tmp", "--mountpoint", "/a", "--cache=never", "--fuse-passthrough=always"], "direct I/O"),
     ];
     for (args, named) in cases {
         let (code, _, err) = run(args);

@@ -171,9 +171,8 @@ impl Fs {
     }
 
     fn close_backing(&self, id: u32) -> bool {
-        let closed = backing_admin().and_then(|_admin| {
-            sys::fuse_backing_close(self.passthrough.dev, id as i32).map_err(Error::from)
-        });
+        let closed = backing_admin()
+            .and_then(|_admin| sys::fuse_backing_close(self.passthrough.dev, id as i32).map_err(Error::from));
         match closed {
             Ok(()) => true,
             Err(e) if e.errno() == libc::ENOENT => false,
@@ -240,8 +239,8 @@ impl Fs {
     /// the two leaves the probe's id as the latest, which the next recovery's probe finds.
     fn probe_latest(&self) -> Option<u32> {
         let memfd = self.state.region.memfd();
-        let probe = backing_admin()
-            .and_then(|_admin| sys::fuse_backing_open(self.passthrough.dev, memfd).map_err(Error::from));
+        let probe =
+            backing_admin().and_then(|_admin| sys::fuse_backing_open(self.passthrough.dev, memfd).map_err(Error::from));
         match probe {
             Ok(id) => {
                 crate::crash_point!("passthrough.probe");

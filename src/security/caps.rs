@@ -187,7 +187,6 @@ pub fn restrict_worker(worker: Caps, backing_admin: bool) -> Result<(), Error> {
     sys::set(worker.0, worker.0 | extra).map_err(Error::Set)
 }
 
-
 /// The holder (holder.rs): bounding, permitted and effective = `SUPERVISOR` (the unmount at
 /// the end), as far as this process has it.
 pub fn restrict_holder() -> Result<(), Error> {

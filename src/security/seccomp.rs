@@ -436,8 +436,8 @@ fn program(lists: &[&[Group]], mode: Mode) -> Result<BpfProgram, Error> {
         && let Some(ioctl) = rules.get_mut(&libc::SYS_ioctl)
     {
         for request in [BACKING_OPEN, BACKING_CLOSE] {
-            let only = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request)
-                .map_err(Error::Build)?;
+            let only =
+                SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request).map_err(Error::Build)?;
             ioctl.push(SeccompRule::new(vec![only]).map_err(Error::Build)?);
         }
     }

@@ -101,7 +101,9 @@ impl InitPolicy {
             return Negotiation::Missing("SECURITY_CTX (--security-label=always)");
         }
         if self.require_passthrough && offered & abi::PASSTHROUGH == 0 {
-            return Negotiation::Missing("PASSTHROUGH (--fuse-passthrough=always; Linux 6.9+ with CONFIG_FUSE_PASSTHROUGH)");
+            return Negotiation::Missing(
+                "PASSTHROUGH (--fuse-passthrough=always; Linux 6.9+ with CONFIG_FUSE_PASSTHROUGH)",
+            );
         }
         let mut agreed = offered & self.wanted();
         // The kernel turns passthrough off, silently, beside writeback caching: agree to it only
