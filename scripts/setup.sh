@@ -11,6 +11,9 @@
 #   - pjdfstest 0.2.2 (the Rust rewrite) via `cargo install --locked`, unless already there.
 #   - The dummy users pjdfstest switches to: `nobody` (with its own primary group, Debian's
 #     `nogroup`) and `tests` (with group `tests`).
+#   - uidmap (newuidmap/newgidmap) and the unprivileged user the user-namespace tests run
+#     phoenixfsd as (tests/userns.rs): `pfs-userns`, with host ids 300000-365535 of its own in
+#     /etc/subuid and /etc/subgid.
 set -euo pipefail
 
 PJDFSTEST_VERSION=0.2.2
@@ -26,7 +29,8 @@ fi
 # ---- Debian packages --------------------------------------------------------------------
 PKGS=(fuse3 libfuse3-dev fio attr acl libacl1-dev pkg-config libseccomp-dev libcap-ng-dev
       python3 psmisc util-linux gcc qemu-system-x86 busybox-static cpio
-      systemd)  # systemd-socket-activate: the packaged unit's socket activation (tests/options.rs)
+      systemd   # systemd-socket-activate: the packaged unit's socket activation (tests/options.rs)
+      uidmap)   # newuidmap/newgidmap: --uid-map/--gid-map of an unprivileged daemon (tests/userns.rs)
 missing=()
 for p in "${PKGS[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -101,4 +105,20 @@ if ! getent passwd tests >/dev/null; then
         --shell /usr/sbin/nologin --comment "Dummy User for pjdfstest" tests
 fi
 say "users: $(id nobody); $(id tests)"
+
+# ---- the unprivileged user of tests/userns.rs, with subordinate ids for its --uid-map ------
+USERNS_USER=pfs-userns
+USERNS_BASE=300000
+if ! getent passwd "$USERNS_USER" >/dev/null; then
+    say "creating user $USERNS_USER"
+    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin --comment "phoenixfs user-namespace tests" "$USERNS_USER"
+fi
+for f in /etc/subuid /etc/subgid; do
+    if ! grep -q "^$USERNS_USER:" "$f" 2>/dev/null; then
+        say "giving $USERNS_USER ids $USERNS_BASE-$((USERNS_BASE + 65535)) in $f"
+        echo "$USERNS_USER:$USERNS_BASE:65536" >> "$f"
+    fi
+done
+say "user-namespace user: $(id "$USERNS_USER"); $(grep -h "^$USERNS_USER:" /etc/subuid /etc/subgid | tr '\n' ' ')"
 say "done"

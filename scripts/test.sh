@@ -3,7 +3,9 @@
 # machine, as root, with CI=true and no stdin):
 #   1. scripts/setup.sh   - Debian packages (fuse3, fio, ...), pjdfstest 0.2.2, dummy users
 #   2. cargo fmt --check, cargo clippy -D warnings
-#   3. cargo build/test --release --features crash-points (all unit and integration tests:
+#   3. cargo build --release --features crash-points, and scripts/build-previous.sh (the last
+#      build of the previous state-region layout, from this repository's history, for the live
+#      upgrades across layout versions); cargo test (all unit and integration tests:
 #      pjdfstest, the differential suite, hostile requests, crash points, the random-kill soak,
 #      vhost-user protocol and crash tests, and the two fuzz campaigns of about a minute each)
 #   4. the real VM (tests/vm.rs, its own step and timeout): QEMU 7.2 and 10.0 guests run a
@@ -43,6 +45,9 @@ cargo build --release --features crash-points
 # The VM test's guest workload, static (tests/vm.rs builds it too; here its build time is not
 # counted against the test timeout).
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target x86_64-unknown-linux-gnu --example vm_guest
+
+step "the previous state layout's build (scripts/build-previous.sh: live upgrades across layouts)"
+bash scripts/build-previous.sh
 
 # Daemons run with the default --seccomp kill and --sandbox namespace unless PHOENIXFS_TEST_SECCOMP
 # or PHOENIXFS_TEST_SANDBOX names another mode.

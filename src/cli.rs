@@ -13,6 +13,7 @@ use clap::{Parser, ValueEnum, ValueHint};
 
 pub use crate::fs::idmap::{IdMap, IdMapError};
 pub use crate::fs::xattrmap::{XattrMap, XattrMapError};
+pub use crate::security::userns::{IdMaps, Range};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CachePolicy {
@@ -268,15 +269,16 @@ pub struct Cli {
           default_missing_value = "always", value_name = "never|auto|always")]
     pub security_label: Negotiation,
 
-    /// Map a range of UIDs from the host into a user namespace, :namespace_uid:host_uid:count:
-    /// (refused: needs an unprivileged user-namespace sandbox, which is not built).
-    #[arg(long)]
-    pub uid_map: Vec<String>,
+    /// Unprivileged --sandbox namespace: map a range of host UIDs into the daemon's user
+    /// namespace, :namespace_uid:host_uid:count: (e.g. :0:100000:65536:; through newuidmap and
+    /// /etc/subuid unless it is one range of one id, your own). Repeatable. Without it, your own
+    /// UID is namespace UID 0. The kernel maps, not the daemon (compare --translate-uid).
+    #[arg(long, value_name = ":namespace_uid:host_uid:count:")]
+    pub uid_map: Vec<Range>,
 
-    /// Map a range of GIDs from the host into a user namespace, :namespace_gid:host_gid:count:
-    /// (refused: needs an unprivileged user-namespace sandbox, which is not built).
-    #[arg(long)]
-    pub gid_map: Vec<String>,
+    /// As --uid-map, for GIDs (newgidmap, /etc/subgid).
+    #[arg(long, value_name = ":namespace_gid:host_gid:count:")]
+    pub gid_map: Vec<Range>,
 
     /// Translate UIDs between guest and host, '<type>:<source base>:<target base>:<count>' with
     /// type guest, host, squash-guest, squash-host, map, or 'forbid-guest:<base>:<count>'
@@ -374,15 +376,29 @@ pub enum CliError {
     Xattrmap(#[from] XattrMapError),
     #[error(transparent)]
     Modcaps(#[from] crate::security::caps::Error),
+    #[error("{option}: {why}")]
+    Unprivileged { option: String, why: &'static str },
 }
 
 /// Why each refused option is refused (docs/compat.md has the whole table).
 const NO_MIGRATION: &str = "VM live migration needs --recovery on (a worker imports the incoming state and \
                             is replaced, so that the next one serves it; docs/design.md \"Live migration\")";
 const NO_MIGRATION_FUSE: &str = "VM live migration is a vhost-user feature (DEVICE_STATE); a /dev/fuse mount has none";
-const NO_USERNS: &str = "it maps ids through the user namespace of an unprivileged --sandbox=namespace, which \
-                         this daemon does not set up (it runs as root; --translate-uid/gid translate \
-                         ids without one)";
+const MAPS_NEED_NAMESPACE: &str = "it maps ids through the user namespace that an unprivileged --sandbox \
+                                   namespace creates (virtiofsd refuses it too); use --sandbox namespace, or \
+                                   --translate-uid/gid to translate ids in the daemon";
+const MAPS_WHEN_PRIVILEGED: &str = "the maps are for an unprivileged daemon, whose --sandbox namespace is built \
+                                    in a new user namespace; with CAP_SYS_ADMIN (as root) none is made (virtiofsd \
+                                    refuses it too): drop it, or use --translate-uid/gid to translate ids";
+const MAPS_WITHOUT_ROOT: &str = "no range maps namespace id 0: the daemon acts as root inside its user namespace \
+                                 (requests switch from there to each caller's ids), so map 0 to a host id, e.g. \
+                                 :0:<host id>:1: (virtiofsd would run with a warning instead)";
+const FUSE_UNPRIVILEGED: &str = "mounting a FUSE file system on the host needs CAP_SYS_ADMIN (run as root); an \
+                                 unprivileged daemon serves a VM over vhost-user (--socket-path or --fd), as \
+                                 virtiofsd does";
+const HANDLES_UNPRIVILEGED: &str = "open_by_handle_at needs CAP_DAC_READ_SEARCH in the host's user namespace, \
+                                    which an unprivileged daemon does not have; use --inode-file-handles=prefer \
+                                    (an O_PATH fd per inode instead) or never";
 const NO_PASSTHROUGH_VHOST: &str = "FUSE passthrough hands the kernel a host file; a virtio-fs guest's kernel \
                                     cannot use one (give --mountpoint)";
 const NO_PASSTHROUGH_WRITEBACK: &str = "the kernel turns passthrough off beside writeback caching (fs/fuse/inode.c)";
@@ -541,11 +557,11 @@ impl Cli {
                 return refuse("--fuse-passthrough=always with --cache=never or metadata", NO_PASSTHROUGH_DIRECT);
             }
         }
-        if !self.uid_map.is_empty() {
-            return refuse("--uid-map", NO_USERNS);
-        }
-        if !self.gid_map.is_empty() {
-            return refuse("--gid-map", NO_USERNS);
+        for (name, given) in [("--uid-map", !self.uid_map.is_empty()), ("--gid-map", !self.gid_map.is_empty())] {
+            if given && self.sandbox != SandboxMode::Namespace {
+                let mode = format!("{:?}", self.sandbox).to_lowercase();
+                return refuse(&format!("{name} with --sandbox {mode}"), MAPS_NEED_NAMESPACE);
+            }
         }
         if self.posix_acl != Negotiation::Never && !(self.translate_uid.is_empty() && self.translate_gid.is_empty()) {
             return refuse(
@@ -563,6 +579,43 @@ impl Cli {
             && self.fuse_passthrough != Negotiation::Never
             && !self.writeback
             && !matches!(self.cache, CachePolicy::Never | CachePolicy::Metadata)
+    }
+
+    /// What a fresh start (not a live upgrade's new binary, which runs inside already) can do
+    /// with the capabilities `caps` it has: without CAP_SYS_ADMIN `--sandbox namespace` is
+    /// built in a user namespace and /dev/fuse cannot be mounted; id maps are for that case
+    /// only, and must map namespace id 0; without CAP_DAC_READ_SEARCH there are no file
+    /// handles to insist on.
+    pub fn check_privilege(&self, caps: crate::security::caps::Caps) -> Result<(), CliError> {
+        use crate::security::caps::{CAP_DAC_READ_SEARCH, CAP_SYS_ADMIN};
+        let refuse = |option: &str, why| Err(CliError::Unprivileged { option: option.to_string(), why });
+        let privileged = caps.has(CAP_SYS_ADMIN);
+        for (name, ranges) in [("--uid-map", &self.uid_map), ("--gid-map", &self.gid_map)] {
+            if ranges.is_empty() {
+                continue;
+            }
+            if privileged {
+                return refuse(name, MAPS_WHEN_PRIVILEGED);
+            }
+            if !ranges.iter().any(|r| r.inside == 0) {
+                return refuse(name, MAPS_WITHOUT_ROOT);
+            }
+        }
+        if !privileged && (self.mountpoint.is_some() || self.demo) {
+            return refuse(if self.demo { "--demo" } else { "--mountpoint" }, FUSE_UNPRIVILEGED);
+        }
+        let nested = !privileged && self.sandbox == SandboxMode::Namespace;
+        if self.inode_file_handles == InodeFileHandles::Mandatory && (nested || !caps.has(CAP_DAC_READ_SEARCH)) {
+            return refuse("--inode-file-handles=mandatory", HANDLES_UNPRIVILEGED);
+        }
+        Ok(())
+    }
+
+    /// The user namespace `--sandbox namespace` is built in when the daemon runs without
+    /// CAP_SYS_ADMIN (`privileged` false), with its maps; None where the sandbox needs none.
+    pub fn user_namespace(&self, privileged: bool) -> Option<IdMaps> {
+        (self.sandbox == SandboxMode::Namespace && !privileged)
+            .then(|| IdMaps { uids: self.uid_map.clone(), gids: self.gid_map.clone() })
     }
 
     /// `--translate-uid` and `--translate-gid` as maps (identity when not given).
@@ -643,7 +696,9 @@ mod tests {
         for (args, named) in [
             (&["--migration-mode=find-paths", "--recovery=off"][..], "--migration-mode with --recovery off"),
             (&["--migration-confirm-paths", "--recovery=off"], "--migration-confirm-paths with --recovery off"),
-            (&["--uid-map=:0:1000:1:"], "--uid-map"),
+            (&["--uid-map=:0:1000:1:", "--sandbox=chroot"], "--uid-map with --sandbox chroot"),
+            (&["--gid-map=:0:1000:1:", "--sandbox=none"], "--gid-map with --sandbox none"),
+            (&["--gid-map=:0:1000:1:", "-o", "sandbox=chroot"], "--gid-map with --sandbox chroot"),
             (&["--posix-acl", "--translate-uid=map:0:1:1"], "--posix-acl=always with --translate-uid/gid"),
             (&["-o", "posix_acl", "--translate-gid=map:0:1:1"], "--posix-acl=always with"),
         ] {
@@ -657,6 +712,40 @@ mod tests {
         assert!(acl.posix_acl == Negotiation::Always && acl.xattr, "--posix-acl alone is always, and implies --xattr");
         let e = parse(&["--shared-dir=/tmp", "--fd=3", "--translate-gid=map:0:1000"]).unwrap_err();
         assert!(e.contains("--translate-gid") && e.contains("3 numbers"), "{e}");
+    }
+
+    #[test]
+    fn test_cli_id_maps_are_checked_against_the_privilege() {
+        use crate::security::caps::{Caps, WORKER};
+        let root = WORKER.union(crate::security::caps::SUPERVISOR);
+        let user = Caps(0);
+        let vhost = ["--shared-dir=/tmp", "--socket-path=/tmp/s"];
+        let cli = |more: &[&str]| parse(&[&vhost[..], more].concat()).unwrap();
+        // Malformed maps: clap names the option (exit 2).
+        for bad in ["--uid-map=0:1000:1", "--uid-map=:0:1000:", "--gid-map=:0:x:1:", "--uid-map=:0:1:0:"] {
+            let e = parse(&[&vhost[..], &[bad][..]].concat()).unwrap_err();
+            let option = &bad[..9];
+            assert!(e.contains(option) && e.contains("invalid value"), "{bad}: {e}");
+        }
+        let maps = cli(&["--uid-map=:0:100000:65536:", "--uid-map=:65536:1000:1:", "--gid-map=:0:100000:65536:"]);
+        assert_eq!(maps.uid_map.len(), 2);
+        maps.check_privilege(user).unwrap();
+        let e = maps.check_privilege(root).unwrap_err().to_string();
+        assert!(e.starts_with("--uid-map: ") && e.contains("CAP_SYS_ADMIN"), "{e}");
+        assert!(maps.user_namespace(true).is_none());
+        assert_eq!(maps.user_namespace(false).unwrap().gids.len(), 1);
+        let e = cli(&["--gid-map=:1:100000:65536:"]).check_privilege(user).unwrap_err().to_string();
+        assert!(e.starts_with("--gid-map: ") && e.contains("namespace id 0"), "{e}");
+        let fuse = parse(&["--shared-dir=/tmp", "--mountpoint=/mnt"]).unwrap();
+        fuse.check_privilege(root).unwrap();
+        let e = fuse.check_privilege(user).unwrap_err().to_string();
+        assert!(e.starts_with("--mountpoint: ") && e.contains("vhost-user"), "{e}");
+        let mandatory = cli(&["--inode-file-handles=mandatory"]);
+        mandatory.check_privilege(root).unwrap();
+        let e = mandatory.check_privilege(user).unwrap_err().to_string();
+        assert!(e.starts_with("--inode-file-handles=mandatory: ") && e.contains("prefer"), "{e}");
+        cli(&["--inode-file-handles=prefer"]).check_privilege(user).unwrap();
+        assert!(cli(&["--sandbox=none"]).user_namespace(false).is_none());
     }
 
     #[test]

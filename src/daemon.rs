@@ -73,10 +73,12 @@ fn timeouts(cache: CachePolicy) -> (EntryTimeouts, u32) {
 }
 
 /// Process-wide settings every thread inherits: no umask of our own (the kernel already applied
-/// the caller's), no supplementary groups (each request brings its caller's), and enough fds.
-fn prepare_process(rlimit_nofile: Option<u64>) {
+/// the caller's), no supplementary groups (each request brings its caller's; in a user
+/// namespace they are dropped inside, where that may be allowed: security/userns.rs), and
+/// enough fds.
+fn prepare_process(rlimit_nofile: Option<u64>, in_user_namespace: bool) {
     crate::sys::umask(0);
-    if let Err(e) = process::drop_groups() {
+    if !in_user_namespace && let Err(e) = process::drop_groups() {
         tracing::warn!("cannot drop supplementary groups: {e}");
     }
     let (_, hard) = process::nofile_limit();
@@ -126,7 +128,12 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     if !shared_dir.is_dir() {
         return Err(Error::SharedDir(shared_dir, std::io::Error::from_raw_os_error(libc::ENOTDIR)));
     }
-    prepare_process(cli.rlimit_nofile);
+    // Without CAP_SYS_ADMIN, `--sandbox namespace` is built in a user namespace of its own.
+    let userns = cli.user_namespace(crate::security::userns::privileged());
+    if let Some(maps) = &userns {
+        tracing::info!(uid_map = ?maps.uids, gid_map = ?maps.gids, "unprivileged: the sandbox gets a user namespace");
+    }
+    prepare_process(cli.rlimit_nofile, userns.is_some());
     crate::crash::prepare();
     // Blocked in every thread (all start after this) and taken from a signalfd by the
     // supervisor's loop.
@@ -161,7 +168,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     let control_listener = control_path.as_deref().map(crate::control::bind).transpose()?;
 
     // The sandbox: from here on the supervisor and its workers see only the share.
-    let inside = enter_sandbox(&cli, &shared_dir, &mut endpoint, &waits)?;
+    let inside = enter_sandbox(&cli, &shared_dir, userns.as_ref(), &mut endpoint, &waits)?;
 
     // The supervisor's and the workers' side of the transport, from now on a value.
     let (conn, transport): (Box<dyn Connection>, Arc<dyn Transport>) = match endpoint {
@@ -284,7 +291,9 @@ fn supervise(
 pub fn adopt(cli: Cli, h: crate::upgrade::Handover) -> Result<(), Error> {
     let refuse = |why: String| -> ! { crate::upgrade::refuse(&h.pipes, &why) };
     process::set_name(crate::security::sandbox::SUPERVISOR_NAME);
-    let region = Region::attach(h.memfd).unwrap_or_else(|e| refuse(format!("the state region: {e}")));
+    // An older layout is taken as it is and converted only after the go: until then the old
+    // supervisor may serve on with it.
+    let region = Region::attach_convertible(h.memfd).unwrap_or_else(|e| refuse(format!("the state region: {e}")));
     let inside = Inside { proc: h.proc, vmstat: h.vmstat, shared_dir: h.shared_dir.clone() };
     let waits = Waits { signals: h.signals, ready: h.ready, ended: h.ended };
     let (conn, transport): (Box<dyn Connection>, Arc<dyn Transport>) = match &h.link {
@@ -325,6 +334,10 @@ pub fn adopt(cli: Cli, h: crate::upgrade::Handover) -> Result<(), Error> {
         keep.push(stream);
     }
     set_keep_fds(&mut region, &keep)?;
+    // After the keep list: a conversion may make an fd (layout 6's wake eventfd), which the
+    // region names; on a number the list kept as "open" it would be taken for one of ours, and
+    // a rollback that closes it would leave the list naming a closed fd.
+    region.convert(crate::state::region::LAYOUT_VERSION)?;
     let started = std::time::Instant::now()
         .checked_sub(Duration::from_millis(crate::upgrade::now_ms().saturating_sub(h.started_ms)))
         .unwrap_or_else(std::time::Instant::now);
@@ -345,7 +358,13 @@ pub fn adopt(cli: Cli, h: crate::upgrade::Handover) -> Result<(), Error> {
 /// inside. In a sandbox the daemon's first process stays outside as the holder (holder.rs,
 /// never returning from here): it takes the FUSE unmount over and, in a pid namespace, answers
 /// for FUSE callers' groups over a socket pair made here.
-fn enter_sandbox(cli: &Cli, shared_dir: &Path, endpoint: &mut Endpoint, waits: &Waits) -> Result<Inside, Error> {
+fn enter_sandbox(
+    cli: &Cli,
+    shared_dir: &Path,
+    userns: Option<&crate::security::userns::IdMaps>,
+    endpoint: &mut Endpoint,
+    waits: &Waits,
+) -> Result<Inside, Error> {
     let serves_fuse = matches!(endpoint, Endpoint::Fuse(..));
     let groups_pair = (cli.sandbox == SandboxMode::Namespace && serves_fuse)
         .then(sys::seqpacket_pair)
@@ -355,7 +374,7 @@ fn enter_sandbox(cli: &Cli, shared_dir: &Path, endpoint: &mut Endpoint, waits: &
         Endpoint::Fuse(dev, _) if cli.sandbox != SandboxMode::None => dev.take_host_teardown(),
         _ => None,
     };
-    let inside = match sandbox::enter(cli.sandbox, shared_dir)? {
+    let inside = match sandbox::enter(cli.sandbox, shared_dir, userns)? {
         Entered::Holder { supervisor } => crate::holder::run(crate::holder::Holder {
             supervisor,
             signals: waits.signals,
@@ -395,6 +414,15 @@ fn worker_config(cli: &Cli, inside: &Inside, transport: Arc<dyn Transport>, ende
     let (timeouts, open_reply_flags) = timeouts(cli.cache);
     let file_handles = match cli.inode_file_handles {
         crate::cli::InodeFileHandles::Never => fs::FileHandles::Never,
+        // In a user namespace open_by_handle_at is refused (it wants CAP_DAC_READ_SEARCH in the
+        // host's): decided once here rather than by every worker's probe. `mandatory` was
+        // refused at start-up (Cli::check_privilege).
+        crate::cli::InodeFileHandles::Prefer if crate::security::userns::nested(inside.proc) => {
+            tracing::info!(
+                "--inode-file-handles=prefer: in a user namespace open_by_handle_at is not allowed; an O_PATH fd per inode"
+            );
+            fs::FileHandles::Never
+        }
         crate::cli::InodeFileHandles::Prefer => fs::FileHandles::Prefer,
         crate::cli::InodeFileHandles::Mandatory => fs::FileHandles::Mandatory,
     };

@@ -49,6 +49,14 @@ fn main() -> ExitCode {
         clap_complete::generate(shell, &mut Cli::command(), "phoenixfsd", &mut std::io::stdout());
         return ExitCode::SUCCESS;
     }
+    // A live upgrade's new binary runs where the first one put it (maybe root in a user
+    // namespace of its own): the first one made these checks.
+    if mode.is_none()
+        && let Err(e) = cli.check_privilege(phoenixfsd::security::caps::effective())
+    {
+        eprintln!("phoenixfsd: {e}\nTry 'phoenixfsd --help' for more information.");
+        return ExitCode::from(2);
+    }
     if mode.is_some() {
         let h = match upgrade::Handover::decode(&handover) {
             Ok(h) => h,

@@ -379,11 +379,21 @@ fn upgrade(w: &mut Workers, conn: &dyn Connection, handover: &mut Handover, aske
             .and_then(|pid| crate::upgrade::wait_ready(pid, handover.pipes.up[0]).map(|()| pid))
     };
     // The new binary checks the region (read only) before it is given anything.
-    let result = run(true, &handover.encode())
-        .map(|checker| {
+    let check = || {
+        run(true, &handover.encode()).map(|checker| {
             let _ = process::wait_child(checker);
         })
-        .and_then(|()| run(false, &next.encode()));
+    };
+    let (checked, lowered) = check_or_lower(&w.region, check);
+    let result = checked.and_then(|()| run(false, &next.encode()));
+    if result.is_err()
+        && lowered
+        && let Err(e) = w.region.convert(crate::state::region::LAYOUT_VERSION)
+    {
+        // Not expected (the conversion back only moves bytes and makes an eventfd): the next
+        // worker refuses the region and the crash-loop guard stops the daemon, saying why.
+        tracing::error!("live upgrade: cannot convert the state region back to this build's layout: {e}");
+    }
     match result {
         Ok(pid) => {
             // The old zygote goes before the go: the new one reads the same request pipe.
@@ -427,4 +437,35 @@ fn upgrade(w: &mut Workers, conn: &dyn Connection, handover: &mut Handover, aske
             None
         }
     }
+}
+
+/// Runs the new binary's region check; if it refuses, converts the region to each older layout
+/// this build writes (a rollback to an older build) and asks again. Returns the outcome — the
+/// first refusal if every layout is refused — and whether the region was left converted (then
+/// a later failure must convert it back). No worker lives meanwhile.
+fn check_or_lower(region: &Region, check: impl Fn() -> Result<(), String>) -> (Result<(), String>, bool) {
+    let why = match check() {
+        Ok(()) => return (Ok(()), false),
+        // Other refusals (a corrupt region, a binary that cannot run) are not helped by another
+        // layout. Every build since layout 5 words this one so (`Region::check`).
+        Err(why) if !why.contains("layout version") => return (Err(why), false),
+        Err(why) => why,
+    };
+    let mut tried = Vec::new();
+    for &older in crate::state::convert::OLDER_LAYOUTS {
+        // Crash from here to the conversion back: a supervisor's death (docs/operations.md).
+        if let Err(e) = region.convert(older) {
+            tried.push(format!("as layout {older}: {e}"));
+            continue;
+        }
+        match check() {
+            Ok(()) => return (Ok(()), true),
+            Err(e) => tried.push(format!("as layout {older}: {e}")),
+        }
+        if let Err(e) = region.convert(crate::state::region::LAYOUT_VERSION) {
+            tried.push(format!("and back: {e}"));
+            return (Err(format!("{why}; {}", tried.join("; "))), true);
+        }
+    }
+    (Err(if tried.is_empty() { why } else { format!("{why}; {}", tried.join("; ")) }), false)
 }

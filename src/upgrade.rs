@@ -341,7 +341,7 @@ pub fn check_region(handover: &str) -> ! {
             process::exit_now(2)
         }
     };
-    if let Err(e) = crate::state::Region::attach(h.memfd) {
+    if let Err(e) = crate::state::Region::attach_convertible(h.memfd) {
         refuse(&h.pipes, &format!("the running daemon's state region: {e}"));
     }
     let _ = sys::write(h.pipes.up[1], b"R\n");

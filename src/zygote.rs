@@ -145,7 +145,7 @@ fn run(region: Region, cfg: &WorkerConfig, supervisor: i32, requests: i32, repli
                 let Some((binary, handover)) = read_upgrade(requests) else { process::exit_now(2) };
                 // SAFETY: the zygote is single-threaded.
                 match unsafe { process::clone_sibling_copying_fds() } {
-                    Ok(0) => upgrader(&region, cfg, binary, &handover, byte[0] == REQUEST_CHECKER),
+                    Ok(0) => upgrader(&region, binary, &handover, byte[0] == REQUEST_CHECKER),
                     Ok(pid) => pid,
                     Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
                 }
@@ -188,14 +188,16 @@ fn read_exact(fd: i32, buf: &mut [u8]) -> Option<()> {
 }
 
 /// The upgrader's body (a copy of the fd table, taken while no worker runs): keeps open exactly
-/// what the region, the transport and the handover name, and runs the new binary. A checker
-/// (`check_only`) keeps only the region's memfd and the pipe it answers on.
-fn upgrader(region: &Region, cfg: &WorkerConfig, binary: i32, handover: &str, check_only: bool) -> ! {
+/// what the region and the handover name (the connection's fds are the handover's link), and
+/// runs the new binary. A checker (`check_only`) keeps only the region's memfd and the pipe it
+/// answers on.
+fn upgrader(region: &Region, binary: i32, handover: &str, check_only: bool) -> ! {
     let Ok(h) = crate::upgrade::Handover::decode(handover) else { process::exit_now(2) };
     let up = h.pipes.up[1];
+    // Not the transport's own list: the vhost-user one reads the region's area in this build's
+    // layout, and a rollback may have converted it to an older one (`named_fds` reads either).
     let mut keep = if check_only { vec![h.memfd, up] } else { region.named_fds() };
     if !check_only {
-        keep.extend(cfg.transport.fds());
         keep.extend(h.fds());
     }
     keep.sort_unstable();

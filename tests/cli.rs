@@ -30,6 +30,22 @@ fn test_cli_bad_command_lines_exit_2() {
         (&["--shared-dir", "/tmp", "--socket-path", "/b", "--fuse-passthrough=always"], "virtio-fs guest"),
         (&["--shared-dir", "/tmp", "--mountpoint", "/a", "--writeback", "--fuse-passthrough=always"], "writeback"),
         (&["--shared-dir", "/tmp", "--mountpoint", "/a", "--cache=never", "--fuse-passthrough=always"], "direct I/O"),
+        (&["--shared-dir", "/tmp", "--socket-path", "/b", "--uid-map", ":0:100000:"], "--uid-map"),
+        (&["--shared-dir", "/tmp", "--socket-path", "/b", "--gid-map", "0:100000:65536"], "--gid-map"),
+        (&["--shared-dir", "/tmp", "--socket-path", "/b", "--uid-map", ":0:1:0:"], "a range of 0 ids"),
+        (
+            &["--shared-dir", "/tmp", "--socket-path", "/b", "--uid-map=:0:1:1:", "--sandbox=chroot"],
+            "--uid-map with --sandbox chroot",
+        ),
+        (
+            &["--shared-dir", "/tmp", "--socket-path", "/b", "--gid-map=:0:1:1:", "--sandbox=none"],
+            "--gid-map with --sandbox none",
+        ),
+        // As root (these tests' user): the maps are for an unprivileged daemon.
+        (
+            &["--shared-dir", "/tmp", "--socket-path", "/b", "--uid-map=:0:100000:65536:"],
+            "--uid-map: the maps are for an unprivileged daemon",
+        ),
     ];
     for (args, named) in cases {
         let (code, _, err) = run(args);

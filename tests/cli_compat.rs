@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "common/userns.rs"]
+mod userns;
+
 const BIN: &str = env!("CARGO_BIN_EXE_phoenixfsd");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,6 +222,27 @@ const LINES: &[Line] = &[
     line("bad xattrmap", "--socket-path={sock} --shared-dir {share} --xattrmap=:bogus:all:::", Refuse, Refuse, "bogus"),
     line("bad -o cache", "--socket-path={sock} -o source={share},cache=sometimes", Refuse, Refuse, "cache=sometimes"),
     line(
+        "--uid-map with --sandbox chroot",
+        "--socket-path={sock} --shared-dir {share} --sandbox=chroot --uid-map=:0:100000:65536:",
+        Refuse,
+        Refuse,
+        "--uid-map with --sandbox chroot",
+    ),
+    line(
+        "--gid-map with --sandbox none",
+        "--socket-path={sock} --shared-dir {share} --sandbox=none --gid-map=:0:100000:65536:",
+        Refuse,
+        Refuse,
+        "--gid-map with --sandbox none",
+    ),
+    line(
+        "malformed --uid-map",
+        "--socket-path={sock} --shared-dir {share} --uid-map=:0:100000:",
+        Refuse,
+        Refuse,
+        "--uid-map",
+    ),
+    line(
         "socket group with fd",
         "--fd={fd} --shared-dir {share} --socket-group=root",
         Refuse,
@@ -231,6 +255,57 @@ const LINES: &[Line] = &[
         Accept,
         Accept,
         "",
+    ),
+];
+
+/// Lines run as an unprivileged user (tests/common/userns.rs: `pfs-userns`, no capabilities),
+/// where `--sandbox namespace` is built in a user namespace. More placeholders: {uid}, {gid}
+/// the user's ids, {subuid}, {subgid} the first ids of its subordinate ranges.
+const UNPRIVILEGED_LINES: &[Line] = &[
+    // libvirt 10 (qemuVirtioFSBuildCommandLine) for a session daemon: the domain's <idmap>, by
+    // default the user's own id as 0 and its subordinate range after it.
+    line(
+        "libvirt 10, unprivileged session (id maps)",
+        "--fd={fd} --shared-dir {share} --uid-map=:0:{uid}:1: --uid-map=:1:{subuid}:65535: --gid-map=:0:{gid}:1: --gid-map=:1:{subgid}:65535:",
+        Accept,
+        Accept,
+        "",
+    ),
+    line("unprivileged, no maps", "--socket-path={sock} --shared-dir {share}", Accept, Accept, ""),
+    line(
+        "unprivileged, --uid-map with --sandbox chroot",
+        "--socket-path={sock} --shared-dir {share} --sandbox=chroot --uid-map=:0:{uid}:1:",
+        Refuse,
+        Refuse,
+        "--uid-map with --sandbox chroot",
+    ),
+    line(
+        "unprivileged, --gid-map with --sandbox none",
+        "--socket-path={sock} --shared-dir {share} --sandbox=none --gid-map=:0:{gid}:1:",
+        Refuse,
+        Refuse,
+        "--gid-map with --sandbox none",
+    ),
+    line(
+        "unprivileged, malformed --uid-map",
+        "--socket-path={sock} --shared-dir {share} --uid-map=:0:{uid}:",
+        Refuse,
+        Refuse,
+        "--uid-map",
+    ),
+    line(
+        "unprivileged, no namespace id 0",
+        "--socket-path={sock} --shared-dir {share} --uid-map=:1:{subuid}:10:",
+        Refuse,
+        Accept,
+        "--uid-map: no range maps namespace id 0",
+    ),
+    line(
+        "unprivileged, file handles mandatory",
+        "--socket-path={sock} --shared-dir {share} --inode-file-handles=mandatory",
+        Refuse,
+        Refuse,
+        "--inode-file-handles=mandatory: open_by_handle_at needs CAP_DAC_READ_SEARCH",
     ),
 ];
 
@@ -250,15 +325,26 @@ struct Outcome {
     stderr: String,
 }
 
-fn start(bin: &Path, args: &str, dir: &Path) -> std::process::Child {
+fn start(bin: &Path, args: &str, dir: &Path, user: Option<&userns::TestUser>) -> std::process::Child {
     let share = dir.join("share");
     std::fs::create_dir_all(&share).unwrap();
     let sock = dir.join("vfs.sock");
-    let args = args.replace("{share}", share.to_str().unwrap()).replace("{sock}", sock.to_str().unwrap());
+    let mut args = args.replace("{share}", share.to_str().unwrap()).replace("{sock}", sock.to_str().unwrap());
+    if let Some(u) = user {
+        // Its socket goes here; the share stays root's (0755: the daemon, root in its
+        // namespace, may look in but owns nothing there, which is all a start-up needs).
+        u.own(dir);
+        for (k, v) in [("{uid}", u.uid), ("{gid}", u.gid), ("{subuid}", u.subuid), ("{subgid}", u.subgid)] {
+            args = args.replace(k, &v.to_string());
+        }
+    }
     let args: Vec<String> = args.replace("{fd}", "3").split_whitespace().map(String::from).collect();
     let listener = UnixListener::bind(dir.join("fd3.sock")).unwrap();
     let fd = listener.as_raw_fd();
-    let mut cmd = Command::new(bin);
+    let mut cmd = match user {
+        Some(u) => u.command(bin),
+        None => Command::new(bin),
+    };
     cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).process_group(0);
     // SAFETY: dup2 and fcntl are async-signal-safe; the listener stays open in the parent until
     // spawn returns. dup2 onto itself keeps close-on-exec, so it is cleared explicitly.
@@ -303,24 +389,45 @@ fn judge(mut child: std::process::Child, dir: &Path, uses_socket_path: bool) -> 
     Outcome { verdict, code: out.status.code(), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
 }
 
-fn run(bin: &Path, line: &Line, tag: &str) -> Outcome {
+fn run(bin: &Path, line: &Line, tag: &str, user: Option<&userns::TestUser>) -> Outcome {
     let dir = tempfile::Builder::new().prefix(&format!("cli-compat-{tag}")).tempdir().unwrap();
-    let child = start(bin, line.args, dir.path());
+    let child = start(bin, line.args, dir.path(), user);
     judge(child, dir.path(), !line.args.contains("{fd}"))
 }
 
 #[test]
 fn test_cli_compat_table_against_virtiofsd() {
-    let theirs_bin = virtiofsd();
+    compare(LINES, None);
+}
+
+/// The same comparison run as an unprivileged user (both daemons build their sandbox in a user
+/// namespace there).
+#[test]
+fn test_cli_compat_unprivileged_table_against_virtiofsd() {
+    compare(UNPRIVILEGED_LINES, Some(&userns::test_user()));
+}
+
+fn compare(lines: &[Line], user: Option<&userns::TestUser>) {
+    // An unprivileged user may not reach /root/.cargo/bin: it runs a copy.
+    let copy = tempfile::Builder::new().prefix("cli-compat-bin").tempdir().unwrap();
+    let theirs_bin = virtiofsd().map(|b| match user {
+        Some(_) => {
+            std::fs::set_permissions(copy.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            let to = copy.path().join("virtiofsd");
+            std::fs::copy(&b, &to).unwrap();
+            to
+        }
+        None => b,
+    });
     match &theirs_bin {
         Some(p) => eprintln!("comparing with {}", p.display()),
         None => eprintln!("virtiofsd is not installed: checking phoenixfsd's column only"),
     }
     let mut failures = Vec::new();
-    for (i, l) in LINES.iter().enumerate() {
+    for (i, l) in lines.iter().enumerate() {
         let ours = std::thread::scope(|s| {
-            let theirs = theirs_bin.as_ref().map(|b| s.spawn(move || run(b, l, &format!("{i}-v"))));
-            let ours = run(Path::new(BIN), l, &format!("{i}-p"));
+            let theirs = theirs_bin.as_ref().map(|b| s.spawn(move || run(b, l, &format!("{i}-v"), user)));
+            let ours = run(Path::new(BIN), l, &format!("{i}-p"), user);
             if let Some(theirs) = theirs {
                 let theirs = theirs.join().unwrap();
                 if theirs.verdict != l.theirs {

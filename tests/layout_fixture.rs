@@ -3,9 +3,9 @@
 //! written by a real daemon of the previous layout (`region-layout5.pages`: layout 5, written by
 //! the build before VM live migration brought layout 6; `--max-inodes 64 --max-handles 64
 //! --thread-pool-size 2`, over /dev/fuse, after creating f0..f9 and d, with f3 and d held open;
-//! its non-zero pages). Layout 6 has no migration from 5, so today the region is refused, its
-//! bytes unchanged; a migration, once written, must read it whole (every node id and open handle
-//! the kernel holds).
+//! its non-zero pages). A worker refuses it; a live upgrade's new binary converts it to layout 6
+//! (state/convert.rs) and reads it whole — every node id and open handle the kernel holds — and a
+//! rollback converts it down to the very bytes the previous build wrote.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -55,42 +55,47 @@ fn digest(file: &std::fs::File) -> Vec<u8> {
 }
 
 #[test]
-fn test_region_of_the_previous_layout_is_read_or_refused_untouched() {
+fn test_region_of_the_previous_layout_is_converted_up_and_back_whole() {
     let file = load(FIXTURE);
     let before = digest(&file);
-    match Region::attach(file.as_raw_fd()) {
-        Ok(region) => {
-            // Read (by a migration from the fixture's layout): everything the kernel holds is
-            // there.
-            let h = region.header();
-            assert_eq!(h.layout_version, LAYOUT_VERSION);
-            let inodes = h.inode_high_water.load(Ordering::Acquire) as usize;
-            let handles = h.handle_high_water.load(Ordering::Acquire) as usize;
-            assert_eq!(live(&region.inode_headers()[..inodes]), FIXTURE_LIVE_INODES, "live inodes");
-            assert_eq!(live(&region.handle_headers()[..handles]), FIXTURE_OPEN_HANDLES, "open handles");
-        }
-        Err(e) => {
-            assert_ne!(LAYOUT_VERSION, FIXTURE_LAYOUT, "the fixture's own layout refused: {e}");
-            assert!(e.to_string().contains(&format!("layout version {FIXTURE_LAYOUT}")), "{e}");
-            assert_eq!(digest(&file), before, "a refused region was changed");
-        }
-    }
+    // A worker takes only its own layout: refused, untouched.
+    let e = Region::attach(file.as_raw_fd()).err().expect("a worker took the previous layout");
+    assert!(e.to_string().contains(&format!("layout version {FIXTURE_LAYOUT}")), "{e}");
+    assert_eq!(digest(&file), before, "a refused region was changed");
+    // A live upgrade's new binary takes it as it is (it may write only after the go)...
+    let region = Region::attach_convertible(file.as_raw_fd()).unwrap();
+    assert_eq!(region.header().layout_version, FIXTURE_LAYOUT);
+    assert_eq!(digest(&file), before, "taken for a conversion, changed before it");
+    // ...and converts it: everything the kernel holds is there.
+    region.convert(LAYOUT_VERSION).unwrap();
+    let region = Region::attach(file.as_raw_fd()).unwrap();
+    let h = region.header();
+    assert_eq!(h.layout_version, LAYOUT_VERSION);
+    let inodes = h.inode_high_water.load(Ordering::Acquire) as usize;
+    let handles = h.handle_high_water.load(Ordering::Acquire) as usize;
+    assert_eq!(live(&region.inode_headers()[..inodes]), FIXTURE_LIVE_INODES, "live inodes");
+    assert_eq!(live(&region.handle_headers()[..handles]), FIXTURE_OPEN_HANDLES, "open handles");
+    // A rollback to the previous build converts it down: byte for byte what that build wrote.
+    region.convert(FIXTURE_LAYOUT).unwrap();
+    assert_eq!(digest(&file), before, "up and down again is not the region the previous build wrote");
 }
 
-/// A region whose layout version this binary does not read — an older one without a migration,
-/// or a future one — is refused by name, and not one byte of it changes.
+/// A region whose layout version this binary does not read — older than any it converts, or a
+/// future one — is refused by name, and not one byte of it changes.
 #[test]
 fn test_region_of_an_unknown_layout_is_refused_untouched() {
-    for version in [LAYOUT_VERSION - 1, LAYOUT_VERSION + 1, 99] {
+    for version in [FIXTURE_LAYOUT - 1, LAYOUT_VERSION + 1, 99] {
         let file = load(FIXTURE);
         file.write_all_at(&version.to_le_bytes(), 8).unwrap();
         let before = digest(&file);
-        let err = match Region::attach(file.as_raw_fd()) {
-            Ok(_) => panic!("layout version {version} was taken"),
-            Err(e) => e.to_string(),
-        };
-        assert!(err.contains(&format!("layout version {version} (this build reads {LAYOUT_VERSION})")), "{err}");
-        assert_eq!(digest(&file), before, "layout {version}: the region was changed");
+        for attach in [Region::attach, Region::attach_convertible] {
+            let err = match attach(file.as_raw_fd()) {
+                Ok(_) => panic!("layout version {version} was taken"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(&format!("layout version {version} (this build reads {LAYOUT_VERSION}")), "{err}");
+            assert_eq!(digest(&file), before, "layout {version}: the region was changed");
+        }
     }
 }
 

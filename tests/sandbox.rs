@@ -154,36 +154,6 @@ fn test_sandbox_escape_attempts_from_inside_a_worker() {
     }
 }
 
-/// Without CAP_SYS_ADMIN (here: as an unprivileged user) `--sandbox namespace` cannot be built:
-/// phoenixfsd says so at start-up, before serving, and names the ways out.
-#[test]
-fn test_sandbox_namespace_unprivileged_fails_at_start_with_a_clear_message() {
-    let tmp = tempfile::Builder::new().prefix("phoenixfs-test").tempdir().unwrap();
-    let share = tmp.path().join("share");
-    std::fs::create_dir(&share).unwrap();
-    // The unprivileged user must reach the binary, the share and the socket's directory.
-    for p in [tmp.path(), share.as_path()] {
-        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    }
-    let socket = tmp.path().join("vfs.sock");
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", BIN])
-        .args(["--shared-dir".as_ref(), share.as_os_str(), "--socket-path".as_ref(), socket.as_os_str()])
-        .args(["--log-level", "error"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("setpriv (util-linux)");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "exit code; stderr:\n{stderr}");
-    assert!(
-        stderr.contains("--sandbox namespace: cannot create namespaces")
-            && stderr.contains("CAP_SYS_ADMIN")
-            && stderr.contains("--sandbox none"),
-        "the message says what is missing and what to do:\n{stderr}"
-    );
-    assert!(!socket.exists() || std::os::unix::net::UnixStream::connect(&socket).is_err(), "nothing serves");
-}
-
 /// A symlink in the share that points at a host file outside it, operated on through the mount
 /// with calls that do not follow it (lchown, lsetxattr, utimensat with AT_SYMLINK_NOFOLLOW):
 /// the daemon reaches the symlink through its /proc/self/fd magic link, which must land on the

@@ -68,7 +68,7 @@ mod namespace;
 mod xattrs_locks;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -186,7 +186,7 @@ fn fail_now(m: &mut Mount, msgs: &[String]) -> ! {
 }
 
 fn run_soak(case: &str, transport: Transport, daemon_args: &[&str], kills: u64, default_secs: u64) {
-    run_soak_with(case, transport, daemon_args, kills, default_secs, 0)
+    run_soak_with(case, transport, daemon_args, kills, default_secs, 0, None)
 }
 
 /// Live upgrades under the workload (issue 17): `ctl upgrade` 20 times, alternating between two
@@ -196,7 +196,7 @@ fn run_soak(case: &str, transport: Transport, daemon_args: &[&str], kills: u64, 
 #[test]
 fn test_soak_live_upgrades() {
     let upgrades = env_u64("PHOENIXFS_SOAK_UPGRADES", 20);
-    run_soak_with("live_upgrades", Transport::Fuse, &["--recovery", "on", "--xattr"], 0, 10, upgrades);
+    run_soak_with("live_upgrades", Transport::Fuse, &["--recovery", "on", "--xattr"], 0, 10, upgrades, None);
 }
 
 /// With an O_PATH fd per inode (`--inode-file-handles=never`): every one must cross the exec.
@@ -210,16 +210,101 @@ fn test_soak_live_upgrades_inode_fds() {
         0,
         10,
         upgrades,
+        None,
     );
 }
 
 #[test]
 fn test_soak_live_upgrades_vhost_user() {
     let upgrades = env_u64("PHOENIXFS_SOAK_UPGRADES", 20);
-    run_soak_with("live_upgrades_vhost_user", Transport::VhostUser, &["--recovery", "on", "--xattr"], 0, 10, upgrades);
+    run_soak_with(
+        "live_upgrades_vhost_user",
+        Transport::VhostUser,
+        &["--recovery", "on", "--xattr"],
+        0,
+        10,
+        upgrades,
+        None,
+    );
 }
 
-fn run_soak_with(case: &str, transport: Transport, daemon_args: &[&str], kills: u64, default_secs: u64, upgrades: u64) {
+/// Live upgrades between two builds of different state-region layouts: this one (layout 6) and
+/// the last build of layout 5 (scripts/build-previous.sh). Each upgrade to the older build is a
+/// rollback: this build's supervisor converts the region down for it (state/convert.rs); each
+/// one back converts it up again. 20 upgrades, each followed by a worker kill; the same checks.
+#[test]
+fn test_soak_live_upgrades_across_layouts() {
+    let upgrades = env_u64("PHOENIXFS_SOAK_UPGRADES", 20);
+    let previous = common::previous_layout_bin();
+    let args = ["--recovery", "on", "--xattr"];
+    run_soak_with("live_upgrades_across_layouts", Transport::Fuse, &args, 0, 10, upgrades, Some(&previous));
+}
+
+#[test]
+fn test_soak_live_upgrades_across_layouts_vhost_user() {
+    let upgrades = env_u64("PHOENIXFS_SOAK_UPGRADES", 20);
+    let previous = common::previous_layout_bin();
+    let args = ["--recovery", "on", "--xattr"];
+    // A build of layout 5 does not serve VM migration: a frontend that acked its protocol
+    // features could not be handed back to it (the older build refuses, tests/upgrade.rs).
+    let mount = |args: &[&str]| Mount::new_vhost_without_migration(args);
+    run_soak_on("live_upgrades_across_layouts_vhost_user", &args, 0, 10, upgrades, Some(&previous), &mount);
+}
+
+/// The kill soak with the daemon run unprivileged (tests/userns.rs): its sandbox in a user
+/// namespace with `--uid-map=:0:S:65536:` and `--gid-map=:0:G:65536:` (the test user's
+/// subordinate ranges), over vhost-user (an unprivileged daemon cannot mount /dev/fuse).
+#[test]
+fn test_soak_random_kills_userns() {
+    let kills = env_u64("PHOENIXFS_SOAK_KILLS", 500) / 2;
+    let user = common::userns::test_user();
+    let maps = user.maps();
+    let args = ["--recovery", "on", "--xattr", &maps[0], &maps[1]];
+    let mount = |args: &[&str]| {
+        let m = Mount::new_as(&user, (user.subuid, user.subgid), Transport::VhostUser, args, None);
+        let map = std::fs::read_to_string(format!("/proc/{}/uid_map", m.supervisor())).unwrap();
+        let want = format!("0 {} 65536", user.subuid);
+        assert_eq!(map.split_whitespace().collect::<Vec<_>>().join(" "), want, "the supervisor's user namespace");
+        m
+    };
+    run_soak_on("random_kills_userns", &args, kills, 10, 0, None, &mount);
+}
+
+/// Live upgrades of an unprivileged daemon: the new binary is exec'd inside its user namespace.
+#[test]
+fn test_soak_live_upgrades_userns() {
+    let upgrades = env_u64("PHOENIXFS_SOAK_UPGRADES", 20) / 2;
+    let user = common::userns::test_user();
+    let maps = user.maps();
+    let args = ["--recovery", "on", "--xattr", &maps[0], &maps[1]];
+    let mount = |args: &[&str]| Mount::new_as(&user, (user.subuid, user.subgid), Transport::VhostUser, args, None);
+    run_soak_on("live_upgrades_userns", &args, 0, 10, upgrades, None, &mount);
+}
+
+fn run_soak_with(
+    case: &str,
+    transport: Transport,
+    daemon_args: &[&str],
+    kills: u64,
+    default_secs: u64,
+    upgrades: u64,
+    other: Option<&Path>,
+) {
+    run_soak_on(case, daemon_args, kills, default_secs, upgrades, other, &|args| Mount::new_on(transport, args))
+}
+
+/// The soak on the mount `mount` makes from the daemon's arguments; with `upgrades`, live
+/// upgrades instead of plain kills, alternating between `other` (first; a copy of this build if
+/// None) and this build.
+fn run_soak_on(
+    case: &str,
+    daemon_args: &[&str],
+    kills: u64,
+    default_secs: u64,
+    upgrades: u64,
+    other: Option<&Path>,
+    mount: &dyn Fn(&[&str]) -> Mount,
+) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let seed = match std::env::var("PHOENIXFS_SOAK_SEED") {
         Ok(v) => parse_u64(&v).unwrap_or_else(|| panic!("PHOENIXFS_SOAK_SEED={v:?} is not a number")),
@@ -243,8 +328,11 @@ fn run_soak_with(case: &str, transport: Transport, daemon_args: &[&str], kills: 
     let extra = std::env::var("PHOENIXFS_SOAK_ARGS").unwrap_or_default();
     let mut args: Vec<&str> = daemon_args.to_vec();
     args.extend(extra.split_whitespace());
-    // Live upgrades: a control socket, and two binaries on disk to upgrade to in turn.
+    // Live upgrades: a control socket, and two binaries on disk to upgrade to in turn (the
+    // upgrader takes binaries[1] first).
     let upgrade_dir = tempfile::Builder::new().prefix("phoenixfs-soak-upgrade").tempdir().unwrap();
+    // An unprivileged daemon (test_soak_*_userns) binds its control socket here too.
+    std::fs::set_permissions(upgrade_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
     let ctl = upgrade_dir.path().join("ctl");
     let ctl_arg = ctl.to_str().unwrap().to_string();
     if upgrades > 0 {
@@ -253,7 +341,8 @@ fn run_soak_with(case: &str, transport: Transport, daemon_args: &[&str], kills: 
     let binaries: Vec<PathBuf> = (0..2)
         .map(|i| {
             let to = upgrade_dir.path().join(format!("phoenixfsd-{i}"));
-            std::fs::copy(common::BIN, &to).unwrap();
+            let from = if i == 1 { other.unwrap_or(Path::new(common::BIN)) } else { Path::new(common::BIN) };
+            std::fs::copy(from, &to).unwrap();
             to
         })
         .collect();
@@ -268,7 +357,7 @@ fn run_soak_with(case: &str, transport: Transport, daemon_args: &[&str], kills: 
         }
     );
 
-    let mut m = Mount::new_on(transport, &args);
+    let mut m = mount(&args);
     let sup = m.supervisor() as i32;
     let baseline = settle_fds(sup, &m.mnt);
     eprintln!("soak[{case}]: supervisor {sup}: {} fds before the workload", baseline.len());

@@ -2,8 +2,10 @@
 //! over — over /dev/fuse and vhost-user, under the default sandbox and seccomp (or what
 //! PHOENIXFS_TEST_SANDBOX/SECCOMP pick) — and every refusal leaves the old one serving,
 //! untouched: a missing binary, one that is not an ELF, one for another architecture, one that
-//! cannot be executed, a state region with a corrupt header or an unknown layout version.
-//! (The upgrades under the random-kill soak workload are in tests/soak.rs.)
+//! cannot be executed, a state region with a corrupt header or an unknown layout version. And
+//! across layout versions: a rollback to the last build of the previous layout
+//! (scripts/build-previous.sh) and back, and its refusal where that build cannot serve what the
+//! frontend negotiated. (The upgrades under the random-kill soak workload are in tests/soak.rs.)
 
 mod common;
 
@@ -14,6 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{BIN, Mount, Transport, proc};
+use phoenixfsd::state::region::LAYOUT_VERSION;
 
 fn ctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(BIN).arg("ctl").arg("--socket").arg(socket).args(args).output().unwrap();
@@ -26,8 +29,13 @@ fn ctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
 
 /// A copy of the daemon's binary at `dir/name` (a "new build" on disk: its own file).
 fn copy_binary(dir: &Path, name: &str) -> PathBuf {
+    copy_build(Path::new(BIN), dir, name)
+}
+
+/// A copy of the build at `from` at `dir/name`.
+fn copy_build(from: &Path, dir: &Path, name: &str) -> PathBuf {
     let to = dir.join(name);
-    std::fs::copy(BIN, &to).unwrap();
+    std::fs::copy(from, &to).unwrap();
     std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
     to
 }
@@ -58,19 +66,43 @@ struct Daemon {
 }
 
 fn start(transport: Transport) -> Daemon {
+    start_with(transport, true)
+}
+
+/// `start`; over vhost-user through a frontend that acks the VM-migration protocol features
+/// (as QEMU does) or not.
+fn start_with(transport: Transport, frontend_migration: bool) -> Daemon {
     let dir = tempfile::Builder::new().prefix("phoenixfs-upgrade").tempdir().unwrap();
     let ctl = dir.path().join("ctl");
-    let m = Mount::new_on(transport, &["--xattr", "--control-socket", ctl.to_str().unwrap()]);
+    let args = ["--xattr", "--control-socket", ctl.to_str().unwrap()];
+    let m = match transport {
+        Transport::VhostUser if !frontend_migration => Mount::new_vhost_without_migration(&args),
+        _ => Mount::new_on(transport, &args),
+    };
+    wait_for_socket(&ctl);
     Daemon { m, ctl, dir }
 }
 
-/// Upgrades twice (to two binaries on disk) while a file stays open and a directory stream is
-/// being read; the open file reads and writes on, the tree is whole, each upgrade brings a new
-/// supervisor and worker with their own filters, and the daemon stops cleanly at the end.
-fn upgrade_keeps_serving(transport: Transport) {
-    let mut d = start(transport);
-    let a = copy_binary(d.dir.path(), "phoenixfsd-a");
+/// Waits for the control socket: the supervisor binds it just after the mount appears.
+fn wait_for_socket(path: &Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(std::time::Instant::now() < deadline, "no control socket at {path:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Upgrades twice (to two binaries on disk: the first `first` — a build and its layout version —
+/// if given) while a file stays open; the open file reads and writes on, the tree is whole, each
+/// upgrade brings a new supervisor and worker with their own filters and the region in the new
+/// build's layout, and the daemon stops cleanly at the end.
+fn upgrade_keeps_serving(transport: Transport, first: Option<(&Path, u32)>) {
+    // A layout-5 build serves no VM migration: it takes over only from a frontend that did not
+    // ack those features (`test_upgrade_rollback_refused_after_migration_features_were_acked`).
+    let mut d = start_with(transport, first.is_none());
+    let a = copy_build(first.map_or(Path::new(BIN), |(p, _)| p), d.dir.path(), "phoenixfsd-a");
     let b = copy_binary(d.dir.path(), "phoenixfsd-b");
+    let layouts = [first.map_or(LAYOUT_VERSION, |(_, l)| l), LAYOUT_VERSION];
     for i in 0..50 {
         std::fs::write(d.m.path(&format!("f{i}")), format!("file {i}")).unwrap();
     }
@@ -91,6 +123,8 @@ fn upgrade_keeps_serving(transport: Transport) {
         if common::seccomp_mode_override().is_none() {
             assert!(status.contains("Seccomp:\t2"), "the new worker {w} has no seccomp filter:\n{status}");
         }
+        let (_, json, _) = ctl(&d.ctl, &["status", "--json"]);
+        assert_eq!(json_num(&json, "layout_version"), u64::from(layouts[n]), "upgrade {}: {json}", n + 1);
         open.write_all(format!("after{} ", n + 1).as_bytes()).unwrap();
         std::fs::write(d.m.path(&format!("new{n}")), b"made after an upgrade").unwrap();
     }
@@ -123,12 +157,49 @@ fn upgrade_keeps_serving(transport: Transport) {
 
 #[test]
 fn test_upgrade_keeps_serving_fuse() {
-    upgrade_keeps_serving(Transport::Fuse);
+    upgrade_keeps_serving(Transport::Fuse, None);
 }
 
 #[test]
 fn test_upgrade_keeps_serving_vhost_user() {
-    upgrade_keeps_serving(Transport::VhostUser);
+    upgrade_keeps_serving(Transport::VhostUser, None);
+}
+
+/// A rollback to the build of the previous layout (scripts/build-previous.sh) and back: this
+/// build's supervisor converts the region down for it, and back up when it returns.
+#[test]
+fn test_upgrade_to_the_previous_layout_and_back_fuse() {
+    upgrade_keeps_serving(Transport::Fuse, Some((&common::previous_layout_bin(), LAYOUT_VERSION - 1)));
+}
+
+#[test]
+fn test_upgrade_to_the_previous_layout_and_back_vhost_user() {
+    upgrade_keeps_serving(Transport::VhostUser, Some((&common::previous_layout_bin(), LAYOUT_VERSION - 1)));
+}
+
+/// Over vhost-user, a frontend that acked the VM-migration protocol features (DEVICE_STATE,
+/// LOG_SHMFD: QEMU does) cannot be handed to a layout-5 build, which offers neither: it
+/// refuses, the region is converted back, and this build serves on in its own layout — and
+/// still upgrades.
+#[test]
+fn test_upgrade_rollback_refused_after_migration_features_were_acked() {
+    let mut d = start_with(Transport::VhostUser, true);
+    std::fs::write(d.m.path("f"), b"data").unwrap();
+    let sup = d.m.supervisor();
+    let previous = copy_build(&common::previous_layout_bin(), d.dir.path(), "phoenixfsd-layout5");
+    let (code, out, err) = ctl(&d.ctl, &["upgrade", "--binary", previous.to_str().unwrap()]);
+    assert_eq!(code, 1, "the layout-5 build took a migration-capable frontend: {out}{err}");
+    assert!(err.contains("serves on"), "{err}");
+    assert_eq!(d.m.supervisor(), sup, "the supervisor changed");
+    let (_, json, _) = ctl(&d.ctl, &["status", "--json"]);
+    assert_eq!(json_num(&json, "layout_version"), u64::from(LAYOUT_VERSION), "{json}");
+    assert_eq!(std::fs::read(d.m.path("f")).unwrap(), b"data");
+    std::fs::write(d.m.path("g"), b"after").unwrap();
+    let good = copy_binary(d.dir.path(), "phoenixfsd-good");
+    let (code, out, err) = ctl(&d.ctl, &["upgrade", "--binary", good.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(std::fs::read(d.m.path("g")).unwrap(), b"after");
+    assert!(d.m.stop().success());
 }
 
 /// The state region's memfd as the supervisor holds it (writable: to corrupt its header).
@@ -216,6 +287,7 @@ fn test_upgrade_needs_recovery() {
     let dir = tempfile::Builder::new().prefix("phoenixfs-upgrade").tempdir().unwrap();
     let ctl_path = dir.path().join("ctl");
     let mut m = Mount::new_on(Transport::Fuse, &["--recovery", "off", "--control-socket", ctl_path.to_str().unwrap()]);
+    wait_for_socket(&ctl_path);
     let binary = copy_binary(dir.path(), "phoenixfsd-new");
     let (code, _, err) = ctl(&ctl_path, &["upgrade", "--binary", binary.to_str().unwrap()]);
     assert_eq!(code, 1);

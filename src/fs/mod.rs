@@ -77,6 +77,7 @@ impl Error {
                 state::Error::RootNotFirst(_)
                 | state::Error::BadCapacity
                 | state::Error::Memfd(_)
+                | state::Error::EventFd(_)
                 | state::Error::Mmap(_)
                 | state::Error::Corrupt(_) => libc::EIO,
             },

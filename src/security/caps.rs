@@ -71,12 +71,13 @@ const NAMES: &[&str] = &[
 // The numbers of linux/capability.h (libc does not define them).
 const CAP_CHOWN: u32 = 0;
 const CAP_DAC_OVERRIDE: u32 = 1;
-const CAP_DAC_READ_SEARCH: u32 = 2;
+pub const CAP_DAC_READ_SEARCH: u32 = 2;
 const CAP_FOWNER: u32 = 3;
 const CAP_FSETID: u32 = 4;
 const CAP_SETGID: u32 = 6;
 const CAP_SETUID: u32 = 7;
-const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SETPCAP: u32 = 8;
+pub const CAP_SYS_ADMIN: u32 = 21;
 const CAP_MKNOD: u32 = 27;
 const CAP_SETFCAP: u32 = 31;
 #[cfg(test)]
@@ -117,6 +118,10 @@ pub const SUPERVISOR: Caps = Caps(bit(CAP_SYS_ADMIN));
 impl Caps {
     pub fn union(self, other: Caps) -> Caps {
         Caps(self.0 | other.0)
+    }
+
+    pub fn has(self, cap: u32) -> bool {
+        self.0 & bit(cap) != 0
     }
 
     /// Names of the capabilities in the set, `cap_` prefixed, in number order.
@@ -167,12 +172,7 @@ pub fn restrict_supervisor(worker: Caps, serves_itself: bool) -> Result<(Caps, C
         tracing::warn!(missing = ?missing.names(), "running without capabilities the passthrough needs");
     }
     let keep = Caps(keep.0 & permitted);
-    for n in 0..64 {
-        if keep.0 & (1 << n) == 0 && sys::in_bounding_set(n) {
-            sys::drop_from_bounding_set(n).map_err(Error::Set)?;
-        }
-    }
-    sys::clear_ambient().map_err(Error::Set)?;
+    limit_bounding_set(keep)?;
     let effective = if serves_itself { keep } else { Caps(SUPERVISOR.0 & keep.0) };
     sys::set(effective.0, keep.0).map_err(Error::Set)?;
     Ok((effective, Caps(worker.0 & keep.0)))
@@ -192,13 +192,23 @@ pub fn restrict_worker(worker: Caps, backing_admin: bool) -> Result<(), Error> {
 pub fn restrict_holder() -> Result<(), Error> {
     let (_, permitted) = sys::get().map_err(Error::Set)?;
     let keep = SUPERVISOR.0 & permitted;
-    for n in 0..64 {
-        if keep & (1 << n) == 0 && sys::in_bounding_set(n) {
-            sys::drop_from_bounding_set(n).map_err(Error::Set)?;
+    limit_bounding_set(Caps(keep))?;
+    sys::set(keep, keep).map_err(Error::Set)
+}
+
+/// Drops from the bounding set every capability not in `keep`, and clears the ambient set.
+/// Dropping needs CAP_SETPCAP: a process without it (an unprivileged daemon's holder, in the
+/// host's user namespace) has nothing there to lose, and exec cannot give it anything either
+/// (no_new_privs, set with every filter), so its bounding set is left as it is.
+fn limit_bounding_set(keep: Caps) -> Result<(), Error> {
+    if effective().has(CAP_SETPCAP) {
+        for n in 0..64 {
+            if !keep.has(n) && sys::in_bounding_set(n) {
+                sys::drop_from_bounding_set(n).map_err(Error::Set)?;
+            }
         }
     }
-    sys::clear_ambient().map_err(Error::Set)?;
-    sys::set(keep, keep).map_err(Error::Set)
+    sys::clear_ambient().map_err(Error::Set)
 }
 
 /// This thread's effective set.

@@ -8,6 +8,7 @@ pub mod sandbox;
 pub mod seccomp;
 #[cfg(target_arch = "x86_64")]
 mod syscall_names_x86_64;
+pub mod userns;
 
 use std::sync::atomic::AtomicU32;
 

@@ -15,21 +15,29 @@
 //! - `chroot`: the same fork and holder, then chroot into the share; no namespaces. The procfs
 //!   dirfd is the host's (the weaker mode, as in virtiofsd: for hosts that forbid namespaces).
 //! - `none`: no fork, no confinement of the file system view.
+//!
+//! Without CAP_SYS_ADMIN (an unprivileged user), `namespace` is built inside a new user
+//! namespace (security/userns.rs, virtiofsd's `--uid-map`/`--gid-map`): the holder clones the
+//! supervisor into new user and pid namespaces at once, writes its id maps from outside, and the
+//! supervisor, root in its namespace, goes on as above.
 
 use std::ffi::{CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use super::userns::{self, IdMaps};
 use crate::cli::SandboxMode;
 use crate::sys::{self, process};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "--sandbox namespace: cannot create namespaces ({0}); it needs CAP_SYS_ADMIN (run as root; an unprivileged \
-         user namespace is not supported yet), or run with --sandbox chroot or --sandbox none"
+        "--sandbox namespace: cannot create namespaces ({0}); with CAP_SYS_ADMIN they are made in the host's \
+         user namespace: run with --sandbox chroot or --sandbox none where namespaces are forbidden"
     )]
     Namespaces(std::io::Error),
+    #[error(transparent)]
+    UserNamespace(#[from] userns::Error),
     #[error("--sandbox {mode}: {step}: {source}")]
     Step { mode: &'static str, step: &'static str, source: std::io::Error },
     #[error("cannot fork the supervisor out of the holder: {0}")]
@@ -62,9 +70,10 @@ pub enum Entered {
     Supervisor(Inside),
 }
 
-/// Builds the sandbox `mode` around the share at `share` (absolute, canonical). Single-threaded
+/// Builds the sandbox `mode` around the share at `share` (absolute, canonical); `userns`: in a
+/// new user namespace with these maps (`namespace` without CAP_SYS_ADMIN). Single-threaded
 /// callers only (it forks).
-pub fn enter(mode: SandboxMode, share: &Path) -> Result<Entered, Error> {
+pub fn enter(mode: SandboxMode, share: &Path, userns: Option<&IdMaps>) -> Result<Entered, Error> {
     let share_c = CString::new(share.as_os_str().as_bytes()).expect("paths have no NUL");
     let step = |step, source| Error::Step { mode: mode_name(mode), step, source };
     // The host's /proc/vmstat: a file fd leads nowhere else, and the count is global.
@@ -75,10 +84,11 @@ pub fn enter(mode: SandboxMode, share: &Path) -> Result<Entered, Error> {
             let proc = sys::open(c"/proc", libc::O_PATH | libc::O_DIRECTORY).map_err(|e| step("open /proc", e))?;
             return Ok(Entered::Supervisor(Inside { proc, vmstat, shared_dir: share_c }));
         }
-        SandboxMode::Namespace => {
+        SandboxMode::Namespace => match userns {
+            Some(maps) => return enter_user_namespace(maps, vmstat, &share_c),
             // Only the children made after this are in the new pid namespace: the supervisor.
-            process::unshare(libc::CLONE_NEWPID).map_err(Error::Namespaces)?;
-        }
+            None => process::unshare(libc::CLONE_NEWPID).map_err(Error::Namespaces)?,
+        },
         SandboxMode::Chroot => {}
     }
     // SAFETY: start-up is single-threaded (no serving thread or worker exists yet).
@@ -89,11 +99,7 @@ pub fn enter(mode: SandboxMode, share: &Path) -> Result<Entered, Error> {
             return Ok(Entered::Holder { supervisor });
         }
     }
-    process::set_name(SUPERVISOR_NAME);
-    // Without the holder nobody would unmount or answer for groups: go with it.
-    if let Err(e) = process::set_parent_death_signal(libc::SIGKILL) {
-        tracing::warn!("cannot tie the supervisor's life to the holder's: {e}");
-    }
+    become_supervisor();
     let proc = match mode {
         SandboxMode::Namespace => enter_namespaces(&share_c).map_err(|(what, e)| step(what, e))?,
         _ => {
@@ -104,6 +110,60 @@ pub fn enter(mode: SandboxMode, share: &Path) -> Result<Entered, Error> {
         }
     };
     Ok(Entered::Supervisor(Inside { proc, vmstat, shared_dir: c"/".to_owned() }))
+}
+
+/// The child's side of the fork (or clone) out of the holder: its name, and its life tied to
+/// the holder's.
+fn become_supervisor() {
+    process::set_name(SUPERVISOR_NAME);
+    // Without the holder nobody would unmount or answer for groups: go with it.
+    if let Err(e) = process::set_parent_death_signal(libc::SIGKILL) {
+        tracing::warn!("cannot tie the supervisor's life to the holder's: {e}");
+    }
+}
+
+/// `namespace` without CAP_SYS_ADMIN: the supervisor is cloned into new user and pid namespaces
+/// at once (it is pid 1 of the new pid namespace, which belongs to the new user namespace, as
+/// the other namespaces it makes will); the holder, still in the host's user namespace, writes
+/// its id maps (only a process outside may, and newuidmap must run outside to be setuid there);
+/// then the supervisor, root inside, builds the rest as with privilege. Start-up only: no worker
+/// exists, so a death anywhere here ends the daemon (the holder reports a failed map and kills
+/// the child; a dead holder leaves the child reading end of file, and it exits).
+fn enter_user_namespace(maps: &IdMaps, vmstat: i32, share: &CStr) -> Result<Entered, Error> {
+    let step = |step, source| Error::Step { mode: "namespace", step, source };
+    let [mapped_r, mapped_w] = sys::pipe().map_err(|e| step("make the id-map pipe", e))?;
+    // 1/3 clone. Crash after: the child waits on the pipe; a dead holder gives it end of file.
+    let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWPID;
+    // SAFETY: start-up is single-threaded (no serving thread or worker exists yet).
+    match unsafe { process::fork_into_namespaces(flags) } {
+        Err(e) => Err(userns::Error::Create(e).into()),
+        Ok(0) => {
+            sys::close(mapped_w);
+            become_supervisor();
+            // 3/3 (child) wait for the maps, become root inside. Crash after: as a supervisor's
+            // death before its first worker: the holder exits with its status, nothing served.
+            userns::enter_mapped(mapped_r)?;
+            let proc = enter_namespaces(share).map_err(|(what, e)| step(what, e))?;
+            Ok(Entered::Supervisor(Inside { proc, vmstat, shared_dir: c"/".to_owned() }))
+        }
+        Ok(supervisor) => {
+            sys::close(mapped_r);
+            sys::close(vmstat);
+            // 2/3 (holder) write the maps, then one byte. Crash before the byte: the child reads
+            // end of file and exits unmapped; a partial map (uid written, gid not) is never used.
+            if let Err(e) = userns::write_maps(supervisor, maps) {
+                // The supervisor waits on the pipe: it must not go on unmapped.
+                let _ = process::send_signal(supervisor, libc::SIGKILL);
+                let _ = process::wait_child(supervisor);
+                sys::close(mapped_w);
+                return Err(e.into());
+            }
+            tracing::debug!(supervisor, ?maps, "user namespace mapped");
+            let _ = sys::write(mapped_w, b"m");
+            sys::close(mapped_w);
+            Ok(Entered::Holder { supervisor })
+        }
+    }
 }
 
 /// In the supervisor (pid 1 of its new pid namespace): new mount, network and IPC namespaces;

@@ -1,6 +1,7 @@
 //! The state that must outlive a worker: the inode and handle tables, in a shared-memory region
 //! (DESIGN §5). Heap indexes beside it are rebuilt from the region.
 
+pub mod convert;
 pub mod fdcache;
 pub mod handles;
 pub mod inodes;
@@ -35,6 +36,8 @@ pub enum Error {
     BadCapacity,
     #[error("cannot create the state memfd: {0}")]
     Memfd(std::sync::Arc<std::io::Error>),
+    #[error("cannot make an eventfd for the state region: {0}")]
+    EventFd(std::sync::Arc<std::io::Error>),
     #[error("cannot map the state region: {0}")]
     Mmap(std::sync::Arc<std::io::Error>),
     #[error("state region refused: {0}")]

@@ -169,10 +169,23 @@ impl Region {
     /// Maps the region another process made, from an fd of its memfd (a test looking at a
     /// running daemon's state, say), and checks it.
     pub fn attach(fd: i32) -> Result<Region, Error> {
-        let st = crate::sys::fstatat(fd, c"", libc::AT_EMPTY_PATH).map_err(|e| Error::Mmap(Arc::new(e)))?;
-        let region = Region::map(fd, st.st_size as usize)?;
+        let region = Region::map_fd(fd)?;
         region.check()?;
         Ok(region)
+    }
+
+    /// Like `attach`, but also takes a region of a layout this build converts
+    /// (`super::convert::OLDER_LAYOUTS`), unchanged: a live upgrade's new binary, which may
+    /// write it only after the go (`Region::convert`).
+    pub fn attach_convertible(fd: i32) -> Result<Region, Error> {
+        let region = Region::map_fd(fd)?;
+        region.check_convertible()?;
+        Ok(region)
+    }
+
+    fn map_fd(fd: i32) -> Result<Region, Error> {
+        let st = crate::sys::fstatat(fd, c"", libc::AT_EMPTY_PATH).map_err(|e| Error::Mmap(Arc::new(e)))?;
+        Region::map(fd, st.st_size as usize)
     }
 
     /// Requests in flight: records that hold one (a serving thread's, or an orphan a dead
@@ -209,23 +222,41 @@ impl Region {
         fds.extend(self.inode_headers()[..inodes].iter().map(|s| s.fd.load(Acquire)));
         let handles = (h.handle_high_water.load(Acquire) as usize).min(h.handle_capacity as usize);
         fds.extend(self.handle_headers()[..handles].iter().map(|s| s.fd.load(Acquire)));
-        fds.extend(self.vhost().fds());
+        fds.extend(super::convert::vhost_fds(self));
         fds.retain(|fd| *fd >= 0);
         fds
+    }
+
+    /// The mapping's first byte (state/convert.rs moves bytes of an older layout).
+    pub(super) fn base(&self) -> *mut u8 {
+        self.base
     }
 
     /// Checks a region a worker is about to trust after a crash: magic, layout version, and
     /// that every table lies inside the mapping where `layout` would put it. A region that fails
     /// is refused, never repaired by guesswork.
     pub fn check(&self) -> Result<(), Error> {
+        self.check_versions(&[LAYOUT_VERSION])
+    }
+
+    /// `check`, taking a layout this build converts as well as its own.
+    pub fn check_convertible(&self) -> Result<(), Error> {
+        self.check_versions(&[&[LAYOUT_VERSION][..], super::convert::OLDER_LAYOUTS].concat())
+    }
+
+    /// `check` for one of `versions` (every one with this build's table offsets: an older layout
+    /// differs only inside its vhost-user area, state/convert.rs).
+    fn check_versions(&self, versions: &[u32]) -> Result<(), Error> {
         let h = self.header();
         if h.magic != MAGIC {
             return Err(Error::Corrupt(format!("bad magic {:#x}", h.magic)));
         }
-        if h.layout_version != LAYOUT_VERSION {
+        if !versions.contains(&h.layout_version) {
+            let read: Vec<String> = versions.iter().map(u32::to_string).collect();
             return Err(Error::Corrupt(format!(
-                "layout version {} (this build reads {LAYOUT_VERSION})",
-                h.layout_version
+                "layout version {} (this build reads {})",
+                h.layout_version,
+                read.join(" and ")
             )));
         }
         let l = layout(h.inode_capacity, h.handle_capacity, h.record_capacity);

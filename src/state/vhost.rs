@@ -271,16 +271,21 @@ impl VhostArea {
 
     /// Every fd the area names (for the worker's fd sweep).
     pub fn fds(&self) -> Vec<i32> {
+        let mut fds = self.fds_with_queues(&self.queues);
+        fds.extend([&self.transfer.fd, &self.transfer.wake_fd, &self.log.fd].map(|fd| fd.load(Ordering::Acquire)));
+        fds.retain(|fd| *fd > 0);
+        fds
+    }
+
+    /// The fds of the memory table and of `queues` (this area's, or where an older layout kept
+    /// them: state/convert.rs), unfiltered.
+    pub fn fds_with_queues(&self, queues: &[QueueState]) -> Vec<i32> {
         let mut fds: Vec<i32> = self.mem.iter().map(|m| m.fd.load(Ordering::Acquire)).collect();
-        fds.push(self.transfer.fd.load(Ordering::Acquire));
-        fds.push(self.transfer.wake_fd.load(Ordering::Acquire));
-        fds.push(self.log.fd.load(Ordering::Acquire));
-        for q in &self.queues {
+        for q in queues {
             for fd in [&q.kick_fd, &q.call_fd, &q.err_fd, &q.notify_fd] {
                 fds.push(fd.load(Ordering::Acquire));
             }
         }
-        fds.retain(|fd| *fd > 0);
         fds
     }
 

@@ -411,6 +411,17 @@ pub fn seqpacket_pair() -> io::Result<[i32; 2]> {
 /// every thread of the process.
 pub mod thread_creds {
     use std::io;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Set once at start-up, before any worker: supplementary groups cannot change in this
+    /// process's user namespace (setgroups is denied there for good), so a request keeps the
+    /// daemon's (security/userns.rs). Workers are clones and inherit it.
+    static GROUPS_FIXED: AtomicBool = AtomicBool::new(false);
+
+    /// From now on `setgroups` leaves the groups as they are.
+    pub fn keep_groups() {
+        GROUPS_FIXED.store(true, Ordering::Relaxed);
+    }
 
     pub fn setresuid(euid: u32) -> io::Result<()> {
         // SAFETY: plain syscall; -1 leaves the real and saved ids unchanged.
@@ -423,6 +434,9 @@ pub mod thread_creds {
     }
 
     pub fn setgroups(groups: &[u32]) -> io::Result<()> {
+        if GROUPS_FIXED.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         // SAFETY: the pointer and length describe a valid gid array.
         super::cvt_long(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) }).map(drop)
     }

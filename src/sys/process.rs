@@ -54,6 +54,17 @@ pub unsafe fn clone_sibling_copying_fds() -> io::Result<i32> {
     unsafe { clone_with(libc::CLONE_PARENT | libc::SIGCHLD) }
 }
 
+/// As `fork`, with the child in new namespaces of the kinds in `flags` (CLONE_NEW*): with
+/// CLONE_NEWUSER an unprivileged process may ask for the others too, as they then belong to the
+/// child's new user namespace.
+///
+/// # Safety
+/// As `clone_sharing_fds`: the caller must be single-threaded.
+pub unsafe fn fork_into_namespaces(flags: i32) -> io::Result<i32> {
+    // SAFETY: single-threaded by the caller's promise.
+    unsafe { clone_with(flags | libc::SIGCHLD) }
+}
+
 /// A raw clone(2) with `flags`, no new stack (the child runs on a copy of ours, like a fork).
 ///
 /// # Safety
@@ -234,6 +245,17 @@ pub unsafe fn signal_thread(thread: libc::pthread_t, sig: i32) {
 pub fn drop_groups() -> io::Result<()> {
     // SAFETY: process-wide setgroups with an empty list.
     cvt(unsafe { libc::setgroups(0, std::ptr::null()) }).map(drop)
+}
+
+/// Sets the calling thread's real, effective and saved uid and gid (gid first: once the uid is
+/// not 0 the gid could not change). Raw syscalls, for a single-threaded process (it is then the
+/// process's): glibc's wrappers would walk a thread list a raw clone (`fork_into_namespaces`)
+/// did not make its own.
+pub fn set_ids(uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    super::cvt_long(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) })?;
+    // SAFETY: plain syscall.
+    super::cvt_long(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) }).map(drop)
 }
 
 /// The soft and hard RLIMIT_NOFILE.

@@ -26,6 +26,7 @@ pub mod fuzz;
 pub mod inproc;
 pub mod proc;
 pub mod sys;
+pub mod userns;
 
 #[allow(unused_imports)] // each test uses some
 pub use proc::{children_of, drop_caches, open_fds, settled_fds, supervisor_of, table_fds};
@@ -54,6 +55,16 @@ const BRIDGE_QUEUES: usize = 4;
 const BRIDGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_phoenixfsd");
+
+/// phoenixfsd as built at the last commit of the previous state-region layout (layout 5):
+/// scripts/build-previous.sh builds it once from this repository's history (scripts/test.sh runs
+/// it before the tests, so here it only prints the path).
+pub fn previous_layout_bin() -> PathBuf {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/build-previous.sh");
+    let out = Command::new("bash").arg(script).stderr(Stdio::inherit()).output().expect("run bash");
+    assert!(out.status.success(), "{script} failed ({}): the previous layout's build is needed here", out.status);
+    PathBuf::from(String::from_utf8(out.stdout).expect("a path").trim())
+}
 
 /// Fails the test loudly where FUSE cannot run (never a silent skip).
 pub fn require_fuse() {
@@ -100,12 +111,17 @@ impl Mount {
 
     /// As `new`, over `transport`.
     pub fn new_on(transport: Transport, extra_args: &[&str]) -> Mount {
+        Mount::in_tempdir(|share, mnt| Mount::start_on(transport, share, mnt, extra_args, &[]))
+    }
+
+    /// `start`ed on a share and mount point in a new temporary directory.
+    fn in_tempdir(start: impl FnOnce(&Path, &Path) -> Mount) -> Mount {
         let tmp = tempfile::Builder::new().prefix("phoenixfs-test").tempdir().unwrap();
         let share = tmp.path().join("share");
         let mnt = tmp.path().join("mnt");
         std::fs::create_dir(&share).unwrap();
         std::fs::create_dir(&mnt).unwrap();
-        let mut m = Mount::start_on(transport, &share, &mnt, extra_args, &[]);
+        let mut m = start(&share, &mnt);
         m._tmp = Some(tmp);
         m
     }
@@ -130,6 +146,15 @@ impl Mount {
         Mount::start_logged(transport, share, mnt, extra_args, env, None)
     }
 
+    /// As `new_on(Transport::VhostUser, ..)`, through a bridge that does not ack the VM-migration
+    /// protocol features (DEVICE_STATE, LOG_SHMFD): a frontend without live migration.
+    pub fn new_vhost_without_migration(extra_args: &[&str]) -> Mount {
+        let bridge = bridge::BridgeOptions { timeout: BRIDGE_TIMEOUT, migration: false, ..Default::default() };
+        Mount::in_tempdir(|share, mnt| {
+            Mount::launch(&mut Command::new(BIN), Transport::VhostUser, share, mnt, extra_args, None, bridge)
+        })
+    }
+
     /// As `start_on`, with the daemon's stderr (its log) written to `log` if given.
     pub fn start_logged(
         transport: Transport,
@@ -139,10 +164,53 @@ impl Mount {
         env: &[(&str, &str)],
         log: Option<&Path>,
     ) -> Mount {
+        let bridge = bridge::BridgeOptions { timeout: BRIDGE_TIMEOUT, ..Default::default() };
+        Mount::launch(Command::new(BIN).envs(env.iter().copied()), transport, share, mnt, extra_args, log, bridge)
+    }
+
+    /// A fresh share served by phoenixfsd run as the unprivileged `user` (its sandbox is then
+    /// built in a user namespace, with `extra_args`' maps if any): the temporary directory, where
+    /// the daemon makes its socket, is the user's; the share is `share_owner`'s (host ids: the
+    /// host id that namespace id 0 maps to, for the daemon to write there as root inside).
+    pub fn new_as(
+        user: &userns::TestUser,
+        share_owner: (u32, u32),
+        transport: Transport,
+        extra_args: &[&str],
+        log: Option<&Path>,
+    ) -> Mount {
+        let tmp = tempfile::Builder::new().prefix("phoenixfs-test").tempdir().unwrap();
+        let share = tmp.path().join("share");
+        let mnt = tmp.path().join("mnt");
+        std::fs::create_dir(&share).unwrap();
+        std::fs::create_dir(&mnt).unwrap();
+        user.own(tmp.path());
+        // Searchable by the daemon's root inside, which may be another host id than the user's.
+        std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(&share, Some(share_owner.0), Some(share_owner.1)).unwrap();
+        // The user namespace is namespace mode's (PHOENIXFS_TEST_SANDBOX does not apply).
+        let args: Vec<&str> = ["--sandbox", "namespace"].iter().chain(extra_args).copied().collect();
+        let bridge = bridge::BridgeOptions { timeout: BRIDGE_TIMEOUT, ..Default::default() };
+        let mut m = Mount::launch(&mut user.command(BIN), transport, &share, &mnt, &args, log, bridge);
+        m._tmp = Some(tmp);
+        m
+    }
+
+    /// Starts `cmd` (phoenixfsd, or a command that runs it, with its environment) on `share`
+    /// and makes it reachable at `mnt` over `transport` (through a bridge with `bridge`'s
+    /// options on `Transport::VhostUser`).
+    fn launch(
+        cmd: &mut Command,
+        transport: Transport,
+        share: &Path,
+        mnt: &Path,
+        extra_args: &[&str],
+        log: Option<&Path>,
+        bridge: bridge::BridgeOptions,
+    ) -> Mount {
         require_fuse();
         let socket = mnt.with_extension("vhost.sock");
-        let mut cmd = Command::new(BIN);
-        cmd.envs(env.iter().copied()).arg("--shared-dir").arg(share);
+        cmd.arg("--shared-dir").arg(share);
         match transport {
             Transport::Fuse => cmd.arg("--mountpoint").arg(mnt),
             Transport::VhostUser => cmd.arg("--socket-path").arg(&socket),
@@ -163,8 +231,7 @@ impl Mount {
                 assert!(Instant::now() < deadline, "phoenixfsd did not create {socket:?} within 20 s");
                 std::thread::sleep(Duration::from_millis(10));
             }
-            let opts = bridge::BridgeOptions { timeout: BRIDGE_TIMEOUT, ..Default::default() };
-            let b = bridge::Bridge::mount(&socket, mnt, BRIDGE_QUEUES, opts)
+            let b = bridge::Bridge::mount(&socket, mnt, BRIDGE_QUEUES, bridge)
                 .unwrap_or_else(|e| panic!("bridging {mnt:?} to phoenixfsd's vhost-user socket: {e}"));
             m.bridge = Some(b);
         }
