@@ -543,9 +543,9 @@ fn run_soak_on(
     }
 
     // No FUSE passthrough backing id leaked: with every file closed, none may be registered
-    // (fs/passthrough.rs). Counting them closes them, so this comes last. Over /dev/fuse with
-    // passthrough negotiated (the default on Linux 6.9+), else 0.
-    let backing_leaked = if transport == Transport::Fuse {
+    // (fs/passthrough.rs). Counting them closes them, so this comes last. Over /dev/fuse (the
+    // supervisor holds its fd) with passthrough negotiated (the default on Linux 6.9+), else 0.
+    let backing_leaked = if now.values().any(|t| t == "/dev/fuse") {
         common::proc::take_backing_ids(sup as u32).unwrap_or_else(|e| {
             fail_now(&mut m, &[format!("counting passthrough backing ids: {e}")]);
         })
