@@ -366,6 +366,8 @@ pub enum CliError {
     MissingSharedDir,
     #[error("give exactly one of --mountpoint, --socket-path or --fd")]
     NoTransport,
+    #[error("PHOENIXFSD_FUSE_PASSTHROUGH={0}: expected auto, never or always")]
+    BadPassthroughEnv(String),
     #[error("--thread-pool-size {0} is too large (at most 1024)")]
     TooManyThreads(usize),
     #[error("{option} is not supported by phoenixfsd: {why}")]
@@ -443,6 +445,17 @@ impl Cli {
         if self.posix_acl != Negotiation::Never || self.security_label != Negotiation::Never || self.xattrmap.is_some()
         {
             self.xattr = true;
+        }
+        // The environment overrides --fuse-passthrough: for a daemon a live upgrade may hand to a
+        // build that has no such option (a rollback passes the same command line, which that
+        // build would refuse), e.g. the previous layout's (docs/design.md "FUSE passthrough").
+        if let Ok(v) = std::env::var("PHOENIXFSD_FUSE_PASSTHROUGH") {
+            self.fuse_passthrough = match v.as_str() {
+                "auto" => Negotiation::Auto,
+                "never" => Negotiation::Never,
+                "always" => Negotiation::Always,
+                _ => return Err(CliError::BadPassthroughEnv(v)),
+            };
         }
         self.refuse_unhonoured()?;
         self.id_maps()?;

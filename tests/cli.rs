@@ -133,3 +133,26 @@ fn test_cli_packaged_manpage_is_current() {
     let packaged = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/phoenixfsd.1")).unwrap();
     assert!(man == packaged, "packaging/phoenixfsd.1 is stale: phoenixfsd --print-manpage > packaging/phoenixfsd.1");
 }
+
+/// PHOENIXFSD_FUSE_PASSTHROUGH overrides --fuse-passthrough (for a daemon a rollback may hand to
+/// a build without the option); a bad value is a command-line error.
+#[test]
+fn test_cli_passthrough_environment_is_checked() {
+    let out = Command::new(BIN)
+        .args(["--shared-dir", "/tmp", "--mountpoint", "/a"])
+        .env("PHOENIXFSD_FUSE_PASSTHROUGH", "sometimes")
+        .output()
+        .expect("run phoenixfsd");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("PHOENIXFSD_FUSE_PASSTHROUGH=sometimes"), "{err}");
+    // It overrides the option: always, then refused with --writeback as the option would be.
+    let out = Command::new(BIN)
+        .args(["--shared-dir", "/tmp", "--mountpoint", "/a", "--writeback"])
+        .env("PHOENIXFSD_FUSE_PASSTHROUGH", "always")
+        .output()
+        .expect("run phoenixfsd");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--fuse-passthrough=always with --writeback"), "{err}");
+}
