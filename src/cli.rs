@@ -208,6 +208,14 @@ pub struct Cli {
     #[arg(long)]
     pub writeback: bool,
 
+    /// FUSE passthrough on a /dev/fuse mount (Linux 6.9+): the kernel reads, writes and maps
+    /// open regular files on the host itself, without a round trip to the daemon. auto (when
+    /// the kernel offers it and no other option rules it out: --writeback, --cache=never or
+    /// metadata), never, or always (refuse such options, and a kernel without it, at INIT).
+    #[arg(long, value_enum, require_equals = true, default_value_t = Negotiation::Auto,
+          value_name = "auto|never|always")]
+    pub fuse_passthrough: Negotiation,
+
     /// Honor the O_DIRECT flag passed down by guest applications.
     #[arg(long)]
     pub allow_direct_io: bool,
@@ -358,6 +366,8 @@ pub enum CliError {
     MissingSharedDir,
     #[error("give exactly one of --mountpoint, --socket-path or --fd")]
     NoTransport,
+    #[error("PHOENIXFSD_FUSE_PASSTHROUGH={0}: expected auto, never or always")]
+    BadPassthroughEnv(String),
     #[error("--thread-pool-size {0} is too large (at most 1024)")]
     TooManyThreads(usize),
     #[error("{option} is not supported by phoenixfsd: {why}")]
@@ -391,6 +401,11 @@ const FUSE_UNPRIVILEGED: &str = "mounting a FUSE file system on the host needs C
 const HANDLES_UNPRIVILEGED: &str = "open_by_handle_at needs CAP_DAC_READ_SEARCH in the host's user namespace, \
                                     which an unprivileged daemon does not have; use --inode-file-handles=prefer \
                                     (an O_PATH fd per inode instead) or never";
+const NO_PASSTHROUGH_VHOST: &str = "FUSE passthrough hands the kernel a host file; a virtio-fs guest's kernel \
+                                    cannot use one (give --mountpoint)";
+const NO_PASSTHROUGH_WRITEBACK: &str = "the kernel turns passthrough off beside writeback caching (fs/fuse/inode.c)";
+const NO_PASSTHROUGH_DIRECT: &str = "with --cache=never or metadata every open is direct I/O, which passthrough \
+                                     would not serve (reads and writes would still come to the daemon)";
 const NO_ACL_TRANSLATE: &str = "an ACL names host ids the translation would not map (virtiofsd refuses this \
                                 too)";
 
@@ -430,6 +445,17 @@ impl Cli {
         if self.posix_acl != Negotiation::Never || self.security_label != Negotiation::Never || self.xattrmap.is_some()
         {
             self.xattr = true;
+        }
+        // The environment overrides --fuse-passthrough: for a daemon a live upgrade may hand to a
+        // build that has no such option (a rollback passes the same command line, which that
+        // build would refuse), e.g. the previous layout's (docs/design.md "FUSE passthrough").
+        if let Ok(v) = std::env::var("PHOENIXFSD_FUSE_PASSTHROUGH") {
+            self.fuse_passthrough = match v.as_str() {
+                "auto" => Negotiation::Auto,
+                "never" => Negotiation::Never,
+                "always" => Negotiation::Always,
+                _ => return Err(CliError::BadPassthroughEnv(v)),
+            };
         }
         self.refuse_unhonoured()?;
         self.id_maps()?;
@@ -533,6 +559,17 @@ impl Cli {
         {
             return refuse(&format!("{name} with --mountpoint"), NO_MIGRATION_FUSE);
         }
+        if self.fuse_passthrough == Negotiation::Always {
+            if self.mountpoint.is_none() {
+                return refuse("--fuse-passthrough=always without --mountpoint", NO_PASSTHROUGH_VHOST);
+            }
+            if self.writeback {
+                return refuse("--fuse-passthrough=always with --writeback", NO_PASSTHROUGH_WRITEBACK);
+            }
+            if matches!(self.cache, CachePolicy::Never | CachePolicy::Metadata) {
+                return refuse("--fuse-passthrough=always with --cache=never or metadata", NO_PASSTHROUGH_DIRECT);
+            }
+        }
         for (name, given) in [("--uid-map", !self.uid_map.is_empty()), ("--gid-map", !self.gid_map.is_empty())] {
             if given && self.sandbox != SandboxMode::Namespace {
                 let mode = format!("{:?}", self.sandbox).to_lowercase();
@@ -546,6 +583,15 @@ impl Cli {
             );
         }
         Ok(())
+    }
+
+    /// Whether FUSE passthrough may be negotiated: over /dev/fuse, not turned off, and no
+    /// option that rules it out (`--fuse-passthrough=auto` then simply goes without).
+    pub fn passthrough_wanted(&self) -> bool {
+        self.mountpoint.is_some()
+            && self.fuse_passthrough != Negotiation::Never
+            && !self.writeback
+            && !matches!(self.cache, CachePolicy::Never | CachePolicy::Metadata)
     }
 
     /// What a fresh start (not a live upgrade's new binary, which runs inside already) can do

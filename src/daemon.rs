@@ -257,7 +257,11 @@ fn supervise(
     // Start-up is over (mounted or connected, the region and every supervisor fd made): from
     // here on the supervisor keeps only what serving and stopping need (docs/design.md
     // "Security"). Workers are cloned after this and narrow further.
-    cfg.confine = crate::security::Policy { seccomp: cli.seccomp, worker_caps: cli.worker_caps()? };
+    cfg.confine = crate::security::Policy {
+        seccomp: cli.seccomp,
+        worker_caps: cli.worker_caps()?,
+        backing_admin: cfg.fs.passthrough_dev >= 0,
+    };
     let violation = &region.header().seccomp_violation;
     let effective = crate::security::restrict_supervisor_caps(&mut cfg.confine, !cfg.recovery)?;
     // The zygote, which clones the workers, before the supervisor's narrower filter.
@@ -451,6 +455,7 @@ fn worker_config(cli: &Cli, inside: &Inside, transport: Arc<dyn Transport>, ende
             verify_handles: cli.migration_verify_handles,
             confirm_paths: cli.migration_confirm_paths,
         },
+        passthrough_dev: if cli.passthrough_wanted() { transport.backing_dev().unwrap_or(-1) } else { -1 },
     };
     let policy = InitPolicy {
         writeback: cli.writeback,
@@ -466,6 +471,8 @@ fn worker_config(cli: &Cli, inside: &Inside, transport: Arc<dyn Transport>, ende
         announce_submounts: !cli.no_announce_submounts,
         killpriv_v2: cli.killpriv_v2(),
         allow_mmap: cli.allow_mmap,
+        passthrough: fs_cfg.passthrough_dev >= 0,
+        require_passthrough: cli.fuse_passthrough == crate::cli::Negotiation::Always,
     };
     WorkerConfig {
         shared_dir: inside.shared_dir.clone(),
@@ -478,6 +485,7 @@ fn worker_config(cli: &Cli, inside: &Inside, transport: Arc<dyn Transport>, ende
         confine: crate::security::Policy {
             seccomp: crate::cli::SeccompAction::None,
             worker_caps: crate::security::caps::WORKER,
+            backing_admin: false,
         },
     }
 }

@@ -17,6 +17,10 @@ use crate::transport::Transport;
 pub struct Recovered {
     pub state: Arc<State>,
     pub live_handles: Vec<LiveHandle>,
+    /// The FUSE passthrough backing ids of the handle slots step 3 released (SETTING_UP,
+    /// RETIRING): closed at the worker's start unless a live handle names them
+    /// (fs/passthrough.rs `recover_passthrough`).
+    pub released_backing: Vec<u32>,
 }
 
 /// Takes the region over, steps 1 to 6. Single-threaded: nothing else runs in this worker yet.
@@ -34,7 +38,7 @@ pub fn take_over(region: Region, transport: &dyn Transport) -> Result<Recovered,
     // 3. Scan both tables: reset pins, free half-made slots, finish retiring ones, rebuild the
     //    free lists (the key index is in the region: step 2 repaired its one journaled entry).
     let (live_inodes, inode_fds) = state.inodes.recover();
-    let live_handles = state.handles.recover();
+    let (live_handles, released_backing) = state.handles.recover();
     // 4. Finish what the dead worker had read that the transport will not deliver again.
     let finished = transport.finish_undelivered(&state);
     // 5. Keep the records of in-flight requests the transport will deliver again, as orphans
@@ -67,7 +71,7 @@ pub fn take_over(region: Region, transport: &dyn Transport) -> Result<Recovered,
             "took over the state of a dead worker"
         );
     }
-    Ok(Recovered { state, live_handles })
+    Ok(Recovered { state, live_handles, released_backing })
 }
 
 /// Tells the supervisor this worker's fd sweep is done (over vhost-user it reads no control

@@ -49,10 +49,14 @@ pub enum Error {
 /// serving threads. Returns once they run.
 pub fn start(region: Region, cfg: &WorkerConfig) -> Result<(), Error> {
     let t0 = std::time::Instant::now();
-    let Recovered { state, live_handles } = recovery::take_over(region, &*cfg.transport)?;
+    let Recovered { state, live_handles, released_backing } = recovery::take_over(region, &*cfg.transport)?;
     let fs = Fs::new(&cfg.shared_dir, cfg.proc, state.clone(), cfg.fs.clone())?;
     fs.rebuild_locks(&live_handles);
     let server = Arc::new(Server::new(fs, state.clone(), cfg.policy, cfg.recovery));
+    // FUSE passthrough: the counts per node from the live handles, and the backing ids a dead
+    // worker registered but did not publish (or released but did not close) closed, before any
+    // request can register a new one.
+    server.recover_passthrough(&live_handles, &released_backing);
     cfg.transport.resume(&state);
     crate::server::install_wake_handler();
     cfg.transport.spawn(&server, cfg.ended).map_err(Error::Spawn)?;

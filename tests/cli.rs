@@ -25,6 +25,11 @@ fn test_cli_bad_command_lines_exit_2() {
         (&["--shared-dir", "/tmp", "--mountpoint", "/a", "--thread-pool-size", "many"], "many"),
         (&["--shared-dir", "/tmp", "--mountpoint", "/a", "-o", "bogus"], "bogus"),
         (&["--shared-dir", "/tmp", "--mountpoint", "/a", "--recovery", "maybe"], "maybe"),
+        (&["--shared-dir", "/tmp", "--mountpoint", "/a", "--fuse-passthrough=sometimes"], "sometimes"),
+        // --fuse-passthrough=always where it cannot work: named, with the reason.
+        (&["--shared-dir", "/tmp", "--socket-path", "/b", "--fuse-passthrough=always"], "virtio-fs guest"),
+        (&["--shared-dir", "/tmp", "--mountpoint", "/a", "--writeback", "--fuse-passthrough=always"], "writeback"),
+        (&["--shared-dir", "/tmp", "--mountpoint", "/a", "--cache=never", "--fuse-passthrough=always"], "direct I/O"),
         (&["--shared-dir", "/tmp", "--socket-path", "/b", "--uid-map", ":0:100000:"], "--uid-map"),
         (&["--shared-dir", "/tmp", "--socket-path", "/b", "--gid-map", "0:100000:65536"], "--gid-map"),
         (&["--shared-dir", "/tmp", "--socket-path", "/b", "--uid-map", ":0:1:0:"], "a range of 0 ids"),
@@ -127,4 +132,27 @@ fn test_cli_packaged_manpage_is_current() {
     let (_, man, _) = run(&["--print-manpage"]);
     let packaged = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/phoenixfsd.1")).unwrap();
     assert!(man == packaged, "packaging/phoenixfsd.1 is stale: phoenixfsd --print-manpage > packaging/phoenixfsd.1");
+}
+
+/// PHOENIXFSD_FUSE_PASSTHROUGH overrides --fuse-passthrough (for a daemon a rollback may hand to
+/// a build without the option); a bad value is a command-line error.
+#[test]
+fn test_cli_passthrough_environment_is_checked() {
+    let out = Command::new(BIN)
+        .args(["--shared-dir", "/tmp", "--mountpoint", "/a"])
+        .env("PHOENIXFSD_FUSE_PASSTHROUGH", "sometimes")
+        .output()
+        .expect("run phoenixfsd");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("PHOENIXFSD_FUSE_PASSTHROUGH=sometimes"), "{err}");
+    // It overrides the option: always, then refused with --writeback as the option would be.
+    let out = Command::new(BIN)
+        .args(["--shared-dir", "/tmp", "--mountpoint", "/a", "--writeback"])
+        .env("PHOENIXFSD_FUSE_PASSTHROUGH", "always")
+        .output()
+        .expect("run phoenixfsd");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--fuse-passthrough=always with --writeback"), "{err}");
 }

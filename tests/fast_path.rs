@@ -145,3 +145,65 @@ fn test_cache_metadata_reads_host_data_at_once() {
         m.stop();
     }
 }
+
+/// The supervisor's state region (its memfd, opened through /proc), for its counters.
+fn region_of(m: &Mount) -> phoenixfsd::state::Region {
+    let sup = m.supervisor();
+    let (n, _) = common::open_fds(sup)
+        .into_iter()
+        .find(|(_, target)| target.contains("memfd:phoenixfs-state"))
+        .expect("the supervisor holds its state memfd");
+    let path = std::ffi::CString::new(format!("/proc/{sup}/fd/{n}")).unwrap();
+    // SAFETY: a valid C string; the fd is closed below (the mapping stays).
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    assert!(fd >= 0, "open the state memfd");
+    let region = phoenixfsd::state::Region::attach(fd).expect("the state region checks");
+    // SAFETY: our own fd.
+    unsafe { libc::close(fd) };
+    region
+}
+
+/// Requests the daemon answers for `WRITES` 4 KiB writes and as many reads through one open
+/// file (after one write and an fstat that let the kernel learn what it can).
+fn requests_for_io(m: &Mount) -> u64 {
+    let region = region_of(m);
+    let served = || region.header().served.load(std::sync::atomic::Ordering::Acquire);
+    let f = std::fs::OpenOptions::new().create(true).read(true).write(true).truncate(false).open(m.path("f")).unwrap();
+    f.write_all_at(&[1; 4096], 0).unwrap();
+    f.metadata().unwrap();
+    let before = served();
+    let mut buf = [0u8; 4096];
+    for i in 0..WRITES {
+        f.write_all_at(&[i as u8; 4096], (i % 16) as u64 * 4096).unwrap();
+        f.read_exact_at(&mut buf, (i % 16) as u64 * 4096).unwrap();
+        assert_eq!(buf[0], i as u8);
+    }
+    let after = served();
+    drop(f);
+    after - before
+}
+
+/// FUSE passthrough over /dev/fuse (`--fuse-passthrough=auto`, the default, on a kernel that
+/// offers it): reads and writes go from the kernel to the host file, so the daemon answers
+/// none of them — and, with xattrs on, no GETXATTR(security.capability) per write either
+/// (killpriv_v2: the kernel's own killpriv on the FUSE file sends nothing, S_NOSEC).
+#[test]
+fn test_passthrough_reads_and_writes_reach_no_daemon() {
+    common::require_fuse();
+    let mut m = Mount::new_on(Transport::Fuse, &["--xattr"]);
+    std::fs::write(m.path("probe"), "x").unwrap();
+    let negotiated = region_of(&m).header().negotiated.load(std::sync::atomic::Ordering::Acquire);
+    if negotiated & phoenixfsd::fuse::abi::PASSTHROUGH == 0 {
+        eprintln!("skipped: this kernel does not offer FUSE passthrough (Linux 6.9+)");
+        m.stop();
+        return;
+    }
+    let n = requests_for_io(&m);
+    assert!(n <= 2, "{n} requests answered for {WRITES} passthrough writes and reads");
+    m.stop();
+    // The counter counts: without passthrough every read and write is a request.
+    let mut m = Mount::new_on(Transport::Fuse, &["--xattr", "--fuse-passthrough=never"]);
+    let n = requests_for_io(&m);
+    assert!(n >= WRITES as u64, "{n} requests answered for {WRITES} writes and reads without passthrough");
+    m.stop();
+}

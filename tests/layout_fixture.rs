@@ -98,3 +98,52 @@ fn test_region_of_an_unknown_layout_is_refused_untouched() {
         }
     }
 }
+
+/// FUSE passthrough's backing id lives in what was a handle slot's padding word: the slot keeps
+/// its size and every field its offset (so LAYOUT_VERSION stays), and in a region written before
+/// it (the fixture, with two handles open) that word is zero in every slot: such handles read as
+/// "no backing id", which is what they are.
+#[test]
+fn test_handle_backing_id_fits_the_old_padding() {
+    use phoenixfsd::state::handles::HandleSlot;
+    use phoenixfsd::state::region::Header;
+    use std::mem::offset_of;
+    assert_eq!(size_of::<HandleSlot>(), 40);
+    // Layout 5 and 6: kind 0, open_flags 4, nodeid 8, owner 16, pid 24, padding 28, via 32.
+    assert_eq!(
+        [
+            offset_of!(HandleSlot, kind),
+            offset_of!(HandleSlot, open_flags),
+            offset_of!(HandleSlot, nodeid),
+            offset_of!(HandleSlot, owner),
+            offset_of!(HandleSlot, pid),
+            offset_of!(HandleSlot, backing),
+            offset_of!(HandleSlot, via)
+        ],
+        [0, 4, 8, 16, 24, 28, 32]
+    );
+    let file = load(FIXTURE);
+    let u64_at = |at: usize| {
+        let mut b = [0u8; 8];
+        file.read_exact_at(&mut b, at as u64).unwrap();
+        u64::from_le_bytes(b)
+    };
+    let u32_at = |at: u64| {
+        let mut b = [0u8; 4];
+        file.read_exact_at(&mut b, at).unwrap();
+        u32::from_le_bytes(b)
+    };
+    let slots = u64_at(offset_of!(Header, handle_offset));
+    let headers = u64_at(offset_of!(Header, handle_header_offset));
+    let capacity = u32_at(offset_of!(Header, handle_capacity) as u64);
+    let mut open = 0;
+    for i in 0..u64::from(capacity) {
+        let slot = slots + i * size_of::<HandleSlot>() as u64;
+        // The slot header's first word is its state.
+        if u32_at(headers + i * size_of::<phoenixfsd::state::slots::SlotHeader>() as u64) == LIVE {
+            open += 1;
+        }
+        assert_eq!(u32_at(slot + 28), 0, "handle slot {i}: the padding word is not zero");
+    }
+    assert_eq!(open, FIXTURE_OPEN_HANDLES, "the fixture's open handles (LIVE slots)");
+}

@@ -92,6 +92,21 @@ fn test_soak_random_kills() {
     run_soak("random_kills", Transport::Fuse, &["--recovery", "on", "--xattr"], kills, 10);
 }
 
+/// The soak with FUSE passthrough required (`--fuse-passthrough=always`; the soak above has it
+/// too on a kernel that offers it, as `auto`): the kernel does the file data itself, the
+/// daemon registers and drops backing ids across kills; none may leak.
+#[test]
+fn test_soak_random_kills_passthrough() {
+    let kills = env_u64("PHOENIXFS_SOAK_KILLS", 500) / 2;
+    run_soak(
+        "random_kills_passthrough",
+        Transport::Fuse,
+        &["--recovery", "on", "--xattr", "--fuse-passthrough=always"],
+        kills,
+        10,
+    );
+}
+
 /// The same soak over vhost-user: the workload's syscalls reach phoenixfsd as chains on four
 /// request queues (the test's FUSE-to-virtqueue bridge), while the worker is killed at random.
 #[test]
@@ -222,7 +237,13 @@ fn test_soak_live_upgrades_across_layouts() {
     let upgrades = env_u64("PHOENIXFS_SOAK_UPGRADES", 20);
     let previous = common::previous_layout_bin();
     let args = ["--recovery", "on", "--xattr"];
-    run_soak_with("live_upgrades_across_layouts", Transport::Fuse, &args, 0, 10, upgrades, Some(&previous));
+    // Without FUSE passthrough: a rollback to a build without it is refused while open files use
+    // backing ids (state/convert.rs), which this workload's always do. Through the environment,
+    // which the layout-5 build ignores (it would refuse the option on the command line that
+    // every upgrade passes on).
+    let mount =
+        |args: &[&str]| Mount::new_on_with_env(Transport::Fuse, args, &[("PHOENIXFSD_FUSE_PASSTHROUGH", "never")]);
+    run_soak_on("live_upgrades_across_layouts", &args, 0, 10, upgrades, Some(&previous), &mount);
 }
 
 #[test]
@@ -527,6 +548,20 @@ fn run_soak_on(
         fail_now(&mut m, &[format!("{records} intent records in use with no request in flight (stale orphans)")]);
     }
 
+    // No FUSE passthrough backing id leaked: with every file closed, none may be registered
+    // (fs/passthrough.rs). Counting them closes them, so this comes last. Over /dev/fuse (the
+    // supervisor holds its fd) with passthrough negotiated (the default on Linux 6.9+), else 0.
+    let backing_leaked = if now.values().any(|t| t == "/dev/fuse") {
+        common::proc::take_backing_ids(sup as u32).unwrap_or_else(|e| {
+            fail_now(&mut m, &[format!("counting passthrough backing ids: {e}")]);
+        })
+    } else {
+        0
+    };
+    if backing_leaked != 0 {
+        fail_now(&mut m, &[format!("{backing_leaked} passthrough backing ids leaked")]);
+    }
+
     if let Some(status) = m.child.try_wait().unwrap() {
         fail_now(&mut m, &[format!("the supervisor (pid {sup}) exited: {status}")]);
     }
@@ -538,7 +573,7 @@ fn run_soak_on(
     assert!(status.success(), "soak[{case}]: phoenixfsd did not exit 0 on SIGTERM: {status}");
     eprintln!(
         "soak: {} {}, {ops} ops, 0 errors, tree == model ({names} names in {threads} dirs), fds == baseline ({}), \
-         records in use {records}{}",
+         records in use {records}, backing ids leaked {backing_leaked}{}",
         stats.kills,
         if upgrades > 0 { "live upgrades (each followed by a worker kill)" } else { "kills" },
         baseline.len(),

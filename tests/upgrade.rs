@@ -77,6 +77,12 @@ fn start_with(transport: Transport, frontend_migration: bool) -> Daemon {
     let args = ["--xattr", "--control-socket", ctl.to_str().unwrap()];
     let m = match transport {
         Transport::VhostUser if !frontend_migration => Mount::new_vhost_without_migration(&args),
+        // A rollback to the previous layout's build, which has no FUSE passthrough, is refused
+        // while an open file uses a backing id (state/convert.rs): such a daemon runs without
+        // passthrough (through the environment: the older build would refuse the option).
+        Transport::Fuse if !frontend_migration => {
+            Mount::new_on_with_env(transport, &args, &[("PHOENIXFSD_FUSE_PASSTHROUGH", "never")])
+        }
         _ => Mount::new_on(transport, &args),
     };
     wait_for_socket(&ctl);

@@ -107,6 +107,38 @@ impl Drop for FsetidGuard {
     }
 }
 
+/// CAP_SYS_ADMIN's number: FUSE_DEV_IOC_BACKING_OPEN and _CLOSE check `capable()` of it.
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// A serving thread's capabilities while it registers or drops a FUSE backing file
+/// (fs/passthrough.rs): CAP_SYS_ADMIN raised from the permitted set (the worker keeps it there
+/// only with passthrough, docs/design.md "Passthrough"), and CAP_FSETID dropped, because the
+/// kernel snapshots these credentials at BACKING_OPEN and does every passthrough write with them:
+/// without CAP_FSETID such a write clears set-id bits as an unprivileged writer's would. Restored
+/// on drop (a thread left with CAP_SYS_ADMIN effective would keep it for every request: abort).
+pub struct BackingAdmin {
+    saved: (u64, u64),
+}
+
+pub fn backing_admin() -> Result<BackingAdmin> {
+    let (effective, permitted) = caps::get().map_err(Error::Credentials)?;
+    let admin = 1u64 << CAP_SYS_ADMIN;
+    if permitted & admin == 0 {
+        return Err(Error::from_errno(libc::EPERM));
+    }
+    caps::set((effective | admin) & !(1u64 << CAP_FSETID), permitted).map_err(Error::Credentials)?;
+    Ok(BackingAdmin { saved: (effective, permitted) })
+}
+
+impl Drop for BackingAdmin {
+    fn drop(&mut self) {
+        if caps::set(self.saved.0, self.saved.1).is_err() {
+            tracing::error!("cannot drop CAP_SYS_ADMIN after a backing-file ioctl; aborting this worker");
+            std::process::abort();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

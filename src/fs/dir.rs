@@ -53,7 +53,7 @@ impl Fs {
             self.reopen(node.fd(), libc::O_RDONLY | libc::O_DIRECTORY)?
         };
         crate::crash_point!("opendir.after_open");
-        let fh = self.state.handles.insert(fd, HandleKind::Dir, nodeid, a.flags, ctx.intent)?;
+        let fh = self.state.handles.insert(fd, HandleKind::Dir, nodeid, a.flags, 0, ctx.intent)?;
         Ok(abi::OpenOut { fh, open_flags: 0, backing_id: 0 })
     }
 

@@ -40,12 +40,23 @@ impl Fs {
         f
     }
 
-    fn open_out(&self, fh: u64, guest_flags: u32) -> abi::OpenOut {
+    /// The OPEN/CREATE reply for file handle `fh`, naming its passthrough backing id if any
+    /// (the kernel allows no KEEP_CACHE beside it: a passthrough file has no FUSE page cache).
+    fn open_out(&self, fh: u64, guest_flags: u32, backing: u32) -> abi::OpenOut {
         let mut open_flags = self.cfg.open_reply_flags;
-        if self.cfg.allow_direct_io && guest_flags as i32 & libc::O_DIRECT != 0 {
+        if self.direct_io(guest_flags) {
             open_flags |= abi::FOPEN_DIRECT_IO;
         }
-        abi::OpenOut { fh, open_flags, backing_id: 0 }
+        if backing != 0 {
+            open_flags = (open_flags & !abi::FOPEN_KEEP_CACHE) | abi::FOPEN_PASSTHROUGH;
+        }
+        abi::OpenOut { fh, open_flags, backing_id: backing as i32 }
+    }
+
+    /// Whether an open with these guest flags is answered with FOPEN_DIRECT_IO.
+    fn direct_io(&self, guest_flags: u32) -> bool {
+        self.cfg.open_reply_flags & abi::FOPEN_DIRECT_IO != 0
+            || (self.cfg.allow_direct_io && guest_flags as i32 & libc::O_DIRECT != 0)
     }
 
     pub(super) fn pin_any_handle(&self, fh: u64) -> Result<HandlePin> {
@@ -56,12 +67,30 @@ impl Fs {
             .map_err(Error::from)
     }
 
-    /// Publishes `fd`, opened on `nodeid` for the guest, as a file handle (two-phase in the
-    /// request's record) and counts the node's open files for its lock owners.
-    fn publish_file(&self, fd: i32, nodeid: u64, guest_flags: u32, intent: Intent) -> Result<u64> {
-        let fh = self.state.handles.insert(fd, HandleKind::File, nodeid, guest_flags, intent)?;
+    /// Publishes `fd`, a regular file opened on `nodeid` for the guest, as a file handle
+    /// (two-phase in the request's record), with its passthrough backing id if it gets one
+    /// (fs/passthrough.rs; a guest O_DIRECT open asks for none), and counts the node's open
+    /// files for its lock owners. Returns the fh and the backing id (0: none).
+    fn publish_file(&self, fd: i32, nodeid: u64, guest_flags: u32, intent: Intent) -> Result<(u64, u32)> {
+        let eligible = !self.direct_io(guest_flags) && guest_flags as i32 & libc::O_DIRECT == 0;
+        let backing = match self.attach_backing(intent, nodeid, fd, eligible) {
+            Ok(b) => b.id,
+            Err(e) => {
+                sys::close(fd);
+                return Err(e);
+            }
+        };
+        // Crash from here to the publication: the handle's slot is SETTING_UP (or not yet
+        // taken) and the id in the record; recovery frees the slot and closes the id.
+        let fh = match self.state.handles.insert(fd, HandleKind::File, nodeid, guest_flags, backing, intent) {
+            Ok(fh) => fh,
+            Err(e) => {
+                self.detach_backing(nodeid, backing);
+                return Err(e.into());
+            }
+        };
         self.locks.file_opened(nodeid);
-        Ok(fh)
+        Ok((fh, backing))
     }
 
     fn file(&self, fh: u64) -> Result<HandlePin> {
@@ -76,7 +105,7 @@ impl Fs {
     pub fn open(&self, ctx: &Context, nodeid: u64, a: &abi::OpenIn) -> Result<abi::OpenOut> {
         let published = ctx.intent.handle();
         if published != 0 {
-            return Ok(self.open_out(published, a.flags));
+            return Ok(self.open_out(published, a.flags, self.backing_of(published)));
         }
         let node = self.state.inodes.pin(nodeid)?;
         let kind = node.slot().file_type.load(std::sync::atomic::Ordering::Relaxed);
@@ -101,8 +130,13 @@ impl Fs {
             r => r?,
         };
         crate::crash_point!("open.after_open");
-        let fh = self.publish_file(fd, nodeid, a.flags, ctx.intent)?;
-        Ok(self.open_out(fh, a.flags))
+        if kind != libc::S_IFREG {
+            let fh = self.state.handles.insert(fd, HandleKind::File, nodeid, a.flags, 0, ctx.intent)?;
+            self.locks.file_opened(nodeid);
+            return Ok(self.open_out(fh, a.flags, 0));
+        }
+        let (fh, backing) = self.publish_file(fd, nodeid, a.flags, ctx.intent)?;
+        Ok(self.open_out(fh, a.flags, backing))
     }
 
     /// The kernel's open of a program for execve, which the caller may execute but not read
@@ -185,8 +219,8 @@ impl Fs {
             }
         };
         drop(as_caller);
-        let fh = self.publish_file(fd, entry.nodeid, a.flags, intent)?;
-        Ok((entry, self.open_out(fh, a.flags)))
+        let (fh, backing) = self.publish_file(fd, entry.nodeid, a.flags, intent)?;
+        Ok((entry, self.open_out(fh, a.flags, backing)))
     }
 
     /// The end of a CREATE or TMPFILE replayed after its lookup raise: publish the handle (by
@@ -194,13 +228,14 @@ impl Fs {
     fn finish_create(&self, ctx: &Context, nodeid: u64, a: &abi::CreateIn) -> Result<(abi::EntryOut, abi::OpenOut)> {
         let entry = self.entry_of(nodeid)?;
         let mut fh = ctx.intent.handle();
+        let mut backing = self.backing_of(fh);
         if fh == 0 {
             let node = self.state.inodes.pin(nodeid)?;
             let flags = self.host_open_flags(a.flags) & !(libc::O_TRUNC | libc::O_TMPFILE | libc::O_DIRECTORY);
             let fd = self.reopen(node.fd(), flags)?;
-            fh = self.publish_file(fd, nodeid, a.flags, ctx.intent)?;
+            (fh, backing) = self.publish_file(fd, nodeid, a.flags, ctx.intent)?;
         }
-        Ok((entry, self.open_out(fh, a.flags)))
+        Ok((entry, self.open_out(fh, a.flags, backing)))
     }
 
     /// TMPFILE. The unnamed file has no effect until its handle exists, so a replay before the
@@ -238,8 +273,8 @@ impl Fs {
                 }
             }
         };
-        let fh = self.publish_file(fd, entry.nodeid, a.flags, ctx.intent)?;
-        Ok((entry, self.open_out(fh, a.flags)))
+        let (fh, backing) = self.publish_file(fd, entry.nodeid, a.flags, ctx.intent)?;
+        Ok((entry, self.open_out(fh, a.flags, backing)))
     }
 
     /// Looks up an object by its /proc/self/fd entry (for files that have no name).
@@ -325,18 +360,33 @@ impl Fs {
     /// (step 1 recorded before the retirement) was released by the dead attempt: success.
     pub fn release(&self, ctx: &Context, fh: u64, kind: HandleKind) -> Result<()> {
         let retry = ctx.intent.step() == 1;
+        // The handle's passthrough backing id, in the record before the retirement: a crash
+        // anywhere after leaves recovery a candidate to close (unless a LIVE handle names it).
+        if kind == HandleKind::File && !retry {
+            ctx.intent.set_fact(facts::BACKING_ID, self.backing_of(fh));
+        }
         ctx.intent.set_step(1);
         crate::crash_point!("release.before_retire");
-        let nodeid = match self.state.handles.release(fh, kind) {
-            Ok(nodeid) => nodeid,
+        let (nodeid, backing) = match self.state.handles.release_backed(fh, kind) {
+            Ok(released) => released,
             Err(crate::state::Error::BadHandle) if retry => return Ok(()),
             Err(e) => return Err(e.into()),
         };
         crate::crash_point!("release.after_retire");
         if kind == HandleKind::File {
+            self.detach_backing(nodeid, backing);
             self.locks.file_closed(nodeid, fh, &self.state.handles);
         }
         Ok(())
+    }
+
+    /// Gives back file handle `fh` that a request published but never answered with (the
+    /// crash-loop guard's EIO): its passthrough share too.
+    pub fn abandon_handle(&self, fh: u64) {
+        if let Ok((nodeid, backing)) = self.state.handles.release_backed(fh, HandleKind::File) {
+            self.detach_backing(nodeid, backing);
+        }
+        let _ = self.state.handles.release(fh, HandleKind::Dir);
     }
 
     pub fn fsync(&self, fh: u64, kind: HandleKind, datasync: bool) -> Result<()> {

@@ -61,7 +61,7 @@ impl LockOwners {
         for h in live.iter().filter(|h| h.kind == HandleKind::File) {
             nodes.entry(h.nodeid).or_default().open_files += 1;
         }
-        for &LiveHandle { fh, kind, nodeid, owner } in live {
+        for &LiveHandle { fh, kind, nodeid, owner, .. } in live {
             if kind != HandleKind::LockOwner {
                 continue;
             }
@@ -268,7 +268,7 @@ mod tests {
 
     /// A guest file open on `nodeid`: its handle, counted in `locks` as OPEN/CREATE do.
     fn open_file(locks: &LockOwners, s: &State, nodeid: u64) -> u64 {
-        let fh = s.handles.insert(fd(), HandleKind::File, nodeid, 0, Intent::none()).unwrap();
+        let fh = s.handles.insert(fd(), HandleKind::File, nodeid, 0, 0, Intent::none()).unwrap();
         locks.file_opened(nodeid);
         fh
     }
@@ -302,7 +302,7 @@ mod tests {
                     [HandleKind::File, HandleKind::LockOwner].into_iter().find(|k| s.handles.pin(fh, *k).is_ok())?;
                 let p = s.handles.pin(fh, kind).unwrap();
                 let (nodeid, owner) = (p.slot().nodeid.load(Ordering::Relaxed), p.slot().owner.load(Ordering::Relaxed));
-                Some(LiveHandle { fh, kind, nodeid, owner })
+                Some(LiveHandle { fh, kind, nodeid, owner, backing: 0 })
             })
             .collect()
     }

@@ -17,6 +17,7 @@ mod lock;
 pub mod migrate;
 mod namespace;
 mod once;
+pub mod passthrough;
 mod umask;
 mod xattr;
 pub mod xattrmap;
@@ -133,6 +134,10 @@ pub struct Config {
     /// `--translate-uid`, `--translate-gid` (identity when not given).
     pub uids: idmap::IdMap,
     pub gids: idmap::IdMap,
+    /// FUSE passthrough (fs/passthrough.rs): a /dev/fuse fd of the connection to register
+    /// backing files on, -1 when passthrough is not to be used (vhost-user, or
+    /// `--fuse-passthrough=never`).
+    pub passthrough_dev: i32,
     /// The `--migration-*` options (fs/migrate.rs).
     pub migration: migrate::Migration,
 }
@@ -170,6 +175,8 @@ pub struct Fs {
     /// `--inode-file-handles` as this worker applies it (`prefer` becomes `never` when the
     /// start-up probe finds handles unusable).
     handles: FileHandles,
+    /// FUSE passthrough's backing ids per node (fs/passthrough.rs).
+    passthrough: passthrough::Passthrough,
 }
 
 const DIR_LOCK_STRIPES: usize = 64;
@@ -194,6 +201,7 @@ impl Fs {
         }
         state.inodes.configure(cfg.fd_budget, cfg.fd_cache);
         let handles = cfg.file_handles;
+        let passthrough = passthrough::Passthrough::new(cfg.passthrough_dev);
         let mut fs = Fs {
             state,
             cfg,
@@ -205,6 +213,7 @@ impl Fs {
             security_ctx: AtomicBool::new(false),
             locks: lock::LockOwners::default(),
             handles,
+            passthrough,
         };
         fs.start_file_handles()?;
         Ok(fs)

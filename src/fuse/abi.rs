@@ -74,6 +74,10 @@ pub const SETXATTR_EXT: u64 = 1 << 29;
 pub const INIT_EXT: u64 = 1 << 30;
 pub const SECURITY_CTX: u64 = 1 << 32;
 pub const DIRECT_IO_ALLOW_MMAP: u64 = 1 << 36;
+/// FUSE_PASSTHROUGH (7.40, Linux 6.9+): OPEN/CREATE replies may name a backing file registered
+/// with FUSE_DEV_IOC_BACKING_OPEN; the kernel then reads, writes and maps it itself. Needs
+/// `max_stack_depth` in the INIT reply; the kernel refuses it together with WRITEBACK_CACHE.
+pub const PASSTHROUGH: u64 = 1 << 37;
 pub const HAS_RESEND: u64 = 1 << 39;
 
 // SETATTR `valid` bits.
@@ -92,6 +96,19 @@ pub const FATTR_KILL_SUIDGID: u32 = 1 << 11;
 pub const FOPEN_DIRECT_IO: u32 = 1 << 0;
 pub const FOPEN_KEEP_CACHE: u32 = 1 << 1;
 pub const FOPEN_CACHE_DIR: u32 = 1 << 3;
+/// The reply's `backing_id` names the backing file (7.40). The kernel allows only DIRECT_IO,
+/// PARALLEL_DIRECT_WRITES and NOFLUSH beside it (fs/fuse/iomode.c `FOPEN_PASSTHROUGH_MASK`).
+pub const FOPEN_PASSTHROUGH: u32 = 1 << 7;
+
+/// The stack depth we announce with PASSTHROUGH: backing files on a file system that is not
+/// itself stacked (ext4, xfs, tmpfs...); our mount can still be an overlayfs lower layer.
+pub const PASSTHROUGH_MAX_STACK_DEPTH: u32 = 1;
+
+/// FUSE_DEV_IOC_BACKING_OPEN = _IOW(229, 1, struct fuse_backing_map): registers a backing file
+/// with the connection and returns its id (> 0).
+pub const DEV_IOC_BACKING_OPEN: u64 = 0x4010_e501;
+/// FUSE_DEV_IOC_BACKING_CLOSE = _IOW(229, 2, uint32_t): drops a registration by id.
+pub const DEV_IOC_BACKING_CLOSE: u64 = 0x4004_e502;
 
 /// In an OPEN's `flags`: the kernel's internal `__FMODE_EXEC`, set (with O_RDONLY) only when the
 /// kernel opens a program for execve. No open(2) can set it: the kernel masks it out.
@@ -160,7 +177,17 @@ wire!(
         max_pages: u16,
         map_alignment: u16,
         flags2: u32,
-        unused: [u32; 7],
+        // 7.40: with PASSTHROUGH, how deep the backing files' file systems may stack.
+        max_stack_depth: u32,
+        unused: [u32; 6],
+    }
+);
+// The argument of FUSE_DEV_IOC_BACKING_OPEN (7.40).
+wire!(
+    pub struct BackingMap {
+        fd: i32,
+        flags: u32,
+        padding: u64,
     }
 );
 wire!(
@@ -489,6 +516,12 @@ mod tests {
         assert_eq!(size_of::<OutHeader>(), 16);
         assert_eq!(size_of::<InitIn>() + size_of::<InitInExt>(), 64);
         assert_eq!(size_of::<InitOut>(), 64);
+        assert_eq!(std::mem::offset_of!(InitOut, max_stack_depth), 36);
+        assert_eq!(size_of::<BackingMap>(), 16);
+        assert_eq!(size_of::<OpenOut>(), 16);
+        // _IOW(229, nr, size) = 1 << 30 | size << 16 | 229 << 8 | nr
+        assert_eq!(DEV_IOC_BACKING_OPEN, 1 << 30 | (size_of::<BackingMap>() as u64) << 16 | 229 << 8 | 1);
+        assert_eq!(DEV_IOC_BACKING_CLOSE, 1 << 30 | 4 << 16 | 229 << 8 | 2);
         assert_eq!(size_of::<Attr>(), 88);
         assert_eq!(size_of::<EntryOut>(), 128);
         assert_eq!(size_of::<AttrOut>(), 104);

@@ -179,9 +179,12 @@ pub fn restrict_supervisor(worker: Caps, serves_itself: bool) -> Result<(Caps, C
 }
 
 /// A worker, first thing: effective = permitted = `worker`, which `restrict_supervisor`
-/// returned (a subset of what this clone inherited as permitted).
-pub fn restrict_worker(worker: Caps) -> Result<(), Error> {
-    sys::set(worker.0, worker.0).map_err(Error::Set)
+/// returned (a subset of what this clone inherited as permitted); with `backing_admin` (FUSE
+/// passthrough), CAP_SYS_ADMIN stays permitted too, not effective, if this clone inherited it.
+pub fn restrict_worker(worker: Caps, backing_admin: bool) -> Result<(), Error> {
+    let (_, inherited) = sys::get().map_err(Error::Set)?;
+    let extra = if backing_admin { bit(CAP_SYS_ADMIN) & inherited } else { 0 };
+    sys::set(worker.0, worker.0 | extra).map_err(Error::Set)
 }
 
 /// The holder (holder.rs): bounding, permitted and effective = `SUPERVISOR` (the unmount at

@@ -28,6 +28,10 @@ pub struct Policy {
     pub seccomp: SeccompAction,
     /// A worker's capabilities (virtiofsd's set changed by `--modcaps`).
     pub worker_caps: caps::Caps,
+    /// FUSE passthrough may be used (`--fuse-passthrough` auto or always, over /dev/fuse): a
+    /// worker keeps CAP_SYS_ADMIN *permitted*, not effective, and a serving thread raises it for
+    /// the one FUSE_DEV_IOC_BACKING_OPEN/CLOSE ioctl that needs it (fs/creds.rs `BackingAdmin`).
+    pub backing_admin: bool,
 }
 
 /// The supervisor, after start-up and before serving (`serves_itself`: `--recovery off`), in
@@ -57,7 +61,7 @@ pub fn install_supervisor_filter(
 /// over the zygote's wider filter (after this it can install no other: `WORKER` refuses
 /// seccomp).
 pub fn confine_worker(policy: &Policy, violation: &'static AtomicU32) -> Result<(), Error> {
-    caps::restrict_worker(policy.worker_caps)?;
+    caps::restrict_worker(policy.worker_caps, policy.backing_admin)?;
     seccomp::install(seccomp::Role::Worker, policy.seccomp, violation)?;
     Ok(())
 }

@@ -190,6 +190,11 @@ pub const WORKER: &[Group] = &[
     },
     Group { why: "passthrough: locks (OFD locks through fcntl, flock)", calls: &[libc::SYS_flock] },
     Group {
+        why: "FUSE passthrough: register and drop backing files on the connection \
+              (ioctl FUSE_DEV_IOC_BACKING_OPEN/CLOSE only, filtered by request number)",
+        calls: &[libc::SYS_ioctl],
+    },
+    Group {
         why: "passthrough: extended attributes (through /proc/self/fd paths)",
         calls: &[
             libc::SYS_getxattr,
@@ -406,6 +411,10 @@ fn arch() -> TargetArch {
     return TargetArch::aarch64;
 }
 
+/// FUSE_DEV_IOC_BACKING_OPEN and _CLOSE (fuse/abi.rs, where a test checks the numbers).
+const BACKING_OPEN: u64 = 0x4010_e501;
+const BACKING_CLOSE: u64 = 0x4004_e502;
+
 fn program(lists: &[&[Group]], mode: Mode) -> Result<BpfProgram, Error> {
     let mismatch = match mode {
         Mode::Kill | Mode::Trap => SeccompAction::Trap,
@@ -420,6 +429,17 @@ fn program(lists: &[&[Group]], mode: Mode) -> Result<BpfProgram, Error> {
         let fs_only = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::CLONE_FS as u64)
             .map_err(Error::Build)?;
         unshare.push(SeccompRule::new(vec![fs_only]).map_err(Error::Build)?);
+    }
+    // ioctl: `WORKER` has it for FUSE_DEV_IOC_BACKING_OPEN and _CLOSE alone; a list with
+    // `SUPERVISOR` (the vhost-user control channel's eventfds, terminal checks) has it whole.
+    if !lists.iter().any(|l| std::ptr::eq(*l, SUPERVISOR))
+        && let Some(ioctl) = rules.get_mut(&libc::SYS_ioctl)
+    {
+        for request in [BACKING_OPEN, BACKING_CLOSE] {
+            let only =
+                SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request).map_err(Error::Build)?;
+            ioctl.push(SeccompRule::new(vec![only]).map_err(Error::Build)?);
+        }
     }
     // prctl: the supervisor's list has it for PR_SET_NAME alone; a list with `WORKER` has it whole.
     if !lists.iter().any(|l| std::ptr::eq(*l, WORKER))

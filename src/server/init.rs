@@ -35,6 +35,11 @@ pub struct InitPolicy {
     /// FUSE_DIRECT_IO_ALLOW_MMAP (`--allow-mmap`): shared mmap of files opened with
     /// FOPEN_DIRECT_IO (--cache=never, metadata).
     pub allow_mmap: bool,
+    /// FUSE_PASSTHROUGH (`--fuse-passthrough` auto or always, over /dev/fuse): never together
+    /// with WRITEBACK_CACHE, which the kernel refuses it beside (fs/fuse/inode.c).
+    pub passthrough: bool,
+    /// `--fuse-passthrough=always`: a kernel that does not offer PASSTHROUGH is refused at INIT.
+    pub require_passthrough: bool,
 }
 
 /// What an INIT request comes to.
@@ -69,6 +74,7 @@ impl InitPolicy {
             (self.killpriv_v2, abi::HANDLE_KILLPRIV_V2),
             (self.announce_submounts, abi::SUBMOUNTS),
             (self.allow_mmap, abi::DIRECT_IO_ALLOW_MMAP),
+            (self.passthrough, abi::PASSTHROUGH),
         ];
         optional.iter().filter(|(on, _)| *on).fold(
             abi::ASYNC_READ | abi::BIG_WRITES | abi::PARALLEL_DIROPS | abi::MAX_PAGES | abi::ASYNC_DIO | abi::INIT_EXT,
@@ -94,7 +100,20 @@ impl InitPolicy {
         if self.require_security_ctx && offered & abi::SECURITY_CTX == 0 {
             return Negotiation::Missing("SECURITY_CTX (--security-label=always)");
         }
-        let agreed = offered & self.wanted();
+        if self.require_passthrough && offered & abi::PASSTHROUGH == 0 {
+            return Negotiation::Missing(
+                "PASSTHROUGH (--fuse-passthrough=always; Linux 6.9+ with CONFIG_FUSE_PASSTHROUGH)",
+            );
+        }
+        let mut agreed = offered & self.wanted();
+        // The kernel turns passthrough off, silently, beside writeback caching: agree to it only
+        // without (start-up refuses --fuse-passthrough=always with --writeback).
+        if agreed & abi::WRITEBACK_CACHE != 0 {
+            agreed &= !abi::PASSTHROUGH;
+        }
+        if agreed & abi::PASSTHROUGH != 0 {
+            reply.max_stack_depth = abi::PASSTHROUGH_MAX_STACK_DEPTH;
+        }
         reply.max_readahead = arg.max_readahead;
         reply.flags = agreed as u32;
         reply.flags2 = (agreed >> 32) as u32;
@@ -121,6 +140,7 @@ impl Server {
             self.fs.set_announce_submounts(negotiated & abi::SUBMOUNTS != 0);
             self.fs.set_dont_mask(negotiated & abi::DONT_MASK != 0);
             self.fs.set_security_ctx(negotiated & abi::SECURITY_CTX != 0);
+            self.fs.set_passthrough(negotiated & abi::PASSTHROUGH != 0);
         }
     }
 
@@ -144,6 +164,7 @@ impl Server {
         self.fs.set_announce_submounts(agreed & abi::SUBMOUNTS != 0);
         self.fs.set_dont_mask(agreed & abi::DONT_MASK != 0);
         self.fs.set_security_ctx(agreed & abi::SECURITY_CTX != 0);
+        self.fs.set_passthrough(agreed & abi::PASSTHROUGH != 0);
         let header = self.state.region.header();
         // A second INIT starts a new session (a virtio guest that rebooted; the kernel sends one
         // INIT per /dev/fuse connection): the old session's nodes and handles go. Crash inside:
@@ -160,6 +181,7 @@ impl Server {
         tracing::info!(
             kernel = format!("{}.{}", arg.major, arg.minor),
             resend = offered & abi::HAS_RESEND != 0,
+            passthrough = agreed & abi::PASSTHROUGH != 0,
             flags = format!("{agreed:#x}"),
             "FUSE session initialised"
         );
@@ -186,7 +208,26 @@ mod tests {
             killpriv_v2: true,
             announce_submounts: false,
             allow_mmap: false,
+            passthrough: false,
+            require_passthrough: false,
         }
+    }
+
+    #[test]
+    fn test_init_passthrough_only_without_writeback_and_with_a_stack_depth() {
+        let on = InitPolicy { passthrough: true, ..policy() };
+        let (got, reply) = agreed(on.negotiate(&init_in(45, abi::INIT_EXT), (abi::PASSTHROUGH >> 32) as u32));
+        assert_ne!(got & abi::PASSTHROUGH, 0);
+        assert_eq!(reply.max_stack_depth, abi::PASSTHROUGH_MAX_STACK_DEPTH);
+        let both = InitPolicy { writeback: true, ..on };
+        let offered = abi::WRITEBACK_CACHE | abi::INIT_EXT;
+        let (got, reply) = agreed(both.negotiate(&init_in(45, offered), (abi::PASSTHROUGH >> 32) as u32));
+        assert_eq!(got & abi::PASSTHROUGH, 0, "the kernel refuses passthrough beside writeback caching");
+        assert_eq!(reply.max_stack_depth, 0);
+        let (got, _) = agreed(policy().negotiate(&init_in(45, abi::INIT_EXT), (abi::PASSTHROUGH >> 32) as u32));
+        assert_eq!(got & abi::PASSTHROUGH, 0, "not unless wanted");
+        let required = InitPolicy { require_passthrough: true, ..on };
+        assert!(matches!(required.negotiate(&init_in(45, abi::INIT_EXT), 0), Negotiation::Missing(_)));
     }
 
     fn init_in(minor: u32, flags: u64) -> abi::InitIn {

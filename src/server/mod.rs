@@ -61,6 +61,12 @@ impl Server {
         server
     }
 
+    /// Worker start, after recovery: FUSE passthrough's per-node counts and orphaned backing ids
+    /// (fs/passthrough.rs `recover_passthrough`).
+    pub fn recover_passthrough(&self, live: &[crate::state::LiveHandle], released: &[u32]) -> usize {
+        self.fs.recover_passthrough(live, released)
+    }
+
     /// VM live migration, source: this session's device state (fs/migrate.rs).
     pub fn export_state(&self) -> Result<(Vec<u8>, crate::fs::migrate::Summary), crate::fs::migrate::Error> {
         self.fs.export_state()

@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 
 use super::Server;
 use crate::fuse::abi;
-use crate::state::HandleKind;
 use crate::state::intent::Intent;
 
 /// How a request's record is keyed, as its transport decides: a key never shared by two
@@ -68,8 +67,7 @@ impl Server {
         }
         let fh = intent.handle();
         if fh != 0 {
-            let _ = self.state.handles.release(fh, HandleKind::File);
-            let _ = self.state.handles.release(fh, HandleKind::Dir);
+            self.fs.abandon_handle(fh);
         }
     }
 }

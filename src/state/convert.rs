@@ -49,7 +49,10 @@ impl Region {
         match (from, to) {
             _ if from == to => return Ok(()),
             (5, 6) => self.raise_vhost_from_5()?,
-            (6, 5) => self.lower_vhost_to_5()?,
+            (6, 5) => {
+                self.refuse_backing_ids(5)?;
+                self.lower_vhost_to_5()?
+            }
             _ => return Err(Error::Corrupt(format!("no conversion from layout {from} to {to}"))),
         }
         // Crash before this store: the supervisor's own death (not survived, see
@@ -59,6 +62,24 @@ impl Region {
             std::ptr::addr_of_mut!((*(self.base() as *mut super::region::Header)).layout_version).write_volatile(to)
         };
         tracing::info!(from, to, "state region converted to another layout version");
+        Ok(())
+    }
+
+    /// A build of layout 5 knows no FUSE passthrough: it would ignore the backing ids live
+    /// handles hold (fs/passthrough.rs; in what was the handle slot's padding), and its opens of
+    /// a node the kernel holds in passthrough would fail with EIO. Refused while any LIVE handle
+    /// names one (the files close, the ids go, and the rollback can be asked again).
+    fn refuse_backing_ids(&self, to: u32) -> Result<(), Error> {
+        let high = (self.header().handle_high_water.load(Ordering::Acquire) as usize).min(self.handle_slots().len());
+        let in_use = (1..high)
+            .filter(|&i| self.handle_headers()[i].state.load(Ordering::Acquire) == super::slots::LIVE)
+            .filter(|&i| self.handle_slots()[i].backing.load(Ordering::Acquire) != 0)
+            .count();
+        if in_use > 0 {
+            return Err(Error::Corrupt(format!(
+                "{in_use} open files use FUSE passthrough backing ids, which layout {to} has no room for"
+            )));
+        }
         Ok(())
     }
 
@@ -206,6 +227,23 @@ mod tests {
             assert_eq!(bytes(&r), before, "a refused conversion changed the area");
             assert_eq!(r.header().layout_version, LAYOUT_VERSION);
         }
+    }
+
+    #[test]
+    fn test_convert_down_refused_while_files_use_passthrough_backing_ids() {
+        let r = vhost_region();
+        let (headers, slots) = (r.handle_headers(), r.handle_slots());
+        r.header().handle_high_water.store(3, Ordering::Relaxed);
+        headers[2].state.store(crate::state::slots::LIVE, Ordering::Relaxed);
+        slots[2].backing.store(7, Ordering::Relaxed);
+        let before = bytes(&r);
+        let e = r.convert(5).unwrap_err().to_string();
+        assert!(e.contains("passthrough backing ids"), "{e}");
+        assert_eq!(bytes(&r), before);
+        assert_eq!(r.header().layout_version, LAYOUT_VERSION);
+        // Once the file is closed, the rollback goes through.
+        headers[2].state.store(crate::state::slots::FREE, Ordering::Relaxed);
+        r.convert(5).unwrap();
     }
 
     #[test]

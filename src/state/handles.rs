@@ -26,7 +26,12 @@ pub struct HandleSlot {
     /// LockOwner slots: the kernel's lock owner id, and the pid that last locked through it.
     pub owner: AtomicU64,
     pub pid: AtomicU32,
-    _pad: AtomicU32,
+    /// File slots opened with FUSE passthrough: the connection's backing id the OPEN reply
+    /// named (> 0), 0 for none. In what was padding (4 bytes at offset 28, always zero in
+    /// regions written before it), so no offset moved and the layout version stays
+    /// (tests/layout_fixture.rs). Several handles of one node share one id (the kernel wants
+    /// one backing file per inode): fs/passthrough.rs counts them.
+    pub backing: AtomicU32,
     /// LockOwner slots: the guest file handle the owner locks through, 0 once it has used more
     /// than one (kept here so that RELEASE of that file still drops it after a crash).
     pub via: AtomicU64,
@@ -66,17 +71,19 @@ impl Handles {
         kind: HandleKind,
         nodeid: u64,
         open_flags: u32,
+        backing: u32,
         intent: Intent,
     ) -> Result<u64, Error> {
-        self.insert_with(fd, kind, nodeid, open_flags, (0, 0), intent)
+        self.insert_with(fd, kind, nodeid, open_flags, (0, 0), backing, intent)
     }
 
     /// Publishes a lock-owner handle for `owner` on `nodeid`, first used through guest file
     /// `via` (owned by the node, not by the request that happened to make it: no intent).
     pub fn insert_lock_owner(&self, fd: i32, nodeid: u64, owner: u64, via: u64) -> Result<u64, Error> {
-        self.insert_with(fd, HandleKind::LockOwner, nodeid, 0, (owner, via), Intent::none())
+        self.insert_with(fd, HandleKind::LockOwner, nodeid, 0, (owner, via), 0, Intent::none())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn insert_with(
         &self,
         fd: i32,
@@ -84,6 +91,7 @@ impl Handles {
         nodeid: u64,
         open_flags: u32,
         (owner, via): (u64, u64),
+        backing: u32,
         intent: Intent,
     ) -> Result<u64, Error> {
         let i = match self.table.alloc() {
@@ -93,7 +101,7 @@ impl Handles {
                 return Err(e);
             }
         };
-        self.fill(i, fd, kind, nodeid, open_flags, (owner, via));
+        self.fill(i, fd, kind, nodeid, open_flags, (owner, via), backing);
         let id = slots::make_id(i, self.table.header(i).generation.load(Ordering::Relaxed));
         if let Some(r) = intent.record() {
             r.begin_pending(Pending::Handle, id, 0);
@@ -110,7 +118,17 @@ impl Handles {
     }
 
     /// Writes a SETTING_UP slot's fd and body (not yet published: nothing reads it).
-    fn fill(&self, i: u32, fd: i32, kind: HandleKind, nodeid: u64, open_flags: u32, (owner, via): (u64, u64)) {
+    #[allow(clippy::too_many_arguments)]
+    fn fill(
+        &self,
+        i: u32,
+        fd: i32,
+        kind: HandleKind,
+        nodeid: u64,
+        open_flags: u32,
+        (owner, via): (u64, u64),
+        backing: u32,
+    ) {
         let s = self.table.slot(i);
         self.table.header(i).fd.store(fd, Ordering::Relaxed);
         s.kind.store(kind as u32, Ordering::Relaxed);
@@ -119,6 +137,7 @@ impl Handles {
         s.owner.store(owner, Ordering::Relaxed);
         s.pid.store(0, Ordering::Relaxed);
         s.via.store(via, Ordering::Relaxed);
+        s.backing.store(backing, Ordering::Relaxed);
     }
 
     /// Migration, on the source: every LIVE handle.
@@ -135,6 +154,7 @@ impl Handles {
                     kind,
                     nodeid: s.nodeid.load(Ordering::Relaxed),
                     owner: s.owner.load(Ordering::Relaxed),
+                    backing: s.backing.load(Ordering::Relaxed),
                 });
             }
         }
@@ -159,7 +179,7 @@ impl Handles {
                 return Err(e);
             }
         };
-        self.fill(i, fd, kind, nodeid, open_flags, (0, 0));
+        self.fill(i, fd, kind, nodeid, open_flags, (0, 0), 0);
         self.table.publish(i);
         Ok(())
     }
@@ -176,8 +196,15 @@ impl Handles {
     /// Retires handle `fh` of `kind`, closing its fd once no request uses it; returns the node
     /// it was opened from.
     pub fn release(&self, fh: u64, kind: HandleKind) -> Result<u64, Error> {
+        self.release_backed(fh, kind).map(|(nodeid, _)| nodeid)
+    }
+
+    /// As `release`, also returning the handle's backing id (0 for none): the caller drops its
+    /// share of it (fs/passthrough.rs).
+    pub fn release_backed(&self, fh: u64, kind: HandleKind) -> Result<(u64, u32), Error> {
         let p = self.pin(fh, kind)?;
         let nodeid = p.slot().nodeid.load(Ordering::Relaxed);
+        let backing = p.slot().backing.load(Ordering::Relaxed);
         let (i, _) = super::slots::split_id(p.id());
         // Two RELEASEs of one fh race here; only the one that moves LIVE → RETIRING proceeds.
         let won = p.header().state.compare_exchange(
@@ -191,7 +218,7 @@ impl Handles {
             return Err(Error::BadHandle);
         }
         self.table.finish_retire(i);
-        Ok(nodeid)
+        Ok((nodeid, backing))
     }
 
     /// A new FUSE session: every handle (open files and directories, lock owners) is released,
@@ -220,19 +247,31 @@ impl Handles {
         }
     }
 
-    /// Recovery: see `SlotTable::recover`. Returns every LIVE handle.
-    pub fn recover(&self) -> Vec<LiveHandle> {
+    /// Recovery: see `SlotTable::recover`. Returns every LIVE handle, and the backing ids of
+    /// the slots it released (SETTING_UP, RETIRING): candidates for fs/passthrough.rs's
+    /// orphan close, which closes those no LIVE handle still names.
+    pub fn recover(&self) -> (Vec<LiveHandle>, Vec<u32>) {
         let mut live = Vec::new();
-        self.table.recover(|i, h, s| {
-            if let Some(kind) = s.kind() {
-                live.push(LiveHandle {
-                    fh: slots::make_id(i, h.generation.load(Ordering::Relaxed)),
-                    kind,
-                    nodeid: s.nodeid.load(Ordering::Relaxed),
-                    owner: s.owner.load(Ordering::Relaxed),
-                });
-            }
-        });
-        live
+        let mut released = Vec::new();
+        self.table.recover(
+            |i, h, s| {
+                if let Some(kind) = s.kind() {
+                    live.push(LiveHandle {
+                        fh: slots::make_id(i, h.generation.load(Ordering::Relaxed)),
+                        kind,
+                        nodeid: s.nodeid.load(Ordering::Relaxed),
+                        owner: s.owner.load(Ordering::Relaxed),
+                        backing: s.backing.load(Ordering::Relaxed),
+                    });
+                }
+            },
+            |_, s| {
+                let id = s.backing.load(Ordering::Relaxed);
+                if id != 0 {
+                    released.push(id);
+                }
+            },
+        );
+        (live, released)
     }
 }

@@ -644,12 +644,15 @@ impl Inodes {
         self.mounts.recover();
         let _one = self.index.lock().unwrap();
         let mut fds = Vec::new();
-        let live = self.table.recover(|_, h, _| {
-            let fd = h.fd.load(Ordering::Relaxed);
-            if fd >= 0 {
-                fds.push(fd);
-            }
-        });
+        let live = self.table.recover(
+            |_, h, _| {
+                let fd = h.fd.load(Ordering::Relaxed);
+                if fd >= 0 {
+                    fds.push(fd);
+                }
+            },
+            |_, _| {},
+        );
         self.budget.held.store(fds.len(), Ordering::Relaxed);
         (live, fds)
     }

@@ -103,6 +103,12 @@ pub mod facts {
 
     /// FORGET and BATCH_FORGET: the entry in hand while its count change is pending.
     pub const FORGET_ENTRY: Fact<u32> = Fact::at(0);
+
+    /// OPEN, CREATE, TMPFILE: the FUSE passthrough backing id this request registered
+    /// (`u32::MAX` while its BACKING_OPEN is issued and the id not known). RELEASE: the id of
+    /// the handle it releases. Recovery closes it unless a LIVE handle names it
+    /// (fs/passthrough.rs).
+    pub const BACKING_ID: Fact<u32> = Fact::at(3);
 }
 
 /// The one table change a record names as half-done, stored as a `u32` in `Record::pending` and
@@ -448,8 +454,9 @@ mod tests {
     #[test]
     fn test_facts_of_one_op_use_distinct_slots() {
         use facts::*;
-        let ops: [(&str, &[usize]); 4] = [
-            ("create", &[CREATE_EXISTED.slot, ONCE_ERRNO.slot]),
+        let ops: [(&str, &[usize]); 5] = [
+            ("create", &[CREATE_EXISTED.slot, ONCE_ERRNO.slot, BACKING_ID.slot]),
+            ("open, tmpfile, release", &[BACKING_ID.slot]),
             ("rename", &[RENAME_SOURCE_INO.slot, RENAME_TARGET_INO.slot, ONCE_ERRNO.slot]),
             ("append", &[APPEND_SIZE_BEFORE.slot, APPEND_WRITTEN.slot, ONCE_ERRNO.slot]),
             ("forget", &[FORGET_ENTRY.slot]),

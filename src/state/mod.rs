@@ -86,6 +86,8 @@ pub struct LiveHandle {
     pub nodeid: u64,
     /// A lock-owner handle's owner (0 for other kinds).
     pub owner: u64,
+    /// A file handle's FUSE passthrough backing id (0 for none).
+    pub backing: u32,
 }
 
 impl State {

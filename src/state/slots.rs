@@ -216,9 +216,14 @@ impl<S: Slot> SlotTable<S> {
     }
 
     /// Recovery, single-threaded before serving: resets every pin (their holders are dead),
-    /// frees SETTING_UP slots and finishes RETIRING ones (closing the fd each still holds), calls
-    /// `on_live` for each LIVE slot, and rebuilds the free list. Returns the number of LIVE slots.
-    pub fn recover(&self, mut on_live: impl FnMut(u32, &'static SlotHeader, &'static S)) -> usize {
+    /// frees SETTING_UP slots and finishes RETIRING ones (closing the fd each still holds, after
+    /// `on_released` has seen the slot), calls `on_live` for each LIVE slot, and rebuilds the
+    /// free list. Returns the number of LIVE slots.
+    pub fn recover(
+        &self,
+        mut on_live: impl FnMut(u32, &'static SlotHeader, &'static S),
+        mut on_released: impl FnMut(u32, &'static S),
+    ) -> usize {
         let hw = (self.high_water.load(Ordering::SeqCst) as usize).min(self.slots.len()).max(1);
         self.high_water.store(hw as u32, Ordering::SeqCst);
         // The pass reads every header below the high-water mark: fault them in at once.
@@ -241,6 +246,7 @@ impl<S: Slot> SlotTable<S> {
                 // SETTING_UP, RETIRING, or a value no build writes: the slot's id is not (or no
                 // longer) held by the peer, so it is released.
                 _ => {
+                    on_released(i, self.slot(i));
                     let fd = h.fd.swap(-1, Ordering::SeqCst);
                     if fd >= 0 {
                         crate::sys::close(fd);

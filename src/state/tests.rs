@@ -132,7 +132,7 @@ fn test_state_pending_forget_entry_sets_the_target_and_moves_the_step() {
 fn test_state_pending_handle_is_given_to_the_record_only_if_published() {
     let s = state();
     let rec = &s.region.records()[0];
-    let fh = s.handles.insert(fd(), HandleKind::File, 1, 0, Intent::none()).unwrap();
+    let fh = s.handles.insert(fd(), HandleKind::File, 1, 0, 0, Intent::none()).unwrap();
     rec.start(30, 14, 1, 1);
     rec.begin_pending(Pending::Handle, fh, 0);
     recover(&s);

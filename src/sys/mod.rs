@@ -331,6 +331,31 @@ pub fn ioctl_clone_fuse(fd: i32, master: i32) -> io::Result<()> {
     cvt(unsafe { libc::ioctl(fd, FUSE_DEV_IOC_CLONE, &m as *const u32) }).map(drop)
 }
 
+/// FUSE_DEV_IOC_BACKING_OPEN on `dev` (any fd of the connection): registers `fd` as a backing
+/// file; returns its id (> 0). The kernel snapshots this thread's credentials for the file's
+/// I/O and requires CAP_SYS_ADMIN (effective) in the initial user namespace.
+pub fn fuse_backing_open(dev: i32, fd: i32) -> io::Result<i32> {
+    // struct fuse_backing_map (fuse/abi.rs `BackingMap`, whose size test checks the number).
+    #[repr(C)]
+    struct Map {
+        fd: i32,
+        flags: u32,
+        padding: u64,
+    }
+    const BACKING_OPEN: libc::c_ulong = 0x4010_e501;
+    let map = Map { fd, flags: 0, padding: 0 };
+    // SAFETY: the ioctl reads one fuse_backing_map (16 bytes, repr(C)) from the pointer.
+    cvt(unsafe { libc::ioctl(dev, BACKING_OPEN, &map as *const Map) })
+}
+
+/// FUSE_DEV_IOC_BACKING_CLOSE on `dev`: drops registration `id` (ENOENT if there is none).
+pub fn fuse_backing_close(dev: i32, id: i32) -> io::Result<()> {
+    const BACKING_CLOSE: libc::c_ulong = 0x4004_e502;
+    let id = id as u32;
+    // SAFETY: the ioctl reads one u32 from the pointer.
+    cvt(unsafe { libc::ioctl(dev, BACKING_CLOSE, &id as *const u32) }).map(drop)
+}
+
 pub fn mount(source: &CStr, target: &CStr, fstype: &CStr, flags: libc::c_ulong, data: &CStr) -> io::Result<()> {
     // SAFETY: valid C strings.
     cvt(unsafe { libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data.as_ptr().cast()) })

@@ -180,6 +180,11 @@ pub struct FuseTransport {
 }
 
 impl Transport for FuseTransport {
+    /// Any fd of the connection will do: backing ids belong to the connection.
+    fn backing_dev(&self) -> Option<i32> {
+        self.fds.first().copied()
+    }
+
     /// Finishes the FORGETs and BATCH_FORGETs a dead worker had read into its connection
     /// buffers (the kernel keeps no copy of a request that takes no reply): from the entry its
     /// record says is next, or from the first if it died before starting one.

@@ -30,6 +30,11 @@ pub trait Transport: Send + Sync {
     fn redelivers(&self, orphan: &Orphan) -> bool;
 
     /// The fds this transport holds in the shared fd table: recovery's fd sweep keeps them.
+    /// A fd of the connection on which FUSE passthrough backing files are registered
+    /// (FUSE_DEV_IOC_BACKING_OPEN): /dev/fuse only.
+    fn backing_dev(&self) -> Option<i32> {
+        None
+    }
     fn fds(&self) -> Vec<i32>;
 
     /// Has what a dead worker read but did not answer delivered again (FUSE_NOTIFY_RESEND; a

@@ -93,6 +93,7 @@ impl Harness {
             uids: Default::default(),
             gids: Default::default(),
             migration: Default::default(),
+            passthrough_dev: -1,
         };
         let dir = CString::new(share.as_os_str().as_bytes()).unwrap();
         let proc = phoenixfsd::sys::open(c"/proc", libc::O_PATH | libc::O_DIRECTORY).unwrap();
@@ -110,6 +111,8 @@ impl Harness {
             killpriv_v2: true,
             announce_submounts: true,
             allow_mmap: false,
+            passthrough: false,
+            require_passthrough: false,
         };
         let server = Server::new(fs, state.clone(), policy, true);
         let record = server.thread_record();

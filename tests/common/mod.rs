@@ -114,6 +114,11 @@ impl Mount {
         Mount::in_tempdir(|share, mnt| Mount::start_on(transport, share, mnt, extra_args, &[]))
     }
 
+    /// As `new_on`, with `env` added to the daemon's environment.
+    pub fn new_on_with_env(transport: Transport, extra_args: &[&str], env: &[(&str, &str)]) -> Mount {
+        Mount::in_tempdir(|share, mnt| Mount::start_on(transport, share, mnt, extra_args, env))
+    }
+
     /// `start`ed on a share and mount point in a new temporary directory.
     fn in_tempdir(start: impl FnOnce(&Path, &Path) -> Mount) -> Mount {
         let tmp = tempfile::Builder::new().prefix("phoenixfs-test").tempdir().unwrap();

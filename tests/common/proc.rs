@@ -246,3 +246,53 @@ fn descendants(pid: u32) -> Vec<u32> {
     }
     all
 }
+
+/// How many FUSE passthrough backing ids are registered on the connection `pid` (a supervisor)
+/// holds, *closing them all*: call it only when no file is open on the mount, when every id
+/// still registered is a leak (fs/passthrough.rs: the ids registered are those live handles
+/// name). The kernel shows backing ids nowhere, so this takes a copy of the supervisor's
+/// /dev/fuse fd (pidfd_getfd), finds the connection's next id with a probe registration (ids
+/// are allocated cyclically, so every id ever handed out is below it), and closes every id
+/// below it: each close that succeeds was a registered id. Ok(0) when the connection has no
+/// passthrough (the probe gets EPERM).
+pub fn take_backing_ids(pid: u32) -> Result<usize, String> {
+    let Some((fd, _)) = fd_table(pid).into_iter().find(|(_, t)| t == "/dev/fuse") else {
+        return Err(format!("no /dev/fuse fd in {pid}'s table"));
+    };
+    // SAFETY: plain syscalls with integer arguments; every fd they return is closed below.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) as i32;
+        if pidfd < 0 {
+            return Err(format!("pidfd_open({pid}): {}", std::io::Error::last_os_error()));
+        }
+        let dev = libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) as i32;
+        libc::close(pidfd);
+        if dev < 0 {
+            return Err(format!("pidfd_getfd({pid}, {fd}): {}", std::io::Error::last_os_error()));
+        }
+        let probe_file = tempfile::tempfile().map_err(|e| e.to_string())?;
+        #[repr(C)]
+        struct Map {
+            fd: i32,
+            flags: u32,
+            padding: u64,
+        }
+        use std::os::fd::AsRawFd;
+        let map = Map { fd: probe_file.as_raw_fd(), flags: 0, padding: 0 };
+        let next = libc::ioctl(dev, 0x4010_e501, &map as *const Map);
+        if next < 0 {
+            let e = std::io::Error::last_os_error();
+            libc::close(dev);
+            return if e.raw_os_error() == Some(libc::EPERM) { Ok(0) } else { Err(format!("BACKING_OPEN: {e}")) };
+        }
+        let mut registered = 0;
+        for id in 1..next as u32 {
+            if libc::ioctl(dev, 0x4004_e502, &id as *const u32) == 0 {
+                registered += 1;
+            }
+        }
+        libc::ioctl(dev, 0x4004_e502, &(next as u32) as *const u32);
+        libc::close(dev);
+        Ok(registered)
+    }
+}
