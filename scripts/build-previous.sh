@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds phoenixfsd as it was at the last commit of the previous state-region layout (5: before
-# VM live migration brought layout 6), for the live-upgrade tests across layout versions
+# Builds phoenixfsd as it was at the last commit of the previous state-region layout (6: before
+# FUSE passthrough brought layout 7), for the live-upgrade tests across layout versions
 # (tests/soak.rs `test_soak_live_upgrades_across_layouts*`), and prints the binary's path.
 # The source is this repository's own history (git archive of PREVIOUS below); the build has its
 # own target directory, target/previous-layout/, and is done once (later runs print the path).
@@ -10,8 +10,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
 
-# Layout 5, with live upgrade (a50646e) and its fixes up to the merge of layout 6.
-PREVIOUS=6f6018aedbe462e9b65ac41dc4d219d04239fce9
+# Layout 6 (it reads and writes layout 5 too), the last commit before FUSE passthrough's merge.
+PREVIOUS=a84d2fe17a4c5a71932e9cfd360280601028612c
 dir="$PWD/target/previous-layout"
 bin="$dir/target/$(rustc -vV | sed -n "s/^host: //p")/release/phoenixfsd"
 if [ -x "$bin" ] && [ "$(cat "$dir/commit" 2>/dev/null)" = "$PREVIOUS" ]; then
@@ -19,11 +19,11 @@ if [ -x "$bin" ] && [ "$(cat "$dir/commit" 2>/dev/null)" = "$PREVIOUS" ]; then
     exit 0
 fi
 if ! git cat-file -e "$PREVIOUS^{commit}" 2>/dev/null; then
-    echo "error: commit $PREVIOUS (phoenixfsd with state layout 5) is not in this clone's history;" \
+    echo "error: commit $PREVIOUS (phoenixfsd with state layout 6) is not in this clone's history;" \
         "a shallow clone lacks it: run git fetch --unshallow, or clone without --depth" >&2
     exit 1
 fi
-echo "[build-previous] building phoenixfsd at $PREVIOUS (state layout 5) in $dir" >&2
+echo "[build-previous] building phoenixfsd at $PREVIOUS (state layout 6) in $dir" >&2
 rm -rf "$dir/src" "$dir/commit"
 mkdir -p "$dir/src"
 git archive "$PREVIOUS" | tar -x -C "$dir/src"

@@ -228,8 +228,8 @@ fn test_soak_live_upgrades_vhost_user() {
     );
 }
 
-/// Live upgrades between two builds of different state-region layouts: this one (layout 6) and
-/// the last build of layout 5 (scripts/build-previous.sh). Each upgrade to the older build is a
+/// Live upgrades between two builds of different state-region layouts: this one (layout 7) and
+/// the last build of layout 6 (scripts/build-previous.sh). Each upgrade to the older build is a
 /// rollback: this build's supervisor converts the region down for it (state/convert.rs); each
 /// one back converts it up again. 20 upgrades, each followed by a worker kill; the same checks.
 #[test]
@@ -239,7 +239,7 @@ fn test_soak_live_upgrades_across_layouts() {
     let args = ["--recovery", "on", "--xattr"];
     // Without FUSE passthrough: a rollback to a build without it is refused while open files use
     // backing ids (state/convert.rs), which this workload's always do. Through the environment,
-    // which the layout-5 build ignores (it would refuse the option on the command line that
+    // which the layout-6 build ignores (it would refuse the option on the command line that
     // every upgrade passes on).
     let mount =
         |args: &[&str]| Mount::new_on_with_env(Transport::Fuse, args, &[("PHOENIXFSD_FUSE_PASSTHROUGH", "never")]);
@@ -251,9 +251,7 @@ fn test_soak_live_upgrades_across_layouts_vhost_user() {
     let upgrades = env_u64("PHOENIXFS_SOAK_UPGRADES", 20);
     let previous = common::previous_layout_bin();
     let args = ["--recovery", "on", "--xattr"];
-    // A build of layout 5 does not serve VM migration: a frontend that acked its protocol
-    // features could not be handed back to it (the older build refuses, tests/upgrade.rs).
-    let mount = |args: &[&str]| Mount::new_vhost_without_migration(args);
+    let mount = |args: &[&str]| Mount::new_on(Transport::VhostUser, args);
     run_soak_on("live_upgrades_across_layouts_vhost_user", &args, 0, 10, upgrades, Some(&previous), &mount);
 }
 

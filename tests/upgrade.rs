@@ -4,8 +4,8 @@
 //! untouched: a missing binary, one that is not an ELF, one for another architecture, one that
 //! cannot be executed, a state region with a corrupt header or an unknown layout version. And
 //! across layout versions: a rollback to the last build of the previous layout
-//! (scripts/build-previous.sh) and back, and its refusal where that build cannot serve what the
-//! frontend negotiated. (The upgrades under the random-kill soak workload are in tests/soak.rs.)
+//! (scripts/build-previous.sh) and back, and its refusal while that build could not serve an
+//! open file (FUSE passthrough). (The upgrades under the random-kill soak workload are in tests/soak.rs.)
 
 mod common;
 
@@ -69,18 +69,16 @@ fn start(transport: Transport) -> Daemon {
     start_with(transport, true)
 }
 
-/// `start`; over vhost-user through a frontend that acks the VM-migration protocol features
-/// (as QEMU does) or not.
-fn start_with(transport: Transport, frontend_migration: bool) -> Daemon {
+/// `start`; over /dev/fuse with FUSE passthrough as the default has it, or without.
+fn start_with(transport: Transport, passthrough: bool) -> Daemon {
     let dir = tempfile::Builder::new().prefix("phoenixfs-upgrade").tempdir().unwrap();
     let ctl = dir.path().join("ctl");
     let args = ["--xattr", "--control-socket", ctl.to_str().unwrap()];
     let m = match transport {
-        Transport::VhostUser if !frontend_migration => Mount::new_vhost_without_migration(&args),
         // A rollback to the previous layout's build, which has no FUSE passthrough, is refused
         // while an open file uses a backing id (state/convert.rs): such a daemon runs without
         // passthrough (through the environment: the older build would refuse the option).
-        Transport::Fuse if !frontend_migration => {
+        Transport::Fuse if !passthrough => {
             Mount::new_on_with_env(transport, &args, &[("PHOENIXFSD_FUSE_PASSTHROUGH", "never")])
         }
         _ => Mount::new_on(transport, &args),
@@ -103,8 +101,8 @@ fn wait_for_socket(path: &Path) {
 /// upgrade brings a new supervisor and worker with their own filters and the region in the new
 /// build's layout, and the daemon stops cleanly at the end.
 fn upgrade_keeps_serving(transport: Transport, first: Option<(&Path, u32)>) {
-    // A layout-5 build serves no VM migration: it takes over only from a frontend that did not
-    // ack those features (`test_upgrade_rollback_refused_after_migration_features_were_acked`).
+    // The previous layout's build has no FUSE passthrough: it takes over only while no open
+    // file uses it (`test_upgrade_rollback_refused_while_a_file_is_open_in_passthrough`).
     let mut d = start_with(transport, first.is_none());
     let a = copy_build(first.map_or(Path::new(BIN), |(p, _)| p), d.dir.path(), "phoenixfsd-a");
     let b = copy_binary(d.dir.path(), "phoenixfsd-b");
@@ -183,28 +181,40 @@ fn test_upgrade_to_the_previous_layout_and_back_vhost_user() {
     upgrade_keeps_serving(Transport::VhostUser, Some((&common::previous_layout_bin(), LAYOUT_VERSION - 1)));
 }
 
-/// Over vhost-user, a frontend that acked the VM-migration protocol features (DEVICE_STATE,
-/// LOG_SHMFD: QEMU does) cannot be handed to a layout-5 build, which offers neither: it
-/// refuses, the region is converted back, and this build serves on in its own layout — and
-/// still upgrades.
+/// A rollback to the previous layout's build, which knows no FUSE passthrough, while a file is
+/// open in passthrough: refused (that build's opens of the node would fail with EIO), the
+/// region back in this build's layout, the same supervisor serving; once the file is closed the
+/// rollback goes through, and the upgrade back too.
 #[test]
-fn test_upgrade_rollback_refused_after_migration_features_were_acked() {
-    let mut d = start_with(Transport::VhostUser, true);
-    std::fs::write(d.m.path("f"), b"data").unwrap();
+fn test_upgrade_rollback_refused_while_a_file_is_open_in_passthrough() {
+    let mut d = start_with(Transport::Fuse, true);
+    let mut open =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(d.m.path("f")).unwrap();
+    open.write_all(b"data").unwrap();
     let sup = d.m.supervisor();
-    let previous = copy_build(&common::previous_layout_bin(), d.dir.path(), "phoenixfsd-layout5");
+    let previous = copy_build(&common::previous_layout_bin(), d.dir.path(), "phoenixfsd-previous");
     let (code, out, err) = ctl(&d.ctl, &["upgrade", "--binary", previous.to_str().unwrap()]);
-    assert_eq!(code, 1, "the layout-5 build took a migration-capable frontend: {out}{err}");
-    assert!(err.contains("serves on"), "{err}");
+    assert_eq!(code, 1, "the previous layout's build took a file open in passthrough: {out}{err}");
+    assert!(err.contains("passthrough backing ids") && err.contains("serves on"), "{err}");
     assert_eq!(d.m.supervisor(), sup, "the supervisor changed");
     let (_, json, _) = ctl(&d.ctl, &["status", "--json"]);
     assert_eq!(json_num(&json, "layout_version"), u64::from(LAYOUT_VERSION), "{json}");
-    assert_eq!(std::fs::read(d.m.path("f")).unwrap(), b"data");
-    std::fs::write(d.m.path("g"), b"after").unwrap();
+    open.write_all(b" more").unwrap();
+    drop(open);
+    // The kernel sends RELEASE after close returns: wait until the daemon has no open handle.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while json_num(&ctl(&d.ctl, &["status", "--json"]).1, "open_handles") != 0 {
+        assert!(std::time::Instant::now() < deadline, "the file's handle was never released");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, out, err) = ctl(&d.ctl, &["upgrade", "--binary", previous.to_str().unwrap()]);
+    assert_eq!(code, 0, "with the file closed: {out}{err}");
+    let (_, json, _) = ctl(&d.ctl, &["status", "--json"]);
+    assert_eq!(json_num(&json, "layout_version"), u64::from(LAYOUT_VERSION - 1), "{json}");
     let good = copy_binary(d.dir.path(), "phoenixfsd-good");
     let (code, out, err) = ctl(&d.ctl, &["upgrade", "--binary", good.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(std::fs::read(d.m.path("g")).unwrap(), b"after");
+    assert_eq!(std::fs::read(d.m.path("f")).unwrap(), b"data more");
     assert!(d.m.stop().success());
 }
 

@@ -7,6 +7,14 @@
 //! at the same offsets: the area's page rounding absorbs the growth (asserted below). So a
 //! conversion moves the queue array and sets up, or drops, the two new parts.
 //!
+//! Layout 6 → 7 (FUSE passthrough) moved no byte: a handle slot's padding now holds the backing
+//! id of a file open in passthrough (fs/passthrough.rs), which a build of layout 6 would ignore
+//! — its opens of such a node would fail with EIO and the ids would stay registered. Up is
+//! nothing to do (the padding was zero); down is refused while a live handle holds an id, and
+//! clears the word in every other slot.
+//!
+//! A conversion between layouts further apart goes one version at a time.
+//!
 //! A conversion runs only while no worker lives (the new supervisor of a live upgrade after the
 //! old one's go, or the old one handing over to an older binary): nothing reads the area
 //! meanwhile, and the supervisor is the only writer.
@@ -21,7 +29,7 @@ use super::vhost::{MAX_QUEUES, QueueState, STATUS_PENDING, VHOST_F_LOG_ALL, Vhos
 
 /// Older layouts this build reads (converting them up) and writes (converting down), newest
 /// first.
-pub const OLDER_LAYOUTS: &[u32] = &[5];
+pub const OLDER_LAYOUTS: &[u32] = &[6, 5];
 
 /// Layout 5 kept the queues where the transfer begins now.
 const QUEUES_5: usize = offset_of!(VhostArea, transfer);
@@ -46,29 +54,52 @@ impl Region {
     pub fn convert(&self, to: u32) -> Result<(), Error> {
         self.check_convertible()?;
         let from = self.header().layout_version;
-        match (from, to) {
-            _ if from == to => return Ok(()),
-            (5, 6) => self.raise_vhost_from_5()?,
-            (6, 5) => {
-                self.refuse_backing_ids(5)?;
-                self.lower_vhost_to_5()?
-            }
-            _ => return Err(Error::Corrupt(format!("no conversion from layout {from} to {to}"))),
+        if to != LAYOUT_VERSION && !OLDER_LAYOUTS.contains(&to) {
+            return Err(Error::Corrupt(format!("no conversion from layout {from} to {to}")));
         }
-        // Crash before this store: the supervisor's own death (not survived, see
-        // docs/operations.md); the area is whole in layout `to`, the header still says `from`.
-        // SAFETY: the header is inside the mapping; no other process reads it now (no worker).
-        unsafe {
-            std::ptr::addr_of_mut!((*(self.base() as *mut super::region::Header)).layout_version).write_volatile(to)
-        };
+        // Everything a step down would refuse is checked before the first step: a refused
+        // conversion changes nothing.
+        if to < from && to < 7 {
+            self.refuse_backing_ids(to)?;
+        }
+        if to < from && to < 6 {
+            self.refuse_migration_state()?;
+        }
+        let mut at = from;
+        while at != to {
+            let next = if to > at { at + 1 } else { at - 1 };
+            match (at, next) {
+                (5, 6) => self.raise_vhost_from_5()?,
+                (6, 5) => self.lower_vhost_to_5(),
+                (6, 7) => {}
+                (7, 6) => self.clear_backing_ids(),
+                _ => unreachable!("layouts 5 to 7 are converted step by step"),
+            }
+            // Crash before this store: the supervisor's own death (not survived, see
+            // docs/operations.md); the region is whole in layout `next`, the header says `at`.
+            // SAFETY: the header is inside the mapping; no other process reads it now (no worker).
+            unsafe {
+                std::ptr::addr_of_mut!((*(self.base() as *mut super::region::Header)).layout_version)
+                    .write_volatile(next)
+            };
+            at = next;
+        }
         tracing::info!(from, to, "state region converted to another layout version");
         Ok(())
     }
 
-    /// A build of layout 5 knows no FUSE passthrough: it would ignore the backing ids live
-    /// handles hold (fs/passthrough.rs; in what was the handle slot's padding), and its opens of
-    /// a node the kernel holds in passthrough would fail with EIO. Refused while any LIVE handle
-    /// names one (the files close, the ids go, and the rollback can be asked again).
+    /// Layout 7 → 6: the backing-id word of every handle slot back to the zero padding it was.
+    fn clear_backing_ids(&self) {
+        let high = (self.header().handle_high_water.load(Ordering::Acquire) as usize).min(self.handle_slots().len());
+        for s in &self.handle_slots()[..high] {
+            s.backing.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A build of a layout before 7 knows no FUSE passthrough: it would ignore the backing ids
+    /// live handles hold (fs/passthrough.rs; in what was the handle slot's padding), and its
+    /// opens of a node the kernel holds in passthrough would fail with EIO. Refused while any
+    /// LIVE handle names one (the files close, the ids go, and the rollback can be asked again).
     fn refuse_backing_ids(&self, to: u32) -> Result<(), Error> {
         let high = (self.header().handle_high_water.load(Ordering::Acquire) as usize).min(self.handle_slots().len());
         let in_use = (1..high)
@@ -111,10 +142,9 @@ impl Region {
         Ok(())
     }
 
-    /// Layout 6 → 5: refused while a VM migration uses what layout 5 has no room for (an open
-    /// device-state transfer, dirty-page logging); otherwise the wake eventfd is closed and the
-    /// queues move down.
-    fn lower_vhost_to_5(&self) -> Result<(), Error> {
+    /// A build of layout 5 serves no VM migration: refused while one uses what layout 5 has no
+    /// room for (an open device-state transfer, dirty-page logging).
+    fn refuse_migration_state(&self) -> Result<(), Error> {
         let v = self.vhost();
         if v.transfer.fd.load(Ordering::Acquire) >= 0 || v.transfer.status.load(Ordering::Acquire) == STATUS_PENDING {
             return Err(Error::Corrupt("a VM migration's device-state transfer is open (layout 5 has none)".into()));
@@ -122,7 +152,13 @@ impl Region {
         if v.log.fd.load(Ordering::Acquire) >= 0 || v.acked_features.load(Ordering::Acquire) & VHOST_F_LOG_ALL != 0 {
             return Err(Error::Corrupt("dirty-page logging for a VM migration is set up (layout 5 has none)".into()));
         }
-        let wake = v.transfer.wake_fd.swap(-1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Layout 6 → 5 (after `refuse_migration_state`): the wake eventfd is closed and the queues
+    /// move down.
+    fn lower_vhost_to_5(&self) {
+        let wake = self.vhost().transfer.wake_fd.swap(-1, Ordering::AcqRel);
         if wake >= 0 {
             crate::sys::close(wake);
         }
@@ -133,7 +169,6 @@ impl Region {
             std::ptr::copy(area.add(QUEUES_6), area.add(QUEUES_5), QUEUES_LEN);
             std::ptr::write_bytes(area.add(AREA_5_END), 0, size_of::<VhostArea>() - AREA_5_END);
         }
-        Ok(())
     }
 }
 
@@ -153,7 +188,7 @@ pub(super) fn vhost_fds(region: &Region) -> Vec<i32> {
     }
 }
 
-const _: () = assert!(LAYOUT_VERSION == 6, "a new layout version needs its conversions here");
+const _: () = assert!(LAYOUT_VERSION == 7, "a new layout version needs its conversions here");
 
 #[cfg(test)]
 mod tests {
@@ -237,20 +272,26 @@ mod tests {
         headers[2].state.store(crate::state::slots::LIVE, Ordering::Relaxed);
         slots[2].backing.store(7, Ordering::Relaxed);
         let before = bytes(&r);
-        let e = r.convert(5).unwrap_err().to_string();
-        assert!(e.contains("passthrough backing ids"), "{e}");
-        assert_eq!(bytes(&r), before);
-        assert_eq!(r.header().layout_version, LAYOUT_VERSION);
-        // Once the file is closed, the rollback goes through.
+        for to in [6, 5] {
+            let e = r.convert(to).unwrap_err().to_string();
+            assert!(e.contains("passthrough backing ids"), "{e}");
+            assert_eq!(bytes(&r), before);
+            assert_eq!(r.header().layout_version, LAYOUT_VERSION);
+        }
+        // Once the file is closed, the rollback goes through, and leaves the word the zero
+        // padding layout 6 had.
         headers[2].state.store(crate::state::slots::FREE, Ordering::Relaxed);
+        r.convert(6).unwrap();
+        assert_eq!(slots[2].backing.load(Ordering::Relaxed), 0);
         r.convert(5).unwrap();
+        assert_eq!(r.header().layout_version, 5);
     }
 
     #[test]
     fn test_convert_refuses_unknown_layouts_and_corrupt_regions() {
         let r = vhost_region();
         assert!(r.convert(4).unwrap_err().to_string().contains("no conversion"));
-        assert!(r.convert(7).is_err());
+        assert!(r.convert(LAYOUT_VERSION + 1).is_err());
         assert_eq!(r.header().layout_version, LAYOUT_VERSION);
         let mut r = vhost_region();
         r.header_mut_before_workers().magic = 0;

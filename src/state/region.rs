@@ -13,7 +13,7 @@ use super::intent::Record;
 use super::vhost::VhostArea;
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PHXFSST\0");
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 const HEADER_SIZE: usize = 4096;
 /// Connection buffers a region holds: one per /dev/fuse serving thread.
 pub const MAX_CONN_BUFFERS: usize = 256;

@@ -56,7 +56,7 @@ const BRIDGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_phoenixfsd");
 
-/// phoenixfsd as built at the last commit of the previous state-region layout (layout 5):
+/// phoenixfsd as built at the last commit of the previous state-region layout (layout 6):
 /// scripts/build-previous.sh builds it once from this repository's history (scripts/test.sh runs
 /// it before the tests, so here it only prints the path).
 pub fn previous_layout_bin() -> PathBuf {
@@ -149,15 +149,6 @@ impl Mount {
         env: &[(&str, &str)],
     ) -> Mount {
         Mount::start_logged(transport, share, mnt, extra_args, env, None)
-    }
-
-    /// As `new_on(Transport::VhostUser, ..)`, through a bridge that does not ack the VM-migration
-    /// protocol features (DEVICE_STATE, LOG_SHMFD): a frontend without live migration.
-    pub fn new_vhost_without_migration(extra_args: &[&str]) -> Mount {
-        let bridge = bridge::BridgeOptions { timeout: BRIDGE_TIMEOUT, migration: false, ..Default::default() };
-        Mount::in_tempdir(|share, mnt| {
-            Mount::launch(&mut Command::new(BIN), Transport::VhostUser, share, mnt, extra_args, None, bridge)
-        })
     }
 
     /// As `start_on`, with the daemon's stderr (its log) written to `log` if given.
