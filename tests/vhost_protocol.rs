@@ -41,7 +41,7 @@ fn test_event_idx_on_and_off() {
     for event_idx in [false, true] {
         let b = Backend::start(&[]);
         std::fs::write(b.share.join("hello.txt"), b"hello").unwrap();
-        let opts = FrontendOptions { num_queues: 2, queue_size: 8, event_idx, migration: true };
+        let opts = FrontendOptions { num_queues: 2, queue_size: 8, event_idx };
         let mut fe = Frontend::connect_with(b.socket(), opts).unwrap_or_else(|e| panic!("handshake: {e}"));
         assert_ne!(fe.offered_features & VIRTIO_RING_F_EVENT_IDX, 0, "EVENT_IDX is offered");
         init(&mut fe);

@@ -123,6 +123,13 @@ impl Region {
     /// Layout 5 → 6: the queues move up; the transfer and the dirty log start empty (no fd),
     /// and a vhost-user daemon gets the transfer's wake eventfd that start-up makes.
     fn raise_vhost_from_5(&self) -> Result<(), Error> {
+        let v = self.vhost();
+        // Made first: failing here leaves the area as it was (`num_queues` has the same place in
+        // both layouts).
+        let wake = match v.queue_count() {
+            0 => -1,
+            _ => crate::sys::eventfd().map_err(|e| Error::EventFd(Arc::new(e)))?,
+        };
         let area = self.vhost_bytes();
         // SAFETY: both ranges lie inside the area (asserted above); no worker touches it now.
         // Overlapping ranges: `copy` is memmove.
@@ -130,15 +137,11 @@ impl Region {
             std::ptr::copy(area.add(QUEUES_5), area.add(QUEUES_6), QUEUES_LEN);
             std::ptr::write_bytes(area.add(QUEUES_5), 0, QUEUES_6 - QUEUES_5);
         }
-        let v = self.vhost();
-        for fd in [&v.transfer.fd, &v.transfer.wake_fd, &v.log.fd] {
+        for fd in [&v.transfer.fd, &v.log.fd] {
             fd.store(-1, Ordering::Relaxed);
         }
-        if v.queue_count() > 0 {
-            let wake = crate::sys::eventfd().map_err(|e| Error::EventFd(Arc::new(e)))?;
-            // Named by the region from here: every worker's fd sweep keeps it.
-            v.transfer.wake_fd.store(wake, Ordering::Release);
-        }
+        // Named by the region from here: every worker's fd sweep keeps it.
+        v.transfer.wake_fd.store(wake, Ordering::Release);
         Ok(())
     }
 

@@ -45,13 +45,11 @@ pub struct BridgeOptions {
     pub event_idx: bool,
     /// How long each queue waits for the backend before the request fails with EIO.
     pub timeout: Duration,
-    /// Ack the VM-migration protocol features, as QEMU does (FrontendOptions::migration).
-    pub migration: bool,
 }
 
 impl Default for BridgeOptions {
     fn default() -> Self {
-        BridgeOptions { queue_size: 128, event_idx: false, timeout: DEFAULT_TIMEOUT, migration: true }
+        BridgeOptions { queue_size: 128, event_idx: false, timeout: DEFAULT_TIMEOUT }
     }
 }
 
@@ -78,12 +76,8 @@ impl Bridge {
         if request_queues == 0 {
             return Err(Error::Invalid("a bridge needs at least one request queue".into()));
         }
-        let fe_opts = FrontendOptions {
-            num_queues: 1 + request_queues,
-            queue_size: opts.queue_size,
-            event_idx: opts.event_idx,
-            migration: opts.migration,
-        };
+        let fe_opts =
+            FrontendOptions { num_queues: 1 + request_queues, queue_size: opts.queue_size, event_idx: opts.event_idx };
         let mut frontend = Frontend::connect_with(socket, fe_opts)?;
         frontend.set_timeout(opts.timeout);
         let mut queues = frontend.take_queues().into_iter();

@@ -103,9 +103,6 @@ pub struct FrontendOptions {
     /// Negotiate VIRTIO_RING_F_EVENT_IDX (fails if the backend does not offer it) and drive the
     /// rings with used_event instead of relying on unconditional notifications.
     pub event_idx: bool,
-    /// Ack the VM-migration protocol features (DEVICE_STATE, LOG_SHMFD) when offered, as QEMU
-    /// does; false: a frontend without live migration.
-    pub migration: bool,
 }
 
 /// A connected, fully set-up vhost-user-fs device.
@@ -163,7 +160,7 @@ fn load_state(vu: &mut VuFrontend, state: &[u8], between: &mut dyn FnMut()) -> R
 impl Frontend {
     /// `connect_with` without EVENT_IDX.
     pub fn connect(socket_path: &Path, num_queues: usize, queue_size: u16) -> Result<Self> {
-        Self::connect_with(socket_path, FrontendOptions { num_queues, queue_size, event_idx: false, migration: true })
+        Self::connect_with(socket_path, FrontendOptions { num_queues, queue_size, event_idx: false })
     }
 
     /// Connects to a backend listening on `socket_path` and does QEMU 7.2's vhost-user-fs-pci
@@ -199,7 +196,7 @@ impl Frontend {
         states: &[&[u8]],
         between: &mut dyn FnMut(),
     ) -> Result<Self> {
-        let FrontendOptions { num_queues, queue_size, event_idx, migration } = opts;
+        let FrontendOptions { num_queues, queue_size, event_idx } = opts;
         if !queue_size.is_power_of_two() || queue_size < 2 || u64::from(queue_size) * 16 * 2 > RING_STRIDE {
             return Err(Error::Invalid(format!("queue size {queue_size}")));
         }
@@ -228,10 +225,10 @@ impl Frontend {
         let offered_proto = check("GET_PROTOCOL_FEATURES", vu.get_protocol_features())?;
         // MQ: we drive more than one queue. REPLY_ACK: lets every SET_* be acknowledged so a
         // rejected message fails here, not as a silent hang at the first request.
-        let mut wanted = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
-        if migration {
-            wanted |= VhostUserProtocolFeatures::DEVICE_STATE | VhostUserProtocolFeatures::LOG_SHMFD;
-        }
+        let wanted = VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::DEVICE_STATE
+            | VhostUserProtocolFeatures::LOG_SHMFD;
         let acked_proto = offered_proto & wanted;
         check("SET_PROTOCOL_FEATURES", vu.set_protocol_features(acked_proto))?;
         if acked_proto.contains(VhostUserProtocolFeatures::REPLY_ACK) {
