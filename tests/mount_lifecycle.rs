@@ -20,12 +20,7 @@ fn test_regression_stopping_leaves_a_newer_mount_at_the_same_path_alone() {
     // Both instances take the default control socket of the mount point; the first binds it
     // just after its mount appears, and must have before the second starts (else the two race
     // to replace each other's socket file and one exits with EADDRINUSE).
-    let ctl = phoenixfsd::control::default_path(None, Some(&mnt)).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !ctl.exists() {
-        assert!(std::time::Instant::now() < deadline, "the first instance has no control socket {ctl:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_for_socket(&phoenixfsd::control::default_path(None, Some(&mnt)).unwrap());
     let pid = first.child.id() as i32;
     // The first instance's process that unmounts at the end (the daemon itself: the holder in a
     // sandbox, else the supervisor) is held still while its mount goes and a second instance

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{BIN, Mount, Transport, proc};
+use common::{BIN, Mount, Transport, proc, wait_for_socket};
 use phoenixfsd::state::region::LAYOUT_VERSION;
 
 fn ctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
@@ -85,15 +85,6 @@ fn start_with(transport: Transport, passthrough: bool) -> Daemon {
     };
     wait_for_socket(&ctl);
     Daemon { m, ctl, dir }
-}
-
-/// Waits for the control socket: the supervisor binds it just after the mount appears.
-fn wait_for_socket(path: &Path) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
-        assert!(std::time::Instant::now() < deadline, "no control socket at {path:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Upgrades twice (to two binaries on disk: the first `first` — a build and its layout version —

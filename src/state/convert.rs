@@ -90,8 +90,7 @@ impl Region {
 
     /// Layout 7 → 6: the backing-id word of every handle slot back to the zero padding it was.
     fn clear_backing_ids(&self) {
-        let high = (self.header().handle_high_water.load(Ordering::Acquire) as usize).min(self.handle_slots().len());
-        for s in &self.handle_slots()[..high] {
+        for s in &self.handle_slots()[..self.handles_used()] {
             s.backing.store(0, Ordering::Relaxed);
         }
     }
@@ -101,8 +100,7 @@ impl Region {
     /// opens of a node the kernel holds in passthrough would fail with EIO. Refused while any
     /// LIVE handle names one (the files close, the ids go, and the rollback can be asked again).
     fn refuse_backing_ids(&self, to: u32) -> Result<(), Error> {
-        let high = (self.header().handle_high_water.load(Ordering::Acquire) as usize).min(self.handle_slots().len());
-        let in_use = (1..high)
+        let in_use = (1..self.handles_used())
             .filter(|&i| self.handle_headers()[i].state.load(Ordering::Acquire) == super::slots::LIVE)
             .filter(|&i| self.handle_slots()[i].backing.load(Ordering::Acquire) != 0)
             .count();

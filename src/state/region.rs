@@ -220,11 +220,16 @@ impl Region {
         fds.extend(h.mounts.iter().map(|m| m.fd.load(Acquire)));
         let inodes = (h.inode_high_water.load(Acquire) as usize).min(h.inode_capacity as usize);
         fds.extend(self.inode_headers()[..inodes].iter().map(|s| s.fd.load(Acquire)));
-        let handles = (h.handle_high_water.load(Acquire) as usize).min(h.handle_capacity as usize);
-        fds.extend(self.handle_headers()[..handles].iter().map(|s| s.fd.load(Acquire)));
+        fds.extend(self.handle_headers()[..self.handles_used()].iter().map(|s| s.fd.load(Acquire)));
         fds.extend(super::convert::vhost_fds(self));
         fds.retain(|fd| *fd >= 0);
         fds
+    }
+
+    /// Handle slots ever used: the high-water mark, bounded by the table.
+    pub fn handles_used(&self) -> usize {
+        let h = self.header();
+        (h.handle_high_water.load(std::sync::atomic::Ordering::Acquire) as usize).min(h.handle_capacity as usize)
     }
 
     /// The mapping's first byte (state/convert.rs moves bytes of an older layout).

@@ -66,6 +66,16 @@ pub fn previous_layout_bin() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).expect("a path").trim())
 }
 
+/// Waits (up to 10 s) for a daemon's control socket: the supervisor binds it just after the
+/// mount appears, so a test that runs `ctl` or starts a second daemon on the same path waits.
+pub fn wait_for_socket(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "no control socket at {path:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Fails the test loudly where FUSE cannot run (never a silent skip).
 pub fn require_fuse() {
     assert!(
