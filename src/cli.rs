@@ -554,13 +554,13 @@ impl Cli {
         {
             return refuse(&format!("{name} with --recovery off"), NO_MIGRATION);
         }
-        if self.mountpoint.is_some()
+        if self.serves_fuse()
             && let Some((name, _)) = migration.iter().find(|(_, given)| *given)
         {
-            return refuse(&format!("{name} with --mountpoint"), NO_MIGRATION_FUSE);
+            return refuse(&format!("{name} with {}", self.fuse_option()), NO_MIGRATION_FUSE);
         }
         if self.fuse_passthrough == Negotiation::Always {
-            if self.mountpoint.is_none() {
+            if !self.serves_fuse() {
                 return refuse("--fuse-passthrough=always without --mountpoint", NO_PASSTHROUGH_VHOST);
             }
             if self.writeback {
@@ -585,10 +585,21 @@ impl Cli {
         Ok(())
     }
 
+    /// Whether the daemon serves /dev/fuse: `--mountpoint`, or `--demo`, which makes its mount
+    /// point at start (so `mountpoint` is still None here).
+    pub fn serves_fuse(&self) -> bool {
+        self.mountpoint.is_some() || self.demo
+    }
+
+    /// The option that made the daemon serve /dev/fuse, for refusals that name it.
+    fn fuse_option(&self) -> &'static str {
+        if self.demo { "--demo" } else { "--mountpoint" }
+    }
+
     /// Whether FUSE passthrough may be negotiated: over /dev/fuse, not turned off, and no
     /// option that rules it out (`--fuse-passthrough=auto` then simply goes without).
     pub fn passthrough_wanted(&self) -> bool {
-        self.mountpoint.is_some()
+        self.serves_fuse()
             && self.fuse_passthrough != Negotiation::Never
             && !self.writeback
             && !matches!(self.cache, CachePolicy::Never | CachePolicy::Metadata)
@@ -614,8 +625,8 @@ impl Cli {
                 return refuse(name, MAPS_WITHOUT_ROOT);
             }
         }
-        if !privileged && (self.mountpoint.is_some() || self.demo) {
-            return refuse(if self.demo { "--demo" } else { "--mountpoint" }, FUSE_UNPRIVILEGED);
+        if !privileged && self.serves_fuse() {
+            return refuse(self.fuse_option(), FUSE_UNPRIVILEGED);
         }
         let nested = !privileged && self.sandbox == SandboxMode::Namespace;
         if self.inode_file_handles == InodeFileHandles::Mandatory && (nested || !caps.has(CAP_DAC_READ_SEARCH)) {

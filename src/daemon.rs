@@ -176,8 +176,12 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             let mountpoint = mountpoint.as_deref().unwrap_or(Path::new("?"));
             tracing::info!(share = %shared_dir.display(), mountpoint = %mountpoint.display(), threads = transport.fds().len(), recovery = ?cli.recovery, sandbox = ?cli.sandbox, "serving");
             if cli.demo {
-                println!("phoenixfsd demo: serving {} at {}", shared_dir.display(), mountpoint.display());
-                println!("try: ls -l {0}; cat {0}/hello.txt   (Ctrl-C to stop)", mountpoint.display());
+                // Not println!: it panics when stdout is gone (`phoenixfsd --demo | head -1`),
+                // and the demo's share should not die with the terminal's pipe.
+                use std::io::Write;
+                let mut out = std::io::stdout();
+                let _ = writeln!(out, "phoenixfsd demo: serving {} at {}", shared_dir.display(), mountpoint.display());
+                let _ = writeln!(out, "try: ls -l {0}; cat {0}/hello.txt   (Ctrl-C to stop)", mountpoint.display());
             }
             (Box::new(dev), Arc::new(transport))
         }

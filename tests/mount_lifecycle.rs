@@ -90,3 +90,63 @@ fn test_supervisor_sigkill_is_the_documented_failure() {
     let log = common::read_log(&log);
     assert!(log.contains("the supervisor killed by signal 9"), "{log}");
 }
+
+/// The value of `field=` in the daemon log's "FUSE session initialised" line.
+fn init_field(log: &std::path::Path, field: &str) -> Option<String> {
+    let text = common::read_log(log);
+    let line = text.lines().find(|l| l.contains("FUSE session initialised"))?;
+    let at = line.find(&format!("{field}="))? + field.len() + 1;
+    Some(line[at..].split_whitespace().next().unwrap_or("").to_string())
+}
+
+/// README's first command: `phoenixfsd --demo` makes a share and a mount point, serves the
+/// share there, and on SIGINT unmounts it. It serves /dev/fuse with the same defaults as
+/// `--mountpoint` — FUSE passthrough included (it once went without: the check looked at
+/// `--mountpoint` only, which the demo leaves unset).
+#[test]
+fn test_demo_serves_a_share_as_a_mountpoint_daemon_does() {
+    use std::io::BufRead;
+    common::require_fuse();
+    let tmp = tempfile::Builder::new().prefix("phoenixfs-test").tempdir().unwrap();
+    let (share, mnt, log, demo_log) =
+        (tmp.path().join("share"), tmp.path().join("mnt"), tmp.path().join("log"), tmp.path().join("demo-log"));
+    std::fs::create_dir(&share).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    let env = [("RUST_LOG", "info")];
+    let mut m = Mount::start_logged(common::Transport::Fuse, &share, &mnt, &[], &env, Some(&log));
+    std::fs::write(m.path("f"), "x").unwrap();
+    m.stop();
+    let mountpoint_passthrough = init_field(&log, "passthrough").expect("the --mountpoint daemon logged its INIT");
+
+    let mut demo = std::process::Command::new(common::BIN)
+        .arg("--demo")
+        .args(common::confinement_args())
+        .env("RUST_LOG", "info")
+        .env("TMPDIR", tmp.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&demo_log).unwrap())
+        .spawn()
+        .expect("spawn phoenixfsd --demo");
+    // The reader is dropped at once: the demo serves on when its stdout is gone (it once died
+    // of the second line's EPIPE).
+    let first = std::io::BufReader::new(demo.stdout.take().unwrap()).lines().next();
+    let first = first.expect("the demo prints where it serves").unwrap();
+    let at = first.rsplit(" at ").next().expect("'serving <share> at <mount point>'");
+    let demo_mnt = std::path::PathBuf::from(at);
+    assert!(demo_mnt.starts_with(tmp.path()), "{first}: the mount point is made under TMPDIR");
+    assert!(is_mounted(&demo_mnt), "{first}: mounted before it says so");
+    let hello = std::fs::read_to_string(demo_mnt.join("hello.txt")).expect("read the demo's hello.txt");
+    assert!(hello.starts_with("Hello from phoenixfs"), "{hello:?}");
+    std::fs::write(demo_mnt.join("written"), "through the demo").unwrap();
+    assert_eq!(
+        init_field(&demo_log, "passthrough").as_deref(),
+        Some(mountpoint_passthrough.as_str()),
+        "--demo negotiates FUSE passthrough as --mountpoint does (log: {})",
+        common::read_log(&demo_log)
+    );
+    unsafe { libc::kill(demo.id() as i32, libc::SIGINT) };
+    let status = proc::wait_for_exit(&mut demo, Duration::from_secs(20)).expect("the demo stops on SIGINT");
+    assert!(status.success(), "demo: {status}; log: {}", common::read_log(&demo_log));
+    assert!(!is_mounted(&demo_mnt), "the demo unmounts its mount point when it stops");
+}
