@@ -118,7 +118,17 @@ fn test_demo_serves_a_share_as_a_mountpoint_daemon_does() {
     m.stop();
     let mountpoint_passthrough = init_field(&log, "passthrough").expect("the --mountpoint daemon logged its INIT");
 
-    let mut demo = std::process::Command::new(common::BIN)
+    /// Stops the demo if an assertion fails first (SIGINT: it unmounts on its way out).
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if self.0.try_wait().ok().flatten().is_none() {
+                unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+                let _ = proc::wait_for_exit(&mut self.0, Duration::from_secs(20));
+            }
+        }
+    }
+    let demo = std::process::Command::new(common::BIN)
         .arg("--demo")
         .args(common::confinement_args())
         .env("RUST_LOG", "info")
@@ -128,9 +138,10 @@ fn test_demo_serves_a_share_as_a_mountpoint_daemon_does() {
         .stderr(std::fs::File::create(&demo_log).unwrap())
         .spawn()
         .expect("spawn phoenixfsd --demo");
+    let mut demo = Running(demo);
     // The reader is dropped at once: the demo serves on when its stdout is gone (it once died
     // of the second line's EPIPE).
-    let first = std::io::BufReader::new(demo.stdout.take().unwrap()).lines().next();
+    let first = std::io::BufReader::new(demo.0.stdout.take().unwrap()).lines().next();
     let first = first.expect("the demo prints where it serves").unwrap();
     let at = first.rsplit(" at ").next().expect("'serving <share> at <mount point>'");
     let demo_mnt = std::path::PathBuf::from(at);
@@ -145,8 +156,8 @@ fn test_demo_serves_a_share_as_a_mountpoint_daemon_does() {
         "--demo negotiates FUSE passthrough as --mountpoint does (log: {})",
         common::read_log(&demo_log)
     );
-    unsafe { libc::kill(demo.id() as i32, libc::SIGINT) };
-    let status = proc::wait_for_exit(&mut demo, Duration::from_secs(20)).expect("the demo stops on SIGINT");
+    unsafe { libc::kill(demo.0.id() as i32, libc::SIGINT) };
+    let status = proc::wait_for_exit(&mut demo.0, Duration::from_secs(20)).expect("the demo stops on SIGINT");
     assert!(status.success(), "demo: {status}; log: {}", common::read_log(&demo_log));
     assert!(!is_mounted(&demo_mnt), "the demo unmounts its mount point when it stops");
 }
