@@ -70,10 +70,18 @@ impl Fs {
     /// Publishes `fd`, a regular file opened on `nodeid` for the guest, as a file handle
     /// (two-phase in the request's record), with its passthrough backing id if it gets one
     /// (fs/passthrough.rs; a guest O_DIRECT open asks for none), and counts the node's open
-    /// files for its lock owners. Returns the fh and the backing id (0: none).
-    fn publish_file(&self, fd: i32, nodeid: u64, guest_flags: u32, intent: Intent) -> Result<(u64, u32)> {
+    /// files for its lock owners. `mode`: the file's mode if just read (a CREATE's lookup), which
+    /// passthrough would otherwise read. Returns the fh and the backing id (0: none).
+    fn publish_file(
+        &self,
+        fd: i32,
+        nodeid: u64,
+        guest_flags: u32,
+        mode: Option<u32>,
+        intent: Intent,
+    ) -> Result<(u64, u32)> {
         let eligible = !self.direct_io(guest_flags) && guest_flags as i32 & libc::O_DIRECT == 0;
-        let backing = match self.attach_backing(intent, nodeid, fd, eligible) {
+        let backing = match self.attach_backing(intent, nodeid, mode, eligible) {
             Ok(b) => b.id,
             Err(e) => {
                 sys::close(fd);
@@ -135,7 +143,7 @@ impl Fs {
             self.locks.file_opened(nodeid);
             return Ok(self.open_out(fh, a.flags, 0));
         }
-        let (fh, backing) = self.publish_file(fd, nodeid, a.flags, ctx.intent)?;
+        let (fh, backing) = self.publish_file(fd, nodeid, a.flags, None, ctx.intent)?;
         Ok(self.open_out(fh, a.flags, backing))
     }
 
@@ -219,7 +227,7 @@ impl Fs {
             }
         };
         drop(as_caller);
-        let (fh, backing) = self.publish_file(fd, entry.nodeid, a.flags, intent)?;
+        let (fh, backing) = self.publish_file(fd, entry.nodeid, a.flags, Some(entry.attr.mode), intent)?;
         Ok((entry, self.open_out(fh, a.flags, backing)))
     }
 
@@ -233,7 +241,7 @@ impl Fs {
             let node = self.state.inodes.pin(nodeid)?;
             let flags = self.host_open_flags(a.flags) & !(libc::O_TRUNC | libc::O_TMPFILE | libc::O_DIRECTORY);
             let fd = self.reopen(node.fd(), flags)?;
-            (fh, backing) = self.publish_file(fd, nodeid, a.flags, ctx.intent)?;
+            (fh, backing) = self.publish_file(fd, nodeid, a.flags, None, ctx.intent)?;
         }
         Ok((entry, self.open_out(fh, a.flags, backing)))
     }
@@ -273,7 +281,7 @@ impl Fs {
                 }
             }
         };
-        let (fh, backing) = self.publish_file(fd, entry.nodeid, a.flags, ctx.intent)?;
+        let (fh, backing) = self.publish_file(fd, entry.nodeid, a.flags, Some(entry.attr.mode), ctx.intent)?;
         Ok((entry, self.open_out(fh, a.flags, backing)))
     }
 

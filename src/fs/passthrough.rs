@@ -85,12 +85,20 @@ impl Fs {
         self.passthrough.on.load(Ordering::Relaxed)
     }
 
-    /// Chooses passthrough or not for a file handle about to be published on `nodeid` over `fd`
-    /// (a regular file), registering the node's backing file if it has none, and counts the
-    /// handle. `eligible`: this open may use passthrough (no direct I/O asked). A node already
-    /// in passthrough gets its id whatever `eligible` says (the kernel would refuse anything
-    /// else). Undo with `detach_backing` if the handle is not published after all.
-    pub(super) fn attach_backing(&self, intent: Intent, nodeid: u64, fd: i32, eligible: bool) -> Result<Backing> {
+    /// Chooses passthrough or not for a file handle about to be published on `nodeid` (a
+    /// regular file), registering the node's backing file if it has none, and counts the
+    /// handle. `eligible`: this open may use passthrough (no direct I/O asked). `mode`: the
+    /// file's mode if the caller has just read it (a CREATE's lookup), else it is read here when
+    /// needed. A node already in passthrough gets its id whatever `eligible` says (the kernel
+    /// would refuse anything else). Undo with `detach_backing` if the handle is not published
+    /// after all.
+    pub(super) fn attach_backing(
+        &self,
+        intent: Intent,
+        nodeid: u64,
+        mode: Option<u32>,
+        eligible: bool,
+    ) -> Result<Backing> {
         if !self.passthrough_on() {
             return Ok(Backing { id: 0 });
         }
@@ -100,11 +108,16 @@ impl Fs {
             node.passthrough += 1;
             return Ok(Backing { id: node.backing });
         }
-        if !eligible || node.other > 0 || has_setid_bits(fd) {
+        if !eligible || node.other > 0 {
             node.other += 1;
             return Ok(Backing { id: 0 });
         }
-        match self.register(intent, fd) {
+        let file = self.state.inodes.pin(nodeid)?;
+        if has_setid_bits(mode, file.fd()) {
+            node.other += 1;
+            return Ok(Backing { id: 0 });
+        }
+        match self.register(intent, file.fd()) {
             Ok(id) => {
                 *node = Node { backing: id, passthrough: 1, other: 0 };
                 Ok(Backing { id })
@@ -119,10 +132,10 @@ impl Fs {
         }
     }
 
-    /// BACKING_OPEN of a new O_PATH description of `fd`'s file (so the registration shares no
-    /// open file description, and no lock, with any handle). Called with the node map locked.
-    fn register(&self, intent: Intent, fd: i32) -> Result<u32> {
-        let path = self.reopen(fd, libc::O_PATH | libc::O_CLOEXEC)?;
+    /// BACKING_OPEN of the node's own O_PATH fd `path` (the kernel keeps a reference to its
+    /// open file description, which no handle shares, so the registration holds no lock a
+    /// handle took; and no fd is opened for it). Called with the node map locked.
+    fn register(&self, intent: Intent, path: i32) -> Result<u32> {
         // 1/3 Crash after this store: recovery's probe finds whether the ioctl ran (the
         //     connection's latest id, if no LIVE handle names it, is closed).
         intent.set_fact(facts::BACKING_ID, BACKING_ISSUED);
@@ -130,7 +143,6 @@ impl Fs {
             backing_admin().and_then(|_admin| sys::fuse_backing_open(self.passthrough.dev, path).map_err(Error::from));
         // Crash here, the id in no record yet: as after 1/3 (the probe).
         crate::crash_point!("passthrough.after_register");
-        sys::close(path);
         let id = registered? as u32;
         // 2/3 Crash after this store: the record names the id; recovery closes it unless a LIVE
         //     handle names it (this request's handle published: the replay replies with it).
@@ -273,9 +285,8 @@ fn records_backing(state: &State) -> Vec<u32> {
 /// decides as the writer (set-group-ID without group execute goes only for a writer outside the
 /// file's group). A passthrough write, made with the registration's credentials (root, without
 /// CAP_FSETID), would clear set-user-ID always and such set-group-ID never.
-fn has_setid_bits(fd: i32) -> bool {
-    match sys::fstatat(fd, c"", libc::AT_EMPTY_PATH) {
-        Ok(st) => st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0,
-        Err(_) => true,
-    }
+/// `mode` if known, else `fd`'s (an error counts as set-id: no passthrough).
+fn has_setid_bits(mode: Option<u32>, fd: i32) -> bool {
+    let mode = mode.or_else(|| sys::fstatat(fd, c"", libc::AT_EMPTY_PATH).ok().map(|st| st.st_mode));
+    mode.is_none_or(|m| m & (libc::S_ISUID | libc::S_ISGID) != 0)
 }
