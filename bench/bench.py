@@ -120,11 +120,12 @@ class Daemon:
         return Daemon(cmd, mnt, logpath, exit_codes=(0, 1))
 
     @staticmethod
-    def vhost(backend, share, mnt, bridge_bin, logpath, control=False):
-        """backend: a command line to which --shared-dir and --socket-path are added."""
+    def vhost(backend, share, mnt, bridge_bin, logpath, control=False, queues=1):
+        """backend: a command line to which --shared-dir and --socket-path are added; the bridge
+        drives `queues` request queues, one request in flight on each."""
         sock = mnt + ".sock"
         cmd = [*backend, "--shared-dir", share, "--socket-path", sock]
-        return Daemon(cmd, mnt, logpath, bridge=[bridge_bin, sock, mnt, "1"],
+        return Daemon(cmd, mnt, logpath, bridge=[bridge_bin, sock, mnt, str(queues)],
                       control=sock + ".ctl" if control else None)
 
     def __enter__(self):
@@ -330,6 +331,12 @@ class Progress:
         log(f"[{self.done}/{self.total}{eta}] {what}")
 
 
+# The vhost-user comparison's multiqueue column: phoenixfsd through a bridge with this many
+# request queues.
+MQ_QUEUES = 4
+MQ_LABEL = f"phoenixfsd {MQ_QUEUES}q"
+
+
 def targets_for(transport, binary, extra):
     """[(label, how to start it or None for the native directory)]."""
     if transport == "fuse":
@@ -361,6 +368,9 @@ def targets_for(transport, binary, extra):
         ("virtiofsd", lambda s, m, l: Daemon.vhost(vfs, s, m, bridge, l)),
         ("phoenixfsd", lambda s, m, l: Daemon.vhost(pfs, s, m, bridge, l, control=True)),
         ("phoenixfsd off", lambda s, m, l: Daemon.vhost(pfs + ["--recovery", "off"], s, m, bridge, l, control=True)),
+        # What a guest on Linux 6.10+ gets when QEMU gives the device several request queues
+        # (num-request-queues): phoenixfsd serves each on its own thread; virtiofsd offers one.
+        (MQ_LABEL, lambda s, m, l: Daemon.vhost(pfs, s, m, bridge, l, control=True, queues=MQ_QUEUES)),
     ]
 
 
@@ -496,6 +506,8 @@ def render(transport, targets, runs, work, args, binary, extra, load_before, loa
               ("on/off", "phoenixfsd", "phoenixfsd off")]
     if "baseline" in labels:
         ratios.append(("pfs/baseline", "phoenixfsd", "baseline"))
+    if MQ_LABEL in labels:
+        ratios.append((f"{MQ_QUEUES}q/{peer}", MQ_LABEL, peer))
     fio_ver = subprocess.run(["fio", "--version"], capture_output=True, text=True).stdout.strip()
     per_inode, per_handle = report.slot_sizes(ROOT)
     sections = []
@@ -511,14 +523,20 @@ def render(transport, targets, runs, work, args, binary, extra, load_before, loa
     if transport == "vhost-user":
         conf += ("; each daemon serves vhost-user and is mounted through the FUSE-to-virtqueue bridge "
                  "(examples/vhost_bridge.rs, 1 request queue, one request in flight per queue: virtiofsd "
-                 "offers one request queue), so every column but native pays the same bridge")
+                 "offers one request queue), so every column but native pays the same bridge; "
+                 f"`{MQ_LABEL}` is phoenixfsd through the bridge with {MQ_QUEUES} request queues (as a guest on "
+                 f"Linux 6.10+ uses them when QEMU's `num-request-queues` is {MQ_QUEUES}; virtiofsd offers one): "
+                 f"up to {MQ_QUEUES} requests in flight, served at once. The bridge cannot show what virtiofsd's "
+                 "`--thread-pool-size` would do with several requests in flight on its one queue")
     machine = (f"{os.cpu_count()} CPUs, kernel {platform.release()}, {fio_ver}, "
                f"daemon `{os.path.basename(binary)}{(' ' + ' '.join(extra)) if extra else ''}`, "
                f"load average {load_before[0]:.1f} at the start and {load_after[0]:.1f} at the end")
     notes = (f"- Workloads: {conf}.\n"
              "- Ratios from the medians: pfs/native = phoenixfsd / native, "
              f"pfs/{peer} = phoenixfsd / {peer}, on/off = phoenixfsd / phoenixfsd --recovery off "
-             "(the cost of being crash-proof). Higher is better for every unit.\n"
+             "(the cost of being crash-proof)"
+             + (f", {MQ_QUEUES}q/{peer} = {MQ_LABEL} / {peer}" if MQ_LABEL in labels else "")
+             + ". Higher is better for every unit.\n"
              f"- Machine: {machine}. On a shared machine the min–max ranges show what the load did to "
              "single rounds; ratios within the overlap of two columns' ranges are not a difference.\n"
              "- O_DIRECT rows are not like for like: phoenixfsd, as virtiofsd, drops O_DIRECT from the host "
