@@ -4,7 +4,9 @@
 //! queue's buffer area, in the rings, past the end of guest memory or wrapping around; lengths
 //! from 0 to 4 GiB; NEXT, WRITE, INDIRECT and unknown flags; links inside and outside the
 //! table, loops) over buffers holding real FUSE requests and garbage, and offers 1-8 distinct
-//! heads. Checked after every batch:
+//! heads. INDIRECT_DESC is negotiated: a random table of such descriptors sits in queue 1's ring
+//! slot, and some plausible chains are laid out in a table of their own, as Linux does. Checked
+//! after every batch:
 //! - every head offered comes back in exactly one used element, and nothing else does (the
 //!   frontend also fails a used index that runs ahead or an element that was not signalled);
 //! - the worker was not killed (the supervisor's child is the same pid);
@@ -26,13 +28,23 @@ mod common;
 
 use common::backend::{Backend, check_reply};
 use common::children_of;
-use common::frontend::{GUEST_MEM_SIZE, QueueHandle, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use common::frontend::{
+    FrontendOptions, GUEST_MEM_SIZE, QueueHandle, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
 use common::fuzz::{CaseStats, Rng, campaign};
 
 /// The CI budget of this campaign, in seconds.
 const CI_SECONDS: u64 = 55;
 const QUEUE_SIZE: u16 = 64;
-const VRING_DESC_F_INDIRECT: u16 = 4;
+/// Indirect tables live in queue 1's ring slot past its rings (at this offset, up to
+/// `TABLE_ZONE` bytes), where no chain can write: writable buffers below the buffer area are
+/// moved into it. The random table first (`RANDOM_ENTRIES`, more than a queue's worth), then
+/// one table per head for plausible chains.
+const TABLES_AT: u64 = 0x2000;
+const TABLE_ZONE: u64 = 0x4000;
+const RANDOM_ENTRIES: u16 = QUEUE_SIZE + 16;
+const HEAD_TABLES_AT: u64 = TABLES_AT + 0x1000;
+const HEAD_TABLE_ENTRIES: u64 = 8;
 /// Buffers the batches' descriptors point at: `SLOTS` slots of `SLOT` bytes at the start of
 /// queue 1's buffer area, each a FUSE request, a damaged one or garbage.
 const SLOT: u64 = 4096;
@@ -70,8 +82,9 @@ fn fill_slots(rng: &mut Rng, q: &QueueHandle, unique: &mut u64) -> Vec<u32> {
 }
 
 /// A chain as a driver lays a request out (the request, readable, in one or two pieces; then
-/// one or two writable reply buffers of its own), from descriptors taken off `free`; one field
-/// in three such chains is then overwritten with a random value.
+/// one or two writable reply buffers of its own), from descriptors taken off `free`, or, one in
+/// three, in the head's indirect table (the first piece sometimes still in the ring before it);
+/// one field of the ring's part of one chain in three is then overwritten with a random value.
 fn plausible_chain(rng: &mut Rng, q: &QueueHandle, head: u16, lens: &[u32], free: &mut Vec<u16>) -> Vec<Desc> {
     let slot = rng.below(SLOTS);
     let (addr, len) = (q.data_addr().0 + slot * SLOT, lens[slot as usize]);
@@ -89,6 +102,17 @@ fn plausible_chain(rng: &mut Rng, q: &QueueHandle, head: u16, lens: &[u32], free
         } else {
             pieces.push((reply, room, VRING_DESC_F_WRITE));
         }
+    }
+    if rng.chance(33) {
+        let direct = if pieces.len() > 1 && rng.chance(25) { 1 } else { 0 };
+        let table = GuestAddress(q.desc_addr().0 + HEAD_TABLES_AT + u64::from(head) * 16 * HEAD_TABLE_ENTRIES);
+        let in_table = pieces.split_off(direct);
+        for (k, &(a, l, f)) in in_table.iter().enumerate() {
+            let last = k + 1 == in_table.len();
+            let flags = if last { f } else { f | VRING_DESC_F_NEXT };
+            q.write_table_entry(table, k as u16, GuestAddress(a), l, flags, k as u16 + 1).unwrap();
+        }
+        pieces.push((table.0, 16 * in_table.len() as u32, VRING_DESC_F_INDIRECT));
     }
     let mut idx = vec![head];
     for _ in 1..pieces.len() {
@@ -172,6 +196,31 @@ fn descriptor(rng: &mut Rng, q: &QueueHandle) -> (GuestAddress, u32, u16, u16) {
     (GuestAddress(addr), len, flags, next)
 }
 
+/// Where an indirect descriptor inside guest memory may point: at a 16-byte boundary of the
+/// table zone, which holds only descriptors this fuzzer made (or zeros). A table read from
+/// request bytes or garbage could name any memory as writable, and the daemon would rightly
+/// write there. Outside guest memory it stays (refused).
+fn aim_table(q: &QueueHandle, flags: u16, addr: GuestAddress) -> GuestAddress {
+    let zone = q.desc_addr().0 + TABLES_AT;
+    if flags & VRING_DESC_F_INDIRECT == 0
+        || addr.0 >= GUEST_MEM_SIZE as u64
+        || ((zone..zone + TABLE_ZONE).contains(&addr.0) && addr.0.is_multiple_of(16))
+    {
+        return addr;
+    }
+    // Half of them at the random table's start, where a walk finds the most.
+    GuestAddress(zone + if addr.0.is_multiple_of(2) { 0 } else { (addr.0 % TABLE_ZONE) & !15 })
+}
+
+/// Rewrites the random indirect table: descriptors as `descriptor` makes them.
+fn fill_random_table(rng: &mut Rng, q: &QueueHandle) {
+    let table = GuestAddress(q.desc_addr().0 + TABLES_AT);
+    for i in 0..RANDOM_ENTRIES {
+        let (addr, len, flags, next) = descriptor(rng, q);
+        q.write_table_entry(table, i, aim_table(q, flags, addr), len, flags, next).unwrap();
+    }
+}
+
 /// Guest memory no chain offered as writable: queue 0's ring slot, and everything from the end
 /// of queue 1's ring slot up to queue 1's buffer area (queue 0's buffers included).
 fn untouchable(q: &QueueHandle) -> [(u64, u64); 2] {
@@ -192,7 +241,8 @@ fn read_ranges(q: &QueueHandle, ranges: &[(u64, u64)]) -> Vec<Vec<u8>> {
 
 fn vhost_case(seed: u64, stats: &mut CaseStats) {
     let mut rng = Rng::new(seed);
-    let (b, mut fe) = Backend::with_frontend(&["-o", "log_level=error"], 2, QUEUE_SIZE);
+    let opts = FrontendOptions { num_queues: 2, queue_size: QUEUE_SIZE, event_idx: false, indirect: true };
+    let (b, mut fe) = Backend::with_frontend_options(&["-o", "log_level=error"], opts);
     let worker = children_of(b.pid());
     assert_eq!(worker.len(), 1, "one worker");
     let mut q = fe.take_queue(1).unwrap();
@@ -206,6 +256,7 @@ fn vhost_case(seed: u64, stats: &mut CaseStats) {
     let mut unique = 1000;
     for batch in 0..rng.range(5, 40) {
         let lens = fill_slots(&mut rng, &q, &mut unique);
+        fill_random_table(&mut rng, &q);
         // Descriptor indices in random order: heads first, then the chains' other descriptors.
         let mut free: Vec<u16> = (0..QUEUE_SIZE).collect();
         for i in (1..free.len()).rev() {
@@ -230,6 +281,7 @@ fn vhost_case(seed: u64, stats: &mut CaseStats) {
         }
         let mut chains = Vec::new();
         for &(i, addr, len, flags, next) in &descs {
+            let addr = aim_table(&q, flags, addr);
             q.write_descriptor(i, addr, len, flags, next).unwrap();
             chains.push(format!("{i}: {:#x}+{len:#x} f{flags:#x} n{next}", addr.0));
         }

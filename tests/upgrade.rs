@@ -209,6 +209,58 @@ fn test_upgrade_rollback_refused_while_a_file_is_open_in_passthrough() {
     assert!(d.m.stop().success());
 }
 
+/// A rollback to the previous layout's build, which never offered VIRTIO_RING_F_INDIRECT_DESC,
+/// while the frontend acked it: refused (that build's replay of the negotiation refuses a feature
+/// it did not offer, so it never serves a guest that may hand it indirect tables), the region back
+/// in this build's layout, the same supervisor serving, tables included. (A frontend that did
+/// not ack it is rolled back: `test_upgrade_to_the_previous_layout_and_back_vhost_user`.)
+#[test]
+fn test_upgrade_rollback_refused_while_indirect_desc_is_acked() {
+    use common::backend::{Backend, check_reply, init};
+    use common::frontend::{Frontend, FrontendOptions, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use phoenixfsd::fuse::Op;
+    use phoenixfsd::fuse::encode::{Sender, encode_request};
+    use vm_memory::{Bytes, GuestAddress};
+
+    let dir = tempfile::Builder::new().prefix("phoenixfs-upgrade").tempdir().unwrap();
+    let ctl_path = dir.path().join("ctl");
+    let b = Backend::start(&["--control-socket", ctl_path.to_str().unwrap()]);
+    std::fs::write(b.share.join("hello.txt"), b"hello").unwrap();
+    wait_for_socket(&ctl_path);
+    let opts = FrontendOptions { num_queues: 2, queue_size: 16, event_idx: false, indirect: true };
+    let mut fe = Frontend::connect_with(b.socket(), opts).unwrap_or_else(|e| panic!("handshake: {e}"));
+    init(&mut fe);
+    // A LOOKUP whose whole chain is in an indirect table.
+    let mut lookup_through_a_table = |unique: u64| {
+        let q = fe.queue(1).unwrap();
+        let (data, table) = (q.data_addr().0, GuestAddress(q.data_addr().0 + (64 << 10)));
+        let op = Op::Lookup { name: c"hello.txt" };
+        let req =
+            encode_request(Sender { unique, nodeid: phoenixfsd::fuse::abi::ROOT_ID, uid: 0, gid: 0, pid: 1 }, &op);
+        q.mem().write_slice(&req, GuestAddress(data)).unwrap();
+        q.write_table_entry(table, 0, GuestAddress(data), req.len() as u32, VRING_DESC_F_NEXT, 1).unwrap();
+        q.write_table_entry(table, 1, GuestAddress(data + 4096), 4096, VRING_DESC_F_WRITE, 0).unwrap();
+        q.write_descriptor(0, table, 32, VRING_DESC_F_INDIRECT, 0).unwrap();
+        q.publish(0).unwrap();
+        let (id, len) = q.wait_used().unwrap();
+        assert_eq!(id, 0);
+        let mut reply = vec![0u8; len as usize];
+        q.mem().read_slice(&mut reply, GuestAddress(data + 4096)).unwrap();
+        check_reply(&op, unique, &reply).0
+    };
+    assert_eq!(lookup_through_a_table(10), 0, "before the rollback");
+    let sup = b.pid();
+    let previous = copy_build(&common::previous_layout_bin(), dir.path(), "phoenixfsd-previous");
+    let (code, out, err) = ctl(&ctl_path, &["upgrade", "--binary", previous.to_str().unwrap()]);
+    assert_eq!(code, 1, "the previous layout's build took a connection that acked INDIRECT_DESC: {out}{err}");
+    assert!(err.contains("not offered") && err.contains("serves on"), "{err}");
+    assert_eq!(b.pid(), sup, "the supervisor changed");
+    let (_, json, _) = ctl(&ctl_path, &["status", "--json"]);
+    assert_eq!(json_num(&json, "layout_version"), u64::from(LAYOUT_VERSION), "{json}");
+    assert_eq!(json_num(&json, "live_upgrades"), 0, "{json}");
+    assert_eq!(lookup_through_a_table(11), 0, "after the refused rollback");
+}
+
 /// The state region's memfd as the supervisor holds it (writable: to corrupt its header).
 fn region_memfd(sup: u32) -> std::fs::File {
     for e in std::fs::read_dir(format!("/proc/{sup}/fd")).unwrap().flatten() {

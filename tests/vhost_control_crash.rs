@@ -1,7 +1,8 @@
 //! Worker deaths around the vhost-user control channel: during the handshake, while a ring is
 //! being stopped (GET_VRING_BASE), and at the worker's own step of taking a control change in
 //! (`vhost.apply_control`). The supervisor serves the channel, so the frontend must see every
-//! message answered exactly once and the rings resume from the region.
+//! message answered exactly once and the rings resume from the region. And a death in the middle
+//! of a chain laid out in an indirect table, whose replay reads the table again.
 //!
 //! Needs `--features crash-points` for the marker test (scripts/test.sh builds so).
 
@@ -18,7 +19,9 @@ mod common;
 
 use common::backend::{Backend, call, init, open_hello};
 use common::children_of;
-use common::frontend::Frontend;
+use common::frontend::{Frontend, FrontendOptions, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use phoenixfsd::fuse::encode::{Sender, encode_request};
+use vm_memory::{Bytes, GuestAddress};
 
 /// SIGKILLs the supervisor's worker every `period` until dropped; counts the kills.
 struct Killer {
@@ -134,4 +137,54 @@ fn test_crash_while_dropping_the_old_session() {
     let (err, _) = call(&mut fe, 1, 5, node, &Op::Getattr { fh: None });
     assert_eq!(err, -libc::ESTALE, "the old session's node is gone after the replayed INIT");
     assert_eq!(common::open_fds(b.pid()).len(), baseline, "nothing of the old session is left open");
+}
+
+/// A MKDIR whose whole chain is in an indirect table, the worker killed at each of the queue's
+/// steps around it: the next worker replays the head, walking the table again from guest memory
+/// (the driver leaves it there until the used element), and the directory is made exactly once.
+#[test]
+fn test_crash_while_serving_a_chain_in_an_indirect_table() {
+    for marker in ["vhost.after_pop", "vhost.before_used", "vhost.after_used_elem"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let arm = tmp.path().join("arm");
+        let opcode = (abi::Opcode::Mkdir as u32).to_string();
+        let env = [
+            ("PHOENIXFS_CRASH_AT", marker),
+            ("PHOENIXFS_CRASH_ARM", arm.to_str().unwrap()),
+            ("PHOENIXFS_CRASH_OPCODE", &opcode),
+        ];
+        let b = Backend::start_with_env(&[], &env);
+        let opts = FrontendOptions { num_queues: 2, queue_size: 16, event_idx: false, indirect: true };
+        let mut fe = Frontend::connect_with(b.socket(), opts).unwrap_or_else(|e| panic!("handshake: {e}"));
+        init(&mut fe);
+        let worker = children_of(b.pid());
+        std::fs::write(&arm, "armed").unwrap();
+        let q = fe.queue(1).unwrap();
+        let (data, table) = (q.data_addr().0, GuestAddress(q.data_addr().0 + (64 << 10)));
+        let mkdir = Op::Mkdir { arg: abi::MkdirIn { mode: 0o755, umask: 0 }, name: c"d" };
+        let req = encode_request(Sender { unique: 9, nodeid: abi::ROOT_ID, uid: 0, gid: 0, pid: 1 }, &mkdir);
+        q.mem().write_slice(&req, GuestAddress(data)).unwrap();
+        q.write_table_entry(table, 0, GuestAddress(data), req.len() as u32, VRING_DESC_F_NEXT, 1).unwrap();
+        q.write_table_entry(table, 1, GuestAddress(data + 4096), 16, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 2)
+            .unwrap();
+        q.write_table_entry(table, 2, GuestAddress(data + 4096 + 16), 4080, VRING_DESC_F_WRITE, 0).unwrap();
+        q.write_descriptor(0, table, 48, VRING_DESC_F_INDIRECT, 0).unwrap();
+        q.publish(0).unwrap();
+        let (id, len) = q.wait_used().unwrap_or_else(|e| panic!("{marker}: {e}"));
+        assert_eq!(id, 0, "{marker}");
+        let mut reply = vec![0u8; len as usize];
+        q.mem().read_slice(&mut reply, GuestAddress(data + 4096)).unwrap();
+        assert_eq!(common::backend::check_reply(&mkdir, 9, &reply).0, 0, "{marker}: MKDIR answered once, success");
+        assert!(!arm.exists(), "crash point {marker} never reached (built without --features crash-points?)");
+        assert_ne!(children_of(b.pid()), worker, "{marker}: the worker that crashed was replaced");
+        assert!(b.share.join("d").is_dir(), "{marker}: the directory is there");
+        lookup_root_entry(&mut fe, "d");
+    }
+}
+
+/// LOOKUP of `name` in the root succeeds (the queue serves after a replay).
+fn lookup_root_entry(fe: &mut Frontend, name: &str) {
+    let name = std::ffi::CString::new(name).unwrap();
+    let (err, _) = call(fe, 1, 100, abi::ROOT_ID, &Op::Lookup { name: &name });
+    assert_eq!(err, 0, "LOOKUP {name:?}");
 }

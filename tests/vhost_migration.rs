@@ -19,7 +19,7 @@ use common::backend::{Backend, call, init};
 use common::children_of;
 use common::frontend::{Frontend, FrontendOptions};
 
-const OPTS: FrontendOptions = FrontendOptions { num_queues: 2, queue_size: 64, event_idx: false };
+const OPTS: FrontendOptions = FrontendOptions { num_queues: 2, queue_size: 64, event_idx: false, indirect: false };
 
 fn lookup(fe: &mut Frontend, unique: u64, parent: u64, name: &std::ffi::CStr) -> u64 {
     let (err, payload) = call(fe, 1, unique, parent, &Op::Lookup { name });

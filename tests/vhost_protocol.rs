@@ -16,7 +16,8 @@ mod common;
 use common::backend::{Backend, call, check_reply, init, open_hello, wait_exit};
 use common::children_of;
 use common::frontend::{
-    Frontend, FrontendOptions, GUEST_MEM_SIZE, VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    Frontend, FrontendOptions, GUEST_MEM_SIZE, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
 
 #[test]
@@ -41,7 +42,7 @@ fn test_event_idx_on_and_off() {
     for event_idx in [false, true] {
         let b = Backend::start(&[]);
         std::fs::write(b.share.join("hello.txt"), b"hello").unwrap();
-        let opts = FrontendOptions { num_queues: 2, queue_size: 8, event_idx };
+        let opts = FrontendOptions { num_queues: 2, queue_size: 8, event_idx, indirect: false };
         let mut fe = Frontend::connect_with(b.socket(), opts).unwrap_or_else(|e| panic!("handshake: {e}"));
         assert_ne!(fe.offered_features & VIRTIO_RING_F_EVENT_IDX, 0, "EVENT_IDX is offered");
         init(&mut fe);
@@ -123,7 +124,11 @@ fn test_hostile_chains_are_dropped_and_change_nothing() {
             head: 2,
         },
         Hostile { what: "link outside the queue", descs: vec![(4, data, len, next, 999)], head: 4 },
-        Hostile { what: "indirect descriptor", descs: vec![(5, data, 64, 4, 0)], head: 5 },
+        Hostile {
+            what: "indirect descriptor, INDIRECT_DESC not negotiated",
+            descs: vec![(5, data, 64, VRING_DESC_F_INDIRECT, 0)],
+            head: 5,
+        },
         Hostile {
             what: "readable after writable",
             descs: vec![(6, reply_at, 64, next | write, 7), (7, data, len, 0, 0)],
@@ -169,6 +174,146 @@ fn test_hostile_chains_are_dropped_and_change_nothing() {
     assert_eq!(children_of(b.pid()), worker, "a hostile chain must not kill the worker");
     let reply = q.request(&req, 4096).unwrap();
     assert_eq!(check_reply(&lookup, 77, &reply).0, 0, "the queue serves on");
+}
+
+/// A table entry: (index, address, length, flags, next).
+type Entry = (u16, u64, u32, u16, u16);
+
+/// With INDIRECT_DESC negotiated: a WRITE whose request, data pages and reply buffers are all in
+/// an indirect table (as Linux lays out every request then) and a LOOKUP whose reply room alone
+/// is (direct descriptors first, virtio 1.1 §2.6.5.3.2) are served; every hostile table, each
+/// carrying a WRITE that would change the file if it were served, is dropped with a zero-length
+/// used element, and the file, the worker and the queue are as before.
+#[test]
+fn test_indirect_tables_served_and_hostile_ones_dropped() {
+    let b = Backend::start(&[]);
+    std::fs::write(b.share.join("hello.txt"), b"hello").unwrap();
+    let opts = FrontendOptions { num_queues: 2, queue_size: 16, event_idx: false, indirect: true };
+    let mut fe = Frontend::connect_with(b.socket(), opts).unwrap_or_else(|e| panic!("handshake: {e}"));
+    assert_ne!(fe.offered_features & VIRTIO_RING_F_INDIRECT_DESC, 0, "INDIRECT_DESC is offered");
+    init(&mut fe);
+    let (node, fh) = open_hello(&mut fe, libc::O_RDWR);
+    let worker = children_of(b.pid());
+    let mut q = fe.take_queue(1).unwrap();
+    let data = q.data_addr().0;
+    let (pages, reply_at, table) = (data + 4096, data + (64 << 10), GuestAddress(data + (128 << 10)));
+    // WRITE "HELLO, indirect" at 0: its 40-byte header and WriteIn in one buffer, the data in two
+    // pieces on separate pages, as a driver maps a user buffer.
+    let payload = b"HELLO, indirect";
+    let write = |unique: u64| {
+        let op =
+            Op::Write { arg: abi::WriteIn { fh, size: payload.len() as u32, ..Default::default() }, data: payload };
+        let req = encode_request(Sender { unique, nodeid: node, uid: 0, gid: 0, pid: 1 }, &op);
+        let head = req.len() - payload.len();
+        q.mem().write_slice(&req[..head], GuestAddress(data)).unwrap();
+        q.mem().write_slice(&payload[..5], GuestAddress(pages)).unwrap();
+        q.mem().write_slice(&payload[5..], GuestAddress(pages + 4096)).unwrap();
+        head as u32
+    };
+    let head_len = write(50);
+    let (next, wr) = (VRING_DESC_F_NEXT, VRING_DESC_F_WRITE);
+    let write_table: Vec<Entry> = vec![
+        (0, data, head_len, next, 1),
+        (1, pages, 5, next, 2),
+        (2, pages + 4096, payload.len() as u32 - 5, next, 3),
+        (3, reply_at, 16, wr | next, 4),
+        (4, reply_at + 16, 8, wr, 0),
+    ];
+    let lay = |q: &common::frontend::QueueHandle, entries: &[Entry]| {
+        for &(i, addr, len, flags, next) in entries {
+            q.write_table_entry(table, i, GuestAddress(addr), len, flags, next).unwrap();
+        }
+    };
+    lay(&q, &write_table);
+    q.write_descriptor(3, table, 16 * 5, VRING_DESC_F_INDIRECT, 0).unwrap();
+    q.publish(3).unwrap();
+    assert_eq!(q.wait_used().unwrap(), (3, 24), "a WRITE through an indirect table");
+    let mut out = [0u8; 24];
+    q.mem().read_slice(&mut out, GuestAddress(reply_at)).unwrap();
+    let (hdr, rest) = OutHeader::read_from_prefix(&out).unwrap();
+    assert_eq!((hdr.error, hdr.unique), (0, 50));
+    assert_eq!(abi::WriteOut::read_from_bytes(rest).unwrap().size, payload.len() as u32);
+    assert_eq!(std::fs::read(b.share.join("hello.txt")).unwrap(), payload);
+
+    // LOOKUP: the request in a ring descriptor, its reply room in a table behind it.
+    let lookup = Op::Lookup { name: c"hello.txt" };
+    let req = encode_request(Sender { unique: 51, nodeid: abi::ROOT_ID, uid: 0, gid: 0, pid: 1 }, &lookup);
+    q.mem().write_slice(&req, GuestAddress(data + 2048)).unwrap();
+    q.write_descriptor(6, GuestAddress(data + 2048), req.len() as u32, next, 9).unwrap();
+    q.write_descriptor(9, table, 32, VRING_DESC_F_INDIRECT, 0).unwrap();
+    lay(&q, &[(0, reply_at, 16, wr | next, 1), (1, reply_at + 16, 4080, wr, 0)]);
+    q.publish(6).unwrap();
+    let (id, len) = q.wait_used().unwrap();
+    assert_eq!(id, 6, "the mixed chain");
+    let mut reply = vec![0u8; len as usize];
+    q.mem().read_slice(&mut reply, GuestAddress(reply_at)).unwrap();
+    assert_eq!(check_reply(&lookup, 51, &reply).0, 0, "LOOKUP answered into the table's buffers");
+
+    // Hostile tables: (what, the ring descriptor at head 0 as (address, length, flags, next),
+    // the table's entries). Each table holds the WRITE of "XXXXX" (unique 60) where it can.
+    q.mem().write_slice(b"XXXXX", GuestAddress(pages)).unwrap();
+    let head_len = {
+        let op = Op::Write { arg: abi::WriteIn { fh, size: 5, ..Default::default() }, data: b"XXXXX" };
+        let req = encode_request(Sender { unique: 60, nodeid: node, uid: 0, gid: 0, pid: 1 }, &op);
+        q.mem().write_slice(&req[..req.len() - 5], GuestAddress(data)).unwrap();
+        (req.len() - 5) as u32
+    };
+    let good = |last: u16| -> Vec<Entry> {
+        vec![(0, data, head_len, next, 1), (1, pages, 5, next, 2), (2, reply_at, 24, wr, last)]
+    };
+    let outside = GUEST_MEM_SIZE as u64;
+    let mut long: Vec<Entry> = (0..17).map(|i| (i, pages, 0, next, i + 1)).collect();
+    long[0] = (0, data, head_len, next, 1);
+    long[16] = (16, reply_at, 24, wr, 0);
+    type Case = (&'static str, (u64, u32, u16, u16), Vec<Entry>);
+    let cases: Vec<Case> = vec![
+        ("indirect with NEXT", (table.0, 48, VRING_DESC_F_INDIRECT | next, 1), good(0)),
+        ("empty table", (table.0, 0, VRING_DESC_F_INDIRECT, 0), good(0)),
+        ("table length not a multiple of 16", (table.0, 40, VRING_DESC_F_INDIRECT, 0), good(0)),
+        ("table outside guest memory", (outside - 16, 48, VRING_DESC_F_INDIRECT, 0), vec![]),
+        ("table address + length overflows", (u64::MAX - 15, 48, VRING_DESC_F_INDIRECT, 0), vec![]),
+        (
+            "indirect inside the table",
+            (table.0, 64, VRING_DESC_F_INDIRECT, 0),
+            [good(0), vec![(2, reply_at, 24, wr | next, 3), (3, table.0, 48, VRING_DESC_F_INDIRECT, 0)]].concat(),
+        ),
+        (
+            "loop in the table",
+            (table.0, 48, VRING_DESC_F_INDIRECT, 0),
+            [good(0), vec![(2, reply_at, 24, wr | next, 2)]].concat(),
+        ),
+        (
+            "link outside the table",
+            (table.0, 48, VRING_DESC_F_INDIRECT, 0),
+            vec![(0, data, head_len, next, 1), (1, pages, 5, next, 3)],
+        ),
+        (
+            "buffer in the table outside guest memory",
+            (table.0, 48, VRING_DESC_F_INDIRECT, 0),
+            vec![(0, data, head_len, next, 1), (1, outside, 5, next, 2), (2, reply_at, 24, wr, 0)],
+        ),
+        (
+            "readable after writable in the table",
+            (table.0, 48, VRING_DESC_F_INDIRECT, 0),
+            vec![(0, data, head_len, next, 1), (1, reply_at, 24, wr | next, 2), (2, pages, 5, 0, 0)],
+        ),
+        ("more descriptors than the queue's 16", (table.0, 16 * 17, VRING_DESC_F_INDIRECT, 0), long),
+    ];
+    for (what, (addr, len, flags, next), entries) in &cases {
+        lay(&q, entries);
+        q.write_descriptor(0, GuestAddress(*addr), *len, *flags, *next).unwrap();
+        q.publish(0).unwrap();
+        assert_eq!(q.wait_used().unwrap_or_else(|e| panic!("{what}: {e}")), (0, 0), "{what}: dropped");
+    }
+    // And WRITE in the indirect descriptor itself is ignored, as the device must (§2.6.5.3.2):
+    // the same request through a good table is served, after every hostile one was not.
+    assert_eq!(std::fs::read(b.share.join("hello.txt")).unwrap(), payload, "no hostile table was served");
+    assert_eq!(children_of(b.pid()), worker, "a hostile table must not kill the worker");
+    lay(&q, &good(0));
+    q.write_descriptor(0, table, 48, VRING_DESC_F_INDIRECT | wr, 0).unwrap();
+    q.publish(0).unwrap();
+    assert_eq!(q.wait_used().unwrap(), (0, 24), "the queue serves on");
+    assert_eq!(std::fs::read(b.share.join("hello.txt")).unwrap(), b"XXXXX, indirect");
 }
 
 #[test]

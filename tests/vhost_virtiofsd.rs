@@ -174,7 +174,7 @@ fn test_init_lookup_open_read_getattr_against_virtiofsd() {
 #[test]
 fn test_event_idx_against_virtiofsd() {
     let mut fx = Fixture::start();
-    let opts = FrontendOptions { num_queues: 2, queue_size: 8, event_idx: true };
+    let opts = FrontendOptions { num_queues: 2, queue_size: 8, event_idx: true, indirect: false };
     let mut fe = Frontend::connect_with(&fx.socket, opts).unwrap_or_else(|e| panic!("handshake: {e}"));
     assert_ne!(fe.acked_features & frontend::VIRTIO_RING_F_EVENT_IDX, 0);
 

@@ -31,6 +31,7 @@
 //! `PHOENIXFS_VM_THREADS` (guest workload threads, 2), `PHOENIXFS_VM_SEED` (hex),
 //! `PHOENIXFS_VM_MAX_STALL_MS` (1000), `PHOENIXFS_VM_ACCEL=kvm|tcg` (default: a probe boot),
 //! `PHOENIXFS_VM_QUEUE_SIZE` (the virtio-fs device's queue size; QEMU's default 128),
+//! `PHOENIXFS_VM_INDIRECT_DESC=off` (the guest's driver then uses no indirect descriptors),
 //! `PHOENIXFS_VM_ARGS` (more phoenixfsd arguments, e.g. `-o posix_lock,flock`).
 
 mod common;

@@ -7,7 +7,9 @@
 //! (TCG on a shared machine is noisy) and the ratio phoenixfsd / virtiofsd.
 //!
 //! Environment: `PHOENIXFS_VM_BENCH_ROUNDS` (3), `PHOENIXFS_VM_BENCH_QEMU=7.2|10` (7.2),
-//! `PHOENIXFS_VM_QUEUE_SIZE` (the device's queue size; QEMU's default 128), and
+//! `PHOENIXFS_VM_QUEUE_SIZE` (the device's queue size; QEMU's default 128),
+//! `PHOENIXFS_VM_INDIRECT_DESC=off` (the guest's driver then lays every request out in the ring),
+//! and
 //! `PHOENIXFS_VM_ACCEL` as in tests/vm.rs.
 
 mod common;
@@ -170,9 +172,10 @@ fn bench_vm_against_virtiofsd() {
         );
     }
     println!(
-        "\n{}, {accel}, 1 vCPU, 512 MiB, queue size {}; guest kernel {}; {vfsd}; median of {rounds} rounds, backends alternating.",
+        "\n{}, {accel}, 1 vCPU, 512 MiB, queue size {}{}; guest kernel {}; {vfsd}; median of {rounds} rounds, backends alternating.",
         q.version,
         std::env::var("PHOENIXFS_VM_QUEUE_SIZE").unwrap_or_else(|_| "128".into()),
+        if std::env::var("PHOENIXFS_VM_INDIRECT_DESC").is_ok_and(|v| v == "off") { ", indirect_desc=off" } else { "" },
         guest.kernel.file_name().unwrap_or_default().to_string_lossy()
     );
 }

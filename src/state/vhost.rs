@@ -174,6 +174,8 @@ pub struct QueueConfig {
     pub avail_addr: u64,
     pub used_addr: u64,
     pub event_idx: bool,
+    /// VIRTIO_RING_F_INDIRECT_DESC acked: a chain may end in an indirect table.
+    pub indirect: bool,
     /// VHOST_F_LOG_ALL acked: writes into guest memory are logged.
     pub log_all: bool,
 }
@@ -189,6 +191,7 @@ pub struct MemRegionConfig {
 }
 
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
 
 impl VhostArea {
     /// Runs `f` as one control change: workers reading meanwhile retry.
@@ -265,6 +268,7 @@ impl VhostArea {
             avail_addr: s.avail_addr.load(Ordering::Relaxed),
             used_addr: s.used_addr.load(Ordering::Relaxed),
             event_idx: self.acked_features.load(Ordering::Relaxed) & VIRTIO_RING_F_EVENT_IDX != 0,
+            indirect: self.acked_features.load(Ordering::Relaxed) & VIRTIO_RING_F_INDIRECT_DESC != 0,
             log_all: self.acked_features.load(Ordering::Relaxed) & VHOST_F_LOG_ALL != 0,
         }
     }

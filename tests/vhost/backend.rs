@@ -12,7 +12,7 @@ use phoenixfsd::fuse::encode::{Sender, encode_request};
 use zerocopy::FromBytes;
 
 use super::BIN;
-use super::frontend::Frontend;
+use super::frontend::{Frontend, FrontendOptions};
 
 /// A phoenixfsd serving a temporary share on a vhost-user socket (killed when dropped).
 pub struct Backend {
@@ -88,9 +88,15 @@ impl Backend {
     /// A backend whose share holds hello.txt ("hello"), and a frontend past FUSE INIT with
     /// `queues` queues (0 = hiprio) of `size` entries.
     pub fn with_frontend(args: &[&str], queues: usize, size: u16) -> (Backend, Frontend) {
+        let opts = FrontendOptions { num_queues: queues, queue_size: size, event_idx: false, indirect: false };
+        Backend::with_frontend_options(args, opts)
+    }
+
+    /// `with_frontend`, the frontend set up with `opts`.
+    pub fn with_frontend_options(args: &[&str], opts: FrontendOptions) -> (Backend, Frontend) {
         let b = Backend::start(args);
         std::fs::write(b.share.join("hello.txt"), b"hello").unwrap();
-        let mut fe = Frontend::connect(b.socket(), queues, size).unwrap_or_else(|e| panic!("handshake: {e}"));
+        let mut fe = Frontend::connect_with(b.socket(), opts).unwrap_or_else(|e| panic!("handshake: {e}"));
         init(&mut fe);
         (b, fe)
     }

@@ -76,8 +76,12 @@ impl Bridge {
         if request_queues == 0 {
             return Err(Error::Invalid("a bridge needs at least one request queue".into()));
         }
-        let fe_opts =
-            FrontendOptions { num_queues: 1 + request_queues, queue_size: opts.queue_size, event_idx: opts.event_idx };
+        let fe_opts = FrontendOptions {
+            num_queues: 1 + request_queues,
+            queue_size: opts.queue_size,
+            event_idx: opts.event_idx,
+            indirect: false,
+        };
         let mut frontend = Frontend::connect_with(socket, fe_opts)?;
         frontend.set_timeout(opts.timeout);
         let mut queues = frontend.take_queues().into_iter();

@@ -4,7 +4,8 @@
 //! phoenixfsd can be driven without a VM.
 //!
 //! Deliberately simple: one memory region, one request in flight per queue (unless a test drives
-//! the low-level calls itself), no indirect descriptors; EVENT_IDX on request. Every wait has a
+//! the low-level calls itself); EVENT_IDX and INDIRECT_DESC on request (`request` lays its chains
+//! out directly in the ring; a test builds indirect tables itself with `write_table_entry`). Every wait has a
 //! timeout so a wedged backend fails the test instead of hanging it. Queues can be taken out of
 //! the `Frontend` as `QueueHandle`s and driven from their own threads.
 
@@ -33,8 +34,10 @@ const DATA_BASE: u64 = 1 << 20;
 
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
 pub const VRING_DESC_F_NEXT: u16 = 1;
 pub const VRING_DESC_F_WRITE: u16 = 2;
+pub const VRING_DESC_F_INDIRECT: u16 = 4;
 
 /// How long a queue waits for the backend to return a chain, unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,6 +106,9 @@ pub struct FrontendOptions {
     /// Negotiate VIRTIO_RING_F_EVENT_IDX (fails if the backend does not offer it) and drive the
     /// rings with used_event instead of relying on unconditional notifications.
     pub event_idx: bool,
+    /// Negotiate VIRTIO_RING_F_INDIRECT_DESC (fails if the backend does not offer it), so chains
+    /// may end in an indirect table.
+    pub indirect: bool,
 }
 
 /// A connected, fully set-up vhost-user-fs device.
@@ -160,7 +166,7 @@ fn load_state(vu: &mut VuFrontend, state: &[u8], between: &mut dyn FnMut()) -> R
 impl Frontend {
     /// `connect_with` without EVENT_IDX.
     pub fn connect(socket_path: &Path, num_queues: usize, queue_size: u16) -> Result<Self> {
-        Self::connect_with(socket_path, FrontendOptions { num_queues, queue_size, event_idx: false })
+        Self::connect_with(socket_path, FrontendOptions { num_queues, queue_size, event_idx: false, indirect: false })
     }
 
     /// Connects to a backend listening on `socket_path` and does QEMU 7.2's vhost-user-fs-pci
@@ -196,7 +202,7 @@ impl Frontend {
         states: &[&[u8]],
         between: &mut dyn FnMut(),
     ) -> Result<Self> {
-        let FrontendOptions { num_queues, queue_size, event_idx } = opts;
+        let FrontendOptions { num_queues, queue_size, event_idx, indirect } = opts;
         if !queue_size.is_power_of_two() || queue_size < 2 || u64::from(queue_size) * 16 * 2 > RING_STRIDE {
             return Err(Error::Invalid(format!("queue size {queue_size}")));
         }
@@ -214,6 +220,9 @@ impl Frontend {
             vec![(VIRTIO_F_VERSION_1, "VIRTIO_F_VERSION_1"), (proto_bit, "VHOST_USER_F_PROTOCOL_FEATURES")];
         if event_idx {
             required.push((VIRTIO_RING_F_EVENT_IDX, "VIRTIO_RING_F_EVENT_IDX"));
+        }
+        if indirect {
+            required.push((VIRTIO_RING_F_INDIRECT_DESC, "VIRTIO_RING_F_INDIRECT_DESC"));
         }
         for (bit, name) in required {
             if offered & bit == 0 {
@@ -240,8 +249,10 @@ impl Frontend {
                 return Err(Error::Invalid(format!("backend has {max} queues, {num_queues} asked")));
             }
         }
-        // No INDIRECT_DESC: the driver side below does not implement it.
-        let acked = VIRTIO_F_VERSION_1 | proto_bit | if event_idx { VIRTIO_RING_F_EVENT_IDX } else { 0 };
+        let acked = VIRTIO_F_VERSION_1
+            | proto_bit
+            | if event_idx { VIRTIO_RING_F_EVENT_IDX } else { 0 }
+            | if indirect { VIRTIO_RING_F_INDIRECT_DESC } else { 0 };
         check("SET_FEATURES", vu.set_features(acked))?;
         let mut loaded = Vec::new();
         for state in states {
@@ -485,12 +496,22 @@ impl QueueHandle {
         if index >= self.size {
             return Err(Error::Invalid(format!("descriptor {index} outside a {}-entry table", self.size)));
         }
-        let mut d = [0u8; 16];
-        d[0..8].copy_from_slice(&addr.0.to_le_bytes());
-        d[8..12].copy_from_slice(&len.to_le_bytes());
-        d[12..14].copy_from_slice(&flags.to_le_bytes());
-        d[14..16].copy_from_slice(&next.to_le_bytes());
-        self.mem.write_slice(&d, GuestAddress(self.desc.0 + 16 * u64::from(index))).map_err(mem_err)
+        let at = GuestAddress(self.desc.0 + 16 * u64::from(index));
+        self.mem.write_slice(&descriptor_bytes(addr, len, flags, next), at).map_err(mem_err)
+    }
+
+    /// Writes entry `index` of an indirect table at `table` (anywhere in guest memory) verbatim.
+    pub fn write_table_entry(
+        &self,
+        table: GuestAddress,
+        index: u16,
+        addr: GuestAddress,
+        len: u32,
+        flags: u16,
+        next: u16,
+    ) -> Result<()> {
+        let at = GuestAddress(table.0 + 16 * u64::from(index));
+        self.mem.write_slice(&descriptor_bytes(addr, len, flags, next), at).map_err(mem_err)
     }
 
     /// Offers the chain starting at `head` to the device and kicks it.
@@ -617,6 +638,16 @@ impl QueueHandle {
         self.mem.read_slice(&mut reply, reply_addr).map_err(mem_err)?;
         Ok(reply)
     }
+}
+
+/// A split-ring descriptor as the driver writes it (little-endian), in the ring or in a table.
+fn descriptor_bytes(addr: GuestAddress, len: u32, flags: u16, next: u16) -> [u8; 16] {
+    let mut d = [0u8; 16];
+    d[0..8].copy_from_slice(&addr.0.to_le_bytes());
+    d[8..12].copy_from_slice(&len.to_le_bytes());
+    d[12..14].copy_from_slice(&flags.to_le_bytes());
+    d[14..16].copy_from_slice(&next.to_le_bytes());
+    d
 }
 
 /// Guest RAM: one memfd mapped shared, so the backend's mapping of the same fd (sent with

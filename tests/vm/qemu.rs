@@ -146,12 +146,18 @@ pub fn prepare(cache: &Path, guest_bin: &Path, out_dir: &Path) -> Guest {
 const HEADLESS: [&str; 11] =
     ["-nic", "none", "-display", "none", "-vga", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"];
 
-/// The virtio-fs device; `PHOENIXFS_VM_QUEUE_SIZE` sets its queue size (QEMU's default: 128).
+/// The virtio-fs device; `PHOENIXFS_VM_QUEUE_SIZE` sets its queue size (QEMU's default: 128),
+/// `PHOENIXFS_VM_INDIRECT_DESC=off` keeps the driver from negotiating indirect descriptors (QEMU's
+/// `indirect_desc` device property) whatever the backend offers.
 fn device() -> String {
-    match std::env::var("PHOENIXFS_VM_QUEUE_SIZE") {
-        Ok(n) => format!("vhost-user-fs-pci,chardev=vfs,tag=share,queue-size={n}"),
-        Err(_) => "vhost-user-fs-pci,chardev=vfs,tag=share".to_string(),
+    let mut d = "vhost-user-fs-pci,chardev=vfs,tag=share".to_string();
+    if let Ok(n) = std::env::var("PHOENIXFS_VM_QUEUE_SIZE") {
+        d += &format!(",queue-size={n}");
     }
+    if std::env::var("PHOENIXFS_VM_INDIRECT_DESC").is_ok_and(|v| v == "off") {
+        d += ",indirect_desc=off";
+    }
+    d
 }
 
 /// QEMU's command line for `guest` on the vhost-user socket `socket` (the guest mounts tag

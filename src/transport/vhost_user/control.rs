@@ -25,7 +25,7 @@ use super::inflight::InFlight;
 use super::transfer;
 use crate::state::vhost::{
     MAX_MEM_REGIONS, MAX_QUEUE_SIZE, QueueState, TRANSFER_LOAD, TRANSFER_SAVE, VHOST_F_LOG_ALL,
-    VIRTIO_RING_F_EVENT_IDX, VhostArea,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VhostArea,
 };
 
 type Result<T> = vhost::vhost_user::Result<T>;
@@ -33,12 +33,20 @@ use vhost::vhost_user::Error as VuError;
 
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
-/// Virtio features we offer: VERSION_1, EVENT_IDX and vhost-user's PROTOCOL_FEATURES, and with
-/// `migration` VHOST_F_LOG_ALL (dirty-page logging: QEMU migrates a vhost device only with it).
-/// (No INDIRECT_DESC: Linux's virtio-fs works without it, and every chain stays in one table.)
+/// Virtio features we offer: VERSION_1, EVENT_IDX, INDIRECT_DESC and vhost-user's
+/// PROTOCOL_FEATURES, and with `migration` VHOST_F_LOG_ALL (dirty-page logging: QEMU migrates a
+/// vhost device only with it). INDIRECT_DESC, as virtiofsd: without it a large request's page
+/// list takes most of the ring (a 128-entry ring then holds one 1 MiB O_DIRECT request at a
+/// time); with it each request takes one ring entry and its list sits in a table of its own.
+/// An older build that never offered it refuses to adopt a connection that acked it (its
+/// `set_features` check while priming), so a live rollback to it is refused and we serve on.
 pub fn offered_features(migration: bool) -> u64 {
     let log = if migration { VHOST_F_LOG_ALL } else { 0 };
-    VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() | log
+    VIRTIO_F_VERSION_1
+        | VIRTIO_RING_F_EVENT_IDX
+        | VIRTIO_RING_F_INDIRECT_DESC
+        | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        | log
 }
 
 /// Protocol features we offer. No BACKEND_REQ (only DAX needs the backend-request channel),

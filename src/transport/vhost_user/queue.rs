@@ -23,7 +23,7 @@ use crate::sys;
 
 use super::inflight::InFlight;
 use super::memory::{Guest, GuestCache};
-use super::ring::{self, Ring};
+use super::ring::{self, Ring, RingFeatures};
 
 /// A reply shorter than this cannot even carry a FUSE out-header.
 const OUT_HEADER: usize = 16;
@@ -214,7 +214,8 @@ impl QueueThread {
             tracing::error!(queue = self.index, ?cfg, "ring addresses are outside the memory table; queue not started");
             return None;
         };
-        let ring = match Ring::new(&guest.mem, cfg.size, (desc, avail, used), cfg.event_idx) {
+        let features = RingFeatures { event_idx: cfg.event_idx, indirect: cfg.indirect };
+        let ring = match Ring::new(&guest.mem, cfg.size, (desc, avail, used), features) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(queue = self.index, "{e}; queue not started");

@@ -18,20 +18,48 @@ const DESC_F_INDIRECT: u16 = 4;
 /// avail.flags: the driver asks not to be interrupted (only without EVENT_IDX).
 const AVAIL_F_NO_INTERRUPT: u16 = 1;
 
+/// Where a descriptor sits: in the queue's descriptor table, or in the chain's indirect table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    Ring(u16),
+    Table(u16),
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Ring(i) => write!(f, "descriptor {i}"),
+            Place::Table(i) => write!(f, "indirect table entry {i}"),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ChainError {
     #[error("head {0} is outside the queue")]
     HeadOutOfRange(u16),
-    #[error("descriptor {0} links to {1}, outside the queue")]
-    NextOutOfRange(u16, u16),
+    #[error("{0} links to {1}, outside its table")]
+    NextOutOfRange(Place, u16),
     #[error("the chain is longer than the queue (a loop)")]
     Loop,
-    #[error("indirect descriptor (VIRTIO_F_INDIRECT_DESC was not offered)")]
-    Indirect,
+    #[error("the indirect table's links loop")]
+    IndirectLoop,
+    #[error("the chain has more than {0} descriptors (the queue size), its indirect table's included")]
+    TooLong(u16),
+    #[error("indirect descriptor, but VIRTIO_RING_F_INDIRECT_DESC was not negotiated")]
+    IndirectNotNegotiated,
+    #[error("descriptor {0} is indirect and has NEXT set (an indirect descriptor ends its chain)")]
+    IndirectWithNext(u16),
+    #[error("{0} is indirect inside an indirect table (one table per chain)")]
+    NestedIndirect(Place),
+    #[error("indirect table length {0} is not a non-zero multiple of 16")]
+    IndirectTableLength(u32),
+    #[error("indirect table ({len} bytes at {addr:#x}) lies outside guest memory")]
+    IndirectTableOutsideMemory { addr: u64, len: u32 },
     #[error("device-readable descriptor after a device-writable one")]
     ReadableAfterWritable,
-    #[error("descriptor {index} ({len} bytes at {addr:#x}) lies outside guest memory")]
-    OutsideMemory { index: u16, addr: u64, len: u32 },
+    #[error("{at} ({len} bytes at {addr:#x}) lies outside guest memory")]
+    OutsideMemory { at: Place, addr: u64, len: u32 },
     #[error("guest memory: {0}")]
     Memory(String),
 }
@@ -63,6 +91,28 @@ pub struct Chain {
 }
 
 impl Chain {
+    /// Adds one buffer: inside guest memory, and no readable one after a writable one (across
+    /// the whole chain, its indirect table's part included).
+    fn push(&mut self, mem: &GuestMemoryMmap, at: Place, d: &Desc) -> Result<(), ChainError> {
+        // check_range also refuses addr + len overflowing the address space.
+        if d.len > 0 && !mem.check_range(GuestAddress(d.addr), d.len as usize) {
+            return Err(ChainError::OutsideMemory { at, addr: d.addr, len: d.len });
+        }
+        let segment = Segment { addr: GuestAddress(d.addr), len: d.len };
+        if d.flags & DESC_F_WRITE != 0 {
+            self.writable.push(segment);
+        } else if self.writable.is_empty() {
+            self.readable.push(segment);
+        } else {
+            return Err(ChainError::ReadableAfterWritable);
+        }
+        Ok(())
+    }
+
+    fn descriptors(&self) -> usize {
+        self.readable.len() + self.writable.len()
+    }
+
     pub fn readable_len(&self) -> u64 {
         self.readable.iter().map(|s| u64::from(s.len)).sum()
     }
@@ -72,6 +122,50 @@ impl Chain {
     }
 }
 
+/// One descriptor as the driver wrote it (virtio 1.1 §2.6.5: 16 bytes, little-endian).
+#[derive(Debug, Clone, Copy)]
+struct Desc {
+    addr: u64,
+    len: u32,
+    flags: u16,
+    next: u16,
+}
+
+/// A table of descriptors a walk follows links in: the queue's own, or a chain's indirect table.
+#[derive(Debug, Clone, Copy)]
+struct Table {
+    addr: GuestAddress,
+    entries: u32,
+    indirect: bool,
+}
+
+impl Table {
+    fn place(&self, i: u16) -> Place {
+        if self.indirect { Place::Table(i) } else { Place::Ring(i) }
+    }
+
+    fn read(&self, mem: &GuestMemoryMmap, i: u16) -> Result<Desc, ChainError> {
+        let mut raw = [0u8; 16];
+        mem.read_slice(&mut raw, self.addr.unchecked_add(16 * u64::from(i)))
+            .map_err(|e| ChainError::Memory(e.to_string()))?;
+        Ok(Desc {
+            addr: u64::from_le_bytes(raw[0..8].try_into().expect("8 bytes")),
+            len: u32::from_le_bytes(raw[8..12].try_into().expect("4 bytes")),
+            flags: u16::from_le_bytes([raw[12], raw[13]]),
+            next: u16::from_le_bytes([raw[14], raw[15]]),
+        })
+    }
+}
+
+/// What the driver negotiated that changes how a ring is read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RingFeatures {
+    /// VIRTIO_RING_F_EVENT_IDX: used_event/avail_event instead of the flags.
+    pub event_idx: bool,
+    /// VIRTIO_RING_F_INDIRECT_DESC: a chain may end in a table of descriptors.
+    pub indirect: bool,
+}
+
 /// The guest-physical addresses of one queue's three parts, checked to lie in guest memory.
 #[derive(Debug, Clone, Copy)]
 pub struct Ring {
@@ -79,7 +173,7 @@ pub struct Ring {
     avail: GuestAddress,
     used: GuestAddress,
     size: u16,
-    event_idx: bool,
+    features: RingFeatures,
 }
 
 impl Ring {
@@ -87,7 +181,7 @@ impl Ring {
         mem: &GuestMemoryMmap,
         size: u16,
         (desc, avail, used): (u64, u64, u64),
-        event_idx: bool,
+        features: RingFeatures,
     ) -> Result<Ring, RingError> {
         let n = usize::from(size);
         for (what, addr, len) in
@@ -97,7 +191,7 @@ impl Ring {
                 return Err(RingError::OutsideMemory { what, addr, len });
             }
         }
-        Ok(Ring { desc: GuestAddress(desc), avail: GuestAddress(avail), used: GuestAddress(used), size, event_idx })
+        Ok(Ring { desc: GuestAddress(desc), avail: GuestAddress(avail), used: GuestAddress(used), size, features })
     }
 
     pub fn size(&self) -> u16 {
@@ -144,7 +238,7 @@ impl Ring {
     /// index `next` available. Then looks once more, since the driver may have added a chain
     /// before it could see the request: true if there is one to pop now.
     pub fn arm_kick(&self, mem: &GuestMemoryMmap, next: u16) -> Result<bool, RingError> {
-        if self.event_idx {
+        if self.features.event_idx {
             let at = self.used.unchecked_add(4 + 8 * u64::from(self.size));
             mem.store(next.to_le(), at, Ordering::Release).map_err(mem_err)?;
             std::sync::atomic::fence(Ordering::SeqCst);
@@ -155,7 +249,7 @@ impl Ring {
     /// Whether the driver wants an interrupt now that the used index moved from `old` to `new`.
     pub fn needs_notification(&self, mem: &GuestMemoryMmap, old: u16, new: u16) -> Result<bool, RingError> {
         std::sync::atomic::fence(Ordering::SeqCst);
-        if self.event_idx {
+        if self.features.event_idx {
             let at = self.avail.unchecked_add(4 + 2 * u64::from(self.size));
             let used_event = u16::from_le(mem.load(at, Ordering::Acquire).map_err(mem_err)?);
             // vring_need_event: did the index pass `used_event` in this step?
@@ -166,46 +260,76 @@ impl Ring {
         }
     }
 
-    /// Walks the chain starting at `head`: at most `size` descriptors, each inside guest memory,
-    /// readable ones before writable ones, no indirect tables (not offered).
+    /// Walks the chain starting at `head`: its descriptors in the queue's table, then, if the
+    /// last one is indirect, the entries of that table (virtio 1.1 §2.6.5.3). At most `size`
+    /// buffers in all, each inside guest memory, readable ones before writable ones.
+    ///
+    /// A replay walks an in-flight head again: the driver leaves the chain, and its indirect
+    /// table, alone until the head's used element is published, so the walk finds the same chain.
     pub fn chain(&self, mem: &GuestMemoryMmap, head: u16) -> Result<Chain, ChainError> {
         if head >= self.size {
             return Err(ChainError::HeadOutOfRange(head));
         }
         let mut chain = Chain::default();
-        let mut index = head;
-        for _ in 0..self.size {
-            let mut raw = [0u8; 16];
-            mem.read_slice(&mut raw, self.desc.unchecked_add(16 * u64::from(index)))
-                .map_err(|e| ChainError::Memory(e.to_string()))?;
-            let addr = u64::from_le_bytes(raw[0..8].try_into().expect("8 bytes"));
-            let len = u32::from_le_bytes(raw[8..12].try_into().expect("4 bytes"));
-            let flags = u16::from_le_bytes([raw[12], raw[13]]);
-            let next = u16::from_le_bytes([raw[14], raw[15]]);
-            if flags & DESC_F_INDIRECT != 0 {
-                return Err(ChainError::Indirect);
-            }
-            // check_range also refuses addr + len overflowing the address space.
-            if len > 0 && !mem.check_range(GuestAddress(addr), len as usize) {
-                return Err(ChainError::OutsideMemory { index, addr, len });
-            }
-            let segment = Segment { addr: GuestAddress(addr), len };
-            if flags & DESC_F_WRITE != 0 {
-                chain.writable.push(segment);
-            } else if chain.writable.is_empty() {
-                chain.readable.push(segment);
-            } else {
-                return Err(ChainError::ReadableAfterWritable);
-            }
-            if flags & DESC_F_NEXT == 0 {
-                return Ok(chain);
-            }
-            if next >= self.size {
-                return Err(ChainError::NextOutOfRange(index, next));
-            }
-            index = next;
+        let ring = Table { addr: self.desc, entries: u32::from(self.size), indirect: false };
+        let Some((at, d)) = self.walk(mem, ring, head, &mut chain)? else {
+            return Ok(chain);
+        };
+        if !self.features.indirect {
+            return Err(ChainError::IndirectNotNegotiated);
         }
-        Err(ChainError::Loop)
+        if d.flags & DESC_F_NEXT != 0 {
+            return Err(ChainError::IndirectWithNext(at));
+        }
+        // The indirect descriptor's own WRITE flag means nothing: the device must ignore it
+        // (virtio 1.1 §2.6.5.3.2); each entry says which way its buffer goes.
+        if d.len == 0 || d.len % 16 != 0 {
+            return Err(ChainError::IndirectTableLength(d.len));
+        }
+        if !mem.check_range(GuestAddress(d.addr), d.len as usize) {
+            return Err(ChainError::IndirectTableOutsideMemory { addr: d.addr, len: d.len });
+        }
+        let table = Table { addr: GuestAddress(d.addr), entries: d.len / 16, indirect: true };
+        match self.walk(mem, table, 0, &mut chain)? {
+            None => Ok(chain),
+            Some((at, _)) => Err(ChainError::NestedIndirect(Place::Table(at))),
+        }
+    }
+
+    /// Follows NEXT links in `table` from entry `first`, adding each buffer to `chain`, until a
+    /// descriptor without NEXT (None) or an indirect one (returned, not added). Bounded: a walk
+    /// that would visit more entries than the table has revisits one (a loop), and the chain
+    /// never holds more than the queue size of buffers (§2.6.5.3.1: no chain is longer).
+    fn walk(
+        &self,
+        mem: &GuestMemoryMmap,
+        table: Table,
+        first: u16,
+        chain: &mut Chain,
+    ) -> Result<Option<(u16, Desc)>, ChainError> {
+        let mut index = first;
+        let mut visited = 0u32;
+        loop {
+            let d = table.read(mem, index)?;
+            if d.flags & DESC_F_INDIRECT != 0 {
+                return Ok(Some((index, d)));
+            }
+            visited += 1;
+            if visited > table.entries {
+                return Err(if table.indirect { ChainError::IndirectLoop } else { ChainError::Loop });
+            }
+            if chain.descriptors() >= usize::from(self.size) {
+                return Err(ChainError::TooLong(self.size));
+            }
+            chain.push(mem, table.place(index), &d)?;
+            if d.flags & DESC_F_NEXT == 0 {
+                return Ok(None);
+            }
+            if u32::from(d.next) >= table.entries {
+                return Err(ChainError::NextOutOfRange(table.place(index), d.next));
+            }
+            index = d.next;
+        }
     }
 }
 
@@ -243,22 +367,45 @@ mod tests {
 
     const SIZE: u16 = 8;
     const MEM: usize = 1 << 20;
+    const INDIRECT: RingFeatures = RingFeatures { event_idx: false, indirect: true };
+    const EVENT_IDX: RingFeatures = RingFeatures { event_idx: true, indirect: false };
 
     /// 1 MiB of anonymous guest memory with a ring at 0 (descriptors), 0x1000 (avail), 0x2000
     /// (used); buffers above 0x10000.
     fn ring() -> (GuestMemoryMmap, Ring) {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
-        let ring = Ring::new(&mem, SIZE, (0, 0x1000, 0x2000), false).unwrap();
+        let ring = Ring::new(&mem, SIZE, (0, 0x1000, 0x2000), INDIRECT).unwrap();
         (mem, ring)
     }
 
-    fn desc(mem: &GuestMemoryMmap, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+    /// An indirect table's place in `ring()`'s memory (between the rings and the buffers).
+    const TABLE: u64 = 0x4000;
+
+    /// Descriptor `i` of the table at `table` (0: the queue's own).
+    fn desc_in(mem: &GuestMemoryMmap, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
         let mut d = [0u8; 16];
         d[0..8].copy_from_slice(&addr.to_le_bytes());
         d[8..12].copy_from_slice(&len.to_le_bytes());
         d[12..14].copy_from_slice(&flags.to_le_bytes());
         d[14..16].copy_from_slice(&next.to_le_bytes());
-        mem.write_slice(&d, GuestAddress(16 * u64::from(i))).unwrap();
+        mem.write_slice(&d, GuestAddress(table + 16 * u64::from(i))).unwrap();
+    }
+
+    fn desc(mem: &GuestMemoryMmap, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        desc_in(mem, 0, i, addr, len, flags, next);
+    }
+
+    /// Entry `i` of the indirect table at TABLE.
+    fn entry(mem: &GuestMemoryMmap, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        desc_in(mem, TABLE, i, addr, len, flags, next);
+    }
+
+    /// `n` readable 8-byte buffers linked in order from entry `first` of the table at `table`.
+    fn linked(mem: &GuestMemoryMmap, table: u64, first: u16, n: u16) {
+        for i in first..first + n {
+            let flags = if i + 1 < first + n { DESC_F_NEXT } else { 0 };
+            desc_in(mem, table, i, 0x10000 + 8 * u64::from(i), 8, flags, i + 1);
+        }
     }
 
     #[test]
@@ -295,21 +442,20 @@ mod tests {
                 "next outside",
                 Box::new(|| desc(&mem, 0, 0x10000, 8, DESC_F_NEXT, 99)),
                 0,
-                ChainError::NextOutOfRange(0, 99),
+                ChainError::NextOutOfRange(Place::Ring(0), 99),
             ),
             (
                 "buffer outside memory",
                 Box::new(|| desc(&mem, 0, MEM as u64 - 4, 8, 0, 0)),
                 0,
-                ChainError::OutsideMemory { index: 0, addr: MEM as u64 - 4, len: 8 },
+                ChainError::OutsideMemory { at: Place::Ring(0), addr: MEM as u64 - 4, len: 8 },
             ),
             (
                 "address + length overflows",
                 Box::new(|| desc(&mem, 0, u64::MAX - 2, 16, 0, 0)),
                 0,
-                ChainError::OutsideMemory { index: 0, addr: u64::MAX - 2, len: 16 },
+                ChainError::OutsideMemory { at: Place::Ring(0), addr: u64::MAX - 2, len: 16 },
             ),
-            ("indirect", Box::new(|| desc(&mem, 0, 0x10000, 16, DESC_F_INDIRECT, 0)), 0, ChainError::Indirect),
             (
                 "readable after writable",
                 Box::new(|| {
@@ -319,24 +465,198 @@ mod tests {
                 0,
                 ChainError::ReadableAfterWritable,
             ),
+            // Indirect tables (virtio 1.1 §2.6.5.3).
+            (
+                "indirect with NEXT",
+                Box::new(|| desc(&mem, 0, TABLE, 32, DESC_F_INDIRECT | DESC_F_NEXT, 1)),
+                0,
+                ChainError::IndirectWithNext(0),
+            ),
+            (
+                "empty table",
+                Box::new(|| desc(&mem, 0, TABLE, 0, DESC_F_INDIRECT, 0)),
+                0,
+                ChainError::IndirectTableLength(0),
+            ),
+            (
+                "table length not a multiple of 16",
+                Box::new(|| desc(&mem, 0, TABLE, 24, DESC_F_INDIRECT, 0)),
+                0,
+                ChainError::IndirectTableLength(24),
+            ),
+            (
+                "table outside memory",
+                Box::new(|| desc(&mem, 0, MEM as u64 - 16, 32, DESC_F_INDIRECT, 0)),
+                0,
+                ChainError::IndirectTableOutsideMemory { addr: MEM as u64 - 16, len: 32 },
+            ),
+            (
+                "table address + length overflows",
+                Box::new(|| desc(&mem, 0, u64::MAX - 15, 32, DESC_F_INDIRECT, 0)),
+                0,
+                ChainError::IndirectTableOutsideMemory { addr: u64::MAX - 15, len: 32 },
+            ),
+            (
+                "table as long as the address space allows",
+                Box::new(|| desc(&mem, 0, TABLE, 0xffff_fff0, DESC_F_INDIRECT, 0)),
+                0,
+                ChainError::IndirectTableOutsideMemory { addr: TABLE, len: 0xffff_fff0 },
+            ),
+            (
+                "indirect inside a table",
+                Box::new(|| {
+                    desc(&mem, 0, TABLE, 32, DESC_F_INDIRECT, 0);
+                    entry(&mem, 0, 0x10000, 8, DESC_F_NEXT, 1);
+                    entry(&mem, 1, TABLE, 32, DESC_F_INDIRECT, 0);
+                }),
+                0,
+                ChainError::NestedIndirect(Place::Table(1)),
+            ),
+            (
+                "loop in the table",
+                Box::new(|| {
+                    desc(&mem, 0, TABLE, 32, DESC_F_INDIRECT, 0);
+                    entry(&mem, 0, 0x10000, 8, DESC_F_NEXT, 1);
+                    entry(&mem, 1, 0x10000, 8, DESC_F_NEXT, 0);
+                }),
+                0,
+                ChainError::IndirectLoop,
+            ),
+            (
+                "a table entry linking to itself",
+                Box::new(|| {
+                    desc(&mem, 0, TABLE, 64, DESC_F_INDIRECT, 0);
+                    entry(&mem, 0, 0x10000, 8, DESC_F_NEXT, 0);
+                }),
+                0,
+                ChainError::IndirectLoop,
+            ),
+            (
+                "link outside the table",
+                Box::new(|| {
+                    desc(&mem, 0, TABLE, 32, DESC_F_INDIRECT, 0);
+                    entry(&mem, 0, 0x10000, 8, DESC_F_NEXT, 2);
+                }),
+                0,
+                ChainError::NextOutOfRange(Place::Table(0), 2),
+            ),
+            (
+                "table buffer outside memory",
+                Box::new(|| {
+                    desc(&mem, 0, TABLE, 16, DESC_F_INDIRECT, 0);
+                    entry(&mem, 0, MEM as u64 - 4, 8, 0, 0);
+                }),
+                0,
+                ChainError::OutsideMemory { at: Place::Table(0), addr: MEM as u64 - 4, len: 8 },
+            ),
+            (
+                "table longer than the queue",
+                Box::new(|| {
+                    desc(&mem, 0, TABLE, 16 * (u32::from(SIZE) + 1), DESC_F_INDIRECT, 0);
+                    linked(&mem, TABLE, 0, SIZE + 1);
+                }),
+                0,
+                ChainError::TooLong(SIZE),
+            ),
+            (
+                "direct descriptors and table together longer than the queue",
+                Box::new(|| {
+                    linked(&mem, 0, 1, 3);
+                    desc(&mem, 3, 0x10000, 8, DESC_F_NEXT, 4);
+                    desc(&mem, 4, TABLE, 16 * (u32::from(SIZE) - 2), DESC_F_INDIRECT, 0);
+                    linked(&mem, TABLE, 0, SIZE - 2);
+                }),
+                1,
+                ChainError::TooLong(SIZE),
+            ),
+            (
+                "readable in the table after writable before it",
+                Box::new(|| {
+                    desc(&mem, 0, 0x10000, 8, DESC_F_NEXT | DESC_F_WRITE, 1);
+                    desc(&mem, 1, TABLE, 16, DESC_F_INDIRECT, 0);
+                    entry(&mem, 0, 0x11000, 8, 0, 0);
+                }),
+                0,
+                ChainError::ReadableAfterWritable,
+            ),
+            (
+                "readable after writable inside the table",
+                Box::new(|| {
+                    desc(&mem, 0, TABLE, 32, DESC_F_INDIRECT, 0);
+                    entry(&mem, 0, 0x10000, 8, DESC_F_NEXT | DESC_F_WRITE, 1);
+                    entry(&mem, 1, 0x11000, 8, 0, 0);
+                }),
+                0,
+                ChainError::ReadableAfterWritable,
+            ),
         ];
         for (what, setup, head, want) in cases {
             setup();
             assert_eq!(ring.chain(&mem, head).unwrap_err(), want, "{what}");
         }
+        // The driver must not use a table it did not negotiate.
+        let plain = Ring::new(&mem, SIZE, (0, 0x1000, 0x2000), RingFeatures::default()).unwrap();
+        desc(&mem, 0, TABLE, 16, DESC_F_INDIRECT, 0);
+        entry(&mem, 0, 0x10000, 8, 0, 0);
+        assert_eq!(plain.chain(&mem, 0).unwrap_err(), ChainError::IndirectNotNegotiated);
+        assert!(ring.chain(&mem, 0).is_ok(), "the same chain, negotiated");
+    }
+
+    #[test]
+    fn test_indirect_chains() {
+        let (mem, ring) = ring();
+        // As Linux lays a request out with INDIRECT_DESC: one ring descriptor, the whole chain in
+        // the table, linked out of order here.
+        desc(&mem, 5, TABLE, 48, DESC_F_INDIRECT, 0);
+        entry(&mem, 0, 0x10000, 40, DESC_F_NEXT, 2);
+        entry(&mem, 2, 0x20000, 16, DESC_F_NEXT | DESC_F_WRITE, 1);
+        entry(&mem, 1, 0x30000, 100, DESC_F_WRITE, 0);
+        let c = ring.chain(&mem, 5).unwrap();
+        assert_eq!((c.readable_len(), c.writable_len()), (40, 116));
+        assert_eq!(c.writable[1], Segment { addr: GuestAddress(0x30000), len: 100 });
+        write_reply(&mem, &c, &[7u8; 30]).unwrap();
+        let mut tail = [0u8; 14];
+        mem.read_slice(&mut tail, GuestAddress(0x30000)).unwrap();
+        assert_eq!(tail, [7u8; 14], "the reply continues into the table's second writable buffer");
+
+        // Direct descriptors first, then an indirect one (§2.6.5.3.2: a device must take that),
+        // whose WRITE flag the device must ignore: the table's entries decide.
+        desc(&mem, 2, 0x10000, 8, DESC_F_NEXT, 6);
+        desc(&mem, 6, TABLE, 32, DESC_F_INDIRECT | DESC_F_WRITE, 0);
+        entry(&mem, 0, 0x11000, 24, DESC_F_NEXT, 1);
+        entry(&mem, 1, 0x12000, 64, DESC_F_WRITE, 0);
+        let c = ring.chain(&mem, 2).unwrap();
+        assert_eq!((c.readable.len(), c.writable.len()), (2, 1));
+        assert_eq!((c.readable_len(), c.writable_len()), (32, 64));
+
+        // The longest chain allowed: the queue size, in the table alone or with direct ones.
+        desc(&mem, 0, TABLE, 16 * u32::from(SIZE), DESC_F_INDIRECT, 0);
+        linked(&mem, TABLE, 0, SIZE);
+        assert_eq!(ring.chain(&mem, 0).unwrap().readable.len(), usize::from(SIZE));
+        linked(&mem, 0, 1, 2);
+        desc(&mem, 2, 0x10000, 8, DESC_F_NEXT, 3);
+        desc(&mem, 3, TABLE, 16 * u32::from(SIZE - 2), DESC_F_INDIRECT, 0);
+        linked(&mem, TABLE, 0, SIZE - 2);
+        assert_eq!(ring.chain(&mem, 1).unwrap().readable.len(), usize::from(SIZE));
     }
 
     #[test]
     fn test_rings_outside_memory_are_refused() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
-        assert!(Ring::new(&mem, 256, (0, 0x800, 0xc00), false).is_err(), "descriptor table past the end");
-        assert!(Ring::new(&mem, 8, (0, 0x800, u64::MAX - 8), false).is_err(), "used ring overflowing");
+        assert!(
+            Ring::new(&mem, 256, (0, 0x800, 0xc00), RingFeatures::default()).is_err(),
+            "descriptor table past the end"
+        );
+        assert!(
+            Ring::new(&mem, 8, (0, 0x800, u64::MAX - 8), RingFeatures::default()).is_err(),
+            "used ring overflowing"
+        );
     }
 
     #[test]
     fn test_event_idx_notification() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
-        let ring = Ring::new(&mem, SIZE, (0, 0x1000, 0x2000), true).unwrap();
+        let ring = Ring::new(&mem, SIZE, (0, 0x1000, 0x2000), EVENT_IDX).unwrap();
         // used_event (after the avail ring's entries) = 4: notify when the index passes 4.
         mem.write_obj(4u16.to_le(), GuestAddress(0x1000 + 4 + 2 * u64::from(SIZE))).unwrap();
         assert!(!ring.needs_notification(&mem, 2, 3).unwrap());
@@ -379,7 +699,7 @@ mod tests {
     #[test]
     fn test_used_put_is_what_the_driver_reads_across_a_wrap() {
         let (device, driver) = shared_memory(MEM);
-        let ring = Ring::new(&device, SIZE, (0, 0x1000, 0x2000), true).unwrap();
+        let ring = Ring::new(&device, SIZE, (0, 0x1000, 0x2000), EVENT_IDX).unwrap();
         // Near the end of the u16 index space: the puts below wrap the ring slots (8) and the
         // index itself (65535 -> 0) together, as a long-running queue does.
         let start = u16::MAX - 2;
