@@ -14,6 +14,9 @@
 #     --write       also write the tables into docs/benchmarks.md, with this command line
 #     --backing     the shared directory on a tmpfs of its own (the FUSE cost alone; default),
 #                   on the disk, or both (one table each)
+#     --transport vm   inside a real guest (QEMU, TCG): phoenixfsd, phoenixfsd --recovery off and
+#                   virtiofsd, each serving the guest's virtio-fs share (scripts/bench-vm.sh; --rounds
+#                   R; its table is printed, not written)
 #     --transport vhost-user   the daemons serve virtio-fs, mounted through the test bridge
 #                   (examples/vhost_bridge.rs), with virtiofsd from crates.io as the peer;
 #                   fuse,vhost-user runs both, one after the other (one table per transport and
@@ -30,6 +33,15 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
 
+# Inside a VM: another harness (tests/vm_bench.rs), with its own guest-side workloads.
+transport="" rounds=3 prev=""
+for a in "$@"; do
+    case "$prev" in --transport) transport="$a" ;; --rounds) rounds="$a" ;; esac
+    prev="$a"
+done
+if [ "$transport" = vm ]; then
+    exec scripts/bench-vm.sh "$rounds"
+fi
 if ! command -v fio >/dev/null; then
     echo "fio is missing: run scripts/setup.sh (or apt-get install -y fio)" >&2
     exit 1

@@ -2,9 +2,10 @@
 //! test: `#[ignore]`d; scripts/bench-vm.sh runs it). The guest of tests/vm.rs boots with
 //! `vmg.bench`: its workload binary runs fixed micro-benchmarks on the share instead
 //! (examples/vm_guest/bench.rs: a create/stat/unlink loop; 1 MiB sequential and 4 KiB random
-//! writes and reads, buffered and O_DIRECT). Each round boots one guest per backend, the order
-//! alternating from round to round, on a fresh share; the table has the median of the rounds
-//! (TCG on a shared machine is noisy) and the ratio phoenixfsd / virtiofsd.
+//! writes and reads, buffered and O_DIRECT). Each round boots one guest per backend (phoenixfsd,
+//! phoenixfsd `--recovery off`, virtiofsd), the order rotating from round to round, on a fresh
+//! share; the table has the median of the rounds (TCG on a shared machine is noisy), the ratio
+//! phoenixfsd / virtiofsd and the cost of being crash-proof (on/off).
 //!
 //! Environment: `PHOENIXFS_VM_BENCH_ROUNDS` (3), `PHOENIXFS_VM_BENCH_QEMU=7.2|10` (7.2),
 //! `PHOENIXFS_VM_QUEUE_SIZE` (the device's queue size; QEMU's default 128),
@@ -23,9 +24,11 @@ use std::time::{Duration, Instant};
 
 use common::proc::wait_for_exit;
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Backend {
     Phoenixfsd,
+    /// `--recovery off`: the bare engine, the cost of being crash-proof beside it.
+    PhoenixfsdOff,
     Virtiofsd,
 }
 
@@ -51,9 +54,12 @@ fn boot(
     let socket = dir.join("vfs.sock");
     let _ = std::fs::remove_file(&socket);
     let mut cmd = match backend {
-        Backend::Phoenixfsd => {
+        Backend::Phoenixfsd | Backend::PhoenixfsdOff => {
             let mut c = Command::new(common::BIN);
             c.args(["--log-level", "error"]);
+            if backend == Backend::PhoenixfsdOff {
+                c.args(["--recovery", "off"]);
+            }
             c
         }
         Backend::Virtiofsd => {
@@ -129,24 +135,26 @@ fn bench_vm_against_virtiofsd() {
     let vfsd = String::from_utf8_lossy(&vfsd.stdout).trim().to_string();
     eprintln!("vm-bench: {}, {accel}, {vfsd}, {rounds} rounds", q.version);
     let mut names: Vec<String> = Vec::new();
-    let mut res: BTreeMap<(String, bool), Vec<Result>> = BTreeMap::new();
+    let mut res: BTreeMap<(String, Backend), Vec<Result>> = BTreeMap::new();
     for r in 0..rounds {
-        let order = if r % 2 == 0 {
-            [Backend::Phoenixfsd, Backend::Virtiofsd]
-        } else {
-            [Backend::Virtiofsd, Backend::Phoenixfsd]
-        };
+        // Each round in another order (rotated), so that a slow phase of the machine does not
+        // always hit the same backend.
+        let mut order = [Backend::Phoenixfsd, Backend::PhoenixfsdOff, Backend::Virtiofsd];
+        let n = order.len();
+        order.rotate_left(r % n);
         for b in order {
             for (name, x) in boot(&q, &guest, accel, tmp.path(), b) {
                 if !names.contains(&name) {
                     names.push(name.clone());
                 }
-                res.entry((name, b == Backend::Phoenixfsd)).or_default().push(x);
+                res.entry((name, b)).or_default().push(x);
             }
         }
     }
-    println!("\n| workload | unit | phoenixfsd | virtiofsd | ratio | p99 phoenixfsd | p99 virtiofsd |");
-    println!("|---|---|---:|---:|---:|---:|---:|");
+    println!(
+        "\n| workload | unit | phoenixfsd | phoenixfsd off | virtiofsd | ratio | on/off | p99 phoenixfsd | p99 virtiofsd |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for n in &names {
         let seq = n.starts_with("seq");
         let unit = if seq {
@@ -156,23 +164,26 @@ fn bench_vm_against_virtiofsd() {
         } else {
             "IOPS"
         };
-        let get = |p: bool, f: fn(&Result) -> f64| {
-            median(res.get(&(n.clone(), p)).map(|v| v.iter().map(f).collect()).unwrap_or_default())
+        let get = |b: Backend, f: fn(&Result) -> f64| {
+            median(res.get(&(n.clone(), b)).map(|v| v.iter().map(f).collect()).unwrap_or_default())
         };
         let metric: fn(&Result) -> f64 = if seq { |r| r.mib_per_s } else { |r| r.ops_per_s };
-        let (p, v) = (get(true, metric), get(false, metric));
-        let (pp, vp) = (get(true, |r| r.p99_us), get(false, |r| r.p99_us));
+        let (p, off, v) =
+            (get(Backend::Phoenixfsd, metric), get(Backend::PhoenixfsdOff, metric), get(Backend::Virtiofsd, metric));
+        let (pp, vp) = (get(Backend::Phoenixfsd, |r| r.p99_us), get(Backend::Virtiofsd, |r| r.p99_us));
         println!(
-            "| {n} | {unit} | {} | {} | {:.2} | {} ms | {} ms |",
+            "| {n} | {unit} | {} | {} | {} | {:.2} | {:.2} | {} ms | {} ms |",
             fmt(p),
+            fmt(off),
             fmt(v),
             p / v,
+            p / off,
             fmt(pp / 1e3),
             fmt(vp / 1e3)
         );
     }
     println!(
-        "\n{}, {accel}, 1 vCPU, 512 MiB, queue size {}{}; guest kernel {}; {vfsd}; median of {rounds} rounds, backends alternating.",
+        "\n{}, {accel}, 1 vCPU, 512 MiB, queue size {}{}; guest kernel {}; {vfsd}; median of {rounds} rounds, backends rotating; ratio = phoenixfsd / virtiofsd, on/off = phoenixfsd / phoenixfsd --recovery off.",
         q.version,
         std::env::var("PHOENIXFS_VM_QUEUE_SIZE").unwrap_or_else(|_| "128".into()),
         if std::env::var("PHOENIXFS_VM_INDIRECT_DESC").is_ok_and(|v| v == "off") { ", indirect_desc=off" } else { "" },
