@@ -112,11 +112,15 @@ impl Fs {
             node.other += 1;
             return Ok(Backing { id: 0 });
         }
-        let file = self.state.inodes.pin(nodeid)?;
-        if has_setid_bits(mode, file.fd()) {
-            node.other += 1;
-            return Ok(Backing { id: 0 });
-        }
+        // The caller holds the node (a pin, or the lookup it just raised), so this pin only
+        // fails if the node's file cannot be reached any more: then the open goes without.
+        let file = match self.state.inodes.pin(nodeid) {
+            Ok(file) if !has_setid_bits(mode, file.fd()) => file,
+            _ => {
+                node.other += 1;
+                return Ok(Backing { id: 0 });
+            }
+        };
         match self.register(intent, file.fd()) {
             Ok(id) => {
                 *node = Node { backing: id, passthrough: 1, other: 0 };
