@@ -536,7 +536,9 @@ def render(transport, targets, runs, work, args, binary, extra, load_before, loa
              f"pfs/{peer} = phoenixfsd / {peer}, on/off = phoenixfsd / phoenixfsd --recovery off "
              "(the cost of being crash-proof)"
              + (f", {MQ_QUEUES}q/{peer} = {MQ_LABEL} / {peer}" if MQ_LABEL in labels else "")
-             + ". Higher is better for every unit.\n"
+             + ". Higher is better for every unit; a ratio marked * is one whose two columns' min–max "
+             "ranges do not overlap (every round of one beat every round of the other); unmarked ratios "
+             "are not a difference this run can show.\n"
              f"- Machine: {machine}. On a shared machine the min–max ranges show what the load did to "
              "single rounds; ratios within the overlap of two columns' ranges are not a difference.\n"
              "- O_DIRECT rows are not like for like: phoenixfsd, as virtiofsd, drops O_DIRECT from the host "

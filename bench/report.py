@@ -34,10 +34,14 @@ def cell(values):
 
 
 def ratio(a, b):
+    """The ratio of the medians, marked `*` when the two columns' min–max ranges do not overlap
+    (every round of one beat every round of the other): unmarked, the run does not tell them
+    apart."""
     sa, sb = summary(a or []), summary(b or [])
     if sa is None or sb is None or not sb[0]:
         return "n/a"
-    return f"{sa[0] / sb[0]:.2f}"
+    apart = len([v for v in a if v is not None]) > 1 and (sa[1] > sb[2] or sa[2] < sb[1])
+    return f"{sa[0] / sb[0]:.2f}{'*' if apart else ''}"
 
 
 def table(labels, rows, samples, ratios):
