@@ -58,6 +58,26 @@ pub struct Handles {
     table: SlotTable<HandleSlot>,
 }
 
+/// What a new handle's slot holds besides its fd (the rest of `HandleSlot` starts at zero).
+#[derive(Debug, Clone, Copy)]
+struct Body {
+    kind: HandleKind,
+    nodeid: u64,
+    /// The guest's open flags.
+    open_flags: u32,
+    /// A lock-owner handle's lock owner and the guest file it was first used through.
+    owner: u64,
+    via: u64,
+    /// The FUSE passthrough backing id its OPEN reply named (0: none).
+    backing: u32,
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Body { kind: HandleKind::File, nodeid: 0, open_flags: 0, owner: 0, via: 0, backing: 0 }
+    }
+}
+
 impl Handles {
     pub fn new(headers: &'static [SlotHeader], slots: &'static [HandleSlot], high_water: &'static AtomicU32) -> Self {
         Handles { table: SlotTable::new(headers, slots, high_water, Error::BadHandle) }
@@ -74,26 +94,20 @@ impl Handles {
         backing: u32,
         intent: Intent,
     ) -> Result<u64, Error> {
-        self.insert_with(fd, kind, nodeid, open_flags, (0, 0), backing, intent)
+        self.insert_with(fd, Body { kind, nodeid, open_flags, backing, ..Body::default() }, intent)
     }
 
     /// Publishes a lock-owner handle for `owner` on `nodeid`, first used through guest file
     /// `via` (owned by the node, not by the request that happened to make it: no intent).
     pub fn insert_lock_owner(&self, fd: i32, nodeid: u64, owner: u64, via: u64) -> Result<u64, Error> {
-        self.insert_with(fd, HandleKind::LockOwner, nodeid, 0, (owner, via), 0, Intent::none())
+        self.insert_with(
+            fd,
+            Body { kind: HandleKind::LockOwner, nodeid, owner, via, ..Body::default() },
+            Intent::none(),
+        )
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn insert_with(
-        &self,
-        fd: i32,
-        kind: HandleKind,
-        nodeid: u64,
-        open_flags: u32,
-        (owner, via): (u64, u64),
-        backing: u32,
-        intent: Intent,
-    ) -> Result<u64, Error> {
+    fn insert_with(&self, fd: i32, body: Body, intent: Intent) -> Result<u64, Error> {
         let i = match self.table.alloc() {
             Ok(i) => i,
             Err(e) => {
@@ -101,7 +115,7 @@ impl Handles {
                 return Err(e);
             }
         };
-        self.fill(i, fd, kind, nodeid, open_flags, (owner, via), backing);
+        self.fill(i, fd, &body);
         let id = slots::make_id(i, self.table.header(i).generation.load(Ordering::Relaxed));
         if let Some(r) = intent.record() {
             r.begin_pending(Pending::Handle, id, 0);
@@ -118,26 +132,16 @@ impl Handles {
     }
 
     /// Writes a SETTING_UP slot's fd and body (not yet published: nothing reads it).
-    #[allow(clippy::too_many_arguments)]
-    fn fill(
-        &self,
-        i: u32,
-        fd: i32,
-        kind: HandleKind,
-        nodeid: u64,
-        open_flags: u32,
-        (owner, via): (u64, u64),
-        backing: u32,
-    ) {
+    fn fill(&self, i: u32, fd: i32, body: &Body) {
         let s = self.table.slot(i);
         self.table.header(i).fd.store(fd, Ordering::Relaxed);
-        s.kind.store(kind as u32, Ordering::Relaxed);
-        s.open_flags.store(open_flags, Ordering::Relaxed);
-        s.nodeid.store(nodeid, Ordering::Relaxed);
-        s.owner.store(owner, Ordering::Relaxed);
+        s.kind.store(body.kind as u32, Ordering::Relaxed);
+        s.open_flags.store(body.open_flags, Ordering::Relaxed);
+        s.nodeid.store(body.nodeid, Ordering::Relaxed);
+        s.owner.store(body.owner, Ordering::Relaxed);
         s.pid.store(0, Ordering::Relaxed);
-        s.via.store(via, Ordering::Relaxed);
-        s.backing.store(backing, Ordering::Relaxed);
+        s.via.store(body.via, Ordering::Relaxed);
+        s.backing.store(body.backing, Ordering::Relaxed);
     }
 
     /// Migration, on the source: every LIVE handle.
@@ -179,7 +183,7 @@ impl Handles {
                 return Err(e);
             }
         };
-        self.fill(i, fd, kind, nodeid, open_flags, (0, 0), 0);
+        self.fill(i, fd, &Body { kind, nodeid, open_flags, ..Body::default() });
         self.table.publish(i);
         Ok(())
     }
