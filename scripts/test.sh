@@ -56,25 +56,35 @@ seccomp_mode="kill (the default)"
 sandbox_mode="namespace (the default)"
 [ -n "${PHOENIXFS_TEST_SANDBOX:-}" ] && sandbox_mode="$PHOENIXFS_TEST_SANDBOX (PHOENIXFS_TEST_SANDBOX)"
 seccomp_mode="$seccomp_mode, --sandbox $sandbox_mode"
+# Every test step's output also goes to a log, so the end of the run can name what failed (CI
+# shows the last part of the output, and --show-output makes the passing tests' output long).
+log="$(mktemp /tmp/phoenixfs-test-log.XXXXXX)"
 step "cargo test --release (timeout ${TEST_TIMEOUT}s; phoenixfsd runs with --seccomp $seccomp_mode)"
 rc=0
 timeout --kill-after=30 "$TEST_TIMEOUT" cargo test --release --features crash-points --no-fail-fast -- --show-output \
-    --skip test_vm_ "$@" || rc=$?
+    --skip test_vm_ "$@" 2>&1 | tee -a "$log" || rc=$?
 
 step "real VM: tests/vm.rs, tests/vm_migration.rs (timeout ${VM_TIMEOUT:=900}s; phoenixfsd runs with --seccomp $seccomp_mode)"
-timeout --kill-after=30 "$VM_TIMEOUT" cargo test --release --features crash-points --test vm --test vm_migration -- --show-output "$@" \
-    || rc=$((rc ? rc : $?))
+timeout --kill-after=30 "$VM_TIMEOUT" cargo test --release --features crash-points --test vm --test vm_migration -- --show-output "$@" 2>&1 \
+    | tee -a "$log" || rc=$((rc ? rc : $?))
 
 step "compare and pjdfstest over vhost-user (--seccomp $seccomp_mode)"
 timeout --kill-after=30 "$TEST_TIMEOUT" env PHOENIXFS_TEST_TRANSPORT=vhost-user \
-    cargo test --release --features crash-points --no-fail-fast --test compare --test pjdfstest -- --show-output "$@" \
-    || rc=$((rc ? rc : $?))
+    cargo test --release --features crash-points --no-fail-fast --test compare --test pjdfstest -- --show-output "$@" 2>&1 \
+    | tee -a "$log" || rc=$((rc ? rc : $?))
 if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
     echo "error: cargo test did not finish within ${TEST_TIMEOUT}s (a FUSE test hung?)" >&2
     # A hung daemon leaves its mount behind; detach any test mounts so the machine stays usable.
     grep -o ' /tmp/phoenixfs-test[^ ]*' /proc/self/mountinfo 2>/dev/null | while read -r m; do
         umount -l "$m" 2>/dev/null || true
     done
+fi
+
+if [ "$rc" -ne 0 ]; then
+    step "what failed (from $log)"
+    grep -E -e '^test .* \.\.\. FAILED$' -e '^error: ' -e '^test result: FAILED' "$log" | head -40 || true
+    # Each panic with its message (the line after).
+    grep -E -A1 "^thread '.*'.* panicked at" "$log" | head -40 || true
 fi
 
 step "done in $(( $(date +%s) - t0 )) s (cargo test exit code $rc)"
