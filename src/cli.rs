@@ -143,8 +143,9 @@ pub struct Cli {
     #[arg(long, conflicts_with_all = ["socket_path", "socket"])]
     pub fd: Option<i32>,
 
-    /// Serving threads (FUSE) or request queues (vhost-user); 0 = 2 x CPUs, at least 4. Unlike
-    /// virtiofsd, 0 does not mean "no pool": every queue has its own thread.
+    /// Serving threads (FUSE), or request queues and requests served at once per queue
+    /// (vhost-user); 0 = 2 x CPUs, at least 4. Unlike virtiofsd, 0 does not mean "one request at
+    /// a time": 1 does.
     #[arg(long, default_value_t = 0)]
     pub thread_pool_size: usize,
 

@@ -21,6 +21,10 @@
 //! of `--seccomp kill` (the worker dies of it, the log names it, a new worker replays). With
 //! `forbidden-syscall-always` it makes it every time, as `abort-always` aborts.
 //!
+//! With PHOENIXFS_CRASH_MODE=stall every thread that reaches the marker instead waits there for
+//! as long as the arm file exists, then goes on: a test holds requests in the middle of being
+//! served (several on one virtqueue at once, say), then kills the worker or lets them finish.
+//!
 //! With PHOENIXFS_CRASH_MODE=try-escape the worker instead plays an attacker who has taken it
 //! over, once: it tries to open host files outside the share (`escape_attempts`) and logs what
 //! each attempt got, then serves on. The test of `--sandbox`.
@@ -70,6 +74,7 @@ struct Target {
     always: bool,
     forbidden: bool,
     escape: bool,
+    stall: bool,
     opcode: Option<u32>,
 }
 
@@ -87,6 +92,7 @@ fn target() -> &'static Option<Target> {
             always: std::env::var("PHOENIXFS_CRASH_MODE").is_ok_and(|m| m.ends_with("-always")),
             forbidden: std::env::var("PHOENIXFS_CRASH_MODE").is_ok_and(|m| m.starts_with("forbidden-syscall")),
             escape: std::env::var("PHOENIXFS_CRASH_MODE").is_ok_and(|m| m == "try-escape"),
+            stall: std::env::var("PHOENIXFS_CRASH_MODE").is_ok_and(|m| m == "stall"),
             opcode: std::env::var("PHOENIXFS_CRASH_OPCODE").ok().and_then(|o| o.parse().ok()),
         })
     })
@@ -110,7 +116,9 @@ pub fn arm_fd() -> Option<i32> {
 
 #[cfg(feature = "crash-points")]
 fn reached_if(is: impl Fn(&str) -> bool, name: std::fmt::Arguments, opcode: Option<u32>) {
-    let Some(Target { at, arm_dir, arm_name, always, forbidden, escape, opcode: only }) = target() else { return };
+    let Some(Target { at, arm_dir, arm_name, always, forbidden, escape, stall, opcode: only }) = target() else {
+        return;
+    };
     if !is(at) || opcode.is_some() && only.is_some() && opcode != *only {
         return;
     }
@@ -122,6 +130,15 @@ fn reached_if(is: impl Fn(&str) -> bool, name: std::fmt::Arguments, opcode: Opti
         // SAFETY: syslog(2) action 10 only reports the size of the kernel's log buffer.
         unsafe { libc::syscall(libc::SYS_syslog, 10, 0usize, 0) };
     };
+    if *stall {
+        if armed() {
+            tracing::warn!("crash point {name}: stalling while the arm file exists");
+            while armed() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        return;
+    }
     if *always && armed() {
         if *forbidden {
             return forbidden_call();

@@ -188,3 +188,97 @@ fn lookup_root_entry(fe: &mut Frontend, name: &str) {
     let (err, _) = call(fe, 1, 100, abi::ROOT_ID, &Op::Lookup { name: &name });
     assert_eq!(err, 0, "LOOKUP {name:?}");
 }
+
+/// Lays out a MKDIR-style chain at `head` as the Linux driver does (request, out-header, rest of
+/// the reply room), its buffers in slot `slot` of the queue's data area; returns the reply's
+/// address.
+fn lay_out_chain(q: &common::frontend::QueueHandle, head: u16, slot: u64, req: &[u8]) -> GuestAddress {
+    let base = q.data_addr().0 + slot * 8192;
+    let reply = base + 4096;
+    q.mem().write_slice(req, GuestAddress(base)).unwrap();
+    q.write_descriptor(head, GuestAddress(base), req.len() as u32, VRING_DESC_F_NEXT, head + 1).unwrap();
+    q.write_descriptor(head + 1, GuestAddress(reply), 16, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, head + 2).unwrap();
+    q.write_descriptor(head + 2, GuestAddress(reply + 16), 4080, VRING_DESC_F_WRITE, 0).unwrap();
+    GuestAddress(reply)
+}
+
+/// Several chains of ONE queue served at once: two MKDIRs held (crash-point stall mode) just
+/// after their directories were made, a GETATTR published after them
+/// answered meanwhile (out of order). Then either they finish, or the worker is SIGKILLed with
+/// both in the middle: the next worker replays both heads, each answered once with success, each
+/// directory made once.
+#[test]
+fn test_chains_of_one_queue_served_at_once_and_each_replayed_once() {
+    for kill in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let arm = tmp.path().join("arm");
+        std::fs::write(&arm, "armed").unwrap();
+        let env = [
+            ("PHOENIXFS_CRASH_AT", "mkdir.after_syscall"),
+            ("PHOENIXFS_CRASH_ARM", arm.to_str().unwrap()),
+            ("PHOENIXFS_CRASH_MODE", "stall"),
+        ];
+        let b = Backend::start_with_env(&["--thread-pool-size", "4"], &env);
+        let opts = FrontendOptions { num_queues: 2, queue_size: 16, event_idx: false, indirect: false };
+        let mut fe = Frontend::connect_with(b.socket(), opts).unwrap_or_else(|e| panic!("handshake: {e}"));
+        init(&mut fe);
+        let worker = children_of(b.pid());
+        let q = fe.queue(1).unwrap();
+        let sender = |unique| Sender { unique, nodeid: abi::ROOT_ID, uid: 0, gid: 0, pid: 1 };
+        let mkdirs = [c"d1", c"d2"].map(|name| Op::Mkdir { arg: abi::MkdirIn { mode: 0o755, umask: 0 }, name });
+        let mut replies = Vec::new();
+        for (i, op) in mkdirs.iter().enumerate() {
+            let head = 3 * i as u16;
+            replies.push((head, lay_out_chain(q, head, i as u64, &encode_request(sender(10 + i as u64), op))));
+            q.publish(head).unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !(b.share.join("d1").is_dir() && b.share.join("d2").is_dir()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "kill={kill}: the second MKDIR of the queue was not served while the first was held \
+                 (built without --features crash-points, or one chain served at a time?)"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let getattr = Op::Getattr { fh: None };
+        let getattr_reply = lay_out_chain(q, 6, 2, &encode_request(sender(12), &getattr));
+        q.publish(6).unwrap();
+        let (id, len) = q.wait_used().unwrap_or_else(|e| panic!("kill={kill}: GETATTR behind two held chains: {e}"));
+        assert_eq!(id, 6, "kill={kill}: the GETATTR is answered first, while both MKDIRs are held");
+        let mut reply = vec![0u8; len as usize];
+        q.mem().read_slice(&mut reply, getattr_reply).unwrap();
+        assert_eq!(common::backend::check_reply(&getattr, 12, &reply).0, 0, "kill={kill}: GETATTR");
+        if kill {
+            for pid in &worker {
+                // SAFETY: signals a process of ours.
+                unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+            }
+        }
+        std::fs::remove_file(&arm).unwrap();
+        let mut answered = Vec::new();
+        for _ in 0..2 {
+            let (id, len) = q.wait_used().unwrap_or_else(|e| panic!("kill={kill}: a held MKDIR: {e}"));
+            let (i, reply_at) = replies
+                .iter()
+                .enumerate()
+                .find(|(_, (h, _))| u32::from(*h) == id)
+                .map(|(i, r)| (i, r.1))
+                .unwrap_or_else(|| panic!("kill={kill}: used id {id} is neither MKDIR's head"));
+            let mut reply = vec![0u8; len as usize];
+            q.mem().read_slice(&mut reply, reply_at).unwrap();
+            let err = common::backend::check_reply(&mkdirs[i], 10 + i as u64, &reply).0;
+            assert_eq!(err, 0, "kill={kill}: MKDIR d{} answered once, with success (not EEXIST)", i + 1);
+            answered.push(id);
+        }
+        answered.sort();
+        assert_eq!(answered, [0, 3], "kill={kill}: each MKDIR answered exactly once");
+        if kill {
+            assert_ne!(children_of(b.pid()), worker, "the killed worker was replaced");
+        }
+        lookup_root_entry(&mut fe, "d1");
+        lookup_root_entry(&mut fe, "d2");
+        let entries: Vec<_> = std::fs::read_dir(&b.share).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(entries.len(), 2, "kill={kill}: exactly the two directories: {entries:?}");
+    }
+}

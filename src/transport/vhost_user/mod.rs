@@ -26,6 +26,7 @@ use vhost::vhost_user::BackendReqHandler;
 
 use crate::server::Server;
 use crate::state::intent::Orphan;
+use crate::state::region::RECORD_CAPACITY;
 use crate::state::vhost::{MAX_QUEUE_SIZE, VhostArea};
 use crate::state::{Region, State};
 use crate::sys::process;
@@ -325,12 +326,18 @@ impl Transport for VhostTransport {
     /// activates the queue.
     fn resume(&self, _state: &State) {}
 
-    /// One serving thread per queue, for the life of the worker: the connection ends in the
-    /// supervisor, never in a queue thread.
+    /// Serving threads per queue for the life of the worker (the connection ends in the
+    /// supervisor, never in a queue thread): one at first, more as the driver keeps more
+    /// requests in flight on the queue, up to as many as there are request queues
+    /// (`--thread-pool-size`), bounded by the region's intent records.
     fn spawn(&self, server: &Arc<Server>, _ended: i32) -> std::io::Result<()> {
         let guests = Arc::new(memory::GuestCache::default());
-        for index in 0..self.area.queue_count() {
-            let thread = queue::QueueThread::new(server.clone(), self.area, index, guests.clone());
+        let queues = self.area.queue_count();
+        // Each serving thread holds an intent record of the region: half of them at most, the
+        // rest left for orphans of a dead worker and the lock waiters.
+        let per_queue = (queues - 1).min(RECORD_CAPACITY as usize / 2 / queues.max(1));
+        for index in 0..queues {
+            let thread = queue::QueueThread::new(server.clone(), self.area, index, guests.clone(), per_queue);
             std::thread::Builder::new().name(format!("vq-{index}")).spawn(move || thread.run())?;
         }
         // The device-state transfer's worker side (VM live migration), which also takes up a

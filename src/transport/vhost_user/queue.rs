@@ -13,7 +13,7 @@
 //! unlock that would grant it). Its head stays in flight meanwhile, and its used element is put
 //! out of order; puts are serialised by the queue's `UsedRing`.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::fuse::{MAX_REQUEST, ReplyBuf};
@@ -100,77 +100,252 @@ impl UsedRing {
     }
 }
 
-/// What a queue thread serves with, once its configuration is taken in.
+/// What a queue's threads serve with, once its configuration is taken in.
 struct Active {
     used: UsedRing,
     kick_fd: i32,
-    /// Heap copy of the next avail index (only this thread pops).
+    /// Heap copy of the next avail index (only the popping thread reads or moves it).
     next_avail: u16,
 }
 
-pub struct QueueThread {
+/// A chain popped from the ring, to be served by the thread that popped it.
+struct Popped {
+    used: UsedRing,
+    head: u16,
+    counter: u64,
+}
+
+/// The ring as the popping thread sees it: a queue's threads pop (and take in control changes)
+/// one at a time, under the queue's `popper` lock, and serve what they popped in parallel.
+struct Popper {
+    seq: Option<u64>,
+    active: Option<Active>,
+    /// Whether this worker already replayed what a dead one left in flight (once: later heads
+    /// in flight are this worker's own).
+    replayed: bool,
+}
+
+/// One virtqueue as a worker serves it: what its serving threads share.
+struct Queue {
     server: Arc<Server>,
     area: &'static VhostArea,
     index: usize,
     state: &'static QueueState,
     guests: Arc<GuestCache>,
-    record: ThreadRecord,
-    request: Vec<u8>,
-    reply: ReplyBuf,
-    seq: Option<u64>,
-    active: Option<Active>,
+    popper: Mutex<Popper>,
     /// The one used-index lock of this queue, kept across reconfigurations because a lock
     /// waiter may still hold it.
     used_idx: Arc<Mutex<u16>>,
-    /// Whether this worker already replayed what a dead one left in flight (once: later heads
-    /// in flight are this worker's own lock waiters).
-    replayed: bool,
+    /// Chains popped and not yet answered by this queue's threads (lock waiters aside). A
+    /// control change is taken in only when it is 0: the supervisor, stopping a ring or turning
+    /// dirty logging on, must know that no thread still serves under the old configuration.
+    serving: AtomicUsize,
+    /// This queue's serving threads, started one by one as the driver's requests overlap.
+    threads: AtomicUsize,
+    /// At most this many: as many requests of one queue are served at once.
+    max_threads: usize,
+    /// A serving thread's ring error, for the popper to stop the queue on (under the
+    /// configuration it happened with: a control change taken in since clears it).
+    failed: Mutex<Option<String>>,
+}
+
+/// A serving thread of a virtqueue: pops a chain when it is its turn, then serves it.
+pub struct QueueThread {
+    queue: Arc<Queue>,
+    record: ThreadRecord,
+    request: Vec<u8>,
+    reply: ReplyBuf,
 }
 
 impl QueueThread {
-    pub fn new(server: Arc<Server>, area: &'static VhostArea, index: usize, guests: Arc<GuestCache>) -> QueueThread {
-        let record = server.thread_record();
-        QueueThread {
+    /// The first serving thread of queue `index`; it starts others (up to `max_threads`) when
+    /// the driver keeps more requests in flight than threads are free to serve them.
+    pub fn new(
+        server: Arc<Server>,
+        area: &'static VhostArea,
+        index: usize,
+        guests: Arc<GuestCache>,
+        max_threads: usize,
+    ) -> QueueThread {
+        let queue = Queue {
             state: &area.queues[index],
             server,
             area,
             index,
             guests,
-            record,
-            request: vec![0; MAX_REQUEST],
-            reply: ReplyBuf::with_capacity(MAX_REQUEST),
-            seq: None,
-            active: None,
+            popper: Mutex::new(Popper { seq: None, active: None, replayed: false }),
             used_idx: Arc::new(Mutex::new(0)),
-            replayed: false,
-        }
+            serving: AtomicUsize::new(0),
+            threads: AtomicUsize::new(1),
+            max_threads: max_threads.max(1),
+            failed: Mutex::new(None),
+        };
+        QueueThread::on(Arc::new(queue))
+    }
+
+    fn on(queue: Arc<Queue>) -> QueueThread {
+        let record = queue.server.thread_record();
+        QueueThread { queue, record, request: vec![0; MAX_REQUEST], reply: ReplyBuf::with_capacity(MAX_REQUEST) }
     }
 
     /// Serves the queue for the life of the worker.
     pub fn run(mut self) -> ! {
+        let queue = self.queue.clone();
         loop {
-            self.take_control();
-            let Some(a) = &self.active else {
-                self.wait(None);
-                continue;
+            let popped = {
+                let mut popper = queue.popper.lock().unwrap();
+                let popped = self.next_chain(&mut popper);
+                queue.serving.fetch_add(1, Ordering::AcqRel);
+                self.start_another_if_all_busy();
+                popped
             };
-            let kick = a.kick_fd;
-            if let Err(e) = self.drain() {
-                tracing::error!(queue = self.index, "{e}; the queue stops until the frontend sets it up again");
-                self.active = None;
-                continue;
+            // Crash while serving (here or in another of this queue's threads): every popped
+            // head is in flight in the region with its record; the next worker replays them all,
+            // in pop order, each exactly once.
+            let served = self.serve_chain(&popped.used, popped.head, popped.counter, false);
+            if let Err(e) = served {
+                queue.failed.lock().unwrap().get_or_insert(e.to_string());
             }
-            if let Some(a) = &self.active {
-                let more = a.used.ring.arm_kick(&a.used.guest.mem, a.next_avail).unwrap_or(false);
-                a.used.log_used();
-                if more {
-                    continue;
-                }
-            }
-            self.wait(Some(kick));
+            queue.serving.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
+    /// Holding the popper lock: takes in control changes, then waits for and pops the next
+    /// chain the driver made available.
+    fn next_chain(&mut self, p: &mut Popper) -> Popped {
+        let queue = self.queue.clone();
+        loop {
+            self.take_control(p);
+            if let Some(e) = queue.failed.lock().unwrap().take()
+                && p.active.take().is_some()
+            {
+                tracing::error!(queue = queue.index, "{e}; the queue stops until the frontend sets it up again");
+            }
+            let Some(a) = &mut p.active else {
+                queue.wait(None);
+                continue;
+            };
+            // A control change is taken in between chains, not after the whole backlog: the
+            // supervisor waits for it when the frontend turns dirty logging on (control.rs).
+            if p.seq != Some(queue.area.control_seq.load(Ordering::Acquire)) {
+                continue;
+            }
+            match queue.pop(a) {
+                Ok(Some(popped)) => return popped,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(queue = queue.index, "{e}; the queue stops until the frontend sets it up again");
+                    p.active = None;
+                    continue;
+                }
+            }
+            let more = a.used.ring.arm_kick(&a.used.guest.mem, a.next_avail).unwrap_or(false);
+            a.used.log_used();
+            if !more {
+                queue.wait(Some(a.kick_fd));
+            }
+        }
+    }
+
+    /// Every thread of the queue is serving a chain, so none is left to pop the next one the
+    /// driver sends: start one more, if the queue may have another.
+    fn start_another_if_all_busy(&self) {
+        let queue = &self.queue;
+        let threads = queue.threads.load(Ordering::Acquire);
+        if queue.serving.load(Ordering::Acquire) < threads || threads >= queue.max_threads {
+            return;
+        }
+        queue.threads.store(threads + 1, Ordering::Release);
+        let thread = QueueThread::on(queue.clone());
+        let name = format!("vq-{}.{threads}", queue.index);
+        if let Err(e) = std::thread::Builder::new().name(name).spawn(move || thread.run()) {
+            // The queue is served as before, by the threads it has.
+            tracing::warn!(queue = queue.index, "cannot start another serving thread: {e}");
+            queue.threads.store(threads, Ordering::Release);
+        }
+    }
+
+    /// Takes in the queue's configuration if the supervisor changed anything since last time.
+    /// Each activation repairs a used-ring update a dead worker cut in half; the first one in
+    /// this worker also replays what the dead worker left in flight.
+    fn take_control(&mut self, p: &mut Popper) {
+        let queue = self.queue.clone();
+        let (cfg, seq) = queue.area.read_control(|a| a.queue_config(queue.index));
+        if p.seq == Some(seq) {
+            return;
+        }
+        // The chains this queue's other threads are serving finish under the configuration
+        // they were popped with (control changes are rare: stopping a ring, dirty logging).
+        while queue.serving.load(Ordering::Acquire) != 0 {
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+        // An error under the old configuration does not stop the new one.
+        queue.failed.lock().unwrap().take();
+        // Crash here: the change is in the region; the next worker takes it in the same way.
+        crate::crash_point!("vhost.apply_control");
+        p.seq = Some(seq);
+        p.active = if cfg.active { queue.activate(&cfg) } else { None };
+        if let Some(used) = p.active.as_ref().map(|a| a.used.clone())
+            && !std::mem::replace(&mut p.replayed, true)
+            && let Err(e) = self.replay_in_flight(&used)
+        {
+            tracing::error!(queue = queue.index, "replaying in-flight chains: {e}");
+            p.active = None;
+        }
+        // The supervisor, stopping a ring, waits for this: no chain of ours is being served.
+        queue.state.applied_seq.store(seq, Ordering::Release);
+    }
+
+    /// Serves the heads a dead worker popped and did not finish, in pop order, as replays.
+    fn replay_in_flight(&mut self, used: &UsedRing) -> Result<(), ring::RingError> {
+        for (head, counter) in self.queue.state.in_flight(used.ring.size()) {
+            tracing::info!(queue = self.queue.index, head, counter, "replaying a chain the dead worker had popped");
+            self.serve_chain(used, head, counter, true)?;
+        }
+        Ok(())
+    }
+
+    /// Serves one popped head and gives it its used element (or hands it to a lock waiter).
+    fn serve_chain(&mut self, used: &UsedRing, head: u16, counter: u64, replay: bool) -> Result<(), ring::RingError> {
+        let index = self.queue.index;
+        let delivery =
+            Delivery { key: RecordKey { id: record_key(index, counter), redelivered: replay }, groups: no_groups };
+        let chain = match used.ring.chain(&used.guest.mem, head) {
+            Ok(chain) => chain,
+            Err(e) => {
+                tracing::warn!(queue = index, head, "dropping a descriptor chain: {e}");
+                return used.put(head, 0, 0);
+            }
+        };
+        let n = ring::read_request(&used.guest.mem, &chain, &mut self.request)?;
+        if chain.readable_len() > n as u64 {
+            tracing::warn!(queue = index, len = chain.readable_len(), "request larger than any FUSE request");
+        }
+        let mut exchange = InChain { msg: &self.request[..n], used, head, chain, queue: index };
+        // Crash here: the head is in flight and nothing was done for it; the next worker replays it.
+        crate::crash_point!("vhost.after_pop", exchange.opcode());
+        let server = &self.queue.server;
+        if server::blocks(exchange.request()) {
+            let waiter = InChain {
+                msg: exchange.msg.to_vec(),
+                used: used.clone(),
+                head,
+                chain: exchange.chain.clone(),
+                queue: index,
+            };
+            return match server.spawn_blocking(waiter, delivery) {
+                Ok(()) => Ok(()),
+                Err(mut waiter) => {
+                    server.serve(&mut waiter, delivery, &self.record, &mut self.reply);
+                    Ok(())
+                }
+            };
+        }
+        server.serve(&mut exchange, delivery, &self.record, &mut self.reply)
+    }
+}
+
+impl Queue {
     /// Waits for a kick or a control change (with a bound, as a safety net), and consumes both
     /// eventfd counts.
     fn wait(&self, kick: Option<i32>) {
@@ -182,29 +357,6 @@ impl QueueThread {
                 sys::eventfd_drain(fd);
             }
         }
-    }
-
-    /// Takes in the queue's configuration if the supervisor changed anything since last time.
-    /// Each activation repairs a used-ring update a dead worker cut in half; the first one in
-    /// this worker also replays what the dead worker left in flight.
-    fn take_control(&mut self) {
-        let (cfg, seq) = self.area.read_control(|a| a.queue_config(self.index));
-        if self.seq == Some(seq) {
-            return;
-        }
-        // Crash here: the change is in the region; the next worker takes it in the same way.
-        crate::crash_point!("vhost.apply_control");
-        self.seq = Some(seq);
-        self.active = if cfg.active { self.activate(&cfg) } else { None };
-        if let Some(used) = self.active.as_ref().map(|a| a.used.clone())
-            && !std::mem::replace(&mut self.replayed, true)
-            && let Err(e) = self.replay_in_flight(&used)
-        {
-            tracing::error!(queue = self.index, "replaying in-flight chains: {e}");
-            self.active = None;
-        }
-        // The supervisor, stopping a ring, waits for this: no chain of ours is being served.
-        self.state.applied_seq.store(seq, Ordering::Release);
     }
 
     fn activate(&self, cfg: &QueueConfig) -> Option<Active> {
@@ -258,83 +410,27 @@ impl QueueThread {
         Some(Active { used, kick_fd: cfg.kick_fd, next_avail: self.state.next_avail() })
     }
 
-    /// Serves the heads a dead worker popped and did not finish, in pop order, as replays.
-    fn replay_in_flight(&mut self, used: &UsedRing) -> Result<(), ring::RingError> {
-        for (head, counter) in self.state.in_flight(used.ring.size()) {
-            tracing::info!(queue = self.index, head, counter, "replaying a chain the dead worker had popped");
-            self.serve_chain(used, head, counter, true)?;
+    /// Pops the next chain the driver made available, if any.
+    fn pop(&self, a: &mut Active) -> Result<Option<Popped>, String> {
+        let (mem, ring) = (&a.used.guest.mem, a.used.ring);
+        let next = a.next_avail;
+        let avail = ring.avail_idx(mem).map_err(|e| e.to_string())?;
+        if avail == next {
+            return Ok(None);
         }
-        Ok(())
-    }
-
-    /// Pops and serves every chain the driver made available.
-    fn drain(&mut self) -> Result<(), String> {
-        loop {
-            // A control change is taken in between chains, not after the whole backlog: the
-            // supervisor waits for it when the frontend turns dirty logging on (control.rs).
-            if self.seq != Some(self.area.control_seq.load(Ordering::Acquire)) {
-                return Ok(());
-            }
-            let Some(a) = &self.active else { return Ok(()) };
-            let (used, next) = (a.used.clone(), a.next_avail);
-            let (mem, ring) = (&used.guest.mem, used.ring);
-            let avail = ring.avail_idx(mem).map_err(|e| e.to_string())?;
-            if avail == next {
-                return Ok(());
-            }
-            if avail.wrapping_sub(next) > ring.size() {
-                return Err(format!("the driver's avail index {avail} is more than a queue ahead of {next}"));
-            }
-            let head = ring.avail_head(mem, next).map_err(|e| e.to_string())?;
-            if head >= ring.size() {
-                return Err(format!("avail entry {next} names head {head}, outside the queue"));
-            }
-            if self.state.desc[head as usize].inflight.load(Ordering::Acquire) != 0 {
-                return Err(format!("avail entry {next} names head {head}, which is already in flight"));
-            }
-            let counter = self.state.mark_popped(head);
-            if let Some(a) = &mut self.active {
-                a.next_avail = next.wrapping_add(1);
-            }
-            self.serve_chain(&used, head, counter, false).map_err(|e| e.to_string())?;
+        if avail.wrapping_sub(next) > ring.size() {
+            return Err(format!("the driver's avail index {avail} is more than a queue ahead of {next}"));
         }
-    }
-
-    /// Serves one popped head and gives it its used element (or hands it to a lock waiter).
-    fn serve_chain(&mut self, used: &UsedRing, head: u16, counter: u64, replay: bool) -> Result<(), ring::RingError> {
-        let delivery =
-            Delivery { key: RecordKey { id: record_key(self.index, counter), redelivered: replay }, groups: no_groups };
-        let chain = match used.ring.chain(&used.guest.mem, head) {
-            Ok(chain) => chain,
-            Err(e) => {
-                tracing::warn!(queue = self.index, head, "dropping a descriptor chain: {e}");
-                return used.put(head, 0, 0);
-            }
-        };
-        let n = ring::read_request(&used.guest.mem, &chain, &mut self.request)?;
-        if chain.readable_len() > n as u64 {
-            tracing::warn!(queue = self.index, len = chain.readable_len(), "request larger than any FUSE request");
+        let head = ring.avail_head(mem, next).map_err(|e| e.to_string())?;
+        if head >= ring.size() {
+            return Err(format!("avail entry {next} names head {head}, outside the queue"));
         }
-        let mut exchange = InChain { msg: &self.request[..n], used, head, chain, queue: self.index };
-        // Crash here: the head is in flight and nothing was done for it; the next worker replays it.
-        crate::crash_point!("vhost.after_pop", exchange.opcode());
-        if server::blocks(exchange.request()) {
-            let waiter = InChain {
-                msg: exchange.msg.to_vec(),
-                used: used.clone(),
-                head,
-                chain: exchange.chain.clone(),
-                queue: self.index,
-            };
-            return match self.server.spawn_blocking(waiter, delivery) {
-                Ok(()) => Ok(()),
-                Err(mut waiter) => {
-                    self.server.serve(&mut waiter, delivery, &self.record, &mut self.reply);
-                    Ok(())
-                }
-            };
+        if self.state.desc[head as usize].inflight.load(Ordering::Acquire) != 0 {
+            return Err(format!("avail entry {next} names head {head}, which is already in flight"));
         }
-        self.server.serve(&mut exchange, delivery, &self.record, &mut self.reply)
+        let counter = self.state.mark_popped(head);
+        a.next_avail = next.wrapping_add(1);
+        Ok(Some(Popped { used: a.used.clone(), head, counter }))
     }
 }
 
