@@ -203,8 +203,8 @@ fn lay_out_chain(q: &common::frontend::QueueHandle, head: u16, slot: u64, req: &
 }
 
 /// Several chains of ONE queue served at once: two MKDIRs held (crash-point stall mode) just
-/// after their directories were made, a GETATTR published after them
-/// answered meanwhile (out of order). Then either they finish, or the worker is SIGKILLed with
+/// after their directories were made, a GETATTR published with them (a driver's three callers)
+/// answered meanwhile, out of order. Then either they finish, or the worker is SIGKILLed with
 /// both in the middle: the next worker replays both heads, each answered once with success, each
 /// directory made once.
 #[test]
@@ -230,8 +230,11 @@ fn test_chains_of_one_queue_served_at_once_and_each_replayed_once() {
         for (i, op) in mkdirs.iter().enumerate() {
             let head = 3 * i as u16;
             replies.push((head, lay_out_chain(q, head, i as u64, &encode_request(sender(10 + i as u64), op))));
-            q.publish(head).unwrap();
         }
+        let getattr = Op::Getattr { fh: None };
+        let getattr_reply = lay_out_chain(q, 6, 2, &encode_request(sender(12), &getattr));
+        // All three at once, as a driver with three callers waiting queues them.
+        q.publish_all(&[0, 3, 6]).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !(b.share.join("d1").is_dir() && b.share.join("d2").is_dir()) {
             assert!(
@@ -241,9 +244,6 @@ fn test_chains_of_one_queue_served_at_once_and_each_replayed_once() {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        let getattr = Op::Getattr { fh: None };
-        let getattr_reply = lay_out_chain(q, 6, 2, &encode_request(sender(12), &getattr));
-        q.publish(6).unwrap();
         let (id, len) = q.wait_used().unwrap_or_else(|e| panic!("kill={kill}: GETATTR behind two held chains: {e}"));
         assert_eq!(id, 6, "kill={kill}: the GETATTR is answered first, while both MKDIRs are held");
         let mut reply = vec![0u8; len as usize];

@@ -516,11 +516,19 @@ impl QueueHandle {
 
     /// Offers the chain starting at `head` to the device and kicks it.
     pub fn publish(&mut self, head: u16) -> Result<()> {
+        self.publish_all(&[head])
+    }
+
+    /// Offers the chains starting at `heads` to the device at once (one avail index update, one
+    /// kick), as a driver does that queued several requests before kicking.
+    pub fn publish_all(&mut self, heads: &[u16]) -> Result<()> {
         // avail.ring[idx % size] = head, then publish idx with release ordering so the device
         // never sees the index before the entry (virtio 1.1 §2.6.13).
-        let slot = self.avail.0 + 4 + 2 * u64::from(self.next_avail % self.size);
-        self.mem.write_obj(head.to_le(), GuestAddress(slot)).map_err(mem_err)?;
-        self.next_avail = self.next_avail.wrapping_add(1);
+        for &head in heads {
+            let slot = self.avail.0 + 4 + 2 * u64::from(self.next_avail % self.size);
+            self.mem.write_obj(head.to_le(), GuestAddress(slot)).map_err(mem_err)?;
+            self.next_avail = self.next_avail.wrapping_add(1);
+        }
         self.mem.store(self.next_avail.to_le(), GuestAddress(self.avail.0 + 2), Ordering::Release).map_err(mem_err)?;
         // Always kick, even when EVENT_IDX's avail_event says the device does not need it:
         // spurious kicks are allowed and it keeps a missed kick out of the suspects.

@@ -14,7 +14,8 @@
 //! out of order; puts are serialised by the queue's `UsedRing`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
+use std::time::Duration;
 
 use crate::fuse::{MAX_REQUEST, ReplyBuf};
 use crate::server::{self, Delivery, Exchange, RecordKey, Server, ThreadRecord};
@@ -113,6 +114,8 @@ struct Popped {
     used: UsedRing,
     head: u16,
     counter: u64,
+    /// The driver had made more chains available behind it.
+    more: bool,
 }
 
 /// The ring as the popping thread sees it: a queue's threads pop (and take in control changes)
@@ -140,6 +143,9 @@ struct Queue {
     /// control change is taken in only when it is 0: the supervisor, stopping a ring or turning
     /// dirty logging on, must know that no thread still serves under the old configuration.
     serving: AtomicUsize,
+    /// Threads of this queue waiting for their turn at popping (see `take_turn`).
+    idle: Mutex<usize>,
+    idle_wake: Condvar,
     /// This queue's serving threads, started one by one as the driver's requests overlap.
     threads: AtomicUsize,
     /// At most this many: as many requests of one queue are served at once.
@@ -176,6 +182,8 @@ impl QueueThread {
             popper: Mutex::new(Popper { seq: None, active: None, replayed: false }),
             used_idx: Arc::new(Mutex::new(0)),
             serving: AtomicUsize::new(0),
+            idle: Mutex::new(0),
+            idle_wake: Condvar::new(),
             threads: AtomicUsize::new(1),
             max_threads: max_threads.max(1),
             failed: Mutex::new(None),
@@ -191,14 +199,15 @@ impl QueueThread {
     /// Serves the queue for the life of the worker.
     pub fn run(mut self) -> ! {
         let queue = self.queue.clone();
+        let mut looks = Looks::default();
         loop {
-            let popped = {
-                let mut popper = queue.popper.lock().unwrap();
-                let popped = self.next_chain(&mut popper);
-                queue.serving.fetch_add(1, Ordering::AcqRel);
-                self.start_another_if_all_busy();
-                popped
-            };
+            let Some(mut popper) = queue.take_turn(&mut looks) else { continue };
+            let popped = self.next_chain(&mut popper);
+            queue.serving.fetch_add(1, Ordering::AcqRel);
+            drop(popper);
+            if popped.more {
+                self.call_another();
+            }
             // Crash while serving (here or in another of this queue's threads): every popped
             // head is in flight in the region with its record; the next worker replays them all,
             // in pop order, each exactly once.
@@ -247,12 +256,18 @@ impl QueueThread {
         }
     }
 
-    /// Every thread of the queue is serving a chain, so none is left to pop the next one the
-    /// driver sends: start one more, if the queue may have another.
-    fn start_another_if_all_busy(&self) {
+    /// The driver keeps more chains in flight than one thread can pop and serve: wake an idle
+    /// thread of the queue to pop the next, or start one if none is idle and the queue may have
+    /// another.
+    fn call_another(&self) {
         let queue = &self.queue;
+        let idle = queue.idle.lock().unwrap();
+        if *idle > 0 {
+            queue.idle_wake.notify_one();
+            return;
+        }
         let threads = queue.threads.load(Ordering::Acquire);
-        if queue.serving.load(Ordering::Acquire) < threads || threads >= queue.max_threads {
+        if threads >= queue.max_threads {
             return;
         }
         queue.threads.store(threads + 1, Ordering::Release);
@@ -345,7 +360,51 @@ impl QueueThread {
     }
 }
 
+/// How often an idle thread looks for a turn at popping while its queue is busy: the longest a
+/// request can wait behind a slow one that was popped with nothing behind it.
+const IDLE_LOOK: Duration = Duration::from_millis(1);
+/// An idle thread rests (looks once a second, as a safety net) after this many looks in a row
+/// saw no chain popped: a quiet queue costs no wake-ups.
+const QUIET_LOOKS: u32 = 100;
+const IDLE_REST: Duration = Duration::from_secs(1);
+
+/// What an idle thread remembers between its looks.
+#[derive(Default)]
+struct Looks {
+    /// The queue's pop counter at the last look.
+    pops: u64,
+    /// Looks in a row that saw no chain popped.
+    quiet: u32,
+}
+
 impl Queue {
+    /// The turn at popping, if no other thread of the queue has it; otherwise waits as an idle
+    /// thread (until called, or for its next look) and returns None.
+    ///
+    /// A thread pops one chain and lets the turn go before serving it, without waking anyone
+    /// unless more chains wait (`call_another`): a driver with one request at a time is served
+    /// by one thread with no hand-off, as a single queue thread would. While the queue is busy,
+    /// idle threads look again every `IDLE_LOOK` and take a turn nobody holds, so a request that
+    /// arrives while every thread with a chain is serving waits at most that long.
+    fn take_turn(&self, looks: &mut Looks) -> Option<MutexGuard<'_, Popper>> {
+        // Under the idle lock: a popper that lets go of its turn and then calls another thread
+        // either finds us waiting or is seen by our try_lock.
+        let mut idle = self.idle.lock().unwrap();
+        match self.popper.try_lock() {
+            Ok(popper) => return Some(popper),
+            Err(TryLockError::Poisoned(e)) => return Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => {}
+        }
+        let pops = self.state.next_counter.load(Ordering::Relaxed);
+        looks.quiet = if pops == looks.pops { looks.quiet.saturating_add(1) } else { 0 };
+        looks.pops = pops;
+        let patience = if looks.quiet < QUIET_LOOKS { IDLE_LOOK } else { IDLE_REST };
+        *idle += 1;
+        idle = self.idle_wake.wait_timeout(idle, patience).unwrap().0;
+        *idle -= 1;
+        None
+    }
+
     /// Waits for a kick or a control change (with a bound, as a safety net), and consumes both
     /// eventfd counts.
     fn wait(&self, kick: Option<i32>) {
@@ -430,7 +489,7 @@ impl Queue {
         }
         let counter = self.state.mark_popped(head);
         a.next_avail = next.wrapping_add(1);
-        Ok(Some(Popped { used: a.used.clone(), head, counter }))
+        Ok(Some(Popped { used: a.used.clone(), head, counter, more: avail != a.next_avail }))
     }
 }
 
