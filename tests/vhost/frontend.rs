@@ -3,11 +3,13 @@
 //! guest's virtio-fs driver (split virtqueues in guest memory), so a backend such as virtiofsd or
 //! phoenixfsd can be driven without a VM.
 //!
-//! Deliberately simple: one memory region, one request in flight per queue (unless a test drives
-//! the low-level calls itself); EVENT_IDX and INDIRECT_DESC on request (`request` lays its chains
-//! out directly in the ring; a test builds indirect tables itself with `write_table_entry`). Every wait has a
-//! timeout so a wedged backend fails the test instead of hanging it. Queues can be taken out of
-//! the `Frontend` as `QueueHandle`s and driven from their own threads.
+//! Deliberately simple: one memory region; a `QueueHandle` carries one request at a time (unless
+//! a test drives the low-level calls itself), and `SharedQueue` splits a queue into slots so that
+//! several threads keep a request in flight each on it, as a guest's driver does; EVENT_IDX and
+//! INDIRECT_DESC on request (`request` lays its chains out directly in the ring; a test builds
+//! indirect tables itself with `write_table_entry`). Every wait has a timeout so a wedged backend
+//! fails the test instead of hanging it. Queues can be taken out of the `Frontend` as
+//! `QueueHandle`s and driven from their own threads.
 
 use std::fmt;
 use std::fs::File;
@@ -25,8 +27,15 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-/// Guest RAM size. Large enough for every queue's rings plus a data area per queue.
-pub const GUEST_MEM_SIZE: usize = 64 << 20;
+#[path = "shared_queue.rs"]
+mod shared_queue;
+pub use shared_queue::{QueueSlot, SharedQueue};
+
+/// Guest RAM size. Large enough for every queue's rings plus a data area per queue, shared
+/// equally: with a hiprio and 4 request queues, each data area holds 12 requests in flight of
+/// the largest kind the bridge carries (a 1 MiB WRITE, with room for a 1 MiB READ reply). A
+/// memfd: only the pages written cost memory.
+pub const GUEST_MEM_SIZE: usize = 128 << 20;
 /// Rings live in the first MiB; request/reply buffers after it.
 const RINGS_BASE: u64 = 0;
 const RING_STRIDE: u64 = 64 << 10;
@@ -61,6 +70,18 @@ pub enum Error {
         queue: usize,
         waited: Duration,
     },
+    /// A slot's earlier chain timed out and the device has not returned it yet, so the slot's
+    /// descriptors and buffers are still the device's.
+    StillWithDevice {
+        queue: usize,
+        head: u16,
+    },
+    /// An earlier failure (`why`) left the queue's ring untrustworthy: a used element no
+    /// correct device returns, say.
+    Unusable {
+        queue: usize,
+        why: String,
+    },
     /// The request does not fit the queue's data area, or the queue does not exist.
     Invalid(String),
     /// The backend returned something no correct device would.
@@ -79,6 +100,10 @@ impl fmt::Display for Error {
             Error::MissedNotification { queue, waited } => {
                 write!(f, "queue {queue}: used buffer found, but no notification after {waited:?}")
             }
+            Error::StillWithDevice { queue, head } => {
+                write!(f, "queue {queue}: the chain at head {head}, which timed out, is still with the device")
+            }
+            Error::Unusable { queue, why } => write!(f, "queue {queue} unusable since: {why}"),
             Error::Invalid(m) => write!(f, "invalid request: {m}"),
             Error::BadUsed(m) => write!(f, "bad used ring entry: {m}"),
         }
@@ -379,7 +404,7 @@ pub struct QueueHandle {
 }
 
 /// What a queue is, as opposed to how far it has got: where its rings and buffers are and how
-/// it is signalled. Fixed once set up, so several threads could use it at once.
+/// it is signalled. Fixed once set up, so several threads may use it at once (`SharedQueue`).
 struct Ring {
     index: usize,
     size: u16,
@@ -723,7 +748,8 @@ impl QueueHandle {
     /// Sends one FUSE request as a chain of a device-readable request and, unless
     /// `reply_capacity` is 0 (FORGET and friends, as the Linux driver sends them), a
     /// device-writable reply buffer of `reply_capacity` bytes; waits for the device to return it
-    /// and gives back exactly the bytes the device says it wrote.
+    /// and gives back exactly the bytes the device says it wrote. One request at a time:
+    /// `SharedQueue` carries several.
     pub fn request(&mut self, request: &[u8], reply_capacity: u32) -> Result<Vec<u8>> {
         let share = self.ring.whole();
         let descriptors = share.descriptors(self.cursor.next_avail);
