@@ -20,6 +20,8 @@ pub mod backend;
 pub mod bridge;
 #[path = "../vhost/frontend.rs"]
 pub mod frontend;
+#[path = "../vhost/workload.rs"]
+pub mod workload;
 
 pub mod errno;
 pub mod fuzz;
