@@ -239,8 +239,11 @@ impl Worker {
                 Err(e) => match e.raw_os_error() {
                     // ENOENT: the request we were about to get was interrupted.
                     Some(libc::EINTR | libc::EAGAIN | libc::ENOENT) => {}
-                    // The connection is gone: unmounted or aborted.
-                    Some(libc::ENODEV) => return,
+                    // The connection is gone: unmounted (ENODEV), or aborted through fusectl
+                    // (ECONNABORTED), as `shutdown` does after the unmount; a reader that wakes
+                    // only after that abort, though the unmount had already ended the
+                    // connection, gets ECONNABORTED too.
+                    Some(libc::ENODEV | libc::ECONNABORTED) => return,
                     _ => return self.fail(format_args!("read /dev/fuse: {e}")),
                 },
             }
