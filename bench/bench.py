@@ -6,8 +6,9 @@ medians (min–max over the rounds) and ratios.
 Over /dev/fuse (default): native, libfuse's passthrough_ll (built by scripts/bench.sh from the
 examples of Debian's libfuse3-dev), phoenixfsd and phoenixfsd --recovery off.
 With --transport vhost-user (or fuse,vhost-user: both in one run) the daemons serve virtio-fs instead, each mounted on the host through
-the FUSE-to-virtqueue bridge (examples/vhost_bridge.rs, one request queue), with virtiofsd from
-crates.io as the peer: the peer comparison without a VM.
+the FUSE-to-virtqueue bridge (examples/vhost_bridge.rs, one request queue carrying one request at
+a time), with virtiofsd from crates.io as the peer: the peer comparison without a VM. Two more
+phoenixfsd columns vary the bridge: 4 request queues, and 1 queue carrying 4 requests at once.
 
 --backing tmpfs puts the shared directory on a tmpfs of its own (what the FUSE layer costs,
 alone); --backing disk on the disk (/var/tmp or --dir); --backing tmpfs,disk both, one table each.
@@ -120,12 +121,12 @@ class Daemon:
         return Daemon(cmd, mnt, logpath, exit_codes=(0, 1))
 
     @staticmethod
-    def vhost(backend, share, mnt, bridge_bin, logpath, control=False, queues=1):
+    def vhost(backend, share, mnt, bridge_bin, logpath, control=False, queues=1, in_flight=1):
         """backend: a command line to which --shared-dir and --socket-path are added; the bridge
-        drives `queues` request queues, one request in flight on each."""
+        drives `queues` request queues, each carrying up to `in_flight` requests at once."""
         sock = mnt + ".sock"
         cmd = [*backend, "--shared-dir", share, "--socket-path", sock]
-        return Daemon(cmd, mnt, logpath, bridge=[bridge_bin, sock, mnt, str(queues)],
+        return Daemon(cmd, mnt, logpath, bridge=[bridge_bin, sock, mnt, str(queues), str(in_flight)],
                       control=sock + ".ctl" if control else None)
 
     def __enter__(self):
@@ -335,6 +336,10 @@ class Progress:
 # request queues.
 MQ_QUEUES = 4
 MQ_LABEL = f"phoenixfsd {MQ_QUEUES}q"
+# Its in-flight column: phoenixfsd through a bridge whose one request queue carries this many
+# requests at once.
+IN_FLIGHT = 4
+IN_FLIGHT_LABEL = f"phoenixfsd 1q×{IN_FLIGHT}"
 
 
 def targets_for(transport, binary, extra):
@@ -371,6 +376,9 @@ def targets_for(transport, binary, extra):
         # What a guest on Linux 6.10+ gets when QEMU gives the device several request queues
         # (num-request-queues): phoenixfsd serves each on its own thread; virtiofsd offers one.
         (MQ_LABEL, lambda s, m, l: Daemon.vhost(pfs, s, m, bridge, l, control=True, queues=MQ_QUEUES)),
+        # What any guest does with its one request queue when several processes wait in
+        # syscalls: several requests in flight on it at once.
+        (IN_FLIGHT_LABEL, lambda s, m, l: Daemon.vhost(pfs, s, m, bridge, l, control=True, in_flight=IN_FLIGHT)),
     ]
 
 
@@ -508,6 +516,8 @@ def render(transport, targets, runs, work, args, binary, extra, load_before, loa
         ratios.append(("pfs/baseline", "phoenixfsd", "baseline"))
     if MQ_LABEL in labels:
         ratios.append((f"{MQ_QUEUES}q/{peer}", MQ_LABEL, peer))
+    if IN_FLIGHT_LABEL in labels:
+        ratios.append((f"1q×{IN_FLIGHT}/pfs", IN_FLIGHT_LABEL, "phoenixfsd"))
     fio_ver = subprocess.run(["fio", "--version"], capture_output=True, text=True).stdout.strip()
     per_inode, per_handle = report.slot_sizes(ROOT)
     sections = []
@@ -522,12 +532,18 @@ def render(transport, targets, runs, work, args, binary, extra, load_before, loa
             f"their order rotated each round; median (min–max) of {args.rounds} round{'s' if args.rounds > 1 else ''}")
     if transport == "vhost-user":
         conf += ("; each daemon serves vhost-user and is mounted through the FUSE-to-virtqueue bridge "
-                 "(examples/vhost_bridge.rs, 1 request queue, one request in flight per queue: virtiofsd "
-                 "offers one request queue), so every column but native pays the same bridge; "
+                 "(examples/vhost_bridge.rs, 1 request queue: virtiofsd offers one), so every column but native "
+                 "pays the same bridge; the bridge of virtiofsd, phoenixfsd and phoenixfsd off carries one request "
+                 "at a time, as in earlier runs, so that their figures stay comparable with those; "
                  f"`{MQ_LABEL}` is phoenixfsd through the bridge with {MQ_QUEUES} request queues (as a guest on "
                  f"Linux 6.10+ uses them when QEMU's `num-request-queues` is {MQ_QUEUES}; virtiofsd offers one): "
-                 f"up to {MQ_QUEUES} requests in flight, served at once. The bridge cannot show what virtiofsd's "
-                 "`--thread-pool-size` would do with several requests in flight on its one queue")
+                 f"up to {MQ_QUEUES} requests in flight, one per queue; `{IN_FLIGHT_LABEL}` is phoenixfsd through "
+                 f"the bridge with 1 request queue carrying up to {IN_FLIGHT} requests at once (one bridge thread "
+                 "each, as any guest's driver keeps several in flight on its one queue when several processes "
+                 "wait in syscalls), which a workload fills only when it has several requests outstanding "
+                 "(several jobs or processes, or the kernel's readahead and writeback). virtiofsd is not "
+                 "measured with several in flight (it would serve them one at a time unless given "
+                 "`--thread-pool-size`)")
     machine = (f"{os.cpu_count()} CPUs, kernel {platform.release()}, {fio_ver}, "
                f"daemon `{os.path.basename(binary)}{(' ' + ' '.join(extra)) if extra else ''}`, "
                f"load average {load_before[0]:.1f} at the start and {load_after[0]:.1f} at the end")
@@ -536,6 +552,8 @@ def render(transport, targets, runs, work, args, binary, extra, load_before, loa
              f"pfs/{peer} = phoenixfsd / {peer}, on/off = phoenixfsd / phoenixfsd --recovery off "
              "(the cost of being crash-proof)"
              + (f", {MQ_QUEUES}q/{peer} = {MQ_LABEL} / {peer}" if MQ_LABEL in labels else "")
+             + (f", 1q×{IN_FLIGHT}/pfs = {IN_FLIGHT_LABEL} / phoenixfsd (what {IN_FLIGHT} requests in flight on "
+                "its one queue give phoenixfsd)" if IN_FLIGHT_LABEL in labels else "")
              + ". Higher is better for every unit; a ratio marked * is one whose two columns' min–max "
              "ranges do not overlap (every round of one beat every round of the other); unmarked ratios "
              "are not a difference this run can show.\n"

@@ -108,7 +108,8 @@ fn test_soak_random_kills_passthrough() {
 }
 
 /// The same soak over vhost-user: the workload's syscalls reach phoenixfsd as chains on four
-/// request queues (the test's FUSE-to-virtqueue bridge), while the worker is killed at random.
+/// request queues, up to four in flight on each (the test's FUSE-to-virtqueue bridge), while the
+/// worker is killed at random.
 #[test]
 fn test_soak_random_kills_vhost_user() {
     let kills = env_u64("PHOENIXFS_SOAK_KILLS", 500);

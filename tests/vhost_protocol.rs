@@ -14,11 +14,12 @@ use zerocopy::FromBytes;
 mod common;
 
 use common::backend::{Backend, call, check_reply, init, open_hello, wait_exit};
-use common::children_of;
+use common::bridge::{Bridge, BridgeOptions};
 use common::frontend::{
     Frontend, FrontendOptions, GUEST_MEM_SIZE, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
+use common::{children_of, sys, workload};
 
 #[test]
 fn test_handshake_and_lookup_over_the_rings() {
@@ -417,6 +418,49 @@ fn test_blocking_lock_does_not_hold_up_its_queue() {
     }
     assert_eq!(used_before, 5, "the waiting lock was not answered before the unlock came");
     drop(b);
+}
+
+/// The bridge with 4 requests in flight on its one request queue, as a guest's driver keeps
+/// them, with EVENT_IDX off and on: a blocking lock waits in the daemon (its chain in flight
+/// until the lock is free, then returned after chains published later) while 4 workers run a
+/// checked file workload beside it. Every result is right, and the queue carried several
+/// requests at once.
+#[test]
+fn test_bridge_several_requests_in_flight_on_one_queue() {
+    common::require_fuse();
+    for event_idx in [false, true] {
+        let b = Backend::start(&["-o", "posix_lock"]);
+        let mnt = b.dir.join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let opts = BridgeOptions { in_flight: 4, event_idx, ..Default::default() };
+        let bridge = Bridge::mount(b.socket(), &mnt, 1, opts).unwrap_or_else(|e| panic!("bridge: {e}"));
+        let queue = std::sync::Arc::clone(&bridge.queues()[0]);
+        let peak = || queue.peak_in_flight();
+
+        std::fs::write(mnt.join("locked"), b"l").unwrap();
+        let open = || std::fs::OpenOptions::new().read(true).write(true).open(mnt.join("locked")).unwrap();
+        let (holder, waiter) = (open(), open());
+        let lock = |f: &std::fs::File, cmd, typ| sys::ofd(std::os::fd::AsRawFd::as_raw_fd(f), cmd, typ);
+        lock(&holder, libc::F_OFD_SETLK, libc::F_WRLCK).expect("the holder takes the lock");
+        std::thread::scope(|s| {
+            let waiting = s.spawn(|| lock(&waiter, libc::F_OFD_SETLKW, libc::F_WRLCK));
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while bridge.requests(abi::Opcode::Setlkw) == 0 {
+                assert!(std::time::Instant::now() < deadline, "no SETLKW reached the bridge");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let rounds = workload::run(&mnt, 4, 20, &|| peak() >= 2);
+            assert!(!waiting.is_finished(), "the waiting lock returned while the holder held it");
+            lock(&holder, libc::F_OFD_SETLK, libc::F_UNLCK).expect("the holder unlocks");
+            let got = waiting.join().unwrap();
+            assert_eq!(got, Ok(libc::F_WRLCK), "the waiting lock is granted once the holder unlocks");
+            eprintln!("event_idx {event_idx}: {rounds} workload rounds, at most {} requests in flight", peak());
+        });
+        assert!((2..=4).contains(&peak()), "event_idx {event_idx}: requests in flight at once: {}", peak());
+        assert!(queue.out_of_order() >= 1, "event_idx {event_idx}: the waiting lock came back after later chains");
+        drop((holder, waiter));
+        assert_eq!(bridge.unmount(), 0, "event_idx {event_idx}: bridge failures (see stderr)");
+    }
 }
 
 /// A guest that reboots starts a new FUSE session with INIT, without forgetting the old one's

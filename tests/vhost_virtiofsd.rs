@@ -16,6 +16,8 @@ use phoenixfsd::fuse::encode::{Sender, encode_request};
 mod bridge;
 #[path = "vhost/frontend.rs"]
 mod frontend;
+#[path = "vhost/workload.rs"]
+mod workload;
 
 use bridge::{Bridge, BridgeOptions};
 use frontend::{Frontend, FrontendOptions};
@@ -59,6 +61,11 @@ struct Fixture {
 
 impl Fixture {
     fn start() -> Fixture {
+        Fixture::start_with(&[])
+    }
+
+    /// `start`, with `args` added to virtiofsd's.
+    fn start_with(args: &[&str]) -> Fixture {
         let bin = virtiofsd().expect(
             "virtiofsd not found: this test drives the peer virtiofsd from crates.io through the test frontend; \
              run scripts/setup.sh (cargo install virtiofsd) or set VIRTIOFSD",
@@ -76,6 +83,7 @@ impl Fixture {
             // No namespaces/seccomp: the test may run in a container without the privileges for
             // them, and the sandbox is not what is under test.
             .args(["--sandbox", "none", "--seccomp", "none", "--cache", "never"])
+            .args(args)
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn virtiofsd");
@@ -272,6 +280,31 @@ fn test_bridge_runs_real_syscalls_against_virtiofsd() {
     assert_eq!(bridge.unmount(), 0, "bridge failures (see stderr)");
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mountinfo.contains(mnt.to_str().unwrap()), "{mnt:?} still mounted");
+    fx.assert_daemon_exits();
+}
+
+/// The bridge with 4 requests in flight on its one request queue (EVENT_IDX on), against a
+/// virtiofsd that serves a queue's requests on a thread pool and so returns them in the order
+/// they finish: 4 workers run a checked file workload, and the queue carried several requests
+/// at once.
+#[test]
+fn test_bridge_several_requests_in_flight_against_virtiofsd() {
+    let mut fx = Fixture::start_with(&["--thread-pool-size", "4"]);
+    let mnt = fx.tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let opts = BridgeOptions { in_flight: 4, event_idx: true, ..Default::default() };
+    let bridge = Bridge::mount(&fx.socket, &mnt, 1, opts).unwrap_or_else(|e| panic!("mount: {e}"));
+    let queue = std::sync::Arc::clone(&bridge.queues()[0]);
+
+    let rounds = workload::run(&mnt, 4, 20, &|| queue.peak_in_flight() >= 2);
+    let peak = queue.peak_in_flight();
+    eprintln!(
+        "{rounds} workload rounds, at most {peak} requests in flight, {} returned out of order",
+        queue.out_of_order()
+    );
+    assert!((2..=4).contains(&peak), "requests in flight at once on the one queue: {peak}");
+    assert_eq!(tree(&fx.shared), [(PathBuf::from("hello.txt"), String::from_utf8(CONTENT.to_vec()).unwrap())]);
+    assert_eq!(bridge.unmount(), 0, "bridge failures (see stderr)");
     fx.assert_daemon_exits();
 }
 

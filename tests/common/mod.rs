@@ -4,7 +4,8 @@
 //! A mount can be served over either transport: `Transport::Fuse` (phoenixfsd mounts /dev/fuse
 //! itself) or `Transport::VhostUser` (phoenixfsd listens on a vhost-user socket; the test's
 //! bridge mounts /dev/fuse and carries every request the kernel sends over real virtqueues,
-//! tests/vhost/bridge.rs). Either way real syscalls on `mnt` reach phoenixfsd's engine.
+//! tests/vhost/bridge.rs, up to 4 at once on each of 4 request queues). Either way real syscalls
+//! on `mnt` reach phoenixfsd's engine.
 //!
 //! Also shared: `sys` (raw syscall wrappers returning the errno), `errno` (errno names) and
 //! `proc` (the daemon's processes and fd table, from /proc).
@@ -20,6 +21,8 @@ pub mod backend;
 pub mod bridge;
 #[path = "../vhost/frontend.rs"]
 pub mod frontend;
+#[path = "../vhost/workload.rs"]
+pub mod workload;
 
 pub mod errno;
 pub mod fuzz;
@@ -49,10 +52,18 @@ impl Transport {
     }
 }
 
-/// Request queues the bridge drives (one bridge thread each). The daemon offers at least 4.
+/// Request queues the bridge drives. The daemon offers at least 4.
 const BRIDGE_QUEUES: usize = 4;
+/// Requests each of them carries at once (one bridge thread each), as a guest's driver keeps
+/// several in flight on a queue when several processes wait in syscalls.
+const BRIDGE_IN_FLIGHT: usize = 4;
 /// How long the bridge waits for one request: longer than any recovery, so a timeout is a bug.
 const BRIDGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How the tests' mounts over vhost-user are bridged.
+fn bridge_options() -> bridge::BridgeOptions {
+    bridge::BridgeOptions { timeout: BRIDGE_TIMEOUT, in_flight: BRIDGE_IN_FLIGHT, ..Default::default() }
+}
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_phoenixfsd");
 
@@ -170,7 +181,7 @@ impl Mount {
         env: &[(&str, &str)],
         log: Option<&Path>,
     ) -> Mount {
-        let bridge = bridge::BridgeOptions { timeout: BRIDGE_TIMEOUT, ..Default::default() };
+        let bridge = bridge_options();
         Mount::launch(Command::new(BIN).envs(env.iter().copied()), transport, share, mnt, extra_args, log, bridge)
     }
 
@@ -196,8 +207,7 @@ impl Mount {
         std::os::unix::fs::chown(&share, Some(share_owner.0), Some(share_owner.1)).unwrap();
         // The user namespace is namespace mode's (PHOENIXFS_TEST_SANDBOX does not apply).
         let args: Vec<&str> = ["--sandbox", "namespace"].iter().chain(extra_args).copied().collect();
-        let bridge = bridge::BridgeOptions { timeout: BRIDGE_TIMEOUT, ..Default::default() };
-        let mut m = Mount::launch(&mut user.command(BIN), transport, &share, &mnt, &args, log, bridge);
+        let mut m = Mount::launch(&mut user.command(BIN), transport, &share, &mnt, &args, log, bridge_options());
         m._tmp = Some(tmp);
         m
     }

@@ -5,9 +5,14 @@
 //! the FUSE requests a guest would send, so whole real-syscall test suites run over the
 //! vhost-user transport.
 //!
-//! One thread per request queue, each reading its own clone of the /dev/fuse connection and
-//! keeping one request in flight; FORGET, BATCH_FORGET and INTERRUPT go to the shared hiprio
-//! queue, as the Linux virtio-fs driver sends them.
+//! Each request queue carries up to `BridgeOptions::in_flight` requests at once, as a guest's
+//! driver does when several processes wait in syscalls: one thread per request in flight, each
+//! reading its own clone of the /dev/fuse connection (the kernel sends a reply back to the
+//! descriptor its request was read from) and sending what it reads through its own slot of the
+//! queue (`SharedQueue`: descriptors and buffers of its own, completions matched by head, since
+//! the device may return chains out of order). The default is one request in flight per queue.
+//! FORGET, BATCH_FORGET and INTERRUPT go to the shared hiprio queue, as the Linux virtio-fs
+//! driver sends them, one at a time.
 
 use std::ffi::CString;
 use std::fmt;
@@ -24,13 +29,16 @@ use std::time::Duration;
 use phoenixfsd::fuse::abi::{InHeader, Opcode, OutHeader, ReadIn};
 use zerocopy::{FromBytes, IntoBytes};
 
-use super::frontend::{DEFAULT_TIMEOUT, Error, Frontend, FrontendOptions, QueueHandle, Result};
+use super::frontend::{DEFAULT_TIMEOUT, Error, Frontend, FrontendOptions, QueueHandle, QueueSlot, Result, SharedQueue};
 
 /// The largest reply the kernel can want: a 1 MiB READ (256 pages, FUSE_MAX_MAX_PAGES) plus
 /// headers.
 const MAX_REPLY: u32 = (1 << 20) + 4096;
 /// The kernel refuses reads into buffers smaller than max_write plus the WRITE headers.
 const READ_BUFFER: usize = (1 << 20) + (64 << 10);
+/// The part of a queue's data area each request in flight needs: the largest request and the
+/// largest reply.
+const SLOT_ROOM: u64 = READ_BUFFER as u64 + MAX_REPLY as u64;
 /// _IOR(229, 0, u32): attaches a fresh /dev/fuse fd to an existing connection.
 const FUSE_DEV_IOC_CLONE: libc::c_ulong = 0x8004_e500;
 /// How long unmount waits for the threads beyond the queue timeout (a thread may be waiting for
@@ -45,11 +53,13 @@ pub struct BridgeOptions {
     pub event_idx: bool,
     /// How long each queue waits for the backend before the request fails with EIO.
     pub timeout: Duration,
+    /// How many requests each request queue carries at once (one bridge thread each).
+    pub in_flight: usize,
 }
 
 impl Default for BridgeOptions {
     fn default() -> Self {
-        BridgeOptions { queue_size: 128, event_idx: false, timeout: DEFAULT_TIMEOUT }
+        BridgeOptions { queue_size: 128, event_idx: false, timeout: DEFAULT_TIMEOUT, in_flight: 1 }
     }
 }
 
@@ -58,6 +68,8 @@ pub struct Bridge {
     mountpoint: PathBuf,
     mounted: bool,
     threads: Vec<JoinHandle<()>>,
+    /// The request queues, in index order.
+    queues: Vec<Arc<SharedQueue>>,
     /// Never carries a message: it disconnects once every thread has dropped its sender, which
     /// lets unmount wait for the threads with a deadline.
     threads_done: mpsc::Receiver<()>,
@@ -73,8 +85,8 @@ impl Bridge {
     /// Connects to the backend at `socket` with a hiprio queue and `request_queues` request
     /// queues, mounts the FUSE file system on `mountpoint` and starts serving it.
     pub fn mount(socket: &Path, mountpoint: &Path, request_queues: usize, opts: BridgeOptions) -> Result<Bridge> {
-        if request_queues == 0 {
-            return Err(Error::Invalid("a bridge needs at least one request queue".into()));
+        if request_queues == 0 || opts.in_flight == 0 {
+            return Err(Error::Invalid("a bridge needs at least one request queue and one request in flight".into()));
         }
         let fe_opts = FrontendOptions {
             num_queues: 1 + request_queues,
@@ -86,6 +98,7 @@ impl Bridge {
         frontend.set_timeout(opts.timeout);
         let mut queues = frontend.take_queues().into_iter();
         let hiprio = Arc::new(Mutex::new(queues.next().expect("queue 0 exists")));
+        let (queues, slots) = split_queues(queues, opts.in_flight)?;
 
         let master =
             OpenOptions::new().read(true).write(true).open("/dev/fuse").map_err(|e| Error::Io("open /dev/fuse", e))?;
@@ -95,38 +108,40 @@ impl Bridge {
         let mut bridge = Bridge {
             mountpoint: mountpoint.to_owned(),
             mounted: true,
-            threads: Vec::with_capacity(request_queues),
+            threads: Vec::with_capacity(slots.len()),
+            queues,
             threads_done,
             failures: Arc::new(AtomicUsize::new(0)),
             requests: Arc::new(std::array::from_fn(|_| AtomicUsize::new(0))),
             timeout: opts.timeout,
             frontend,
         };
-        bridge.start(master, queues.collect(), hiprio, done_tx)?;
+        bridge.start(master, slots, hiprio, done_tx)?;
         Ok(bridge)
     }
 
-    /// One thread per request queue, the first on `master`, the others on clones of it. Owns
-    /// `done`, so that on error it is gone before the caller's drop of the bridge waits for it.
+    /// One thread per slot of a request queue, the first on `master`, the others on clones of
+    /// it. Owns `done`, so that on error it is gone before the caller's drop of the bridge waits
+    /// for it.
     fn start(
         &mut self,
         master: File,
-        queues: Vec<QueueHandle>,
+        slots: Vec<QueueSlot>,
         hiprio: Arc<Mutex<QueueHandle>>,
         done: mpsc::Sender<()>,
     ) -> Result<()> {
-        let clones = (1..queues.len()).map(|_| clone_connection(&master)).collect::<Result<Vec<_>>>()?;
-        for (fuse, queue) in std::iter::once(master).chain(clones).zip(queues) {
+        let clones = (1..slots.len()).map(|_| clone_connection(&master)).collect::<Result<Vec<_>>>()?;
+        for (fuse, slot) in std::iter::once(master).chain(clones).zip(slots) {
             let worker = Worker {
                 fuse,
-                queue,
+                slot,
                 hiprio: Arc::clone(&hiprio),
                 failures: Arc::clone(&self.failures),
                 requests: Arc::clone(&self.requests),
                 _done: done.clone(),
             };
             let thread = std::thread::Builder::new()
-                .name(format!("vhost-bridge-q{}", worker.queue.index()))
+                .name(format!("bridge-q{}.{}", worker.slot.index(), worker.slot.number()))
                 .spawn(move || worker.run())
                 .map_err(|e| Error::Io("spawn bridge thread", e))?;
             self.threads.push(thread);
@@ -148,6 +163,12 @@ impl Bridge {
     /// guest kernel would send over virtio-fs (the host kernel plays it here).
     pub fn requests(&self, opcode: Opcode) -> usize {
         self.requests.get(opcode as usize).map_or(0, |n| n.load(Ordering::SeqCst))
+    }
+
+    /// The request queues, in index order: `SharedQueue::peak_in_flight` says how many requests
+    /// each has carried at once.
+    pub fn queues(&self) -> &[Arc<SharedQueue>] {
+        &self.queues
     }
 
     /// The frontend, for control messages; its queues belong to the bridge threads.
@@ -198,10 +219,10 @@ impl Drop for Bridge {
     }
 }
 
-/// One request queue and the /dev/fuse descriptor that feeds it.
+/// One slot of a request queue and the /dev/fuse descriptor that feeds it.
 struct Worker {
     fuse: File,
-    queue: QueueHandle,
+    slot: QueueSlot,
     hiprio: Arc<Mutex<QueueHandle>>,
     failures: Arc<AtomicUsize>,
     requests: Arc<[AtomicUsize; COUNTED_OPCODES]>,
@@ -218,8 +239,11 @@ impl Worker {
                 Err(e) => match e.raw_os_error() {
                     // ENOENT: the request we were about to get was interrupted.
                     Some(libc::EINTR | libc::EAGAIN | libc::ENOENT) => {}
-                    // The connection is gone: unmounted or aborted.
-                    Some(libc::ENODEV) => return,
+                    // The connection is gone: unmounted (ENODEV), or aborted through fusectl
+                    // (ECONNABORTED), as `shutdown` does after the unmount; a reader that wakes
+                    // only after that abort, though the unmount had already ended the
+                    // connection, gets ECONNABORTED too.
+                    Some(libc::ENODEV | libc::ECONNABORTED) => return,
                     _ => return self.fail(format_args!("read /dev/fuse: {e}")),
                 },
             }
@@ -243,7 +267,7 @@ impl Worker {
             return;
         }
         let span = (request.len() as u64 + 7) & !7;
-        let mut capacity = self.queue.data_len().saturating_sub(span).min(u64::from(MAX_REPLY)) as u32;
+        let mut capacity = self.slot.data_len().saturating_sub(span).min(u64::from(MAX_REPLY)) as u32;
         // A READ gets exactly the room the Linux driver gives it: the out-header and `size` bytes.
         // (virtiofsd 1.14 reads into all the room it is given and then fails the request with
         // EIO when the file had more than `size` bytes to give.)
@@ -252,7 +276,7 @@ impl Worker {
         {
             capacity = capacity.min(size_of::<OutHeader>() as u32 + read.size);
         }
-        let outcome = match self.queue.request(request, capacity) {
+        let outcome = match self.slot.request(request, capacity) {
             Ok(reply) => check_reply(&header, &reply).and_then(|()| self.write(&reply)),
             Err(e) => Err(e.to_string()),
         };
@@ -277,8 +301,32 @@ impl Worker {
     }
 
     fn fail(&self, what: fmt::Arguments<'_>) {
-        fail(&self.failures, format_args!("queue {}: {what}", self.queue.index()));
+        fail(&self.failures, format_args!("queue {} slot {}: {what}", self.slot.index(), self.slot.number()));
     }
+}
+
+/// Splits each request queue into `in_flight` slots, each with room for the largest request and
+/// reply; the queues, and every queue's slots.
+fn split_queues(
+    queues: impl Iterator<Item = QueueHandle>,
+    in_flight: usize,
+) -> Result<(Vec<Arc<SharedQueue>>, Vec<QueueSlot>)> {
+    let (mut shared, mut slots) = (Vec::new(), Vec::new());
+    for queue in queues {
+        let (queue, queue_slots) = SharedQueue::share(queue, in_flight)?;
+        if let Some(slot) = queue_slots.first()
+            && slot.data_len() < SLOT_ROOM
+        {
+            return Err(Error::Invalid(format!(
+                "{in_flight} requests in flight on queue {}: {} bytes each, {SLOT_ROOM} needed",
+                queue.index(),
+                slot.data_len()
+            )));
+        }
+        shared.push(queue);
+        slots.extend(queue_slots);
+    }
+    Ok((shared, slots))
 }
 
 /// Failures must be loud: the test sees the count, the person reading its output the details.

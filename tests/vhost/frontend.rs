@@ -3,11 +3,13 @@
 //! guest's virtio-fs driver (split virtqueues in guest memory), so a backend such as virtiofsd or
 //! phoenixfsd can be driven without a VM.
 //!
-//! Deliberately simple: one memory region, one request in flight per queue (unless a test drives
-//! the low-level calls itself); EVENT_IDX and INDIRECT_DESC on request (`request` lays its chains
-//! out directly in the ring; a test builds indirect tables itself with `write_table_entry`). Every wait has a
-//! timeout so a wedged backend fails the test instead of hanging it. Queues can be taken out of
-//! the `Frontend` as `QueueHandle`s and driven from their own threads.
+//! Deliberately simple: one memory region; a `QueueHandle` carries one request at a time (unless
+//! a test drives the low-level calls itself), and `SharedQueue` splits a queue into slots so that
+//! several threads keep a request in flight each on it, as a guest's driver does; EVENT_IDX and
+//! INDIRECT_DESC on request (`request` lays its chains out directly in the ring; a test builds
+//! indirect tables itself with `write_table_entry`). Every wait has a timeout so a wedged backend
+//! fails the test instead of hanging it. Queues can be taken out of the `Frontend` as
+//! `QueueHandle`s and driven from their own threads.
 
 use std::fmt;
 use std::fs::File;
@@ -25,8 +27,15 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-/// Guest RAM size. Large enough for every queue's rings plus a data area per queue.
-pub const GUEST_MEM_SIZE: usize = 64 << 20;
+#[path = "shared_queue.rs"]
+mod shared_queue;
+pub use shared_queue::{QueueSlot, SharedQueue};
+
+/// Guest RAM size. Large enough for every queue's rings plus a data area per queue, shared
+/// equally: with a hiprio and 4 request queues, each data area holds 12 requests in flight of
+/// the largest kind the bridge carries (a 1 MiB WRITE, with room for a 1 MiB READ reply). A
+/// memfd: only the pages written cost memory.
+pub const GUEST_MEM_SIZE: usize = 128 << 20;
 /// Rings live in the first MiB; request/reply buffers after it.
 const RINGS_BASE: u64 = 0;
 const RING_STRIDE: u64 = 64 << 10;
@@ -61,6 +70,18 @@ pub enum Error {
         queue: usize,
         waited: Duration,
     },
+    /// A slot's earlier chain timed out and the device has not returned it yet, so the slot's
+    /// descriptors and buffers are still the device's.
+    StillWithDevice {
+        queue: usize,
+        head: u16,
+    },
+    /// An earlier failure (`why`) left the queue's ring untrustworthy: a used element no
+    /// correct device returns, say.
+    Unusable {
+        queue: usize,
+        why: String,
+    },
     /// The request does not fit the queue's data area, or the queue does not exist.
     Invalid(String),
     /// The backend returned something no correct device would.
@@ -79,6 +100,10 @@ impl fmt::Display for Error {
             Error::MissedNotification { queue, waited } => {
                 write!(f, "queue {queue}: used buffer found, but no notification after {waited:?}")
             }
+            Error::StillWithDevice { queue, head } => {
+                write!(f, "queue {queue}: the chain at head {head}, which timed out, is still with the device")
+            }
+            Error::Unusable { queue, why } => write!(f, "queue {queue} unusable since: {why}"),
             Error::Invalid(m) => write!(f, "invalid request: {m}"),
             Error::BadUsed(m) => write!(f, "bad used ring entry: {m}"),
         }
@@ -278,16 +303,16 @@ impl Frontend {
                 queue_max_size: queue_size,
                 queue_size,
                 flags: 0,
-                desc_table_addr: hva(q.desc),
-                used_ring_addr: hva(q.used),
-                avail_ring_addr: hva(q.avail),
+                desc_table_addr: hva(q.ring.desc),
+                used_ring_addr: hva(q.ring.used),
+                avail_ring_addr: hva(q.ring.avail),
                 log_addr: None,
             };
             check("SET_VRING_NUM", vu.set_vring_num(index, queue_size))?;
             check("SET_VRING_ADDR", vu.set_vring_addr(index, &config))?;
             check("SET_VRING_BASE", vu.set_vring_base(index, 0))?;
-            check("SET_VRING_CALL", vu.set_vring_call(index, &q.call))?;
-            check("SET_VRING_KICK", vu.set_vring_kick(index, &q.kick))?;
+            check("SET_VRING_CALL", vu.set_vring_call(index, &q.ring.call))?;
+            check("SET_VRING_KICK", vu.set_vring_kick(index, &q.ring.kick))?;
             // With PROTOCOL_FEATURES acked, rings start disabled until enabled explicitly.
             check("SET_VRING_ENABLE", vu.set_vring_enable(index, true))?;
             queues.push(Some(q));
@@ -373,6 +398,14 @@ impl Frontend {
 /// One split virtqueue, as the driver sees it, with everything needed to drive it from any
 /// thread. Guest-physical addresses throughout.
 pub struct QueueHandle {
+    ring: Ring,
+    cursor: Cursor,
+    timeout: Duration,
+}
+
+/// What a queue is, as opposed to how far it has got: where its rings and buffers are and how
+/// it is signalled. Fixed once set up, so several threads may use it at once (`SharedQueue`).
+struct Ring {
     index: usize,
     size: u16,
     desc: GuestAddress,
@@ -381,15 +414,191 @@ pub struct QueueHandle {
     /// Where this queue's request and reply buffers go; no other queue touches it.
     data: GuestAddress,
     data_len: u64,
+    event_idx: bool,
+    kick: EventFd,
+    call: EventFd,
+    mem: GuestMemoryMmap,
+}
+
+/// How far the driver has got on a ring.
+#[derive(Debug, Default, Clone, Copy)]
+struct Cursor {
     /// Our shadow of avail.idx (free-running, wraps at 2^16 as the spec says).
     next_avail: u16,
     /// The used.idx we have consumed up to.
     last_used: u16,
-    event_idx: bool,
-    timeout: Duration,
-    kick: EventFd,
-    call: EventFd,
-    mem: GuestMemoryMmap,
+}
+
+impl Cursor {
+    /// Chains published whose used element we have not consumed yet.
+    fn in_flight(&self) -> u16 {
+        self.next_avail.wrapping_sub(self.last_used)
+    }
+}
+
+/// The part of a queue that one chain at a time may use: descriptors `first..first + count` and
+/// `area_len` bytes of the data area at `area`. No two chains in flight share a part.
+#[derive(Debug, Clone, Copy)]
+struct Share {
+    first: u16,
+    count: u16,
+    area: GuestAddress,
+    area_len: u64,
+}
+
+impl Share {
+    /// The descriptors of the `n`th chain sent from this share: its head, then the reply's
+    /// out-header and the rest of the reply room. They rotate so that stale state from a previous
+    /// chain would show up rather than be silently overwritten in place.
+    fn descriptors(&self, n: u16) -> [u16; 3] {
+        [0, 1, 2].map(|i| self.first + ((u32::from(n) * 3 + i) % u32::from(self.count)) as u16)
+    }
+}
+
+impl Ring {
+    /// The whole queue as one share.
+    fn whole(&self) -> Share {
+        Share { first: 0, count: self.size, area: self.data, area_len: self.data_len }
+    }
+
+    fn write_descriptor(&self, index: u16, addr: GuestAddress, len: u32, flags: u16, next: u16) -> Result<()> {
+        if index >= self.size {
+            return Err(Error::Invalid(format!("descriptor {index} outside a {}-entry table", self.size)));
+        }
+        let at = GuestAddress(self.desc.0 + 16 * u64::from(index));
+        self.mem.write_slice(&descriptor_bytes(addr, len, flags, next), at).map_err(mem_err)
+    }
+
+    /// Writes one FUSE request and a poisoned reply room of `reply_capacity` bytes into `share`'s
+    /// area and lays the chain out on `descriptors` (from `Share::descriptors`), as the Linux
+    /// driver lays a request out: the request, then the out-header and the rest of the reply room
+    /// as separate device-writable buffers (contiguous here, so the reply reads back in one
+    /// piece); no reply buffer at all if `reply_capacity` is 0 (FORGET and friends). Returns
+    /// where the reply goes.
+    fn lay_out_request(
+        &self,
+        share: &Share,
+        [head, header, data]: [u16; 3],
+        request: &[u8],
+        reply_capacity: u32,
+    ) -> Result<GuestAddress> {
+        let req_len = request.len() as u64;
+        let req_span = (req_len + 7) & !7;
+        if req_len == 0 || req_span + u64::from(reply_capacity) > share.area_len {
+            return Err(Error::Invalid(format!(
+                "{req_len}-byte request + {reply_capacity}-byte reply exceed the {}-byte data area",
+                share.area_len
+            )));
+        }
+        let req_addr = share.area;
+        let reply_addr = GuestAddress(share.area.0 + req_span);
+        self.mem.write_slice(request, req_addr).map_err(mem_err)?;
+        // Poison the reply buffer so a short write cannot pass for zeros we never got.
+        let poison = vec![0xa5u8; reply_capacity as usize];
+        self.mem.write_slice(&poison, reply_addr).map_err(mem_err)?;
+
+        const OUT_HEADER: u32 = 16;
+        if reply_capacity == 0 {
+            self.write_descriptor(head, req_addr, req_len as u32, 0, 0)?;
+        } else if reply_capacity <= OUT_HEADER {
+            self.write_descriptor(head, req_addr, req_len as u32, VRING_DESC_F_NEXT, header)?;
+            self.write_descriptor(header, reply_addr, reply_capacity, VRING_DESC_F_WRITE, 0)?;
+        } else {
+            self.write_descriptor(head, req_addr, req_len as u32, VRING_DESC_F_NEXT, header)?;
+            self.write_descriptor(header, reply_addr, OUT_HEADER, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, data)?;
+            let rest = GuestAddress(reply_addr.0 + u64::from(OUT_HEADER));
+            self.write_descriptor(data, rest, reply_capacity - OUT_HEADER, VRING_DESC_F_WRITE, 0)?;
+        }
+        Ok(reply_addr)
+    }
+
+    /// Exactly the bytes the device says it wrote into a reply room of `reply_capacity` bytes
+    /// at `reply_addr`.
+    fn read_reply(&self, len: u32, reply_addr: GuestAddress, reply_capacity: u32) -> Result<Vec<u8>> {
+        if len > reply_capacity {
+            return Err(Error::BadUsed(format!(
+                "queue {}: len {len} > writable capacity {reply_capacity}",
+                self.index
+            )));
+        }
+        let mut reply = vec![0u8; len as usize];
+        self.mem.read_slice(&mut reply, reply_addr).map_err(mem_err)?;
+        Ok(reply)
+    }
+
+    /// Offers the chain starting at `head` to the device and kicks it.
+    fn publish(&self, cursor: &mut Cursor, heads: &[u16]) -> Result<()> {
+        // avail.ring[idx % size] = head, then publish idx with release ordering so the device
+        // never sees the index before the entries (virtio 1.1 §2.6.13).
+        for &head in heads {
+            let slot = self.avail.0 + 4 + 2 * u64::from(cursor.next_avail % self.size);
+            self.mem.write_obj(head.to_le(), GuestAddress(slot)).map_err(mem_err)?;
+            cursor.next_avail = cursor.next_avail.wrapping_add(1);
+        }
+        self.mem
+            .store(cursor.next_avail.to_le(), GuestAddress(self.avail.0 + 2), Ordering::Release)
+            .map_err(mem_err)?;
+        // Always kick, even when EVENT_IDX's avail_event says the device does not need it:
+        // spurious kicks are allowed and it keeps a missed kick out of the suspects.
+        self.kick.write(1).map_err(|e| Error::Io("kick eventfd", e))
+    }
+
+    /// With EVENT_IDX, sets used_event to the oldest used element not consumed yet: the device
+    /// must notify when it moves used.idx past it. The fence orders this store before the
+    /// caller's next used.idx load, so a device that finished before seeing it is caught by that
+    /// load instead.
+    fn arm_used_event(&self, cursor: &Cursor) -> Result<()> {
+        if self.event_idx {
+            let used_event = GuestAddress(self.avail.0 + 4 + 2 * u64::from(self.size));
+            self.mem.store(cursor.last_used.to_le(), used_event, Ordering::Release).map_err(mem_err)?;
+            fence(Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Consumes the next used element, if the device has returned one, as (id, len). Err if the
+    /// device returned more elements than there are chains in flight.
+    fn next_used(&self, cursor: &mut Cursor) -> Result<Option<(u32, u32)>> {
+        let used_idx = u16::from_le(self.mem.load(GuestAddress(self.used.0 + 2), Ordering::Acquire).map_err(mem_err)?);
+        if used_idx == cursor.last_used {
+            return Ok(None);
+        }
+        let returned = used_idx.wrapping_sub(cursor.last_used);
+        if returned > cursor.in_flight() {
+            return Err(Error::BadUsed(format!(
+                "queue {}: {returned} used entries for {} published chains",
+                self.index,
+                cursor.in_flight()
+            )));
+        }
+        let elem = self.used.0 + 4 + 8 * u64::from(cursor.last_used % self.size);
+        let id = u32::from_le(self.mem.read_obj(GuestAddress(elem)).map_err(mem_err)?);
+        let len = u32::from_le(self.mem.read_obj(GuestAddress(elem + 4)).map_err(mem_err)?);
+        cursor.last_used = cursor.last_used.wrapping_add(1);
+        Ok(Some((id, len)))
+    }
+
+    /// Sleeps until the device signals the call eventfd (true) or `left` has passed (false).
+    /// The signal only says to look at the used ring, it carries no data; an interrupted sleep
+    /// counts as a wakeup, since the caller looks again either way.
+    fn wait_for_call(&self, left: Duration) -> Result<bool> {
+        // Rounded up, so the sleep does not end just short of `left`.
+        let ms = (left.as_millis() + 1).min(i32::MAX as u128) as i32;
+        let mut pfd = libc::pollfd { fd: self.call.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, for the duration of the call.
+        match unsafe { libc::poll(&mut pfd, 1, ms) } {
+            0 => Ok(false),
+            r if r > 0 => {
+                // Drain the counter; EAGAIN (another thread drained it) is harmless.
+                let _ = self.call.read();
+                Ok(true)
+            }
+            _ => match std::io::Error::last_os_error() {
+                e if e.kind() == std::io::ErrorKind::Interrupted => Ok(true),
+                e => Err(Error::Io("poll call eventfd", e)),
+            },
+        }
+    }
 }
 
 impl QueueHandle {
@@ -409,7 +618,7 @@ impl QueueHandle {
         // Fresh rings: all-zero flags and indices (memfd pages are zero, but be explicit).
         mem.write_slice(&vec![0u8; RING_STRIDE as usize], desc).map_err(mem_err)?;
         let efd = |what| EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|e| Error::Io(what, e));
-        Ok(QueueHandle {
+        let ring = Ring {
             index,
             size,
             desc,
@@ -417,47 +626,45 @@ impl QueueHandle {
             used,
             data: GuestAddress(DATA_BASE + index as u64 * data_len),
             data_len,
-            next_avail: 0,
-            last_used: 0,
             event_idx,
-            timeout: DEFAULT_TIMEOUT,
             kick: efd("kick eventfd")?,
             call: efd("call eventfd")?,
             mem: mem.clone(),
-        })
+        };
+        Ok(QueueHandle { ring, cursor: Cursor::default(), timeout: DEFAULT_TIMEOUT })
     }
 
     pub fn index(&self) -> usize {
-        self.index
+        self.ring.index
     }
     pub fn size(&self) -> u16 {
-        self.size
+        self.ring.size
     }
     pub fn desc_addr(&self) -> GuestAddress {
-        self.desc
+        self.ring.desc
     }
     pub fn avail_addr(&self) -> GuestAddress {
-        self.avail
+        self.ring.avail
     }
     pub fn used_addr(&self) -> GuestAddress {
-        self.used
+        self.ring.used
     }
     /// This queue's private buffer area (`data_len` bytes), free for tests to lay buffers out in.
     pub fn data_addr(&self) -> GuestAddress {
-        self.data
+        self.ring.data
     }
     pub fn data_len(&self) -> u64 {
-        self.data_len
+        self.ring.data_len
     }
     pub fn mem(&self) -> &GuestMemoryMmap {
-        &self.mem
+        &self.ring.mem
     }
     pub fn event_idx(&self) -> bool {
-        self.event_idx
+        self.ring.event_idx
     }
     /// The avail.idx we last published.
     pub fn next_avail(&self) -> u16 {
-        self.next_avail
+        self.cursor.next_avail
     }
     pub fn timeout(&self) -> Duration {
         self.timeout
@@ -469,8 +676,8 @@ impl QueueHandle {
     /// The used ring's trailing avail_event: with EVENT_IDX, the avail index at which the device
     /// wants the next kick.
     pub fn avail_event(&self) -> Result<u16> {
-        let addr = GuestAddress(self.used.0 + 4 + 8 * u64::from(self.size));
-        Ok(u16::from_le(self.mem.load(addr, Ordering::Acquire).map_err(mem_err)?))
+        let addr = GuestAddress(self.ring.used.0 + 4 + 8 * u64::from(self.ring.size));
+        Ok(u16::from_le(self.ring.mem.load(addr, Ordering::Acquire).map_err(mem_err)?))
     }
 
     /// Waits (up to `timeout`) until the device has asked, through avail_event, for a kick at
@@ -480,11 +687,11 @@ impl QueueHandle {
         let deadline = Instant::now() + timeout;
         loop {
             let armed = self.avail_event()?;
-            if armed == self.next_avail {
+            if armed == self.cursor.next_avail {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(Error::BadUsed(format!("avail_event {armed} after avail idx {}", self.next_avail)));
+                return Err(Error::BadUsed(format!("avail_event {armed} after avail idx {}", self.cursor.next_avail)));
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -493,11 +700,7 @@ impl QueueHandle {
     /// Writes descriptor `index` verbatim: nothing is checked but that the slot is in the table,
     /// so hostile-input tests can point it anywhere.
     pub fn write_descriptor(&self, index: u16, addr: GuestAddress, len: u32, flags: u16, next: u16) -> Result<()> {
-        if index >= self.size {
-            return Err(Error::Invalid(format!("descriptor {index} outside a {}-entry table", self.size)));
-        }
-        let at = GuestAddress(self.desc.0 + 16 * u64::from(index));
-        self.mem.write_slice(&descriptor_bytes(addr, len, flags, next), at).map_err(mem_err)
+        self.ring.write_descriptor(index, addr, len, flags, next)
     }
 
     /// Writes entry `index` of an indirect table at `table` (anywhere in guest memory) verbatim.
@@ -511,7 +714,7 @@ impl QueueHandle {
         next: u16,
     ) -> Result<()> {
         let at = GuestAddress(table.0 + 16 * u64::from(index));
-        self.mem.write_slice(&descriptor_bytes(addr, len, flags, next), at).map_err(mem_err)
+        self.ring.mem.write_slice(&descriptor_bytes(addr, len, flags, next), at).map_err(mem_err)
     }
 
     /// Offers the chain starting at `head` to the device and kicks it.
@@ -522,129 +725,50 @@ impl QueueHandle {
     /// Offers the chains starting at `heads` to the device at once (one avail index update, one
     /// kick), as a driver does that queued several requests before kicking.
     pub fn publish_all(&mut self, heads: &[u16]) -> Result<()> {
-        // avail.ring[idx % size] = head, then publish idx with release ordering so the device
-        // never sees the index before the entry (virtio 1.1 §2.6.13).
-        for &head in heads {
-            let slot = self.avail.0 + 4 + 2 * u64::from(self.next_avail % self.size);
-            self.mem.write_obj(head.to_le(), GuestAddress(slot)).map_err(mem_err)?;
-            self.next_avail = self.next_avail.wrapping_add(1);
-        }
-        self.mem.store(self.next_avail.to_le(), GuestAddress(self.avail.0 + 2), Ordering::Release).map_err(mem_err)?;
-        // Always kick, even when EVENT_IDX's avail_event says the device does not need it:
-        // spurious kicks are allowed and it keeps a missed kick out of the suspects.
-        self.kick.write(1).map_err(|e| Error::Io("kick eventfd", e))
+        self.ring.publish(&mut self.cursor, heads)
     }
 
     /// Waits (up to the timeout) until the device returns a chain and gives back that used
     /// element as (id, len). Checks the ring before sleeping: the device may have finished before
-    /// we got here, and the interrupt (call eventfd) only tells us to look, it carries no data.
+    /// we got here.
     pub fn wait_used(&mut self) -> Result<(u32, u32)> {
-        if self.event_idx {
-            // used_event = the index of the element we wait for: the device must notify when it
-            // moves used.idx past it. The fence orders this store before the used.idx load
-            // below, so a device that finished before seeing it is caught by that load instead.
-            let used_event = GuestAddress(self.avail.0 + 4 + 2 * u64::from(self.size));
-            self.mem.store(self.last_used.to_le(), used_event, Ordering::Release).map_err(mem_err)?;
-            fence(Ordering::SeqCst);
-        }
+        self.ring.arm_used_event(&self.cursor)?;
         let start = Instant::now();
         // Whether the last sleep ended with a notification: a used element found after one that
         // did not is a device that forgot to notify, which would otherwise pass as a slow reply.
         let mut notified = true;
         loop {
-            let used_idx =
-                u16::from_le(self.mem.load(GuestAddress(self.used.0 + 2), Ordering::Acquire).map_err(mem_err)?);
+            let used = self.ring.next_used(&mut self.cursor)?;
             let waited = start.elapsed();
-            if used_idx != self.last_used {
-                let returned = used_idx.wrapping_sub(self.last_used);
-                let in_flight = self.next_avail.wrapping_sub(self.last_used);
-                if returned > in_flight {
-                    return Err(Error::BadUsed(format!("{returned} used entries for {in_flight} published chains")));
-                }
+            if let Some(elem) = used {
                 if !notified {
-                    return Err(Error::MissedNotification { queue: self.index, waited });
+                    return Err(Error::MissedNotification { queue: self.ring.index, waited });
                 }
-                let elem = self.used.0 + 4 + 8 * u64::from(self.last_used % self.size);
-                let id = u32::from_le(self.mem.read_obj(GuestAddress(elem)).map_err(mem_err)?);
-                let len = u32::from_le(self.mem.read_obj(GuestAddress(elem + 4)).map_err(mem_err)?);
-                self.last_used = self.last_used.wrapping_add(1);
-                return Ok((id, len));
+                return Ok(elem);
             }
             if waited >= self.timeout || !notified {
-                return Err(Error::Timeout { queue: self.index, waited });
+                return Err(Error::Timeout { queue: self.ring.index, waited });
             }
-            // Rounded up, so the sleep does not end just short of the timeout.
-            let left = ((self.timeout - waited).as_millis() + 1).min(i32::MAX as u128) as i32;
-            let mut pfd = libc::pollfd { fd: self.call.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-            // SAFETY: one valid pollfd, for the duration of the call.
-            let r = unsafe { libc::poll(&mut pfd, 1, left) };
-            if r < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(Error::Io("poll call eventfd", e));
-                }
-            } else if r > 0 {
-                // Drain the counter; EAGAIN (spurious wakeup) is harmless.
-                let _ = self.call.read();
-            } else {
-                notified = false;
-            }
+            notified = self.ring.wait_for_call(self.timeout - waited)?;
         }
     }
 
     /// Sends one FUSE request as a chain of a device-readable request and, unless
     /// `reply_capacity` is 0 (FORGET and friends, as the Linux driver sends them), a
     /// device-writable reply buffer of `reply_capacity` bytes; waits for the device to return it
-    /// and gives back exactly the bytes the device says it wrote.
+    /// and gives back exactly the bytes the device says it wrote. One request at a time:
+    /// `SharedQueue` carries several.
     pub fn request(&mut self, request: &[u8], reply_capacity: u32) -> Result<Vec<u8>> {
-        let req_len = request.len() as u64;
-        let req_span = (req_len + 7) & !7;
-        if req_len == 0 || req_span + u64::from(reply_capacity) > self.data_len {
-            return Err(Error::Invalid(format!(
-                "{req_len}-byte request + {reply_capacity}-byte reply exceed the {}-byte data area",
-                self.data_len
-            )));
-        }
-        let req_addr = self.data;
-        let reply_addr = GuestAddress(self.data.0 + req_span);
-        self.mem.write_slice(request, req_addr).map_err(mem_err)?;
-        // Poison the reply buffer so a short write cannot pass for zeros we never got.
-        let poison = vec![0xa5u8; reply_capacity as usize];
-        self.mem.write_slice(&poison, reply_addr).map_err(mem_err)?;
-
-        // As the Linux driver lays a request out: the request, then the out-header and the rest of
-        // the reply room as separate device-writable buffers (contiguous here, so the reply reads
-        // back in one piece). Heads rotate so that stale state from a previous chain would show up
-        // rather than be silently overwritten in place.
-        let head = (self.next_avail.wrapping_mul(3)) % self.size;
-        let [header, data] = [1, 2].map(|i| (head + i) % self.size);
-        const OUT_HEADER: u32 = 16;
-        if reply_capacity == 0 {
-            self.write_descriptor(head, req_addr, req_len as u32, 0, 0)?;
-        } else if reply_capacity <= OUT_HEADER {
-            self.write_descriptor(head, req_addr, req_len as u32, VRING_DESC_F_NEXT, header)?;
-            self.write_descriptor(header, reply_addr, reply_capacity, VRING_DESC_F_WRITE, 0)?;
-        } else {
-            self.write_descriptor(head, req_addr, req_len as u32, VRING_DESC_F_NEXT, header)?;
-            self.write_descriptor(header, reply_addr, OUT_HEADER, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, data)?;
-            let rest = GuestAddress(reply_addr.0 + u64::from(OUT_HEADER));
-            self.write_descriptor(data, rest, reply_capacity - OUT_HEADER, VRING_DESC_F_WRITE, 0)?;
-        }
+        let share = self.ring.whole();
+        let descriptors = share.descriptors(self.cursor.next_avail);
+        let reply_addr = self.ring.lay_out_request(&share, descriptors, request, reply_capacity)?;
+        let head = descriptors[0];
         self.publish(head)?;
-
         let (id, len) = self.wait_used()?;
         if id != u32::from(head) {
-            return Err(Error::BadUsed(format!("queue {}: id {id}, expected head {head}", self.index)));
+            return Err(Error::BadUsed(format!("queue {}: id {id}, expected head {head}", self.ring.index)));
         }
-        if len > reply_capacity {
-            return Err(Error::BadUsed(format!(
-                "queue {}: len {len} > writable capacity {reply_capacity}",
-                self.index
-            )));
-        }
-        let mut reply = vec![0u8; len as usize];
-        self.mem.read_slice(&mut reply, reply_addr).map_err(mem_err)?;
-        Ok(reply)
+        self.ring.read_reply(len, reply_addr, reply_capacity)
     }
 }
 
