@@ -568,6 +568,11 @@ fn run_soak_on(
         "soak[{case}]: op counts: {}",
         counts.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
     );
+    if let Some((peak, out_of_order)) = m.queue_concurrency() {
+        eprintln!(
+            "soak[{case}]: up to {peak} requests in flight on one queue, {out_of_order} chains returned out of order"
+        );
+    }
     let status = m.stop();
     assert!(status.success(), "soak[{case}]: phoenixfsd did not exit 0 on SIGTERM: {status}");
     eprintln!(

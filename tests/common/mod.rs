@@ -271,6 +271,17 @@ impl Mount {
         self.bridge.as_ref().map_or(0, |b| b.failures())
     }
 
+    /// Over vhost-user, the most requests one queue carried at once and how many chains the
+    /// daemon returned out of order (served while an earlier one of their queue was still being
+    /// served), over all queues; None over FUSE.
+    pub fn queue_concurrency(&self) -> Option<(usize, usize)> {
+        let queues = self.bridge.as_ref()?.queues();
+        Some((
+            queues.iter().map(|q| q.peak_in_flight()).max().unwrap_or(0),
+            queues.iter().map(|q| q.out_of_order()).sum(),
+        ))
+    }
+
     /// Requests with `opcode` the kernel has sent so far, on `Transport::VhostUser` (the bridge
     /// counts them); None over FUSE, where nothing between the kernel and the daemon sees them.
     pub fn requests(&self, opcode: phoenixfsd::fuse::abi::Opcode) -> Option<usize> {
