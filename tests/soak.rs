@@ -572,6 +572,9 @@ fn run_soak_on(
         eprintln!(
             "soak[{case}]: up to {peak} requests in flight on one queue, {out_of_order} chains returned out of order"
         );
+        // The kills must have met chains served side by side on one queue (the guest's case
+        // with one request queue), not only one at a time.
+        assert!(out_of_order > 0, "soak[{case}]: no chain was served while an earlier one of its queue was");
     }
     let status = m.stop();
     assert!(status.success(), "soak[{case}]: phoenixfsd did not exit 0 on SIGTERM: {status}");
