@@ -202,8 +202,9 @@ fn lay_out_chain(q: &common::frontend::QueueHandle, head: u16, slot: u64, req: &
     GuestAddress(reply)
 }
 
-/// Several chains of ONE queue served at once: two MKDIRs held (crash-point stall mode) just
-/// after their directories were made, a GETATTR published with them (a driver's three callers)
+/// Several chains of ONE queue served at once (once the queue has seen slow service: a first
+/// MKDIR held a few ms): two MKDIRs held (crash-point stall mode) just after their directories
+/// were made, a GETATTR published with them (a driver's three callers)
 /// answered meanwhile, out of order. Then either they finish, or the worker is SIGKILLed with
 /// both in the middle: the next worker replays both heads, each answered once with success, each
 /// directory made once.
@@ -225,7 +226,23 @@ fn test_chains_of_one_queue_served_at_once_and_each_replayed_once() {
         let worker = children_of(b.pid());
         let q = fe.queue(1).unwrap();
         let sender = |unique| Sender { unique, nodeid: abi::ROOT_ID, uid: 0, gid: 0, pid: 1 };
-        let mkdirs = [c"d1", c"d2"].map(|name| Op::Mkdir { arg: abi::MkdirIn { mode: 0o755, umask: 0 }, name });
+        let mkdir = |name| Op::Mkdir { arg: abi::MkdirIn { mode: 0o755, umask: 0 }, name };
+        // First one slow MKDIR alone (held a few ms): a queue brings in more threads only once
+        // it has seen slow service; quick requests stay on one thread.
+        let warm_up = mkdir(c"d0");
+        let warm_up_reply = lay_out_chain(q, 9, 3, &encode_request(sender(9), &warm_up));
+        q.publish(9).unwrap();
+        wait_for_dirs(&b.share, &["d0"], kill);
+        std::thread::sleep(Duration::from_millis(5));
+        std::fs::remove_file(&arm).unwrap();
+        let (id, len) = q.wait_used().unwrap_or_else(|e| panic!("kill={kill}: the first MKDIR: {e}"));
+        assert_eq!(id, 9);
+        let mut reply = vec![0u8; len as usize];
+        q.mem().read_slice(&mut reply, warm_up_reply).unwrap();
+        assert_eq!(common::backend::check_reply(&warm_up, 9, &reply).0, 0, "kill={kill}: the first MKDIR");
+        std::fs::write(&arm, "armed").unwrap();
+
+        let mkdirs = [c"d1", c"d2"].map(mkdir);
         let mut replies = Vec::new();
         for (i, op) in mkdirs.iter().enumerate() {
             let head = 3 * i as u16;
@@ -235,15 +252,7 @@ fn test_chains_of_one_queue_served_at_once_and_each_replayed_once() {
         let getattr_reply = lay_out_chain(q, 6, 2, &encode_request(sender(12), &getattr));
         // All three at once, as a driver with three callers waiting queues them.
         q.publish_all(&[0, 3, 6]).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !(b.share.join("d1").is_dir() && b.share.join("d2").is_dir()) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "kill={kill}: the second MKDIR of the queue was not served while the first was held \
-                 (built without --features crash-points, or one chain served at a time?)"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_dirs(&b.share, &["d1", "d2"], kill);
         let (id, len) = q.wait_used().unwrap_or_else(|e| panic!("kill={kill}: GETATTR behind two held chains: {e}"));
         assert_eq!(id, 6, "kill={kill}: the GETATTR is answered first, while both MKDIRs are held");
         let mut reply = vec![0u8; len as usize];
@@ -279,6 +288,20 @@ fn test_chains_of_one_queue_served_at_once_and_each_replayed_once() {
         lookup_root_entry(&mut fe, "d1");
         lookup_root_entry(&mut fe, "d2");
         let entries: Vec<_> = std::fs::read_dir(&b.share).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(entries.len(), 2, "kill={kill}: exactly the two directories: {entries:?}");
+        assert_eq!(entries.len(), 3, "kill={kill}: exactly the three directories: {entries:?}");
+    }
+}
+
+/// Waits (up to 10 s) until the MKDIRs of `names` were made in `share` (held at the crash point
+/// just after, in the test above).
+fn wait_for_dirs(share: &std::path::Path, names: &[&str], kill: bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !names.iter().all(|n| share.join(n).is_dir()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kill={kill}: MKDIRs of {names:?} were not all made while held (built without --features \
+             crash-points, or one chain of the queue served at a time?)"
+        );
+        std::thread::sleep(Duration::from_millis(5));
     }
 }

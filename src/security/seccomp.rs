@@ -76,6 +76,9 @@ pub const WORKER: &[Group] = &[
             libc::SYS_clock_gettime,
             libc::SYS_clock_nanosleep,
             libc::SYS_nanosleep,
+            // A virtqueue thread's own count of voluntary context switches: did serving a chain
+            // block (transport/vhost_user/queue.rs)?
+            libc::SYS_getrusage,
         ],
     },
     Group {

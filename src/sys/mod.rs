@@ -485,6 +485,16 @@ pub fn eventfd_signal(fd: i32) {
     let _ = write(fd, &1u64.to_ne_bytes());
 }
 
+/// How many times the calling thread has blocked (voluntary context switches: waiting for I/O,
+/// a lock, a sleep), as opposed to being preempted.
+pub fn thread_blocked_count() -> u64 {
+    // SAFETY: getrusage fills the zeroed struct it is given (plain data).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out-pointer for the call; RUSAGE_THREAD cannot fail with it.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    usage.ru_nvcsw as u64
+}
+
 /// Resets eventfd `fd`'s counter after a wake-up (non-blocking; nothing to read is fine).
 pub fn eventfd_drain(fd: i32) {
     let mut count = [0u8; 8];

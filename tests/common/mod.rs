@@ -229,7 +229,10 @@ impl Mount {
         cmd.arg("--shared-dir").arg(share);
         match transport {
             Transport::Fuse => cmd.arg("--mountpoint").arg(mnt),
-            Transport::VhostUser => cmd.arg("--socket-path").arg(&socket),
+            // Every chain counts as slow service (a test-build knob, src/transport/vhost_user/
+            // queue.rs): the bridge's several requests per queue are served side by side all the
+            // time, so every suite over vhost-user runs on that path.
+            Transport::VhostUser => cmd.arg("--socket-path").arg(&socket).env("PHOENIXFS_SLOW_SERVICE_NS", "0"),
         };
         cmd.args(confinement_args());
         if let Some(log) = log {

@@ -13,9 +13,9 @@
 //! unlock that would grant it). Its head stays in flight meanwhile, and its used element is put
 //! out of order; puts are serialised by the queue's `UsedRing`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::fuse::{MAX_REQUEST, ReplyBuf};
 use crate::server::{self, Delivery, Exchange, RecordKey, Server, ThreadRecord};
@@ -143,6 +143,13 @@ struct Queue {
     /// control change is taken in only when it is 0: the supervisor, stopping a ring or turning
     /// dirty logging on, must know that no thread still serves under the old configuration.
     serving: AtomicUsize,
+    /// `SLOW` in nanoseconds (a test build can lower it: `slow_service_ns`).
+    slow_ns: u64,
+    /// When the latest chain began to be served (ns since `epoch`), and whether the latest one
+    /// answered took `SLOW` or longer: other threads join in only for slow service.
+    epoch: Instant,
+    last_start: AtomicU64,
+    slow: AtomicBool,
     /// Threads of this queue waiting for their turn at popping (see `take_turn`).
     idle: Mutex<usize>,
     idle_wake: Condvar,
@@ -182,6 +189,10 @@ impl QueueThread {
             popper: Mutex::new(Popper { seq: None, active: None, replayed: false }),
             used_idx: Arc::new(Mutex::new(0)),
             serving: AtomicUsize::new(0),
+            slow_ns: slow_service_ns(),
+            epoch: Instant::now(),
+            last_start: AtomicU64::new(0),
+            slow: AtomicBool::new(false),
             idle: Mutex::new(0),
             idle_wake: Condvar::new(),
             threads: AtomicUsize::new(1),
@@ -199,13 +210,15 @@ impl QueueThread {
     /// Serves the queue for the life of the worker.
     pub fn run(mut self) -> ! {
         let queue = self.queue.clone();
-        let mut looks = Looks::default();
+        let mut looked = false;
         loop {
-            let Some(mut popper) = queue.take_turn(&mut looks) else { continue };
+            let Some(mut popper) = queue.take_turn(&mut looked) else { continue };
             let popped = self.next_chain(&mut popper);
             queue.serving.fetch_add(1, Ordering::AcqRel);
+            let (started, blocked) = (queue.clock(), sys::thread_blocked_count());
+            queue.last_start.store(started, Ordering::Release);
             drop(popper);
-            if popped.more {
+            if popped.more && queue.slow.load(Ordering::Acquire) {
                 self.call_another();
             }
             // Crash while serving (here or in another of this queue's threads): every popped
@@ -215,6 +228,11 @@ impl QueueThread {
             if let Err(e) = served {
                 queue.failed.lock().unwrap().get_or_insert(e.to_string());
             }
+            // Slow: long, and not only because this thread was preempted (on a machine with
+            // fewer CPUs than runnable threads, quick service is often cut by others).
+            let slow =
+                queue.slow_ns == 0 || queue.clock() - started >= queue.slow_ns && sys::thread_blocked_count() > blocked;
+            queue.slow.store(slow, Ordering::Release);
             queue.serving.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -360,48 +378,69 @@ impl QueueThread {
     }
 }
 
-/// How often an idle thread looks for a turn at popping while its queue is busy: the longest a
-/// request can wait behind a slow one that was popped with nothing behind it.
+/// Service at least this long, during which the serving thread blocked (disk I/O, a journal
+/// commit), is slow: after a slow chain the popper calls another thread for the chains behind
+/// the one it popped, and idle threads look for a chain stuck that long. Quicker service stays
+/// on one thread: for a queue of cheap requests (cached reads, lookups) threads taking turns
+/// cost more than they give (4 KiB reads through the bridge, 4 jobs on 2 CPUs: about 10% fewer
+/// with every chain handed on, in an A/B run).
+const SLOW: Duration = Duration::from_micros(200);
+/// How often an idle thread looks while its queue's service is slow: the longest a request can
+/// wait behind a slow one that was popped with nothing behind it.
 const IDLE_LOOK: Duration = Duration::from_millis(1);
-/// An idle thread rests (looks once a second, as a safety net) after this many looks in a row
-/// saw no chain popped: a quiet queue costs no wake-ups.
-const QUIET_LOOKS: u32 = 100;
+/// How long it waits otherwise (a safety net: the thread with the turn watches the ring).
 const IDLE_REST: Duration = Duration::from_secs(1);
 
-/// What an idle thread remembers between its looks.
-#[derive(Default)]
-struct Looks {
-    /// The queue's pop counter at the last look.
-    pops: u64,
-    /// Looks in a row that saw no chain popped.
-    quiet: u32,
+/// `SLOW` in nanoseconds. A test build (`crash-points`) takes PHOENIXFS_SLOW_SERVICE_NS instead:
+/// 0 makes every service slow, so the suites over vhost-user (and the kills of the soak) meet
+/// several chains of a queue served at once all the time, not only on slow disks.
+fn slow_service_ns() -> u64 {
+    #[cfg(feature = "crash-points")]
+    if let Some(ns) = std::env::var("PHOENIXFS_SLOW_SERVICE_NS").ok().and_then(|v| v.parse().ok()) {
+        return ns;
+    }
+    SLOW.as_nanos() as u64
 }
 
 impl Queue {
+    /// Nanoseconds since the queue was set up, from the monotonic clock.
+    fn clock(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
     /// The turn at popping, if no other thread of the queue has it; otherwise waits as an idle
-    /// thread (until called, or for its next look) and returns None.
+    /// thread (until called, or for its next look) and returns None. `looked`: the caller's
+    /// last wait ended by a look, not by a call.
     ///
-    /// A thread pops one chain and lets the turn go before serving it, without waking anyone
-    /// unless more chains wait (`call_another`): a driver with one request at a time is served
-    /// by one thread with no hand-off, as a single queue thread would. While the queue is busy,
-    /// idle threads look again every `IDLE_LOOK` and take a turn nobody holds, so a request that
-    /// arrives while every thread with a chain is serving waits at most that long.
-    fn take_turn(&self, looks: &mut Looks) -> Option<MutexGuard<'_, Popper>> {
+    /// A thread pops one chain and lets the turn go before serving it, calling another thread
+    /// only when more chains wait and service is slow (`call_another`): a queue of quick
+    /// requests is served by one thread with no hand-off, as by a single queue thread. While
+    /// service is slow, idle threads look every `IDLE_LOOK` and take a turn nobody holds when the
+    /// chain last popped has been in service for `SLOW` or longer, so a request that arrives
+    /// while every thread is serving waits behind a slow one about `IDLE_LOOK` at most.
+    fn take_turn(&self, looked: &mut bool) -> Option<MutexGuard<'_, Popper>> {
         // Under the idle lock: a popper that lets go of its turn and then calls another thread
         // either finds us waiting or is seen by our try_lock.
         let mut idle = self.idle.lock().unwrap();
-        match self.popper.try_lock() {
-            Ok(popper) => return Some(popper),
-            Err(TryLockError::Poisoned(e)) => return Some(e.into_inner()),
-            Err(TryLockError::WouldBlock) => {}
+        let stuck = || {
+            self.serving.load(Ordering::Acquire) > 0
+                && self.clock().saturating_sub(self.last_start.load(Ordering::Acquire)) >= self.slow_ns
+        };
+        // A thread back from serving, or called, always tries; one that only looked, if service
+        // is stuck (else it would take turns from the thread serving quick requests).
+        if !std::mem::take(looked) || stuck() {
+            match self.popper.try_lock() {
+                Ok(popper) => return Some(popper),
+                Err(TryLockError::Poisoned(e)) => return Some(e.into_inner()),
+                Err(TryLockError::WouldBlock) => {}
+            }
         }
-        let pops = self.state.next_counter.load(Ordering::Relaxed);
-        looks.quiet = if pops == looks.pops { looks.quiet.saturating_add(1) } else { 0 };
-        looks.pops = pops;
-        let patience = if looks.quiet < QUIET_LOOKS { IDLE_LOOK } else { IDLE_REST };
+        let patience = if self.slow.load(Ordering::Acquire) { IDLE_LOOK } else { IDLE_REST };
         *idle += 1;
-        idle = self.idle_wake.wait_timeout(idle, patience).unwrap().0;
+        let (guard, wait) = self.idle_wake.wait_timeout(idle, patience).unwrap();
+        idle = guard;
         *idle -= 1;
+        *looked = wait.timed_out();
         None
     }
 
