@@ -340,6 +340,7 @@ MQ_LABEL = f"phoenixfsd {MQ_QUEUES}q"
 # requests at once.
 IN_FLIGHT = 4
 IN_FLIGHT_LABEL = f"phoenixfsd 1q×{IN_FLIGHT}"
+IN_FLIGHT_PEER = f"virtiofsd 1q×{IN_FLIGHT}"
 
 
 def targets_for(transport, binary, extra):
@@ -379,6 +380,8 @@ def targets_for(transport, binary, extra):
         # What any guest does with its one request queue when several processes wait in
         # syscalls: several requests in flight on it at once.
         (IN_FLIGHT_LABEL, lambda s, m, l: Daemon.vhost(pfs, s, m, bridge, l, control=True, in_flight=IN_FLIGHT)),
+        # virtiofsd given the same: it serves them one at a time (its default, no thread pool).
+        (IN_FLIGHT_PEER, lambda s, m, l: Daemon.vhost(vfs, s, m, bridge, l, in_flight=IN_FLIGHT)),
     ]
 
 
@@ -518,6 +521,8 @@ def render(transport, targets, runs, work, args, binary, extra, load_before, loa
         ratios.append((f"{MQ_QUEUES}q/{peer}", MQ_LABEL, peer))
     if IN_FLIGHT_LABEL in labels:
         ratios.append((f"1q×{IN_FLIGHT}/pfs", IN_FLIGHT_LABEL, "phoenixfsd"))
+    if IN_FLIGHT_PEER in labels:
+        ratios.append((f"1q×{IN_FLIGHT} pfs/vfsd", IN_FLIGHT_LABEL, IN_FLIGHT_PEER))
     fio_ver = subprocess.run(["fio", "--version"], capture_output=True, text=True).stdout.strip()
     per_inode, per_handle = report.slot_sizes(ROOT)
     sections = []
@@ -541,9 +546,9 @@ def render(transport, targets, runs, work, args, binary, extra, load_before, loa
                  f"the bridge with 1 request queue carrying up to {IN_FLIGHT} requests at once (one bridge thread "
                  "each, as any guest's driver keeps several in flight on its one queue when several processes "
                  "wait in syscalls), which a workload fills only when it has several requests outstanding "
-                 "(several jobs or processes, or the kernel's readahead and writeback). virtiofsd is not "
-                 "measured with several in flight (it would serve them one at a time unless given "
-                 "`--thread-pool-size`)")
+                 "(several jobs or processes, or the kernel's readahead and writeback); "
+                 f"`{IN_FLIGHT_PEER}` is virtiofsd through that same bridge (it serves them one at a time: "
+                 "its default, without `--thread-pool-size`)")
     machine = (f"{os.cpu_count()} CPUs, kernel {platform.release()}, {fio_ver}, "
                f"daemon `{os.path.basename(binary)}{(' ' + ' '.join(extra)) if extra else ''}`, "
                f"load average {load_before[0]:.1f} at the start and {load_after[0]:.1f} at the end")
@@ -554,6 +559,8 @@ def render(transport, targets, runs, work, args, binary, extra, load_before, loa
              + (f", {MQ_QUEUES}q/{peer} = {MQ_LABEL} / {peer}" if MQ_LABEL in labels else "")
              + (f", 1q×{IN_FLIGHT}/pfs = {IN_FLIGHT_LABEL} / phoenixfsd (what {IN_FLIGHT} requests in flight on "
                 "its one queue give phoenixfsd)" if IN_FLIGHT_LABEL in labels else "")
+             + (f", 1q×{IN_FLIGHT} pfs/vfsd = {IN_FLIGHT_LABEL} / {IN_FLIGHT_PEER} (both daemons given the "
+                "same driver)" if IN_FLIGHT_PEER in labels else "")
              + ". Higher is better for every unit; a ratio marked * is one whose two columns' min–max "
              "ranges do not overlap (every round of one beat every round of the other); unmarked ratios "
              "are not a difference this run can show.\n"
