@@ -1,6 +1,8 @@
-//! A worker's queue thread: one per virtqueue. It takes the queue's configuration from the
-//! region, finishes what a dead worker left in flight, then pops descriptor chains, serves each
-//! through `Server::handle`, publishes its used element and signals the driver.
+//! A worker's queue threads: one per virtqueue at first, more when slow requests queue up on it
+//! (`Queue::take_turn`). The thread whose turn it is takes the queue's configuration from the
+//! region, finishes what a dead worker left in flight, then pops a descriptor chain and lets the
+//! turn go; it serves the chain through `Server::handle`, publishes its used element and signals
+//! the driver, while another thread may pop the next.
 //!
 //! Crash consistency (the state region's in-flight tracking, state/vhost.rs): a head is marked
 //! in flight right after it is read from the avail ring; its intent record is keyed by (queue,
@@ -11,7 +13,8 @@
 //! A request that may wait indefinitely (SETLKW, with `-o posix_lock`) is served on a thread of
 //! its own, as on /dev/fuse, so it cannot hold up the queue behind it (with one request queue, the
 //! unlock that would grant it). Its head stays in flight meanwhile, and its used element is put
-//! out of order; puts are serialised by the queue's `UsedRing`.
+//! out of order; puts are serialised by the queue's `UsedRing`, as are those of chains served
+//! side by side.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
@@ -153,7 +156,7 @@ struct Queue {
     /// Threads of this queue waiting for their turn at popping (see `take_turn`).
     idle: Mutex<usize>,
     idle_wake: Condvar,
-    /// This queue's serving threads, started one by one as the driver's requests overlap.
+    /// This queue's serving threads, started one by one as slow requests queue up.
     threads: AtomicUsize,
     /// At most this many: as many requests of one queue are served at once.
     max_threads: usize,
@@ -172,7 +175,7 @@ pub struct QueueThread {
 
 impl QueueThread {
     /// The first serving thread of queue `index`; it starts others (up to `max_threads`) when
-    /// the driver keeps more requests in flight than threads are free to serve them.
+    /// requests queue up behind slow ones (`call_another`).
     pub fn new(
         server: Arc<Server>,
         area: &'static VhostArea,
@@ -274,9 +277,8 @@ impl QueueThread {
         }
     }
 
-    /// The driver keeps more chains in flight than one thread can pop and serve: wake an idle
-    /// thread of the queue to pop the next, or start one if none is idle and the queue may have
-    /// another.
+    /// Chains wait behind the one just popped, and service is slow: wake an idle thread of the
+    /// queue to pop the next, or start one if none is idle and the queue may have another.
     fn call_another(&self) {
         let queue = &self.queue;
         let idle = queue.idle.lock().unwrap();
