@@ -171,7 +171,17 @@ fn requests_for_io(m: &Mount) -> u64 {
     let f = std::fs::OpenOptions::new().create(true).read(true).write(true).truncate(false).open(m.path("f")).unwrap();
     f.write_all_at(&[1; 4096], 0).unwrap();
     f.metadata().unwrap();
-    let before = served();
+    // Requests the kernel sends on its own time (a RELEASE after an earlier close, a
+    // revalidation) come in before the count starts: wait until none came for 200 ms.
+    let mut before = served();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let now = served();
+        if now == before {
+            break;
+        }
+        before = now;
+    }
     let mut buf = [0u8; 4096];
     for i in 0..WRITES {
         f.write_all_at(&[i as u8; 4096], (i % 16) as u64 * 4096).unwrap();
