@@ -159,7 +159,7 @@ fn bench_vm_against_virtiofsd() {
         let seq = n.starts_with("seq");
         let unit = if seq {
             "MiB/s"
-        } else if n == "meta" {
+        } else if n.starts_with("meta") {
             "ops/s"
         } else {
             "IOPS"

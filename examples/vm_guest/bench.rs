@@ -3,13 +3,16 @@
 //!
 //! `VM-BENCH name=NAME ops=N secs=S ops_per_s=R mib_per_s=M p50_us=A p99_us=B`
 //!
-//! - `meta`: create an empty file, stat it, unlink it (one op = the three calls).
+//! - `meta`: create an empty file, stat it, unlink it (one op = the three calls); `meta-x4`:
+//!   the same from 4 threads at once, each in its own directory (4 requests in flight on the
+//!   guest's one queue, as 4 processes keep them), ops per second by wall-clock time.
 //! - `seq-write-1m`, `seq-read-1m`: a 32 MiB file in 1 MiB calls (the write ends with fsync,
 //!   counted; the read starts with the guest's page cache dropped).
 //! - `rand-read-4k`, `rand-write-4k`: 2,000 calls at random 4 KiB-aligned offsets of that file
 //!   (the writes end with fsync, counted; the reads start with the cache dropped).
 //!
-//! Each once buffered and once with O_DIRECT (`-direct` names).
+//! Each once buffered and once with O_DIRECT (`-direct` names); `rand-read-4k-direct-x4`: the
+//! O_DIRECT random reads from 4 threads at once.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -22,6 +25,8 @@ use crate::rng::Rng;
 const FILE_MIB: usize = 32;
 const RAND_OPS: usize = 2000;
 const META_OPS: usize = 1000;
+/// Threads of the `-x4` rows.
+const THREADS: usize = 4;
 
 struct Run {
     lat: Vec<Duration>,
@@ -78,15 +83,13 @@ pub fn run(mnt: &Path, seed: u64) {
     let mut rng = Rng::new(seed);
 
     let mut r = Run::new();
-    for i in 0..META_OPS {
-        let p = dir.join(format!("m{i}"));
-        r.op(0, || {
-            File::create(&p)?;
-            std::fs::metadata(&p)?;
-            std::fs::remove_file(&p)
-        });
-    }
+    meta(&dir, META_OPS, &mut r);
     r.print("meta");
+    let subdirs: Vec<_> = (0..THREADS).map(|t| dir.join(format!("t{t}"))).collect();
+    for d in &subdirs {
+        std::fs::create_dir_all(d).expect("mkdir bench/tN");
+    }
+    in_parallel(THREADS, |t, r| meta(&subdirs[t], META_OPS / THREADS, r)).print("meta-x4");
 
     for direct in [false, true] {
         let sfx = if direct { "-direct" } else { "" };
@@ -128,5 +131,55 @@ pub fn run(mnt: &Path, seed: u64) {
         }
         r.op(0, || f.sync_all());
         r.print(&format!("rand-write-4k{sfx}"));
+        if direct {
+            let seeds: Vec<u64> = (0..THREADS).map(|_| rng.next()).collect();
+            let r = in_parallel(THREADS, |t, r| {
+                let mut rng = Rng::new(seeds[t]);
+                let mut buf = Aligned::new(4096);
+                for _ in 0..RAND_OPS / THREADS {
+                    let off = rng.below((FILE_MIB * 256) as u64) * 4096;
+                    r.op(4096, || f.read_exact_at(buf.buf(4096), off));
+                }
+            });
+            r.print(&format!("rand-read-4k{sfx}-x{THREADS}"));
+        }
     }
+}
+
+/// `n` times: create an empty file in `dir`, stat it, unlink it.
+fn meta(dir: &Path, n: usize, r: &mut Run) {
+    for i in 0..n {
+        let p = dir.join(format!("m{i}"));
+        r.op(0, || {
+            File::create(&p)?;
+            std::fs::metadata(&p)?;
+            std::fs::remove_file(&p)
+        });
+    }
+}
+
+/// Runs `work(thread, run)` on `threads` threads at once; one run of all their calls, its total
+/// the wall-clock time (so ops per second count what the threads did together).
+fn in_parallel(threads: usize, work: impl Fn(usize, &mut Run) + Sync) -> Run {
+    let t0 = Instant::now();
+    let runs: Vec<Run> = std::thread::scope(|s| {
+        let work = &work;
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut r = Run::new();
+                    work(t, &mut r);
+                    r
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a benchmark thread panicked")).collect()
+    });
+    let mut all = Run::new();
+    for r in runs {
+        all.lat.extend(r.lat);
+        all.bytes += r.bytes;
+    }
+    all.total = t0.elapsed();
+    all
 }
