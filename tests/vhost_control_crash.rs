@@ -189,17 +189,31 @@ fn lookup_root_entry(fe: &mut Frontend, name: &str) {
     assert_eq!(err, 0, "LOOKUP {name:?}");
 }
 
-/// Lays out a MKDIR-style chain at `head` as the Linux driver does (request, out-header, rest of
-/// the reply room), its buffers in slot `slot` of the queue's data area; returns the reply's
-/// address.
-fn lay_out_chain(q: &common::frontend::QueueHandle, head: u16, slot: u64, req: &[u8]) -> GuestAddress {
-    let base = q.data_addr().0 + slot * 8192;
-    let reply = base + 4096;
-    q.mem().write_slice(req, GuestAddress(base)).unwrap();
-    q.write_descriptor(head, GuestAddress(base), req.len() as u32, VRING_DESC_F_NEXT, head + 1).unwrap();
-    q.write_descriptor(head + 1, GuestAddress(reply), 16, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, head + 2).unwrap();
-    q.write_descriptor(head + 2, GuestAddress(reply + 16), 4080, VRING_DESC_F_WRITE, 0).unwrap();
-    GuestAddress(reply)
+/// A request laid out in its own share of a queue (`QueueHandle::lay_out_in_share`), not yet
+/// published: its head, and where its reply goes.
+struct Laid<'a> {
+    op: Op<'a>,
+    unique: u64,
+    head: u16,
+    reply: GuestAddress,
+}
+
+/// Shares of the test queue below: as many chains as it keeps in flight by hand.
+const SHARES: usize = 4;
+const REPLY_ROOM: u32 = 4096;
+
+impl<'a> Laid<'a> {
+    fn new(q: &common::frontend::QueueHandle, share: usize, unique: u64, op: Op<'a>) -> Laid<'a> {
+        let req = encode_request(Sender { unique, nodeid: abi::ROOT_ID, uid: 0, gid: 0, pid: 1 }, &op);
+        let (head, reply) = q.lay_out_in_share(share, SHARES, &req, REPLY_ROOM).unwrap();
+        Laid { op, unique, head, reply }
+    }
+
+    /// The FUSE error of its reply, `len` bytes long (checked as `call` checks a reply).
+    fn error(&self, q: &common::frontend::QueueHandle, len: u32) -> i32 {
+        let reply = q.read_reply(len, self.reply, REPLY_ROOM).unwrap();
+        common::backend::check_reply(&self.op, self.unique, &reply).0
+    }
 }
 
 /// Several chains of ONE queue served at once (once the queue has seen slow service: a first
@@ -225,39 +239,31 @@ fn test_chains_of_one_queue_served_at_once_and_each_replayed_once() {
         init(&mut fe);
         let worker = children_of(b.pid());
         let q = fe.queue(1).unwrap();
-        let sender = |unique| Sender { unique, nodeid: abi::ROOT_ID, uid: 0, gid: 0, pid: 1 };
         let mkdir = |name| Op::Mkdir { arg: abi::MkdirIn { mode: 0o755, umask: 0 }, name };
         // First one slow MKDIR alone (held a few ms): a queue brings in more threads only once
         // it has seen slow service; quick requests stay on one thread.
-        let warm_up = mkdir(c"d0");
-        let warm_up_reply = lay_out_chain(q, 9, 3, &encode_request(sender(9), &warm_up));
-        q.publish(9).unwrap();
+        let warm_up = Laid::new(q, 3, 9, mkdir(c"d0"));
+        q.publish(warm_up.head).unwrap();
         wait_for_dirs(&b.share, &["d0"], kill);
         std::thread::sleep(Duration::from_millis(5));
         std::fs::remove_file(&arm).unwrap();
         let (id, len) = q.wait_used().unwrap_or_else(|e| panic!("kill={kill}: the first MKDIR: {e}"));
-        assert_eq!(id, 9);
-        let mut reply = vec![0u8; len as usize];
-        q.mem().read_slice(&mut reply, warm_up_reply).unwrap();
-        assert_eq!(common::backend::check_reply(&warm_up, 9, &reply).0, 0, "kill={kill}: the first MKDIR");
+        assert_eq!(id, u32::from(warm_up.head));
+        assert_eq!(warm_up.error(q, len), 0, "kill={kill}: the first MKDIR");
         std::fs::write(&arm, "armed").unwrap();
 
-        let mkdirs = [c"d1", c"d2"].map(mkdir);
-        let mut replies = Vec::new();
-        for (i, op) in mkdirs.iter().enumerate() {
-            let head = 3 * i as u16;
-            replies.push((head, lay_out_chain(q, head, i as u64, &encode_request(sender(10 + i as u64), op))));
-        }
-        let getattr = Op::Getattr { fh: None };
-        let getattr_reply = lay_out_chain(q, 6, 2, &encode_request(sender(12), &getattr));
+        let mkdirs = [Laid::new(q, 0, 10, mkdir(c"d1")), Laid::new(q, 1, 11, mkdir(c"d2"))];
+        let getattr = Laid::new(q, 2, 12, Op::Getattr { fh: None });
         // All three at once, as a driver with three callers waiting queues them.
-        q.publish_all(&[0, 3, 6]).unwrap();
+        q.publish_all(&[mkdirs[0].head, mkdirs[1].head, getattr.head]).unwrap();
         wait_for_dirs(&b.share, &["d1", "d2"], kill);
         let (id, len) = q.wait_used().unwrap_or_else(|e| panic!("kill={kill}: GETATTR behind two held chains: {e}"));
-        assert_eq!(id, 6, "kill={kill}: the GETATTR is answered first, while both MKDIRs are held");
-        let mut reply = vec![0u8; len as usize];
-        q.mem().read_slice(&mut reply, getattr_reply).unwrap();
-        assert_eq!(common::backend::check_reply(&getattr, 12, &reply).0, 0, "kill={kill}: GETATTR");
+        assert_eq!(
+            id,
+            u32::from(getattr.head),
+            "kill={kill}: the GETATTR is answered first, while both MKDIRs are held"
+        );
+        assert_eq!(getattr.error(q, len), 0, "kill={kill}: GETATTR");
         if kill {
             for pid in &worker {
                 // SAFETY: signals a process of ours.
@@ -268,20 +274,16 @@ fn test_chains_of_one_queue_served_at_once_and_each_replayed_once() {
         let mut answered = Vec::new();
         for _ in 0..2 {
             let (id, len) = q.wait_used().unwrap_or_else(|e| panic!("kill={kill}: a held MKDIR: {e}"));
-            let (i, reply_at) = replies
+            let i = mkdirs
                 .iter()
-                .enumerate()
-                .find(|(_, (h, _))| u32::from(*h) == id)
-                .map(|(i, r)| (i, r.1))
+                .position(|m| u32::from(m.head) == id)
                 .unwrap_or_else(|| panic!("kill={kill}: used id {id} is neither MKDIR's head"));
-            let mut reply = vec![0u8; len as usize];
-            q.mem().read_slice(&mut reply, reply_at).unwrap();
-            let err = common::backend::check_reply(&mkdirs[i], 10 + i as u64, &reply).0;
+            let err = mkdirs[i].error(q, len);
             assert_eq!(err, 0, "kill={kill}: MKDIR d{} answered once, with success (not EEXIST)", i + 1);
-            answered.push(id);
+            answered.push(i);
         }
         answered.sort();
-        assert_eq!(answered, [0, 3], "kill={kill}: each MKDIR answered exactly once");
+        assert_eq!(answered, [0, 1], "kill={kill}: each MKDIR answered exactly once");
         if kill {
             assert_ne!(children_of(b.pid()), worker, "the killed worker was replaced");
         }

@@ -461,6 +461,26 @@ impl Ring {
         Share { first: 0, count: self.size, area: self.data, area_len: self.data_len }
     }
 
+    /// Share `number` of `shares`, each an equal part of the queue's descriptors and of its data
+    /// area (whole pages), for chains in flight side by side.
+    fn part(&self, number: usize, shares: usize) -> Result<Share> {
+        let descriptors = u16::try_from(shares).ok().filter(|&n| n > 0).map_or(0, |n| self.size / n);
+        let area_len = (self.data_len / shares.max(1) as u64) & !0xfff;
+        if descriptors < 3 || area_len == 0 || number >= shares {
+            let (index, size, data_len) = (self.index, self.size, self.data_len);
+            return Err(Error::Invalid(format!(
+                "share {number} of {shares} on queue {index} ({size} descriptors, {data_len} bytes of buffers): \
+                 each needs 3 descriptors and 4 KiB"
+            )));
+        }
+        Ok(Share {
+            first: number as u16 * descriptors,
+            count: descriptors,
+            area: GuestAddress(self.data.0 + number as u64 * area_len),
+            area_len,
+        })
+    }
+
     fn write_descriptor(&self, index: u16, addr: GuestAddress, len: u32, flags: u16, next: u16) -> Result<()> {
         if index >= self.size {
             return Err(Error::Invalid(format!("descriptor {index} outside a {}-entry table", self.size)));
@@ -751,6 +771,26 @@ impl QueueHandle {
             }
             notified = self.ring.wait_for_call(self.timeout - waited)?;
         }
+    }
+
+    /// Lays one FUSE request out as `request` does, in share `number` of `shares` equal parts of
+    /// the queue, without publishing it: for tests that keep several chains in flight by hand
+    /// (`publish_all`, `wait_used`). Returns the chain's head and where its reply goes.
+    pub fn lay_out_in_share(
+        &self,
+        number: usize,
+        shares: usize,
+        request: &[u8],
+        reply_capacity: u32,
+    ) -> Result<(u16, GuestAddress)> {
+        let share = self.ring.part(number, shares)?;
+        let descriptors = share.descriptors(0);
+        Ok((descriptors[0], self.ring.lay_out_request(&share, descriptors, request, reply_capacity)?))
+    }
+
+    /// The `len` bytes the device wrote into a reply room of `reply_capacity` at `reply_addr`.
+    pub fn read_reply(&self, len: u32, reply_addr: GuestAddress, reply_capacity: u32) -> Result<Vec<u8>> {
+        self.ring.read_reply(len, reply_addr, reply_capacity)
     }
 
     /// Sends one FUSE request as a chain of a device-readable request and, unless

@@ -25,8 +25,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use vm_memory::GuestAddress;
-
 use super::{Cursor, Error, QueueHandle, Result, Ring, Share};
 
 /// A queue that several threads drive at once, each through a `QueueSlot` of its own.
@@ -86,15 +84,10 @@ impl SharedQueue {
         if cursor.in_flight() != 0 {
             return Err(Error::Invalid(format!("queue {} has {} chains in flight", ring.index, cursor.in_flight())));
         }
-        let descriptors = u16::try_from(slots).ok().filter(|&n| n > 0).map_or(0, |n| ring.size / n);
-        let area_len = (ring.data_len / slots.max(1) as u64) & !0xfff;
-        if descriptors < 3 || area_len == 0 {
-            let (index, size, data_len) = (ring.index, ring.size, ring.data_len);
-            return Err(Error::Invalid(format!(
-                "{slots} slots on queue {index} ({size} descriptors, {data_len} bytes of buffers): \
-                 each needs 3 descriptors and 4 KiB"
-            )));
+        if slots == 0 {
+            return Err(Error::Invalid(format!("no slots on queue {}", ring.index)));
         }
+        let shares = (0..slots).map(|number| ring.part(number, slots)).collect::<Result<Vec<Share>>>()?;
         let chains = Chains {
             cursor,
             waiting: HashMap::new(),
@@ -106,19 +99,11 @@ impl SharedQueue {
             out_of_order: 0,
         };
         let queue = Arc::new(SharedQueue { ring, timeout, chains: Mutex::new(chains), turn_over: Condvar::new() });
-        let slot = |number: usize| QueueSlot {
-            queue: Arc::clone(&queue),
-            number,
-            share: Share {
-                first: number as u16 * descriptors,
-                count: descriptors,
-                area: GuestAddress(queue.ring.data.0 + number as u64 * area_len),
-                area_len,
-            },
-            sent: 0,
-            timed_out: None,
-        };
-        let slots = (0..slots).map(slot).collect();
+        let slots = shares
+            .into_iter()
+            .enumerate()
+            .map(|(number, share)| QueueSlot { queue: Arc::clone(&queue), number, share, sent: 0, timed_out: None })
+            .collect();
         Ok((queue, slots))
     }
 
