@@ -327,15 +327,15 @@ impl Transport for VhostTransport {
     fn resume(&self, _state: &State) {}
 
     /// Serving threads per queue for the life of the worker (the connection ends in the
-    /// supervisor, never in a queue thread): one at first, more as the driver keeps more
-    /// requests in flight on the queue, up to as many as there are request queues
-    /// (`--thread-pool-size`), bounded by the region's intent records.
+    /// supervisor, never in a queue thread): one at first, more when slow requests queue up on
+    /// it (queue.rs), up to as many as there are request queues (`--thread-pool-size`), bounded
+    /// by the region's intent records.
     fn spawn(&self, server: &Arc<Server>, _ended: i32) -> std::io::Result<()> {
         let guests = Arc::new(memory::GuestCache::default());
         let queues = self.area.queue_count();
         // Each serving thread holds an intent record of the region: half of them at most, the
         // rest left for orphans of a dead worker and the lock waiters.
-        let per_queue = (queues - 1).min(RECORD_CAPACITY as usize / 2 / queues.max(1));
+        let per_queue = queues.saturating_sub(1).min(RECORD_CAPACITY as usize / 2 / queues.max(1));
         for index in 0..queues {
             let thread = queue::QueueThread::new(server.clone(), self.area, index, guests.clone(), per_queue);
             std::thread::Builder::new().name(format!("vq-{index}")).spawn(move || thread.run())?;
