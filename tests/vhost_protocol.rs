@@ -98,6 +98,121 @@ struct Hostile {
     head: u16,
 }
 
+/// READ and WRITE go straight between the file and the guest's buffers, however the driver
+/// scatters them: a WRITE's data in pieces of odd sizes on separate pages (one piece sharing its
+/// buffer with the arguments), a READ's data over buffers behind a header buffer of its own or
+/// right behind the header in one buffer, and a READ whose room is smaller than asked (a short
+/// read). A WRITE whose `size` disagrees with the data it carries is refused and writes nothing.
+#[test]
+fn test_reads_and_writes_straight_between_guest_buffers_and_the_file() {
+    let (b, mut fe) = Backend::with_frontend(&[], 2, 16);
+    std::fs::write(b.share.join("hello.txt"), b"").unwrap();
+    let (node, fh) = open_hello(&mut fe, libc::O_RDWR);
+    let mut q = fe.take_queue(1).unwrap();
+    let data = q.data_addr().0;
+    let (next, wr) = (VRING_DESC_F_NEXT, VRING_DESC_F_WRITE);
+    let content: Vec<u8> = (0..20_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let file = || std::fs::read(b.share.join("hello.txt")).unwrap();
+    let sender = |unique| Sender { unique, nodeid: node, uid: 0, gid: 0, pid: 1 };
+    let reply_at = data + (256 << 10);
+    let send = |q: &mut common::frontend::QueueHandle, descs: &[(u64, u32, u16)], what: &str| {
+        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
+            let link = if i + 1 < descs.len() { next } else { 0 };
+            q.write_descriptor(i as u16, GuestAddress(addr), len, flags | link, i as u16 + 1).unwrap();
+        }
+        q.publish(0).unwrap();
+        let (id, len) = q.wait_used().unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(id, 0, "{what}");
+        len
+    };
+    let header_at = |q: &common::frontend::QueueHandle, at: u64| {
+        let mut h = [0u8; 16];
+        q.mem().read_slice(&mut h, GuestAddress(at)).unwrap();
+        OutHeader::read_from_bytes(&h).unwrap()
+    };
+
+    // WRITE 20,000 bytes at offset 100: the arguments and the first 3 data bytes in one buffer,
+    // then pieces of 1, 4,095, 9,000 and the rest, each on a page of its own.
+    let op = Op::Write {
+        arg: abi::WriteIn { fh, offset: 100, size: content.len() as u32, ..Default::default() },
+        data: &content,
+    };
+    let req = encode_request(sender(10), &op);
+    let args = req.len() - content.len();
+    let cuts = [3usize, 1, 4095, 9000, content.len() - 3 - 1 - 4095 - 9000];
+    q.mem().write_slice(&req[..args + cuts[0]], GuestAddress(data)).unwrap();
+    let mut descs = vec![(data, (args + cuts[0]) as u32, 0)];
+    let (mut from, mut page) = (cuts[0], data + (16 << 10));
+    for &n in &cuts[1..] {
+        q.mem().write_slice(&content[from..from + n], GuestAddress(page + 5)).unwrap();
+        descs.push((page + 5, n as u32, 0));
+        (from, page) = (from + n, page + (16 << 10));
+    }
+    descs.push((reply_at, 4096, wr));
+    assert_eq!(send(&mut q, &descs, "scattered WRITE"), 24);
+    let h = header_at(&q, reply_at);
+    assert_eq!((h.error, h.unique, h.len), (0, 10, 24));
+    let mut out = [0u8; 8];
+    q.mem().read_slice(&mut out, GuestAddress(reply_at + 16)).unwrap();
+    assert_eq!(abi::WriteOut::read_from_bytes(&out).unwrap().size, content.len() as u32);
+    let mut want = vec![0u8; 100];
+    want.extend_from_slice(&content);
+    assert_eq!(file(), want, "the file holds the scattered data in order");
+
+    // WRITEs whose size says one byte more, or one less, than they carry: EINVAL, nothing written.
+    for (unique, size) in [(11u64, content.len() as u32 + 1), (12, content.len() as u32 - 1)] {
+        let op = Op::Write { arg: abi::WriteIn { fh, offset: 0, size, ..Default::default() }, data: &content };
+        let req = encode_request(sender(unique), &op);
+        q.mem().write_slice(&req[..args], GuestAddress(data)).unwrap();
+        q.mem().write_slice(&content[..10], GuestAddress(data + 4096)).unwrap();
+        q.mem().write_slice(&content[10..], GuestAddress(data + (16 << 10))).unwrap();
+        let descs = [
+            (data, args as u32, 0),
+            (data + 4096, 10, 0),
+            (data + (16 << 10), content.len() as u32 - 10, 0),
+            (reply_at, 4096, wr),
+        ];
+        assert_eq!(send(&mut q, &descs, "WRITE with a wrong size"), 16);
+        assert_eq!((header_at(&q, reply_at).error, header_at(&q, reply_at).unique), (-libc::EINVAL, unique));
+        assert_eq!(file(), want, "a refused WRITE wrote nothing");
+    }
+
+    // READ 20,100 bytes at 0 into a 16-byte header buffer and pieces of 7, 10,000 and the rest.
+    let op = Op::Read(abi::ReadIn { fh, offset: 0, size: want.len() as u32, ..Default::default() });
+    let req = encode_request(sender(13), &op);
+    q.mem().write_slice(&req, GuestAddress(data)).unwrap();
+    let pieces = [
+        (data + (32 << 10) + 1, 7u32),
+        (data + (64 << 10) + 3, 10_000),
+        (data + (96 << 10), want.len() as u32 - 10_007),
+    ];
+    let mut descs = vec![(data, req.len() as u32, 0), (reply_at, 16, wr)];
+    descs.extend(pieces.iter().map(|&(at, n)| (at, n, wr)));
+    assert_eq!(send(&mut q, &descs, "scattered READ"), 16 + want.len() as u32);
+    let h = header_at(&q, reply_at);
+    assert_eq!((h.error, h.unique, h.len as usize), (0, 13, 16 + want.len()));
+    let mut got = Vec::new();
+    for &(at, n) in &pieces {
+        let mut piece = vec![0u8; n as usize];
+        q.mem().read_slice(&mut piece, GuestAddress(at)).unwrap();
+        got.extend_from_slice(&piece);
+    }
+    assert_eq!(got, want, "the scattered READ lands the file's bytes in order");
+
+    // READ 20,100 bytes into one buffer of header + 5,000: a short read of 5,000 bytes at 1,000.
+    let op = Op::Read(abi::ReadIn { fh, offset: 1000, size: want.len() as u32, ..Default::default() });
+    let req = encode_request(sender(14), &op);
+    q.mem().write_slice(&req, GuestAddress(data)).unwrap();
+    let descs = [(data, req.len() as u32, 0), (reply_at, 16 + 5000, wr)];
+    assert_eq!(send(&mut q, &descs, "READ into a smaller room"), 16 + 5000);
+    let h = header_at(&q, reply_at);
+    assert_eq!((h.error, h.unique, h.len), (0, 14, 16 + 5000));
+    let mut got = vec![0u8; 5000];
+    q.mem().read_slice(&mut got, GuestAddress(reply_at + 16)).unwrap();
+    assert_eq!(got, want[1000..6000], "a short read of what fits");
+    drop(b);
+}
+
 #[test]
 fn test_hostile_chains_are_dropped_and_change_nothing() {
     let (b, mut fe) = Backend::with_frontend(&[], 2, 16);

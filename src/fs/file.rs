@@ -293,9 +293,7 @@ impl Fs {
 
     pub fn read(&self, fh: u64, offset: u64, size: u32, out: &mut impl Payload) -> Result<()> {
         let h = self.file(fh)?;
-        let buf = out.tail_mut(size as usize);
-        let n = sys::pread(h.fd(), buf, offset)?;
-        out.truncate(n);
+        out.pread(h.fd(), offset, size as usize)?;
         Ok(())
     }
 
@@ -311,7 +309,14 @@ impl Fs {
     /// goes only for a writer outside the file's group); a replay finds them cleared already.
     /// Without a set-id bit the caller's identity changes nothing (security.capability goes
     /// whoever writes), so the common write costs one fstat more, not a credential switch.
-    pub fn write(&self, ctx: &Context, fh: u64, offset: u64, data: &[u8], kill_suidgid: bool) -> Result<abi::WriteOut> {
+    pub fn write(
+        &self,
+        ctx: &Context,
+        fh: u64,
+        offset: u64,
+        data: sys::Source<'_>,
+        kill_suidgid: bool,
+    ) -> Result<abi::WriteOut> {
         let h = self.file(fh)?;
         let setid = libc::S_ISUID | libc::S_ISGID;
         let kill = kill_suidgid && super::attr::stat_fd(h.fd())?.st_mode & setid != 0;
@@ -321,7 +326,7 @@ impl Fs {
             && !self.writeback.load(std::sync::atomic::Ordering::Relaxed);
         let intent = ctx.intent;
         if !append || intent.record().is_none() {
-            let n = sys::pwrite(h.fd(), data, offset)?;
+            let n = data.pwrite_from(h.fd(), 0, offset)?;
             // Crash here: the data is written, the reply is not; the replay writes the same
             // bytes at the same offset again.
             crate::crash_point!("write.after_pwrite");
@@ -340,8 +345,7 @@ impl Fs {
             intent,
             Call::Append,
             || {
-                let rest = &data[written..];
-                let n = if rest.is_empty() { 0 } else { sys::pwrite(h.fd(), rest, offset)? };
+                let n = if written == data.len() { 0 } else { data.pwrite_from(h.fd(), written, offset)? };
                 intent.set_fact(facts::APPEND_WRITTEN, (written + n) as u64);
                 Ok(())
             },

@@ -1,15 +1,22 @@
 //! Reply encoding: typed values in, bytes out. A `ReplyBuf` is reused per thread: it holds the
-//! out-header followed by the payload, so a READ can land its data right behind the header.
+//! out-header followed by the payload, so a READ can land its data right behind the header —
+//! or, where the transport offers room for the payload in place (a virtqueue's writable guest
+//! buffers after the header), straight there, and the buffer keeps only the header.
 
 use zerocopy::{Immutable, IntoBytes};
 
 use super::abi::{self, OutHeader};
+use crate::sys::IoVec;
 
 const HEADER: usize = size_of::<OutHeader>();
 
 #[derive(Debug, Default)]
 pub struct ReplyBuf {
     bytes: Vec<u8>,
+    /// Where the transport lets a READ's data go in place (empty: into `bytes`).
+    room: Vec<IoVec>,
+    /// Bytes of payload a READ put into `room`: they follow the header there, not in `bytes`.
+    placed: usize,
 }
 
 impl ReplyBuf {
@@ -18,7 +25,7 @@ impl ReplyBuf {
     }
 
     pub fn with_capacity(n: usize) -> Self {
-        ReplyBuf { bytes: Vec::with_capacity(n) }
+        ReplyBuf { bytes: Vec::with_capacity(n), room: Vec::new(), placed: 0 }
     }
 
     /// Writes every page of the spare capacity once, so that later replies never fault (the
@@ -33,6 +40,35 @@ impl ReplyBuf {
     pub fn clear(&mut self) {
         self.bytes.clear();
         self.bytes.resize(HEADER, 0);
+        self.placed = 0;
+    }
+
+    /// The transport's room for the next reply's payload, in place right behind where it will
+    /// put the header: a READ reads into it, and the sealed reply is the header alone, its
+    /// length counting the bytes placed. Lasts until `take_room`.
+    pub fn offer_room(&mut self, room: impl IntoIterator<Item = IoVec>) {
+        self.room.clear();
+        self.room.extend(room);
+    }
+
+    /// Withdraws the room (after the reply went out); returns how many payload bytes it holds.
+    pub fn take_room(&mut self) -> usize {
+        self.room.clear();
+        std::mem::take(&mut self.placed)
+    }
+
+    /// Reads up to `len` bytes of `fd` at `offset` as the payload: into the offered room if
+    /// there is one, else behind the header. Returns how many.
+    pub fn pread_payload(&mut self, fd: i32, offset: u64, len: usize) -> std::io::Result<usize> {
+        if self.room.is_empty() {
+            let start = self.bytes.len();
+            let n = crate::sys::pread(fd, self.tail_mut(len), offset);
+            self.bytes.truncate(start + *n.as_ref().unwrap_or(&0));
+            return n;
+        }
+        let n = crate::sys::preadv(fd, &self.room, len, offset)?;
+        self.placed = n;
+        Ok(n)
     }
 
     pub fn push_obj<T: IntoBytes + Immutable>(&mut self, v: &T) {
@@ -74,7 +110,7 @@ impl ReplyBuf {
         if self.bytes.len() < HEADER {
             self.bytes.resize(HEADER, 0);
         }
-        let h = OutHeader { len: self.bytes.len() as u32, error, unique };
+        let h = OutHeader { len: (self.bytes.len() + self.placed) as u32, error, unique };
         self.bytes[..HEADER].copy_from_slice(h.as_bytes());
         &self.bytes
     }

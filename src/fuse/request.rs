@@ -108,6 +108,8 @@ pub enum Op<'a> {
     Read(abi::ReadIn),
     Write {
         arg: abi::WriteIn,
+        /// The data as it came in the request's bytes: all of it, or nothing when the transport
+        /// left it where it arrived (`Request::decode_with`).
         data: &'a [u8],
     },
     Flush(abi::FlushIn),
@@ -198,9 +200,16 @@ impl<'a> Request<'a> {
     /// The header alone, when it is whole and its length matches: enough to address an error
     /// reply to a request whose body failed to decode.
     pub fn header_of(buf: &[u8]) -> Result<InHeader, DecodeError> {
+        Self::header_with(buf, 0)
+    }
+
+    /// `header_of` for a request whose last `left_out` bytes its transport left where they
+    /// arrived instead of copying them behind `buf` (a WRITE's data, in guest memory).
+    pub fn header_with(buf: &[u8], left_out: usize) -> Result<InHeader, DecodeError> {
         let (h, _) = InHeader::read_from_prefix(buf).map_err(|_| DecodeError::ShortHeader(buf.len()))?;
-        if h.len as usize != buf.len() {
-            return Err(DecodeError::LengthMismatch { header: h.len, actual: buf.len() });
+        let actual = buf.len().saturating_add(left_out);
+        if h.len as usize != actual {
+            return Err(DecodeError::LengthMismatch { header: h.len, actual });
         }
         Ok(h)
     }
@@ -208,8 +217,17 @@ impl<'a> Request<'a> {
     /// Decodes one request as laid out for the features we negotiate (no SETXATTR_EXT: SETXATTR
     /// carries the 8-byte fuse_setxattr_in).
     pub fn decode(buf: &'a [u8]) -> Result<Request<'a>, DecodeError> {
-        let header = Self::header_of(buf)?;
+        Self::decode_with(buf, 0)
+    }
+
+    /// `decode` for a request whose last `left_out` bytes are elsewhere: only a WRITE without
+    /// extensions, whose data they are in full (`Op::Write`'s `data` is then empty).
+    pub fn decode_with(buf: &'a [u8], left_out: usize) -> Result<Request<'a>, DecodeError> {
+        let header = Self::header_with(buf, left_out)?;
         let body = &buf[size_of::<InHeader>()..];
+        if left_out > 0 && (header.opcode != Opcode::Write as u32 || header.total_extlen != 0) {
+            return Err(DecodeError::LengthMismatch { header: header.len, actual: buf.len() });
+        }
         // Extensions (security context, supplementary group) trail the arguments: cut off here;
         // a security context is read from them by fuse::ext when FUSE_SECURITY_CTX was agreed.
         let ext = header.total_extlen as usize * 8;
@@ -270,10 +288,10 @@ impl<'a> Request<'a> {
             Opcode::Read => Op::Read(c.obj()?),
             Opcode::Write => {
                 let arg: abi::WriteIn = c.obj()?;
-                if arg.size as usize != c.buf.len() {
+                if arg.size as usize != c.buf.len() + left_out || left_out > 0 && !c.buf.is_empty() {
                     return Err(DecodeError::SizeMismatch(opcode, arg.size));
                 }
-                Op::Write { arg, data: c.bytes(arg.size)? }
+                Op::Write { arg, data: c.bytes(c.buf.len() as u32)? }
             }
             Opcode::Flush => Op::Flush(c.obj()?),
             Opcode::Release => Op::Release(c.obj()?),

@@ -16,6 +16,7 @@ use zerocopy::{Immutable, IntoBytes};
 use crate::fs::{self, Context, Fs};
 use crate::fuse::{DirEntry, MAX_WRITE, Op, ReplyBuf, Request, abi};
 use crate::state::{Forget, HandleKind, State};
+use crate::sys::{self, IoVec};
 
 pub use blocking::{WAKE_SIGNAL, blocks, install_wake_handler};
 pub use init::InitPolicy;
@@ -32,6 +33,12 @@ pub trait Exchange {
     /// transport must do before the record is gone (emptying the buffer a FORGET was read
     /// into) belongs here.
     fn reply(&mut self, reply: Option<&[u8]>) -> Self::Sent;
+    /// A WRITE's data, when the transport left it where it arrived (a virtqueue's guest
+    /// buffers) instead of copying it behind `request()`'s bytes, which then end with the
+    /// WRITE's arguments. The server writes the file straight from it.
+    fn write_data(&self) -> Option<&[IoVec]> {
+        None
+    }
 }
 
 /// What a transport tells the server about a request besides its bytes.
@@ -86,7 +93,7 @@ impl Server {
         thread: &ThreadRecord,
         out: &mut ReplyBuf,
     ) -> E::Sent {
-        let (reply, in_flight) = self.handle(exchange.request(), delivery, thread, out);
+        let (reply, in_flight) = self.handle(exchange.request(), exchange.write_data(), delivery, thread, out);
         let sent = exchange.reply(reply);
         // Crash before this drop: the reply is out but the record stays; see `Record::clear`.
         drop(in_flight);
@@ -96,16 +103,18 @@ impl Server {
     fn handle<'o>(
         &self,
         msg: &[u8],
+        left_out: Option<&[IoVec]>,
         delivery: Delivery,
         thread: &ThreadRecord,
         out: &'o mut ReplyBuf,
     ) -> (Option<&'o [u8]>, record::InFlight<'_>) {
         out.clear();
         let untracked = record::InFlight::untracked(self);
-        let req = match Request::decode(msg) {
+        let left_out_len = left_out.map_or(0, |d| sys::Source::Vectored(d).len());
+        let req = match Request::decode_with(msg, left_out_len) {
             Ok(r) => r,
             Err(e) => {
-                let Ok(h) = Request::header_of(msg) else {
+                let Ok(h) = Request::header_with(msg, left_out_len) else {
                     tracing::warn!(len = msg.len(), "dropping request without a usable header: {e}");
                     return (None, untracked);
                 };
@@ -188,6 +197,7 @@ impl Server {
             Op::Read(a) => fs.read(a.fh, a.offset, a.size.min(MAX_WRITE), out),
             Op::Write { arg, data } => {
                 let kill = arg.write_flags & abi::WRITE_KILL_SUIDGID != 0;
+                let data = left_out.map_or(sys::Source::Bytes(data), sys::Source::Vectored);
                 fs.write(&ctx, arg.fh, arg.offset, data, kill).map(|w| out.push_obj(&w))
             }
             Op::Flush(a) => fs.flush(a.fh, a.lock_owner),
@@ -270,6 +280,10 @@ impl fs::Payload for ReplyBuf {
 
     fn truncate(&mut self, len: usize) {
         self.truncate_payload(len);
+    }
+
+    fn pread(&mut self, fd: i32, offset: u64, len: usize) -> std::io::Result<usize> {
+        self.pread_payload(fd, offset, len)
     }
 
     fn push_dirent(&mut self, limit: usize, ent: &DirEntry<'_>) -> bool {

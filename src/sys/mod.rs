@@ -225,6 +225,120 @@ pub fn pwrite(fd: i32, buf: &[u8], offset: u64) -> io::Result<usize> {
     cvt_size(unsafe { libc::pwrite64(fd, buf.as_ptr().cast(), buf.len(), offset as i64) })
 }
 
+/// One buffer of a vectored read or write, held as an address and a length, never as a Rust
+/// reference: it may lie in memory another party writes at the same time (a guest's RAM, which
+/// a `&[u8]` would promise nobody changes). Only the kernel touches the bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct IoVec {
+    base: usize,
+    len: usize,
+}
+
+impl IoVec {
+    /// # Safety
+    /// `base..base + len` must stay mapped, readable and writable, for as long as any vectored
+    /// call below is given this `IoVec`.
+    pub unsafe fn new(base: *mut u8, len: usize) -> IoVec {
+        IoVec { base: base as usize, len }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Bytes to write: in our own memory, or scattered where they arrived (guest memory).
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    Bytes(&'a [u8]),
+    Vectored(&'a [IoVec]),
+}
+
+impl Source<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Source::Bytes(b) => b.len(),
+            Source::Vectored(v) => v.iter().map(|v| v.len).sum(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes the bytes after the first `skip` at `offset`; returns how many were written (a
+    /// short count as pwrite(2) would give one).
+    pub fn pwrite_from(&self, fd: i32, skip: usize, offset: u64) -> io::Result<usize> {
+        match self {
+            Source::Bytes(b) => pwrite(fd, &b[skip.min(b.len())..], offset),
+            Source::Vectored(v) => vectored(fd, v, skip, usize::MAX, offset, Dir::Write),
+        }
+    }
+}
+
+/// Reads up to `len` bytes at `offset` into `into`, in order; returns how many.
+pub fn preadv(fd: i32, into: &[IoVec], len: usize, offset: u64) -> io::Result<usize> {
+    vectored(fd, into, 0, len, offset, Dir::Read)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Dir {
+    Read,
+    Write,
+}
+
+/// preadv/pwritev over `iov` without its first `skip` bytes and at most `len` bytes, in calls of
+/// at most IOV_MAX buffers, until done or a call comes back short.
+fn vectored(fd: i32, iov: &[IoVec], skip: usize, len: usize, offset: u64, dir: Dir) -> io::Result<usize> {
+    const IOV_MAX: usize = 1024;
+    let mut list: Vec<libc::iovec> = Vec::with_capacity(iov.len().min(IOV_MAX));
+    let (mut skip, mut left, mut done) = (skip, len, 0usize);
+    let mut rest = iov.iter();
+    loop {
+        list.clear();
+        let mut want = 0;
+        for v in rest.by_ref() {
+            if skip >= v.len {
+                skip -= v.len;
+                continue;
+            }
+            let take = (v.len - skip).min(left - want);
+            list.push(libc::iovec { iov_base: (v.base + skip) as *mut libc::c_void, iov_len: take });
+            skip = 0;
+            want += take;
+            if want == left || list.len() == IOV_MAX {
+                break;
+            }
+        }
+        if want == 0 {
+            return Ok(done);
+        }
+        let at = (offset + done as u64) as i64;
+        // SAFETY: every buffer was promised mapped for this call by `IoVec::new`'s caller; the
+        // list holds `list.len()` initialized iovecs.
+        let n = cvt_size(unsafe {
+            match dir {
+                Dir::Read => libc::preadv64(fd, list.as_ptr(), list.len() as i32, at),
+                Dir::Write => libc::pwritev64(fd, list.as_ptr(), list.len() as i32, at),
+            }
+        });
+        let n = match n {
+            Ok(n) => n,
+            Err(e) if done == 0 => return Err(e),
+            Err(_) => return Ok(done),
+        };
+        done += n;
+        left -= n;
+        if n < want || left == 0 {
+            return Ok(done);
+        }
+    }
+}
+
 pub fn read(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for writes of its length.
     cvt_size(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
@@ -699,5 +813,41 @@ pub fn recv_with_fd(sock: i32, buf: &mut [u8]) -> io::Result<(usize, Option<i32>
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
         Ok((n, got))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iovecs(buf: &mut [u8], piece: usize) -> Vec<IoVec> {
+        // SAFETY: every piece lies inside `buf`, which outlives the calls the test makes.
+        buf.chunks_mut(piece).map(|c| unsafe { IoVec::new(c.as_mut_ptr(), c.len()) }).collect()
+    }
+
+    /// Vectored writes and reads skip, clip, and go past IOV_MAX buffers in several calls.
+    #[test]
+    fn test_vectored_io_skips_clips_and_chunks() {
+        let file = tempfile::tempfile().unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let mut data: Vec<u8> = (0..3000u32).map(|i| (i % 253) as u8).collect();
+        let pieces = iovecs(&mut data, 1);
+        // 3,000 one-byte buffers (IOV_MAX is 1,024), the first 10 skipped, at offset 5.
+        let n = Source::Vectored(&pieces).pwrite_from(fd, 10, 5).unwrap();
+        assert_eq!(n, 2990);
+        let mut back = vec![0u8; 2995];
+        assert_eq!(pread(fd, &mut back, 0).unwrap(), 2995);
+        assert_eq!(&back[5..], &data[10..]);
+        assert_eq!(Source::Vectored(&pieces).len(), 3000);
+
+        // Read 2,000 bytes at 5 into 7-byte buffers: clipped inside the last buffer it reaches.
+        let mut into = vec![0xffu8; 3000];
+        let room = iovecs(&mut into, 7);
+        assert_eq!(preadv(fd, &room, 2000, 5).unwrap(), 2000);
+        assert_eq!(&into[..2000], &data[10..2010]);
+        assert!(into[2000..].iter().all(|&b| b == 0xff), "nothing past the length asked");
+        // At the end of the file: a short read.
+        assert_eq!(preadv(fd, &room, 2000, 2990).unwrap(), 5);
+        assert_eq!(Source::Bytes(&data).pwrite_from(fd, 2999, 0).unwrap(), 1);
     }
 }

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
-use crate::fuse::{MAX_REQUEST, ReplyBuf};
+use crate::fuse::{MAX_REQUEST, MAX_WRITE, ReplyBuf};
 use crate::server::{self, Delivery, Exchange, RecordKey, Server, ThreadRecord};
 use crate::state::vhost::{QueueConfig, QueueState, VhostArea};
 use crate::sys;
@@ -171,6 +171,8 @@ pub struct QueueThread {
     record: ThreadRecord,
     request: Vec<u8>,
     reply: ReplyBuf,
+    /// Host addresses of guest buffers a READ or WRITE uses in place (`take_request`).
+    buffers: Vec<sys::IoVec>,
 }
 
 impl QueueThread {
@@ -207,7 +209,13 @@ impl QueueThread {
 
     fn on(queue: Arc<Queue>) -> QueueThread {
         let record = queue.server.thread_record();
-        QueueThread { queue, record, request: vec![0; MAX_REQUEST], reply: ReplyBuf::with_capacity(MAX_REQUEST) }
+        QueueThread {
+            queue,
+            record,
+            request: vec![0; MAX_REQUEST],
+            reply: ReplyBuf::with_capacity(MAX_REQUEST),
+            buffers: Vec::new(),
+        }
     }
 
     /// Serves the queue for the life of the worker.
@@ -352,17 +360,19 @@ impl QueueThread {
                 return used.put(head, 0, 0);
             }
         };
-        let n = ring::read_request(&used.guest.mem, &chain, &mut self.request)?;
-        if chain.readable_len() > n as u64 {
+        let (n, in_place) = self.take_request(&used.guest.mem, &chain)?;
+        if chain.readable_len() > (n + in_place) as u64 {
             tracing::warn!(queue = index, len = chain.readable_len(), "request larger than any FUSE request");
         }
-        let mut exchange = InChain { msg: &self.request[..n], used, head, chain, queue: index };
+        let mut exchange =
+            InChain { msg: &self.request[..n], data: &self.buffers[..], used, head, chain, queue: index };
         // Crash here: the head is in flight and nothing was done for it; the next worker replays it.
         crate::crash_point!("vhost.after_pop", exchange.opcode());
         let server = &self.queue.server;
         if server::blocks(exchange.request()) {
             let waiter = InChain {
                 msg: exchange.msg.to_vec(),
+                data: Vec::new(),
                 used: used.clone(),
                 head,
                 chain: exchange.chain.clone(),
@@ -376,7 +386,50 @@ impl QueueThread {
                 }
             };
         }
-        server.serve(&mut exchange, delivery, &self.record, &mut self.reply)
+        let sent = server.serve(&mut exchange, delivery, &self.record, &mut self.reply);
+        self.reply.take_room();
+        sent
+    }
+
+    /// Copies the chain's request into `self.request`, but for a WRITE's data, which stays in
+    /// guest memory: its host addresses go to `self.buffers`, and the file is written straight
+    /// from there. A READ gets the chain's writable buffers behind the out-header as room for
+    /// its data (`ReplyBuf::offer_room`): the file is read straight into them. Returns the bytes
+    /// copied and the bytes left in place.
+    ///
+    /// Crash consistency is as for a copied request: the guest keeps a chain's buffers as they
+    /// are until its used element, so a replay reads the same data, and a READ cut short by a
+    /// crash left bytes the guest cannot look at yet (no used element); the replay reads again.
+    fn take_request(
+        &mut self,
+        mem: &vm_memory::GuestMemoryMmap,
+        chain: &ring::Chain,
+    ) -> Result<(usize, usize), ring::RingError> {
+        use crate::fuse::abi::{InHeader, Opcode, WriteIn};
+        const WRITE_HEAD: usize = size_of::<InHeader>() + size_of::<WriteIn>();
+        self.buffers.clear();
+        let head = ring::read_request(mem, chain, &mut self.request[..WRITE_HEAD])?;
+        let readable = chain.readable_len() as usize;
+        let header = zerocopy::FromBytes::read_from_prefix(&self.request[..head]).ok().map(|(h, _): (InHeader, _)| h);
+        match header {
+            // A WRITE without extensions, whose data is within what we offered (max_write):
+            // larger ones are copied and cut, and fail to decode as before.
+            Some(h)
+                if h.opcode == Opcode::Write as u32
+                    && h.total_extlen == 0
+                    && readable > WRITE_HEAD
+                    && readable - WRITE_HEAD <= MAX_WRITE as usize =>
+            {
+                ring::host_buffers(mem, &chain.readable, WRITE_HEAD, &mut self.buffers)?;
+                return Ok((WRITE_HEAD, readable - WRITE_HEAD));
+            }
+            Some(h) if h.opcode == Opcode::Read as u32 && chain.writable_len() > OUT_HEADER as u64 => {
+                ring::host_buffers(mem, &chain.writable, OUT_HEADER, &mut self.buffers)?;
+                self.reply.offer_room(self.buffers.drain(..));
+            }
+            _ => {}
+        }
+        Ok((ring::read_request(mem, chain, &mut self.request)?, 0))
     }
 }
 
@@ -537,17 +590,20 @@ impl Queue {
 /// A request in its descriptor chain: the reply goes into the chain's writable buffers, then
 /// the head's used element into the ring. `M` is the request's bytes, borrowed from the queue
 /// thread's buffer or owned by a lock waiter.
-struct InChain<M, U> {
+struct InChain<M, D, U> {
     msg: M,
+    /// A WRITE's data left in guest memory (empty: none, or all of it is in `msg`).
+    data: D,
     used: U,
     head: u16,
     chain: ring::Chain,
     queue: usize,
 }
 
-impl<M: AsRef<[u8]>, U: std::borrow::Borrow<UsedRing>> InChain<M, U> {
+impl<M: AsRef<[u8]>, D, U: std::borrow::Borrow<UsedRing>> InChain<M, D, U> {
     fn opcode(&self) -> u32 {
-        crate::fuse::Request::header_of(self.msg.as_ref()).map_or(0, |h| h.opcode)
+        zerocopy::FromBytes::read_from_prefix(self.msg.as_ref())
+            .map_or(0, |(h, _): (crate::fuse::abi::InHeader, _)| h.opcode)
     }
 
     fn put_reply(&self, reply: Option<&[u8]>) -> Result<(), ring::RingError> {
@@ -571,7 +627,7 @@ impl<M: AsRef<[u8]>, U: std::borrow::Borrow<UsedRing>> InChain<M, U> {
     }
 }
 
-impl Exchange for InChain<&[u8], &UsedRing> {
+impl Exchange for InChain<&[u8], &[sys::IoVec], &UsedRing> {
     type Sent = Result<(), ring::RingError>;
 
     fn request(&self) -> &[u8] {
@@ -581,12 +637,16 @@ impl Exchange for InChain<&[u8], &UsedRing> {
     fn reply(&mut self, reply: Option<&[u8]>) -> Self::Sent {
         self.put_reply(reply)
     }
+
+    fn write_data(&self) -> Option<&[sys::IoVec]> {
+        (!self.data.is_empty()).then_some(self.data)
+    }
 }
 
 /// A lock waiter's request: its used element is put out of order, when the lock is decided
 /// (or an INTERRUPT ends the wait). A crash meanwhile leaves the head in flight: the next
 /// worker waits again.
-impl Exchange for InChain<Vec<u8>, UsedRing> {
+impl Exchange for InChain<Vec<u8>, Vec<sys::IoVec>, UsedRing> {
     type Sent = ();
 
     fn request(&self) -> &[u8] {
@@ -614,9 +674,13 @@ fn write_reply(
     queue: usize,
 ) -> Result<u32, ring::RingError> {
     let room = chain.writable_len();
-    if reply.len() as u64 <= room {
+    // The header's length also counts a READ's data, read into the chain in place already
+    // (`take_request`); then `reply` is the header alone.
+    let len =
+        reply.get(..4).map_or(0, |l| u32::from_le_bytes(l.try_into().expect("4 bytes")) as usize).max(reply.len());
+    if len as u64 <= room {
         ring::write_reply(mem, chain, reply)?;
-        return Ok(reply.len() as u32);
+        return Ok(len as u32);
     }
     tracing::warn!(queue, reply = reply.len(), room, "reply does not fit the chain's writable buffers");
     if room < OUT_HEADER as u64 {

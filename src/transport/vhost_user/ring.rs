@@ -12,6 +12,8 @@ use std::sync::atomic::Ordering;
 
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
+use crate::sys;
+
 const DESC_F_NEXT: u16 = 1;
 const DESC_F_WRITE: u16 = 2;
 const DESC_F_INDIRECT: u16 = 4;
@@ -345,6 +347,35 @@ pub fn read_request(mem: &GuestMemoryMmap, chain: &Chain, buf: &mut [u8]) -> Res
         }
     }
     Ok(n)
+}
+
+/// The host addresses of `segments` (a chain's readable or writable buffers) after their first
+/// `skip` bytes, appended to `out`: for a READ or WRITE straight between a file and guest
+/// memory. A segment that crosses from one memory region into the next becomes two.
+///
+/// The addresses stay valid while `mem` lives: the caller holds it for as long as it uses them.
+pub fn host_buffers(
+    mem: &GuestMemoryMmap,
+    segments: &[Segment],
+    mut skip: usize,
+    out: &mut Vec<sys::IoVec>,
+) -> Result<(), RingError> {
+    for s in segments {
+        let len = s.len as usize;
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let addr = s.addr.checked_add(skip as u64).ok_or_else(|| mem_err("segment address overflows"))?;
+        for slice in mem.get_slices(addr, len - skip) {
+            let slice = slice.map_err(mem_err)?;
+            // SAFETY: the slice lies inside a region of `mem`, whose mapping lives as long as
+            // `mem`; the caller uses the buffers only while it holds `mem`.
+            out.push(unsafe { sys::IoVec::new(slice.ptr_guard_mut().as_ptr(), slice.len()) });
+        }
+        skip = 0;
+    }
+    Ok(())
 }
 
 /// Scatters `reply` over the chain's writable buffers (the caller checked it fits).
