@@ -407,6 +407,8 @@ impl QueueThread {
     ) -> Result<(usize, usize), ring::RingError> {
         use crate::fuse::abi::{InHeader, Opcode, WriteIn};
         const WRITE_HEAD: usize = size_of::<InHeader>() + size_of::<WriteIn>();
+        // No room of an earlier chain may outlive it (`serve_chain` takes it back after serving).
+        self.reply.take_room();
         self.buffers.clear();
         let head = ring::read_request(mem, chain, &mut self.request[..WRITE_HEAD])?;
         let readable = chain.readable_len() as usize;
