@@ -85,6 +85,16 @@ if [ "$rc" -ne 0 ]; then
     grep -E -e '^test .* \.\.\. FAILED$' -e '^error: ' -e '^test result: FAILED' "$log" | head -40 || true
     # Each panic with its message (the line after).
     grep -E -A1 "^thread '.*'.* panicked at" "$log" | head -40 || true
+    # The last lines each failed test printed (its captured output, which names the processes
+    # it ran: a QEMU or daemon that died shows there).
+    grep -E '^test .* \.\.\. FAILED$' "$log" | awk '{print $2}' | sort -u | head -5 | while read -r name; do
+        printf '\n--- the last 40 lines %s printed\n' "$name"
+        awk -v want="---- $name stdout ----" '
+            $0 == want { on = 1; n = 0; next }
+            on && (/^---- .* stdout ----$/ || /^failures:$/) { on = 0 }
+            on { buf[n++ % 40] = $0 }
+            END { for (i = (n > 40 ? n - 40 : 0); i < n; i++) print buf[i % 40] }' "$log" | cut -c1-400
+    done
 fi
 
 step "done in $(( $(date +%s) - t0 )) s (cargo test exit code $rc)"

@@ -139,6 +139,27 @@ fn test_device_state_round_trip_serves_the_same_ids_and_handles() {
     }
 }
 
+/// A file-handles load after the kernel dropped its cached names (memory pressure elsewhere;
+/// here drop_caches, the source daemon gone and holding nothing): a file's plain handle opens
+/// nameless on the destination, which then cannot check that it is beneath the share and
+/// refuses the whole state. The source sends a non-directory's handle connectable (it names the
+/// parent too, Linux 6.13+), which opens with its name.
+#[test]
+fn test_device_state_file_handles_load_after_the_kernel_dropped_its_cached_names() {
+    let args = ["--migration-mode=file-handles"];
+    let (mut src, state) = source(&args);
+    src.b.wait_exit();
+    let f = stream::decode(&state).unwrap().nodes.into_iter().find(|n| n.id == src.file).unwrap();
+    const FILEID_IS_CONNECTABLE: i32 = 0x10000;
+    assert_ne!(f.handle.unwrap().handle_type & FILEID_IS_CONNECTABLE, 0, "the file's handle is connectable");
+    common::drop_caches();
+    let dst = Backend::start_on(&src.b.share, &args);
+    let (mut fe, loaded) = Frontend::connect_loading(dst.socket(), OPTS, &[&state]).unwrap();
+    assert_eq!(loaded, [true], "the state loads with no cached name of the file");
+    let (err, data) = read(&mut fe, 10, src.file, src.fh, 100);
+    assert_eq!((err, &data[..]), (0, &b"hello world"[..]), "READ through the migrated fh");
+}
+
 #[test]
 fn test_device_state_an_unlinked_open_file_migrates_by_handle_only() {
     // Open, then unlinked on the host: it has no path any more.

@@ -69,14 +69,33 @@ impl Qmp {
         l
     }
 
+    /// Sends one command in one write: QEMU runs a command as soon as its JSON object is
+    /// complete, so the line end written apart would race a `quit` (the socket closed under it:
+    /// EPIPE, as a CI run once saw).
+    fn send(&mut self, cmd: &str) {
+        self.out.write_all(format!("{cmd}\n").as_bytes()).expect("write to QMP");
+    }
+
     /// Sends a command; its answer (events in between are skipped).
     fn execute(&mut self, cmd: &str) -> String {
-        writeln!(self.out, "{cmd}").expect("write to QMP");
+        self.send(cmd);
         loop {
             let l = self.line();
             if l.contains("\"return\"") || l.contains("\"error\"") {
                 return l;
             }
+        }
+    }
+
+    /// `quit`: QEMU answers and exits, and may close the socket before its answer is read out;
+    /// how it ended is its exit status, checked by the caller.
+    fn quit(&mut self) {
+        self.send(r#"{"execute":"quit"}"#);
+        self.lines.get_ref().set_read_timeout(Some(Duration::from_secs(30))).expect("QMP read timeout");
+        let mut l = String::new();
+        while matches!(self.lines.read_line(&mut l), Ok(n) if n > 0) {
+            assert!(!l.contains("\"error\""), "quit: {l}");
+            l.clear();
         }
     }
 }
@@ -274,8 +293,7 @@ fn test_vm_qemu_10_live_migration_between_two_daemons() {
         lines.push(l);
     }
     let at_switch = lines.len();
-    let r = qmp.execute(r#"{"execute":"quit"}"#);
-    assert!(r.contains("\"return\""), "quit: {r}");
+    qmp.quit();
     let src_vm_status = wait_for_exit(&mut src_vm.0, Duration::from_secs(30)).expect("the source QEMU did not quit");
     let src_status = wait_for_exit(&mut src.child.0, Duration::from_secs(30));
 

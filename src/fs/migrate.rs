@@ -204,10 +204,20 @@ impl Fs {
                     let handle = n.handle.or_else(|| fhandle::name_to_handle(pin.fd()).ok().map(|(h, _)| h));
                     Ok((Some(path), handle))
                 }
-                Mode::FileHandles => match n.handle {
-                    Some(h) => Ok((None, Some(h))),
-                    None => fhandle::name_to_handle(pin.fd()).map(|(h, _)| (None, Some(h))).map_err(os),
-                },
+                // A non-directory's handle is made connectable where the kernel can: the
+                // destination checks the object's name beneath the share, and a plain handle
+                // of an object whose names the kernel has dropped from its caches (memory
+                // pressure) opens nameless there. Directories are always opened with their path.
+                // (EINVAL for an object unlinked while open, which keeps its plain handle.)
+                Mode::FileHandles => {
+                    let connectable = (n.file_type != libc::S_IFDIR)
+                        .then(|| fhandle::name_to_connectable_handle(self.proc_self_fd, pin.fd()).ok())
+                        .flatten();
+                    match connectable.or(n.handle) {
+                        Some(h) => Ok((None, Some(h))),
+                        None => fhandle::name_to_handle(pin.fd()).map(|(h, _)| (None, Some(h))).map_err(os),
+                    }
+                }
             });
             let (path, handle) = match located {
                 Ok(l) => l,

@@ -47,18 +47,36 @@ impl std::fmt::Debug for FileHandle {
 /// mount id the kernel reports with it. Needs no privilege. EOPNOTSUPP: the file system makes
 /// no handles.
 pub fn name_to_handle(fd: i32) -> io::Result<(FileHandle, i32)> {
+    name_to_handle_at(fd, c"", libc::AT_EMPTY_PATH)
+}
+
+/// AT_HANDLE_CONNECTABLE (Linux 6.13, include/uapi/linux/fcntl.h); not in the libc crate yet.
+const AT_HANDLE_CONNECTABLE: i32 = 0x002;
+
+/// A *connectable* handle of the non-directory `fd` names: it also names the object's parent,
+/// so that open_by_handle_at, even after the kernel dropped every cached name of the object,
+/// gives an fd with its path (a plain handle then gives a nameless fd that /proc calls "/").
+/// The kernel refuses the flag with AT_EMPTY_PATH, so the fd is named by its link in
+/// `proc_self_fd` (a /proc/self/fd dirfd), followed. EINVAL: a kernel before 6.13, a
+/// directory, or an object with no name (unlinked); EOPNOTSUPP: the file system makes none.
+pub fn name_to_connectable_handle(proc_self_fd: i32, fd: i32) -> io::Result<FileHandle> {
+    let name = super::FdName::new(fd);
+    name_to_handle_at(proc_self_fd, name.as_cstr(), libc::AT_SYMLINK_FOLLOW | AT_HANDLE_CONNECTABLE).map(|(h, _)| h)
+}
+
+fn name_to_handle_at(dirfd: i32, name: &std::ffi::CStr, flags: i32) -> io::Result<(FileHandle, i32)> {
     let mut h = FileHandle { handle_bytes: MAX_HANDLE_SZ as u32, handle_type: 0, f_handle: [0; MAX_HANDLE_SZ] };
     let mut mount_id: libc::c_int = 0;
     // SAFETY: `h` is a `struct file_handle` whose handle_bytes says how much room follows it;
-    // the path is an empty C string; both out pointers are valid for the call.
+    // the name is a C string; both out pointers are valid for the call.
     let r = unsafe {
         libc::syscall(
             libc::SYS_name_to_handle_at,
-            fd,
-            c"".as_ptr(),
+            dirfd,
+            name.as_ptr(),
             &mut h as *mut FileHandle,
             &mut mount_id as *mut libc::c_int,
-            libc::AT_EMPTY_PATH,
+            flags,
         )
     };
     if r < 0 {

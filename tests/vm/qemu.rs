@@ -180,19 +180,32 @@ pub fn command(q: &Qemu, guest: &Guest, accel: &str, socket: &Path, append: &str
     c
 }
 
+/// Calls `each` with every line `from` gives, without its line end (\n or the serial console's
+/// \r\n); bytes that are not UTF-8 are replaced, never a reason to stop reading: a reader that
+/// stopped would close its end of the pipe under a QEMU still writing to it.
+fn each_line(from: impl std::io::Read, mut each: impl FnMut(String)) {
+    let mut from = BufReader::new(from);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match from.read_until(b'\n', &mut line) {
+            Ok(0) => return,
+            Ok(_) => each(String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']).to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// The guest's console, line by line, from a reader thread (the channel closes when QEMU's
-/// stdout does).
+/// stdout does; the thread drains the pipe after the receiver is gone).
 pub fn console(child: &mut Child) -> Receiver<String> {
     let out = child.stdout.take().expect("stdout is piped");
     let (tx, rx) = channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            // The serial console ends lines with \r\n.
-            if tx.send(line.trim_end_matches('\r').to_string()).is_err() {
-                break;
-            }
-        }
+        each_line(out, |line| {
+            let _ = tx.send(line);
+        })
     });
     rx
 }
@@ -286,11 +299,10 @@ pub fn collect_stderr(child: &mut std::process::Child, prefix: &'static str) -> 
     let err = child.stderr.take().expect("stderr is piped");
     std::thread::spawn(move || {
         let mut out = Vec::new();
-        for line in BufReader::new(err).lines() {
-            let Ok(line) = line else { break };
+        each_line(err, |line| {
             eprintln!("{prefix}| {line}");
             out.push(line);
-        }
+        });
         out
     })
 }
