@@ -31,7 +31,7 @@ else runs on it; the interleaving keeps the ratios meaningful under outside load
 Environment: PHOENIXFSD (daemon binary, default target/<host tuple>/release/phoenixfsd), PHOENIXFSD_ARGS
 (extra arguments for every phoenixfsd, e.g. "--writeback"), PASSTHROUGH_LL (its binary),
 VHOST_BRIDGE (the bridge binary), PHOENIXFSD_BASELINE (another phoenixfsd build, measured as one
-more column "baseline" with a ratio pfs/baseline: a change's before/after in one run; /dev/fuse),
+more column "baseline" with a ratio pfs/baseline: a change's before/after in one run),
 PHOENIXFSD_BASELINE_ARGS (the baseline's arguments instead of PHOENIXFSD_ARGS: an option's
 before/after, e.g. PHOENIXFSD_ARGS=--writeback PHOENIXFSD_BASELINE=<same binary>
 PHOENIXFSD_BASELINE_ARGS="").
@@ -355,13 +355,9 @@ def targets_for(transport, binary, extra):
             ("phoenixfsd", lambda s, m, l: Daemon.phoenixfsd(binary, s, m, extra, l)),
             ("phoenixfsd off", lambda s, m, l: Daemon.phoenixfsd(binary, s, m, extra + ["--recovery", "off"], l)),
         ]
-        base = os.environ.get("PHOENIXFSD_BASELINE")
+        base = baseline(extra)
         if base:
-            # Before/after a change, in the same interleaved run: another build of the daemon.
-            if not os.access(base, os.X_OK):
-                raise SystemExit(f"PHOENIXFSD_BASELINE={base} is not an executable")
-            base_args = shlex.split(os.environ.get("PHOENIXFSD_BASELINE_ARGS", shlex.join(extra)))
-            targets.append(("baseline", lambda s, m, l: Daemon.phoenixfsd(base, s, m, base_args, l)))
+            targets.append(("baseline", lambda s, m, l: Daemon.phoenixfsd(base[0], s, m, base[1], l)))
         return targets
     virtiofsd = shutil.which("virtiofsd") or os.path.expanduser("~/.cargo/bin/virtiofsd")
     if not os.access(virtiofsd, os.X_OK):
@@ -369,6 +365,11 @@ def targets_for(transport, binary, extra):
     bridge = os.environ.get("VHOST_BRIDGE") or os.path.join(ROOT, "target", host_tuple(), "release/examples/vhost_bridge")
     pfs = [binary, "--log-level", "warn", *extra]
     vfs = [virtiofsd, "--sandbox", "none", "--seccomp", "none", "--log-level", "error"]
+    base = baseline(extra)
+    base_cols = []
+    if base:
+        base_cmd = [base[0], "--log-level", "warn", *base[1]]
+        base_cols.append(("baseline", lambda s, m, l: Daemon.vhost(base_cmd, s, m, bridge, l, control=True)))
     return [
         ("native", None),
         ("virtiofsd", lambda s, m, l: Daemon.vhost(vfs, s, m, bridge, l)),
@@ -382,7 +383,18 @@ def targets_for(transport, binary, extra):
         (IN_FLIGHT_LABEL, lambda s, m, l: Daemon.vhost(pfs, s, m, bridge, l, control=True, in_flight=IN_FLIGHT)),
         # virtiofsd given the same: it serves them one at a time (its default, no thread pool).
         (IN_FLIGHT_PEER, lambda s, m, l: Daemon.vhost(vfs, s, m, bridge, l, in_flight=IN_FLIGHT)),
-    ]
+    ] + base_cols
+
+
+def baseline(extra):
+    """(binary, arguments) of PHOENIXFSD_BASELINE, another build of the daemon measured beside
+    this one (a change's before/after in the same interleaved run), or None."""
+    base = os.environ.get("PHOENIXFSD_BASELINE")
+    if not base:
+        return None
+    if not os.access(base, os.X_OK):
+        raise SystemExit(f"PHOENIXFSD_BASELINE={base} is not an executable")
+    return base, shlex.split(os.environ.get("PHOENIXFSD_BASELINE_ARGS", shlex.join(extra)))
 
 
 def run_backing(backing, targets, work, args, binary, tarball, progress):
