@@ -217,6 +217,13 @@ pub struct Cli {
           value_name = "auto|never|always")]
     pub fuse_passthrough: Negotiation,
 
+    /// /dev/fuse: after answering a request, the first serving thread keeps looking for the
+    /// next one this many microseconds (yielding the CPU to anything else runnable) before it
+    /// sleeps in the kernel, while its looks find requests; 0 = never. A caller that issues one
+    /// request after another then finds a thread awake instead of waking one. [default: 50]
+    #[arg(long, value_name = "MICROSECONDS")]
+    pub fuse_spin_us: Option<u32>,
+
     /// Honor the O_DIRECT flag passed down by guest applications.
     #[arg(long)]
     pub allow_direct_io: bool,
@@ -371,6 +378,8 @@ pub enum CliError {
     BadPassthroughEnv(String),
     #[error("--thread-pool-size {0} is too large (at most 1024)")]
     TooManyThreads(usize),
+    #[error("--fuse-spin-us {0} is too long (at most {MAX_FUSE_SPIN_US}: past that, sleeping costs less than looking)")]
+    SpinTooLong(u32),
     #[error("{option} is not supported by phoenixfsd: {why}")]
     NotHonoured { option: String, why: &'static str },
     #[error("{0}: {1}")]
@@ -382,6 +391,11 @@ pub enum CliError {
     #[error("{option}: {why}")]
     Unprivileged { option: String, why: &'static str },
 }
+
+/// The longest `--fuse-spin-us`.
+pub const MAX_FUSE_SPIN_US: u32 = 1000;
+/// `--fuse-spin-us` when not given.
+const DEFAULT_FUSE_SPIN_US: u32 = 50;
 
 /// Why each refused option is refused (docs/compat.md has the whole table).
 const NO_MIGRATION: &str = "VM live migration needs --recovery on (a worker imports the incoming state and \
@@ -402,6 +416,8 @@ const FUSE_UNPRIVILEGED: &str = "mounting a FUSE file system on the host needs C
 const HANDLES_UNPRIVILEGED: &str = "open_by_handle_at needs CAP_DAC_READ_SEARCH in the host's user namespace, \
                                     which an unprivileged daemon does not have; use --inode-file-handles=prefer \
                                     (an O_PATH fd per inode instead) or never";
+const NO_SPIN_VHOST: &str = "it tunes how /dev/fuse's serving threads wait for a request; a vhost-user \
+                             queue's threads wait for the driver's kick";
 const NO_PASSTHROUGH_VHOST: &str = "FUSE passthrough hands the kernel a host file; a virtio-fs guest's kernel \
                                     cannot use one (give --mountpoint)";
 const NO_PASSTHROUGH_WRITEBACK: &str = "the kernel turns passthrough off beside writeback caching (fs/fuse/inode.c)";
@@ -460,6 +476,9 @@ impl Cli {
         }
         self.refuse_unhonoured()?;
         self.id_maps()?;
+        if let Some(us) = self.fuse_spin_us.filter(|&us| us > MAX_FUSE_SPIN_US) {
+            return Err(CliError::SpinTooLong(us));
+        }
         if self.thread_pool_size > 1024 {
             return Err(CliError::TooManyThreads(self.thread_pool_size));
         }
@@ -560,6 +579,9 @@ impl Cli {
         {
             return refuse(&format!("{name} with {}", self.fuse_option()), NO_MIGRATION_FUSE);
         }
+        if self.fuse_spin_us.is_some() && !self.serves_fuse() {
+            return refuse("--fuse-spin-us without --mountpoint", NO_SPIN_VHOST);
+        }
         if self.fuse_passthrough == Negotiation::Always {
             if !self.serves_fuse() {
                 return refuse("--fuse-passthrough=always without --mountpoint", NO_PASSTHROUGH_VHOST);
@@ -588,6 +610,11 @@ impl Cli {
 
     /// Whether the daemon serves /dev/fuse: `--mountpoint`, or `--demo`, which makes its mount
     /// point at start (so `mountpoint` is still None here).
+    /// How long the first /dev/fuse serving thread looks for its next request before sleeping.
+    pub fn fuse_spin(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.fuse_spin_us.unwrap_or(DEFAULT_FUSE_SPIN_US).into())
+    }
+
     pub fn serves_fuse(&self) -> bool {
         self.mountpoint.is_some() || self.demo
     }

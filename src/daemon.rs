@@ -154,7 +154,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     let mut endpoint = match &mountpoint {
         Some(mountpoint) => {
             let mut dev = FuseDev::mount(mountpoint, &shared_dir)?;
-            let transport = dev.transport(threads, &region)?;
+            let transport = dev.transport(threads, &region)?.with_spin(cli.fuse_spin());
             Endpoint::Fuse(dev, transport)
         }
         None => Endpoint::Vhost(vhost_user::listen(cli.socket_path.as_deref(), cli.fd, cli.socket_group.as_deref())?),
@@ -304,6 +304,7 @@ pub fn adopt(cli: Cli, h: crate::upgrade::Handover) -> Result<(), Error> {
         crate::transport::Link::Fuse { fds, mount_id } => {
             let mountpoint = cli.mountpoint.clone().unwrap_or_default();
             let (dev, transport) = FuseDev::adopt(fds, *mount_id, &mountpoint, &region);
+            let transport = transport.with_spin(cli.fuse_spin());
             groups::set_source(match h.groups {
                 -1 => groups::Source::Proc(inside.proc),
                 fd => groups::Source::Holder(fd),
