@@ -26,6 +26,12 @@ fn test_cli_bad_command_lines_exit_2() {
         (&["--shared-dir", "/tmp", "--mountpoint", "/a", "-o", "bogus"], "bogus"),
         (&["--shared-dir", "/tmp", "--mountpoint", "/a", "--recovery", "maybe"], "maybe"),
         (&["--shared-dir", "/tmp", "--mountpoint", "/a", "--fuse-passthrough=sometimes"], "sometimes"),
+        (&["--shared-dir", "/tmp", "--mountpoint", "/a", "--fuse-spin-us", "soon"], "soon"),
+        (&["--shared-dir", "/tmp", "--mountpoint", "/a", "--fuse-spin-us", "5000"], "--fuse-spin-us 5000 is too long"),
+        (
+            &["--shared-dir", "/tmp", "--socket-path", "/b", "--fuse-spin-us", "10"],
+            "--fuse-spin-us without --mountpoint",
+        ),
         // --fuse-passthrough=always where it cannot work: named, with the reason.
         (&["--shared-dir", "/tmp", "--socket-path", "/b", "--fuse-passthrough=always"], "virtio-fs guest"),
         (&["--shared-dir", "/tmp", "--mountpoint", "/a", "--writeback", "--fuse-passthrough=always"], "writeback"),

@@ -497,10 +497,13 @@ impl<'s> ServingThread<'s> {
 /// times the daemon's own work; docs/benchmarks.md "Serving threads and idle CPUs"), so a caller
 /// that issues one request after another pays it on every one. With a `budget`, the thread
 /// first keeps reading without blocking for that long, yielding the CPU to anything runnable
-/// between tries, and sleeps only if nothing came. After `GIVE_UP` looks in a row that found
-/// nothing (a sparse or idle connection) it sleeps at once, looking again only every
-/// `PROBE_EVERY`th time, until a look finds a request. (How long a sleep lasted cannot tell
-/// when to look: it includes the slow wake-up itself.) Crash consistency is unchanged: a
+/// between tries, and sleeps only if nothing came. The other threads still sleep in the kernel's
+/// read and are woken for most requests (the kernel wakes a sleeping reader first), but on a CPU
+/// kept awake, which is what makes a request round trip cheaper (docs/benchmarks.md "Looking
+/// before sleeping"). After `GIVE_UP` looks in a row that found nothing (a sparse or idle
+/// connection, or other threads taking every request) it sleeps at once, looking again only
+/// every `PROBE_EVERY`th time, until a look finds a request. (How long a sleep lasted cannot
+/// tell when to look: it includes the slow wake-up itself.) Crash consistency is unchanged: a
 /// non-blocking read fills the same buffer, and a worker that dies with the fd non-blocking
 /// leaves it to the next one's `spawn`, which makes it blocking again.
 struct Waiting {
@@ -534,7 +537,7 @@ impl Waiting {
         }
         let look = self.misses < Self::GIVE_UP || {
             self.sleeps += 1;
-            self.sleeps % Self::PROBE_EVERY == 0
+            self.sleeps.is_multiple_of(Self::PROBE_EVERY)
         };
         if look {
             let t0 = Instant::now();
