@@ -6,7 +6,7 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::fuse::{MAX_REQUEST, Op, ReplyBuf, Request, abi, reply};
@@ -178,6 +178,9 @@ pub struct FuseTransport {
     /// How long the first serving thread looks for its next request before it sleeps
     /// (`--fuse-spin-us`; see `Waiting`).
     spin: Duration,
+    /// Requests read by this worker's serving threads, all together: how the looking thread
+    /// tells a busy connection from an idle one (see `Waiting`).
+    read: Arc<AtomicU64>,
     /// Set by `resume` once FUSE_NOTIFY_RESEND is written: the first serving thread then takes
     /// the re-sent requests in before the others read (see `take_resent`).
     resent: AtomicBool,
@@ -185,7 +188,13 @@ pub struct FuseTransport {
 
 impl FuseTransport {
     fn new(fds: Vec<i32>, region: &Region) -> FuseTransport {
-        FuseTransport { fds, region: region.alias(), spin: Duration::ZERO, resent: AtomicBool::new(false) }
+        FuseTransport {
+            fds,
+            region: region.alias(),
+            spin: Duration::ZERO,
+            read: Arc::new(AtomicU64::new(0)),
+            resent: AtomicBool::new(false),
+        }
     }
 
     /// `--fuse-spin-us`.
@@ -270,7 +279,7 @@ impl Transport for FuseTransport {
         for (i, &fd) in self.fds.iter().enumerate() {
             // One thread looks for requests before sleeping: several burned the CPUs a
             // workload of several processes needed (4-process metadata on 2 CPUs: 5-25% fewer).
-            let mut waiting = Waiting::new(if i == 0 { self.spin } else { Duration::ZERO });
+            let mut waiting = Waiting::new(if i == 0 { self.spin } else { Duration::ZERO }, self.read.clone());
             let server = server.clone();
             let taken_in = taken_in.clone();
             // SAFETY: this thread is the only one serving connection `i`.
@@ -501,13 +510,16 @@ impl<'s> ServingThread<'s> {
 /// read and are woken for most requests (the kernel wakes a sleeping reader first), but on a CPU
 /// kept awake, which is what makes a request round trip cheaper (docs/benchmarks.md "Looking
 /// before sleeping"). After `GIVE_UP` looks in a row that found nothing (a sparse or idle
-/// connection, or other threads taking every request) it sleeps at once, looking again only
-/// every `PROBE_EVERY`th time, until a look finds a request. (How long a sleep lasted cannot
-/// tell when to look: it includes the slow wake-up itself.) Crash consistency is unchanged: a
+/// connection) it sleeps at once, looking again only every `PROBE_EVERY`th time it wakes, until
+/// a look sees a request come (taken by any thread: `read`, the worker's count of requests
+/// read). How long a sleep lasted cannot tell when to look: it includes the slow wake-up itself;
+/// nor can whether this thread took the request, since a woken one usually does. Crash consistency is unchanged: a
 /// non-blocking read fills the same buffer, and a worker that dies with the fd non-blocking
 /// leaves it to the next one's `spawn`, which makes it blocking again.
 struct Waiting {
     budget: Duration,
+    /// Requests read by any serving thread of this worker.
+    read: Arc<AtomicU64>,
     /// Looks in a row that found nothing.
     misses: u32,
     /// Sleeps without a look, for the probes.
@@ -520,11 +532,19 @@ impl Waiting {
     const GIVE_UP: u32 = 8;
     const PROBE_EVERY: u32 = 16;
 
-    fn new(budget: Duration) -> Waiting {
-        Waiting { budget, misses: 0, sleeps: 0, nonblocking: false }
+    fn new(budget: Duration, read: Arc<AtomicU64>) -> Waiting {
+        Waiting { budget, read, misses: 0, sleeps: 0, nonblocking: false }
     }
 
     fn next(&mut self, thread: &ServingThread<'_>, buf: &mut ConnBuffer) -> Read {
+        let r = self.wait(thread, buf);
+        if matches!(r, Read::Request(_)) {
+            self.read.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn wait(&mut self, thread: &ServingThread<'_>, buf: &mut ConnBuffer) -> Read {
         if self.budget.is_zero() {
             return thread.read(buf);
         }
@@ -540,7 +560,7 @@ impl Waiting {
             self.sleeps.is_multiple_of(Self::PROBE_EVERY)
         };
         if look {
-            let t0 = Instant::now();
+            let (t0, seen) = (Instant::now(), self.read.load(Ordering::Relaxed));
             while t0.elapsed() < self.budget {
                 std::thread::yield_now();
                 let r = thread.read(buf);
@@ -549,7 +569,8 @@ impl Waiting {
                     return r;
                 }
             }
-            self.misses = self.misses.saturating_add(1);
+            let busy = self.read.load(Ordering::Relaxed) != seen;
+            self.misses = if busy { 0 } else { self.misses.saturating_add(1) };
         }
         if sys::set_nonblocking(thread.fd, false).is_ok() {
             self.nonblocking = false;
