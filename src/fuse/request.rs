@@ -203,10 +203,16 @@ impl<'a> Request<'a> {
         Self::header_with(buf, 0)
     }
 
+    /// The header `buf` starts with, its length unchecked: for a transport deciding how to take
+    /// a request in (its opcode) before it has all of it.
+    pub fn header_prefix(buf: &[u8]) -> Option<InHeader> {
+        InHeader::read_from_prefix(buf).ok().map(|(h, _)| h)
+    }
+
     /// `header_of` for a request whose last `left_out` bytes its transport left where they
     /// arrived instead of copying them behind `buf` (a WRITE's data, in guest memory).
     pub fn header_with(buf: &[u8], left_out: usize) -> Result<InHeader, DecodeError> {
-        let (h, _) = InHeader::read_from_prefix(buf).map_err(|_| DecodeError::ShortHeader(buf.len()))?;
+        let h = Self::header_prefix(buf).ok_or(DecodeError::ShortHeader(buf.len()))?;
         let actual = buf.len().saturating_add(left_out);
         if h.len as usize != actual {
             return Err(DecodeError::LengthMismatch { header: h.len, actual });

@@ -412,8 +412,7 @@ impl QueueThread {
         self.buffers.clear();
         let head = ring::read_request(mem, chain, &mut self.request[..WRITE_HEAD])?;
         let readable = chain.readable_len() as usize;
-        let header = zerocopy::FromBytes::read_from_prefix(&self.request[..head]).ok().map(|(h, _): (InHeader, _)| h);
-        match header {
+        match crate::fuse::Request::header_prefix(&self.request[..head]) {
             // A WRITE without extensions, whose data is within what we offered (max_write):
             // larger ones are copied and cut, and fail to decode as before.
             Some(h)
@@ -604,8 +603,7 @@ struct InChain<M, D, U> {
 
 impl<M: AsRef<[u8]>, D, U: std::borrow::Borrow<UsedRing>> InChain<M, D, U> {
     fn opcode(&self) -> u32 {
-        zerocopy::FromBytes::read_from_prefix(self.msg.as_ref())
-            .map_or(0, |(h, _): (crate::fuse::abi::InHeader, _)| h.opcode)
+        crate::fuse::Request::header_prefix(self.msg.as_ref()).map_or(0, |h| h.opcode)
     }
 
     fn put_reply(&self, reply: Option<&[u8]>) -> Result<(), ring::RingError> {
