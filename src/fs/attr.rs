@@ -90,11 +90,28 @@ impl Fs {
     /// With FUSE_SUBMOUNTS agreed, an entry on another mount than `dirfd` is marked as a
     /// submount (one statx of the directory more per lookup).
     pub(super) fn lookup_at(&self, dirfd: i32, name: &CStr, intent: Intent) -> Result<abi::EntryOut> {
-        let parent_mnt = if self.announce_submounts.load(std::sync::atomic::Ordering::Relaxed) {
-            Some(sys::statx(dirfd, c"", libc::AT_EMPTY_PATH)?.stx_mnt_id)
+        let parent_mnt = self.submount_parent(dirfd)?;
+        self.lookup_in(dirfd, name, intent, parent_mnt)
+    }
+
+    /// The mount id entries of `dirfd` are compared with to flag submounts, when submounts are
+    /// announced: asked once per directory, not once per entry (READDIRPLUS looks up many).
+    pub(super) fn submount_parent(&self, dirfd: i32) -> Result<Option<u64>> {
+        if self.announce_submounts.load(std::sync::atomic::Ordering::Relaxed) {
+            Ok(Some(sys::statx(dirfd, c"", libc::AT_EMPTY_PATH)?.stx_mnt_id))
         } else {
-            None
-        };
+            Ok(None)
+        }
+    }
+
+    /// `lookup_at` with the directory's mount id already known (`submount_parent`).
+    pub(super) fn lookup_in(
+        &self,
+        dirfd: i32,
+        name: &CStr,
+        intent: Intent,
+        parent_mnt: Option<u64>,
+    ) -> Result<abi::EntryOut> {
         let fd = sys::openat_beneath(dirfd, name, libc::O_PATH | libc::O_NOFOLLOW)?;
         self.lookup_fd_in(fd, intent, parent_mnt)
     }

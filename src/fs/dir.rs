@@ -12,6 +12,21 @@ use crate::sys;
 /// Upper bound for one getdents64 call, whatever size the kernel asks for.
 const MAX_GETDENTS: usize = 64 * 1024;
 
+/// Lower bound for one getdents64 call: room for the longest record (a 255-byte name).
+const MIN_GETDENTS: usize = 512;
+
+/// How many bytes of the host's getdents64 records to read for `room` bytes of reply, or
+/// None when not even a record for a one-byte name fits. Each request seeks to its offset
+/// and reads afresh, so every record read beyond what fits is read again by the next request.
+/// A READDIR record (24 bytes and the name, 8-aligned) is never smaller than the host's for
+/// the same name (19 bytes, the name and its NUL, 8-aligned): reading `room` bytes reads no
+/// more than fits. A READDIRPLUS record adds a 128-byte entry_out, five times the host's for
+/// a short name: a fifth of the room. A short read is no loss: the loop reads again.
+fn getdents_size(room: usize, plus: bool) -> Option<usize> {
+    let (smallest, wanted) = if plus { (abi::direntplus_size(1), room / 5) } else { (abi::dirent_size(1), room) };
+    (room >= smallest).then(|| wanted.clamp(MIN_GETDENTS, MAX_GETDENTS))
+}
+
 /// Walks the linux_dirent64 records of a getdents64 buffer. Bounded by the buffer: a record
 /// whose length is zero or runs past the end stops the walk.
 struct Dirents<'a> {
@@ -71,15 +86,22 @@ impl Fs {
         let _serial = self.dir_locks[stripe].lock().unwrap_or_else(|e| e.into_inner());
         sys::lseek(h.fd(), offset, libc::SEEK_SET)?;
         let _as = if plus { Some(ctx.become_caller()?) } else { None };
-        let mut raw = vec![0u8; limit.clamp(4096, MAX_GETDENTS)];
+        let parent_mnt = if plus { self.submount_parent(h.fd())? } else { None };
+        let mut raw = vec![0u8; getdents_size(limit, plus).unwrap_or(0)];
         loop {
-            let n = sys::getdents64(h.fd(), &mut raw)?;
+            let Some(want) = getdents_size(limit.saturating_sub(out.written()), plus) else {
+                return Ok(());
+            };
+            let n = sys::getdents64(h.fd(), &mut raw[..want])?;
             if n == 0 {
                 return Ok(());
             }
             for ent in (Dirents { buf: &raw[..n] }) {
-                let fits =
-                    if plus { self.push_plus(ctx, h.fd(), limit, &ent, out) } else { out.push_dirent(limit, &ent) };
+                let fits = if plus {
+                    self.push_plus(ctx, h.fd(), parent_mnt, limit, &ent, out)
+                } else {
+                    out.push_dirent(limit, &ent)
+                };
                 if !fits {
                     return Ok(());
                 }
@@ -89,7 +111,15 @@ impl Fs {
 
     /// Appends one READDIRPLUS record, looking the entry up (which takes a lookup count the
     /// kernel will FORGET) only once the record is known to fit.
-    fn push_plus(&self, ctx: &Context, dirfd: i32, limit: usize, ent: &DirEntry<'_>, out: &mut impl Payload) -> bool {
+    fn push_plus(
+        &self,
+        ctx: &Context,
+        dirfd: i32,
+        parent_mnt: Option<u64>,
+        limit: usize,
+        ent: &DirEntry<'_>,
+        out: &mut impl Payload,
+    ) -> bool {
         // Each record's lookup is noted in the intent record, which holds a bounded number.
         if !out.fits_direntplus(limit, ent.name.len()) || ctx.intent.raised().len() >= MAX_RAISES {
             return false;
@@ -99,7 +129,7 @@ impl Fs {
             // An entry that vanished or cannot be looked up is still listed, with node id 0,
             // which tells the kernel to list it without caching anything for it.
             if let Ok(name) = std::ffi::CString::new(ent.name)
-                && let Ok(e) = self.lookup_at(dirfd, &name, ctx.intent)
+                && let Ok(e) = self.lookup_in(dirfd, &name, ctx.intent, parent_mnt)
             {
                 entry = e;
             }

@@ -99,6 +99,8 @@ pub trait Payload {
     fn tail_mut(&mut self, len: usize) -> &mut [u8];
     /// Cuts the payload to `len` bytes.
     fn truncate(&mut self, len: usize);
+    /// How many payload bytes are written so far.
+    fn written(&self) -> usize;
     /// Reads up to `len` bytes of `fd` at `offset` as the payload (READ data: where the
     /// transport wants it, which may be in place in the requester's memory); returns how many.
     fn pread(&mut self, fd: i32, offset: u64, len: usize) -> std::io::Result<usize>;

@@ -282,6 +282,10 @@ impl fs::Payload for ReplyBuf {
         self.truncate_payload(len);
     }
 
+    fn written(&self) -> usize {
+        self.payload_len()
+    }
+
     fn pread(&mut self, fd: i32, offset: u64, len: usize) -> std::io::Result<usize> {
         self.pread_payload(fd, offset, len)
     }
