@@ -51,10 +51,10 @@ impl ReplyBuf {
         self.room.extend(room);
     }
 
-    /// Withdraws the room (after the reply went out); returns how many payload bytes it holds.
-    pub fn take_room(&mut self) -> usize {
+    /// Withdraws the room (after the reply went out), and what was placed in it.
+    pub fn take_room(&mut self) {
         self.room.clear();
-        std::mem::take(&mut self.placed)
+        self.placed = 0;
     }
 
     /// Reads up to `len` bytes of `fd` at `offset` as the payload: into the offered room if
@@ -62,9 +62,10 @@ impl ReplyBuf {
     pub fn pread_payload(&mut self, fd: i32, offset: u64, len: usize) -> std::io::Result<usize> {
         if self.room.is_empty() {
             let start = self.bytes.len();
-            let n = crate::sys::pread(fd, self.tail_mut(len), offset);
-            self.bytes.truncate(start + *n.as_ref().unwrap_or(&0));
-            return n;
+            let read = crate::sys::pread(fd, self.tail_mut(len), offset);
+            // The bytes past what was read (all of them on an error) are no payload.
+            self.bytes.truncate(start + read.as_ref().map_or(0, |n| *n));
+            return read;
         }
         let n = crate::sys::preadv(fd, &self.room, len, offset)?;
         self.placed = n;

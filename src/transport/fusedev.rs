@@ -279,7 +279,10 @@ impl Transport for FuseTransport {
         for (i, &fd) in self.fds.iter().enumerate() {
             // One thread looks for requests before sleeping: several burned the CPUs a
             // workload of several processes needed (4-process metadata on 2 CPUs: 5-25% fewer).
-            let mut waiting = Waiting::new(if i == 0 { self.spin } else { Duration::ZERO }, self.read.clone());
+            // Every thread counts the requests it reads for the looking one, if one looks: a
+            // shared atomic per request is a cost only looking repays.
+            let counted = (!self.spin.is_zero()).then(|| self.read.clone());
+            let mut waiting = Waiting::new(if i == 0 { self.spin } else { Duration::ZERO }, counted);
             let server = server.clone();
             let taken_in = taken_in.clone();
             // SAFETY: this thread is the only one serving connection `i`.
@@ -518,8 +521,8 @@ impl<'s> ServingThread<'s> {
 /// leaves it to the next one's `spawn`, which makes it blocking again.
 struct Waiting {
     budget: Duration,
-    /// Requests read by any serving thread of this worker.
-    read: Arc<AtomicU64>,
+    /// Requests read by any serving thread of this worker; None when no thread looks.
+    read: Option<Arc<AtomicU64>>,
     /// Looks in a row that found nothing.
     misses: u32,
     /// Sleeps without a look, for the probes.
@@ -532,22 +535,22 @@ impl Waiting {
     const GIVE_UP: u32 = 8;
     const PROBE_EVERY: u32 = 16;
 
-    fn new(budget: Duration, read: Arc<AtomicU64>) -> Waiting {
+    fn new(budget: Duration, read: Option<Arc<AtomicU64>>) -> Waiting {
         Waiting { budget, read, misses: 0, sleeps: 0, nonblocking: false }
     }
 
     fn next(&mut self, thread: &ServingThread<'_>, buf: &mut ConnBuffer) -> Read {
         let r = self.wait(thread, buf);
-        if matches!(r, Read::Request(_)) {
-            self.read.fetch_add(1, Ordering::Relaxed);
+        if let (Some(read), Read::Request(_)) = (&self.read, &r) {
+            read.fetch_add(1, Ordering::Relaxed);
         }
         r
     }
 
     fn wait(&mut self, thread: &ServingThread<'_>, buf: &mut ConnBuffer) -> Read {
-        if self.budget.is_zero() {
+        let Some(read) = self.read.as_deref().filter(|_| !self.budget.is_zero()) else {
             return thread.read(buf);
-        }
+        };
         if !self.nonblocking {
             self.nonblocking = sys::set_nonblocking(thread.fd, true).is_ok();
         }
@@ -560,7 +563,7 @@ impl Waiting {
             self.sleeps.is_multiple_of(Self::PROBE_EVERY)
         };
         if look {
-            let (t0, seen) = (Instant::now(), self.read.load(Ordering::Relaxed));
+            let (t0, seen) = (Instant::now(), read.load(Ordering::Relaxed));
             while t0.elapsed() < self.budget {
                 std::thread::yield_now();
                 let r = thread.read(buf);
@@ -569,7 +572,7 @@ impl Waiting {
                     return r;
                 }
             }
-            let busy = self.read.load(Ordering::Relaxed) != seen;
+            let busy = read.load(Ordering::Relaxed) != seen;
             self.misses = if busy { 0 } else { self.misses.saturating_add(1) };
         }
         if sys::set_nonblocking(thread.fd, false).is_ok() {
