@@ -596,3 +596,81 @@ fn test_new_session_drops_what_the_old_one_held() {
     let (err, _) = call(&mut fe, 1, 7, abi::ROOT_ID, &Op::Lookup { name: c"hello.txt" });
     assert_eq!(err, 0, "the new session serves");
 }
+
+/// Entries of a READDIRPLUS reply: (name, entry) pairs.
+fn direntplus_records(mut payload: &[u8]) -> Vec<(String, EntryOut)> {
+    let mut out = Vec::new();
+    while !payload.is_empty() {
+        let (entry, rest) = EntryOut::read_from_prefix(payload).expect("entry_out");
+        let (dirent, rest) = abi::Dirent::read_from_prefix(rest).expect("dirent");
+        let name = String::from_utf8_lossy(&rest[..dirent.namelen as usize]).into_owned();
+        let record = abi::direntplus_size(dirent.namelen as usize);
+        out.push((name, entry));
+        payload = &payload[record..];
+    }
+    out
+}
+
+/// With FUSE_SUBMOUNTS agreed (a virtio-fs guest offers it), a directory on another mount than
+/// its parent is marked FUSE_ATTR_SUBMOUNT, by LOOKUP and by READDIRPLUS alike, and nothing
+/// else is: not a plain directory, not a file, not the submount's own contents. Not agreed (or
+/// `--no-announce-submounts`), nothing is marked.
+#[test]
+fn test_submounts_marked_only_when_agreed() {
+    let tmp = tempfile::Builder::new().prefix("phoenixfs-submount-flag").tempdir().unwrap();
+    let share = tmp.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::create_dir(share.join("plain")).unwrap();
+    std::fs::write(share.join("file"), b"f").unwrap();
+    let _sub = sys::Tmpfs::mount(&share.join("sub"));
+    std::fs::create_dir(share.join("sub/inner")).unwrap();
+    std::fs::write(share.join("sub/f"), b"g").unwrap();
+    for (args, offer, want) in
+        [(&[][..], true, true), (&[][..], false, false), (&["--no-announce-submounts"][..], true, false)]
+    {
+        let b = Backend::start_on(&share, args);
+        let mut fe = Frontend::connect(b.socket(), 2, 128).unwrap_or_else(|e| panic!("handshake: {e}"));
+        let mut flags = abi::ASYNC_READ | abi::BIG_WRITES | abi::MAX_PAGES | abi::INIT_EXT;
+        if offer {
+            flags |= abi::SUBMOUNTS;
+        }
+        let init = Op::Init {
+            arg: abi::InitIn { major: 7, minor: 38, max_readahead: 128 << 10, flags: flags as u32 },
+            flags2: (flags >> 32) as u32,
+        };
+        let (err, _) = call(&mut fe, 1, 1, 0, &init);
+        assert_eq!(err, 0, "INIT");
+        let marked = |payload: &[u8]| EntryOut::read_from_bytes(payload).unwrap().attr.flags & abi::ATTR_SUBMOUNT != 0;
+        let mut unique = 10;
+        let mut lookup = |fe: &mut Frontend, parent: u64, name: &std::ffi::CStr| {
+            unique += 1;
+            let (err, payload) = call(fe, 1, unique, parent, &Op::Lookup { name });
+            assert_eq!(err, 0, "LOOKUP {name:?}");
+            payload
+        };
+        let case = format!("{args:?}, offered {offer}");
+        let sub = lookup(&mut fe, abi::ROOT_ID, c"sub");
+        assert_eq!(marked(&sub), want, "LOOKUP sub, {case}");
+        assert!(!marked(&lookup(&mut fe, abi::ROOT_ID, c"plain")), "LOOKUP plain, {case}");
+        assert!(!marked(&lookup(&mut fe, abi::ROOT_ID, c"file")), "LOOKUP file, {case}");
+        let sub_node = EntryOut::read_from_bytes(&sub).unwrap().nodeid;
+        assert!(!marked(&lookup(&mut fe, sub_node, c"inner")), "LOOKUP sub/inner, {case}");
+        assert!(!marked(&lookup(&mut fe, sub_node, c"f")), "LOOKUP sub/f, {case}");
+
+        let (err, payload) = call(&mut fe, 1, 100, abi::ROOT_ID, &Op::Opendir(abi::OpenIn { flags: 0, open_flags: 0 }));
+        assert_eq!(err, 0, "OPENDIR /");
+        let fh = abi::OpenOut::read_from_bytes(&payload).unwrap().fh;
+        let read = abi::ReadIn { fh, offset: 0, size: 4096, ..Default::default() };
+        let (err, payload) = call(&mut fe, 1, 101, abi::ROOT_ID, &Op::Readdirplus(read));
+        assert_eq!(err, 0, "READDIRPLUS /");
+        let records = direntplus_records(&payload);
+        let names: Vec<&str> = records.iter().map(|(n, _)| n.as_str()).collect();
+        for name in ["sub", "plain", "file"] {
+            assert!(names.contains(&name), "READDIRPLUS lists {name}: {names:?}");
+        }
+        for (name, entry) in &records {
+            let flagged = entry.attr.flags & abi::ATTR_SUBMOUNT != 0;
+            assert_eq!(flagged, want && name == "sub", "READDIRPLUS {name}, {case}");
+        }
+    }
+}

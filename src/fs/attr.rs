@@ -87,33 +87,11 @@ impl Fs {
     }
 
     /// Opens `name` under the directory fd `dirfd` and records one lookup of it.
-    /// With FUSE_SUBMOUNTS agreed, an entry on another mount than `dirfd` is marked as a
-    /// submount (one statx of the directory more per lookup).
+    /// With FUSE_SUBMOUNTS agreed, a directory on another mount than `dirfd` is marked as a
+    /// submount.
     pub(super) fn lookup_at(&self, dirfd: i32, name: &CStr, intent: Intent) -> Result<abi::EntryOut> {
-        let parent_mnt = self.submount_parent(dirfd)?;
-        self.lookup_in(dirfd, name, intent, parent_mnt)
-    }
-
-    /// The mount id entries of `dirfd` are compared with to flag submounts, when submounts are
-    /// announced: asked once per directory, not once per entry (READDIRPLUS looks up many).
-    pub(super) fn submount_parent(&self, dirfd: i32) -> Result<Option<u64>> {
-        if self.announce_submounts.load(std::sync::atomic::Ordering::Relaxed) {
-            Ok(Some(sys::statx(dirfd, c"", libc::AT_EMPTY_PATH)?.stx_mnt_id))
-        } else {
-            Ok(None)
-        }
-    }
-
-    /// `lookup_at` with the directory's mount id already known (`submount_parent`).
-    pub(super) fn lookup_in(
-        &self,
-        dirfd: i32,
-        name: &CStr,
-        intent: Intent,
-        parent_mnt: Option<u64>,
-    ) -> Result<abi::EntryOut> {
         let fd = sys::openat_beneath(dirfd, name, libc::O_PATH | libc::O_NOFOLLOW)?;
-        self.lookup_fd_in(fd, intent, parent_mnt)
+        self.lookup_fd_in(fd, intent, Some(dirfd))
     }
 
     /// The entry of a node whose lookup this request already took (a replay after the raise).
@@ -142,8 +120,11 @@ impl Fs {
         self.lookup_fd_in(fd, intent, None)
     }
 
-    /// `lookup_fd`, marking the entry FUSE_ATTR_SUBMOUNT if its mount is not `parent_mnt`.
-    fn lookup_fd_in(&self, fd: i32, intent: Intent, parent_mnt: Option<u64>) -> Result<abi::EntryOut> {
+    /// `lookup_fd`, marking a directory FUSE_ATTR_SUBMOUNT if it is on another mount than the
+    /// directory fd `parent`. Only a directory can be a submount, so only a directory's lookup
+    /// asks for its parent's mount: none of the files that make most lookups (READDIRPLUS
+    /// looks up every entry) pays a statx more for it.
+    fn lookup_fd_in(&self, fd: i32, intent: Intent, parent: Option<i32>) -> Result<abi::EntryOut> {
         // One statx gives both the key (with the mount id) and the reply's attributes.
         let stx = match sys::statx(fd, c"", libc::AT_EMPTY_PATH) {
             Ok(stx) => stx,
@@ -153,12 +134,26 @@ impl Fs {
             }
         };
         let st = stat_of(&stx);
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        // Asked before the lookup count is taken, so that its failure leaves nothing taken.
+        let submount = match parent {
+            Some(dirfd) if is_dir && self.announce_submounts.load(std::sync::atomic::Ordering::Relaxed) => {
+                match sys::statx(dirfd, c"", libc::AT_EMPTY_PATH) {
+                    Ok(p) => p.stx_mnt_id != stx.stx_mnt_id,
+                    Err(e) => {
+                        sys::close(fd);
+                        return Err(e.into());
+                    }
+                }
+            }
+            _ => false,
+        };
         let looked = self
             .state
             .inodes
             .lookup(fd, key_of(&stx), st.st_mode & libc::S_IFMT, intent, || self.handle_for(fd, &stx))?;
         let mut entry = self.entry_out(looked.nodeid, st);
-        if parent_mnt.is_some_and(|m| m != stx.stx_mnt_id) && st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        if submount {
             entry.attr.flags |= abi::ATTR_SUBMOUNT;
         }
         Ok(entry)

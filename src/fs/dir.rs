@@ -86,7 +86,6 @@ impl Fs {
         let _serial = self.dir_locks[stripe].lock().unwrap_or_else(|e| e.into_inner());
         sys::lseek(h.fd(), offset, libc::SEEK_SET)?;
         let _as = if plus { Some(ctx.become_caller()?) } else { None };
-        let parent_mnt = if plus { self.submount_parent(h.fd())? } else { None };
         let mut raw = vec![0u8; getdents_size(limit, plus).unwrap_or(0)];
         loop {
             let Some(want) = getdents_size(limit.saturating_sub(out.written()), plus) else {
@@ -97,11 +96,8 @@ impl Fs {
                 return Ok(());
             }
             for ent in (Dirents { buf: &raw[..n] }) {
-                let fits = if plus {
-                    self.push_plus(ctx, h.fd(), parent_mnt, limit, &ent, out)
-                } else {
-                    out.push_dirent(limit, &ent)
-                };
+                let fits =
+                    if plus { self.push_plus(ctx, h.fd(), limit, &ent, out) } else { out.push_dirent(limit, &ent) };
                 if !fits {
                     return Ok(());
                 }
@@ -111,15 +107,7 @@ impl Fs {
 
     /// Appends one READDIRPLUS record, looking the entry up (which takes a lookup count the
     /// kernel will FORGET) only once the record is known to fit.
-    fn push_plus(
-        &self,
-        ctx: &Context,
-        dirfd: i32,
-        parent_mnt: Option<u64>,
-        limit: usize,
-        ent: &DirEntry<'_>,
-        out: &mut impl Payload,
-    ) -> bool {
+    fn push_plus(&self, ctx: &Context, dirfd: i32, limit: usize, ent: &DirEntry<'_>, out: &mut impl Payload) -> bool {
         // Each record's lookup is noted in the intent record, which holds a bounded number.
         if !out.fits_direntplus(limit, ent.name.len()) || ctx.intent.raised().len() >= MAX_RAISES {
             return false;
@@ -129,7 +117,7 @@ impl Fs {
             // An entry that vanished or cannot be looked up is still listed, with node id 0,
             // which tells the kernel to list it without caching anything for it.
             if let Ok(name) = std::ffi::CString::new(ent.name)
-                && let Ok(e) = self.lookup_in(dirfd, &name, ctx.intent, parent_mnt)
+                && let Ok(e) = self.lookup_at(dirfd, &name, ctx.intent)
             {
                 entry = e;
             }
