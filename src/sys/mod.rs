@@ -581,6 +581,19 @@ pub fn set_nonblocking(fd: i32, on: bool) -> io::Result<()> {
     cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) }).map(drop)
 }
 
+/// `fd`'s open file description's status flags (F_GETFL).
+pub fn file_flags(fd: i32) -> io::Result<i32> {
+    // SAFETY: F_GETFL only queries.
+    cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })
+}
+
+/// Sets `fd`'s status flags to `flags` (F_SETFL): one call, where `set_nonblocking` reads them
+/// first.
+pub fn set_file_flags(fd: i32, flags: i32) -> io::Result<()> {
+    // SAFETY: F_SETFL changes only the status flags of an fd we hold.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) }).map(drop)
+}
+
 /// Whether `fd` is an open fd of this process.
 pub fn is_open(fd: i32) -> bool {
     // SAFETY: F_GETFD only queries.

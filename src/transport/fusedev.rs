@@ -516,9 +516,11 @@ impl<'s> ServingThread<'s> {
 /// connection) it sleeps at once, looking again only every `PROBE_EVERY`th time it wakes, until
 /// a look sees a request come (taken by any thread: `read`, the worker's count of requests
 /// read). How long a sleep lasted cannot tell when to look: it includes the slow wake-up itself;
-/// nor can whether this thread took the request, since a woken one usually does. Crash consistency is unchanged: a
-/// non-blocking read fills the same buffer, and a worker that dies with the fd non-blocking
-/// leaves it to the next one's `spawn`, which makes it blocking again.
+/// nor can whether this thread took the request, since a woken one usually does. The fd is
+/// switched to non-blocking for a look and back for a sleep, one fcntl each (its flags are read
+/// once); once looking gave up, it stays blocking and sleeps without a try first. Crash
+/// consistency is unchanged: a non-blocking read fills the same buffer, and a worker that dies
+/// with the fd non-blocking leaves it to the next one's `spawn`, which makes it blocking again.
 struct Waiting {
     budget: Duration,
     /// Requests read by any serving thread of this worker; None when no thread looks.
@@ -527,8 +529,8 @@ struct Waiting {
     misses: u32,
     /// Sleeps without a look, for the probes.
     sleeps: u32,
-    /// Whether this thread's fd is non-blocking now.
-    nonblocking: bool,
+    /// Whether the fd is non-blocking now.
+    mode: FdMode,
 }
 
 impl Waiting {
@@ -536,7 +538,7 @@ impl Waiting {
     const PROBE_EVERY: u32 = 16;
 
     fn new(budget: Duration, read: Option<Arc<AtomicU64>>) -> Waiting {
-        Waiting { budget, read, misses: 0, sleeps: 0, nonblocking: false }
+        Waiting { budget, read, misses: 0, sleeps: 0, mode: FdMode::default() }
     }
 
     fn next(&mut self, thread: &ServingThread<'_>, buf: &mut ConnBuffer) -> Read {
@@ -551,34 +553,55 @@ impl Waiting {
         let Some(read) = self.read.as_deref().filter(|_| !self.budget.is_zero()) else {
             return thread.read(buf);
         };
-        if !self.nonblocking {
-            self.nonblocking = sys::set_nonblocking(thread.fd, true).is_ok();
-        }
-        let r = thread.read(buf);
-        if !matches!(r, Read::Nothing) {
-            return r;
-        }
         let look = self.misses < Self::GIVE_UP || {
             self.sleeps += 1;
             self.sleeps.is_multiple_of(Self::PROBE_EVERY)
         };
-        if look {
+        if look && self.mode.set_nonblocking(thread.fd, true) {
             let (t0, seen) = (Instant::now(), read.load(Ordering::Relaxed));
-            while t0.elapsed() < self.budget {
-                std::thread::yield_now();
+            loop {
                 let r = thread.read(buf);
                 if !matches!(r, Read::Nothing) {
                     self.misses = 0;
                     return r;
                 }
+                if t0.elapsed() >= self.budget {
+                    break;
+                }
+                std::thread::yield_now();
             }
             let busy = read.load(Ordering::Relaxed) != seen;
             self.misses = if busy { 0 } else { self.misses.saturating_add(1) };
         }
-        if sys::set_nonblocking(thread.fd, false).is_ok() {
-            self.nonblocking = false;
-        }
+        self.mode.set_nonblocking(thread.fd, false);
         thread.read(buf)
+    }
+}
+
+/// A serving thread's fd's O_NONBLOCK, switched with one fcntl (its flags read once).
+#[derive(Debug, Default)]
+struct FdMode {
+    /// The fd's status flags when blocking (read at the first switch).
+    blocking_flags: Option<i32>,
+    nonblocking: bool,
+}
+
+impl FdMode {
+    /// Switches `fd` to non-blocking or back unless it is so already; whether it now is as asked.
+    fn set_nonblocking(&mut self, fd: i32, on: bool) -> bool {
+        if self.nonblocking == on {
+            return true;
+        }
+        let Some(flags) = self.blocking_flags.or_else(|| sys::file_flags(fd).ok()) else {
+            return false;
+        };
+        self.blocking_flags = Some(flags & !libc::O_NONBLOCK);
+        let flags = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+        if sys::set_file_flags(fd, flags).is_err() {
+            return false;
+        }
+        self.nonblocking = on;
+        true
     }
 }
 
