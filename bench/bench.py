@@ -21,6 +21,10 @@ Workloads:
     with 1 and with 4 processes;
   mixed (bench/mixed.py): untar a tarball of --mixed-files small files, find + stat, read all,
     rm -rf.
+CPU: for the workloads with a fixed amount of work (metadata, mixed), the user + system CPU time
+of each daemon's processes (/proc/<pid>/stat) across the workload: what the same work costs each
+daemon, less disturbed by the machine's load than throughput (phoenixfsd's includes the looking
+of --fuse-spin-us).
 Memory, after the last workload: each daemon process's RSS and peak RSS (/proc), and phoenixfsd's
 state region, live inodes and handles (its control socket).
 
@@ -183,6 +187,21 @@ class Daemon:
                 log(f"phoenixfsd ctl status on {self.control} failed: {p.stderr.strip()}")
         return {"procs": procs, "status": st}
 
+    def cpu_seconds(self):
+        """User and system CPU time the daemon's processes (the bridge left out) have used so far,
+        every thread counted."""
+        total = 0
+        for pid in [self.proc.pid, *descendants(self.proc.pid)]:
+            if self.bridge and pid == self.bridge.pid:
+                continue
+            try:
+                stat = open(f"/proc/{pid}/stat").read()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+        return total / os.sysconf("SC_CLK_TCK")
+
     def __exit__(self, *exc):
         if self.bridge is not None and self.bridge.poll() is None:
             self.bridge.send_signal(signal.SIGTERM)
@@ -301,10 +320,18 @@ def workloads(args, tarball):
     return out
 
 
-def measure(dirs, work, args, check, progress):
+def cpu_row(title):
+    """The CPU table's row for a workload that does a fixed amount of work (the metadata and mixed
+    workloads: so many files), whatever its speed; None for the fio workloads, which run for a
+    fixed time."""
+    return None if title.startswith("fio") else f"cpu {title}"
+
+
+def measure(dirs, daemons, work, args, check, progress):
     """Runs every workload on every target, interleaved (workload by workload, target after
     target, and each round's target order rotated) so that a burst of load elsewhere on the
-    machine hits all targets alike; keeps every round's value."""
+    machine hits all targets alike; keeps every round's value, and for the daemons the CPU time
+    each fixed-work workload cost them (`cpu_row`)."""
     samples = {label: {} for label in dirs}
     labels = list(dirs)
     for r in range(args.rounds):
@@ -312,7 +339,11 @@ def measure(dirs, work, args, check, progress):
         for title, rows, fn in work:
             for label in order:
                 progress(f"{title} on {label}, round {r + 1}/{args.rounds}")
+                daemon = daemons.get(label)
+                cpu0 = daemon.cpu_seconds() if daemon else None
                 got = fn(dirs[label])
+                if daemon and cpu_row(title):
+                    samples[label].setdefault(cpu_row(title), []).append((daemon.cpu_seconds() - cpu0) * 1000)
                 for row, _ in rows:
                     samples[label].setdefault(row, []).append(got.get(row))
                 check()
@@ -436,7 +467,7 @@ def run_backing(backing, targets, work, args, binary, tarball, progress):
                         raise SystemExit(f"{label} died during the workload; log: {d.logpath}\n"
                                          + open(d.logpath, errors="replace").read()[-3000:])
 
-            samples = measure(dirs, work, args, check, progress)
+            samples = measure(dirs, daemons, work, args, check, progress)
             memory = {label: d.memory(binary) for label, d in daemons.items()}
         ok = True
     finally:
@@ -538,10 +569,18 @@ def render(transport, targets, runs, work, args, binary, extra, load_before, loa
     fio_ver = subprocess.run(["fio", "--version"], capture_output=True, text=True).stdout.strip()
     per_inode, per_handle = report.slot_sizes(ROOT)
     sections = []
+    cpu_rows = [(cpu_row(title), "ms") for title, _, _ in work if cpu_row(title)]
+    daemons = [label for label, start in targets if start is not None]
+    cpu_ratios = [(h, num, den) for h, num, den in ratios if num in daemons and den in daemons]
     for b, (samples, memory, fstype) in runs.items():
         tbl = report.table(labels, rows, samples, ratios)
         mem = report.memory_table(memory, per_inode, per_handle)
-        sections.append(f"### {transport}, backing: {b} ({fstype})\n\n{tbl}\n\nMemory after the last workload:\n\n{mem}\n")
+        section = f"### {transport}, backing: {b} ({fstype})\n\n{tbl}\n\n"
+        if cpu_rows:
+            cpu = report.table(daemons, cpu_rows, samples, cpu_ratios)
+            section += ("Daemon CPU time (user + system, every process and thread of the daemon) for the same "
+                        f"work, lower is better:\n\n{cpu}\n\n")
+        sections.append(section + f"Memory after the last workload:\n\n{mem}\n")
     conf = (f"fio psync (one request in flight per job), {args.size} MiB per job file, {args.runtime} s per "
             f"workload, invalidate=0, writes end with fsync; buffered and 1 MiB direct with {args.numjobs} jobs; "
             f"metadata: {args.files} files of 128 B (split among the processes), 10 readdir passes; mixed: "
@@ -575,7 +614,11 @@ def render(transport, targets, runs, work, args, binary, extra, load_before, loa
                 "same driver)" if IN_FLIGHT_PEER in labels else "")
              + ". Higher is better for every unit; a ratio marked * is one whose two columns' min–max "
              "ranges do not overlap (every round of one beat every round of the other); unmarked ratios "
-             "are not a difference this run can show.\n"
+             "are not a difference this run can show. In the CPU table a ratio above 1 is the numerator "
+             "spending more CPU on the same work (on/off: what being crash-proof costs in CPU; phoenixfsd's "
+             "includes its first serving thread's looking before sleeping, `--fuse-spin-us`); CPU time "
+             "is counted in clock ticks and includes time the host took from this VM's CPUs, so it is less "
+             "noisy than throughput but not free of noise.\n"
              f"- Machine: {machine}. On a shared machine the min–max ranges show what the load did to "
              "single rounds; ratios within the overlap of two columns' ranges are not a difference.\n"
              "- O_DIRECT rows are not like for like: phoenixfsd, as virtiofsd, drops O_DIRECT from the host "
