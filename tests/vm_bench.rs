@@ -10,7 +10,8 @@
 //! Environment: `PHOENIXFS_VM_BENCH_ROUNDS` (3), `PHOENIXFS_VM_BENCH_QEMU=7.2|10` (7.2),
 //! `PHOENIXFS_VM_QUEUE_SIZE` (the device's queue size; QEMU's default 128),
 //! `PHOENIXFS_VM_INDIRECT_DESC=off` (the guest's driver then lays every request out in the ring),
-//! and
+//! `PHOENIXFS_VM_BENCH_BASELINE=<a phoenixfsd binary>` (measured in the middle column instead of
+//! `--recovery off`, with recovery on: a change's before and after in one run), and
 //! `PHOENIXFS_VM_ACCEL` as in tests/vm.rs.
 
 mod common;
@@ -30,6 +31,11 @@ enum Backend {
     /// `--recovery off`: the bare engine, the cost of being crash-proof beside it.
     PhoenixfsdOff,
     Virtiofsd,
+}
+
+/// The binary `PHOENIXFS_VM_BENCH_BASELINE` names, if any: the middle column's daemon.
+fn baseline() -> Option<String> {
+    std::env::var("PHOENIXFS_VM_BENCH_BASELINE").ok().filter(|v| !v.is_empty())
 }
 
 /// One `VM-BENCH` line: ops/s, MiB/s, p50 and p99 in µs.
@@ -55,9 +61,10 @@ fn boot(
     let _ = std::fs::remove_file(&socket);
     let mut cmd = match backend {
         Backend::Phoenixfsd | Backend::PhoenixfsdOff => {
-            let mut c = Command::new(common::BIN);
+            let base = if backend == Backend::PhoenixfsdOff { baseline() } else { None };
+            let mut c = Command::new(base.as_deref().unwrap_or(common::BIN));
             c.args(["--log-level", "error"]);
-            if backend == Backend::PhoenixfsdOff {
+            if backend == Backend::PhoenixfsdOff && base.is_none() {
                 c.args(["--recovery", "off"]);
             }
             c
@@ -151,8 +158,10 @@ fn bench_vm_against_virtiofsd() {
             }
         }
     }
+    let (middle, middle_ratio) =
+        if baseline().is_some() { ("baseline", "pfs/baseline") } else { ("phoenixfsd off", "on/off") };
     println!(
-        "\n| workload | unit | phoenixfsd | phoenixfsd off | virtiofsd | ratio | on/off | p99 phoenixfsd | p99 virtiofsd |"
+        "\n| workload | unit | phoenixfsd | {middle} | virtiofsd | ratio | {middle_ratio} | p99 phoenixfsd | p99 virtiofsd |"
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for n in &names {
@@ -183,10 +192,14 @@ fn bench_vm_against_virtiofsd() {
         );
     }
     println!(
-        "\n{}, {accel}, 1 vCPU, 512 MiB, queue size {}{}; guest kernel {}; {vfsd}; median of {rounds} rounds, backends rotating; ratio = phoenixfsd / virtiofsd, on/off = phoenixfsd / phoenixfsd --recovery off.",
+        "\n{}, {accel}, 1 vCPU, 512 MiB, queue size {}{}; guest kernel {}; {vfsd}; median of {rounds} rounds, backends rotating; ratio = phoenixfsd / virtiofsd, {}.",
         q.version,
         std::env::var("PHOENIXFS_VM_QUEUE_SIZE").unwrap_or_else(|_| "128".into()),
         if std::env::var("PHOENIXFS_VM_INDIRECT_DESC").is_ok_and(|v| v == "off") { ", indirect_desc=off" } else { "" },
-        guest.kernel.file_name().unwrap_or_default().to_string_lossy()
+        guest.kernel.file_name().unwrap_or_default().to_string_lossy(),
+        match baseline() {
+            Some(b) => format!("pfs/baseline = phoenixfsd / {b}"),
+            None => "on/off = phoenixfsd / phoenixfsd --recovery off".into(),
+        }
     );
 }
