@@ -8,6 +8,7 @@
 #
 #   scripts/bench-vm.sh [ROUNDS]            (default 3)
 #   PHOENIXFS_VM_BENCH_QEMU=10 scripts/bench-vm.sh   # QEMU 10.0 from bookworm-backports
+#   PHOENIXFS_VM_BENCH_BASELINE=<phoenixfsd> scripts/bench-vm.sh 5   # that binary in the middle column (before/after)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
