@@ -574,11 +574,8 @@ pub fn dup(fd: i32) -> io::Result<i32> {
 
 /// Sets or clears O_NONBLOCK on `fd`'s open file description.
 pub fn set_nonblocking(fd: i32, on: bool) -> io::Result<()> {
-    // SAFETY: F_GETFL only queries.
-    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
-    let flags = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
-    // SAFETY: F_SETFL with flags read from the same fd.
-    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) }).map(drop)
+    let flags = file_flags(fd)?;
+    set_file_flags(fd, if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK })
 }
 
 /// `fd`'s open file description's status flags (F_GETFL).
