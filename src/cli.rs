@@ -608,13 +608,13 @@ impl Cli {
         Ok(())
     }
 
-    /// Whether the daemon serves /dev/fuse: `--mountpoint`, or `--demo`, which makes its mount
-    /// point at start (so `mountpoint` is still None here).
     /// How long the first /dev/fuse serving thread looks for its next request before sleeping.
     pub fn fuse_spin(&self) -> std::time::Duration {
         std::time::Duration::from_micros(self.fuse_spin_us.unwrap_or(DEFAULT_FUSE_SPIN_US).into())
     }
 
+    /// Whether the daemon serves /dev/fuse: `--mountpoint`, or `--demo`, which makes its mount
+    /// point at start (so `mountpoint` is still None here).
     pub fn serves_fuse(&self) -> bool {
         self.mountpoint.is_some() || self.demo
     }
