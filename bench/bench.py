@@ -163,11 +163,16 @@ class Daemon:
     def alive(self):
         return self.proc.poll() is None and (self.bridge is None or self.bridge.poll() is None)
 
+    def pids(self):
+        """The daemon's processes: the one started and every process below it, the bridge left out."""
+        bridge = self.bridge.pid if self.bridge else None
+        return [pid for pid in [self.proc.pid, *descendants(self.proc.pid)] if pid != bridge]
+
     def memory(self, binary):
-        """RSS and peak RSS of each process of the daemon (the bridge left out), and phoenixfsd's
-        own status (state region, live inodes, open handles) from its control socket."""
+        """RSS and peak RSS of each process of the daemon, and phoenixfsd's own status (state
+        region, live inodes, open handles) from its control socket."""
         procs = []
-        for pid in [self.proc.pid, *descendants(self.proc.pid)]:
+        for pid in self.pids():
             try:
                 status = open(f"/proc/{pid}/status").read()
             except OSError:
@@ -175,7 +180,7 @@ class Daemon:
             name = re.search(r"^Name:\s*(\S+)", status, re.M).group(1)
             rss = re.search(r"^VmRSS:\s*(\d+)", status, re.M)
             hwm = re.search(r"^VmHWM:\s*(\d+)", status, re.M)
-            if rss and hwm and not (self.bridge and pid == self.bridge.pid):
+            if rss and hwm:
                 procs.append((name, int(rss.group(1)), int(hwm.group(1))))
         st = None
         if self.control:
@@ -188,18 +193,13 @@ class Daemon:
         return {"procs": procs, "status": st}
 
     def cpu_seconds(self):
-        """User and system CPU time the daemon's processes (the bridge left out) have used so far,
-        every thread counted."""
+        """User and system CPU time the daemon's processes have used so far, every thread
+        counted."""
         total = 0
-        for pid in [self.proc.pid, *descendants(self.proc.pid)]:
-            if self.bridge and pid == self.bridge.pid:
-                continue
-            try:
-                stat = open(f"/proc/{pid}/stat").read()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+        for pid in self.pids():
+            fields = proc_stat(pid)
+            if fields:
+                total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
         return total / os.sysconf("SC_CLK_TCK")
 
     def __exit__(self, *exc):
@@ -223,16 +223,24 @@ class Daemon:
         return False
 
 
+def proc_stat(pid):
+    """/proc/<pid>/stat's fields after the command name (the first is field 3, the state), or
+    None if the process is gone."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()
+
+
 def descendants(pid):
     """Every process below `pid` (by /proc/*/stat's parent field)."""
     parent = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
-            try:
-                stat = open(f"/proc/{d}/stat").read()
-            except OSError:
-                continue
-            parent[int(d)] = int(stat[stat.rindex(")") + 2:].split()[1])
+            fields = proc_stat(d)
+            if fields:
+                parent[int(d)] = int(fields[1])
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
@@ -339,11 +347,11 @@ def measure(dirs, daemons, work, args, check, progress):
         for title, rows, fn in work:
             for label in order:
                 progress(f"{title} on {label}, round {r + 1}/{args.rounds}")
-                daemon = daemons.get(label)
-                cpu0 = daemon.cpu_seconds() if daemon else None
+                daemon, cpu = daemons.get(label), cpu_row(title)
+                cpu0 = daemon.cpu_seconds() if daemon and cpu else None
                 got = fn(dirs[label])
-                if daemon and cpu_row(title):
-                    samples[label].setdefault(cpu_row(title), []).append((daemon.cpu_seconds() - cpu0) * 1000)
+                if cpu0 is not None:
+                    samples[label].setdefault(cpu, []).append((daemon.cpu_seconds() - cpu0) * 1000)
                 for row, _ in rows:
                     samples[label].setdefault(row, []).append(got.get(row))
                 check()
