@@ -163,6 +163,9 @@ struct Numbers {
     region_bytes: u64,
     layout_version: u32,
     fuse_initialised: bool,
+    /// vhost-user: chains each queue gave the daemon (index 0 the hiprio queue), from the
+    /// queue's pop counter in the region; empty over /dev/fuse.
+    queue_chains: Vec<u64>,
 }
 
 fn numbers(region: &Region, snap: &Snapshot) -> Numbers {
@@ -189,6 +192,12 @@ fn numbers(region: &Region, snap: &Snapshot) -> Numbers {
         region_bytes: h.region_size,
         layout_version: h.layout_version,
         fuse_initialised: h.init_done.load(Ordering::Acquire) != 0,
+        queue_chains: if snap.transport.starts_with("vhost-user") {
+            let area = region.vhost();
+            area.queues[..area.queue_count()].iter().map(|q| q.next_counter.load(Ordering::Acquire)).collect()
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -227,6 +236,10 @@ fn status_text(region: &Region, snap: &Snapshot) -> String {
         bytes = n.region_bytes,
         session = if n.fuse_initialised { "initialised" } else { "waiting for FUSE INIT" },
     );
+    if let Some((hiprio, requests)) = n.queue_chains.split_first() {
+        let per_queue: Vec<String> = requests.iter().enumerate().map(|(i, c)| format!("{}: {c}", i + 1)).collect();
+        s.push_str(&format!("queue chains:    hiprio {hiprio}, {}\n", per_queue.join(", ")));
+    }
     for d in snap.recent_deaths.iter().rev() {
         s.push_str(&format!(
             "recent death:    {:.1} s ago, pid {}, {}{}\n",
@@ -264,7 +277,7 @@ fn status_json(region: &Region, snap: &Snapshot) -> String {
         "{{\"version\":{},\"layout_version\":{},\"uptime_seconds\":{:.3},\"transport\":{},\"sandbox\":{},\
          \"seccomp\":{},\"supervisor_pid\":{},\"worker_pid\":{},\"worker_restarts\":{},\
          \"recovery_generation\":{},\"live_upgrades\":{},\"requests_served\":{},\"requests_in_flight\":{},\"live_inodes\":{},\
-         \"open_handles\":{},\"state_region_bytes\":{},\"fuse_initialised\":{},\"recent_deaths\":[{}]}}\n",
+         \"open_handles\":{},\"state_region_bytes\":{},\"fuse_initialised\":{},\"queue_chains\":[{}],\"recent_deaths\":[{}]}}\n",
         json_str(env!("CARGO_PKG_VERSION")),
         n.layout_version,
         n.uptime_s,
@@ -282,6 +295,7 @@ fn status_json(region: &Region, snap: &Snapshot) -> String {
         n.open_handles,
         n.region_bytes,
         n.fuse_initialised,
+        n.queue_chains.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
         deaths.join(",")
     )
 }
@@ -325,6 +339,15 @@ fn metrics(region: &Region, snap: &Snapshot) -> String {
     let mut s = String::new();
     for (name, kind, help, value) in rows {
         s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+    }
+    if !n.queue_chains.is_empty() {
+        let name = "phoenixfs_queue_chains_total";
+        s.push_str(&format!(
+            "# HELP {name} Chains the frontend's virtqueue gave (queue 0: hiprio; a chain taken again after a worker's death counts again).\n# TYPE {name} counter\n"
+        ));
+        for (q, c) in n.queue_chains.iter().enumerate() {
+            s.push_str(&format!("{name}{{queue=\"{q}\"}} {c}\n"));
+        }
     }
     s
 }

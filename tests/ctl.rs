@@ -5,26 +5,11 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{BIN, Mount, Transport, proc};
-
-fn ctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN).arg("ctl").arg("--socket").arg(socket).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// A number after `"key":` in a one-line JSON object.
-fn json_num(json: &str, key: &str) -> u64 {
-    let rest = json.split(&format!("\"{key}\":")).nth(1).unwrap_or_else(|| panic!("no {key} in {json}"));
-    rest.split([',', '}']).next().unwrap().parse().unwrap_or_else(|_| panic!("{key} is not a number in {json}"))
-}
+use common::ctl::{ctl, json_num, json_nums};
+use common::{Mount, Transport, proc};
 
 /// Where the daemon behind `m` puts its control socket by default.
 fn default_socket(m: &Mount, transport: Transport) -> PathBuf {
@@ -61,6 +46,19 @@ fn test_ctl_status_metrics_and_restart_worker() {
         assert_eq!(json_num(&json, "worker_restarts"), 0);
         let served = json_num(&json, "requests_served");
         assert!(served > 0);
+        // Over vhost-user, the chains each queue gave (index 0: the hiprio queue); the bridge
+        // sends the requests of the writes above on its request queues. /dev/fuse has none.
+        let chains = json_nums(&json, "queue_chains");
+        match transport {
+            Transport::Fuse => {
+                assert!(chains.is_empty(), "{json}");
+                assert!(!text.contains("queue chains:"), "{text}");
+            }
+            Transport::VhostUser => {
+                assert!(chains.len() >= 2 && chains[1..].iter().sum::<u64>() >= 5, "the writes' chains: {json}");
+                assert!(text.contains("queue chains:    hiprio "), "status lacks its queue chains:\n{text}");
+            }
+        }
 
         // A worker killed from outside, then one restarted on request: both show.
         let sup = m.supervisor() as i32;
@@ -94,6 +92,11 @@ fn test_ctl_status_metrics_and_restart_worker() {
             assert!(value.parse::<f64>().is_ok(), "{name} {value}");
         }
         assert!(metrics.contains("phoenixfs_worker_restarts_total 2\n"), "{metrics}");
+        assert_eq!(
+            metrics.contains("phoenixfs_queue_chains_total{queue=\"1\"} "),
+            transport == Transport::VhostUser,
+            "{transport:?}: per-queue chains only over vhost-user:\n{metrics}"
+        );
         assert!(m.stop().success());
     }
 }

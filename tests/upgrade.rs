@@ -15,17 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::ctl::{ctl, json_num};
 use common::{BIN, Mount, Transport, proc, wait_for_socket};
 use phoenixfsd::state::region::LAYOUT_VERSION;
-
-fn ctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN).arg("ctl").arg("--socket").arg(socket).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// A copy of the daemon's binary at `dir/name` (a "new build" on disk: its own file).
 fn copy_binary(dir: &Path, name: &str) -> PathBuf {
@@ -38,12 +30,6 @@ fn copy_build(from: &Path, dir: &Path, name: &str) -> PathBuf {
     std::fs::copy(from, &to).unwrap();
     std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
     to
-}
-
-/// A number after `"key":` in a one-line JSON object.
-fn json_num(json: &str, key: &str) -> u64 {
-    let rest = json.split(&format!("\"{key}\":")).nth(1).unwrap_or_else(|| panic!("no {key} in {json}"));
-    rest.split([',', '}']).next().unwrap().parse().unwrap_or_else(|_| panic!("{key} is not a number in {json}"))
 }
 
 /// The only worker of supervisor `sup` (waits for it).

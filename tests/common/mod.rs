@@ -7,8 +7,8 @@
 //! tests/vhost/bridge.rs, up to 4 at once on each of 4 request queues). Either way real syscalls
 //! on `mnt` reach phoenixfsd's engine.
 //!
-//! Also shared: `sys` (raw syscall wrappers returning the errno), `errno` (errno names) and
-//! `proc` (the daemon's processes and fd table, from /proc).
+//! Also shared: `sys` (raw syscall wrappers returning the errno), `errno` (errno names),
+//! `proc` (the daemon's processes and fd table, from /proc) and `ctl` (`phoenixfsd ctl`).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -24,6 +24,7 @@ pub mod frontend;
 #[path = "../vhost/workload.rs"]
 pub mod workload;
 
+pub mod ctl;
 pub mod errno;
 pub mod fuzz;
 pub mod inproc;
