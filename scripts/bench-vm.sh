@@ -9,6 +9,9 @@
 #   scripts/bench-vm.sh [ROUNDS]            (default 3)
 #   PHOENIXFS_VM_BENCH_QEMU=10 scripts/bench-vm.sh   # QEMU 10.0 from bookworm-backports
 #   PHOENIXFS_VM_BENCH_BASELINE=<phoenixfsd> scripts/bench-vm.sh 5   # that binary in the middle column (before/after)
+#   PHOENIXFS_VM_BENCH_QEMU=10 PHOENIXFS_VM_KERNEL=backports PHOENIXFS_VM_SMP=2 scripts/bench-vm.sh
+#       # a 6.12 guest with 2 vCPUs: phoenixfsd's device gets a request queue per vCPU
+#       # (PHOENIXFS_VM_REQUEST_QUEUES), virtiofsd's its one
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"

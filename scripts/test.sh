@@ -10,10 +10,10 @@
 #      vhost-user protocol and crash tests, and the two fuzz campaigns of about a minute each)
 #   4. the real VM (tests/vm.rs, its own step and timeout): QEMU 7.2 and 10.0 guests run a
 #      checked workload on a phoenixfsd virtio-fs share while the worker is SIGKILLed 150 times
-#      each, and the same guest on virtiofsd killed once; then tests/vm_migration.rs: the guest
-#      live-migrated between two QEMU 10.0 processes, each with its own phoenixfsd; about 4
-#      minutes under TCG in all (the first run downloads a 27 MB kernel package and 12 MB of
-#      QEMU 10)
+#      each (on QEMU 10 also a 6.12 guest with 2 vCPUs on 2 request queues), and the same guest
+#      on virtiofsd killed once; then tests/vm_migration.rs: the guest live-migrated between two
+#      QEMU 10.0 processes, each with its own phoenixfsd; about 5 minutes under TCG in all (the
+#      first run downloads two kernel packages of 27 and 34 MB and 12 MB of QEMU 10)
 #   5. the real-syscall suites again over vhost-user (PHOENIXFS_TEST_TRANSPORT=vhost-user: the
 #      test's FUSE-to-virtqueue bridge carries every request to phoenixfsd's vhost-user backend)
 # Exits non-zero on any failure.

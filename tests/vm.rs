@@ -17,7 +17,9 @@
 //!
 //! Two tests, one VM at a time: bookworm's QEMU 7.2 (qemu-system-x86) and QEMU 10.0 from
 //! bookworm-backports, unpacked beside it (tests/vm/qemu10.sh); on QEMU 10 the daemon also
-//! serves the guest's locks (`-o posix_lock,flock`), on 7.2 the guest kernel keeps them. Two more show what users get
+//! serves the guest's locks (`-o posix_lock,flock`), on 7.2 the guest kernel keeps them. A third
+//! boots bookworm-backports' 6.12 kernel with 2 vCPUs on a device with 2 request queues (its
+//! driver uses both; the daemon's per-queue counts must show it). Two more show what users get
 //! today: the same guest on virtiofsd, SIGKILLed once (`test_vm_qemu_*_virtiofsd_one_kill`
 //! print QEMU's and the guest's reaction).
 //!
@@ -32,7 +34,9 @@
 //! `PHOENIXFS_VM_MAX_STALL_MS` (1000), `PHOENIXFS_VM_ACCEL=kvm|tcg` (default: a probe boot),
 //! `PHOENIXFS_VM_QUEUE_SIZE` (the virtio-fs device's queue size; QEMU's default 128),
 //! `PHOENIXFS_VM_INDIRECT_DESC=off` (the guest's driver then uses no indirect descriptors),
-//! `PHOENIXFS_VM_ARGS` (more phoenixfsd arguments, e.g. `-o posix_lock,flock`).
+//! `PHOENIXFS_VM_ARGS` (more phoenixfsd arguments, e.g. `-o posix_lock,flock`),
+//! `PHOENIXFS_VM_KERNEL=backports` and `PHOENIXFS_VM_SMP=N` (the other tests' guest kernel and
+//! vCPUs: tests/vm/qemu.rs `Shape::from_env`).
 
 mod common;
 #[path = "vm/listing.rs"]
@@ -198,13 +202,26 @@ fn test_vm_qemu_10_survives_worker_kills() {
     run(qemu::Qemu::backports(&qemu::target_dir().join("vm-cache")), "-o posix_lock,flock");
 }
 
+/// Several request queues at once: bookworm-backports' 6.12 kernel spreads the guest's requests
+/// over the device's request queues by vCPU (2 vCPUs, 2 request queues, 4 workload threads), so
+/// the worker dies with requests of both queues in flight and each queue's thread must pick up
+/// its own. QEMU 10: 7.2's TCG crashes this kernel at boot with 2 vCPUs (docs/vm.md).
+#[test]
+fn test_vm_qemu_10_several_queues_survive_worker_kills() {
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    let q = qemu::Qemu::backports(&qemu::target_dir().join("vm-cache"));
+    let shape = qemu::Shape { kernel: qemu::Kernel::Backports, vcpus: 2, request_queues: 2 };
+    run_disturbed(q, shape, "-o posix_lock,flock", false);
+}
+
 /// The same guest while phoenixfsd is upgraded live again and again (`ctl upgrade`, between
 /// two binaries on disk): no guest error, the tree equal to the guest's model, the guest's worst
 /// stall printed and bounded like the kill loop's.
 #[test]
 fn test_vm_qemu_10_survives_live_upgrades() {
     let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
-    run_disturbed(qemu::Qemu::backports(&qemu::target_dir().join("vm-cache")), "-o posix_lock,flock", true);
+    let q = qemu::Qemu::backports(&qemu::target_dir().join("vm-cache"));
+    run_disturbed(q, qemu::Shape::from_env(), "-o posix_lock,flock", true);
 }
 
 /// The ops count of a `VM-PROGRESS` line.
@@ -229,7 +246,8 @@ fn test_vm_qemu_10_virtiofsd_one_kill() {
 }
 
 fn virtiofsd_one_kill(q: qemu::Qemu) {
-    let (guest, accel, tmp) = qemu::prepare_vm(&q);
+    let shape = qemu::Shape::from_env();
+    let (guest, accel, tmp) = qemu::prepare_vm(&q, shape.kernel);
     let version =
         Command::new("virtiofsd").arg("--version").output().expect("virtiofsd (scripts/setup.sh installs it)");
     let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
@@ -250,7 +268,7 @@ fn virtiofsd_one_kill(q: qemu::Qemu) {
     );
     let daemon_err = qemu::collect_stderr(&mut daemon, "virtiofsd");
     qemu::wait_socket(&socket);
-    let mut cmd = qemu::command(&q, &guest, accel, &socket, "vmg.threads=2");
+    let mut cmd = qemu::command(&q, &guest, accel, &socket, "vmg.threads=2", &shape);
     cmd.stderr(Stdio::piped());
     eprintln!("vm: {version}, {}, {accel}: {cmd:?}", q.version);
     let mut vm = qemu::Reap(cmd.spawn().expect("spawn QEMU"));
@@ -330,19 +348,20 @@ fn virtiofsd_one_kill(q: qemu::Qemu) {
 
 /// Boots a guest on `q` and runs the workload while the worker is killed; panics on any check.
 fn run(q: qemu::Qemu, daemon_args: &str) {
-    run_disturbed(q, daemon_args, false)
+    run_disturbed(q, qemu::Shape::from_env(), daemon_args, false)
 }
 
-/// As `run`, with live upgrades instead of kills if `upgrades` (PHOENIXFS_VM_UPGRADES, 20, every
-/// PHOENIXFS_VM_UPGRADE_MS=lo-hi, 200-600 ms).
-fn run_disturbed(q: qemu::Qemu, daemon_args: &str, upgrades: bool) {
+/// As `run`, a guest of `shape`, with live upgrades instead of kills if `upgrades`
+/// (PHOENIXFS_VM_UPGRADES, 20, every PHOENIXFS_VM_UPGRADE_MS=lo-hi, 200-600 ms).
+fn run_disturbed(q: qemu::Qemu, shape: qemu::Shape, daemon_args: &str, upgrades: bool) {
     let what = if upgrades { "live upgrades" } else { "kills" };
     let target_kills = if upgrades { env_u64("PHOENIXFS_VM_UPGRADES", 20) } else { env_u64("PHOENIXFS_VM_KILLS", 150) };
     let (lo, hi) = std::env::var(if upgrades { "PHOENIXFS_VM_UPGRADE_MS" } else { "PHOENIXFS_VM_KILL_MS" })
         .ok()
         .and_then(|v| v.split_once('-').and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?))))
         .unwrap_or(if upgrades { (200, 600) } else { (50, 300) });
-    let threads = env_u64("PHOENIXFS_VM_THREADS", 2);
+    // At least two per vCPU: the guest's driver picks a request queue by the calling vCPU.
+    let threads = env_u64("PHOENIXFS_VM_THREADS", 2 * u64::from(shape.vcpus));
     let daemon_args = format!("{daemon_args} {}", std::env::var("PHOENIXFS_VM_ARGS").unwrap_or_default());
     let max_stall_ms = env_u64("PHOENIXFS_VM_MAX_STALL_MS", 1000) as f64;
     let seed = std::env::var("PHOENIXFS_VM_SEED")
@@ -353,7 +372,7 @@ fn run_disturbed(q: qemu::Qemu, daemon_args: &str, upgrades: bool) {
         });
 
     // 1. The guest: workload binary, kernel, initramfs; QEMU and its accelerator.
-    let (guest, accel, tmp) = qemu::prepare_vm(&q);
+    let (guest, accel, tmp) = qemu::prepare_vm(&q, shape.kernel);
     eprintln!(
         "vm: {} ({}), {accel}, seed {seed:#x}, {target_kills} {what} every {lo}-{hi} ms, phoenixfsd --xattr {}",
         q.version,
@@ -393,7 +412,7 @@ fn run_disturbed(q: qemu::Qemu, daemon_args: &str, upgrades: bool) {
 
     // 3. QEMU; the killer (or upgrader) starts once the workload does.
     let append = format!("vmg.threads={threads} vmg.seed={seed:x}");
-    let mut cmd = qemu::command(&q, &guest, accel, &socket, &append);
+    let mut cmd = qemu::command(&q, &guest, accel, &socket, &append, &shape);
     eprintln!("vm: {cmd:?}");
     let t_boot = Instant::now();
     let mut vm = qemu::Reap(cmd.spawn().expect("spawn QEMU"));
@@ -403,6 +422,7 @@ fn run_disturbed(q: qemu::Qemu, daemon_args: &str, upgrades: bool) {
     let limit = Duration::from_secs(180 + target_kills * if upgrades { 2 } else { 1 });
     let mut lines = Vec::new();
     let mut timed_out = false;
+    let mut status_at_summary = String::new();
     loop {
         match console.recv_timeout(limit.saturating_sub(t_boot.elapsed())) {
             Ok(line) => {
@@ -423,6 +443,8 @@ fn run_disturbed(q: qemu::Qemu, daemon_args: &str, upgrades: bool) {
                 }
                 if line.starts_with("VM-SUMMARY") {
                     done.store(true, Ordering::SeqCst);
+                    // The daemon goes with the guest: how its requests came over the queues, now.
+                    status_at_summary = common::ctl::ctl(&ctl, &["status", "--json"]).1;
                 }
                 lines.push(line);
             }
@@ -502,4 +524,9 @@ fn run_disturbed(q: qemu::Qemu, daemon_args: &str, upgrades: bool) {
     }
     assert!(kills.kills >= target_kills, "only {} {what}, {target_kills} wanted", kills.kills);
     assert!(worst_ms < max_stall_ms, "a guest syscall took {worst_ms} ms (limit {max_stall_ms} ms)");
+    // Each request queue of the device carried requests (index 0 is the hiprio queue).
+    let chains = common::ctl::json_nums(&status_at_summary, "queue_chains");
+    eprintln!("vm: chains per queue (hiprio first): {chains:?}");
+    let used = chains.iter().skip(1).filter(|&&c| c > 0).count();
+    assert_eq!(used, shape.request_queues as usize, "request queues with requests: {chains:?}");
 }

@@ -13,6 +13,13 @@
 //! `PHOENIXFS_VM_BENCH_BASELINE=<a phoenixfsd binary>` (measured in the middle column instead of
 //! `--recovery off`, with recovery on: a change's before and after in one run), and
 //! `PHOENIXFS_VM_ACCEL` as in tests/vm.rs.
+//!
+//! Several request queues: `PHOENIXFS_VM_KERNEL=backports` boots bookworm-backports' 6.12
+//! kernel, whose driver spreads requests over the device's request queues by vCPU (6.1 uses one
+//! whatever the device has), `PHOENIXFS_VM_SMP=N` gives the guest N vCPUs, and phoenixfsd's
+//! device gets `PHOENIXFS_VM_REQUEST_QUEUES` request queues (default: one per vCPU). virtiofsd's
+//! always has one: it offers no more (QEMU refuses to start a device with more than the backend
+//! offers), so the comparison is each daemon with what it can serve.
 
 mod common;
 #[path = "vm/qemu.rs"]
@@ -47,6 +54,20 @@ struct Result {
 }
 
 /// Boots the bench guest on `backend`; its results by benchmark name, in the order printed.
+/// The guest's shape (`qemu::Shape::from_env`) on `backend`, with its device's request queues.
+fn shape(backend: Backend) -> qemu::Shape {
+    let mut shape = qemu::Shape::from_env();
+    shape.request_queues = match backend {
+        Backend::Virtiofsd => 1,
+        Backend::Phoenixfsd | Backend::PhoenixfsdOff => std::env::var("PHOENIXFS_VM_REQUEST_QUEUES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n >= 1)
+            .unwrap_or(shape.vcpus),
+    };
+    shape
+}
+
 fn boot(
     q: &qemu::Qemu,
     guest: &qemu::Guest,
@@ -85,7 +106,8 @@ fn boot(
             .unwrap_or_else(|e| panic!("spawn {backend:?}: {e}")),
     );
     qemu::wait_socket(&socket);
-    let mut vm = qemu::Reap(qemu::command(q, guest, accel, &socket, "vmg.bench").spawn().expect("spawn QEMU"));
+    let mut vm =
+        qemu::Reap(qemu::command(q, guest, accel, &socket, "vmg.bench", &shape(backend)).spawn().expect("spawn QEMU"));
     let console = qemu::console(&mut vm);
     let t0 = Instant::now();
     let mut out = Vec::new();
@@ -137,7 +159,7 @@ fn bench_vm_against_virtiofsd() {
         Ok("10") => qemu::Qemu::backports(&qemu::target_dir().join("vm-cache")),
         _ => qemu::Qemu::system(),
     };
-    let (guest, accel, tmp) = qemu::prepare_vm(&q);
+    let (guest, accel, tmp) = qemu::prepare_vm(&q, qemu::Shape::from_env().kernel);
     let vfsd = Command::new("virtiofsd").arg("--version").output().expect("virtiofsd (scripts/setup.sh installs it)");
     let vfsd = String::from_utf8_lossy(&vfsd.stdout).trim().to_string();
     eprintln!("vm-bench: {}, {accel}, {vfsd}, {rounds} rounds", q.version);
@@ -192,8 +214,10 @@ fn bench_vm_against_virtiofsd() {
         );
     }
     println!(
-        "\n{}, {accel}, 1 vCPU, 512 MiB, queue size {}{}; guest kernel {}; {vfsd}; median of {rounds} rounds, backends rotating; ratio = phoenixfsd / virtiofsd, {}.",
+        "\n{}, {accel}, {} vCPU, 512 MiB, request queues {} (phoenixfsd) and 1 (virtiofsd), queue size {}{}; guest kernel {}; {vfsd}; median of {rounds} rounds, backends rotating; ratio = phoenixfsd / virtiofsd, {}.",
         q.version,
+        shape(Backend::Phoenixfsd).vcpus,
+        shape(Backend::Phoenixfsd).request_queues,
         std::env::var("PHOENIXFS_VM_QUEUE_SIZE").unwrap_or_else(|_| "128".into()),
         if std::env::var("PHOENIXFS_VM_INDIRECT_DESC").is_ok_and(|v| v == "off") { ", indirect_desc=off" } else { "" },
         guest.kernel.file_name().unwrap_or_default().to_string_lossy(),

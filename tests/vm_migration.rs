@@ -237,7 +237,8 @@ fn test_vm_qemu_10_live_migration_between_two_daemons() {
     let q = qemu::Qemu::backports(&qemu::target_dir().join("vm-cache"));
     let mode = std::env::var("PHOENIXFS_VM_MIGRATION_MODE").unwrap_or_else(|_| "file-handles".into());
     let kills_after: u64 = std::env::var("PHOENIXFS_VM_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
-    let (guest, accel, tmp) = qemu::prepare_vm(&q);
+    let shape = qemu::Shape::from_env();
+    let (guest, accel, tmp) = qemu::prepare_vm(&q, shape.kernel);
     let share = tmp.path().join("share");
     std::fs::create_dir(&share).unwrap();
     let (src_sock, dst_sock) = (tmp.path().join("src.sock"), tmp.path().join("dst.sock"));
@@ -249,7 +250,7 @@ fn test_vm_qemu_10_live_migration_between_two_daemons() {
 
     // The source: a daemon and QEMU running the guest.
     let mut src = daemon(&share, &src_sock, &mode, "src-phoenixfsd");
-    let mut cmd = qemu::command(&q, &guest, accel, &src_sock, &append);
+    let mut cmd = qemu::command(&q, &guest, accel, &src_sock, &append, &shape);
     cmd.arg("-qmp").arg(format!("unix:{},server=on,wait=off", src_qmp.display())).stderr(Stdio::piped());
     let t0 = Instant::now();
     let mut src_vm = qemu::Reap(cmd.spawn().expect("spawn the source QEMU"));
@@ -258,7 +259,7 @@ fn test_vm_qemu_10_live_migration_between_two_daemons() {
 
     // The destination: a daemon on the same share and QEMU waiting for the migration.
     let mut dst = daemon(&share, &dst_sock, &mode, "dst-phoenixfsd");
-    let mut cmd = qemu::command(&q, &guest, accel, &dst_sock, &append);
+    let mut cmd = qemu::command(&q, &guest, accel, &dst_sock, &append, &shape);
     cmd.arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", dst_qmp.display()))
         .args(["-incoming", &uri])
@@ -372,7 +373,8 @@ fn test_vm_qemu_10_live_migration_between_two_daemons() {
 #[test]
 fn test_vm_qemu_10_failed_migration_leaves_the_source_running() {
     let q = qemu::Qemu::backports(&qemu::target_dir().join("vm-cache"));
-    let (guest, accel, tmp) = qemu::prepare_vm(&q);
+    let shape = qemu::Shape::from_env();
+    let (guest, accel, tmp) = qemu::prepare_vm(&q, shape.kernel);
     let share = tmp.path().join("share");
     std::fs::create_dir(&share).unwrap();
     let (src_sock, dst_sock) = (tmp.path().join("src.sock"), tmp.path().join("dst.sock"));
@@ -382,14 +384,14 @@ fn test_vm_qemu_10_failed_migration_leaves_the_source_running() {
     let append = format!("vmg.threads=2 vmg.seed={seed:x} vmg.keep");
 
     let mut src = daemon(&share, &src_sock, "file-handles", "src-phoenixfsd");
-    let mut cmd = qemu::command(&q, &guest, accel, &src_sock, &append);
+    let mut cmd = qemu::command(&q, &guest, accel, &src_sock, &append, &shape);
     cmd.arg("-qmp").arg(format!("unix:{},server=on,wait=off", src_qmp.display())).stderr(Stdio::piped());
     let mut src_vm = qemu::Reap(cmd.spawn().expect("spawn the source QEMU"));
     let src_err = qemu::collect_stderr(&mut src_vm, "src-qemu");
     let src_console = qemu::console(&mut src_vm);
     // The destination cannot take the state: it was made in another mode.
     let mut dst = daemon(&share, &dst_sock, "find-paths", "dst-phoenixfsd");
-    let mut cmd = qemu::command(&q, &guest, accel, &dst_sock, &append);
+    let mut cmd = qemu::command(&q, &guest, accel, &dst_sock, &append, &shape);
     cmd.arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", dst_qmp.display()))
         .args(["-incoming", &uri])

@@ -3,32 +3,43 @@
 # virtio-fs modules and the guest workload. Nothing is installed on the host (nothing goes to
 # /boot); the kernel is unpacked into a cache directory and reused by later runs.
 #
-#   tests/vm/prepare.sh CACHE GUEST_BIN INIT OUT_INITRD
+#   tests/vm/prepare.sh CACHE GUEST_BIN INIT OUT_INITRD [SUITE]
 #
 # CACHE       cache directory (tests/vm.rs uses target/vm-cache); the kernel goes to CACHE/kernel
+#             (CACHE/kernel-SUITE for another suite)
 # GUEST_BIN   the static guest workload binary (examples/vm_guest), put in as /vm_guest
 # INIT        the guest's /init script (tests/vm/init)
 # OUT_INITRD  the initramfs to write (newc cpio, uncompressed)
+# SUITE       where the kernel comes from: bookworm (default: 6.1, whose virtio-fs driver uses one
+#             request queue) or bookworm-backports (6.12: one request queue per group of CPUs)
 #
 # Prints KERNEL=<path of vmlinuz> and KERNEL_VERSION=<uname -r of the guest> on stdout.
 # Needs: apt-get (Debian's archive reachable the first time), dpkg-deb, cpio, busybox-static
 # (scripts/setup.sh installs them).
 set -euo pipefail
 
-if [ $# -ne 4 ]; then
-    echo "usage: $0 CACHE GUEST_BIN INIT OUT_INITRD" >&2
+if [ $# -ne 4 ] && [ $# -ne 5 ]; then
+    echo "usage: $0 CACHE GUEST_BIN INIT OUT_INITRD [bookworm|bookworm-backports]" >&2
     exit 2
 fi
-cache=$1 guest=$2 init=$3 out=$4
+cache=$1 guest=$2 init=$3 out=$4 suite=${5:-bookworm}
 say() { printf '[vm-prepare] %s\n' "$*" >&2; }
+case "$suite" in
+    bookworm) kdir=$cache/kernel from="" ;;
+    bookworm-backports)
+        kdir=$cache/kernel-$suite from=/$suite
+        . "$(dirname "${BASH_SOURCE[0]}")/backports.sh"
+        ;;
+    *) say "unknown suite $suite (bookworm or bookworm-backports)"; exit 2 ;;
+esac
 
 # The modules the guest loads, each after what it depends on (from each module's own
 # `depends=` in .modinfo: the package ships no modules.dep and depmod may not be installed).
 WANTED=(virtio_pci virtiofs)
 
 # ---- the kernel: linux-image-cloud-amd64 names the versioned package ---------------------
-kdir=$cache/kernel
 if [ ! -f "$kdir/ready" ]; then
+    if [ -n "$from" ]; then ensure_backports linux-image-cloud-amd64; fi
     rm -rf "$kdir" && mkdir -p "$kdir/dl"
     cd "$kdir/dl"
     # apt-get download runs as _apt where it can; a root-owned cache dir makes it warn only.
@@ -40,12 +51,12 @@ if [ ! -f "$kdir/ready" ]; then
             apt-get download -q "$1" >&2
         fi
     }
-    download linux-image-cloud-amd64
+    download "linux-image-cloud-amd64$from"
     meta=$(ls linux-image-cloud-amd64_*.deb)
     versioned=$(dpkg-deb -f "$meta" Depends | grep -o 'linux-image-[0-9][^ ,]*-cloud-amd64' | head -1)
     [ -n "$versioned" ] || { say "cannot find the versioned kernel package in $meta"; exit 1; }
     say "downloading $versioned (named by $meta)"
-    download "$versioned"
+    download "$versioned$from"
     dpkg-deb -x "$versioned"_*.deb "$kdir/root"
     cd - >/dev/null
     rm -rf "$kdir/dl"

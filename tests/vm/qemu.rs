@@ -125,13 +125,55 @@ pub fn build_guest(target: &Path) -> PathBuf {
     target.join(triple).join("release/examples/vm_guest")
 }
 
-/// Runs tests/vm/prepare.sh: the kernel (downloaded once into `cache`) and a fresh initramfs.
-pub fn prepare(cache: &Path, guest_bin: &Path, out_dir: &Path) -> Guest {
+/// The guest's kernel: Debian's cloud kernel of one suite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// bookworm's 6.1: its virtio-fs driver uses one request queue, whatever the device has.
+    Bookworm,
+    /// bookworm-backports' 6.12: its driver spreads requests over the device's request queues,
+    /// one per group of vCPUs.
+    Backports,
+}
+
+impl Kernel {
+    fn suite(self) -> &'static str {
+        match self {
+            Kernel::Bookworm => "bookworm",
+            Kernel::Backports => "bookworm-backports",
+        }
+    }
+}
+
+/// The guest's kernel, vCPUs and virtio-fs request queues (the backend must offer that many:
+/// QEMU refuses to start otherwise).
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub kernel: Kernel,
+    pub vcpus: u32,
+    pub request_queues: u32,
+}
+
+impl Shape {
+    /// bookworm's kernel, 1 vCPU, 1 request queue; `PHOENIXFS_VM_KERNEL=backports` and
+    /// `PHOENIXFS_VM_SMP=N` change the first two.
+    pub fn from_env() -> Shape {
+        let kernel = match std::env::var("PHOENIXFS_VM_KERNEL").as_deref() {
+            Ok("backports") => Kernel::Backports,
+            _ => Kernel::Bookworm,
+        };
+        let vcpus = std::env::var("PHOENIXFS_VM_SMP").ok().and_then(|v| v.parse().ok()).filter(|&n| n >= 1);
+        Shape { kernel, vcpus: vcpus.unwrap_or(1), request_queues: 1 }
+    }
+}
+
+/// Runs tests/vm/prepare.sh: `kernel` (downloaded once into `cache`) and a fresh initramfs.
+pub fn prepare(cache: &Path, guest_bin: &Path, out_dir: &Path, kernel: Kernel) -> Guest {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm");
     let initrd = out_dir.join("initrd.cpio");
     let out = Command::new("bash")
         .arg(dir.join("prepare.sh"))
         .args([cache, guest_bin, &dir.join("init"), &initrd])
+        .arg(kernel.suite())
         .stderr(Stdio::inherit())
         .output()
         .expect("run tests/vm/prepare.sh");
@@ -146,11 +188,12 @@ pub fn prepare(cache: &Path, guest_bin: &Path, out_dir: &Path) -> Guest {
 const HEADLESS: [&str; 11] =
     ["-nic", "none", "-display", "none", "-vga", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"];
 
-/// The virtio-fs device; `PHOENIXFS_VM_QUEUE_SIZE` sets its queue size (QEMU's default: 128),
-/// `PHOENIXFS_VM_INDIRECT_DESC=off` keeps the driver from negotiating indirect descriptors (QEMU's
-/// `indirect_desc` device property) whatever the backend offers.
-fn device() -> String {
-    let mut d = "vhost-user-fs-pci,chardev=vfs,tag=share".to_string();
+/// The virtio-fs device with `request_queues` request queues; `PHOENIXFS_VM_QUEUE_SIZE` sets its
+/// queue size (QEMU's default: 128), `PHOENIXFS_VM_INDIRECT_DESC=off` keeps the driver from
+/// negotiating indirect descriptors (QEMU's `indirect_desc` device property) whatever the
+/// backend offers.
+fn device(request_queues: u32) -> String {
+    let mut d = format!("vhost-user-fs-pci,chardev=vfs,tag=share,num-request-queues={request_queues}");
     if let Ok(n) = std::env::var("PHOENIXFS_VM_QUEUE_SIZE") {
         d += &format!(",queue-size={n}");
     }
@@ -161,10 +204,11 @@ fn device() -> String {
 }
 
 /// QEMU's command line for `guest` on the vhost-user socket `socket` (the guest mounts tag
-/// `share`); `append` is added to the kernel command line. The console is QEMU's stdout.
-pub fn command(q: &Qemu, guest: &Guest, accel: &str, socket: &Path, append: &str) -> Command {
+/// `share`), with `shape`'s vCPUs and request queues; `append` is added to the kernel command
+/// line. The console is QEMU's stdout.
+pub fn command(q: &Qemu, guest: &Guest, accel: &str, socket: &Path, append: &str, shape: &Shape) -> Command {
     let mut c = q.command();
-    c.args(["-accel", accel, "-m", "512M", "-smp", "1"])
+    c.args(["-accel", accel, "-m", "512M", "-smp", &shape.vcpus.to_string()])
         .arg("-kernel")
         .arg(&guest.kernel)
         .arg("-initrd")
@@ -172,7 +216,7 @@ pub fn command(q: &Qemu, guest: &Guest, accel: &str, socket: &Path, append: &str
         .args(["-append", &format!("console=ttyS0 panic=-1 quiet {append}")])
         .arg("-chardev")
         .arg(format!("socket,id=vfs,path={}", socket.display()))
-        .args(["-device", &device()])
+        .args(["-device", &device(shape.request_queues)])
         .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem"])
         .args(HEADLESS)
         .stdin(Stdio::null())
@@ -275,13 +319,13 @@ fn probe_kvm(q: &Qemu, guest: &Guest) -> &'static str {
     }
 }
 
-/// The workload built, the kernel and a fresh initramfs (in the returned temporary directory),
+/// The workload built, `kernel` and a fresh initramfs (in the returned temporary directory),
 /// and the accelerator for `q`.
-pub fn prepare_vm(q: &Qemu) -> (Guest, &'static str, tempfile::TempDir) {
+pub fn prepare_vm(q: &Qemu, kernel: Kernel) -> (Guest, &'static str, tempfile::TempDir) {
     let target = target_dir();
     let guest_bin = build_guest(&target);
     let tmp = tempfile::Builder::new().prefix("phoenixfs-vm").tempdir().unwrap();
-    let guest = prepare(&target.join("vm-cache"), &guest_bin, tmp.path());
+    let guest = prepare(&target.join("vm-cache"), &guest_bin, tmp.path(), kernel);
     let accel = accel(q, &guest, &target.join("vm-cache"));
     (guest, accel, tmp)
 }

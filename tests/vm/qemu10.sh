@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Unpacks QEMU 10 from Debian's bookworm-backports into a cache directory, beside the system's
-# QEMU 7.2 (bookworm): nothing is installed. Adds the suite to apt's sources (a file of its
-# own) if no source names it yet; only Debian's archive is used.
+# QEMU 7.2 (bookworm): nothing is installed. tests/vm/backports.sh makes the suite known to apt.
 #
 #   tests/vm/qemu10.sh CACHE
 #
@@ -16,17 +15,11 @@ if [ $# -ne 1 ]; then
 fi
 dir=$1/qemu-10
 say() { printf '[vm-qemu10] %s\n' "$*" >&2; }
+. "$(dirname "${BASH_SOURCE[0]}")/backports.sh"
 PKGS=(qemu-system-x86 qemu-system-data seabios)
 
 if [ ! -f "$dir/ready" ]; then
-    if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-        say "adding bookworm-backports to apt's sources (/etc/apt/sources.list.d/bookworm-backports.list)"
-        echo 'deb http://deb.debian.org/debian bookworm-backports main' > /etc/apt/sources.list.d/bookworm-backports.list
-    fi
-    if ! apt-cache policy qemu-system-x86 | grep -q 'bookworm-backports'; then
-        say "apt-get update"
-        apt-get update -q >&2
-    fi
+    ensure_backports qemu-system-x86
     rm -rf "$dir" && mkdir -p "$dir/dl"
     cd "$dir/dl"
     apt-get download -q "${PKGS[@]/%//bookworm-backports}" >&2 2> >(grep -v 'unsandboxed' >&2)
