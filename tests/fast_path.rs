@@ -217,3 +217,48 @@ fn test_passthrough_reads_and_writes_reach_no_daemon() {
     assert!(n >= WRITES as u64, "{n} requests answered for {WRITES} writes and reads without passthrough");
     m.stop();
 }
+
+/// FLUSH requests the kernel sends for 20 opens and closes of file `f` (made first), read-only
+/// or for writing.
+fn flushes_for_closes(m: &Mount, flags: i32) -> usize {
+    std::fs::write(m.path("f"), b"data").unwrap();
+    let before = m.requests(Opcode::Flush).expect("counted over vhost-user");
+    for _ in 0..20 {
+        let fd = common::sys::open(&m.path("f"), flags, 0).unwrap();
+        common::sys::close(fd).unwrap();
+    }
+    m.requests(Opcode::Flush).unwrap() - before
+}
+
+/// A read-only open is answered FOPEN_NOFLUSH: its close costs no FLUSH round trip (an
+/// open-read-close, as a build reading its headers does, is three requests, not four). Every
+/// close still gets its FLUSH where one has work: after an open for writing, with the daemon
+/// serving POSIX locks (a FLUSH drops the closing process's locks: the test checks that a
+/// read lock taken through a read-only fd goes with its close), and with writeback caching
+/// (the kernel writes back on FLUSH; it ignores the flag).
+#[test]
+fn test_read_only_closes_send_no_flush_unless_one_has_work() {
+    let mut m = Mount::new_on(Transport::VhostUser, &[]);
+    assert_eq!(flushes_for_closes(&m, libc::O_RDONLY), 0, "read-only closes");
+    assert_eq!(flushes_for_closes(&m, libc::O_WRONLY), 20, "closes after opens for writing");
+    assert_eq!(flushes_for_closes(&m, libc::O_RDWR), 20, "closes after opens for reading and writing");
+    m.stop();
+
+    let mut m = Mount::new_on(Transport::VhostUser, &["--writeback"]);
+    assert_eq!(flushes_for_closes(&m, libc::O_RDONLY), 20, "read-only closes with writeback caching");
+    m.stop();
+
+    let mut m = Mount::new_on(Transport::VhostUser, &["-o", "posix_lock"]);
+    assert_eq!(flushes_for_closes(&m, libc::O_RDONLY), 20, "read-only closes with POSIX locks served");
+    use common::sys::{close, ofd, open};
+    let reader = open(&m.path("f"), libc::O_RDONLY, 0).unwrap();
+    ofd(reader, libc::F_SETLK, libc::F_RDLCK).unwrap();
+    let other = open(&m.path("f"), libc::O_RDWR, 0).unwrap();
+    // An OFD lock is another owner than this process's POSIX lock: it conflicts until the
+    // close of `reader` drops that lock.
+    assert_eq!(ofd(other, libc::F_OFD_SETLK, libc::F_WRLCK), Err(libc::EAGAIN), "the read lock holds");
+    close(reader).unwrap();
+    assert_eq!(ofd(other, libc::F_OFD_SETLK, libc::F_WRLCK), Ok(libc::F_WRLCK), "the close dropped it");
+    close(other).unwrap();
+    m.stop();
+}

@@ -176,6 +176,9 @@ pub struct Fs {
     dont_mask: AtomicBool,
     /// Set at INIT when the kernel agreed to FUSE_SECURITY_CTX (`--security-label`).
     security_ctx: AtomicBool,
+    /// Set at INIT when the kernel agreed to leave POSIX locks to us (`-o posix_lock`): a
+    /// close's FLUSH then drops the closing process's locks, so every open gets its FLUSH.
+    posix_locks: AtomicBool,
     locks: lock::LockOwners,
     /// `--inode-file-handles` as this worker applies it (`prefer` becomes `never` when the
     /// start-up probe finds handles unusable).
@@ -213,6 +216,7 @@ impl Fs {
             proc_self_fd,
             dir_locks: (0..DIR_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             writeback: AtomicBool::new(false),
+            posix_locks: AtomicBool::new(false),
             announce_submounts: AtomicBool::new(false),
             dont_mask: AtomicBool::new(false),
             security_ctx: AtomicBool::new(false),
@@ -260,16 +264,16 @@ impl Fs {
         self.writeback.store(on, Ordering::Relaxed);
     }
 
-    pub fn set_announce_submounts(&self, on: bool) {
-        self.announce_submounts.store(on, Ordering::Relaxed);
-    }
-
-    pub fn set_dont_mask(&self, on: bool) {
-        self.dont_mask.store(on, Ordering::Relaxed);
-    }
-
-    pub fn set_security_ctx(&self, on: bool) {
-        self.security_ctx.store(on, Ordering::Relaxed);
+    /// Takes in what a session agreed at INIT (`agreed`: the FUSE init flags both sides
+    /// announced), by a worker at INIT or one that replaces a dead worker afterwards.
+    pub fn set_session(&self, agreed: u64) {
+        use crate::fuse::abi;
+        self.set_writeback(agreed & abi::WRITEBACK_CACHE != 0);
+        self.announce_submounts.store(agreed & abi::SUBMOUNTS != 0, Ordering::Relaxed);
+        self.dont_mask.store(agreed & abi::DONT_MASK != 0, Ordering::Relaxed);
+        self.security_ctx.store(agreed & abi::SECURITY_CTX != 0, Ordering::Relaxed);
+        self.posix_locks.store(agreed & abi::POSIX_LOCKS != 0, Ordering::Relaxed);
+        self.set_passthrough(agreed & abi::PASSTHROUGH != 0);
     }
 
     /// Whether creations carry a security context (FUSE_SECURITY_CTX was agreed).

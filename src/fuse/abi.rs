@@ -96,6 +96,8 @@ pub const FATTR_KILL_SUIDGID: u32 = 1 << 11;
 pub const FOPEN_DIRECT_IO: u32 = 1 << 0;
 pub const FOPEN_KEEP_CACHE: u32 = 1 << 1;
 pub const FOPEN_CACHE_DIR: u32 = 1 << 3;
+/// No FLUSH when the guest closes this open file (Linux 5.15+; ignored with writeback caching).
+pub const FOPEN_NOFLUSH: u32 = 1 << 5;
 /// The reply's `backing_id` names the backing file (7.40). The kernel allows only DIRECT_IO,
 /// PARALLEL_DIRECT_WRITES and NOFLUSH beside it (fs/fuse/iomode.c `FOPEN_PASSTHROUGH_MASK`).
 pub const FOPEN_PASSTHROUGH: u32 = 1 << 7;

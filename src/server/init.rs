@@ -135,12 +135,7 @@ impl Server {
     /// from the region.
     pub(super) fn resume_session(&self) {
         if self.initialized() {
-            let negotiated = self.state.region.header().negotiated.load(Ordering::Acquire);
-            self.fs.set_writeback(negotiated & abi::WRITEBACK_CACHE != 0);
-            self.fs.set_announce_submounts(negotiated & abi::SUBMOUNTS != 0);
-            self.fs.set_dont_mask(negotiated & abi::DONT_MASK != 0);
-            self.fs.set_security_ctx(negotiated & abi::SECURITY_CTX != 0);
-            self.fs.set_passthrough(negotiated & abi::PASSTHROUGH != 0);
+            self.fs.set_session(self.state.region.header().negotiated.load(Ordering::Acquire));
         }
     }
 
@@ -160,11 +155,7 @@ impl Server {
             }
             Negotiation::Session { offered, agreed, reply } => (offered, agreed, reply),
         };
-        self.fs.set_writeback(agreed & abi::WRITEBACK_CACHE != 0);
-        self.fs.set_announce_submounts(agreed & abi::SUBMOUNTS != 0);
-        self.fs.set_dont_mask(agreed & abi::DONT_MASK != 0);
-        self.fs.set_security_ctx(agreed & abi::SECURITY_CTX != 0);
-        self.fs.set_passthrough(agreed & abi::PASSTHROUGH != 0);
+        self.fs.set_session(agreed);
         let header = self.state.region.header();
         // A second INIT starts a new session (a virtio guest that rebooted; the kernel sends one
         // INIT per /dev/fuse connection): the old session's nodes and handles go. Crash inside:
