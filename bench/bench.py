@@ -17,8 +17,8 @@ Workloads:
   fio (ioengine=psync, so one request in flight per job), time-based:
     seq 1 MiB and rand 4 KiB read and write, buffered, --numjobs jobs;
     the same with O_DIRECT: 1 MiB with --numjobs jobs, 4 KiB with 1 job (QD1) and with 4 jobs;
-  metadata (bench/metadata.py): create, stat, readdir, rename, unlink of --files small files,
-    with 1 and with 4 processes;
+  metadata (bench/metadata.py): create, stat, read (open-read-close), readdir, rename, unlink of
+    --files small files, with 1 and with 4 processes;
   mixed (bench/mixed.py): untar a tarball of --mixed-files small files, find + stat, read all,
     rm -rf.
 CPU: for the workloads with a fixed amount of work (metadata, mixed), the user + system CPU time
@@ -80,7 +80,7 @@ FIO_JOBS = [
     ("rand-write 4K direct 4 jobs", "randwrite", "4k", 1, 4, "IOPS"),
     ("rand-read 4K direct 4 jobs", "randread", "4k", 1, 4, "IOPS"),
 ]
-META_PHASES = ["create", "stat", "readdir", "rename", "unlink"]
+META_PHASES = ["create", "stat", "read", "readdir", "rename", "unlink"]
 META_THREADS = [1, 4]
 MIXED_PHASES = ["untar", "find+stat", "read", "rm", "total"]
 FIO_FILES = 4  # the most jobs any fio workload runs

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Metadata workload: create N small files, stat them, list their directory, rename them, unlink
-them. Prints one JSON object: per phase the elapsed seconds and operations per second.
+"""Metadata workload: create N small files, stat them, read them (open, read, close: as a build
+reads its headers), list their directory, rename them, unlink them. Prints one JSON object: per phase the elapsed seconds and operations per second.
 
     python3 bench/metadata.py DIR [--files N] [--threads T] [--readdir-passes P] [--file-size B]
 
@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-PHASES = ["create", "stat", "readdir", "rename", "unlink"]
+PHASES = ["create", "stat", "read", "readdir", "rename", "unlink"]
 
 
 def worker(d, files, a, barrier, out):
@@ -45,6 +45,14 @@ def worker(d, files, a, barrier, out):
         for n in names:
             os.stat(n)
         times["stat"] = (t, time.perf_counter())
+
+        barrier.wait()
+        t = time.perf_counter()
+        for n in names:
+            fd = os.open(n, os.O_RDONLY)
+            os.read(fd, 4096)
+            os.close(fd)
+        times["read"] = (t, time.perf_counter())
 
         barrier.wait()
         t = time.perf_counter()

@@ -2,8 +2,8 @@
 # Benchmark (not a test): guest-side throughput and latency of phoenixfsd against virtiofsd in
 # the same VM configuration as tests/vm.rs (QEMU, Debian cloud kernel, 1 vCPU, TCG where KVM
 # cannot boot). Each round boots one guest per backend, alternating the order; the guest runs
-# examples/vm_guest/bench.rs (a create/stat/unlink loop; 1 MiB sequential and 4 KiB random
-# writes and reads, buffered and O_DIRECT). Prints a markdown table: medians and the ratio
+# examples/vm_guest/bench.rs (a create/stat/unlink loop; open-read-close of small files; 1 MiB
+# sequential and 4 KiB random writes and reads, buffered and O_DIRECT). Prints a markdown table: medians and the ratio
 # phoenixfsd / virtiofsd. About 1 minute per round under TCG. Run as root after scripts/setup.sh.
 #
 #   scripts/bench-vm.sh [ROUNDS]            (default 3)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): one command, every peer side by side in one run. fio sequential 1 MiB
 # and random 4 KiB reads and writes (buffered and O_DIRECT, 1 and several jobs), a metadata
-# workload (create/stat/readdir/rename/unlink, 1 and 4 processes) and a mixed small-file workload
+# workload (create/stat/read/readdir/rename/unlink, 1 and 4 processes) and a mixed small-file workload
 # (untar, find, read, rm) on the native directory, on libfuse's passthrough_ll, on phoenixfsd and
 # on phoenixfsd --recovery off, all mounted on it; prints markdown tables with medians (min-max)
 # and ratios, and the daemons' memory. Targets are measured workload by workload, one after

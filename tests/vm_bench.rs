@@ -1,8 +1,8 @@
 //! Guest-side benchmarks, phoenixfsd against virtiofsd in the same VM configuration (not a
 //! test: `#[ignore]`d; scripts/bench-vm.sh runs it). The guest of tests/vm.rs boots with
 //! `vmg.bench`: its workload binary runs fixed micro-benchmarks on the share instead
-//! (examples/vm_guest/bench.rs: a create/stat/unlink loop; 1 MiB sequential and 4 KiB random
-//! writes and reads, buffered and O_DIRECT). Each round boots one guest per backend (phoenixfsd,
+//! (examples/vm_guest/bench.rs: a create/stat/unlink loop; open-read-close of small files; 1 MiB
+//! sequential and 4 KiB random writes and reads, buffered and O_DIRECT). Each round boots one guest per backend (phoenixfsd,
 //! phoenixfsd `--recovery off`, virtiofsd), the order rotating from round to round, on a fresh
 //! share; the table has the median of the rounds (TCG on a shared machine is noisy), the ratio
 //! phoenixfsd / virtiofsd and the cost of being crash-proof (on/off).
@@ -112,9 +112,15 @@ fn boot(
     let t0 = Instant::now();
     let mut out = Vec::new();
     let mut exit_ok = false;
+    // The console's last lines, printed if the guest hangs.
+    let mut last = std::collections::VecDeque::new();
     loop {
         match console.recv_timeout(Duration::from_secs(600).saturating_sub(t0.elapsed())) {
             Ok(l) => {
+                if last.len() == 20 {
+                    last.pop_front();
+                }
+                last.push_back(l.clone());
                 if let Some(rest) = l.strip_prefix("VM-BENCH ") {
                     let f: BTreeMap<&str, &str> = rest.split_whitespace().filter_map(|w| w.split_once('=')).collect();
                     let num = |k: &str| f.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
@@ -128,7 +134,10 @@ fn boot(
             Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {
                 let _ = vm.kill();
-                panic!("the bench guest on {backend:?} did not finish within 600 s");
+                let last: Vec<_> = last.into_iter().collect();
+                panic!(
+                    "the bench guest on {backend:?} did not finish within 600 s; its console's last lines: {last:#?}"
+                );
             }
         }
     }
@@ -192,6 +201,8 @@ fn bench_vm_against_virtiofsd() {
             "MiB/s"
         } else if n.starts_with("meta") {
             "ops/s"
+        } else if n.starts_with("small") {
+            "files/s"
         } else {
             "IOPS"
         };

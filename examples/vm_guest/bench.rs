@@ -6,6 +6,9 @@
 //! - `meta`: create an empty file, stat it, unlink it (one op = the three calls); `meta-x4`:
 //!   the same from 4 threads at once, each in its own directory (4 requests in flight on the
 //!   guest's one queue, as 4 processes keep them), ops per second by wall-clock time.
+//! - `small-read`: open, read and close 500 files of 1 KiB (one op = one file, as a build reads
+//!   its headers), written first and then dropped from the guest's caches, so each op asks the
+//!   daemon for the name, the open, the data and whatever the close costs.
 //! - `seq-write-1m`, `seq-read-1m`: a 32 MiB file in 1 MiB calls (the write ends with fsync,
 //!   counted; the read starts with the guest's page cache dropped).
 //! - `rand-read-4k`, `rand-write-4k`: 2,000 calls at random 4 KiB-aligned offsets of that file
@@ -25,6 +28,8 @@ use crate::rng::Rng;
 const FILE_MIB: usize = 32;
 const RAND_OPS: usize = 2000;
 const META_OPS: usize = 1000;
+/// Files of the `small-read` row.
+const SMALL_FILES: usize = 500;
 /// Threads of the `-x4` rows.
 const THREADS: usize = 4;
 
@@ -90,6 +95,19 @@ pub fn run(mnt: &Path, seed: u64) {
         std::fs::create_dir_all(d).expect("mkdir bench/tN");
     }
     in_parallel(THREADS, |t, r| meta(&subdirs[t], META_OPS / THREADS, r)).print("meta-x4");
+
+    let small = dir.join("small");
+    std::fs::create_dir_all(&small).expect("mkdir bench/small");
+    let names: Vec<_> = (0..SMALL_FILES).map(|i| small.join(format!("s{i}"))).collect();
+    for p in &names {
+        std::fs::write(p, rng.bytes(1024)).expect("write a small file");
+    }
+    drop_caches();
+    let mut r = Run::new();
+    for p in &names {
+        r.op(1024, || std::fs::read(p));
+    }
+    r.print("small-read");
 
     for direct in [false, true] {
         let sfx = if direct { "-direct" } else { "" };
