@@ -443,8 +443,15 @@ fn run_disturbed(q: qemu::Qemu, shape: qemu::Shape, daemon_args: &str, upgrades:
                 }
                 if line.starts_with("VM-SUMMARY") {
                     done.store(true, Ordering::SeqCst);
-                    // The daemon goes with the guest: how its requests came over the queues, now.
-                    status_at_summary = common::ctl::ctl(&ctl, &["status", "--json"]).1;
+                    // The daemon goes with the guest: how its requests came over the queues, now
+                    // (again if a live upgrade had the control socket between supervisors).
+                    for _ in 0..20 {
+                        status_at_summary = common::ctl::ctl(&ctl, &["status", "--json"]).1;
+                        if status_at_summary.contains("\"queue_chains\":[") {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
                 }
                 lines.push(line);
             }
