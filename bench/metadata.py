@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Metadata workload: create N small files, stat them, read them (open, read, close: as a build
-reads its headers), list their directory, rename them, unlink them. Prints one JSON object: per phase the elapsed seconds and operations per second.
+reads its headers), list their directory, rename them, unlink them. Prints one JSON object: per
+phase the elapsed seconds and operations per second.
 
     python3 bench/metadata.py DIR [--files N] [--threads T] [--readdir-passes P] [--file-size B]
 

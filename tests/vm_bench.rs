@@ -2,10 +2,11 @@
 //! test: `#[ignore]`d; scripts/bench-vm.sh runs it). The guest of tests/vm.rs boots with
 //! `vmg.bench`: its workload binary runs fixed micro-benchmarks on the share instead
 //! (examples/vm_guest/bench.rs: a create/stat/unlink loop; open-read-close of small files; 1 MiB
-//! sequential and 4 KiB random writes and reads, buffered and O_DIRECT). Each round boots one guest per backend (phoenixfsd,
-//! phoenixfsd `--recovery off`, virtiofsd), the order rotating from round to round, on a fresh
-//! share; the table has the median of the rounds (TCG on a shared machine is noisy), the ratio
-//! phoenixfsd / virtiofsd and the cost of being crash-proof (on/off).
+//! sequential and 4 KiB random writes and reads, buffered and O_DIRECT). Each round boots one
+//! guest per backend (phoenixfsd, phoenixfsd `--recovery off`, virtiofsd), the order rotating
+//! from round to round, on a fresh share; the table has the median of the rounds (TCG on a
+//! shared machine is noisy), the ratio phoenixfsd / virtiofsd and the cost of being crash-proof
+//! (on/off).
 //!
 //! Environment: `PHOENIXFS_VM_BENCH_ROUNDS` (3), `PHOENIXFS_VM_BENCH_QEMU=7.2|10` (7.2),
 //! `PHOENIXFS_VM_QUEUE_SIZE` (the device's queue size; QEMU's default 128),
@@ -53,7 +54,6 @@ struct Result {
     p99_us: f64,
 }
 
-/// Boots the bench guest on `backend`; its results by benchmark name, in the order printed.
 /// The guest's shape (`qemu::Shape::from_env`) on `backend`, with its device's request queues.
 fn shape(backend: Backend) -> qemu::Shape {
     let mut shape = qemu::Shape::from_env();
@@ -68,6 +68,7 @@ fn shape(backend: Backend) -> qemu::Shape {
     shape
 }
 
+/// Boots the bench guest on `backend`; its results by benchmark name, in the order printed.
 fn boot(
     q: &qemu::Qemu,
     guest: &qemu::Guest,
@@ -224,11 +225,12 @@ fn bench_vm_against_virtiofsd() {
             fmt(vp / 1e3)
         );
     }
+    let pfs = shape(Backend::Phoenixfsd);
     println!(
         "\n{}, {accel}, {} vCPU, 512 MiB, request queues {} (phoenixfsd) and 1 (virtiofsd), queue size {}{}; guest kernel {}; {vfsd}; median of {rounds} rounds, backends rotating; ratio = phoenixfsd / virtiofsd, {}.",
         q.version,
-        shape(Backend::Phoenixfsd).vcpus,
-        shape(Backend::Phoenixfsd).request_queues,
+        pfs.vcpus,
+        pfs.request_queues,
         std::env::var("PHOENIXFS_VM_QUEUE_SIZE").unwrap_or_else(|_| "128".into()),
         if std::env::var("PHOENIXFS_VM_INDIRECT_DESC").is_ok_and(|v| v == "off") { ", indirect_desc=off" } else { "" },
         guest.kernel.file_name().unwrap_or_default().to_string_lossy(),
